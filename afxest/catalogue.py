@@ -1,0 +1,93 @@
+"""The processors a preset can name: their types, parameters and valid physical ranges.
+
+Effect types and parameter names are pedalboard's own, so an ``afxest-preset/1`` effect maps
+1:1 onto a pedalboard plugin. This module is the single place these facts are written: preset
+validation, the JSON Schema, both render engines and the tasks read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from afxest.params import Param
+
+_DB_LIMIT = 120.0  # beyond +-120 dB a gain leaves float32's useful range
+
+CUTOFF = Param(
+    "cutoff_frequency_hz", "Hz", "corner (shelves) or centre (peak) frequency",
+    minimum=2.0, below_nyquist=True,  # JUCE clamps lower cutoffs to 2 Hz, so we refuse them
+)
+FILTER_GAIN = Param(
+    "gain_db", "dB", "gain of the shelf or peak; A = 10^(gain_db / 40)",
+    minimum=-_DB_LIMIT, maximum=_DB_LIMIT,
+)
+Q = Param("q", "", "quality factor (RBJ cookbook Q form)", minimum=0.0, minimum_inclusive=False)
+THRESHOLD = Param(
+    "threshold_db", "dBFS", "compressor threshold; no gain change below it",
+    minimum=-200.0, maximum=_DB_LIMIT, minimum_inclusive=False,
+)
+RATIO = Param("ratio", ":1", "compression ratio above the threshold", minimum=1.0)
+ATTACK = Param("attack_ms", "ms", "attack time of the peak ballistics filter", minimum=0.0)
+RELEASE = Param("release_ms", "ms", "release time of the peak ballistics filter", minimum=0.0)
+GAIN = Param("gain_db", "dB", "broadband gain", minimum=-_DB_LIMIT, maximum=_DB_LIMIT)
+CLIP_THRESHOLD = Param(
+    "threshold_db", "dBFS", "hard clipping level, 10^(threshold_db / 20)",
+    minimum=-200.0, maximum=_DB_LIMIT, minimum_inclusive=False,
+)
+CARRIER = Param(
+    "carrier_hz", "Hz", "carrier frequency f_c (DAFx Eq. 19)",
+    minimum=0.0, minimum_inclusive=False, below_nyquist=True,
+)
+AMPLITUDE = Param("amplitude", "", "carrier amplitude I_c (DAFx Eq. 19)", minimum=0.0, maximum=1e3)
+MOD_INDEX = Param(
+    "modulation_index", "rad", "modulation index I_m (DAFx Eq. 19)", minimum=0.0, maximum=1e4
+)
+FREQ_RATIO = Param(
+    "frequency_ratio", "", "modulator to carrier frequency ratio f_m / f_c (DAFx Eq. 20b)",
+    minimum=0.0, minimum_inclusive=False, maximum=1e3,
+)
+DURATION = Param(
+    "duration_s", "s", "length of the synthesised sound",
+    minimum=0.0, minimum_inclusive=False, maximum=3600.0,
+)
+
+
+@dataclass(frozen=True)
+class ProcessorType:
+    """One preset ``type``: its parameters in JSON order and the pedalboard plugin it maps to."""
+
+    name: str
+    kind: Literal["effect", "source"]
+    params: tuple[Param, ...]
+    plugin: str | None
+    description: str
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+PROCESSORS: dict[str, ProcessorType] = {
+    t.name: t
+    for t in (
+        ProcessorType("low_shelf", "effect", (CUTOFF, FILTER_GAIN, Q), "LowShelfFilter",
+                      "RBJ cookbook low shelf biquad"),
+        ProcessorType("high_shelf", "effect", (CUTOFF, FILTER_GAIN, Q), "HighShelfFilter",
+                      "RBJ cookbook high shelf biquad"),
+        ProcessorType("peak", "effect", (CUTOFF, FILTER_GAIN, Q), "PeakFilter",
+                      "RBJ cookbook peaking biquad"),
+        ProcessorType("compressor", "effect", (THRESHOLD, RATIO, ATTACK, RELEASE), "Compressor",
+                      "JUCE compressor: peak ballistics detector, hard knee, no make-up gain"),
+        ProcessorType("gain", "effect", (GAIN,), "Gain", "broadband gain"),
+        ProcessorType("clipping", "effect", (CLIP_THRESHOLD,), "Clipping",
+                      "hard clipper at 10^(threshold_db / 20)"),
+        ProcessorType("fm", "source", (CARRIER, AMPLITUDE, MOD_INDEX, FREQ_RATIO, DURATION), None,
+                      "two-operator FM synth, y = I_c sin(2 pi f_c t + I_m sin(2 pi f_m t))"),
+    )
+}
+
+EFFECT_TYPES = tuple(n for n, t in PROCESSORS.items() if t.kind == "effect")
+SOURCE_TYPES = tuple(n for n, t in PROCESSORS.items() if t.kind == "source")

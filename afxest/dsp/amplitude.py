@@ -1,0 +1,36 @@
+"""Memoryless amplitude processors: gain, hard clipping and a smooth clipper for training."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def db_to_amplitude(db: Tensor) -> Tensor:
+    """10^(dB / 20)."""
+    return torch.pow(10.0, db / 20)
+
+
+def gain(x: Tensor, gain_db: Tensor) -> Tensor:
+    """y = x 10^(gain_db / 20) (pedalboard.Gain); x (batch, channels, time), gain_db (batch,)."""
+    return x * db_to_amplitude(gain_db)[:, None, None]
+
+
+def hard_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
+    """y = clip(x, -t, t), t = 10^(threshold_db / 20) (pedalboard.Clipping).
+
+    Exact, but its gradient to the threshold only flows through clipped samples and its
+    gradient to x is zero where it clips: use :func:`soft_clip` to train through it.
+    """
+    t = db_to_amplitude(threshold_db)[:, None, None]
+    return torch.minimum(torch.maximum(x, -t), t)
+
+
+def soft_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
+    """Smooth clipper for training: y = t tanh(x / t), t = 10^(threshold_db / 20).
+
+    Equals x to first order for |x| << t, saturates at +-t, and has non-zero gradients to x and
+    to the threshold everywhere. An approximation of :func:`hard_clip`, not a match.
+    """
+    t = db_to_amplitude(threshold_db)[:, None, None]
+    return t * torch.tanh(x / t)

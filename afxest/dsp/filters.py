@@ -1,0 +1,143 @@
+"""RBJ cookbook biquads applied in the frequency domain.
+
+Coefficients follow R. Bristow-Johnson, "Cookbook formulae for audio EQ biquad filter
+coefficients" (Q form, A = 10^(gain_db / 40)), which is exactly what JUCE's
+``IIR::Coefficients::make{Low,High}Shelf/makePeakFilter`` (and so pedalboard) compute.
+
+Filtering multiplies the signal's DFT by the exact frequency response H(e^{jw}) = B/A sampled
+on the DFT grid. The DFT is zero padded by the length of the IIR's impulse response tail (until
+it has decayed by ``TAIL_DB``), so the circular convolution equals the linear one: the result
+matches the recursive filter, with gradients to the input and to every parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+BIQUAD_TYPES = ("low_shelf", "high_shelf", "peak")
+TAIL_DB = 160.0  # impulse-response tail kept: decayed by 160 dB (below float32 resolution)
+BLOCK = 1 << 20  # overlap-add block length for long signals (bounds memory)
+
+
+def biquad_coefficients(
+    kind: str, cutoff_hz: Tensor, gain_db: Tensor, q: Tensor, sample_rate: float
+) -> tuple[Tensor, Tensor]:
+    """RBJ cookbook coefficients, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
+    w0 = 2 * math.pi * cutoff_hz / sample_rate
+    cos_w, sin_w = torch.cos(w0), torch.sin(w0)
+    big_a = torch.pow(10.0, gain_db / 40)
+    alpha = sin_w / (2 * q)
+    if kind == "peak":
+        b = (1 + alpha * big_a, -2 * cos_w, 1 - alpha * big_a)
+        a = (1 + alpha / big_a, -2 * cos_w, 1 - alpha / big_a)
+    elif kind in ("low_shelf", "high_shelf"):
+        s = 1.0 if kind == "low_shelf" else -1.0  # high shelf: cookbook signs of cos flip
+        ap1, am1 = big_a + 1, big_a - 1
+        two_sqrt_a_alpha = 2 * torch.sqrt(big_a) * alpha
+        b = (
+            big_a * (ap1 - s * am1 * cos_w + two_sqrt_a_alpha),
+            s * 2 * big_a * (am1 - s * ap1 * cos_w),
+            big_a * (ap1 - s * am1 * cos_w - two_sqrt_a_alpha),
+        )
+        a = (
+            ap1 + s * am1 * cos_w + two_sqrt_a_alpha,
+            -s * 2 * (am1 + s * ap1 * cos_w),
+            ap1 + s * am1 * cos_w - two_sqrt_a_alpha,
+        )
+    else:
+        raise ValueError(f"unknown biquad type {kind!r}")
+    return torch.stack(b, dim=-1), torch.stack(a, dim=-1)
+
+
+def frequency_response(b: Tensor, a: Tensor, n_fft: int) -> Tensor:
+    """H(e^{jw}) = B(e^{jw}) / A(e^{jw}) at the n_fft // 2 + 1 bins of an rfft; (batch, bins)."""
+    w = torch.arange(n_fft // 2 + 1, device=b.device, dtype=b.dtype) * (2 * math.pi / n_fft)
+    z1 = torch.polar(torch.ones_like(w), -w)  # e^{-jw}
+    z2 = z1 * z1
+    num = b[:, 0:1] + b[:, 1:2] * z1 + b[:, 2:3] * z2
+    den = a[:, 0:1] + a[:, 1:2] * z1 + a[:, 2:3] * z2
+    return num / den
+
+
+def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB) -> int:
+    """Samples until the slowest pole of any denominator in ``a`` (batch, 3) decays by tail_db."""
+    a = a.detach().double().cpu()
+    a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
+    disc = a1 * a1 - 4 * a0 * a2
+    sqrt_disc = torch.sqrt(disc.abs())
+    radius = torch.where(
+        disc < 0,
+        torch.sqrt((a2 / a0).abs()),
+        torch.maximum((-a1 + sqrt_disc).abs(), (-a1 - sqrt_disc).abs()) / (2 * a0.abs()),
+    ).max().item()
+    if radius <= 0:
+        return 2
+    if radius >= 1:
+        raise ValueError("unstable biquad (pole on or outside the unit circle)")
+    # a pole pair near the unit circle rings with gain up to about 1 / (1 - r): allow for it
+    decay = tail_db / 20 * math.log(10) - math.log(1 - radius)
+    return int(math.ceil(decay / -math.log(radius))) + 2
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (sizes pocketfft and cuFFT handle fastest)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def apply_biquads(
+    x: Tensor, coefficients: Sequence[tuple[Tensor, Tensor]], sample_rate: float, scale: Tensor | None = None
+) -> Tensor:
+    """Filter x (batch, channels, time) by a cascade of biquads, in the frequency domain.
+
+    ``coefficients`` is a list of (b, a) pairs shaped (batch, 3); ``scale`` an optional
+    broadband gain shaped (batch,). Long signals are processed by overlap-add in blocks so
+    memory stays bounded; the result equals the recursive filters' output (zero initial state).
+    """
+    batch, channels, n = x.shape
+    if not coefficients and scale is None:
+        return x
+    tail = max((tail_length(a, sample_rate) for _, a in coefficients), default=1)
+    block = min(n, BLOCK)
+    n_fft = next_fast_len(block + tail)
+    # The response is computed in the coefficients' precision (float64 coefficients keep poles
+    # near the unit circle exact), then cast to the signal's precision.
+    response = None
+    for b, a in coefficients:
+        h = frequency_response(b, a, n_fft)
+        response = h if response is None else response * h
+    if scale is not None:
+        response = scale[:, None] if response is None else response * scale[:, None]
+    complex_dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+    response = torch.as_tensor(response).to(complex_dtype)
+    blocks = -(-n // block)
+    frames = torch.nn.functional.pad(x, (0, blocks * block - n)).reshape(batch, channels, blocks, block)
+    y = torch.fft.irfft(torch.fft.rfft(frames, n_fft) * response[:, None, None, :], n_fft)
+    if blocks == 1:
+        return y[:, :, 0, :n]
+    # overlap-add the blocks' n_fft-long outputs at hops of `block`
+    out_len = (blocks - 1) * block + n_fft
+    y = y.reshape(batch * channels, blocks, n_fft).transpose(1, 2)
+    out = torch.nn.functional.fold(y, (1, out_len), kernel_size=(1, n_fft), stride=(1, block))
+    return out.reshape(batch, channels, out_len)[..., :n]
+
+
+def biquad(
+    x: Tensor, kind: str, cutoff_hz: Tensor, gain_db: Tensor, q: Tensor, sample_rate: float
+) -> Tensor:
+    """Apply one RBJ biquad (``low_shelf``, ``high_shelf`` or ``peak``) to x (batch, channels, time)."""
+    return apply_biquads(x, [biquad_coefficients(kind, cutoff_hz, gain_db, q, sample_rate)], sample_rate)

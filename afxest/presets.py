@@ -1,0 +1,224 @@
+"""The ``afxest-preset/1`` format: parsing, validation, writing and its JSON Schema.
+
+A preset is::
+
+    {"format": "afxest-preset/1", "task": "eq", "sample_rate": 22050,
+     "effects": [{"type": "high_shelf", "cutoff_frequency_hz": 1200.0, "gain_db": 4.5, "q": 0.9}],
+     "source": null}
+
+``effects`` are applied in order; ``source`` (a synth, or null) generates the signal instead of
+a dry file. Types and parameter names come from :mod:`afxest.catalogue`. Every validation
+error is one line naming the file, the effect index and the parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from afxest.catalogue import EFFECT_TYPES, PROCESSORS, SOURCE_TYPES, ProcessorType
+from afxest.errors import UserError
+
+PRESET_FORMAT = "afxest-preset/1"
+ESTIMATE_FORMAT = "afxest-estimate/1"
+
+
+@dataclass(frozen=True)
+class Processor:
+    """One effect or source: its ``type`` and physical parameter values, in catalogue order."""
+
+    type: str
+    params: dict[str, float]
+
+    @property
+    def spec(self) -> ProcessorType:
+        return PROCESSORS[self.type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **self.params}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A validated ``afxest-preset/1`` document."""
+
+    sample_rate: float
+    effects: tuple[Processor, ...] = ()
+    source: Processor | None = None
+    task: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": PRESET_FORMAT,
+            "task": self.task,
+            "sample_rate": self.sample_rate,
+            "effects": [e.to_dict() for e in self.effects],
+            "source": None if self.source is None else self.source.to_dict(),
+        }
+
+    def check_sample_rate(self, sample_rate: float, where: str) -> None:
+        """Refuse parameters that are invalid at ``sample_rate`` (e.g. cutoff >= Nyquist)."""
+        items = [(f"effects[{i}]", e) for i, e in enumerate(self.effects)]
+        if self.source is not None:
+            items.append(("source", self.source))
+        for label, proc in items:
+            for p in proc.spec.params:
+                problem = p.problem(proc.params[p.name], sample_rate)
+                if problem:
+                    raise UserError(f"{where}: {label} ({proc.type}): {problem}")
+
+
+def parse_preset(doc: Any, where: str) -> Preset:
+    """Validate a decoded JSON document as ``afxest-preset/1``; ``where`` prefixes errors."""
+    if not isinstance(doc, dict):
+        raise UserError(f"{where}: a preset must be a JSON object")
+    fmt = doc.get("format")
+    if fmt != PRESET_FORMAT:
+        raise UserError(f"{where}: format must be {PRESET_FORMAT!r}, got {fmt!r}")
+    unknown = sorted(set(doc) - {"format", "task", "sample_rate", "effects", "source"})
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}")
+    task = doc.get("task")
+    if task is not None and not isinstance(task, str):
+        raise UserError(f"{where}: task must be a string or null")
+    if "sample_rate" not in doc:
+        raise UserError(f"{where}: missing sample_rate")
+    sample_rate = _number(doc["sample_rate"], f"{where}: sample_rate")
+    if not sample_rate > 0:
+        raise UserError(f"{where}: sample_rate must be > 0, got {sample_rate:g}")
+    effects_doc = doc.get("effects", [])
+    if not isinstance(effects_doc, list):
+        raise UserError(f"{where}: effects must be a list")
+    effects = tuple(
+        _parse_processor(e, f"{where}: effects[{i}]", EFFECT_TYPES, sample_rate)
+        for i, e in enumerate(effects_doc)
+    )
+    source_doc = doc.get("source")
+    source = None
+    if source_doc is not None:
+        source = _parse_processor(source_doc, f"{where}: source", SOURCE_TYPES, sample_rate)
+    return Preset(sample_rate=sample_rate, effects=effects, source=source, task=task)
+
+
+def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate: float) -> Processor:
+    if not isinstance(doc, dict):
+        raise UserError(f"{where}: must be a JSON object")
+    kind = doc.get("type")
+    if kind not in allowed:
+        raise UserError(f"{where}: unknown type {kind!r} (expected one of {', '.join(allowed)})")
+    spec = PROCESSORS[kind]
+    where = f"{where} ({kind})"
+    names = [p.name for p in spec.params]
+    extra = [k for k in doc if k != "type" and k not in names]
+    if extra:
+        raise UserError(f"{where}: unknown parameter {extra[0]!r} (expected {', '.join(names)})")
+    params: dict[str, float] = {}
+    for p in spec.params:
+        if p.name not in doc:
+            raise UserError(f"{where}: missing parameter {p.name!r}")
+        value = _number(doc[p.name], f"{where}: {p.name}")
+        problem = p.problem(value, sample_rate)
+        if problem:
+            raise UserError(f"{where}: {problem}")
+        params[p.name] = value
+    return Processor(kind, params)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where} must be a number, got {json.dumps(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise UserError(f"{where} must be finite, got {value}")
+    return value
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, turning every failure into a one-line UserError."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read as UTF-8 text ({err.__class__.__name__})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+
+
+def load_preset(path: str | os.PathLike[str], candidate: int = 1) -> Preset:
+    """Load a preset file, or candidate ``candidate`` (1-based rank) of an estimate file."""
+    doc = read_json(path)
+    if isinstance(doc, dict) and doc.get("format") == ESTIMATE_FORMAT:
+        candidates = doc.get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            raise UserError(f"{path}: estimate has no candidates")
+        ranked = {c.get("rank"): c for c in candidates if isinstance(c, dict)}
+        if candidate not in ranked:
+            raise UserError(f"{path}: no candidate of rank {candidate} (1..{len(candidates)})")
+        return parse_preset(ranked[candidate].get("preset"), f"{path}: candidates[rank {candidate}]")
+    if candidate != 1:
+        raise UserError(f"{path}: --candidate applies to estimate files, this is a preset")
+    return parse_preset(doc, str(path))
+
+
+def dumps_preset(preset: Preset) -> str:
+    """The preset as pretty-printed JSON text (with a trailing newline)."""
+    return json.dumps(preset.to_dict(), indent=2) + "\n"
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of ``afxest-preset/1``, generated from the catalogue.
+
+    Nyquist bounds depend on the sample rate and are checked by :func:`parse_preset` only.
+    """
+
+    def processor_schema(spec: ProcessorType) -> dict[str, Any]:
+        props: dict[str, Any] = {"type": {"const": spec.name}}
+        for p in spec.params:
+            s: dict[str, Any] = {"type": "number", "description": f"{p.description} [{p.unit}]".replace(" []", "")}
+            if p.minimum is not None:
+                s["minimum" if p.minimum_inclusive else "exclusiveMinimum"] = p.minimum
+            if p.maximum is not None:
+                s["maximum" if p.maximum_inclusive else "exclusiveMaximum"] = p.maximum
+            if p.below_nyquist:
+                s["description"] += "; must be below sample_rate / 2"
+            props[p.name] = s
+        return {
+            "type": "object",
+            "description": spec.description + (f" (pedalboard.{spec.plugin})" if spec.plugin else ""),
+            "properties": props,
+            "required": ["type", *(p.name for p in spec.params)],
+            "additionalProperties": False,
+        }
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "afxest-preset/1",
+        "title": "afxest preset",
+        "type": "object",
+        "properties": {
+            "format": {"const": PRESET_FORMAT},
+            "task": {"type": ["string", "null"], "description": "task that produced the preset"},
+            "sample_rate": {"type": "number", "exclusiveMinimum": 0,
+                            "description": "sample rate the preset was made at [Hz]"},
+            "effects": {
+                "type": "array",
+                "description": "effects applied in order",
+                "items": {"oneOf": [{"$ref": f"#/$defs/{n}"} for n in EFFECT_TYPES]},
+            },
+            "source": {
+                "description": "synth that generates the signal, or null to process a dry file",
+                "oneOf": [{"type": "null"}, *({"$ref": f"#/$defs/{n}"} for n in SOURCE_TYPES)],
+            },
+        },
+        "required": ["format", "sample_rate", "effects"],
+        "additionalProperties": False,
+        "$defs": {n: processor_schema(PROCESSORS[n]) for n in (*EFFECT_TYPES, *SOURCE_TYPES)},
+    }
