@@ -1,0 +1,1 @@
+"""Bundled trained models, installed as ``afxest.models`` (weights arrive with the estimator)."""
