@@ -111,6 +111,8 @@ def check_output_path(
         raise UserError(f"{path}: output folder {path.parent} does not exist")
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"{path}: output folder {path.parent} is not writable")
     for source in inputs:
         source = Path(source)
         if source.exists() and path.exists() and os.path.samefile(source, path):
@@ -149,16 +151,16 @@ def write_audio(
     if not np.isfinite(audio).all():
         raise RuntimeError("refusing to write non-finite audio")
     clipped = 0 if bit_depth == "float" else int(np.count_nonzero(np.abs(audio) > 1.0))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + suffix, dir=path.parent)
-    os.close(fd)
+    fd, tmp = _temporary(path)
     try:
-        soundfile.write(
-            tmp,
-            np.clip(audio, -1.0, 1.0).T if clipped else audio.T,
-            int(sample_rate),
-            subtype=subtypes[bit_depth],
-            format=suffix[1:].upper(),
-        )
+        with os.fdopen(fd, "wb") as fh:  # a file object: libsndfile never sees the (long) path
+            soundfile.write(
+                fh,
+                np.clip(audio, -1.0, 1.0).T if clipped else audio.T,
+                int(sample_rate),
+                subtype=subtypes[bit_depth],
+                format=suffix[1:].upper(),
+            )
         _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -169,7 +171,7 @@ def write_audio(
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write a text file atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = _temporary(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -177,6 +179,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temporary(path: Path) -> tuple[int, str]:
+    """Create a short-named temporary file next to ``path`` (same file system: atomic rename)."""
+    try:
+        return tempfile.mkstemp(prefix=".afxest-", suffix=".part", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write in {path.parent} ({err.strerror})") from None
 
 
 def _publish(tmp: str, path: Path) -> None:

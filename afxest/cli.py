@@ -39,6 +39,14 @@ class BitDepth(str, Enum):
     pcm24 = "24"
 
 
+def _say(message: str, warning: bool = False) -> None:
+    """One message line on stderr: never parsed as markup, never wrapped."""
+    from rich.text import Text
+
+    line = Text("warning: ", style="yellow") + Text(message) if warning else Text(message)
+    err.print(line, soft_wrap=True)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"afxest {__version__}")
@@ -91,11 +99,12 @@ def render(
         bit_depth=bit_depth.value,
         force=force,
     )
-    err.print(report.summary())
+    _say(report.summary())
     if report.clipped_samples:
-        err.print(
-            f"[yellow]warning:[/] {report.clipped_samples} samples beyond full scale were clipped "
-            f"by the {bit_depth.value}-bit write; use --bit-depth float to keep them"
+        _say(
+            f"{report.clipped_samples} samples beyond full scale were clipped by the "
+            f"{bit_depth.value}-bit write; use --bit-depth float to keep them",
+            warning=True,
         )
 
 

@@ -90,7 +90,9 @@ def parse_preset(doc: Any, where: str) -> Preset:
     sample_rate = _number(doc["sample_rate"], f"{where}: sample_rate")
     if not sample_rate > 0:
         raise UserError(f"{where}: sample_rate must be > 0, got {sample_rate:g}")
-    effects_doc = doc.get("effects", [])
+    if "effects" not in doc:
+        raise UserError(f"{where}: missing effects (use [] for none)")
+    effects_doc = doc["effects"]
     if not isinstance(effects_doc, list):
         raise UserError(f"{where}: effects must be a list")
     effects = tuple(
@@ -131,7 +133,10 @@ def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{where} must be a number, got {json.dumps(value)}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise UserError(f"{where} must be finite, got a number too large for a float") from None
     if not math.isfinite(value):
         raise UserError(f"{where} must be finite, got {value}")
     return value
@@ -150,6 +155,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except (ValueError, RecursionError) as err:  # over-long numbers, absurd nesting
+        raise UserError(f"{path}: invalid JSON ({str(err).splitlines()[0] or err.__class__.__name__})") from None
 
 
 def load_preset(path: str | os.PathLike[str], candidate: int = 1) -> Preset:
@@ -159,7 +166,11 @@ def load_preset(path: str | os.PathLike[str], candidate: int = 1) -> Preset:
         candidates = doc.get("candidates")
         if not isinstance(candidates, list) or not candidates:
             raise UserError(f"{path}: estimate has no candidates")
-        ranked = {c.get("rank"): c for c in candidates if isinstance(c, dict)}
+        ranked = {
+            c["rank"]: c
+            for c in candidates
+            if isinstance(c, dict) and type(c.get("rank")) is int  # not bool, not a list
+        }
         if candidate not in ranked:
             raise UserError(f"{path}: no candidate of rank {candidate} (1..{len(candidates)})")
         return parse_preset(ranked[candidate].get("preset"), f"{path}: candidates[rank {candidate}]")

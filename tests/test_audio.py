@@ -267,8 +267,8 @@ def test_write_failure_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pyt
     calls = []
 
     def failing_write(file, *args, **kwargs):
-        calls.append(file)
-        Path(file).write_bytes(b"partial")  # a half-written temporary file must still go
+        calls.append(file.name)
+        file.write(b"partial")  # a half-written temporary file must still go
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(soundfile, "write", failing_write)

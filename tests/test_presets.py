@@ -160,12 +160,6 @@ def test_read_json_failures_are_one_line(tmp_path: Path, content, match: str) ->
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="bug: presets._number (presets.py:134) calls float() on a huge JSON integer, "
-    "raising OverflowError instead of UserError (exit 1 instead of 2)",
-)
 def test_huge_integer_parameter_is_a_user_error(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     path.write_text(
@@ -176,12 +170,6 @@ def test_huge_integer_parameter_is_a_user_error(tmp_path: Path) -> None:
         load_preset(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="bug: presets.read_json (presets.py:151) catches only JSONDecodeError; a number "
-    "beyond Python's 4300-digit limit raises a plain ValueError (exit 1 instead of 2)",
-)
 def test_overlong_number_is_a_user_error(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     path.write_text('{"format": "afxest-preset/1", "sample_rate": ' + "1" * 5000 + ', "effects": []}')
@@ -292,12 +280,6 @@ def test_candidate_on_a_plain_preset_is_refused(tmp_path: Path) -> None:
         load_preset(path, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="bug: presets.load_preset (presets.py:162) hashes each candidate's rank; a list "
-    "rank raises TypeError (exit 1 instead of 2)",
-)
 def test_unhashable_rank_is_a_user_error(tmp_path: Path) -> None:
     path = tmp_path / "estimate.json"
     doc = estimate_doc([1.0])
@@ -407,12 +389,6 @@ def test_schema_rejects_what_the_parser_rejects(base: dict[str, Any], edit) -> N
     assert schema_errors(doc, json_schema(), json_schema()) != []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: parse_preset (presets.py:93) treats a missing 'effects' as [], but the "
-    "schema (and the afxest-preset/1 contract) requires it: parser and schema disagree",
-)
 def test_parser_and_schema_agree_on_required_effects() -> None:
     doc = {"format": PRESET_FORMAT, "sample_rate": 44100, "source": FM["source"]}
     schema_ok = schema_errors(doc, json_schema(), json_schema()) == []
