@@ -108,6 +108,50 @@ def render(
         )
 
 
+class Estimator(str, Enum):
+    posterior = "posterior"
+    deterministic = "deterministic"
+    param = "param"
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help="Task to train: eq or fm.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, config.json.", show_default=False)],
+    estimator: Annotated[Estimator, typer.Option(help="posterior (DAFx 2025), deterministic (ICASSP 2024) or param (parameter-loss baseline).")] = Estimator.posterior,
+    flows: Annotated[int, typer.Option(min=1, help="Deep sigmoidal flow layers T (posterior).")] = 1,
+    beta: Annotated[Optional[float], typer.Option(help="Entropy weight (posterior); default: the task's (0.1).")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Folder of music (any format, rate, length); default: procedural audio.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after N optimiser steps.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(min=0, help="Stop after N epochs (eq: 40k items, fm: 100k items per epoch).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Global batch size; default: the task's (eq 16, fm 128).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate; default: the task's (eq 5e-5, fm 1e-4).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed (data, parameters, initialisation).")] = 0,
+    val_items: Annotated[int, typer.Option(min=1, help="Validation items (fixed for a seed).")] = 128,
+    val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 200,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Write last.pt every N steps.")] = 50,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train an estimator (runs data-parallel under torchrun)."""
+    from afxest.train import TrainConfig, enlarge_malloc_thresholds, train as run_training
+
+    enlarge_malloc_thresholds()
+    result = run_training(
+        TrainConfig(
+            task=task, out=str(out), estimator=estimator.value, flows=flows, beta=beta,
+            data=None if data is None else str(data), max_steps=max_steps, epochs=epochs,
+            batch_size=batch_size, lr=lr, device=device, seed=seed, val_items=val_items,
+            val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
+        ),
+        log=_say,
+        progress=progress and err.is_terminal,
+    )
+    best = "none" if result.best_objective is None else f"{result.best_objective:.4f} at step {result.best_step}"
+    _say(f"done: {result.steps} steps; best validation objective {best}; run in {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and maps every failure to an exit code and one line."""
     command = typer.main.get_command(app)

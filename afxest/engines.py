@@ -36,16 +36,25 @@ def render(preset: Preset, dry: np.ndarray | None, sample_rate: int, engine: str
 
 def synthesise(preset: Preset, sample_rate: int) -> np.ndarray:
     """The preset's source as (1, frames) float32 audio."""
+    src = preset.source
+    assert src is not None
+    frames = int(round(src.params["duration_s"] * sample_rate))
+    return synthesise_batch(src.type, src.params, frames, sample_rate)[0].numpy()
+
+
+def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int):
+    """Synthesise a batch (batch, 1, frames) float32 tensor from physical ``params`` (each a
+    (batch,) tensor or a float shared by the batch)."""
     import torch
 
     from afxest.dsp.fm import fm_synth
 
-    src = preset.source
-    assert src is not None and src.type == "fm"
-    p = {k: torch.tensor([v], dtype=torch.float64) for k, v in src.params.items()}
-    n = int(round(src.params["duration_s"] * sample_rate))
-    y = fm_synth(p["carrier_hz"], p["amplitude"], p["modulation_index"], p["frequency_ratio"], n, sample_rate)
-    return y[0].numpy()
+    if kind != "fm":
+        raise ValueError(f"no synth for source type {kind!r}")
+    values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
+    batch = max((v.numel() for v in values.values()), default=1)
+    p = {k: v.expand(batch) if v.ndim == 0 else v for k, v in values.items()}
+    return fm_synth(p["carrier_hz"], p["amplitude"], p["modulation_index"], p["frequency_ratio"], frames, sample_rate)
 
 
 def _render_pedalboard(preset: Preset, dry: np.ndarray, sample_rate: int) -> np.ndarray:

@@ -1,0 +1,217 @@
+"""Training data: music folders (split by file, decoded once to a cache), a procedural
+music-like generator, and batches of (dry, wet, truth parameters) for each task.
+
+Ground-truth wet audio for effect tasks is rendered by pedalboard (the real effect, which the
+estimator never sees inside); synth targets by the FM synth. Parameters are drawn uniformly in
+normalised space (DAFx 2025, Sec. 4.2 and 5.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from afxest.audio import read_audio, resample, to_mono
+from afxest.errors import UserError
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"}
+Split = Literal["train", "val", "test"]
+SPLIT_FRACTIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
+SILENCE_RMS = 10 ** (-50 / 20)  # excerpts quieter than -50 dBFS RMS are skipped
+
+
+def cache_dir() -> Path:
+    """Where decoded audio is cached: $AFXEST_CACHE_DIR or the platform's user cache folder."""
+    env = os.environ.get("AFXEST_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("afxest"))
+
+
+def split_of(relative_path: str) -> Split:
+    """Deterministic train/val/test assignment of a file by a hash of its relative path (80/10/10)."""
+    u = int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") / 2**64
+    for name, (lo, hi) in SPLIT_FRACTIONS.items():
+        if lo <= u < hi:
+            return name  # type: ignore[return-value]
+    return "test"
+
+
+@dataclass(frozen=True)
+class Track:
+    """One decoded, resampled, mono track in the cache (a float32 .npy file)."""
+
+    source: Path
+    cache: Path
+    frames: int
+
+
+class MusicFolder:
+    """The tracks of one split of a folder of music, in any format, rate and length.
+
+    Files are assigned to splits by :func:`split_of`, so a track is never in two splits.
+    :meth:`prepare` decodes, mixes to mono and resamples each file once into the cache; later
+    runs (and epochs) read the cache through memory maps.
+    """
+
+    def __init__(self, root: Path, sample_rate: int, split: Split, min_seconds: float = 0.0) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"{root}: no such folder (--data expects a folder of music files)")
+        self.root = root
+        self.sample_rate = sample_rate
+        self.split = split
+        self.min_frames = int(min_seconds * sample_rate)
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"{root}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+        self.files = [p for p in files if split_of(p.relative_to(root).as_posix()) == split]
+        self.tracks: list[Track] = []
+
+    def prepare(self, progress: Callable[[int, int], None] | None = None) -> "MusicFolder":
+        """Decode every file of the split into the cache (once); returns self."""
+        folder = cache_dir() / "audio"
+        folder.mkdir(parents=True, exist_ok=True)
+        tracks = []
+        for i, path in enumerate(self.files):
+            stat = path.stat()
+            key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{self.sample_rate}"
+            cache = folder / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".npy")
+            if not cache.exists():
+                try:
+                    audio, rate = read_audio(path)
+                except UserError:
+                    continue  # unreadable files are skipped, not fatal
+                mono = resample(to_mono(audio), rate, self.sample_rate)[0]
+                tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, mono.astype(np.float32))
+                os.replace(tmp, cache)
+            frames = int(np.load(cache, mmap_mode="r").shape[0])
+            if frames >= max(self.min_frames, 1):
+                tracks.append(Track(path, cache, frames))
+            if progress:
+                progress(i + 1, len(self.files))
+        self.tracks = tracks
+        return self
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.frames for t in self.tracks) / self.sample_rate
+
+    def shard(self, rank: int, world: int) -> "MusicFolder":
+        """Keep every ``world``-th track from ``rank`` (each data-parallel rank reads its own)."""
+        if world > 1 and len(self.tracks) >= world:
+            self.tracks = self.tracks[rank::world]
+        return self
+
+    def excerpt(self, rng: np.random.Generator, frames: int, tries: int = 50) -> np.ndarray:
+        """A random non-silent excerpt of ``frames`` samples (tracks weighted by length)."""
+        usable = [t for t in self.tracks if t.frames >= frames]
+        if not usable:
+            raise UserError(f"{self.root}: no {self.split} track is {frames / self.sample_rate:.1f} s long")
+        weights = np.array([t.frames - frames + 1 for t in usable], dtype=np.float64)
+        weights /= weights.sum()
+        x = None
+        for _ in range(tries):
+            track = usable[rng.choice(len(usable), p=weights)]
+            start = int(rng.integers(0, track.frames - frames + 1))
+            x = np.array(np.load(track.cache, mmap_mode="r")[start : start + frames], dtype=np.float32)
+            if np.sqrt(np.mean(x.astype(np.float64) ** 2)) >= SILENCE_RMS:
+                return x
+        assert x is not None
+        return x
+
+
+def procedural_music(rng: np.random.Generator, frames: int, sample_rate: int) -> np.ndarray:
+    """A music-like mono signal: harmonic notes with envelopes, kick, snare, hats and noise.
+
+    Broadband and dynamic like real music, so effect tasks are learnable on it; used by tests
+    and as the fallback when no music folder is given.
+    """
+    t = np.arange(frames) / sample_rate
+    y = np.zeros(frames)
+    beat = 60.0 / rng.uniform(80, 160)
+    # notes: harmonic tones with exponential decays
+    onset = 0.0
+    while onset < t[-1]:
+        length = beat * rng.choice([0.5, 1.0, 2.0])
+        f0 = 440.0 * 2 ** ((rng.integers(36, 84) - 69) / 12)
+        i0, i1 = int(onset * sample_rate), min(frames, int((onset + length * 1.5) * sample_rate))
+        tt = t[i0:i1] - onset
+        env = (1 - np.exp(-tt / rng.uniform(0.002, 0.03))) * np.exp(-tt / rng.uniform(0.1, 1.0))
+        tilt = rng.uniform(0.5, 2.0)
+        for k in range(1, int(min(16, (sample_rate / 2) // f0)) + 1):
+            y[i0:i1] += env * np.sin(2 * np.pi * k * f0 * tt + rng.uniform(0, 2 * np.pi)) / k**tilt
+        onset += length
+    # drums on the beat grid
+    for b in np.arange(0.0, t[-1], beat / 2):
+        i0 = int(b * sample_rate)
+        n = min(frames - i0, int(0.3 * sample_rate))
+        tt = np.arange(n) / sample_rate
+        if rng.random() < 0.5:  # kick: falling sine
+            y[i0 : i0 + n] += 1.5 * np.sin(2 * np.pi * (50 * tt + 60 * (1 - np.exp(-tt * 30)) / 30)) * np.exp(-tt * 12)
+        if rng.random() < 0.3:  # snare: noise burst
+            y[i0 : i0 + n] += 0.5 * rng.standard_normal(n) * np.exp(-tt * 25)
+        hat = np.diff(rng.standard_normal(n + 1))  # hats: differentiated (bright) noise
+        y[i0 : i0 + n] += 0.15 * hat * np.exp(-tt * 120)
+    y += 0.01 * rng.standard_normal(frames)
+    rms = np.sqrt(np.mean(y**2)) + 1e-12
+    return (y * 10 ** (rng.uniform(-26, -14) / 20) / rms).astype(np.float32)
+
+
+class DrySource:
+    """Dry excerpts: from a music folder, or procedural when none is given."""
+
+    def __init__(self, folder: MusicFolder | None, sample_rate: int) -> None:
+        self.folder = folder
+        self.sample_rate = sample_rate
+
+    @property
+    def procedural(self) -> bool:
+        return self.folder is None
+
+    def excerpt(self, rng: np.random.Generator, frames: int) -> np.ndarray:
+        if self.folder is None:
+            return procedural_music(rng, frames, self.sample_rate)
+        return self.folder.excerpt(rng, frames)
+
+
+@dataclass
+class Batch:
+    """A batch of ground truth: dry (None for synth tasks), wet, and normalised truth ``v``."""
+
+    dry: np.ndarray | None  # (batch, 1, frames)
+    wet: np.ndarray  # (batch, 1, frames)
+    v: np.ndarray  # (batch, truth dim)
+
+
+def make_batch(task, source: DrySource | None, rng: np.random.Generator, size: int) -> Batch:
+    """Draw ``size`` items of ``task``: parameters uniform in [0, 1]^d, wet from pedalboard
+    (effect tasks) or from the synth (source tasks)."""
+    from afxest.engines import render
+
+    v = rng.random((size, task.truth.dim))
+    frames = task.clip_samples
+    wet = np.empty((size, 1, frames), np.float32)
+    dry = None
+    if task.has_source:  # a synth (and no effects): synthesise the whole batch at once
+        import torch
+
+        from afxest.engines import synthesise_batch
+
+        ((kind, params),) = task.truth.split(torch.from_numpy(v))
+        wet = synthesise_batch(kind, params, frames, task.sample_rate).numpy()
+    else:
+        assert source is not None
+        dry = np.stack([source.excerpt(rng, frames)[None] for _ in range(size)])
+        for i in range(size):
+            preset = task.truth.preset(v[i], task.name, task.sample_rate)
+            wet[i] = render(preset, dry[i], task.sample_rate, "pedalboard")
+    return Batch(dry=dry, wet=wet, v=v.astype(np.float32))

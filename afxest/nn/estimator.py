@@ -1,0 +1,61 @@
+"""An estimator: a task's encoder and one of three heads (the same backbone for all).
+
+* ``deterministic``: sigmoid output, trained by an audio loss through the differentiable
+  processors (ICASSP 2024; DAFx 2025 Fig. 1);
+* ``param``: the same network trained by mean squared error on normalised parameters (the
+  "traditional" baseline);
+* ``posterior``: a diagonal Gaussian -> T conditional deep sigmoidal flows -> sigmoid, trained by
+  -beta H + E[audio loss] (DAFx 2025, Eqs. 7, 13).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+ESTIMATORS = ("posterior", "deterministic", "param")
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """Which head, and its size (``flows`` = T DSF layers, ``hidden`` = DSF hidden size)."""
+
+    kind: str = "posterior"
+    flows: int = 1
+    hidden: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Estimator(nn.Module):
+    """Encoder + head for a task; ``sample(wet, n)`` gives n normalised parameter vectors."""
+
+    def __init__(self, task, config: EstimatorConfig) -> None:
+        from afxest.nn.encoders import build_encoder
+        from afxest.nn.heads import DeterministicHead, PosteriorHead
+
+        super().__init__()
+        if config.kind not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {config.kind!r}")
+        self.config = config
+        self.encoder = build_encoder(task)
+        d = task.model.dim
+        if config.kind == "posterior":
+            self.head: nn.Module = PosteriorHead(self.encoder.embed_dim, d, flows=config.flows, hidden=config.hidden)
+        else:
+            self.head = DeterministicHead(self.encoder.embed_dim, d)
+
+    def forward(self, wet: Tensor, n: int = 1):
+        """Alias of :meth:`sample` (so data-parallel wrappers see a forward)."""
+        return self.sample(wet, n)
+
+    def sample(self, wet: Tensor, n: int = 1):
+        """n parameter vectors per item: a ``PosteriorSample`` with z (batch, n, d) in [0, 1]."""
+        return self.head.sample(self.encoder(wet), n)
+
+    def log_prob(self, z: Tensor, wet: Tensor) -> Tensor:
+        """log p(z | wet) (posterior only), z (batch, n, d) -> (batch, n)."""
+        return self.head.log_prob(z, self.encoder(wet))

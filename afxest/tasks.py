@@ -1,0 +1,213 @@
+"""Task definitions: one declarative description per estimation task.
+
+A task says what produces the ground truth (``truth``: processors and the ranges their
+parameters are drawn in, uniformly in normalised space), what the estimator outputs (``model``:
+the differentiable processors it drives and their ranges), the sample rate, clip length, loss,
+encoder and training defaults. Training, estimation, evaluation and the JSON output all read it;
+every range is written here once.
+
+* ``eq`` (DAFx 2025, Sec. 4): truth is one RBJ high shelf rendered by pedalboard; the model
+  estimates two high shelves in cascade (several solutions exist).
+* ``fm`` (DAFx 2025, Sec. 5): a two-operator FM synth with a 110 Hz carrier; the model
+  estimates the modulation index (Eq. 20a) and the frequency ratio (Eq. 20b).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from afxest.catalogue import CUTOFF, FILTER_GAIN, FREQ_RATIO, MOD_INDEX, PROCESSORS, Q
+from afxest.params import ParamRange
+from afxest.presets import Preset, Processor
+
+
+@dataclass(frozen=True)
+class ProcessorSpace:
+    """One processor of a task: the parameters it estimates (ranges) and those it fixes."""
+
+    type: str
+    ranges: tuple[ParamRange, ...]
+    fixed: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.ranges] + [k for k, _ in self.fixed]
+        expected = [p.name for p in PROCESSORS[self.type].params]
+        if sorted(names) != sorted(expected):
+            raise ValueError(f"{self.type}: parameters {names} do not match {expected}")
+
+    @property
+    def dim(self) -> int:
+        return len(self.ranges)
+
+    def physical(self, v: Any) -> dict[str, Any]:
+        """Physical values of every parameter from normalised ``v`` (..., dim)."""
+        values = {r.name: r.to_physical(v[..., i]) for i, r in enumerate(self.ranges)}
+        for name, value in self.fixed:
+            values[name] = value
+        return {p.name: values[p.name] for p in PROCESSORS[self.type].params}
+
+
+@dataclass(frozen=True)
+class Space:
+    """A sequence of processors (a source, then effects) and its normalised vector layout."""
+
+    processors: tuple[ProcessorSpace, ...]
+
+    @property
+    def dim(self) -> int:
+        return sum(p.dim for p in self.processors)
+
+    @property
+    def names(self) -> list[str]:
+        """``<index>.<type>.<parameter>`` for each normalised dimension."""
+        return [f"{i}.{p.type}.{r.name}" for i, p in enumerate(self.processors) for r in p.ranges]
+
+    @property
+    def ranges(self) -> list[ParamRange]:
+        return [r for p in self.processors for r in p.ranges]
+
+    def split(self, v: Any) -> list[tuple[str, dict[str, Any]]]:
+        """(type, physical parameters) of each processor from normalised ``v`` (..., dim)."""
+        out, start = [], 0
+        for p in self.processors:
+            out.append((p.type, p.physical(v[..., start : start + p.dim])))
+            start += p.dim
+        return out
+
+    def preset(self, v: Any, task: str, sample_rate: float) -> Preset:
+        """The ``afxest-preset/1`` of one normalised vector ``v`` (dim,)."""
+        effects, source = [], None
+        for kind, params in self.split(v):
+            proc = Processor(kind, {k: float(x) for k, x in params.items()})
+            if PROCESSORS[kind].kind == "source":
+                source = proc
+            else:
+                effects.append(proc)
+        return Preset(sample_rate=sample_rate, effects=tuple(effects), source=source, task=task)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything that defines an estimation task."""
+
+    name: str
+    description: str
+    sample_rate: int
+    clip_seconds: float
+    truth: Space
+    model: Space
+    loss: Literal["log_mel", "sot_mrstft"]
+    encoder: Literal["convnext", "dft_mlp"]
+    lr: float
+    batch_size: int
+    weight_decay: float = 1e-3
+    beta: float = 0.1
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_source(self) -> bool:
+        return any(PROCESSORS[p.type].kind == "source" for p in self.truth.processors)
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.clip_seconds * self.sample_rate))
+
+    def truth_to_model(self, v: Any) -> Any:
+        """The model-space target of the ``param`` estimator for normalised truth ``v``.
+
+        ``fm``: the same space. ``eq``: the canonical solution of DAFx Sec. 4.1, two equal
+        shelves each with half the gain: f1 = f2 = f, Q1 = Q2 = Q, g1 = g2 = g / 2 (with the
+        truth's +-20 dB and the model's +-10 dB ranges, half the gain has the same normalised
+        value).
+        """
+        if self.name == "eq":
+            import torch
+
+            return torch.cat([v, v], dim=-1) if hasattr(v, "dim") else [*v, *v]
+        return v
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain description (stored in checkpoints, printed by ``afxest train``)."""
+
+        def space(s: Space) -> list[dict[str, Any]]:
+            return [
+                {
+                    "type": p.type,
+                    "ranges": {r.name: [r.lo, r.hi, r.mapping] for r in p.ranges},
+                    "fixed": dict(p.fixed),
+                }
+                for p in s.processors
+            ]
+
+        return {
+            "name": self.name,
+            "sample_rate": self.sample_rate,
+            "clip_seconds": self.clip_seconds,
+            "truth": space(self.truth),
+            "model": space(self.model),
+            "loss": self.loss,
+            "encoder": self.encoder,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "weight_decay": self.weight_decay,
+            "beta": self.beta,
+        }
+
+
+def _shelf(gain: float) -> ProcessorSpace:
+    return ProcessorSpace(
+        "high_shelf",
+        (
+            ParamRange(CUTOFF, 500.0, 2500.0, "exp"),  # DAFx Eq. 15a
+            ParamRange(FILTER_GAIN, -gain, gain, "affine"),  # Eq. 15b
+            ParamRange(Q, 0.1, 3.0, "affine"),  # Eq. 15c
+        ),
+    )
+
+
+_FM = ProcessorSpace(
+    "fm",
+    (
+        # Eq. 20a: I_m = 4 pi 10^(0.75 * 99 (v1 - 1) / 20), the exponential map on this range
+        ParamRange(MOD_INDEX, 4 * math.pi * 10 ** (-0.75 * 99 / 20), 4 * math.pi, "exp"),
+        ParamRange(FREQ_RATIO, 0.5, 10.0, "affine"),  # Eq. 20b: f_m / f_c = 9.5 v2 + 0.5
+    ),
+    fixed=(("carrier_hz", 110.0), ("amplitude", 1.0), ("duration_s", 0.125)),
+)
+
+TASKS: dict[str, Task] = {
+    "eq": Task(
+        name="eq",
+        description="one high shelf (pedalboard) estimated by two in cascade (DAFx 2025, Sec. 4)",
+        sample_rate=22050,
+        clip_seconds=5.0,
+        truth=Space((_shelf(20.0),)),
+        model=Space((_shelf(10.0), _shelf(10.0))),
+        loss="log_mel",
+        encoder="convnext",
+        lr=5e-5,
+        batch_size=16,
+    ),
+    "fm": Task(
+        name="fm",
+        description="two-operator FM synth, 110 Hz carrier, 125 ms (DAFx 2025, Sec. 5)",
+        sample_rate=44100,
+        clip_seconds=0.125,
+        truth=Space((_FM,)),
+        model=Space((_FM,)),
+        loss="sot_mrstft",
+        encoder="dft_mlp",
+        lr=1e-4,
+        batch_size=128,
+    ),
+}
+
+
+def get_task(name: str) -> Task:
+    from afxest.errors import UserError
+
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r} (available: {', '.join(TASKS)})")
+    return TASKS[name]
