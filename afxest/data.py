@@ -197,7 +197,7 @@ def make_batch(task, source: DrySource | None, rng: np.random.Generator, size: i
     (effect tasks) or from the synth (source tasks)."""
     from afxest.engines import render
 
-    v = rng.random((size, task.truth.dim))
+    v = rng.random((size, task.truth.dim)).astype(np.float32)  # v describes the wet exactly
     frames = task.clip_samples
     wet = np.empty((size, 1, frames), np.float32)
     dry = None
@@ -206,12 +206,12 @@ def make_batch(task, source: DrySource | None, rng: np.random.Generator, size: i
 
         from afxest.engines import synthesise_batch
 
-        ((kind, params),) = task.truth.split(torch.from_numpy(v))
+        ((kind, params),) = task.truth.split(torch.from_numpy(v).double())
         wet = synthesise_batch(kind, params, frames, task.sample_rate).numpy()
     else:
         assert source is not None
         dry = np.stack([source.excerpt(rng, frames)[None] for _ in range(size)])
         for i in range(size):
-            preset = task.truth.preset(v[i], task.name, task.sample_rate)
+            preset = task.truth.preset(v[i].astype(np.float64), task.name, task.sample_rate)
             wet[i] = render(preset, dry[i], task.sample_rate, "pedalboard")
-    return Batch(dry=dry, wet=wet, v=v.astype(np.float32))
+    return Batch(dry=dry, wet=wet, v=v)
