@@ -35,7 +35,7 @@ class Estimator(nn.Module):
 
     def __init__(self, task, config: EstimatorConfig) -> None:
         from afxest.nn.encoders import build_encoder
-        from afxest.nn.heads import DeterministicHead, PosteriorHead
+        from afxest.nn.heads import DeterministicHead, ParamHead, PosteriorHead
 
         super().__init__()
         if config.kind not in ESTIMATORS:
@@ -45,6 +45,8 @@ class Estimator(nn.Module):
         d = task.model.dim
         if config.kind == "posterior":
             self.head: nn.Module = PosteriorHead(self.encoder.embed_dim, d, flows=config.flows, hidden=config.hidden)
+        elif config.kind == "param":
+            self.head = ParamHead(self.encoder.embed_dim, d)
         else:
             self.head = DeterministicHead(self.encoder.embed_dim, d)
 
