@@ -1,0 +1,204 @@
+"""Spectral front-end: Slaney mel filterbank, mel spectrogram, log-mel (DAFx 2025, Eq. 16).
+
+The DAFx 2025 and ICASSP 2024 papers compute their mel spectrograms with nnAudio
+(Cheuk et al., IEEE Access 2020), whose ``MelSpectrogram`` is librosa's: a Hann-windowed STFT
+(periodic window, ``center=True``, reflect padding), magnitude raised to ``power`` (2: power
+spectrogram), times a Slaney mel filterbank with Slaney ("area") normalisation. This module
+computes the same thing with an FFT (frames by ``unfold``, ``torch.fft.rfft``) and a filterbank
+written here:
+
+* equal to nnAudio's output to about 2e-6 of the spectrogram's peak (float32 rounding);
+* no STFT kernels stored: nnAudio keeps its Fourier basis as 2 x (n_fft/2+1) x n_fft float32
+  buffers (68 MB at n_fft = 4096) in every ``state_dict``; here the window and the mel basis
+  are non-persistent buffers, rebuilt from the constructor's arguments;
+* finite gradients on silent input: nnAudio takes ``sqrt(re^2 + im^2)`` and then raises it to
+  ``power``; at a zero bin d sqrt(s)/ds = inf meets ds/dre = 0 and the product is NaN. Here the
+  power spectrogram ``re^2 + im^2`` is used directly (power 2), or a power with a zero-safe
+  derivative (other powers);
+* several times faster (FFT instead of a dense convolution with the Fourier basis; see
+  docs/losses.md for the figures of benchmarks/frontend.py).
+
+``backend="nnaudio"`` runs nnAudio itself with the same settings (for comparisons and
+benchmarks); it is imported lazily because ``nnAudio.features`` imports ``scipy.signal``
+(about 0.9 s): importing this module imports neither nnAudio nor scipy.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Backend = Literal["torch", "nnaudio"]
+
+# Slaney's Auditory Toolbox mel scale (as in librosa with htk=False): linear below 1 kHz at
+# 200/3 Hz per mel, logarithmic above with 27 mels per factor 6.4.
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: Tensor) -> Tensor:
+    """Slaney mel scale: hz / (200/3) below 1 kHz, 15 + ln(hz / 1000) / (ln 6.4 / 27) above."""
+    linear = hz / _F_SP
+    log = _MIN_LOG_MEL + torch.log(torch.clamp(hz, min=_MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
+    return torch.where(hz >= _MIN_LOG_HZ, log, linear)
+
+
+def mel_to_hz(mel: Tensor) -> Tensor:
+    """Inverse of :func:`hz_to_mel`."""
+    linear = mel * _F_SP
+    log = _MIN_LOG_HZ * torch.exp(_LOGSTEP * (torch.clamp(mel, min=_MIN_LOG_MEL) - _MIN_LOG_MEL))
+    return torch.where(mel >= _MIN_LOG_MEL, log, linear)
+
+
+def mel_filterbank(
+    sample_rate: float,
+    n_fft: int,
+    n_mels: int,
+    fmin: float = 0.0,
+    fmax: float | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Slaney mel filterbank with Slaney area normalisation, shaped (n_mels, n_fft // 2 + 1).
+
+    Triangles between n_mels + 2 frequencies f_0..f_{n_mels+1} equally spaced on the Slaney mel
+    scale from ``fmin`` to ``fmax`` (default: Nyquist); filter m rises from f_m to f_{m+1} and
+    falls to f_{m+2}, and is scaled by 2 / (f_{m+2} - f_m) so each has unit area in Hz.
+    This is librosa's ``filters.mel(norm="slaney", htk=False)`` and nnAudio's ``get_mel``
+    default. Computed in float64, returned in ``dtype``. Bin k sits at k * sample_rate / n_fft
+    (for odd n_fft, old librosa and nnAudio space the bins by linspace(0, sr/2) instead).
+    """
+    if fmax is None:
+        fmax = sample_rate / 2
+    if not 0 <= fmin < fmax <= sample_rate / 2:
+        raise ValueError(f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={fmin}, fmax={fmax}")
+    f64 = torch.float64
+    bins = torch.arange(n_fft // 2 + 1, dtype=f64) * (sample_rate / n_fft)
+    mels = torch.linspace(
+        float(hz_to_mel(torch.tensor(fmin, dtype=f64))), float(hz_to_mel(torch.tensor(fmax, dtype=f64))),
+        n_mels + 2, dtype=f64,
+    )
+    edges = mel_to_hz(mels)  # (n_mels + 2,)
+    widths = edges[1:] - edges[:-1]  # (n_mels + 1,)
+    rising = (bins[None, :] - edges[:-2, None]) / widths[:-1, None]
+    falling = (edges[2:, None] - bins[None, :]) / widths[1:, None]
+    weights = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    weights = weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    if not torch.all((edges[:-2] == 0) | (weights.max(dim=1).values > 0)):
+        warnings.warn(
+            f"empty mel filters: {n_mels} mels are too many for n_fft={n_fft} at {sample_rate} Hz",
+            stacklevel=2,
+        )
+    return weights.to(dtype)
+
+
+def _mono(x: Tensor) -> Tensor:
+    """(batch, time) or (batch, channels, time) -> (batch, time), channels mixed by their mean."""
+    if x.dim() == 3:
+        return x.mean(dim=1)
+    if x.dim() != 2:
+        raise ValueError(f"expected (batch, time) or (batch, channels, time), got shape {tuple(x.shape)}")
+    return x
+
+
+def stft(x: Tensor, window: Tensor, hop_length: int, center: bool = True) -> Tensor:
+    """Complex STFT of x (batch, time) -> (batch, frames, n_fft // 2 + 1), n_fft = len(window).
+
+    The values of ``torch.stft(x, n_fft, hop_length, window=window, center=center,
+    pad_mode="reflect", return_complex=True)`` (transposed). Centred: padded by n_fft // 2 on
+    each side (reflected; zeros if x is too short to reflect), so frames = time // hop + 1 for
+    even n_fft; otherwise frames = 1 + (time - n_fft) // hop. Framed by ``unfold`` and transformed by ``rfft``, which
+    makes forward + backward about 2x faster on CPU than torch.stft, whose backward runs a full
+    complex FFT.
+    """
+    n_fft = window.shape[-1]
+    if center:
+        half = n_fft // 2
+        mode = "reflect" if x.shape[-1] > half else "constant"
+        x = torch.nn.functional.pad(x[:, None], (half, half), mode=mode)[:, 0]
+    return torch.fft.rfft(x.unfold(-1, n_fft, hop_length) * window, dim=-1)
+
+
+def power_spectrogram(stft: Tensor, power: float) -> Tensor:
+    """|X|^power of a complex STFT, with finite gradients where X = 0 (no sqrt of zero)."""
+    energy = torch.view_as_real(stft).square().sum(-1)  # re^2 + im^2
+    if power == 2.0:
+        return energy
+    if power <= 0:
+        raise ValueError(f"power must be > 0, got {power}")
+    # d/ds s^(p/2) = p/2 s^(p/2-1) is infinite at s = 0 for p < 2: take 0 there instead
+    positive = energy > 0
+    safe = torch.where(positive, energy, torch.ones_like(energy))
+    return torch.where(positive, safe.pow(power / 2), torch.zeros_like(energy))
+
+
+class MelSpectrogram(torch.nn.Module):
+    """Mel spectrogram (batch, n_mels, frames) of x (batch, time) or (batch, channels, time).
+
+    Channels are mixed by their mean first. Hann window (periodic) of n_fft samples,
+    ``center=True`` with reflect padding (frames = time // hop_length + 1), ``|STFT|^power``,
+    then the Slaney mel filterbank: nnAudio's ``MelSpectrogram`` defaults, which the DAFx 2025
+    paper used (Sec. 4.3: 64 mels, hop 23 ms; Sec. 4.5: n_fft 4096, hop 1024, 128 mels).
+    ``backend="nnaudio"`` runs ``nnAudio.features.MelSpectrogram`` instead (same settings;
+    NaN gradients on silence, 68 MB of kernels at n_fft 4096).
+    """
+
+    def __init__(
+        self,
+        sample_rate: float,
+        n_fft: int,
+        hop_length: int,
+        n_mels: int,
+        power: float = 2.0,
+        backend: Backend = "torch",
+        fmin: float = 0.0,
+        fmax: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.n_mels = n_mels
+        self.power = power
+        self.backend = backend
+        if backend == "torch":
+            # float64 buffers, cast to the input's dtype per call: exact for float64 input
+            f64 = torch.float64
+            self.register_buffer("window", torch.hann_window(n_fft, periodic=True, dtype=f64), persistent=False)
+            self.register_buffer(
+                "mel_basis", mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, f64), persistent=False
+            )
+            self.nnaudio = None
+        elif backend == "nnaudio":
+            import nnAudio.features  # lazy: pulls in scipy.signal
+
+            self.nnaudio = nnAudio.features.MelSpectrogram(
+                sr=sample_rate, n_fft=n_fft, n_mels=n_mels, hop_length=hop_length, window="hann",
+                center=True, pad_mode="reflect", power=power, htk=False, fmin=fmin, fmax=fmax,
+                norm=1, trainable_mel=False, trainable_STFT=False, verbose=False,
+            )
+        else:
+            raise ValueError(f"backend must be 'torch' or 'nnaudio', got {backend!r}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _mono(x)
+        if self.nnaudio is not None:
+            return self.nnaudio(x)
+        power = power_spectrogram(stft(x, self.window.to(x.dtype), self.hop_length), self.power)
+        return torch.matmul(self.mel_basis.to(x.dtype), power.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return (
+            f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
+            f"n_mels={self.n_mels}, power={self.power}, backend={self.backend!r}"
+        )
+
+
+def log_mel(x: Tensor, mel: MelSpectrogram) -> Tensor:
+    """ln(Mel{x} + 1): the log-scaled mel spectrogram of DAFx 2025 Eq. 16 (and Sec. 4.3's input)."""
+    return torch.log1p(mel(x))

@@ -1,0 +1,178 @@
+"""Spectral front-end: the filterbank against nnAudio's librosa clone, the torch backend against
+nnAudio's MelSpectrogram and against a float64 numpy STFT, shapes, state_dict size, gradients
+on silence, and the import-time promise (no nnAudio, no scipy)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from nnAudio.librosa_functions import get_mel  # numpy only; nnAudio.features is imported by the backend
+
+from afxest.spectral import MelSpectrogram, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, stft
+
+SR = 22050
+# (n_fft, hop, n_mels): DAFx 2025 loss (Sec. 4.5) and encoder input (Sec. 4.3, hop 23 ms)
+SETTINGS = [(4096, 1024, 128), (2048, 512, 64)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors: intra-op threads only add synchronisation (and stall on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_slaney_mel_scale_values():
+    # librosa's documented values for the Slaney scale: 60 Hz -> 0.9, 110/220/440 -> 1.65/3.3/6.6
+    hz = torch.tensor([60.0, 110.0, 220.0, 440.0, 1000.0], dtype=torch.float64)
+    assert torch.allclose(hz_to_mel(hz), torch.tensor([0.9, 1.65, 3.3, 6.6, 15.0], dtype=torch.float64))
+    assert math.isclose(float(mel_to_hz(torch.tensor(3.0, dtype=torch.float64))), 200.0)
+    grid = torch.linspace(0, 22050, 1001, dtype=torch.float64)
+    assert torch.allclose(mel_to_hz(hz_to_mel(grid)), grid, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "sr, n_fft, n_mels, fmin, fmax",
+    [
+        (22050, 4096, 128, 0.0, None),
+        (22050, 2048, 64, 0.0, None),
+        (44100, 1024, 40, 30.0, 8000.0),
+        (16000, 512, 80, 0.0, None),
+    ],
+)
+def test_filterbank_matches_nnaudio(sr, n_fft, n_mels, fmin, fmax):
+    ours = mel_filterbank(sr, n_fft, n_mels, fmin, fmax, dtype=torch.float64).numpy()
+    theirs = get_mel(sr, n_fft, n_mels, fmin, fmax, htk=False, norm=1, dtype=np.float64)
+    assert ours.shape == (n_mels, n_fft // 2 + 1)
+    assert np.abs(ours - theirs).max() <= 1e-6 * np.abs(theirs).max()
+    # float32 default against nnAudio's own float32 basis (what its MelSpectrogram multiplies by)
+    ours32 = mel_filterbank(sr, n_fft, n_mels, fmin, fmax).numpy()
+    theirs32 = get_mel(sr, n_fft, n_mels, fmin, fmax)
+    assert ours32.dtype == np.float32
+    assert np.abs(ours32 - theirs32).max() <= 1e-6 * np.abs(theirs32).max()
+
+
+def test_filterbank_area_normalisation():
+    # Slaney normalisation: each triangle has unit area in Hz (up to the sampling of the grid)
+    fb = mel_filterbank(SR, 8192, 40, dtype=torch.float64)
+    area = fb.sum(dim=1) * (SR / 8192)
+    assert torch.allclose(area, torch.ones_like(area), rtol=0.02)
+
+
+def test_empty_filters_warn():
+    with pytest.warns(UserWarning, match="empty mel filters"):
+        mel_filterbank(SR, 256, 128)
+
+
+def numpy_mel_power(x: np.ndarray, n_fft: int, hop: int, n_mels: int) -> np.ndarray:
+    """float64 reference: reflect-padded frames, periodic Hann, |rfft|^2, nnAudio's mel basis."""
+    pad = n_fft // 2
+    xp = np.pad(x, [(0, 0), (pad, pad)], mode="reflect")
+    n_frames = 1 + (xp.shape[-1] - n_fft) // hop
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    spec = np.abs(np.fft.rfft(xp[:, idx] * window, axis=-1)) ** 2  # (batch, frames, bins)
+    basis = get_mel(SR, n_fft, n_mels, dtype=np.float64)
+    return np.einsum("mk,bfk->bmf", basis, spec)
+
+
+@pytest.fixture(scope="module")
+def signals() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(SR) / SR
+    noise = 0.3 * torch.randn(1, SR, generator=g)
+    chirp = 0.5 * torch.sin(2 * math.pi * (100 * t + 2000 * t * t))[None]
+    return torch.cat([noise, chirp])
+
+
+@pytest.mark.parametrize("n_fft, hop, n_mels", SETTINGS)
+def test_torch_backend_matches_float64_reference(signals, n_fft, hop, n_mels):
+    a = MelSpectrogram(SR, n_fft, hop, n_mels)(signals)
+    assert a.shape == (2, n_mels, SR // hop + 1)
+    exact = numpy_mel_power(signals.double().numpy(), n_fft, hop, n_mels)
+    assert np.abs(a.double().numpy() - exact).max() <= 5e-7 * exact.max()
+    a64 = MelSpectrogram(SR, n_fft, hop, n_mels)(signals.double())
+    assert a64.dtype == torch.float64
+    assert np.abs(a64.numpy() - exact).max() <= 1e-12 * exact.max()
+
+
+@pytest.mark.parametrize("n_fft, hop, n_mels", [(2048, 512, 64), (1024, 256, 128)])
+def test_torch_backend_matches_nnaudio(signals, n_fft, hop, n_mels):
+    # n_fft 4096 is compared by benchmarks/frontend.py (nnAudio takes seconds to build it).
+    a = MelSpectrogram(SR, n_fft, hop, n_mels)(signals)
+    b = MelSpectrogram(SR, n_fft, hop, n_mels, backend="nnaudio")(signals)
+    assert a.shape == b.shape
+    # nnAudio's float32 dense-convolution STFT is itself ~1-4e-6 (of the peak) off the exact
+    # value; ours (FFT) stays within ~3e-7 of a float64 computation (test above).
+    assert (a - b).abs().max() <= 5e-6 * b.abs().max()
+
+
+@pytest.mark.parametrize(
+    "n_fft, hop, center", [(4096, 1024, True), (67, 33, True), (2053, 1026, False), (512, 100, False)]
+)
+def test_stft_equals_torch_stft(n_fft, hop, center):
+    x = torch.randn(2, 9000, dtype=torch.float64)
+    window = torch.hann_window(n_fft, dtype=torch.float64)
+    ours = stft(x, window, hop, center=center)
+    ref = torch.stft(x, n_fft, hop, window=window, center=center, pad_mode="reflect", return_complex=True)
+    assert torch.allclose(ours.transpose(1, 2), ref, atol=1e-10)
+    short = torch.randn(1, 40, dtype=torch.float64)  # too short to reflect: zero padded
+    assert stft(short, torch.hann_window(128, dtype=torch.float64), 32).shape == (1, 2, 65)
+
+
+def test_channels_are_mixed_by_mean_and_power_one():
+    mel = MelSpectrogram(SR, 1024, 256, 40, power=1.0)
+    x = torch.randn(3, 2, 4000)
+    assert torch.allclose(mel(x), mel(x.mean(dim=1)))
+    stft = torch.stft(x.mean(dim=1), 1024, 256, window=torch.hann_window(1024), return_complex=True)
+    assert torch.allclose(mel(x), mel.mel_basis.float() @ stft.abs(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        mel(torch.randn(4000))
+
+
+def test_state_dict_holds_no_kernels():
+    mel = MelSpectrogram(SR, 4096, 1024, 128)
+    assert len(mel.state_dict()) == 0
+    assert mel.mel_basis.shape == (128, 2049)  # still a buffer: follows .to(device)
+
+
+@pytest.mark.parametrize("power", [2.0, 1.0, 0.5])
+def test_finite_gradients_on_silence(power):
+    mel = MelSpectrogram(SR, 2048, 512, 64, power=power)
+    x = torch.zeros(2, 8000, requires_grad=True)
+    log_mel(x, mel).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # half silent, half signal
+    x = torch.cat([torch.zeros(1, 4000), 0.1 * torch.randn(1, 4000)], dim=1).requires_grad_()
+    log_mel(x, mel).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_why_nnaudio_gives_nan_on_silence():
+    # nnAudio's STFT returns sqrt(re^2 + im^2) (no epsilon unless trainable) and MelSpectrogram
+    # raises it to `power`: at a zero bin d sqrt(s)/ds = inf times ds/dre = 2 re = 0 -> NaN.
+    re = torch.zeros(3, requires_grad=True)
+    torch.sqrt(re.square() + 0.0).pow(2).sum().backward()
+    assert torch.isnan(re.grad).all()
+
+
+def test_log_mel_is_log1p():
+    mel = MelSpectrogram(SR, 512, 128, 32)
+    x = torch.randn(2, 3000)
+    assert torch.allclose(log_mel(x, mel), torch.log(mel(x) + 1))
+
+
+def test_import_pulls_neither_nnaudio_nor_scipy():
+    code = (
+        "import sys, afxest.spectral, afxest.losses; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('nnAudio', 'scipy')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
