@@ -103,8 +103,8 @@ def task_loss(task, device):
     if task.loss == "log_mel":
         return losses.LogMelLoss(task.sample_rate).to(device)
     if task.loss == "sot_mrstft":
-        sot = losses.SOTLoss(task.sample_rate).to(device)
-        mrstft = losses.MRSTFTLoss().to(device)
+        sot = losses.SpectralOTLoss(task.sample_rate, unit="bins").to(device)
+        mrstft = losses.MRSTFTRevisitedLoss().to(device)
         return lambda y_hat, y: sot(y_hat, y) + mrstft(y_hat, y)
     raise ValueError(task.loss)
 

@@ -58,14 +58,7 @@ class MelConvNeXt(nn.Module):
                 channels = width
             layers.append(ConvNeXtBlock1d(width))
         self.blocks = nn.Sequential(*layers)
-        self.mlp = nn.Sequential(
-            nn.Linear(channels, embed_dim),
-            nn.BatchNorm1d(embed_dim),
-            nn.SiLU(),
-            nn.Linear(embed_dim, embed_dim),
-            nn.BatchNorm1d(embed_dim),
-            nn.SiLU(),
-        )
+        self.mlp = nn.Sequential(nn.Linear(channels, embed_dim), nn.BatchNorm1d(embed_dim), nn.SiLU())
         self.embed_dim = embed_dim
 
     def forward(self, wet: Tensor) -> Tensor:
