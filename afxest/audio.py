@@ -59,11 +59,16 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     return audio, int(sample_rate)
 
 
-def resample(audio: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
-    """Resample (channels, frames) audio with pedalboard's 256-tap windowed-sinc resampler.
+RESAMPLER_QUALITY = {"best": "WindowedSinc256", "fast": "WindowedSinc32"}
 
-    The output has round(frames * to_rate / from_rate) frames, time-aligned with the input
-    (the resampler's latency is removed).
+
+def resample(audio: np.ndarray, from_rate: float, to_rate: float, quality: str = "best") -> np.ndarray:
+    """Resample (channels, frames) audio with pedalboard's windowed-sinc resampler.
+
+    ``quality`` "best" uses 256 taps; "fast" 32 taps, 7x faster (used to cache training music,
+    where its slightly wider transition band does not matter). The output has
+    round(frames * to_rate / from_rate) frames, time-aligned with the input (the resampler's
+    latency is removed).
     """
     if from_rate == to_rate:
         return audio
@@ -72,7 +77,7 @@ def resample(audio: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray:
 
     channels, frames = audio.shape
     from_rate, to_rate = int(from_rate), int(to_rate)
-    resampler = StreamResampler(from_rate, to_rate, channels, Resample.Quality.WindowedSinc256)
+    resampler = StreamResampler(from_rate, to_rate, channels, getattr(Resample.Quality, RESAMPLER_QUALITY[quality]))
     # The resampler removes round(L * to / from) output samples of its latency L (in input
     # samples) and leaves the fractional part as a sub-sample delay. Prepending k zeros so that
     # (L + k) * to / from is an integer turns the whole delay into whole samples we can drop.

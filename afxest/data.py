@@ -89,7 +89,7 @@ class MusicFolder:
                     audio, rate = read_audio(path)
                 except UserError:
                     continue  # unreadable files are skipped, not fatal
-                mono = resample(to_mono(audio), rate, self.sample_rate)[0]
+                mono = resample(to_mono(audio), rate, self.sample_rate, quality="fast")[0]
                 tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
                 np.save(tmp, mono.astype(np.float32))
                 os.replace(tmp, cache)

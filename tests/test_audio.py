@@ -356,3 +356,15 @@ def test_check_output_path_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     refused(tmp_path / "exists.wav", "already exists")
     assert check_output_path(tmp_path / "exists.wav", inputs=[dry], force=True) == tmp_path / "exists.wav"
     assert dry.read_bytes() == b"dry"
+
+
+@pytest.mark.parametrize("rates", [(44100, 22050), (48000, 22050), (8000, 22050)])
+def test_fast_resampler_is_aligned_too(rates: tuple[int, int]) -> None:
+    """quality="fast" (32 taps, for caching training music) is time-aligned like "best"."""
+    src, dst = rates
+    t = np.arange(2 * src) / src
+    y = resample(np.sin(2 * np.pi * 300 * t).astype(np.float32)[None], src, dst, quality="fast")[0]
+    ref = np.sin(2 * np.pi * 300 * np.arange(y.size) / dst)
+    inner = slice(dst // 4, -dst // 4)
+    err = y[inner] - ref[inner]
+    assert 10 * np.log10(np.sum(ref[inner] ** 2) / np.sum(err**2)) > 70
