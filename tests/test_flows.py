@@ -29,13 +29,7 @@ from afxest.nn.flows import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Many small ops: on a shared machine, a second thread only adds waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturbed_layer(d: int, reverse: bool, seed: int, scale: float = 0.5) -> ConditionalDSF:

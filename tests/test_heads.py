@@ -25,13 +25,7 @@ from afxest.nn.heads import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Many small ops: on a shared machine, a second thread only adds waiting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturbed_head(d: int, flows: int, seed: int) -> tuple[PosteriorHead, torch.Tensor]:

@@ -35,13 +35,7 @@ SR_FM = 44100  # FM experiment: 125 ms sounds
 N_FM = 5512
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: intra-op threads only add synchronisation (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def np_frames(x: np.ndarray, n: int, hop: int, center: bool) -> np.ndarray:
