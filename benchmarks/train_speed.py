@@ -11,7 +11,6 @@ backward of one torch.stft (n_fft 4096, hop 1024) over the same batch of audio.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import doctest
 import math
-from collections.abc import Iterator
 
 import mpmath
 import pytest

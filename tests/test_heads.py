@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import doctest
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
