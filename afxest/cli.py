@@ -47,6 +47,11 @@ def _say(message: str, warning: bool = False) -> None:
     err.print(line, soft_wrap=True)
 
 
+def _print_wide(renderable) -> None:
+    """A table on stderr: the terminal's width, or 160 columns when stderr is not a terminal."""
+    (err if err.is_terminal else Console(stderr=True, highlight=False, width=160)).print(renderable)
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"afxest {__version__}")
@@ -150,6 +155,126 @@ def train(
     )
     best = "none" if result.best_objective is None else f"{result.best_objective:.4f} at step {result.best_step}"
     _say(f"done: {result.steps} steps; best validation objective {best}; run in {out}")
+
+
+class EstimateEngine(str, Enum):
+    pedalboard = "pedalboard"
+    ddsp = "ddsp"
+
+
+@app.command()
+def estimate(
+    wets: Annotated[
+        list[Path], typer.Argument(metavar="WET...", help="Processed audio files (any format, rate, channels).", show_default=False)
+    ],
+    dry: Annotated[
+        Optional[list[Path]],
+        typer.Option("--dry", help="Dry file(s), paired with the wet files in order (repeat --dry), one for all, or a folder matched by file name.", show_default=False),
+    ] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name (see afxest models) or checkpoint path; default: master, else eq.", show_default=False)] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Candidates to draw from the posterior.")] = 10,
+    engine: Annotated[EstimateEngine, typer.Option(help="Renderer for ranking with a dry file: pedalboard (the real plugins) or ddsp.")] = EstimateEngine.pedalboard,
+    refine: Annotated[int, typer.Option(min=0, help="Gradient steps to refine the best candidates (0: none).")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder that receives <wet name>/estimate.json and audio.")] = Path("."),
+    json_out: Annotated[bool, typer.Option("--json", help="Print each estimate as one JSON line on stdout.")] = False,
+    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed (the same seed gives the same estimate).")] = 0,
+    audio_all: Annotated[bool, typer.Option("--audio-all", help="Write the audio of every candidate, not only the best.")] = False,
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Write no audio.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing estimates.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Estimate the effect or synth preset behind each wet file: ranked candidates and a summary."""
+    import json
+
+    from afxest.estimate import (
+        EstimateOptions, Analyser, candidates_table, check_out_dir, check_stems, inference_threads,
+        pair_inputs, run_batch,
+    )
+    from afxest.store import load_model
+    from afxest.train import resolve_device
+
+    if audio_all and no_audio:
+        raise UserError("give --audio-all or --no-audio, not both")
+    check_out_dir(out)
+    jobs = pair_inputs(wets, dry or [])
+    check_stems(jobs)
+    torch_device = resolve_device(device)
+    if torch_device.type == "cpu":
+        inference_threads()
+    loaded = load_model(model, torch_device)
+    options = EstimateOptions(
+        samples=samples, engine=engine.value, refine=refine, seed=seed,
+        audio="all" if audio_all else "none" if no_audio else "top", force=force,
+    )
+    if dry and loaded.task.has_source:
+        raise UserError(f"the {loaded.task.name} model estimates a synth, which needs no dry file; leave out --dry")
+    if refine and not dry and not loaded.task.has_source:
+        raise UserError("--refine needs a dry file for an effect task (it improves the reconstruction of the wet)")
+    analyser = Analyser(loaded, torch_device)
+
+    bar = None
+    if progress and err.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("estimating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
+        bar_task = bar.add_task("estimate", total=len(jobs))
+        bar.start()
+
+    def on_result(result) -> None:
+        _print_wide(candidates_table(result.document))
+        audio = sum(1 for c in result.document["candidates"] if c["audio"])
+        _say(f"wrote {result.folder / 'estimate.json'}" + (f" and {audio} audio file{'s' * (audio > 1)}" if audio else ""))
+        if json_out:
+            sys.stdout.write(json.dumps(result.document) + "\n")
+            sys.stdout.flush()
+
+    def on_error(job, exc: BaseException) -> None:
+        if isinstance(exc, UserError):
+            print(f"afxest: error: {exc}", file=sys.stderr)
+        else:
+            print(f"afxest: internal error: {job.wet}: {exc.__class__.__name__}: {exc} (please report it; "
+                  "set AFXEST_DEBUG=1 for a traceback)", file=sys.stderr)
+            import os
+
+            if os.environ.get("AFXEST_DEBUG"):
+                import traceback
+
+                traceback.print_exception(exc)
+
+    try:
+        code = run_batch(
+            jobs, analyser, out, options, on_result, on_error,
+            progress=None if bar is None else (lambda done: bar.update(bar_task, completed=done)),
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def models(
+    json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON on stdout.")] = False,
+) -> None:
+    """List the bundled and user models (name, task, estimator, size, validation metrics)."""
+    import json
+
+    from afxest.store import bundled_models_dir, list_models, models_table, user_models_dir
+
+    rows = list_models()
+    if json_out:
+        bundled = bundled_models_dir()
+        print(json.dumps({"models": rows, "user_dir": str(user_models_dir()), "bundled_dir": None if bundled is None else str(bundled)}))
+        return
+    if not rows:
+        _say(f"no models installed: none are bundled yet, and {user_models_dir()} holds none; give --model a checkpoint path (run/best.pt)")
+        return
+    _print_wide(models_table(rows))
+    for row in rows:
+        if "error" in row:
+            _say(f"{row['name']}: {row['error']}", warning=True)
 
 
 def main(argv: list[str] | None = None) -> int:

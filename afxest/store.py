@@ -1,0 +1,263 @@
+"""The model store: find a trained estimator by name or path, load it, and list what is there.
+
+``--model`` takes either
+
+* a path to a checkpoint written by ``afxest train`` (``run/best.pt``), or a run folder (its
+  ``best.pt``); anything ending in ``.pt`` or containing a path separator is a path; or
+* a name: ``<name>.pt`` in the user model folder (``platformdirs.user_data_dir("afxest")/models``)
+  or among the models bundled with the package (``afxest.models``, the top-level ``models/``
+  folder of the source tree). A user model shadows a bundled one of the same name, so an
+  updated model can be installed without reinstalling afxest.
+
+Loading goes through :func:`afxest.train.load_checkpoint` (``weights_only=True``: no code in a
+checkpoint is ever run), rebuilds the :class:`~afxest.nn.estimator.Estimator` from the task
+name and estimator configuration stored in it, and refuses a checkpoint whose stored task
+definition differs from the current one (other ranges, rate, clip length, loss or encoder would
+make its outputs mean something else). Training hyperparameters (learning rate, batch size,
+weight decay, beta) are not compared: they do not change what a trained model's outputs mean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from afxest.errors import UserError
+
+DEFAULT_MODELS = ("master", "eq")  # the first that exists is the default
+TRAINING_ONLY_KEYS = ("lr", "batch_size", "weight_decay", "beta")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file the store knows of: its name, where it lives, and its origin."""
+
+    name: str
+    path: Path
+    origin: str  # "user", "bundled" or "path"
+
+
+@dataclass
+class LoadedModel:
+    """A loaded, ready-to-run estimator (in eval mode, on the requested device)."""
+
+    name: str
+    path: Path
+    sha256: str
+    task: Any  # afxest.tasks.Task
+    estimator: Any  # afxest.nn.estimator.Estimator
+    kind: str
+    flows: int
+    step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def user_models_dir() -> Path:
+    """``platformdirs.user_data_dir("afxest")/models`` (e.g. ``~/.local/share/afxest/models``)."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("afxest")) / "models"
+
+
+def bundled_models_dir() -> Path | None:
+    """The folder of the installed ``afxest.models`` package, or None without one."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("afxest.models")
+    except (ModuleNotFoundError, TypeError):
+        return None
+    path = Path(str(folder))
+    return path if path.is_dir() else None
+
+
+def available_models() -> list[ModelFile]:
+    """Every named model: user models first, then bundled ones not shadowed by a user model."""
+    found: dict[str, ModelFile] = {}
+    for origin, folder in (("user", user_models_dir()), ("bundled", bundled_models_dir())):
+        if folder is None or not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.pt")):
+            if path.is_file() and path.stem not in found:
+                found[path.stem] = ModelFile(path.stem, path, origin)
+    return list(found.values())
+
+
+def default_model_name() -> str:
+    """``master`` when such a model exists, else ``eq``."""
+    names = {m.name for m in available_models()}
+    for name in DEFAULT_MODELS:
+        if name in names:
+            return name
+    return DEFAULT_MODELS[-1]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith(".pt") or "/" in spec or os.sep in spec or (os.altsep or "/") in spec
+
+
+def resolve_model(spec: str | None) -> ModelFile:
+    """The model file that ``--model spec`` names (None: the default model)."""
+    if spec is None:
+        spec = default_model_name()
+    if _looks_like_path(spec):
+        path = Path(spec)
+        if path.is_dir():
+            if not (path / "best.pt").is_file():
+                raise UserError(f"{path}: folder holds no best.pt (give a checkpoint file or a run folder)")
+            path = path / "best.pt"
+        if not path.is_file():
+            raise UserError(f"{path}: no such model file")
+        return ModelFile(str(spec), path, "path")
+    for model in available_models():
+        if model.name == spec:
+            return model
+    names = [m.name for m in available_models()]
+    if names:
+        raise UserError(f"unknown model {spec!r} (available: {', '.join(names)}; or give a checkpoint path)")
+    raise UserError(
+        f"unknown model {spec!r}: no models are installed (none bundled yet, none in {user_models_dir()}); "
+        f"give a checkpoint path such as run/best.pt, or copy one to {user_models_dir()}/{spec}.pt"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _definition_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first key (other than training hyperparameters) where two task definitions differ."""
+    for key in sorted(set(stored) | set(current)):
+        if key in TRAINING_ONLY_KEYS:
+            continue
+        if stored.get(key) != current.get(key):
+            return key
+    return None
+
+
+def load_model(spec: str | None, device: Any = "cpu") -> LoadedModel:
+    """Resolve ``spec`` and load it: one-line UserErrors for unknown names and bad files."""
+    model_file = resolve_model(spec)
+    return load_model_file(model_file, device)
+
+
+def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
+    """Load a checkpoint, check it against the current task definition, build its estimator."""
+    from afxest.train import load_checkpoint
+
+    path = model_file.path
+    state = load_checkpoint(path, map_location="cpu")
+    info = describe_checkpoint(state, path)
+    from afxest.nn.estimator import Estimator, EstimatorConfig
+
+    try:
+        config = EstimatorConfig(**state["estimator"])
+        estimator = Estimator(info["task_obj"], config)
+        estimator.load_state_dict(state["model"])
+    except Exception as err:  # noqa: BLE001 - any mismatch means the file is not for this version
+        raise UserError(
+            f"{path}: incompatible model (its weights do not fit this afxest's "
+            f"{info['estimator'].get('kind')!s} estimator: {err.__class__.__name__})"
+        ) from None
+    estimator.eval().to(device)
+    return LoadedModel(
+        name=model_file.name,
+        path=path,
+        sha256=file_sha256(path),
+        task=info["task_obj"],
+        estimator=estimator,
+        kind=config.kind,
+        flows=config.flows,
+        step=info["step"],
+        metrics=info["metrics"],
+    )
+
+
+def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Task, estimator and metrics of a loaded checkpoint; UserError if incompatible."""
+    from afxest.tasks import TASKS
+
+    stored = state.get("task")
+    est = state.get("estimator")
+    if not isinstance(stored, dict) or not isinstance(est, dict) or "model" not in state:
+        raise UserError(f"{path}: incompatible model (no task definition, estimator or weights in the checkpoint)")
+    name = stored.get("name")
+    if name not in TASKS:
+        raise UserError(f"{path}: incompatible model (task {name!r} is unknown to this afxest: {', '.join(TASKS)})")
+    task = TASKS[name]
+    key = _definition_difference(stored, task.to_dict())
+    if key is not None:
+        raise UserError(
+            f"{path}: incompatible model: it was trained for a different {name!r} task definition "
+            f"({key!r} differs from this afxest's; retrain or use a matching afxest version)"
+        )
+    metrics = state.get("metrics") if isinstance(state.get("metrics"), dict) else {}
+    step = state.get("step")
+    return {
+        "task_obj": task,
+        "task": name,
+        "estimator": est,
+        "step": int(step) if isinstance(step, int) else None,
+        "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+    }
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One row per available model, for ``afxest models``; unreadable files get an ``error``."""
+    from afxest.train import load_checkpoint
+
+    rows = []
+    for model in available_models():
+        row: dict[str, Any] = {
+            "name": model.name,
+            "origin": model.origin,
+            "path": str(model.path),
+            "size_bytes": model.path.stat().st_size,
+        }
+        try:
+            state = load_checkpoint(model.path)
+            info = describe_checkpoint(state, model.path)
+        except UserError as err:
+            row["error"] = str(err)
+        else:
+            est = info["estimator"]
+            row.update(
+                task=info["task"],
+                estimator=est.get("kind"),
+                flows=est.get("flows"),
+                step=info["step"],
+                metrics=info["metrics"],
+            )
+        rows.append(row)
+    return rows
+
+
+def models_table(rows: list[dict[str, Any]]):
+    """A rich table of :func:`list_models` rows (name, origin, task, estimator, size, step and
+    the validation figures stored in the checkpoint)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="afxest models", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    numeric = ("size", "step", "val_audio", "val_entropy_bits")
+    for name in ("name", "origin", "task", "estimator", *numeric):
+        table.add_column(name, justify="right" if name in numeric else "left")
+    for row in rows:
+        size = f"{row['size_bytes'] / 1e6:.1f} MB"
+        if "error" in row:
+            table.add_row(Text(row["name"]), row["origin"], Text("unreadable", style="red"), "", size, "", "", "")
+            continue
+        metrics = row["metrics"]
+        figures = ["-" if key not in metrics else f"{metrics[key]:.4f}" for key in ("val_audio", "val_entropy_bits")]
+        estimator = row["estimator"] + (f" (T={row['flows']})" if row["estimator"] == "posterior" else "")
+        step = "-" if row["step"] is None else str(row["step"])
+        table.add_row(Text(row["name"]), row["origin"], row["task"], estimator, size, step, *figures)
+    return table

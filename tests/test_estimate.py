@@ -1,0 +1,545 @@
+"""``afxest estimate``: checked against references built here independently (pedalboard plugins
+from the JSON values, the losses recomputed, numpy's quantiles, the posterior's log-density
+from the checkpoint's weights), on tiny real checkpoints trained once per module.
+
+Every test calls :func:`afxest.cli.main` in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pedalboard
+import pytest
+import soundfile
+import torch
+
+from afxest import losses
+from afxest.audio import read_audio, resample, to_mono
+from afxest.cli import main
+from afxest.data import procedural_music
+from afxest.estimate import read_mono
+from afxest.tasks import TASKS
+from afxest.train import TrainConfig, train
+
+SR = 22050
+FM_SR = 44100
+
+PLUGINS = {
+    "high_shelf": pedalboard.HighShelfFilter,
+    "low_shelf": pedalboard.LowShelfFilter,
+    "peak": pedalboard.PeakFilter,
+    "compressor": pedalboard.Compressor,
+    "gain": pedalboard.Gain,
+    "clipping": pedalboard.Clipping,
+}
+
+
+def reference_render(preset: dict[str, Any], dry: np.ndarray, rate: float) -> np.ndarray:
+    """pedalboard plugins built from the preset's JSON values (channels, frames) -> same."""
+    board = pedalboard.Pedalboard(
+        [PLUGINS[e["type"]](**{k: v for k, v in e.items() if k != "type"}) for e in preset["effects"]]
+    )
+    return board(np.ascontiguousarray(dry, dtype=np.float32), float(rate))
+
+
+def write(path: Path, audio: np.ndarray, rate: int) -> Path:
+    subtype = "PCM_24" if path.suffix == ".flac" else "FLOAT"
+    soundfile.write(path, np.atleast_2d(audio).T, rate, subtype=subtype)
+    return path
+
+
+def music(seconds: float, rate: int = SR, seed: int = 0) -> np.ndarray:
+    return procedural_music(np.random.default_rng(seed), int(round(seconds * rate)), rate)
+
+
+def shelf(x: np.ndarray, rate: int = SR) -> np.ndarray:
+    board = pedalboard.Pedalboard([pedalboard.HighShelfFilter(cutoff_frequency_hz=1500.0, gain_db=8.0, q=0.8)])
+    return board(np.atleast_2d(x).astype(np.float32), float(rate))
+
+
+def fm_tone(index: float, ratio: float, frames: int) -> np.ndarray:
+    """DAFx Eq. 19 written out here: sin(2 pi 110 t + I sin(2 pi 110 ratio t))."""
+    t = np.arange(frames) / FM_SR
+    return np.sin(2 * np.pi * 110 * t + index * np.sin(2 * np.pi * 110 * ratio * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> dict[str, Path]:
+    """Tiny real checkpoints: one training step each."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, task, estimator in (("eq", "eq", "posterior"), ("fm", "fm", "posterior"), ("fm_det", "fm", "deterministic")):
+        run = root / name
+        train(
+            TrainConfig(task=task, out=str(run), estimator=estimator, max_steps=1, batch_size=2, val_items=2,
+                        val_every=1, checkpoint_every=1),
+            log=lambda _m: None,
+        )
+        out[name] = run / "best.pt"
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 5 s mono dry at the eq task's rate and its wet (one pedalboard high shelf)."""
+    root = tmp_path_factory.mktemp("pair")
+    x = music(5.0)
+    return write(root / "song.wav", shelf(x), SR), write(root / "dry.wav", x, SR)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*"))}
+
+
+def physical(doc: dict[str, Any], name: str) -> list[float]:
+    """The physical values of ``<index>.<type>.<param>`` over the candidates, read from the presets."""
+    index, kind, param = name.split(".")
+    values = []
+    for c in doc["candidates"]:
+        preset = c["preset"]
+        procs = ([preset["source"]] if preset["source"] else []) + preset["effects"]
+        assert procs[int(index)]["type"] == kind
+        values.append(procs[int(index)][param])
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# with a dry file
+
+
+def test_top_candidate_rerenders_and_its_loss_is_the_reported_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    wet, dry = pair
+    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 6)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 1  # stdout: one JSON document per input and nothing else
+    doc = json.loads(lines[0])
+    assert doc == json.loads((tmp_path / "song" / "estimate.json").read_text())
+    assert doc["format"] == "afxest-estimate/1" and doc["task"] == "eq" and doc["ranked_by"] == "log_mel"
+    assert doc["model"]["sha256"] == hashlib.sha256(models["eq"].read_bytes()).hexdigest()
+    assert doc["sample_rate"] == SR and doc["wet"] == str(wet) and doc["dry"] == str(dry)
+    assert doc["entropy_bits_per_dim"] <= 0  # a density on [0, 1]^d
+    candidates = doc["candidates"]
+    assert [c["rank"] for c in candidates] == list(range(1, 7))
+    assert [c["loss"] for c in candidates] == sorted(c["loss"] for c in candidates)
+    assert candidates[0]["audio"] == "candidate-1.wav" and all(c["audio"] is None for c in candidates[1:])
+    assert sorted(p.name for p in (tmp_path / "song").iterdir()) == ["candidate-1.wav", "estimate.json"]
+    assert "ranked by log_mel" in err  # the table went to stderr
+
+    # the written audio is pedalboard on the dry, and nothing else
+    dry_audio, _ = read_audio(dry)
+    wet_audio, _ = read_audio(wet)
+    written, rate = read_audio(tmp_path / "song" / "candidate-1.wav")
+    assert rate == SR
+    np.testing.assert_array_equal(written, reference_render(candidates[0]["preset"], dry_audio, SR))
+    # ... and it is what was scored: every candidate's loss, recomputed independently
+    mel = losses.LogMelLoss(SR)
+    for c in candidates:
+        y_hat = torch.from_numpy(reference_render(c["preset"], dry_audio, SR))[None]
+        assert mel(y_hat, torch.from_numpy(wet_audio)[None]).item() == pytest.approx(c["loss"], rel=1e-5)
+
+    # `afxest render DRY ESTIMATE` renders rank 1: the same file
+    code, _, err = run(capsys, "render", dry, tmp_path / "song" / "estimate.json", "-o", tmp_path / "r.wav")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_audio(tmp_path / "r.wav")[0], written)
+
+    # the summary: numpy's statistics over the candidates' physical values
+    assert set(doc["summary"]) == set(TASKS["eq"].model.names)
+    for name, stats in doc["summary"].items():
+        v = np.array(physical(doc, name))
+        q05, q50, q95 = np.quantile(v, [0.05, 0.5, 0.95])
+        assert stats == {"mean": v.mean(), "std": v.std(), "q05": q05, "q50": q50, "q95": q95}
+
+
+def test_seed_makes_estimates_reproducible(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    wet, dry = pair
+    docs = []
+    for k, seed in enumerate((3, 3, 4)):
+        code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
+                             "--json", "--no-audio", "--seed", seed, "--samples", 4, "--force")
+        assert code == 0, err
+        docs.append(json.loads(out))
+    assert docs[0] == docs[1]
+    assert docs[0]["candidates"] != docs[2]["candidates"]
+    assert all(c["audio"] is None for c in docs[0]["candidates"])
+    assert not (tmp_path / "song" / "candidate-1.wav").exists()
+
+
+def test_refinement_does_not_raise_the_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    wet, dry = pair
+    base = ["estimate", wet, "--dry", dry, "--model", models["eq"], "--json", "--samples", 4, "--no-audio"]
+    code, out, _ = run(capsys, *base, "-o", tmp_path)
+    plain = json.loads(out)
+    (tmp_path / "r").mkdir()
+    code, out, err = run(capsys, *base, "-o", tmp_path / "r", "--refine", 8)
+    assert code == 0, err
+    refined = json.loads(out)
+    records = [c["refinement"] for c in refined["candidates"] if "refinement" in c]
+    assert len(records) == 3  # the three best
+    for c in refined["candidates"]:
+        if "refinement" in c:
+            r = c["refinement"]
+            assert r["steps"] == 8 and c["loss"] == min(r["loss_before"], r["loss_after"])
+    assert sorted(r["loss_before"] for r in records) == [c["loss"] for c in plain["candidates"][:3]]
+    assert refined["candidates"][0]["loss"] <= plain["candidates"][0]["loss"]
+    assert any(r["loss_after"] < r["loss_before"] for r in records)  # it actually improves something
+
+
+def test_ddsp_engine_scores_with_the_differentiable_processors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    from afxest.engines import render
+    from afxest.presets import parse_preset
+
+    wet, dry = pair
+    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json",
+                         "--samples", 3, "--engine", "ddsp")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["analysis"]["engine"] == "ddsp"
+    dry_audio, _ = read_audio(dry)
+    top = doc["candidates"][0]
+    expected = render(parse_preset(top["preset"], "test"), dry_audio, SR, "ddsp")
+    np.testing.assert_allclose(read_audio(tmp_path / "song" / "candidate-1.wav")[0], expected, atol=1e-6)
+    # ddsp matches pedalboard closely, so the loss is close to pedalboard's
+    y_hat = torch.from_numpy(reference_render(top["preset"], dry_audio, SR))[None]
+    loss = losses.LogMelLoss(SR)(y_hat, torch.from_numpy(read_audio(wet)[0])[None]).item()
+    assert top["loss"] == pytest.approx(loss, rel=1e-3, abs=1e-4)
+
+
+def test_long_stereo_file_is_analysed_in_windows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """23 s of stereo at 44.1 kHz: read in blocks and resampled per block; windows of 5 s (the
+    last one 8 s); a silent window is skipped; the pooled loss is the mean over windows."""
+    rate = 44100
+    x = music(23.0, rate)
+    x[10 * rate : 15 * rate] = 0.0  # window 3 (10-15 s) silent
+    dry = np.stack([x, 0.5 * x])
+    wet_path = write(tmp_path / "long.flac", shelf(dry, rate), rate)  # FLAC: another format
+    dry_path = write(tmp_path / "long-dry.wav", dry, rate)
+    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5 * 8192)  # several blocks (pedalboard's buffer multiple)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", models["eq"], "-o", out_dir,
+                         "--json", "--samples", 5)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["analysis"]["windows"] == 4 and doc["analysis"]["windows_used"] == 3
+    assert doc["analysis"]["seconds"] == pytest.approx(23.0)
+
+    # reference: whole files decoded, mixed, resampled, rendered by pedalboard at the task's rate
+    wet_m = resample(to_mono(read_audio(wet_path)[0]), rate, SR)[0]
+    dry_m = resample(to_mono(read_audio(dry_path)[0]), rate, SR)[0]
+    np.testing.assert_array_equal(read_mono(wet_path, SR).samples, wet_m)
+    clip = 5 * SR
+    windows = [(0, clip), (clip, 2 * clip), (3 * clip, len(wet_m))]  # (2 clip, 3 clip) is silent
+    mel = losses.LogMelLoss(SR)
+    for c in doc["candidates"]:
+        rendered = reference_render(c["preset"], dry_m[None], SR)[0]
+        per_window = [
+            mel(torch.from_numpy(rendered[a:b])[None, None], torch.from_numpy(wet_m[a:b])[None, None]).item()
+            for a, b in windows
+        ]
+        assert c["loss"] == pytest.approx(np.mean(per_window), rel=1e-5)
+    # the audio: the preset on the dry file itself (44.1 kHz, stereo)
+    written, written_rate = read_audio(out_dir / "long" / "candidate-1.wav")
+    assert written_rate == rate and written.shape == dry.shape
+    np.testing.assert_array_equal(written, reference_render(doc["candidates"][0]["preset"], dry, rate))
+
+
+def test_read_mono_streams_like_whole_file_resampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5000)
+    rng = np.random.default_rng(5)
+    x = (0.2 * rng.standard_normal((3, 3 * 5000 + 123))).astype(np.float32)
+    for file_rate, rate in ((48000, SR), (16000, SR), (SR, SR)):
+        path = write(tmp_path / f"x{file_rate}.wav", x, file_rate)
+        expected = resample(to_mono(read_audio(path)[0]), file_rate, rate)[0]
+        signal = read_mono(path, rate)
+        assert signal.channels == 3 and signal.file_rate == file_rate and signal.file_frames == x.shape[1]
+        np.testing.assert_allclose(signal.samples, expected, rtol=0, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# without a dry file
+
+
+def test_effect_task_without_dry_ranks_by_log_density(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    from afxest.nn.estimator import Estimator, EstimatorConfig
+
+    wet, _ = pair
+    code, out, err = run(capsys, "estimate", wet, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 5)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["ranked_by"] == "log_prob" and doc["dry"] is None
+    lp = [c["log_prob"] for c in doc["candidates"]]
+    assert lp == sorted(lp, reverse=True)
+    assert all(c["loss"] is None and c["audio"] is None for c in doc["candidates"])
+    assert [p.name for p in (tmp_path / "song").iterdir()] == ["estimate.json"]  # no dry: nothing to render
+
+    # reference: the checkpoint's weights, the encoder on the wet, the head's log_prob in float64
+    state = torch.load(models["eq"], weights_only=True)
+    task = TASKS["eq"]
+    net = Estimator(task, EstimatorConfig(**state["estimator"]))
+    net.load_state_dict(state["model"])
+    net.eval()
+    with torch.no_grad():
+        h = net.encoder(torch.from_numpy(read_audio(wet)[0])[None]).double()
+        ranges = task.model.ranges
+        names = task.model.names
+        z = torch.tensor(
+            [[r.to_normalised(v) for r, v in zip(ranges, values)] for values in zip(*(physical(doc, n) for n in names))],
+            dtype=torch.float64,
+        )
+        expected = net.head.double().log_prob(z[None], h)[0]
+    np.testing.assert_allclose(lp, expected.numpy(), rtol=0, atol=1e-4)
+
+
+def test_synth_task_ranks_against_the_wet_itself(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path]
+) -> None:
+    frames = int(0.3 * FM_SR)  # two 125 ms windows (the rest is unused)
+    wet = write(tmp_path / "tone.wav", fm_tone(2.0, 3.0, frames), FM_SR)
+    code, out, err = run(capsys, "estimate", wet, "--model", models["fm"], "-o", tmp_path, "--json", "--samples", 4, "--audio-all")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["ranked_by"] == "sot_mrstft" and doc["analysis"]["windows"] == 2
+    sot = losses.SpectralOTLoss(FM_SR, unit="bins")
+    mrstft = losses.MRSTFTRevisitedLoss()
+    y = torch.from_numpy(read_audio(wet)[0])
+    clip = int(0.125 * FM_SR)
+    for c in doc["candidates"]:
+        assert c["preset"]["source"]["type"] == "fm" and c["preset"]["effects"] == []
+        audio, rate = read_audio(tmp_path / "tone" / c["audio"])
+        assert rate == FM_SR and audio.shape == (1, clip)
+        # the written audio is the synth of the preset's values (Eq. 19 written out above)
+        s = c["preset"]["source"]
+        np.testing.assert_allclose(audio[0], fm_tone(s["modulation_index"], s["frequency_ratio"], clip), atol=2e-5)
+        a = torch.from_numpy(audio)[None]
+        per_window = [(sot(a, y[None, :, k * clip : (k + 1) * clip]) + mrstft(a, y[None, :, k * clip : (k + 1) * clip])).item()
+                      for k in range(2)]
+        assert c["loss"] == pytest.approx(np.mean(per_window), rel=1e-4)
+    assert [c["loss"] for c in doc["candidates"]] == sorted(c["loss"] for c in doc["candidates"])
+
+
+def test_point_estimator_gives_one_candidate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path]
+) -> None:
+    wet = write(tmp_path / "tone.wav", fm_tone(1.0, 2.0, int(0.125 * FM_SR)), FM_SR)
+    code, out, err = run(capsys, "estimate", wet, "--model", models["fm_det"], "-o", tmp_path, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert len(doc["candidates"]) == 1 and doc["candidates"][0]["log_prob"] is None
+    assert doc["entropy_bits_per_dim"] is None and doc["analysis"]["estimator"] == "deterministic"
+    assert all(s["std"] == 0 for s in doc["summary"].values())
+
+
+# ---------------------------------------------------------------------------------------------
+# batches and bad input
+
+
+def test_batch_goes_on_after_a_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path]
+) -> None:
+    dry_dir = tmp_path / "dry"
+    dry_dir.mkdir()
+    wets = []
+    for k in range(2):
+        x = music(1.0, seed=k)
+        write(dry_dir / f"t{k}.wav", x, SR)
+        wets.append(write(tmp_path / f"t{k}.wav", shelf(x), SR))
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, out, err = run(capsys, "estimate", wets[0], bad, wets[1], "--dry", dry_dir, "--model", models["eq"],
+                         "-o", out_dir, "--json", "--samples", 2)
+    assert code == 2
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert [Path(d["wet"]).name for d in docs] == ["t0.wav", "t1.wav"]
+    assert [Path(d["dry"]).name for d in docs] == ["t0.wav", "t1.wav"]  # matched by name in the folder
+    errors = [line for line in err.splitlines() if line.startswith("afxest: error:")]
+    assert len(errors) == 1 and "bad.wav" in errors[0]
+    assert sorted(p.name for p in out_dir.iterdir()) == ["t0", "t1"]
+
+
+def _bad_cases(tmp: Path, models: dict[str, Path], pair: tuple[Path, Path]) -> dict[str, tuple[list[Any], str]]:
+    wet, dry = pair
+    x = music(5.0)
+    nan = x.copy()
+    nan[100] = np.nan
+    short_dry = write(tmp / "short-dry.wav", x[: int(4.9 * SR)], SR)
+    near_dry = write(tmp / "near-dry.wav", x[: 5 * SR - 66], SR)  # 3 ms short: accepted
+    state = torch.load(models["eq"], weights_only=True)
+    state["task"]["clip_seconds"] = 4.0
+    torch.save(state, tmp / "other.pt")
+    (tmp / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
+    (tmp / "empty.wav").write_bytes(b"")
+    soundfile.write(tmp / "nothing.wav", np.zeros((0, 1), np.float32), SR)
+    m = ["--model", models["eq"]]
+    return {
+        "missing wet": ([tmp / "nope.wav", *m], "no such file"),
+        "unreadable wet": ([tmp / "empty.wav", *m], "not a readable audio file"),
+        "no samples": ([tmp / "nothing.wav", *m], "contains no audio"),
+        "NaN wet": ([write(tmp / "nan.wav", nan, SR), *m], "non-finite"),
+        "silent wet": ([write(tmp / "silent.wav", np.zeros(SR), SR), *m], "silent"),
+        "too short": ([write(tmp / "short.wav", x[:2000], SR), *m], "at least"),
+        "lengths differ": ([wet, "--dry", short_dry, *m], "differ in length by 100.0 ms"),
+        "near lengths ok": ([wet, "--dry", near_dry, *m], ""),
+        "corrupt model": ([wet, "--model", tmp / "corrupt.pt"], "not an afxest checkpoint"),
+        "incompatible model": ([wet, "--model", tmp / "other.pt"], "incompatible model"),
+        "unknown model": ([wet, "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+        "missing out dir": ([wet, *m, "-o", tmp / "nowhere"], "does not exist"),
+        "dry count": ([wet, wet, "--dry", dry, "--dry", dry, "--dry", dry, *m], "3 dry files"),
+        "audio flags": ([wet, *m, "--audio-all", "--no-audio"], "not both"),
+        "refine without dry": ([wet, *m, "--refine", 2], "needs a dry file"),
+        "same stem": ([wet, write(tmp / "song.flac", x, SR), *m], "share the name"),
+        "bad samples": ([wet, *m, "--samples", 0], "samples"),
+    }
+
+
+CASES = [
+    "missing wet", "unreadable wet", "no samples", "NaN wet", "silent wet", "too short", "lengths differ",
+    "near lengths ok", "corrupt model", "incompatible model", "unknown model", "missing out dir", "dry count",
+    "audio flags", "refine without dry", "same stem", "bad samples",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path], case: str
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    args, message = _bad_cases(inputs, models, pair)[case]
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    if "-o" not in args:
+        args = [*args, "-o", out_dir]
+    before = snapshot(tmp_path)
+    code, out, err = run(capsys, "estimate", *args, "--samples" if "--samples" not in args else "--seed", 2)
+    if case == "near lengths ok":  # within 5 ms: accepted, the longer one cut
+        assert code == 0, err
+        return
+    assert code == 2, err
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("afxest") and message in lines[0], err
+    assert snapshot(tmp_path) == before
+
+
+def test_existing_estimate_needs_force(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    wet, dry = pair
+    args = ["estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--samples", 2]
+    assert run(capsys, *args)[0] == 0
+    before = snapshot(tmp_path)
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "already exists (use --force" in err and len(err.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+    assert run(capsys, *args, "--force", "--seed", 9)[0] == 0
+    assert json.loads((tmp_path / "song" / "estimate.json").read_text())["analysis"]["seed"] == 9
+
+
+def test_different_rates_are_resampled_not_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path]
+) -> None:
+    x = music(1.0, 48000)
+    wet = write(tmp_path / "w.wav", shelf(x, 48000), 48000)
+    dry = write(tmp_path / "d.wav", resample(x[None], 48000, 32000)[0], 32000)
+    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 2)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert math.isfinite(doc["candidates"][0]["loss"]) and doc["sample_rate"] == SR
+    assert read_audio(tmp_path / "w" / "candidate-1.wav")[1] == 32000  # the dry's own rate
+
+
+def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import afxest.estimate
+
+    wet, dry = pair
+    other = write(tmp_path / "other.wav", read_audio(wet)[0], SR)
+    original = afxest.estimate.Analyser.score
+
+    calls = []
+
+    def failing(self, *args, **kwargs):  # the first file (song.wav) fails inside the library
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(afxest.estimate.Analyser, "score", failing)
+    code, out, err = run(capsys, "estimate", wet, other, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
+                         "--json", "--samples", 2)
+    assert code == 1
+    assert "internal error" in err and "boom" in err
+    assert [Path(json.loads(line)["wet"]).name for line in out.splitlines()] == ["other.wav"]
+    assert not (tmp_path / "song").exists() and (tmp_path / "other" / "estimate.json").exists()
+
+
+def test_console_script_imports_neither_nnaudio_nor_scipy(
+    tmp_path: Path, models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    import subprocess
+    import sys
+
+    wet, dry = pair
+    code = (
+        "import sys; from afxest.cli import main; "
+        f"rc = main(['estimate', {str(wet)!r}, '--dry', {str(dry)!r}, '--model', {str(models['eq'])!r}, "
+        f"'-o', {str(tmp_path)!r}, '--samples', '3', '--no-progress']); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'nnAudio', 'sympy')); "
+        "print(rc, heavy)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "0 []", result.stderr
+
+
+def test_streamed_pedalboard_windows_are_slices_of_one_call() -> None:
+    """The scored audio is exactly pedalboard on the whole dry, decaying tails included."""
+    from afxest.estimate import pedalboard_windows, windows_of
+    from afxest.presets import parse_preset
+
+    x = music(11.5)
+    x[int(6 * SR) :] = 0.0  # a filter tail decaying into denormals
+    preset = {"format": "afxest-preset/1", "task": None, "sample_rate": SR, "source": None,
+              "effects": [{"type": "high_shelf", "cutoff_frequency_hz": 900.0, "gain_db": 6.0, "q": 2.0},
+                          {"type": "compressor", "threshold_db": -30.0, "ratio": 4.0, "attack_ms": 3.0, "release_ms": 80.0}]}
+    windows = windows_of(x.shape[0], TASKS["eq"])
+    assert windows == [(0, 5 * SR), (5 * SR, x.shape[0])]
+    parts = list(pedalboard_windows([parse_preset(preset, "t")] * 2, x, windows, SR))
+    whole = reference_render(preset, x[None], SR)[0]
+    for part in parts:
+        assert part.shape[0] == 2
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole)
