@@ -222,7 +222,8 @@ def dsf_inverse(
         >>> bool(torch.allclose(dsf_inverse(y, a_raw, b, w_raw), x, rtol=0, atol=1e-12))
         True
     """
-    shape = torch.broadcast_shapes(y.shape, a_raw.shape[:-1], b.shape[:-1], w_raw.shape[:-1])
+    # (broadcast_tensors, not broadcast_shapes: the latter imports sympy, 0.6 s, on first use)
+    shape = torch.broadcast_tensors(y, a_raw[..., 0], b[..., 0], w_raw[..., 0])[0].shape
 
     def flat(t: Tensor) -> Tensor:
         return t.expand(*shape, t.shape[-1]).reshape(-1, t.shape[-1])
