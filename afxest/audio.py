@@ -156,7 +156,7 @@ def write_audio(
     if not np.isfinite(audio).all():
         raise RuntimeError("refusing to write non-finite audio")
     clipped = 0 if bit_depth == "float" else int(np.count_nonzero(np.abs(audio) > 1.0))
-    fd, tmp = _temporary(path)
+    fd, tmp = temporary_in(path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:  # a file object: libsndfile never sees the (long) path
             soundfile.write(
@@ -166,7 +166,7 @@ def write_audio(
                 subtype=subtypes[bit_depth],
                 format=suffix[1:].upper(),
             )
-        _publish(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -176,25 +176,25 @@ def write_audio(
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write a text file atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    fd, tmp = _temporary(path)
+    fd, tmp = temporary_in(path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        _publish(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _temporary(path: Path) -> tuple[int, str]:
-    """Create a short-named temporary file next to ``path`` (same file system: atomic rename)."""
+def temporary_in(folder: Path) -> tuple[int, str]:
+    """Create a short-named temporary file in ``folder`` (same file system: atomic rename)."""
     try:
-        return tempfile.mkstemp(prefix=".afxest-", suffix=".part", dir=path.parent)
+        return tempfile.mkstemp(prefix=".afxest-", suffix=".part", dir=folder)
     except OSError as err:
-        raise UserError(f"{path}: cannot write in {path.parent} ({err.strerror})") from None
+        raise UserError(f"{folder}: cannot write here ({err.strerror})") from None
 
 
-def _publish(tmp: str, path: Path) -> None:
+def publish(tmp: str, path: Path) -> None:
     """Give a finished temporary file the usual permissions and rename it onto ``path``."""
     umask = os.umask(0)
     os.umask(umask)

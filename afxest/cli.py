@@ -121,16 +121,16 @@ class Estimator(str, Enum):
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Option(help="Task to train: eq or fm.", show_default=False)],
+    task: Annotated[str, typer.Option(help="Task to train (see docs/training.md).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, config.json.", show_default=False)],
     estimator: Annotated[Estimator, typer.Option(help="posterior (DAFx 2025), deterministic (ICASSP 2024) or param (parameter-loss baseline).")] = Estimator.posterior,
     flows: Annotated[int, typer.Option(min=1, help="Deep sigmoidal flow layers T (posterior).")] = 1,
-    beta: Annotated[Optional[float], typer.Option(help="Entropy weight (posterior); default: the task's (0.1).")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="Entropy weight (posterior); default: the task's.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Folder of music (any format, rate, length); default: procedural audio.")] = None,
     max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after N optimiser steps.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(min=0, help="Stop after N epochs (eq: 40k items, fm: 100k items per epoch).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Global batch size; default: the task's (eq 16, fm 128).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate; default: the task's (eq 5e-5, fm 1e-4).")] = None,
+    epochs: Annotated[Optional[float], typer.Option(min=0, help="Stop after N epochs (the task's items per epoch, as in the papers).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Global batch size; default: the task's.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate; default: the task's.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed (data, parameters, initialisation).")] = 0,
     val_items: Annotated[int, typer.Option(min=1, help="Validation items (fixed for a seed).")] = 128,

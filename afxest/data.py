@@ -173,10 +173,6 @@ class DrySource:
         self.folder = folder
         self.sample_rate = sample_rate
 
-    @property
-    def procedural(self) -> bool:
-        return self.folder is None
-
     def excerpt(self, rng: np.random.Generator, frames: int) -> np.ndarray:
         if self.folder is None:
             return procedural_music(rng, frames, self.sample_rate)

@@ -51,7 +51,8 @@ def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int):
 
     if kind != "fm":
         raise ValueError(f"no synth for source type {kind!r}")
-    values = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in params.items()}
+    device = next((v.device for v in params.values() if isinstance(v, torch.Tensor)), None)
+    values = {k: torch.as_tensor(v, dtype=torch.float64, device=device) for k, v in params.items()}
     batch = max((v.numel() for v in values.values()), default=1)
     p = {k: v.expand(batch) if v.ndim == 0 else v for k, v in values.items()}
     return fm_synth(p["carrier_hz"], p["amplitude"], p["modulation_index"], p["frequency_ratio"], frames, sample_rate)

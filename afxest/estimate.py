@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,8 @@ from typing import Any
 
 import numpy as np
 
+from afxest.audio import publish, temporary_in
+from afxest.data import AUDIO_SUFFIXES
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT
 AUDIO_CHOICES = ("top", "all", "none")
@@ -224,7 +225,6 @@ class Job:
     problem: str | None = None
 
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"}
 
 
 def pair_inputs(wets: Sequence[Path], drys: Sequence[Path]) -> list[Job]:
@@ -279,6 +279,8 @@ def check_stems(jobs: Sequence[Job]) -> None:
     """Refuse two wet files whose outputs would land in the same ``DIR/<stem>`` folder."""
     seen: dict[str, Path] = {}
     for job in jobs:
+        if job.wet.stem in ("", ".", ".."):
+            raise UserError(f"{job.wet}: its name would make the output folder {job.wet.stem!r}; rename the file")
         if job.wet.stem in seen and seen[job.wet.stem] != job.wet:
             raise UserError(
                 f"{seen[job.wet.stem]} and {job.wet} share the name {job.wet.stem!r}: "
@@ -765,17 +767,6 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
 # writing
 
 
-def _temporary(folder: Path) -> tuple[int, str]:
-    return tempfile.mkstemp(prefix=".afxest-", suffix=".part", dir=folder)
-
-
-def _publish(tmp: str, path: Path) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) -> None:
     """Write the candidate's audio: on the dry file at its own rate and channel count, streamed
     block by block (pedalboard: the plugin chain carries its state, so the file equals
@@ -785,7 +776,7 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
 
     from afxest.engines import render
 
-    fd, tmp = _temporary(out.parent)
+    fd, tmp = temporary_in(out.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             if dry_path is None:
@@ -813,7 +804,7 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
                             if not np.isfinite(y).all():
                                 raise RuntimeError("rendering produced non-finite audio")
                             sink.write(y.T)
-        _publish(tmp, out)
+        publish(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -88,8 +88,8 @@ def parse_preset(doc: Any, where: str) -> Preset:
     if "sample_rate" not in doc:
         raise UserError(f"{where}: missing sample_rate")
     sample_rate = _number(doc["sample_rate"], f"{where}: sample_rate")
-    if not sample_rate > 0:
-        raise UserError(f"{where}: sample_rate must be > 0, got {sample_rate:g}")
+    if sample_rate != int(sample_rate) or not 1 <= sample_rate <= 1_000_000:
+        raise UserError(f"{where}: sample_rate must be a whole number of Hz from 1 to 1000000, got {sample_rate:g}")
     if "effects" not in doc:
         raise UserError(f"{where}: missing effects (use [] for none)")
     effects_doc = doc["effects"]
@@ -217,7 +217,7 @@ def json_schema() -> dict[str, Any]:
         "properties": {
             "format": {"const": PRESET_FORMAT},
             "task": {"type": ["string", "null"], "description": "task that produced the preset"},
-            "sample_rate": {"type": "number", "exclusiveMinimum": 0,
+            "sample_rate": {"type": "integer", "minimum": 1, "maximum": 1000000,
                             "description": "sample rate the preset was made at [Hz]"},
             "effects": {
                 "type": "array",

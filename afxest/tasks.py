@@ -102,6 +102,7 @@ class Task:
     encoder: Literal["convnext", "dft_mlp"]
     lr: float
     batch_size: int
+    epoch_items: int  # training items per epoch
     weight_decay: float = 1e-3
     beta: float = 0.1
     extras: dict[str, Any] = field(default_factory=dict)
@@ -115,18 +116,28 @@ class Task:
         return int(round(self.clip_seconds * self.sample_rate))
 
     def truth_to_model(self, v: Any) -> Any:
-        """The model-space target of the ``param`` estimator for normalised truth ``v``.
+        """The model-space target of the ``param`` estimator for normalised truth ``v`` (batch, d).
 
-        ``fm``: the same space. ``eq``: the canonical solution of DAFx Sec. 4.1, two equal
-        shelves each with half the gain: f1 = f2 = f, Q1 = Q2 = Q, g1 = g2 = g / 2 (with the
-        truth's +-20 dB and the model's +-10 dB ranges, half the gain has the same normalised
-        value).
+        Where truth and model share their processors (``fm``): ``v`` itself. Where the model
+        has k copies of the truth's one processor (``eq``: two shelves for one), the canonical
+        solution of DAFx Sec. 4.1: every copy takes the truth's parameters, with each gain
+        divided by k, mapped into the model's ranges.
         """
-        if self.name == "eq":
-            import torch
+        import torch
 
-            return torch.cat([v, v], dim=-1) if hasattr(v, "dim") else [*v, *v]
-        return v
+        truth, model = self.truth.processors, self.model.processors
+        if truth == model:
+            return v
+        if len(truth) != 1 or any(p.type != truth[0].type for p in model):
+            raise ValueError(f"{self.name}: no parameter-space target for this truth and model")
+        k = len(model)
+        physical = truth[0].physical(v)
+        columns = []
+        for proc in model:
+            for r in proc.ranges:
+                value = physical[r.name] / k if r.name == "gain_db" else physical[r.name]
+                columns.append(r.to_normalised(value))
+        return torch.stack(columns, dim=-1)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain description (stored in checkpoints, printed by ``afxest train``)."""
@@ -167,6 +178,8 @@ def _shelf(gain: float) -> ProcessorSpace:
     )
 
 
+FM_SECONDS = 0.125  # DAFx 2025 Sec. 5.2
+
 _FM = ProcessorSpace(
     "fm",
     (
@@ -174,7 +187,7 @@ _FM = ProcessorSpace(
         ParamRange(MOD_INDEX, 4 * math.pi * 10 ** (-0.75 * 99 / 20), 4 * math.pi, "exp"),
         ParamRange(FREQ_RATIO, 0.5, 10.0, "affine"),  # Eq. 20b: f_m / f_c = 9.5 v2 + 0.5
     ),
-    fixed=(("carrier_hz", 110.0), ("amplitude", 1.0), ("duration_s", 0.125)),
+    fixed=(("carrier_hz", 110.0), ("amplitude", 1.0), ("duration_s", FM_SECONDS)),
 )
 
 TASKS: dict[str, Task] = {
@@ -189,18 +202,20 @@ TASKS: dict[str, Task] = {
         encoder="convnext",
         lr=5e-5,
         batch_size=16,
+        epoch_items=40_000,  # DAFx 2025 Sec. 4.6
     ),
     "fm": Task(
         name="fm",
         description="two-operator FM synth, 110 Hz carrier, 125 ms (DAFx 2025, Sec. 5)",
         sample_rate=44100,
-        clip_seconds=0.125,
+        clip_seconds=FM_SECONDS,
         truth=Space((_FM,)),
         model=Space((_FM,)),
         loss="sot_mrstft",
         encoder="dft_mlp",
         lr=1e-4,
         batch_size=128,
+        epoch_items=100_000,  # DAFx 2025 Sec. 5.5
     ),
 }
 

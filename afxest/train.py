@@ -17,6 +17,7 @@ shard of the music and its own random draws, with ``--batch-size`` the global ba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,10 +29,10 @@ from typing import Any, Callable
 import numpy as np
 
 from afxest import __version__
+from afxest.audio import atomic_write_text
 from afxest.errors import UserError
 
 CHECKPOINT_FORMAT = "afxest-checkpoint/1"
-EPOCH_ITEMS = {"eq": 40_000, "fm": 100_000}  # DAFx 2025 Secs. 4.6 and 5.5
 
 
 @dataclass
@@ -151,6 +152,14 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return payload
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; a torn last line (killed mid-write) counts as after all."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
 def _step_seed(seed: int, rank: int, step: int) -> list[int]:
     return [seed, rank, step]
 
@@ -160,7 +169,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     import torch
     import torch.distributed as dist
 
-    from afxest.data import DrySource, MusicFolder, make_batch
+    from afxest.data import Batch, DrySource, MusicFolder, make_batch
+    from afxest.losses import bits_per_dim
     from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
     from afxest.tasks import get_task
 
@@ -180,36 +190,46 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = resolve_device(config.device)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} must be divisible by the {world} data-parallel ranks")
     local_batch = batch_size // world
+    if local_batch < 2 and task.encoder == "convnext":
+        raise UserError(f"--batch-size {batch_size} gives {local_batch} item per rank; batch norm needs at least 2")
     is_main = rank == 0
     say = log if is_main else (lambda _msg: None)
 
-    steps_per_epoch = max(1, EPOCH_ITEMS.get(task.name, 10_000) // batch_size)
+    steps_per_epoch = max(1, task.epoch_items // batch_size)
     if config.max_steps is not None:
         total_steps = config.max_steps
     elif config.epochs is not None:
         total_steps = int(math.ceil(config.epochs * steps_per_epoch))
     else:
         raise UserError("give --max-steps N or --epochs N")
+    if total_steps < 1:
+        raise UserError("nothing to train: --max-steps and --epochs must give at least one step")
 
-    # --- output folder -------------------------------------------------------------------
+    # --- output folder (checked on every rank before any rank waits for the others) --------
     last_path, best_path = out / "last.pt", out / "best.pt"
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: parent folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; --out needs a folder")
+    if config.resume:
+        if not last_path.exists():
+            raise UserError(f"{out}: nothing to resume (no last.pt)")
+    elif last_path.exists() or (out.exists() and set(p.name for p in out.iterdir()) - {"config.json", "metrics.jsonl"}):
+        # a folder holding only config.json / metrics.jsonl is a run that never checkpointed
+        raise UserError(f"{out}: already holds a run; use --resume to continue it or another --out")
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if is_main:
-        if not out.parent.is_dir():
-            raise UserError(f"{out}: parent folder {out.parent} does not exist")
-        if config.resume:
-            if not last_path.exists():
-                raise UserError(f"{out}: nothing to resume (no last.pt)")
-        elif out.exists() and any(out.iterdir()):
-            raise UserError(f"{out}: already holds a run; use --resume to continue it or another --out")
         out.mkdir(exist_ok=True)
+        if not config.resume:
+            for stale in ("config.json", "metrics.jsonl"):
+                (out / stale).unlink(missing_ok=True)
 
     # --- data ------------------------------------------------------------------------------
     if task.has_source:
@@ -235,14 +255,17 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         train_source = DrySource(folders["train"].shard(rank, world), task.sample_rate)
         val_source = DrySource(folders["val"], task.sample_rate)
 
-    # fixed validation set (same for every run with the same seed)
-    val_rng = np.random.default_rng([config.seed, 1_000_003])
-    val_batches = []
-    remaining = config.val_items
-    while remaining > 0:
-        size = min(remaining, local_batch)
-        val_batches.append(make_batch(task, val_source, val_rng, size))
-        remaining -= size
+    # fixed validation set: item i is drawn from its own generator, so the set does not depend
+    # on the batch size or the number of ranks
+    items = [make_batch(task, val_source, np.random.default_rng([config.seed, 1_000_003, i]), 1) for i in range(config.val_items)]
+    val_batches = [
+        Batch(
+            dry=None if items[0].dry is None else np.concatenate([b.dry for b in items[i : i + local_batch]]),
+            wet=np.concatenate([b.wet for b in items[i : i + local_batch]]),
+            v=np.concatenate([b.v for b in items[i : i + local_batch]]),
+        )
+        for i in range(0, len(items), local_batch)
+    ]
 
     # --- model -----------------------------------------------------------------------------
     torch.manual_seed(config.seed)
@@ -250,23 +273,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     model = Estimator(task, est_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = task_loss(task, device)
-    start_step, best_step, best_objective = 0, None, math.inf
-    if config.resume:
-        state = load_checkpoint(last_path, map_location=device)
-        if state["task"]["name"] != task.name or state["estimator"] != est_config.to_dict():
-            raise UserError(f"{last_path}: was trained with another task or estimator; --resume needs the same")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
-        best_step, best_objective = state["best"]["step"], state["best"]["objective"]
-        best_objective = math.inf if best_objective is None else best_objective
-        say(f"resuming {out} from step {start_step}")
-    trained = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
     resolved = {
         **config.to_dict(),
         "batch_size": batch_size,
@@ -279,8 +285,33 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         "task_definition": task.to_dict(),
         "afxest_version": __version__,
     }
+    start_step, best_step, best_objective = 0, None, math.inf
+    if config.resume:
+        state = load_checkpoint(last_path, map_location=device)
+        if state["task"] != task.to_dict() or state["estimator"] != est_config.to_dict():
+            raise UserError(f"{last_path}: was trained with another task definition or estimator; --resume needs the same")
+        for key in ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size"):
+            if state["training"].get(key) != resolved[key]:
+                raise UserError(
+                    f"{last_path}: --resume with a different {key} ({resolved[key]!r}, the run has "
+                    f"{state['training'].get(key)!r}) would not continue the same run"
+                )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        best_step, best_objective = state["best"]["step"], state["best"]["objective"]
+        best_objective = math.inf if best_objective is None else best_objective
+        say(f"resuming {out} from step {start_step}")
+    trained = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":  # batch statistics over the global batch (CUDA only in torch)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
     if is_main and not config.resume:
-        (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+        atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
 
     def to_device(a: np.ndarray | None):
         return None if a is None else torch.from_numpy(a).to(device)
@@ -300,7 +331,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             loss = audio
             if config.estimator == "posterior":
                 loss = audio - beta * s.entropy
-                terms["entropy_bits"] = s.entropy / (task.model.dim * math.log(2))
+                terms["entropy_bits"] = bits_per_dim(-s.entropy, task.model.dim)  # Eq. 17
         return loss.mean(), terms
 
     def validate() -> dict[str, float]:
@@ -335,8 +366,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
 
     metrics_file = out / "metrics.jsonl"
     if is_main and config.resume and metrics_file.exists():  # drop entries after the checkpoint
-        kept = [line for line in metrics_file.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
-        metrics_file.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line in metrics_file.read_text().splitlines() if _step_of(line) <= start_step]
+        atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
 
     def record(entry: dict[str, Any]) -> None:
         if is_main:
@@ -368,11 +399,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     bar = _Progress(total_steps, start_step, enabled=progress and is_main, log=say)
     t_start = time.perf_counter()
     step = start_step
+    first_batch: str | None = None  # fingerprint of this rank's first batch (ranks must differ)
     try:
         while step < total_steps:
             rng = np.random.default_rng(_step_seed(config.seed, rank, step))
             torch.manual_seed(int(rng.integers(2**62)))
             batch = make_batch(task, train_source, rng, local_batch)
+            if first_batch is None:
+                first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
             loss, terms = objective(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -397,21 +431,21 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     finally:
         bar.close()
     if world > 1:
-        _write_rank_summary(out, rank, model)
+        _write_rank_summary(out, rank, model, first_batch)
         dist.barrier()
         dist.destroy_process_group()
     return TrainResult(step, best_step, None if math.isinf(best_objective) else best_objective, last_metrics)
 
 
-def _write_rank_summary(out: Path, rank: int, model) -> None:
-    """Every rank writes the SHA-256 of its final weights (data-parallel ranks must agree)."""
-    import hashlib
-
+def _write_rank_summary(out: Path, rank: int, model, first_batch: str | None) -> None:
+    """Every rank writes the SHA-256 of its final weights (data-parallel ranks must agree) and
+    of its first training batch (they must differ: each rank draws its own data)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    (out / f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "weights_sha256": digest.hexdigest()}) + "\n")
+    summary = {"rank": rank, "weights_sha256": digest.hexdigest(), "first_batch_sha256": first_batch}
+    atomic_write_text(out / f"rank-{rank}.json", json.dumps(summary) + "\n")
 
 
 class _Progress:

@@ -72,7 +72,8 @@ INVALID = [
     ("unknown-key", VALID, lambda d: d.update(gain=1), ["unknown key 'gain'"]),
     ("task-not-string", VALID, lambda d: d.update(task=3), ["task must be a string"]),
     ("sample-rate-missing", VALID, lambda d: d.pop("sample_rate"), ["missing sample_rate"]),
-    ("sample-rate-zero", VALID, lambda d: d.update(sample_rate=0), ["sample_rate must be > 0"]),
+    ("sample-rate-zero", VALID, lambda d: d.update(sample_rate=0), ["sample_rate must be a whole number of Hz from 1 to 1000000"]),
+    ("sample-rate-fraction", VALID, lambda d: d.update(sample_rate=22050.5), ["sample_rate must be a whole number of Hz"]),
     ("sample-rate-string", VALID, lambda d: d.update(sample_rate="44100"), ["sample_rate must be a number"]),
     ("effects-not-list", VALID, lambda d: d.update(effects={"type": "gain"}), ["effects must be a list"]),
     ("effect-not-object", VALID, lambda d: d["effects"].__setitem__(2, 5), ["effects[2]", "must be a JSON object"]),
@@ -315,6 +316,7 @@ def schema_errors(instance: Any, schema: dict[str, Any], root: dict[str, Any], w
             "string": lambda v: isinstance(v, str),
             "null": lambda v: v is None,
             "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
         }
         if not any(checks[t](instance) for t in types):
             return [f"{where}: not of type {types}"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 from pathlib import Path
 
 import pytest
@@ -114,11 +113,13 @@ def test_bad_files_are_refused_in_one_line(checkpoint: Path, tmp_path: Path) -> 
     torch.save({"format": "something-else"}, tmp_path / "other-format.pt")
     cases["other-format.pt"] = "not an afxest checkpoint"
 
-    class Evil:
-        def __reduce__(self):  # would run code if unpickled without weights_only
-            return (print, ("pwned",))
+    marker = tmp_path / "code-ran"
 
-    (tmp_path / "code.pt").write_bytes(pickle.dumps({"format": "afxest-checkpoint/1", "x": Evil()}, protocol=2))
+    class Evil:
+        def __reduce__(self):  # creates `marker` if unpickled without weights_only
+            return (Path.touch, (marker,))
+
+    torch.save({"format": "afxest-checkpoint/1", "x": Evil()}, tmp_path / "code.pt")  # a real zip checkpoint
     cases["code.pt"] = "not an afxest checkpoint"
     changed = {**state, "task": {**state["task"], "sample_rate": 48000}}
     torch.save(changed, tmp_path / "changed-task.pt")
@@ -136,6 +137,7 @@ def test_bad_files_are_refused_in_one_line(checkpoint: Path, tmp_path: Path) -> 
         with pytest.raises(UserError) as err:
             store.load_model(str(tmp_path / name))
         assert message in str(err.value) and "\n" not in str(err.value), name
+    assert not marker.exists()  # loading never ran the pickled code
 
 
 def test_training_hyperparameters_do_not_make_a_model_incompatible(checkpoint: Path, tmp_path: Path) -> None:

