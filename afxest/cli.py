@@ -277,6 +277,34 @@ def models(
             _say(f"{row['name']}: {row['error']}", warning=True)
 
 
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model name (see afxest models) or checkpoint path.", show_default=False)],
+    data: Annotated[Optional[Path], typer.Option(help="Folder of music (its test split); default: procedural audio (fm needs none).")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, help="Test items.")] = 256,
+    samples: Annotated[int, typer.Option(min=1, help="Candidates per item (posterior; other models give 1).")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the test items and the samples.")] = 0,
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md and results.csv.")] = Path("evaluation"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+) -> None:
+    """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3): report.md, results.csv."""
+    from rich.table import Table
+
+    from afxest.evaluate import evaluate as run_evaluation, main_table
+    from afxest.store import load_model
+
+    loaded = load_model(model)
+    result = run_evaluation(loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say)
+    rows = main_table(result)
+    table = Table(title=f"{result.task} ({result.kind}), {result.items} items: mean ± std")
+    for name in rows[0]:
+        table.add_column(name)
+    for row in rows[1:]:
+        table.add_row(*row)
+    _print_wide(table)
+    _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the app and maps every failure to an exit code and one line."""
     command = typer.main.get_command(app)

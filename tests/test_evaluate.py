@@ -1,0 +1,144 @@
+"""``afxest evaluate``: the tables against independent computations from results.csv and audio."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from afxest.cli import main
+from afxest.evaluate import BEST_OF, ITEM_STREAM, evaluate
+from afxest.store import load_model
+from afxest.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _checkpoint(tmp: Path, task: str) -> Path:
+    train(
+        TrainConfig(task=task, max_steps=1, batch_size=2, val_items=2, val_every=1, checkpoint_every=1, out=str(tmp), device="cpu"),
+        log=lambda _m: None,
+    )
+    return tmp / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def fm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm")
+    loaded = load_model(str(_checkpoint(root / "run", "fm")))
+    result = evaluate(loaded, root / "eval", n=6, samples=10, seed=3, log=lambda _m: None)
+    return loaded, result, root / "eval"
+
+
+@pytest.fixture(scope="module")
+def eq_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eq")
+    loaded = load_model(str(_checkpoint(root / "run", "eq")))
+    messages: list[str] = []
+    result = evaluate(loaded, root / "eval", n=2, samples=3, seed=5, log=messages.append)
+    return loaded, result, root / "eval", messages
+
+
+def _rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _matrix(rows, kind: str, metric: str) -> np.ndarray:
+    items = sorted({int(r["item"]) for r in rows})
+    picked = [r for r in rows if r["kind"] == kind]
+    n = max(int(r["candidate"]) for r in picked) + 1
+    m = np.full((len(items), n), np.nan)
+    for r in picked:
+        m[int(r["item"]), int(r["candidate"])] = float(r[metric])
+    return m
+
+
+def test_best_of_n_matches_numpy_and_is_monotone(fm_run):
+    _, result, folder = fm_run
+    rows = _rows(folder)
+    assert set(result.best_of) == set(BEST_OF)
+    for metric in result.metrics:
+        m = _matrix(rows, "model", metric)
+        assert m.shape == (6, 10) and not np.isnan(m).any()
+        lower = metric != "si_sdr"
+        means = []
+        for k in BEST_OF:
+            best = m[:, :k].min(axis=1) if lower else m[:, :k].max(axis=1)
+            assert result.best_of[k][metric] == pytest.approx((best.mean(), best.std()), rel=1e-12, abs=1e-12)
+            means.append(result.best_of[k][metric][0])
+        steps = np.diff(means)
+        assert (steps <= 1e-12).all() if lower else (steps >= -1e-12).all()
+        assert result.expectation[metric][0] == pytest.approx(m.mean(axis=1).mean(), rel=1e-12)
+        u = _matrix(rows, "uniform", metric)
+        best_u = u.min(axis=1) if lower else u.max(axis=1)
+        assert result.uniform_best10[metric][0] == pytest.approx(best_u.mean(), rel=1e-12)
+    # entropy: a posterior's bits/dim are finite and the same for every candidate of an item
+    ent = _matrix(rows, "model", "entropy_bits")
+    assert np.isfinite(ent).all() and (ent == ent[:, :1]).all()
+    assert result.entropy[0] == pytest.approx(ent[:, 0].mean(), rel=1e-12)
+
+
+def test_si_sdr_is_the_closed_form_of_the_rerendered_audio(fm_run):
+    from afxest.data import make_batch
+    from afxest.engines import render
+
+    loaded, _, folder = fm_run
+    task = loaded.task
+    rows = [r for r in _rows(folder) if r["kind"] == "model" and r["item"] == "2"][:3]
+    batch = make_batch(task, None, np.random.default_rng([3, ITEM_STREAM, 2]), 1)
+    s = batch.wet[0, 0].astype(np.float64)
+    for r in rows:
+        z = np.array([float(r[name]) for name in task.model.names])
+        y = render(task.model.preset(z, task.name, task.sample_rate), None, task.sample_rate, "pedalboard")
+        e = y[0].astype(np.float64)
+        alpha = (e @ s) / (s @ s + 1e-8)
+        t = alpha * s
+        expected = 10 * np.log10((t @ t + 1e-8) / ((t - e) @ (t - e) + 1e-8))
+        assert float(r["si_sdr"]) == pytest.approx(expected, abs=1e-3)
+
+
+def test_results_depend_only_on_the_seed(fm_run, tmp_path):
+    loaded, _, folder = fm_run
+    torch.manual_seed(12345)  # global state must not matter
+    np.random.seed(6789)
+    evaluate(loaded, tmp_path / "again", n=6, samples=10, seed=3, log=lambda _m: None)
+    assert (tmp_path / "again" / "results.csv").read_text() == (folder / "results.csv").read_text()
+    evaluate(loaded, tmp_path / "other", n=2, samples=10, seed=4, log=lambda _m: None)
+    assert (tmp_path / "other" / "results.csv").read_text() != (folder / "results.csv").read_text()
+
+
+def test_report_has_the_papers_numbers(fm_run):
+    text = (fm_run[2] / "report.md").read_text()
+    assert "32.52" in text and "51.6" in text and "Best of 10" in text
+
+
+def test_eq_input_baseline_is_dry_against_wet(eq_run):
+    from afxest.data import DrySource, make_batch
+    from afxest.losses import LogMelLoss
+
+    loaded, result, folder, messages = eq_run
+    task = loaded.task
+    assert any("procedural" in m for m in messages)  # announced
+    mel = LogMelLoss(task.sample_rate)
+    values = []
+    for i in range(2):
+        batch = make_batch(task, DrySource(None, task.sample_rate), np.random.default_rng([5, ITEM_STREAM, i]), 1)
+        with torch.no_grad():
+            values.append(float(mel(torch.from_numpy(batch.dry), torch.from_numpy(batch.wet))[0]))
+    assert result.input_baseline["mel"][0] == pytest.approx(np.mean(values), rel=1e-5)
+    rows = _rows(folder)
+    assert _matrix(rows, "model", "mel").shape == (2, 3)
+    assert set(result.best_of) == {1, 2, 3}
+    text = (folder / "report.md").read_text()
+    assert "2.154" in text and "18.7" in text and "11.8" in text
+
+
+def test_cli_refuses_an_existing_report_without_force(fm_run, capsys):
+    loaded, _, folder = fm_run
+    args = ["evaluate", "--model", str(loaded.path), "--n", "1", "--samples", "2", "--out", str(folder)]
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
