@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from afxest.cli import main
+from afxest.errors import UserError
 from afxest.evaluate import BEST_OF, ITEM_STREAM, evaluate
 from afxest.store import load_model
 from afxest.train import TrainConfig, train
@@ -142,3 +143,45 @@ def test_cli_refuses_an_existing_report_without_force(fm_run, capsys):
     args = ["evaluate", "--model", str(loaded.path), "--n", "1", "--samples", "2", "--out", str(folder)]
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_deterministic_model_gives_one_candidate(tmp_path):
+    train(
+        TrainConfig(task="fm", estimator="deterministic", max_steps=1, batch_size=2, val_items=2, val_every=1,
+                    checkpoint_every=1, out=str(tmp_path / "run"), device="cpu"),
+        log=lambda _m: None,
+    )
+    loaded = load_model(str(tmp_path / "run" / "last.pt"))
+    result = evaluate(loaded, tmp_path / "eval", n=3, samples=10, seed=1, log=lambda _m: None)
+    assert result.samples == 1 and result.entropy is None and set(result.best_of) == {1}
+    assert result.best_of[1] == result.expectation
+    rows = _rows(tmp_path / "eval")
+    assert _matrix(rows, "model", "sot").shape == (3, 1)
+    assert "Deter. (ours)" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_music_folder_uses_the_test_split(eq_run, tmp_path, monkeypatch):
+    import soundfile as sf
+
+    from afxest.data import procedural_music, split_of
+
+    monkeypatch.setenv("AFXEST_CACHE_DIR", str(tmp_path / "cache"))
+    loaded = eq_run[0]
+    music = tmp_path / "music"
+    music.mkdir()
+    rng = np.random.default_rng(0)
+    names = [f"track{k}.wav" for k in range(200)]
+    test_name = next(n for n in names if split_of(n) == "test")
+    other = next(n for n in names if split_of(n) == "train")
+    sr = loaded.task.sample_rate
+    sf.write(music / test_name, procedural_music(rng, 6 * sr, sr), sr)
+    sf.write(music / other, np.zeros(6 * sr, np.float32), sr)  # silent: would be a poor input baseline
+    messages: list[str] = []
+    result = evaluate(loaded, tmp_path / "eval", data=music, n=1, samples=2, seed=0, log=messages.append)
+    assert result.source == "music" and not any("procedural" in m for m in messages)
+    assert np.isfinite(result.input_baseline["mel"][0])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sf.write(empty / other, np.zeros(6 * sr, np.float32), sr)
+    with pytest.raises(UserError, match="no test-split track"):
+        evaluate(loaded, tmp_path / "eval2", data=empty, n=1, samples=2, log=lambda _m: None)
