@@ -200,6 +200,8 @@ def evaluate(
             for m in metrics:
                 input_scores[m][i] = scores[m][0]
             rows.append([i, "input", 0, *(repr(float(scores[m][0])) for m in metrics), "nan", *([""] * d)])
+        if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
+            log(f"evaluated {i + 1}/{n} items")
 
     result = Evaluation(task=task.name, kind=kind, items=n, samples=n_cand, metrics=metrics, source=source_name)
     result.expectation = {m: _mean_std(model_scores[m].mean(axis=1)) for m in metrics}
@@ -232,7 +234,7 @@ def _fmt(value: tuple[float, float] | None, digits: int = 3) -> str:
 
 
 def _paper(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}"
+    return "-" if value is None else str(value)
 
 
 def main_table(result: Evaluation) -> list[list[str]]:
