@@ -15,35 +15,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pedalboard
 import pytest
 import soundfile
 
 import afxest
 import afxest.examples
 from afxest.cli import main
+from reference import reference_render  # tests/reference.py
 
 EXAMPLES = Path(afxest.examples.__file__).parent
 SR = 22050
-
-# The reference renderer: pedalboard plugins built here from the JSON values, independently of
-# afxest's catalogue and engines.
-PLUGINS = {
-    "low_shelf": pedalboard.LowShelfFilter,
-    "high_shelf": pedalboard.HighShelfFilter,
-    "peak": pedalboard.PeakFilter,
-    "compressor": pedalboard.Compressor,
-    "gain": pedalboard.Gain,
-    "clipping": pedalboard.Clipping,
-}
-
-
-def reference_render(preset: dict[str, Any], dry: np.ndarray, sample_rate: float) -> np.ndarray:
-    board = pedalboard.Pedalboard(
-        [PLUGINS[e["type"]](**{k: v for k, v in e.items() if k != "type"}) for e in preset["effects"]]
-    )
-    return board(np.ascontiguousarray(dry, dtype=np.float32), float(sample_rate))
-
 
 PRESET: dict[str, Any] = {
     "format": "afxest-preset/1",

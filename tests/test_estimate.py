@@ -26,27 +26,10 @@ from afxest.data import procedural_music
 from afxest.estimate import read_mono
 from afxest.tasks import TASKS
 from afxest.train import TrainConfig, train
+from reference import reference_render  # tests/reference.py
 
 SR = 22050
 FM_SR = 44100
-
-PLUGINS = {
-    "high_shelf": pedalboard.HighShelfFilter,
-    "low_shelf": pedalboard.LowShelfFilter,
-    "peak": pedalboard.PeakFilter,
-    "compressor": pedalboard.Compressor,
-    "gain": pedalboard.Gain,
-    "clipping": pedalboard.Clipping,
-}
-
-
-def reference_render(preset: dict[str, Any], dry: np.ndarray, rate: float) -> np.ndarray:
-    """pedalboard plugins built from the preset's JSON values (channels, frames) -> same."""
-    board = pedalboard.Pedalboard(
-        [PLUGINS[e["type"]](**{k: v for k, v in e.items() if k != "type"}) for e in preset["effects"]]
-    )
-    return board(np.ascontiguousarray(dry, dtype=np.float32), float(rate))
-
 
 def write(path: Path, audio: np.ndarray, rate: int) -> Path:
     subtype = "PCM_24" if path.suffix == ".flac" else "FLOAT"
