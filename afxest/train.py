@@ -316,22 +316,24 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     def to_device(a: np.ndarray | None):
         return None if a is None else torch.from_numpy(a).to(device)
 
-    def objective(batch, sample_n: int = 1) -> tuple[Any, dict[str, Any]]:
+    def objective(batch, with_audio: bool = False) -> tuple[Any, dict[str, Any]]:
+        """The training objective of a batch and its terms (``with_audio``: the audio loss of
+        the param estimator too, for comparison)."""
         wet, dry = to_device(batch.wet), to_device(batch.dry)
-        s = trained(wet, sample_n)
+        s = trained(wet, 1)
         z = s.z[:, 0]
         terms: dict[str, Any] = {}
         if config.estimator == "param":
             target = task.truth_to_model(torch.from_numpy(batch.v).to(device))
             loss = ((z - target) ** 2).mean(dim=-1)
             terms["param_mse"] = loss
-        else:
-            audio = loss_fn(render_model(task, z, dry), wet)
-            terms["audio"] = audio
-            loss = audio
-            if config.estimator == "posterior":
-                loss = audio - beta * s.entropy
-                terms["entropy_bits"] = bits_per_dim(-s.entropy, task.model.dim)  # Eq. 17
+        if config.estimator != "param" or with_audio:
+            terms["audio"] = loss_fn(render_model(task, z, dry), wet)
+        if config.estimator == "deterministic":
+            loss = terms["audio"]
+        elif config.estimator == "posterior":
+            loss = terms["audio"] - beta * s.entropy
+            terms["entropy_bits"] = bits_per_dim(-s.entropy, task.model.dim)  # Eq. 17
         return loss.mean(), terms
 
     def validate() -> dict[str, float]:
@@ -340,14 +342,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 7)
             for batch in val_batches:
-                loss, terms = objective(batch)
+                loss, terms = objective(batch, with_audio=True)
                 sums.setdefault("objective", []).append(loss.item() * len(batch.v))
                 for k, v in terms.items():
                     sums.setdefault(k, []).append(v.sum().item())
-                if config.estimator == "param":  # audio quality too, for comparison
-                    z = model.sample(to_device(batch.wet)).z[:, 0]
-                    audio = loss_fn(render_model(task, z, to_device(batch.dry)), to_device(batch.wet))
-                    sums.setdefault("audio", []).append(audio.sum().item())
         model.train()
         n = sum(len(b.v) for b in val_batches)
         metrics = {f"val_{k}": sum(v) / n for k, v in sums.items()}
