@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,6 +292,13 @@ def check_stems(jobs: Sequence[Job]) -> None:
 
 def _audio_name(rank: int) -> str:
     return f"candidate-{rank}.wav"
+
+
+def _candidate_files(folder: Path) -> list[Path]:
+    """The ``candidate-K.wav`` files an earlier estimate left in ``folder``."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if re.fullmatch(r"candidate-[0-9]+\.wav", p.name))
 
 
 def _check_outputs(folder: Path, names: Sequence[str], inputs: Sequence[Path], force: bool) -> None:
@@ -829,7 +837,9 @@ def estimate_file(
     folder = Path(out_dir) / job.wet.stem
     inputs = [p for p in (job.wet, job.dry) if p is not None]
     m_max = 1 if options.audio == "top" else options.samples if options.audio == "all" else 0
-    _check_outputs(folder, ["estimate.json"] + [_audio_name(k) for k in range(1, m_max + 1)], inputs, options.force)
+    names = ["estimate.json"] + [_audio_name(k) for k in range(1, m_max + 1)]
+    earlier = [p for p in _candidate_files(folder) if p.name not in names]
+    _check_outputs(folder, names + [p.name for p in earlier], inputs, options.force)
     document, presets, dry = estimator.estimate(job.wet, job.dry, options, progress)
     task = estimator.task
     can_render = dry is not None or task.has_source
@@ -849,6 +859,10 @@ def estimate_file(
         path = folder / "estimate.json"
         atomic_write_text(path, json.dumps(document, indent=2) + "\n")
         written.append(path)
+        # --force replaces the whole estimate: audio of an earlier run's ranks this run did not
+        # render would otherwise sit beside a document that no longer describes it
+        for stale in (p for p in _candidate_files(folder) if p not in written):
+            stale.unlink(missing_ok=True)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

@@ -451,6 +451,24 @@ def test_existing_estimate_needs_force(
     assert json.loads((tmp_path / "song" / "estimate.json").read_text())["analysis"]["seed"] == 9
 
 
+def test_force_removes_audio_of_ranks_the_new_estimate_does_not_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    wet, dry = pair
+    args = ["estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--samples", 3]
+    assert run(capsys, *args, "--audio-all")[0] == 0
+    folder = tmp_path / "song"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "candidate-1.wav", "candidate-2.wav", "candidate-3.wav", "estimate.json"]
+    # without --force, the earlier run's audio counts as existing output
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "already exists" in err
+    assert run(capsys, *args, "--force")[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["candidate-1.wav", "estimate.json"]
+    document = json.loads((folder / "estimate.json").read_text())
+    assert [c.get("audio") for c in document["candidates"]] == ["candidate-1.wav", None, None]
+
+
 def test_different_rates_are_resampled_not_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path]
 ) -> None:
