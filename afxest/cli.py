@@ -137,6 +137,7 @@ def train(
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 200,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write last.pt every N steps.")] = 50,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Start from a checkpoint's weights (same task): its encoder, and its head when of the same kind (param and deterministic heads are alike).", show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train an estimator (runs data-parallel under torchrun)."""
@@ -149,6 +150,7 @@ def train(
             data=None if data is None else str(data), max_steps=max_steps, epochs=epochs,
             batch_size=batch_size, lr=lr, device=device, seed=seed, val_items=val_items,
             val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
+            init=None if init is None else str(init),
         ),
         log=_say,
         progress=progress and err.is_terminal,
@@ -284,17 +286,22 @@ def evaluate(
     n: Annotated[int, typer.Option("--n", min=1, help="Test items.")] = 256,
     samples: Annotated[int, typer.Option(min=1, help="Candidates per item (posterior; other models give 1).")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the test items and the samples.")] = 0,
-    out: Annotated[Path, typer.Option("--out", help="Folder for report.md and results.csv.")] = Path("evaluation"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.md, results.csv and the figures.")] = Path("evaluation"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the paper's Figs. 4-8 that apply as PNG files (needs matplotlib: the plots extra).")] = True,
+    compare: Annotated[Optional[str], typer.Option(help="Deterministic model (name or path) whose estimate the figures mark.", show_default=False)] = None,
 ) -> None:
-    """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3): report.md, results.csv."""
+    """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
     from rich.table import Table
 
     from afxest.evaluate import evaluate as run_evaluation, main_table
     from afxest.store import load_model
 
     loaded = load_model(model)
-    result = run_evaluation(loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say)
+    reference = None if compare is None else load_model(compare)
+    result = run_evaluation(
+        loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference
+    )
     rows = main_table(result)
     table = Table(title=f"{result.task} ({result.kind}), {result.items} items: mean ± std")
     for name in rows[0]:
@@ -303,6 +310,8 @@ def evaluate(
         table.add_row(*row)
     _print_wide(table)
     _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
+    if result.figures:
+        _say(f"wrote {len(result.figures)} figure(s): {', '.join(f.file for f in result.figures)}")
 
 
 def main(argv: list[str] | None = None) -> int:

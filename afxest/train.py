@@ -56,6 +56,7 @@ class TrainConfig:
     val_every: int = 200
     checkpoint_every: int = 50
     resume: bool = False
+    init: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +153,27 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return payload
 
 
+def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
+    """Copy a checkpoint's weights into a new ``model`` (``afxest train --init``): the encoder
+    always, the head too when it is the same architecture (``param`` and ``deterministic``
+    heads are the same network, ``posterior`` heads need the same flows). Returns what was
+    copied. A warm start, e.g. the parameter-loss estimator as the starting point of an
+    audio-loss one; the optimiser and step count start afresh.
+    """
+    state = load_checkpoint(path)
+    if state["task"] != task.to_dict():
+        raise UserError(f"{path}: --init needs a checkpoint of the same task definition ({task.name})")
+    weights = state["model"]
+    encoder = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+    model.encoder.load_state_dict(encoder)
+    source = state["estimator"]
+    same_head = {source["kind"], est_config.kind} <= {"param", "deterministic"} or source == est_config.to_dict()
+    if same_head:
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")})
+        return f"encoder and head from {path} ({source['kind']}, step {state['step']})"
+    return f"encoder from {path} ({source['kind']}, step {state['step']}); new {est_config.kind} head"
+
+
 def _step_of(line: str) -> float:
     """The step of a metrics.jsonl line; a torn last line (killed mid-write) counts as after all."""
     try:
@@ -172,6 +194,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     from afxest.data import Batch, DrySource, MusicFolder, make_batch
     from afxest.losses import bits_per_dim
     from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
+    from afxest.store import file_sha256
     from afxest.tasks import get_task
 
     task = get_task(config.task)
@@ -185,6 +208,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     beta = config.beta if config.beta is not None else task.beta
     if config.flows < 1:
         raise UserError("--flows must be at least 1")
+    if config.init is not None and config.resume:
+        raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
+    if config.init is not None and not Path(config.init).is_file():
+        raise UserError(f"{config.init}: no such checkpoint")
     out = Path(config.out)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -284,8 +311,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         "world_size": world,
         "task_definition": task.to_dict(),
         "afxest_version": __version__,
+        "init_sha256": None if config.init is None else file_sha256(Path(config.init)),
     }
     start_step, best_step, best_objective = 0, None, math.inf
+    if config.init is not None:
+        say(f"initialised: {initialise_from(model, Path(config.init), task, est_config)}")
     if config.resume:
         state = load_checkpoint(last_path, map_location=device)
         if state["task"] != task.to_dict() or state["estimator"] != est_config.to_dict():

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from afxest.cli import main
+from afxest.errors import UserError
 from afxest.tasks import TASKS
 from afxest.train import TrainConfig, load_checkpoint, train
 
@@ -192,3 +193,46 @@ def test_resume_refuses_changed_settings(tmp_path: Path, capsys: pytest.CaptureF
     assert main([*args, "--max-steps", "2", "--resume", "--lr", "0.5"]) == 2
     assert "different lr" in capsys.readouterr().err
     assert main([*args, "--max-steps", "2", "--resume"]) == 0
+
+
+def test_init_copies_encoder_and_compatible_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--init: a param checkpoint warm-starts a deterministic model (same network) entirely and a
+    posterior model's encoder only; another task's checkpoint is refused."""
+    import hashlib
+
+    from afxest.nn.estimator import Estimator, EstimatorConfig
+    from afxest.train import initialise_from
+
+    source = tmp_path / "param"
+    train(TrainConfig(task="fm", out=str(source), estimator="param", max_steps=2, batch_size=4, lr=1e-2, **QUICK), log=quiet)
+    saved = load_checkpoint(source / "last.pt")["model"]
+    task = TASKS["fm"]
+
+    deterministic = Estimator(task, EstimatorConfig(kind="deterministic"))
+    initialise_from(deterministic, source / "last.pt", task, deterministic.config)
+    for name, value in deterministic.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+    torch.manual_seed(5)
+    posterior = Estimator(task, EstimatorConfig(kind="posterior"))
+    fresh_head = {k: v.clone() for k, v in posterior.head.state_dict().items()}
+    message = initialise_from(posterior, source / "last.pt", task, posterior.config)
+    assert "new posterior head" in message
+    for name, value in posterior.encoder.state_dict().items():
+        assert torch.equal(value, saved[f"encoder.{name}"]), name
+    for name, value in posterior.head.state_dict().items():
+        assert torch.equal(value, fresh_head[name]), name
+
+    eq_run = tmp_path / "eq"
+    train(TrainConfig(task="eq", out=str(eq_run), estimator="param", max_steps=1, batch_size=2, **QUICK), log=quiet)
+    with pytest.raises(UserError, match="same task"):
+        initialise_from(deterministic, eq_run / "last.pt", task, deterministic.config)
+
+    args = ["train", "--task", "fm", "--estimator", "deterministic", "--batch-size", "4", "--val-items", "4",
+            "--max-steps", "1", "--no-progress", "--init", str(source / "last.pt")]
+    assert main([*args, "--out", str(tmp_path / "warm")]) == 0
+    config = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert config["init_sha256"] == hashlib.sha256((source / "last.pt").read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "warm"), "--resume"]) == 2
+    assert "--init starts a new run" in capsys.readouterr().err

@@ -1,0 +1,108 @@
+"""Whole-process cost of ``afxest estimate``, against ``python -c "import torch"`` measured in the
+same run.
+
+    python benchmarks/estimate_speed.py [--model eq] [--repeats 5] [--long-minutes 10]
+                                        [--memory-minutes 60]
+
+Cases (procedural music, 44.1 kHz stereo files written to a temporary folder; each case a fresh
+``python -m afxest estimate`` process, as a user runs it):
+
+* ``short``: a 5 s clip with a dry file and 10 candidates (issue target: at most 1.5x the floor);
+* ``long``: a ``--long-minutes`` file with a dry file and 10 candidates (target: 10 minutes
+  within 15 s on 2 cores);
+* ``memory`` (only with ``--memory-minutes``): the peak resident memory of one estimate of a
+  file that long (target: an hour within about 2 GB).
+
+Printed: median wall seconds over ``--repeats`` runs (one run for the long cases), the ratio
+against the floor (the median wall time of ``python -c "import torch"``) and each process's
+peak resident memory (``ru_maxrss`` of the child).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from afxest.data import procedural_music
+
+RATE = 44100
+
+
+def timed(argv: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak resident MB) of one child process; raises if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err.strip()}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def write_pair(folder: Path, name: str, seconds: float, seed: int) -> tuple[Path, Path]:
+    """A stereo dry file and a wet copy (a fixed high shelf + gain; only the timing matters)."""
+    import pedalboard
+
+    rng = np.random.default_rng(seed)
+    frames = int(seconds * RATE)
+    chunk = 60 * RATE  # generate long files a minute at a time
+    left = np.concatenate([procedural_music(rng, min(chunk, frames - i), RATE) for i in range(0, frames, chunk)])
+    dry = np.stack([left, np.roll(left, 441)]).astype(np.float32)
+    dry *= 0.3 / max(float(np.abs(dry).max()), 1e-9)
+    board = pedalboard.Pedalboard([pedalboard.HighShelfFilter(1200.0, 6.0, 0.7)])
+    wet = board(dry, RATE)
+    paths = folder / f"{name}-dry.flac", folder / f"{name}.flac"
+    sf.write(paths[0], dry.T, RATE, subtype="PCM_24")
+    sf.write(paths[1], wet.T, RATE, subtype="PCM_24")
+    return paths[1], paths[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="eq", help="model name or path (default: the bundled eq)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--long-minutes", type=float, default=10.0)
+    ap.add_argument("--memory-minutes", type=float, default=0.0)
+    args = ap.parse_args()
+
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        short = write_pair(folder, "short", 5.0, 1)
+        long = write_pair(folder, "long", 60 * args.long_minutes, 2)
+        hour = write_pair(folder, "memory", 60 * args.memory_minutes, 3) if args.memory_minutes else None
+
+        def estimate(pair: tuple[Path, Path], out: str) -> list[str]:
+            wet, dry = pair
+            return [py, "-m", "afxest", "estimate", str(wet), "--dry", str(dry), "--model", args.model,
+                    "--samples", "10", "-o", str(folder / out), "--force", "--no-progress", "--device", "cpu"]
+
+        timed(estimate(short, "warm"))  # page cache and numba's on-disk cache warm for all cases
+        floor = [timed([py, "-c", "import torch"]) for _ in range(args.repeats)]
+        runs = [timed(estimate(short, "short")) for _ in range(args.repeats)]
+        floor_s = float(np.median([w for w, _ in floor]))
+        print(f"floor  python -c 'import torch': {floor_s:.2f} s (median of {args.repeats}), "
+              f"{max(m for _, m in floor):.0f} MB")
+        rows = [("short", "5 s, dry, 10 candidates", float(np.median([w for w, _ in runs])), max(m for _, m in runs))]
+        wall, mem = timed(estimate(long, "long"))
+        rows.append(("long", f"{args.long_minutes:g} min, dry, 10 candidates", wall, mem))
+        if hour is not None:
+            wall, mem = timed(estimate(hour, "memory"))
+            rows.append(("memory", f"{args.memory_minutes:g} min, dry, 10 candidates", wall, mem))
+    print(f"{'case':8} {'input':28} {'wall s':>8} {'x floor':>8} {'peak MB':>8}")
+    for name, what, wall, mem in rows:
+        print(f"{name:8} {what:28} {wall:8.2f} {wall / floor_s:8.2f} {mem:8.0f}")
+
+
+if __name__ == "__main__":
+    main()
