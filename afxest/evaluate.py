@@ -14,6 +14,10 @@ the MR-STFT loss, SI-SDR and, for ``fm``, the SOT loss. Reported (DAFx 2025, Tab
 
 Every "mean +- std" is over items (population standard deviation, ddof=0). Items are processed
 one at a time, so memory does not grow with N.
+
+With ``figures`` (and matplotlib installed), the paper's Figs. 4-8 that apply to the model are
+written beside the report as PNG files (:mod:`afxest.figures`); their samples come from their
+own seeds, so results.csv is the same with and without them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from afxest import figures as figs
 from afxest.audio import atomic_write_text
 from afxest.errors import UserError
 
@@ -69,6 +74,8 @@ class Evaluation:
     input_baseline: dict[str, tuple[float, float]] | None = None
     uniform_mean: dict[str, tuple[float, float]] = field(default_factory=dict)
     uniform_best10: dict[str, tuple[float, float]] = field(default_factory=dict)
+    figures: list[figs.WrittenFigure] = field(default_factory=list)
+    figures_note: str | None = None  # why figures are missing, for the report
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -127,9 +134,16 @@ def evaluate(
     seed: int = 0,
     force: bool = False,
     log: Callable[[str], None] = print,
+    figures: bool = True,
+    compare=None,
+    figure_settings: figs.FigureSettings = figs.FigureSettings(),
 ) -> Evaluation:
-    """Evaluate a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md`` and
-    ``out/results.csv`` and returns the summary."""
+    """Evaluate a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md``,
+    ``out/results.csv`` and, with ``figures``, the PNG figures that apply (DAFx 2025 Figs. 4-8;
+    without matplotlib they are skipped with one message), and returns the summary.
+
+    ``compare``: a loaded deterministic (or parameter) model of the same task whose estimate is
+    marked on Figs. 5-7."""
     import torch
 
     from afxest.data import DrySource, MusicFolder, make_batch
@@ -141,11 +155,23 @@ def evaluate(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out expects a folder)")
-    report_path, csv_path = out / "report.md", out / "results.csv"
-    if not force and (report_path.exists() or csv_path.exists()):
-        raise UserError(f"{report_path}: exists (use --force to overwrite)")
     task, model, kind = loaded.task, loaded.estimator, loaded.kind
+    check_compare(loaded, compare)
+    figure_keys: list[str] = []
+    figures_note = None if figures else "Figures: not requested (--no-figures)."
+    if figures:
+        if figs.matplotlib_available():
+            figure_keys = figs.applicable(task, kind)
+        else:
+            log(figs.MATPLOTLIB_MISSING)
+            figures_note = "Figures: not written: matplotlib is not installed (`pip install 'afxest[plots]'`)."
+    report_path, csv_path = out / "report.md", out / "results.csv"
+    for path in (report_path, csv_path, *(out / figs.FILES[k] for k in figure_keys)):
+        if not force and path.exists():
+            raise UserError(f"{path}: exists (use --force to overwrite)")
     model = model.to("cpu").eval()
+    if compare is not None:
+        compare.estimator.to("cpu").eval()
     n_cand = samples if kind == "posterior" else 1
 
     source = None
@@ -171,6 +197,9 @@ def evaluate(
     input_scores = {m: np.empty(n) for m in metrics} if not task.has_source else None
     entropy = np.full(n, np.nan)
     rows: list[list[Any]] = []
+    k_corr = figure_settings.correlation_samples
+    correlation = np.empty((n, k_corr, d)) if "fig4" in figure_keys else None
+    item_wet, item_v = None, None
 
     for i in range(n):
         rng = np.random.default_rng([seed, ITEM_STREAM, i])
@@ -185,6 +214,10 @@ def evaluate(
         z = s.z[0].double().numpy()
         if kind == "posterior" and s.log_prob is not None:
             entropy[i] = float(-s.log_prob[0].double().mean()) / (d * math.log(2))  # Eq. 17
+        if correlation is not None:  # Fig. 4: the drawn samples, topped up to k_corr
+            correlation[i] = figs.correlation_samples(model, batch.wet, z, k_corr, [seed, figs.FIGURE_STREAM, 4, i])
+        if i == 0:  # Fig. 5's item
+            item_wet, item_v = batch.wet, batch.v[0]
         scores = _score(fns, _render_all(task, z, dry), wet)
         for m in metrics:
             model_scores[m][i] = scores[m]
@@ -223,8 +256,26 @@ def evaluate(
     writer.writerows(rows)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(csv_path, buf.getvalue())
+    if figure_keys:
+        log(f"drawing {len(figure_keys)} figure(s)")
+        result.figures = figs.write_figures(
+            loaded, out, figure_keys, correlation, item_wet, item_v, compare=compare,
+            settings=figure_settings, seed=seed, log=log,
+        )
+        figures_note = figs.not_applicable_note(task, kind)
+    result.figures_note = figures_note
     atomic_write_text(report_path, report_markdown(result, loaded))
     return result
+
+
+def check_compare(loaded, compare) -> None:
+    """A ``--compare`` model must be a deterministic (or parameter) model of the same task."""
+    if compare is None:
+        return
+    if compare.task.name != loaded.task.name:
+        raise UserError(f"--compare {compare.name}: a {compare.task.name!r} model; the evaluated one is {loaded.task.name!r}")
+    if compare.kind == "posterior":
+        raise UserError(f"--compare {compare.name}: a posterior model; give a deterministic one (its estimate is marked)")
 
 
 def _fmt(value: tuple[float, float] | None, digits: int = 3) -> str:
@@ -280,4 +331,17 @@ def report_markdown(result: Evaluation, loaded=None) -> str:
     )
     text.append(_markdown(rows))
     text.append("\nLower is better for every metric except SI-SDR (dB). Per-candidate values: `results.csv`.\n")
+    text.append(figures_markdown(result))
+    return "".join(text)
+
+
+def figures_markdown(result: Evaluation) -> str:
+    """The report's figure section: each PNG written (relative link) and what is missing."""
+    text = ["\n## Figures (DAFx 2025, Figs. 4-8)\n\n"]
+    for figure in result.figures:
+        text.append(f"{figure.caption}\n\n![Fig. {figure.key[3:]}]({figure.file})\n\n")
+    if result.figures_note:
+        text.append(result.figures_note + "\n")
+    elif not result.figures:
+        text.append("No figure applies to this model.\n")
     return "".join(text)

@@ -30,7 +30,7 @@ def _checkpoint(tmp: Path, task: str) -> Path:
 def fm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fm")
     loaded = load_model(str(_checkpoint(root / "run", "fm")))
-    result = evaluate(loaded, root / "eval", n=6, samples=10, seed=3, log=lambda _m: None)
+    result = evaluate(loaded, root / "eval", n=6, samples=10, seed=3, log=lambda _m: None, figures=False)
     return loaded, result, root / "eval"
 
 
@@ -39,7 +39,7 @@ def eq_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eq")
     loaded = load_model(str(_checkpoint(root / "run", "eq")))
     messages: list[str] = []
-    result = evaluate(loaded, root / "eval", n=2, samples=3, seed=5, log=messages.append)
+    result = evaluate(loaded, root / "eval", n=2, samples=3, seed=5, log=messages.append, figures=False)
     return loaded, result, root / "eval", messages
 
 
@@ -106,9 +106,9 @@ def test_results_depend_only_on_the_seed(fm_run, tmp_path):
     loaded, _, folder = fm_run
     torch.manual_seed(12345)  # global state must not matter
     np.random.seed(6789)
-    evaluate(loaded, tmp_path / "again", n=6, samples=10, seed=3, log=lambda _m: None)
+    evaluate(loaded, tmp_path / "again", n=6, samples=10, seed=3, log=lambda _m: None, figures=False)
     assert (tmp_path / "again" / "results.csv").read_text() == (folder / "results.csv").read_text()
-    evaluate(loaded, tmp_path / "other", n=2, samples=10, seed=4, log=lambda _m: None)
+    evaluate(loaded, tmp_path / "other", n=2, samples=10, seed=4, log=lambda _m: None, figures=False)
     assert (tmp_path / "other" / "results.csv").read_text() != (folder / "results.csv").read_text()
 
 
@@ -152,7 +152,7 @@ def test_deterministic_model_gives_one_candidate(tmp_path):
         log=lambda _m: None,
     )
     loaded = load_model(str(tmp_path / "run" / "last.pt"))
-    result = evaluate(loaded, tmp_path / "eval", n=3, samples=10, seed=1, log=lambda _m: None)
+    result = evaluate(loaded, tmp_path / "eval", n=3, samples=10, seed=1, log=lambda _m: None, figures=False)
     assert result.samples == 1 and result.entropy is None and set(result.best_of) == {1}
     assert result.best_of[1] == result.expectation
     rows = _rows(tmp_path / "eval")
@@ -177,7 +177,7 @@ def test_music_folder_uses_the_test_split(eq_run, tmp_path, monkeypatch):
     sf.write(music / test_name, procedural_music(rng, 6 * sr, sr), sr)
     sf.write(music / other, np.zeros(6 * sr, np.float32), sr)  # silent: would be a poor input baseline
     messages: list[str] = []
-    result = evaluate(loaded, tmp_path / "eval", data=music, n=1, samples=2, seed=0, log=messages.append)
+    result = evaluate(loaded, tmp_path / "eval", data=music, n=1, samples=2, seed=0, log=messages.append, figures=False)
     assert result.source == "music" and not any("procedural" in m for m in messages)
     assert np.isfinite(result.input_baseline["mel"][0])
     empty = tmp_path / "empty"

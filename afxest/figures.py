@@ -1,0 +1,508 @@
+"""The figures of ``afxest evaluate`` (DAFx 2025, Figs. 4-8), written as PNG files.
+
+Each figure has a data function (numpy and the model; no plotting) and a thin plotting
+function. matplotlib is an optional extra (``pip install 'afxest[plots]'``): it is imported
+inside the plotting functions only, and drawn with the non-interactive Agg canvas (no pyplot,
+no global backend switch), so afxest imports and runs without it.
+
+* Fig. 4 (posterior models): the mean over test items of the Pearson correlation matrix of
+  ``correlation_samples`` (20, Sec. 4.7.2) normalised parameter vectors sampled per item.
+* Fig. 5 (posterior models): 2-D histograms of samples for one test item (item 0), one panel
+  per pair of parameters (eq: the same parameter of the two shelves), with the truth in model
+  space (:meth:`afxest.tasks.Task.truth_to_model`: the canonical solution for eq) and, with
+  ``--compare``, a deterministic model's estimate.
+* Figs. 6-7 (fm): the SOT loss (``unit="bins"``) of every point of a grid over (v1, v2)
+  against a target with a low (Fig. 6) and a high (Fig. 7) modulation index, beside a
+  histogram of posterior samples for that target.
+* Fig. 8 (fm, posterior): the conditional entropy (bits/dim, Eq. 17) against the modulation
+  index I_m (Eq. 20a): the mean over frequency ratios and the band of its 1st-9th deciles.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from afxest.audio import publish, temporary_in
+
+FIGURE_STREAM = 2_000_029  # seeds of the samples drawn for the figures only
+MATPLOTLIB_MISSING = "figures skipped: matplotlib is not installed (pip install 'afxest[plots]')"
+
+FILES = {
+    "fig4": "fig4-correlation.png",
+    "fig5": "fig5-marginals.png",
+    "fig6": "fig6-loss-map-low-index.png",
+    "fig7": "fig7-loss-map-high-index.png",
+    "fig8": "fig8-entropy-vs-index.png",
+}
+
+# Figs. 6-7: the normalised (v1, v2) of the targets with a low and a high modulation index
+# (v1 = 0.25: I_m = 0.02, "negligible"; v1 = 0.9: I_m = 5.4)
+LOW_INDEX_TARGET = (0.25, 0.5)
+HIGH_INDEX_TARGET = (0.9, 0.3)
+
+ABBREVIATIONS = {"cutoff_frequency_hz": "f", "gain_db": "g", "q": "Q"}
+
+
+@dataclass(frozen=True)
+class FigureSettings:
+    """How much each figure computes, and the PNG resolution."""
+
+    correlation_samples: int = 20  # Fig. 4: samples per item (Sec. 4.7.2)
+    histogram_samples: int = 2000  # Figs. 5-7: samples of the one item shown
+    bins: int = 40  # Figs. 5-7: histogram bins per axis
+    grid: int = 64  # Figs. 6-7: loss map of grid x grid points
+    batch: int = 512  # sounds rendered and scored at once
+    index_points: int = 32  # Fig. 8: modulation indices
+    ratio_points: int = 16  # Fig. 8: frequency ratios per index
+    entropy_samples: int = 32  # Fig. 8: samples per sound
+    dpi: int = 100
+
+
+@dataclass(frozen=True)
+class WrittenFigure:
+    """A PNG written beside the report: its key (``fig4``...), file name and caption."""
+
+    key: str
+    file: str
+    caption: str
+
+
+# ---------------------------------------------------------------------------------------------
+# which figures apply
+
+
+def is_fm_like(task) -> bool:
+    """Figs. 6-8 need a synth task with exactly (modulation index, frequency ratio) to estimate."""
+    names = [r.name for r in task.model.ranges]
+    return task.has_source and task.truth == task.model and names == ["modulation_index", "frequency_ratio"]
+
+
+def applicable(task, kind: str) -> list[str]:
+    """Keys of the figures that apply to a ``kind`` model of ``task``, in order."""
+    keys = []
+    if kind == "posterior":
+        keys += ["fig4", "fig5"]
+    if is_fm_like(task):
+        keys += ["fig6", "fig7"]
+        if kind == "posterior":
+            keys.append("fig8")
+    return keys
+
+
+def not_applicable_note(task, kind: str) -> str | None:
+    """One sentence naming the figures that do not apply, and why (None when all apply)."""
+    missing = [k for k in FILES if k not in applicable(task, kind)]
+    if not missing:
+        return None
+    reasons = []
+    if kind != "posterior":
+        reasons.append("Figs. 4, 5 and 8 need a posterior model")
+    if not is_fm_like(task):
+        reasons.append("Figs. 6-8 concern the fm task")
+    names = ", ".join(f"Fig. {k[3:]}" for k in missing)
+    return f"Not written: {names} ({'; '.join(reasons)})."
+
+
+def matplotlib_available() -> bool:
+    """True when matplotlib and its Agg canvas import."""
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# data (no plotting)
+
+
+def draw(estimator, wet: np.ndarray, n: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``n`` samples per sound of ``wet`` (batch, 1, frames): z (batch, n, d) and log p(z|y)
+    (batch, n) in nats (None for a deterministic model), from a torch seed taken from
+    ``numpy.random.default_rng(seed)`` (global random state is left untouched)."""
+    import torch
+
+    torch_seed = int(np.random.default_rng(list(seed)).integers(0, 2**62))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed)
+        s = estimator.sample(torch.from_numpy(np.ascontiguousarray(wet, dtype=np.float32)), n)
+    log_prob = None if s.log_prob is None else s.log_prob.double().numpy()
+    return s.z.double().numpy(), log_prob
+
+
+def correlation_samples(estimator, wet: np.ndarray, drawn: np.ndarray, k: int, seed: Sequence[int]) -> np.ndarray:
+    """``k`` samples (k, d) of one item for Fig. 4: the first ``k`` already drawn ones
+    (``drawn`` (n, d)), topped up with new samples when fewer were drawn."""
+    if len(drawn) >= k:
+        return drawn[:k]
+    extra, _ = draw(estimator, wet, k - len(drawn), seed)
+    return np.concatenate([drawn, extra[0]])
+
+
+def mean_correlation(z: np.ndarray) -> np.ndarray:
+    """Fig. 4: the mean over items of the Pearson correlation matrix of each item's samples.
+
+    ``z`` (items, samples, d) -> (d, d). A parameter with no spread in an item has no
+    correlation there: that item is left out of its row and column (NaN if no item is left).
+    """
+    z = np.asarray(z, dtype=np.float64)
+    centred = z - z.mean(axis=1, keepdims=True)
+    norm = np.sqrt((centred**2).sum(axis=1))  # (items, d)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        unit = centred / norm[:, None, :]
+        corr = np.einsum("isa,isb->iab", unit, unit)  # (items, d, d)
+    valid = np.isfinite(corr)
+    counts = valid.sum(axis=0)
+    total = np.where(valid, corr, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+
+
+def entropy_bits(log_prob: np.ndarray, d: int) -> np.ndarray:
+    """Eq. 17: -mean over samples (last axis) of ln p(z|y), in bits per dimension."""
+    return -np.asarray(log_prob, dtype=np.float64).mean(axis=-1) / (d * math.log(2))
+
+
+def labels(task) -> list[str]:
+    """Short names of the model's dimensions: ``v1, v2`` for one processor (Figs. 6-7), else
+    ``f1, g1, Q1, f2, ...`` (parameter, processor number; Figs. 4-5)."""
+    procs = task.model.processors
+    if len(procs) == 1:
+        return [f"v{k + 1}" for k in range(task.model.dim)]
+    return [f"{ABBREVIATIONS.get(r.name, r.name)}{i + 1}" for i, p in enumerate(procs) for r in p.ranges]
+
+
+def marginal_pairs(task) -> list[tuple[int, int]]:
+    """Fig. 5: the pairs of dimensions shown. When the model repeats one processor (eq: two
+    shelves), each parameter of the first copy against the same one of the second; else
+    consecutive dimensions (0, 1), (2, 3), ... (an odd last one with the one before)."""
+    procs = task.model.processors
+    if len(procs) >= 2 and all(p == procs[0] for p in procs):
+        return [(k, procs[0].dim + k) for k in range(procs[0].dim)]
+    d = task.model.dim
+    if d == 1:
+        return [(0, 0)]
+    return [(k, k + 1) if k + 1 < d else (k - 1, k) for k in range(0, d, 2)]
+
+
+def model_truth(task, v: np.ndarray) -> np.ndarray:
+    """The truth ``v`` (truth dim,) in model space: :meth:`Task.truth_to_model` (the canonical
+    solution of Sec. 4.1 for eq; ``v`` itself for fm)."""
+    import torch
+
+    return np.asarray(task.truth_to_model(torch.as_tensor(np.asarray(v, dtype=np.float64))[None])[0], dtype=np.float64)
+
+
+def grid_centres(n: int) -> np.ndarray:
+    """The centres of ``n`` equal cells of [0, 1]."""
+    return (np.arange(n) + 0.5) / n
+
+
+def synthesise(task, z: np.ndarray) -> np.ndarray:
+    """The synth of an fm-like task for normalised parameters z (batch, d): (batch, 1, frames)."""
+    import torch
+
+    from afxest.engines import synthesise_batch
+
+    ((kind, params),) = task.model.split(torch.from_numpy(np.asarray(z, dtype=np.float64)))
+    return synthesise_batch(kind, params, task.clip_samples, task.sample_rate).numpy()
+
+
+def sot_loss(task) -> Callable:
+    """The loss of the maps (Figs. 6-7): SOT in bins, as the ``sot`` metric of evaluate."""
+    from afxest.losses import SpectralOTLoss
+
+    return SpectralOTLoss(task.sample_rate, unit="bins")
+
+
+def loss_map(task, wet: np.ndarray, grid: int = 64, batch: int = 512) -> np.ndarray:
+    """Figs. 6-7: the SOT loss against ``wet`` (1, frames) of the sound synthesised at each
+    point (v1, v2) = (grid_centres[i], grid_centres[j]) of the grid: (grid, grid), [i, j]."""
+    import torch
+
+    c = grid_centres(grid)
+    points = np.stack(np.meshgrid(c, c, indexing="ij"), axis=-1).reshape(-1, 2)
+    loss = sot_loss(task)
+    target = torch.from_numpy(np.ascontiguousarray(wet, dtype=np.float32))[None]
+    out = np.empty(len(points))
+    with torch.no_grad():
+        for start in range(0, len(points), batch):
+            y_hat = torch.from_numpy(synthesise(task, points[start : start + batch]))
+            out[start : start + batch] = loss(y_hat, target.expand_as(y_hat).contiguous()).double().numpy()
+    return out.reshape(grid, grid)
+
+
+@dataclass
+class EntropyCurve:
+    """Fig. 8 data: entropy (bits/dim) of sounds on a grid of (v1, v2)."""
+
+    v1: np.ndarray  # (index_points,)
+    index: np.ndarray  # (index_points,) the modulation index I_m of each v1 (Eq. 20a)
+    v2: np.ndarray  # (ratio_points,)
+    entropy: np.ndarray  # (index_points, ratio_points)
+    mean: np.ndarray  # (index_points,) over frequency ratios
+    q10: np.ndarray  # 1st decile over frequency ratios
+    q90: np.ndarray  # 9th decile
+
+
+def decile_band(entropy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row (modulation index): the mean and the 1st and 9th deciles over columns."""
+    return entropy.mean(axis=1), np.quantile(entropy, 0.1, axis=1), np.quantile(entropy, 0.9, axis=1)
+
+
+def entropy_curve(estimator, task, settings: FigureSettings, seed: int) -> EntropyCurve:
+    """Fig. 8: synthesise the sounds of a grid of ``index_points`` x ``ratio_points`` (v1, v2)
+    cell centres, draw ``entropy_samples`` samples per sound and estimate its entropy (Eq. 17)."""
+    v1, v2 = grid_centres(settings.index_points), grid_centres(settings.ratio_points)
+    points = np.stack(np.meshgrid(v1, v2, indexing="ij"), axis=-1).reshape(-1, 2)
+    entropy = np.empty(len(points))
+    for start in range(0, len(points), settings.batch):
+        wet = synthesise(task, points[start : start + settings.batch])
+        _, log_prob = draw(estimator, wet, settings.entropy_samples, [seed, FIGURE_STREAM, 8, start])
+        assert log_prob is not None, "Fig. 8 needs a posterior model"
+        entropy[start : start + len(wet)] = entropy_bits(log_prob, task.model.dim)
+    entropy = entropy.reshape(len(v1), len(v2))
+    mean, q10, q90 = decile_band(entropy)
+    index = np.asarray(task.model.ranges[0].to_physical(v1), dtype=np.float64)
+    return EntropyCurve(v1=v1, index=index, v2=v2, entropy=entropy, mean=mean, q10=q10, q90=q90)
+
+
+# ---------------------------------------------------------------------------------------------
+# plotting (matplotlib, imported here only)
+
+SIZES = {  # inches; pixels = inches * dpi
+    "fig4": (5.5, 4.5),
+    "fig5": (4.0, 4.5),  # per panel
+    "fig6": (11.0, 5.0),  # loss map and histogram (5.5 for the map alone)
+    "fig7": (11.0, 5.0),
+    "fig8": (6.0, 4.0),
+}
+
+
+def marginals_size(panels: int) -> tuple[float, float]:
+    """Fig. 5's size in inches: 4 x 4.5 per panel, at least 5.5 wide."""
+    width, height = SIZES["fig5"]
+    return max(5.5, width * panels), height
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: Path, dpi: int) -> None:
+    """Write ``fig`` as a PNG atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = temporary_in(path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=dpi)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _markers(ax, truth: np.ndarray | None, estimates: Sequence[tuple[str, np.ndarray]], a: int, b: int) -> None:
+    if truth is not None:
+        ax.plot(truth[a], truth[b], "+", color="limegreen", markersize=16, markeredgewidth=3, label="truth")
+    for label, z in estimates:
+        ax.plot(z[a], z[b], "x", color="red", markersize=12, markeredgewidth=3, label=label)
+
+
+def _legend(fig, ax, row: bool) -> None:
+    """One legend for the figure, below the panels: in a row, or one entry a line."""
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=max(1, len(handles)) if row else 1, fontsize=9)
+
+
+def plot_correlation(path: Path, matrix: np.ndarray, names: Sequence[str], items: int, samples: int, dpi: int) -> None:
+    """Fig. 4: the mean correlation matrix, values printed in the cells."""
+    fig = _figure(*SIZES["fig4"])
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="coolwarm", vmin=-1, vmax=1)
+    d = len(names)
+    ax.set_xticks(range(d), names)
+    ax.set_yticks(range(d), names)
+    for a in range(d):
+        for b in range(d):
+            text = "-" if not np.isfinite(matrix[a, b]) else f"{matrix[a, b]:.2f}"
+            ax.text(b, a, text, ha="center", va="center", fontsize=9)
+    fig.colorbar(image, ax=ax, label="Pearson correlation")
+    ax.set_title(f"Mean correlation, {samples} samples x {items} items")
+    save_png(fig, path, dpi)
+
+
+def plot_marginals(
+    path: Path,
+    z: np.ndarray,
+    pairs: Sequence[tuple[int, int]],
+    names: Sequence[str],
+    truth: np.ndarray | None,
+    estimates: Sequence[tuple[str, np.ndarray]],
+    bins: int,
+    dpi: int,
+) -> None:
+    """Fig. 5: one 2-D histogram per pair of dimensions of the samples z (n, d), with the truth
+    (+) and deterministic estimates (x); the legend says when there is no estimate."""
+    fig = _figure(*marginals_size(len(pairs)))
+    axes = fig.subplots(1, len(pairs), squeeze=False)[0]
+    for ax, (a, b) in zip(axes, pairs):
+        ax.hist2d(z[:, a], z[:, b], bins=bins, range=[[0, 1], [0, 1]], cmap="Blues")
+        _markers(ax, truth, estimates, a, b)
+        ax.set_xlabel(f"{names[a]} (normalised)")
+        ax.set_ylabel(f"{names[b]} (normalised)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+    if not estimates:
+        axes[0].plot([], [], " ", label="no deterministic estimate (give --compare)")
+    _legend(fig, axes[0], row=len(axes) > 1)
+    fig.suptitle(f"Samples of p(z|y) for one item ({len(z)} samples)")
+    save_png(fig, path, dpi)
+
+
+def plot_loss_map(
+    path: Path,
+    losses: np.ndarray,
+    samples: np.ndarray | None,
+    truth: np.ndarray,
+    estimates: Sequence[tuple[str, np.ndarray]],
+    title: str,
+    bins: int,
+    dpi: int,
+) -> None:
+    """Figs. 6-7: the loss map over (v1, v2) and, for a posterior model, a histogram of its
+    samples (n, 2) beside it; truth (+) and estimates (x) on both."""
+    width, height = SIZES["fig6"]
+    fig = _figure(width if samples is not None else width / 2, height)
+    axes = fig.subplots(1, 2 if samples is not None else 1, squeeze=False)[0]
+    from matplotlib.colors import PowerNorm
+
+    image = axes[0].imshow(
+        losses.T, origin="lower", extent=(0, 1, 0, 1), cmap="viridis", aspect="auto", norm=PowerNorm(0.5)
+    )
+    fig.colorbar(image, ax=axes[0], label="SOT loss (bins; square-root colour scale)")
+    axes[0].set_title("Loss map")
+    if samples is not None:
+        axes[1].hist2d(samples[:, 0], samples[:, 1], bins=bins, range=[[0, 1], [0, 1]], cmap="Blues")
+        axes[1].set_title(f"Samples of p(z|y) ({len(samples)})")
+    for ax in axes:
+        _markers(ax, truth, estimates, 0, 1)
+        ax.set_xlabel("v1 (modulation index, normalised)")
+        ax.set_ylabel("v2 (frequency ratio, normalised)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    _legend(fig, axes[0], row=len(axes) > 1)
+    fig.suptitle(title)
+    save_png(fig, path, dpi)
+
+
+def plot_entropy_curve(path: Path, curve: EntropyCurve, dpi: int) -> None:
+    """Fig. 8: entropy against I_m, mean over frequency ratios and its 1st-9th decile band."""
+    fig = _figure(*SIZES["fig8"])
+    ax = fig.add_subplot()
+    ax.fill_between(curve.index, curve.q10, curve.q90, alpha=0.3, label="1st-9th decile")
+    ax.plot(curve.index, curve.mean, label=f"mean over {len(curve.v2)} frequency ratios")
+    ax.set_xscale("log")
+    ax.set_xlabel("modulation index I_m (log scale)")
+    ax.set_ylabel("entropy (bits/dim)")
+    ax.legend()
+    ax.set_title("Conditional entropy against the modulation index")
+    save_png(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------------
+# all figures of one evaluation
+
+
+def write_figures(
+    loaded,
+    out: Path,
+    keys: Sequence[str],
+    correlation: np.ndarray | None,
+    item_wet: np.ndarray,
+    item_v: np.ndarray,
+    compare=None,
+    settings: FigureSettings = FigureSettings(),
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[WrittenFigure]:
+    """Write the figures ``keys`` (from :func:`applicable`) into ``out``.
+
+    ``correlation`` (items, k, d): the Fig. 4 samples gathered during the evaluation;
+    ``item_wet`` (1, 1, frames) and ``item_v`` (truth dim,): the test item of Fig. 5;
+    ``compare``: a loaded deterministic model whose estimate is marked (Figs. 5-7).
+    """
+    task, estimator, kind = loaded.task, loaded.estimator, loaded.kind
+    names = labels(task)
+    written: list[WrittenFigure] = []
+
+    def estimates(wet: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        found = []
+        if kind != "posterior":
+            found.append((f"{kind} estimate (this model)", draw(estimator, wet, 1, [seed])[0][0, 0]))
+        if compare is not None:
+            found.append((f"Deter. ({compare.name})", draw(compare.estimator, wet, 1, [seed])[0][0, 0]))
+        return found
+
+    if "fig4" in keys and correlation is not None:
+        matrix = mean_correlation(correlation)
+        plot_correlation(out / FILES["fig4"], matrix, names, len(correlation), correlation.shape[1], settings.dpi)
+        written.append(WrittenFigure("fig4", FILES["fig4"], (
+            f"Fig. 4: mean over the {len(correlation)} items of the Pearson correlation matrix of "
+            f"{correlation.shape[1]} samples per item (normalised parameters)."
+        )))
+    if "fig5" in keys:
+        z, _ = draw(estimator, item_wet, settings.histogram_samples, [seed, FIGURE_STREAM, 5])
+        found = estimates(item_wet)
+        plot_marginals(out / FILES["fig5"], z[0], marginal_pairs(task), names, model_truth(task, item_v), found,
+                       settings.bins, settings.dpi)
+        marks = f"the {found[0][0]} (x)" if found else "no deterministic estimate (give --compare MODEL)"
+        written.append(WrittenFigure("fig5", FILES["fig5"], (
+            f"Fig. 5: 2-D histograms of {settings.histogram_samples} samples for test item 0, the truth "
+            f"in model space (+) and {marks}."
+        )))
+    for key, target, which in (("fig6", LOW_INDEX_TARGET, "low"), ("fig7", HIGH_INDEX_TARGET, "high")):
+        if key not in keys:
+            continue
+        log(f"computing the {settings.grid}x{settings.grid} loss map of Fig. {key[3:]}")
+        v = np.asarray(target, dtype=np.float64)
+        wet = synthesise(task, v[None])
+        losses = loss_map(task, wet[0], settings.grid, settings.batch)
+        index = float(task.model.ranges[0].to_physical(v[0]))
+        ratio = float(task.model.ranges[1].to_physical(v[1]))
+        title = f"Fig. {key[3:]}: {which} modulation index\nv = ({v[0]:g}, {v[1]:g}), I_m = {index:.3g}, f_m/f_c = {ratio:.3g}"
+        samples = None
+        if kind == "posterior":
+            z, log_prob = draw(estimator, wet, settings.histogram_samples, [seed, FIGURE_STREAM, int(key[3:])])
+            samples = z[0]
+            title += f", entropy {float(entropy_bits(log_prob[0], task.model.dim)):.2f} bits/dim"
+        found = estimates(wet)
+        plot_loss_map(out / FILES[key], losses, samples, v, found, title, settings.bins, settings.dpi)
+        what = f" beside a histogram of {settings.histogram_samples} posterior samples" if samples is not None else ""
+        marks = "; x: " + ", ".join(label for label, _ in found) if found else ""
+        written.append(WrittenFigure(key, FILES[key], (
+            f"Fig. {key[3:]}: SOT loss over a {settings.grid}x{settings.grid} grid of (v1, v2) against a target "
+            f"with a {which} modulation index (v = ({v[0]:g}, {v[1]:g}), I_m = {index:.3g}){what}; +: truth{marks}."
+        )))
+    if "fig8" in keys:
+        log(f"computing the entropy of {settings.index_points * settings.ratio_points} sounds for Fig. 8")
+        curve = entropy_curve(estimator, task, settings, seed)
+        plot_entropy_curve(out / FILES["fig8"], curve, settings.dpi)
+        written.append(WrittenFigure("fig8", FILES["fig8"], (
+            f"Fig. 8: entropy (bits/dim, {settings.entropy_samples} samples per sound) against the modulation "
+            f"index I_m: mean over {settings.ratio_points} frequency ratios and its 1st-9th decile band."
+        )))
+    return written

@@ -1,0 +1,282 @@
+"""The figures of ``afxest evaluate`` (DAFx 2025, Figs. 4-8): each figure's data against an
+independent computation, the PNG files and the report's links, and the missing-matplotlib path."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from afxest import figures as figs
+from afxest.cli import main
+from afxest.errors import UserError
+from afxest.evaluate import evaluate
+from afxest.store import load_model
+from afxest.tasks import TASKS
+from afxest.train import TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = figs.FigureSettings(
+    correlation_samples=6, histogram_samples=200, bins=10, grid=8, batch=64,
+    index_points=4, ratio_points=3, entropy_samples=16, dpi=30,
+)
+
+
+def _checkpoint(tmp: Path, task: str, estimator: str = "posterior") -> Path:
+    train(
+        TrainConfig(task=task, estimator=estimator, max_steps=1, batch_size=2, val_items=2, val_every=1,
+                    checkpoint_every=1, out=str(tmp), device="cpu"),
+        log=lambda _m: None,
+    )
+    return tmp / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def fm_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm-models")
+    posterior = load_model(str(_checkpoint(root / "post", "fm")))
+    deterministic = load_model(str(_checkpoint(root / "det", "fm", "deterministic")))
+    return posterior, deterministic
+
+
+def _fm_sound(v1: float, v2: float, frames: int, rate: int) -> np.ndarray:
+    """DAFx Eq. 19 with Eqs. 20a-b, written out here: (frames,) float64."""
+    index = 4 * math.pi * 10 ** (0.75 * 99 * (v1 - 1) / 20)
+    ratio = 9.5 * v2 + 0.5
+    t = np.arange(frames) / rate
+    return np.sin(2 * math.pi * 110 * t + index * np.sin(2 * math.pi * 110 * ratio * t))
+
+
+def _png_shape(path: Path) -> tuple[int, ...]:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path).shape
+
+
+def _pixels(size: tuple[float, float], dpi: int) -> tuple[int, int]:
+    return round(size[1] * dpi), round(size[0] * dpi)
+
+
+# --- figure data --------------------------------------------------------------------------------
+
+
+def test_mean_correlation_is_the_mean_of_numpy_corrcoef():
+    rng = np.random.default_rng(0)
+    mix = np.array([[1.0, 0.0, 0.0], [-0.8, 0.6, 0.0], [0.3, 0.2, 0.9]])
+    z = rng.normal(size=(5, 20, 3)) @ mix.T + rng.normal(size=(5, 1, 3))
+    expected = np.mean([np.corrcoef(item.T) for item in z], axis=0)
+    assert figs.mean_correlation(z) == pytest.approx(expected, abs=1e-12)
+    # an item where a parameter has no spread is left out of that parameter's row and column
+    z[2, :, 1] = 0.5
+    got = figs.mean_correlation(z)
+    with np.errstate(invalid="ignore", divide="ignore"):  # corrcoef of item 2 has NaNs
+        each = [np.corrcoef(item.T) for item in z]
+    assert got[0, 1] == pytest.approx(np.mean([c[0, 1] for k, c in enumerate(each) if k != 2]), abs=1e-12)
+    assert got[0, 2] == pytest.approx(np.mean([c[0, 2] for c in each]), abs=1e-12)
+    z[:, :, 1] = 0.5
+    assert np.isnan(figs.mean_correlation(z)[0, 1])
+
+
+def test_entropy_bits_and_decile_band_closed_forms():
+    log_prob = np.array([[1.0, 3.0], [-2.0, -4.0]])
+    assert figs.entropy_bits(log_prob, 2) == pytest.approx([-2 / (2 * math.log(2)), 3 / (2 * math.log(2))])
+    table = np.arange(20.0).reshape(2, 10)  # rows 0..9 and 10..19
+    mean, q10, q90 = figs.decile_band(table)
+    assert mean == pytest.approx([4.5, 14.5])
+    assert q10 == pytest.approx([0.9, 10.9]) and q90 == pytest.approx([8.1, 18.1])  # linear interpolation
+
+
+def test_labels_pairs_and_eq_truth_in_model_space():
+    eq, fm = TASKS["eq"], TASKS["fm"]
+    assert figs.labels(eq) == ["f1", "g1", "Q1", "f2", "g2", "Q2"]
+    assert figs.marginal_pairs(eq) == [(0, 3), (1, 4), (2, 5)]
+    assert figs.labels(fm) == ["v1", "v2"] and figs.marginal_pairs(fm) == [(0, 1)]
+    # eq's canonical solution: both shelves at the truth's cutoff and Q, each with half its gain;
+    # the truth's gain range [-20, 20] dB halved is the model's [-10, 10] dB: the same v again
+    v = np.array([0.3, 0.8, 0.1])
+    z = figs.model_truth(eq, v)
+    assert z == pytest.approx([0.3, 0.8, 0.1, 0.3, 0.8, 0.1], abs=1e-12)
+    cutoff = 500 * (2500 / 500) ** 0.3
+    gains = [eq.model.ranges[k].to_physical(z[k]) for k in (1, 4)]
+    assert sum(gains) == pytest.approx(-20 + 40 * 0.8)
+    assert eq.model.ranges[3].to_physical(z[3]) == pytest.approx(cutoff)
+    assert figs.model_truth(fm, np.array([0.2, 0.7])) == pytest.approx([0.2, 0.7])
+
+
+def test_applicable_figures():
+    eq, fm = TASKS["eq"], TASKS["fm"]
+    assert figs.applicable(eq, "posterior") == ["fig4", "fig5"]
+    assert figs.applicable(eq, "deterministic") == []
+    assert figs.applicable(fm, "posterior") == ["fig4", "fig5", "fig6", "fig7", "fig8"]
+    assert figs.applicable(fm, "deterministic") == ["fig6", "fig7"]
+    assert "Fig. 6" in figs.not_applicable_note(eq, "posterior") and figs.not_applicable_note(fm, "posterior") is None
+
+
+def test_loss_map_matches_direct_evaluation_of_grid_points():
+    from afxest.losses import spectral_ot
+
+    task = TASKS["fm"]
+    grid = 8
+    c = figs.grid_centres(grid)
+    assert c == pytest.approx(np.arange(grid) / grid + 1 / 16)
+    truth = (c[6], c[2])  # on the grid: the loss there is 0
+    wet = _fm_sound(*truth, task.clip_samples, task.sample_rate)
+    m = figs.loss_map(task, wet[None], grid=grid, batch=5)  # batches that do not divide the grid
+    assert m.shape == (grid, grid)
+    target = torch.from_numpy(wet[None, None].astype(np.float32))
+    for i, j in [(6, 2), (2, 6), (0, 0), (7, 7), (3, 5)]:
+        y_hat = torch.from_numpy(_fm_sound(c[i], c[j], task.clip_samples, task.sample_rate)[None, None].astype(np.float32))
+        expected = float(spectral_ot(y_hat, target, task.sample_rate, unit="bins")[0])
+        assert m[i, j] == pytest.approx(expected, rel=1e-3, abs=1e-3)
+    assert m[6, 2] == pytest.approx(0.0, abs=1e-3)
+    assert m[2, 6] > 1.0 and m.argmin() == np.ravel_multi_index((6, 2), m.shape)
+
+
+def test_correlation_samples_reuse_the_drawn_ones(fm_models):
+    loaded = fm_models[0]
+    wet = _fm_sound(0.7, 0.4, loaded.task.clip_samples, loaded.task.sample_rate)[None, None]
+    drawn = np.random.default_rng(1).random((25, 2))
+    assert np.array_equal(figs.correlation_samples(loaded.estimator, wet, drawn, 20, [0]), drawn[:20])
+    few = drawn[:7]
+    got = figs.correlation_samples(loaded.estimator, wet, few, 20, [0, 1])
+    assert got.shape == (20, 2) and np.array_equal(got[:7], few)
+    again = figs.correlation_samples(loaded.estimator, wet, few, 20, [0, 1])
+    assert np.array_equal(got, again)  # the top-up depends on its seed only
+    assert not np.array_equal(got, figs.correlation_samples(loaded.estimator, wet, few, 20, [0, 2]))
+
+
+def test_entropy_curve_against_an_independent_estimate(fm_models):
+    loaded = fm_models[0]
+    task = loaded.task
+    settings = figs.FigureSettings(index_points=4, ratio_points=3, entropy_samples=256, batch=5)
+    curve = figs.entropy_curve(loaded.estimator, task, settings, seed=0)
+    v1 = (np.arange(4) + 0.5) / 4
+    assert curve.index == pytest.approx(4 * np.pi * 10 ** (0.75 * 99 * (v1 - 1) / 20), rel=1e-9)  # Eq. 20a
+    assert curve.entropy.shape == (4, 3)
+    mean, q10, q90 = figs.decile_band(curve.entropy)
+    assert np.array_equal(curve.mean, mean) and np.array_equal(curve.q10, q10) and np.array_equal(curve.q90, q90)
+    torch.manual_seed(7)
+    for a, b in [(0, 0), (3, 2), (2, 1)]:
+        wet = _fm_sound(curve.v1[a], curve.v2[b], task.clip_samples, task.sample_rate)[None, None]
+        with torch.no_grad():
+            s = loaded.estimator.sample(torch.from_numpy(wet.astype(np.float32)), 4096)
+        bits = -s.log_prob[0].double().numpy() / (2 * math.log(2))
+        tolerance = 5 * bits.std() / math.sqrt(256) + 1e-3
+        assert curve.entropy[a, b] == pytest.approx(bits.mean(), abs=tolerance)
+
+
+# --- evaluate with figures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fm_figures(fm_models, tmp_path_factory):
+    loaded, deterministic = fm_models
+    out = tmp_path_factory.mktemp("fm-eval")
+    messages: list[str] = []
+    result = evaluate(loaded, out, n=3, samples=4, seed=2, log=messages.append, compare=deterministic,
+                      figure_settings=SMALL)
+    return result, out, messages
+
+
+def test_fm_posterior_writes_every_figure_as_a_png_of_the_expected_size(fm_figures):
+    result, out, _ = fm_figures
+    assert [f.key for f in result.figures] == ["fig4", "fig5", "fig6", "fig7", "fig8"]
+    sizes = {
+        "fig4": figs.SIZES["fig4"], "fig5": figs.marginals_size(1), "fig6": figs.SIZES["fig6"],
+        "fig7": figs.SIZES["fig7"], "fig8": figs.SIZES["fig8"],
+    }
+    report = (out / "report.md").read_text()
+    for figure in result.figures:
+        path = out / figure.file
+        assert _png_shape(path)[:2] == _pixels(sizes[figure.key], SMALL.dpi)
+        assert f"]({figure.file})" in report  # a relative image link
+    assert "Deter. (" in result.figures[1].caption  # --compare marked on Fig. 5
+    assert not list(out.glob(".afxest-*"))  # no temporary file left
+
+
+def test_figures_leave_results_csv_unchanged(fm_figures, fm_models, tmp_path):
+    _, out, _ = fm_figures
+    result = evaluate(fm_models[0], tmp_path, n=3, samples=4, seed=2, log=lambda _m: None, figures=False)
+    assert (tmp_path / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert result.figures == [] and not list(tmp_path.glob("*.png"))
+    assert "not requested (--no-figures)" in (tmp_path / "report.md").read_text()
+
+
+def test_existing_figures_are_refused_without_force(fm_figures, fm_models, tmp_path):
+    _, out, _ = fm_figures
+    (tmp_path / figs.FILES["fig7"]).write_bytes(b"old")
+    with pytest.raises(UserError, match="fig7.*--force"):
+        evaluate(fm_models[0], tmp_path, n=1, samples=2, log=lambda _m: None, figure_settings=SMALL)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_deterministic_fm_model_gets_the_loss_maps_only(fm_models, tmp_path):
+    deterministic = fm_models[1]
+    result = evaluate(deterministic, tmp_path, n=1, samples=2, log=lambda _m: None, figure_settings=SMALL)
+    assert [f.key for f in result.figures] == ["fig6", "fig7"]
+    width, height = figs.SIZES["fig6"]
+    assert _png_shape(tmp_path / figs.FILES["fig6"])[:2] == _pixels((width / 2, height), SMALL.dpi)  # no histogram
+    report = (tmp_path / "report.md").read_text()
+    assert "Not written: Fig. 4, Fig. 5, Fig. 8" in report
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [figs.FILES["fig6"], figs.FILES["fig7"]]
+
+
+@pytest.fixture(scope="module")
+def eq_posterior(tmp_path_factory):
+    return load_model(str(_checkpoint(tmp_path_factory.mktemp("eq-model"), "eq")))
+
+
+def test_compare_must_be_a_deterministic_model_of_the_same_task(fm_models, eq_posterior, tmp_path):
+    posterior, _ = fm_models
+    with pytest.raises(UserError, match="posterior model"):
+        evaluate(posterior, tmp_path, n=1, samples=2, log=lambda _m: None, compare=posterior)
+    with pytest.raises(UserError, match="'eq' model"):
+        evaluate(posterior, tmp_path, n=1, samples=2, log=lambda _m: None, compare=eq_posterior)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_eq_posterior_writes_figs_4_and_5(eq_posterior, tmp_path):
+    loaded = eq_posterior
+    result = evaluate(loaded, tmp_path / "eval", n=2, samples=2, seed=1, log=lambda _m: None, figure_settings=SMALL)
+    assert [f.key for f in result.figures] == ["fig4", "fig5"]
+    assert _png_shape(tmp_path / "eval" / figs.FILES["fig5"])[:2] == _pixels(figs.marginals_size(3), SMALL.dpi)
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "no deterministic estimate" in report and "Figs. 6-8 concern the fm task" in report
+
+
+# --- without matplotlib --------------------------------------------------------------------------
+
+
+def test_missing_matplotlib_skips_figures_with_one_message(fm_models, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    assert not figs.matplotlib_available()
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(fm_models[0].path), "--n", "1", "--samples", "2", "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count(figs.MATPLOTLIB_MISSING) == 1
+    assert "figures skipped: matplotlib is not installed (pip install 'afxest[plots]')" in err
+    assert (out / "results.csv").is_file() and not list(out.glob("*.png"))
+    assert "matplotlib is not installed" in (out / "report.md").read_text()
+    # --no-figures: no message at all
+    assert main([*args, "--force", "--no-figures"]) == 0
+    assert "figures skipped" not in capsys.readouterr().err
+
+
+def test_afxest_imports_and_helps_without_matplotlib():
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "import afxest.figures, afxest.evaluate\n"
+        "from afxest.cli import main\n"
+        "sys.exit(main(['evaluate', '--help']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--no-figures" in done.stdout
