@@ -259,12 +259,22 @@ def estimate(
 @app.command()
 def models(
     json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON on stdout.")] = False,
+    install: Annotated[Optional[Path], typer.Option(help="Install this checkpoint (run/best.pt) as a user model named --name.", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name for --install (then --model NAME finds it).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="With --install: replace a user model of that name.")] = False,
 ) -> None:
-    """List the bundled and user models (name, task, estimator, size, validation metrics)."""
+    """List the bundled and user models (name, task, estimator, size, validation metrics), or
+    install a trained checkpoint under a name."""
     import json
 
-    from afxest.store import bundled_models_dir, list_models, models_table, user_models_dir
+    from afxest.store import bundled_models_dir, install_model, list_models, models_table, user_models_dir
 
+    if (install is None) != (name is None):
+        raise UserError("--install CHECKPOINT and --name NAME go together")
+    if install is not None:
+        dest = install_model(install, name, force=force)
+        _say(f"installed {install} as model {name!r}: {dest}")
+        return
     rows = list_models()
     if json_out:
         bundled = bundled_models_dir()

@@ -209,6 +209,44 @@ def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
+INSTALLED_KEYS = ("format", "afxest_version", "task", "estimator", "training", "model", "step", "best", "metrics")
+
+
+def install_model(checkpoint: Path, name: str, folder: Path | None = None, force: bool = False) -> Path:
+    """Copy a trained checkpoint into a model folder as ``<name>.pt`` so ``--model name`` finds it.
+
+    The copy keeps what estimation and ``afxest models`` need (task definition, estimator,
+    weights, training configuration, step and validation metrics) and drops the optimiser state
+    (two thirds of a checkpoint's size). ``folder`` defaults to the user model folder; the
+    bundled models in ``models/`` were installed with this function. Written atomically.
+    """
+    import torch
+
+    from afxest.audio import publish, temporary_in
+    from afxest.train import load_checkpoint
+
+    if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise UserError(f"{name!r}: a model name is letters, digits, '-', '_' and '.' (not first)")
+    state = load_checkpoint(Path(checkpoint))
+    describe_checkpoint(state, Path(checkpoint))  # refuses checkpoints this afxest cannot run
+    folder = user_models_dir() if folder is None else Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{name}.pt"
+    if dest.exists() and not force:
+        raise UserError(f"{dest}: already exists (use --force to replace it)")
+    if dest.exists() and os.path.samefile(dest, checkpoint):
+        raise UserError(f"{dest}: is the checkpoint being installed")
+    fd, tmp = temporary_in(folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save({k: state[k] for k in INSTALLED_KEYS if k in state}, fh)
+        publish(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
 def list_models() -> list[dict[str, Any]]:
     """One row per available model, for ``afxest models``; unreadable files get an ``error``."""
     from afxest.train import load_checkpoint

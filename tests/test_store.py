@@ -164,3 +164,31 @@ def test_models_command(checkpoint: Path, folders: tuple[Path, Path], capsys: py
     assert main(["models"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "" and "fm-small" in captured.err and "unreadable" in captured.err
+
+
+def test_models_install_keeps_the_model_and_drops_the_optimiser(
+    checkpoint: Path, folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user, _ = folders
+    assert main(["models", "--install", str(checkpoint), "--name", "mine"]) == 0
+    installed = torch.load(user / "mine.pt", weights_only=True)
+    original = torch.load(checkpoint, weights_only=True)
+    assert "optimizer" in original and "optimizer" not in installed
+    assert installed["task"] == original["task"] and installed["estimator"] == original["estimator"]
+    for key, value in original["model"].items():
+        assert torch.equal(installed["model"][key], value), key
+    assert (user / "mine.pt").stat().st_size < checkpoint.stat().st_size
+    assert store.load_model("mine").task is TASKS["fm"]
+    assert [p.name for p in user.iterdir()] == ["mine.pt"]  # no temporary file left
+    capsys.readouterr()
+    # refusals: an existing name without --force, a bad name, a missing or foreign file, a lone option
+    for args, message in [
+        (["--install", str(checkpoint), "--name", "mine"], "already exists"),
+        (["--install", str(checkpoint), "--name", "../x"], "a model name is"),
+        (["--install", str(tmp_path / "none.pt"), "--name", "x"], "no such checkpoint"),
+        (["--install", str(checkpoint)], "go together"),
+    ]:
+        assert main(["models", *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(["models", "--install", str(checkpoint), "--name", "mine", "--force"]) == 0
