@@ -576,38 +576,19 @@ class Analyser:
         (by the task loss on up to REFINE_WINDOWS usable windows of equal length), (K, d) float64 numpy."""
         import torch
 
-        from afxest.train import render_model
-
         lengths: dict[int, list[int]] = {}
         for i in use:
             lengths.setdefault(windows[i][1] - windows[i][0], []).append(i)
         ids = max(lengths.values(), key=len)
         picks = [ids[(j * len(ids)) // min(len(ids), REFINE_WINDOWS)] for j in range(min(len(ids), REFINE_WINDOWS))]
-        k, r = z0.shape[0], len(picks)
+        k = z0.shape[0]
         y = torch.from_numpy(np.stack([wet[windows[i][0] : windows[i][1]] for i in picks])[:, None]).to(self.device)
         y = y.repeat(k, 1, 1)
         x = None
         if dry is not None:
             x = torch.from_numpy(np.stack([dry[windows[i][0] : windows[i][1]] for i in picks])[:, None]).to(self.device)
             x = x.repeat(k, 1, 1)
-        eps = 1e-6
-        u0 = torch.logit(torch.from_numpy(z0).clamp(eps, 1 - eps)).float().to(self.device)
-        u = u0.clone().requires_grad_(True)
-        optimiser = torch.optim.Adam([u], lr=REFINE_LR)
-        best_u, best = u0.clone(), torch.full((k,), math.inf, device=self.device)
-        for step in range(steps + 1):
-            z = torch.sigmoid(u).repeat_interleave(r, dim=0)
-            loss = self.loss_fn(render_model(self.task, z, x), y).view(k, r).mean(dim=1)
-            with torch.no_grad():
-                better = loss < best
-                best = torch.where(better, loss, best)
-                best_u[better] = u[better]
-            if step == steps:
-                break
-            optimiser.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            optimiser.step()
-        return torch.sigmoid(best_u.double()).cpu().numpy()
+        return refine_candidates(self.task, self.loss_fn, z0, y, x, steps, self.device)
 
     # -- one file -------------------------------------------------------------------------
 
@@ -752,6 +733,38 @@ class Analyser:
             key = [(float(v) if math.isfinite(float(v)) else -math.inf) for v in log_prob]
             return sorted(range(m), key=lambda i: (-key[i], i))
         return list(range(m))
+
+
+def refine_candidates(task, loss_fn, z0: np.ndarray, y, x, steps: int, device: Any = "cpu") -> np.ndarray:
+    """Inference-time optimisation of K candidates ``z0`` (K, d): Adam on u = logit(z) through
+    the differentiable processors, minimising ``loss_fn`` between the rendering of ``x`` (the
+    dry, (K*R, 1, T), or None for a synth) and the wet ``y`` (K*R, 1, T), averaged over each
+    candidate's R excerpts. Returns each candidate's best iterate (step 0 included), (K, d)
+    float64."""
+    import torch
+
+    from afxest.train import render_model
+
+    k = z0.shape[0]
+    r = y.shape[0] // k
+    eps = 1e-6
+    u0 = torch.logit(torch.from_numpy(np.asarray(z0)).clamp(eps, 1 - eps)).float().to(device)
+    u = u0.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([u], lr=REFINE_LR)
+    best_u, best = u0.clone(), torch.full((k,), math.inf, device=device)
+    for step in range(steps + 1):
+        z = torch.sigmoid(u).repeat_interleave(r, dim=0)
+        loss = loss_fn(render_model(task, z, x), y).view(k, r).mean(dim=1)
+        with torch.no_grad():
+            better = loss < best
+            best = torch.where(better, loss, best)
+            best_u[better] = u[better]
+        if step == steps:
+            break
+        optimiser.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimiser.step()
+    return torch.sigmoid(best_u.double()).cpu().numpy()
 
 
 def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:

@@ -10,7 +10,11 @@ the MR-STFT loss, SI-SDR and, for ``fm``, the SOT loss. Reported (DAFx 2025, Tab
   entropy of the posterior in bits/dim (Eq. 17: -mean log p(z|y) of the samples / (d ln 2));
 * best of N (Table 2): per item the best of the first N candidates by each metric;
 * baselines: Input (the dry against the wet; effect tasks) and Uniform (z uniform in [0, 1]^d:
-  the mean of one, and the best of 10).
+  the mean of one, and the best of 10);
+* with ``refine`` > 0: every candidate improved by that many steps of inference-time
+  optimisation (:func:`afxest.estimate.refine_candidates`: Adam on logit(z) through the
+  differentiable processors, the task's training loss against the wet, the dry known, as
+  ``afxest estimate --refine``), then rendered with pedalboard and scored like the others.
 
 Every "mean +- std" is over items (population standard deviation, ddof=0). Items are processed
 one at a time, so memory does not grow with N.
@@ -76,6 +80,9 @@ class Evaluation:
     uniform_best10: dict[str, tuple[float, float]] = field(default_factory=dict)
     figures: list[figs.WrittenFigure] = field(default_factory=list)
     figures_note: str | None = None  # why figures are missing, for the report
+    refine_steps: int = 0
+    refined_expectation: dict[str, tuple[float, float]] = field(default_factory=dict)
+    refined_best_of: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -137,21 +144,27 @@ def evaluate(
     figures: bool = True,
     compare=None,
     figure_settings: figs.FigureSettings = figs.FigureSettings(),
+    refine: int = 0,
 ) -> Evaluation:
     """Evaluate a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md``,
     ``out/results.csv`` and, with ``figures``, the PNG figures that apply (DAFx 2025 Figs. 4-8;
     without matplotlib they are skipped with one message), and returns the summary.
 
     ``compare``: a loaded deterministic (or parameter) model of the same task whose estimate is
-    marked on Figs. 5-7."""
+    marked on Figs. 5-7. ``refine``: steps of inference-time optimisation of every candidate
+    (reported separately)."""
     import torch
 
     from afxest.data import DrySource, MusicFolder, make_batch
+    from afxest.estimate import refine_candidates
+    from afxest.train import task_loss
 
     if n < 1:
         raise UserError("--n must be at least 1")
     if samples < 1:
         raise UserError("--samples must be at least 1")
+    if refine < 0:
+        raise UserError("--refine must be at least 0")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out expects a folder)")
@@ -193,6 +206,8 @@ def evaluate(
     d = task.model.dim
     names = task.model.names
     model_scores = {m: np.empty((n, n_cand)) for m in metrics}
+    refined_scores = {m: np.empty((n, n_cand)) for m in metrics}
+    refine_loss = task_loss(task, torch.device("cpu")) if refine else None
     uniform_scores = {m: np.empty((n, UNIFORM_CANDIDATES)) for m in metrics}
     input_scores = {m: np.empty(n) for m in metrics} if not task.has_source else None
     entropy = np.full(n, np.nan)
@@ -223,6 +238,16 @@ def evaluate(
             model_scores[m][i] = scores[m]
         for j in range(n_cand):
             rows.append([i, "model", j, *(repr(float(scores[m][j])) for m in metrics), repr(float(entropy[i])), *(repr(float(x)) for x in z[j])])
+        if refine:
+            y = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(wet, (n_cand, *wet.shape)), dtype=np.float32))
+            x = None if dry is None else torch.from_numpy(
+                np.ascontiguousarray(np.broadcast_to(dry, (n_cand, *dry.shape)), dtype=np.float32))
+            z_refined = refine_candidates(task, refine_loss, z, y, x, refine)
+            scores = _score(fns, _render_all(task, z_refined, dry), wet)
+            for m in metrics:
+                refined_scores[m][i] = scores[m]
+            for j in range(n_cand):
+                rows.append([i, "refined", j, *(repr(float(scores[m][j])) for m in metrics), "nan", *(repr(float(x)) for x in z_refined[j])])
         scores = _score(fns, _render_all(task, uniform_z, dry), wet)
         for m in metrics:
             uniform_scores[m][i] = scores[m]
@@ -245,6 +270,13 @@ def evaluate(
             result.best_of[k] = {m: _mean_std(best_of_n(model_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
     if input_scores is not None:
         result.input_baseline = {m: _mean_std(input_scores[m]) for m in metrics}
+    if refine:
+        result.refine_steps = refine
+        result.refined_expectation = {m: _mean_std(refined_scores[m].mean(axis=1)) for m in metrics}
+        for k in BEST_OF:
+            if k <= n_cand:
+                result.refined_best_of[k] = {
+                    m: _mean_std(best_of_n(refined_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
     result.uniform_mean = {m: _mean_std(uniform_scores[m][:, 0]) for m in metrics}
     result.uniform_best10 = {
         m: _mean_std(best_of_n(uniform_scores[m], UNIFORM_CANDIDATES, LOWER_IS_BETTER[m])) for m in metrics
@@ -330,6 +362,17 @@ def report_markdown(result: Evaluation, loaded=None) -> str:
          _paper(PAPER_UNIFORM10_SI_SDR.get(result.task))]
     )
     text.append(_markdown(rows))
+    if result.refine_steps:
+        text.append(
+            f"\n## After --refine {result.refine_steps}\n\nEvery candidate improved by {result.refine_steps} steps "
+            "of gradient descent on the training loss through the differentiable processors, the dry known "
+            "(inference-time optimisation, as `afxest estimate --refine`), then rendered with pedalboard.\n\n"
+        )
+        rows = [["", *(METRIC_TITLES[m] for m in result.metrics)],
+                ["Expectation", *(_fmt(result.refined_expectation[m]) for m in result.metrics)]]
+        for k, values in sorted(result.refined_best_of.items()):
+            rows.append([f"Best of {k}", *(_fmt(values[m]) for m in result.metrics)])
+        text.append(_markdown(rows))
     text.append("\nLower is better for every metric except SI-SDR (dB). Per-candidate values: `results.csv`.\n")
     text.append(figures_markdown(result))
     return "".join(text)
