@@ -113,6 +113,11 @@ def render(
         )
 
 
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
 class Estimator(str, Enum):
     posterior = "posterior"
     deterministic = "deterministic"
@@ -138,6 +143,7 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write last.pt every N steps.")] = 50,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from a checkpoint's weights (same task): its encoder, and its head when of the same kind (param and deterministic heads are alike).", show_default=False)] = None,
+    schedule: Annotated[Schedule, typer.Option(help="Learning rate: constant, or cosine annealing to 0 at the last step.")] = Schedule.constant,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train an estimator (runs data-parallel under torchrun)."""
@@ -150,7 +156,7 @@ def train(
             data=None if data is None else str(data), max_steps=max_steps, epochs=epochs,
             batch_size=batch_size, lr=lr, device=device, seed=seed, val_items=val_items,
             val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
-            init=None if init is None else str(init),
+            init=None if init is None else str(init), schedule=schedule.value,
         ),
         log=_say,
         progress=progress and err.is_terminal,

@@ -57,6 +57,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     resume: bool = False
     init: str | None = None
+    schedule: str = "constant"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +154,18 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     return payload
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based): ``constant``, or ``cosine``
+    annealing from ``base`` to 0 over the run, base (1 + cos(pi step / total)) / 2
+    (Loshchilov & Hutter, SGDR, 2017, without restarts)."""
+    if schedule == "constant":
+        return base
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
 def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
     """Copy a checkpoint's weights into a new ``model`` (``afxest train --init``): the encoder
     always, the head too when it is the same architecture (``param`` and ``deterministic``
@@ -208,6 +221,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     beta = config.beta if config.beta is not None else task.beta
     if config.flows < 1:
         raise UserError("--flows must be at least 1")
+    if config.schedule not in SCHEDULES:
+        raise UserError(f"unknown --schedule {config.schedule!r} ({', '.join(SCHEDULES)})")
     if config.init is not None and config.resume:
         raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
     if config.init is not None and not Path(config.init).is_file():
@@ -320,11 +335,15 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         state = load_checkpoint(last_path, map_location=device)
         if state["task"] != task.to_dict() or state["estimator"] != est_config.to_dict():
             raise UserError(f"{last_path}: was trained with another task definition or estimator; --resume needs the same")
-        for key in ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size"):
-            if state["training"].get(key) != resolved[key]:
+        keys = ["seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule"]
+        if config.schedule != "constant":  # the schedule's shape depends on the run's length
+            keys.append("total_steps")
+        stored = {"schedule": "constant", **state["training"]}  # runs from before --schedule
+        for key in keys:
+            if stored.get(key) != resolved[key]:
                 raise UserError(
                     f"{last_path}: --resume with a different {key} ({resolved[key]!r}, the run has "
-                    f"{state['training'].get(key)!r}) would not continue the same run"
+                    f"{stored.get(key)!r}) would not continue the same run"
                 )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -435,6 +454,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             batch = make_batch(task, train_source, rng, local_batch)
             if first_batch is None:
                 first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(lr, config.schedule, step, total_steps)
             loss, terms = objective(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

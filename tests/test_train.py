@@ -236,3 +236,33 @@ def test_init_copies_encoder_and_compatible_head(tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "warm"), "--resume"]) == 2
     assert "--init starts a new run" in capsys.readouterr().err
+
+
+def test_cosine_schedule_is_the_closed_form_and_is_applied(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from afxest.train import learning_rate
+
+    assert learning_rate(1e-3, "constant", 7, 10) == 1e-3
+    for step, expected in [(0, 1e-3), (5, 5e-4), (10, 0.0), (2, 1e-3 * (1 + math.cos(math.pi * 0.2)) / 2)]:
+        assert learning_rate(1e-3, "cosine", step, 10) == pytest.approx(expected, abs=1e-15)
+    # applied: the optimiser state saved after the last of 4 steps used the rate of step 3
+    out = tmp_path / "run"
+    args = ["train", "--task", "fm", "--estimator", "param", "--out", str(out), "--batch-size", "4", "--val-items", "4",
+            "--no-progress", "--schedule", "cosine", "--lr", "0.01"]
+    assert main([*args, "--max-steps", "4"]) == 0
+    state = load_checkpoint(out / "last.pt")
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01 * (1 + math.cos(math.pi * 3 / 4)) / 2)
+    assert json.loads((out / "config.json").read_text())["schedule"] == "cosine"
+    capsys.readouterr()
+    # a cosine run's length is part of its schedule: resuming with another --max-steps is refused
+    assert main([*args, "--max-steps", "8", "--resume"]) == 2
+    assert "different total_steps" in capsys.readouterr().err
+
+
+def test_runs_from_before_schedules_resume_as_constant(tmp_path: Path) -> None:
+    out = tmp_path / "old"
+    config = dict(task="fm", out=str(out), estimator="param", batch_size=4, **QUICK)
+    train(TrainConfig(max_steps=1, **config), log=quiet)
+    state = torch.load(out / "last.pt", weights_only=True)
+    del state["training"]["schedule"]  # as written by afxest before --schedule existed
+    torch.save(state, out / "last.pt")
+    assert train(TrainConfig(max_steps=2, resume=True, **config), log=quiet).steps == 2
