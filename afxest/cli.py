@@ -118,6 +118,12 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class Proxy(str, Enum):
+    dsp = "dsp"
+    neural = "neural"
+    hybrid = "hybrid"
+
+
 class Estimator(str, Enum):
     posterior = "posterior"
     deterministic = "deterministic"
@@ -144,6 +150,8 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
     init: Annotated[Optional[Path], typer.Option(help="Start from a checkpoint's weights (same task): its encoder, and its head when of the same kind (param and deterministic heads are alike).", show_default=False)] = None,
     schedule: Annotated[Schedule, typer.Option(help="Learning rate: constant, or cosine annealing to 0 at the last step.")] = Schedule.constant,
+    proxy: Annotated[Proxy, typer.Option(help="Compressor in training (tasks with one): dsp (exact), neural (a TCN proxy) or hybrid (exact output, the proxy's gradients); see docs/master.md.")] = Proxy.dsp,
+    proxy_model: Annotated[Optional[Path], typer.Option(help="Proxy checkpoint from afxest train-proxy (--proxy neural or hybrid).", show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train an estimator (runs data-parallel under torchrun)."""
@@ -156,13 +164,54 @@ def train(
             data=None if data is None else str(data), max_steps=max_steps, epochs=epochs,
             batch_size=batch_size, lr=lr, device=device, seed=seed, val_items=val_items,
             val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
-            init=None if init is None else str(init), schedule=schedule.value,
+            init=None if init is None else str(init), schedule=schedule.value, proxy=proxy.value,
+            proxy_model=None if proxy_model is None else str(proxy_model),
         ),
         log=_say,
         progress=progress and err.is_terminal,
     )
     best = "none" if result.best_objective is None else f"{result.best_objective:.4f} at step {result.best_step}"
     _say(f"done: {result.steps} steps; best validation objective {best}; run in {out}")
+
+
+@app.command("train-proxy")
+def train_proxy(
+    out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, config.json.", show_default=False)],
+    max_steps: Annotated[Optional[int], typer.Option(min=1, help="Stop after N optimiser steps.", show_default=False)] = None,
+    task: Annotated[Optional[str], typer.Option(help="Task whose compressor ranges (and chain before it) the proxy learns; default master.", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Folder of music (its train/val splits); default: procedural audio.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Excerpts per step.", show_default=False)] = None,
+    segment_seconds: Annotated[Optional[float], typer.Option(help="Excerpt length in seconds.", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate.", show_default=False)] = None,
+    channels: Annotated[Optional[int], typer.Option(min=1, help="TCN channels.", show_default=False)] = None,
+    kernel_size: Annotated[Optional[int], typer.Option(min=2, help="TCN kernel size.", show_default=False)] = None,
+    blocks: Annotated[Optional[int], typer.Option(min=1, help="TCN blocks (dilation growth^k in block k).", show_default=False)] = None,
+    dilation_growth: Annotated[Optional[int], typer.Option(min=1, help="Dilation factor between blocks.", show_default=False)] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    val_items: Annotated[Optional[int], typer.Option(min=1, help="Validation excerpts (fixed for a seed).", show_default=False)] = None,
+    val_every: Annotated[Optional[int], typer.Option(min=1, help="Validate every N steps.", show_default=False)] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Write last.pt every N steps.", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from last.pt.")] = False,
+) -> None:
+    """Train the neural compressor proxy (causal TCN with FiLM, ICASSP 2024) to mimic pedalboard's
+    Compressor. Options left out take the defaults listed in docs/master.md."""
+    from afxest.nn.proxy import ProxyTrainConfig, train_proxy as run
+    from afxest.train import enlarge_malloc_thresholds
+
+    given = dict(
+        task=task, max_steps=max_steps, batch_size=batch_size, segment_seconds=segment_seconds, lr=lr,
+        channels=channels, kernel_size=kernel_size, blocks=blocks, dilation_growth=dilation_growth,
+        val_items=val_items, val_every=val_every, checkpoint_every=checkpoint_every,
+    )
+    config = ProxyTrainConfig(
+        out=str(out), data=None if data is None else str(data), device=device, seed=seed, resume=resume,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    enlarge_malloc_thresholds()
+    metrics = run(config, log=_say)
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    _say(f"done: {config.max_steps} steps; {summary}; proxy in {out / 'best.pt'}")
 
 
 class EstimateEngine(str, Enum):

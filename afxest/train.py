@@ -7,6 +7,11 @@ the wet signal, samples parameters from the head and:
 * ``posterior``: the same, minus beta times the entropy estimate (DAFx 2025, Eqs. 7, 13);
 * ``param``: mean squared error to the truth mapped into the model's space.
 
+A task with a compressor can train through a proxy of it (``--proxy``, ICASSP 2024): ``dsp``
+(afxest's exact differentiable compressor), ``neural`` (a trained TCN proxy,
+:mod:`afxest.nn.proxy`) or ``hybrid`` (the exact output, the proxy's gradients). Validation, and
+so the choice of ``best.pt``, renders with the dsp processors, as inference does.
+
 AdamW as in the papers. Every random draw of step s comes from a generator seeded by
 (seed, rank, s), so a run resumed from ``last.pt`` continues exactly as it would have. ``--out``
 holds ``last.pt`` (written atomically every ``checkpoint_every`` steps), ``best.pt`` (best
@@ -57,6 +62,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     resume: bool = False
     init: str | None = None
+    proxy: str = "dsp"
+    proxy_model: str | None = None
     schedule: str = "constant"
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,8 +119,10 @@ def task_loss(task, device):
     raise ValueError(task.loss)
 
 
-def render_model(task, z, dry, smooth_clip: bool = True):
-    """Render normalised model parameters z (batch, d) with the differentiable processors."""
+def render_model(task, z, dry, smooth_clip: bool = True, compressor=None):
+    """Render normalised model parameters z (batch, d) with the differentiable processors;
+    ``compressor`` (x, threshold_db, ratio, attack_ms, release_ms) -> y replaces the dsp
+    compressor (a proxy: :func:`afxest.nn.proxy.compressor_function`)."""
     from afxest.dsp.chain import apply_chain
     from afxest.engines import synthesise_batch
 
@@ -123,7 +132,44 @@ def render_model(task, z, dry, smooth_clip: bool = True):
         x = synthesise_batch(kind, params, task.clip_samples, task.sample_rate).to(z.device)
     else:
         x, effects = dry, parts
-    return apply_chain(x, effects, task.sample_rate, smooth_clip=smooth_clip)
+    if compressor is None:
+        return apply_chain(x, effects, task.sample_rate, smooth_clip=smooth_clip)
+    segment = []  # the effects between compressors, each run of them by apply_chain
+    for kind, p in effects:
+        if kind == "compressor":
+            x = apply_chain(x, segment, task.sample_rate, smooth_clip=smooth_clip)
+            x = compressor(x, p["threshold_db"], p["ratio"], p["attack_ms"], p["release_ms"])
+            segment = []
+        else:
+            segment.append((kind, p))
+    return apply_chain(x, segment, task.sample_rate, smooth_clip=smooth_clip)
+
+
+def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | None]:
+    """The compressor proxy ``config`` asks for (None for dsp) and its file's SHA-256; one-line
+    UserErrors for inconsistent options, a task without a compressor and a proxy trained for
+    other parameter ranges."""
+    from afxest.nn.proxy import PROXIES, compressor_ranges, load_proxy
+    from afxest.store import file_sha256
+
+    if config.proxy not in PROXIES:
+        raise UserError(f"unknown proxy {config.proxy!r} ({', '.join(PROXIES)})")
+    if config.proxy == "dsp":
+        if config.proxy_model is not None:
+            raise UserError("--proxy-model is for --proxy neural or hybrid; the dsp compressor needs none")
+        return None, None
+    if config.proxy_model is None:
+        raise UserError(f"--proxy {config.proxy} needs --proxy-model (a checkpoint from afxest train-proxy)")
+    if config.estimator == "param":
+        raise UserError(f"--proxy {config.proxy}: the param estimator trains on parameters, not through the compressor")
+    if not any(p.type == "compressor" for p in task.model.processors):
+        raise UserError(f"--proxy {config.proxy}: the {task.name} task has no compressor")
+    proxy, state = load_proxy(config.proxy_model, map_location=device)
+    if proxy.ranges != {k: tuple(v) for k, v in compressor_ranges(task).items()}:
+        raise UserError(f"{config.proxy_model}: the proxy was trained for other compressor ranges than the {task.name} task's")
+    if state.get("sample_rate") != task.sample_rate:
+        raise UserError(f"{config.proxy_model}: the proxy was trained at {state.get('sample_rate')} Hz, the task runs at {task.sample_rate} Hz")
+    return proxy.to(device), file_sha256(Path(config.proxy_model))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -227,6 +273,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
     if config.init is not None and not Path(config.init).is_file():
         raise UserError(f"{config.init}: no such checkpoint")
+    proxy, proxy_sha256 = load_training_proxy(config, task, "cpu")
     out = Path(config.out)
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -313,6 +360,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     torch.manual_seed(config.seed)
     est_config = EstimatorConfig(kind=config.estimator, flows=config.flows)
     model = Estimator(task, est_config).to(device)
+    from afxest.nn.proxy import compressor_function
+
+    train_compressor = compressor_function(config.proxy, None if proxy is None else proxy.to(device), task.sample_rate)
+    if proxy is not None:
+        say(f"compressor in training: {config.proxy} proxy {config.proxy_model}; validation renders with dsp")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = task_loss(task, device)
     resolved = {
@@ -327,6 +379,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         "task_definition": task.to_dict(),
         "afxest_version": __version__,
         "init_sha256": None if config.init is None else file_sha256(Path(config.init)),
+        "proxy_sha256": proxy_sha256,
     }
     start_step, best_step, best_objective = 0, None, math.inf
     if config.init is not None:
@@ -335,10 +388,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         state = load_checkpoint(last_path, map_location=device)
         if state["task"] != task.to_dict() or state["estimator"] != est_config.to_dict():
             raise UserError(f"{last_path}: was trained with another task definition or estimator; --resume needs the same")
-        keys = ["seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule"]
+        keys = ["seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
+                "proxy", "proxy_sha256"]
         if config.schedule != "constant":  # the schedule's shape depends on the run's length
             keys.append("total_steps")
-        stored = {"schedule": "constant", **state["training"]}  # runs from before --schedule
+        # runs from before --schedule and --proxy
+        stored = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None, **state["training"]}
         for key in keys:
             if stored.get(key) != resolved[key]:
                 raise UserError(
@@ -365,9 +420,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     def to_device(a: np.ndarray | None):
         return None if a is None else torch.from_numpy(a).to(device)
 
-    def objective(batch, with_audio: bool = False) -> tuple[Any, dict[str, Any]]:
+    def objective(batch, with_audio: bool = False, compressor=None) -> tuple[Any, dict[str, Any]]:
         """The training objective of a batch and its terms (``with_audio``: the audio loss of
-        the param estimator too, for comparison)."""
+        the param estimator too, for comparison; ``compressor``: a proxy for the dsp one)."""
         wet, dry = to_device(batch.wet), to_device(batch.dry)
         s = trained(wet, 1)
         z = s.z[:, 0]
@@ -377,7 +432,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             loss = ((z - target) ** 2).mean(dim=-1)
             terms["param_mse"] = loss
         if config.estimator != "param" or with_audio:
-            terms["audio"] = loss_fn(render_model(task, z, dry), wet)
+            terms["audio"] = loss_fn(render_model(task, z, dry, compressor=compressor), wet)
         if config.estimator == "deterministic":
             loss = terms["audio"]
         elif config.estimator == "posterior":
@@ -456,7 +511,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                 first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(lr, config.schedule, step, total_steps)
-            loss, terms = objective(batch)
+            loss, terms = objective(batch, compressor=train_compressor)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,431 @@
+"""A neural proxy of pedalboard's ``Compressor``: a causal TCN conditioned by FiLM (ICASSP 2024).
+
+The ICASSP 2024 paper trains its estimator through a *neural proxy* of the compressor: a
+temporal convolutional network (TCN; Steinmetz & Reiss, "Efficient neural networks for
+real-time modeling of analog dynamic range compression", 2021) whose layers are modulated by
+the compressor's parameters with FiLM (Perez et al., AAAI 2018), trained beforehand to mimic
+the real effect. Its "hybrid" use (after Steinmetz et al., "Style transfer of audio effects
+with differentiable signal processing", 2022) keeps the real effect's output in the forward pass
+and takes only the gradient from the proxy.
+
+:class:`CompressorProxy`, per channel (unlinked, as pedalboard)::
+
+    l[n]  = log10(|x[n]| + 1e-5)                   level (1 = 20 dB)
+    h0    = W_in [l, l - threshold_db / 20]         threshold given explicitly
+    h_k   = h_{k-1} + W_k PReLU(gamma_k(p) * CausalConv_k(h_{k-1}) + beta_k(p))
+    g[n]  = exp(-softplus(W_out h_K [n]))           a gain in (0, 1]: a compressor only attenuates
+    y[n]  = g[n] x[n]
+
+with CausalConv_k of kernel K and dilation D^k (k = 0 .. blocks-1), so the receptive field is
+1 + (K - 1) sum_k D^k samples, and (gamma_k, beta_k) = MLP(p) from the four parameters
+normalised by the task's ranges (:class:`afxest.params.ParamRange`). Predicting a gain rather
+than the waveform builds in what a compressor is (a time-varying gain) and makes "no
+compression" (g = 1) easy to represent.
+
+The proxy is trained by :func:`train_proxy` (``afxest train-proxy``) on music through the part
+of a task's chain before its compressor (so its input is distributed as in training), against
+pedalboard's ``Compressor``; see docs/master.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from afxest.errors import UserError
+
+PROXY_FORMAT = "afxest-proxy/1"
+PROXIES = ("dsp", "neural", "hybrid")
+COMPRESSOR_PARAMS = ("threshold_db", "ratio", "attack_ms", "release_ms")
+_LEVEL_FLOOR = 1e-5  # -100 dBFS: the level feature's floor (log of silence)
+
+Compressor = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The TCN's size. Defaults: kernel 13 and dilation growth 10 as the ICASSP 2024 proxy
+    (its released configuration: 8 channels, causal); 4 blocks give a receptive field of
+    13 333 samples (0.60 s at 22050 Hz, about 7.5 time constants of a 500 ms JUCE release)."""
+
+    channels: int = 8
+    kernel_size: int = 13
+    blocks: int = 4
+    dilation_growth: int = 10
+    cond_hidden: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples of input that one output sample depends on (itself included)."""
+        return 1 + (self.kernel_size - 1) * sum(self.dilation_growth**k for k in range(self.blocks))
+
+
+class CompressorProxy(nn.Module):
+    """Causal TCN with FiLM conditioning that maps (x, compressor parameters) to y; see the
+    module docstring. ``ranges`` maps each parameter name to (lo, hi, mapping) (the task's)."""
+
+    def __init__(self, config: ProxyConfig, ranges: dict[str, tuple[float, float, str]]) -> None:
+        from afxest.catalogue import PROCESSORS
+        from afxest.params import ParamRange
+
+        super().__init__()
+        if sorted(ranges) != sorted(COMPRESSOR_PARAMS):
+            raise ValueError(f"proxy ranges must name {COMPRESSOR_PARAMS}, got {sorted(ranges)}")
+        spec = PROCESSORS["compressor"]
+        self.config = config
+        self.ranges = {name: tuple(ranges[name]) for name in COMPRESSOR_PARAMS}
+        self._maps = [ParamRange(spec.param(n), float(lo), float(hi), m) for n, (lo, hi, m) in self.ranges.items()]
+        c, k = config.channels, config.kernel_size
+        self.dilations = [config.dilation_growth**i for i in range(config.blocks)]
+        self.input = nn.Conv1d(2, c, 1)
+        self.convs = nn.ModuleList(nn.Conv1d(c, c, k, dilation=d) for d in self.dilations)
+        self.acts = nn.ModuleList(nn.PReLU(c) for _ in self.dilations)
+        self.mixes = nn.ModuleList(nn.Conv1d(c, c, 1) for _ in self.dilations)
+        self.output = nn.Conv1d(c, 1, 1)
+        self.film = nn.Sequential(
+            nn.Linear(len(COMPRESSOR_PARAMS), config.cond_hidden),
+            nn.SiLU(),
+            nn.Linear(config.cond_hidden, 2 * c * config.blocks),
+        )
+        nn.init.zeros_(self.film[-1].weight)  # start as gamma = 1, beta = 0 (plain TCN)
+        nn.init.zeros_(self.film[-1].bias)
+        nn.init.normal_(self.output.weight, std=1e-2)
+        nn.init.constant_(self.output.bias, -1.0)
+
+    def normalise(self, threshold_db: Tensor, ratio: Tensor, attack_ms: Tensor, release_ms: Tensor) -> Tensor:
+        """The parameters mapped to [0, 1] by the task's ranges (DAFx Eq. 15), (batch, 4)."""
+        values = (threshold_db, ratio, attack_ms, release_ms)
+        return torch.stack([m.to_normalised(v) for m, v in zip(self._maps, values)], dim=-1)
+
+    def gain(self, x: Tensor, threshold_db: Tensor, p: Tensor) -> Tensor:
+        """The gain g (rows, 1, time) for mono rows x (rows, 1, time), thresholds (rows,) and
+        normalised parameters p (rows, 4)."""
+        level = torch.log10(x.abs() + _LEVEL_FLOOR)
+        h = self.input(torch.cat([level, level - (threshold_db / 20)[:, None, None]], dim=1))
+        film = self.film(p).view(p.shape[0], len(self.dilations), 2, -1)
+        k = self.config.kernel_size
+        for i, d in enumerate(self.dilations):
+            u = self.convs[i](nn.functional.pad(h, ((k - 1) * d, 0)))  # causal: left padding only
+            u = (1 + film[:, i, 0, :, None]) * u + film[:, i, 1, :, None]
+            h = h + self.mixes[i](self.acts[i](u))
+        return torch.exp(-nn.functional.softplus(self.output(h)))
+
+    def forward(
+        self, x: Tensor, threshold_db: Tensor, ratio: Tensor, attack_ms: Tensor, release_ms: Tensor
+    ) -> Tensor:
+        """x (batch, channels, time), parameters (batch,) in physical units -> y like x. Each
+        channel is processed on its own, as pedalboard's Compressor does."""
+        batch, channels, n = x.shape
+        params = [torch.as_tensor(v, dtype=x.dtype, device=x.device).expand(batch)
+                  for v in (threshold_db, ratio, attack_ms, release_ms)]
+        p = self.normalise(*params).to(x.dtype)
+        rows = x.reshape(batch * channels, 1, n)
+        g = self.gain(rows, params[0].repeat_interleave(channels), p.repeat_interleave(channels, dim=0))
+        return (g * rows).reshape(batch, channels, n)
+
+
+def straight_through(exact: Tensor, surrogate: Tensor) -> Tensor:
+    """The values of ``exact`` with the gradients of ``surrogate`` (the "hybrid" proxy)."""
+    return surrogate + (exact - surrogate).detach()
+
+
+def compressor_function(kind: str, proxy: CompressorProxy | None, sample_rate: float) -> Compressor | None:
+    """The compressor used in training for a proxy ``kind`` (``PROXIES``): None for ``dsp``
+    (afxest's exact differentiable compressor), the proxy itself for ``neural``, and for
+    ``hybrid`` the exact compressor's output with the proxy's gradients."""
+    if kind == "dsp":
+        return None
+    if proxy is None:
+        raise ValueError(f"the {kind} compressor needs a proxy model")
+    if kind == "neural":
+        return proxy
+    if kind != "hybrid":
+        raise ValueError(f"unknown proxy {kind!r}")
+    from afxest.dsp.compressor import compressor
+
+    def hybrid(x: Tensor, threshold_db: Tensor, ratio: Tensor, attack_ms: Tensor, release_ms: Tensor) -> Tensor:
+        with torch.no_grad():
+            exact = compressor(x.detach(), threshold_db.detach(), ratio.detach(), attack_ms.detach(),
+                               release_ms.detach(), sample_rate)
+        return straight_through(exact, proxy(x, threshold_db, ratio, attack_ms, release_ms))
+
+    return hybrid
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def compressor_ranges(task) -> dict[str, tuple[float, float, str]]:
+    """The (lo, hi, mapping) of each compressor parameter in ``task``'s truth space."""
+    spaces = [p for p in task.truth.processors if p.type == "compressor"]
+    if len(spaces) != 1 or spaces[0].fixed:
+        raise UserError(f"task {task.name!r} has no compressor with all four parameters to estimate")
+    return {r.name: (r.lo, r.hi, r.mapping) for r in spaces[0].ranges}
+
+
+def load_proxy(path: Path | str, map_location: Any = "cpu") -> tuple[CompressorProxy, dict[str, Any]]:
+    """A trained proxy (weights loaded, in eval mode, frozen) and its checkpoint; one-line
+    UserErrors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such proxy checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise UserError(f"{path}: not an afxest proxy checkpoint ({err.__class__.__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != PROXY_FORMAT:
+        raise UserError(f"{path}: not an afxest proxy checkpoint (format {PROXY_FORMAT} expected; train one with afxest train-proxy)")
+    try:
+        proxy = CompressorProxy(ProxyConfig(**state["config"]), {k: tuple(v) for k, v in state["ranges"].items()})
+        proxy.load_state_dict(state["model"])
+    except Exception as err:  # noqa: BLE001 - mismatched shapes or keys: another version's file
+        raise UserError(f"{path}: incompatible proxy checkpoint ({err.__class__.__name__})") from None
+    proxy.eval()
+    for weight in proxy.parameters():
+        weight.requires_grad_(False)
+    return proxy, state
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class ProxyTrainConfig:
+    """Everything ``afxest train-proxy`` takes."""
+
+    out: str
+    task: str = "master"
+    data: str | None = None
+    max_steps: int = 2000
+    batch_size: int = 16
+    segment_seconds: float = 1.0
+    lr: float = 1e-3
+    channels: int = ProxyConfig.channels
+    kernel_size: int = ProxyConfig.kernel_size
+    blocks: int = ProxyConfig.blocks
+    dilation_growth: int = ProxyConfig.dilation_growth
+    device: str = "auto"
+    seed: int = 0
+    val_items: int = 64
+    val_every: int = 100
+    checkpoint_every: int = 50
+    resume: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def proxy_config(self) -> ProxyConfig:
+        return ProxyConfig(self.channels, self.kernel_size, self.blocks, self.dilation_growth)
+
+
+@dataclass
+class ProxyBatch:
+    """Compressor inputs x, pedalboard's outputs y (batch, 1, frames), physical parameters (batch, 4)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    params: np.ndarray
+
+
+def make_proxy_batch(task, source, rng: np.random.Generator, size: int, frames: int) -> ProxyBatch:
+    """Dry excerpts through the task's truth chain up to its compressor (pedalboard), then
+    pedalboard's Compressor with parameters uniform in the task's normalised ranges."""
+    import pedalboard
+
+    from afxest.engines import render
+    from afxest.presets import Preset, Processor
+
+    processors = task.truth.processors
+    index = next(i for i, p in enumerate(processors) if p.type == "compressor")
+    x = np.empty((size, 1, frames), np.float32)
+    y = np.empty_like(x)
+    params = np.empty((size, len(COMPRESSOR_PARAMS)), np.float64)
+    for i in range(size):
+        dry = source.excerpt(rng, frames)[None]
+        v = rng.random(task.truth.dim)
+        parts = task.truth.split(v)
+        before = tuple(Processor(kind, {k: float(a) for k, a in p.items()}) for kind, p in parts[:index])
+        x[i] = render(Preset(task.sample_rate, before), dry, task.sample_rate, "pedalboard") if before else dry
+        comp = parts[index][1]
+        params[i] = [float(comp[name]) for name in COMPRESSOR_PARAMS]
+        plugin = pedalboard.Compressor(**{name: float(comp[name]) for name in COMPRESSOR_PARAMS})
+        y[i] = plugin(np.ascontiguousarray(x[i]), float(task.sample_rate))
+    return ProxyBatch(x, y, params)
+
+
+def proxy_loss(y_hat: Tensor, y: Tensor, mel_loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """Training loss per item: L1 relative to the target's mean magnitude + the log-mel loss
+    (DAFx Eq. 16, the estimator's own training loss), (batch,)."""
+    l1 = (y_hat - y).abs().mean(dim=(1, 2)) / (y.abs().mean(dim=(1, 2)) + 1e-8)
+    return l1 + mel_loss(y_hat, y)
+
+
+def snr_db(y_hat: Tensor, y: Tensor) -> Tensor:
+    """10 log10(||y||^2 / ||y - y_hat||^2) per item, (batch,); inf where they are equal."""
+    err = (y.double() - y_hat.double()).square().sum(dim=(1, 2))
+    return 10 * torch.log10(y.double().square().sum(dim=(1, 2)) / err)
+
+
+def train_proxy(config: ProxyTrainConfig, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Train (or resume) a compressor proxy; writes ``last.pt``, ``best.pt`` (lowest
+    validation loss), ``metrics.jsonl`` and ``config.json`` in ``config.out``, as ``afxest
+    train`` does. Step s draws from a generator seeded by (seed, s), so resuming continues the
+    same run. Returns the last validation metrics."""
+    from afxest import __version__
+    from afxest.audio import atomic_write_text
+    from afxest.data import DrySource, MusicFolder
+    from afxest.losses import LogMelLoss
+    from afxest.tasks import get_task
+    from afxest.train import _step_of, resolve_device, save_checkpoint
+
+    task = get_task(config.task)
+    ranges = compressor_ranges(task)
+    if task.has_source:
+        raise UserError(f"task {task.name!r} has a synth source: no dry audio to compress")
+    for name in ("max_steps", "batch_size", "val_items", "val_every", "checkpoint_every", "channels", "blocks"):
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.kernel_size < 2 or config.dilation_growth < 1:
+        raise UserError("--kernel-size must be at least 2 and --dilation-growth at least 1")
+    if not config.lr > 0:
+        raise UserError("--lr must be positive")
+    frames = int(round(config.segment_seconds * task.sample_rate))
+    if frames < 1024:
+        raise UserError(f"--segment-seconds {config.segment_seconds:g} is too short (at least {1024 / task.sample_rate:.3f} s)")
+    out = Path(config.out)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: parent folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; --out needs a folder")
+    if config.resume:
+        if not last_path.exists():
+            raise UserError(f"{out}: nothing to resume (no last.pt)")
+    elif last_path.exists() or (out.exists() and {p.name for p in out.iterdir()} - {"config.json", "metrics.jsonl"}):
+        raise UserError(f"{out}: already holds a run; use --resume to continue it or another --out")
+    device = resolve_device(config.device)
+
+    if config.data is None:
+        train_source = val_source = DrySource(None, task.sample_rate)
+        log("data: no --data given, so training on PROCEDURAL music-like audio (not real music)")
+    else:
+        sources = {}
+        for split in ("train", "val"):
+            folder = MusicFolder(Path(config.data), task.sample_rate, split, min_seconds=config.segment_seconds).prepare()
+            if not folder.tracks:
+                raise UserError(f"{config.data}: no usable {split} tracks of at least {config.segment_seconds:g} s")
+            sources[split] = DrySource(folder, task.sample_rate)
+        train_source, val_source = sources["train"], sources["val"]
+        log(f"data: {config.data}: {len(sources['train'].folder.tracks)} train tracks, "
+            f"{len(sources['val'].folder.tracks)} val tracks")
+
+    resolved = {**config.to_dict(), "frames": frames, "task_definition": task.to_dict(), "afxest_version": __version__}
+    torch.manual_seed(config.seed)
+    proxy = CompressorProxy(config.proxy_config(), ranges).to(device)
+    optimizer = torch.optim.AdamW(proxy.parameters(), lr=config.lr, weight_decay=0.0)
+    mel = LogMelLoss(task.sample_rate).to(device)
+    start, best_step, best = 0, None, math.inf
+    if config.resume:
+        state = torch.load(last_path, map_location=device, weights_only=True)
+        if state.get("format") != PROXY_FORMAT:
+            raise UserError(f"{last_path}: not an afxest proxy checkpoint")
+        for key in ("task", "data", "batch_size", "segment_seconds", "lr", "channels", "kernel_size", "blocks",
+                    "dilation_growth", "seed", "val_items"):
+            if state["training"].get(key) != resolved[key]:
+                raise UserError(f"{last_path}: --resume with a different {key} ({resolved[key]!r}, the run has "
+                                f"{state['training'].get(key)!r}) would not continue the same run")
+        proxy.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        best_step, best = state["best"]["step"], state["best"]["loss"]
+        best = math.inf if best is None else best
+        log(f"resuming {out} from step {start}")
+    out.mkdir(exist_ok=True)
+    if not config.resume:
+        for stale in ("config.json", "metrics.jsonl"):
+            (out / stale).unlink(missing_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
+
+    val = [make_proxy_batch(task, val_source, np.random.default_rng([config.seed, 1_000_003, i]), 1, frames)
+           for i in range(config.val_items)]
+
+    def tensors(b: ProxyBatch) -> tuple[Tensor, Tensor, list[Tensor]]:
+        p = torch.from_numpy(b.params).to(device=device, dtype=torch.float32)
+        return (torch.from_numpy(b.x).to(device), torch.from_numpy(b.y).to(device), list(p.unbind(dim=1)))
+
+    def validate(identity: bool = False) -> dict[str, float]:
+        """Mean loss, median SNR (dB) and mean log-mel distance over the validation items, of
+        the proxy or (``identity``) of the input taken as the output."""
+        proxy.eval()
+        loss, snr, log_mel = [], [], []
+        with torch.no_grad():
+            for b in val:
+                x, y, p = tensors(b)
+                y_hat = x if identity else proxy(x, *p)
+                loss.append(proxy_loss(y_hat, y, mel).item())
+                snr.append(snr_db(y_hat, y).item())
+                log_mel.append(mel(y_hat, y).item())
+        proxy.train()
+        return {"val_loss": float(np.mean(loss)), "val_snr_db": float(np.median(snr)), "val_log_mel": float(np.mean(log_mel))}
+
+    def checkpoint(step: int, metrics: dict[str, float], path: Path) -> None:
+        save_checkpoint(path, {
+            "format": PROXY_FORMAT, "afxest_version": __version__, "config": proxy.config.to_dict(),
+            "ranges": {k: list(v) for k, v in proxy.ranges.items()}, "sample_rate": task.sample_rate,
+            "training": resolved, "model": proxy.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "best": {"step": best_step, "loss": None if math.isinf(best) else best},
+            "metrics": metrics,
+        })
+
+    metrics_file = out / "metrics.jsonl"
+    if config.resume and metrics_file.exists():  # drop entries after the checkpoint
+        kept = [line for line in metrics_file.read_text().splitlines() if _step_of(line) <= start]
+        atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
+    identity = {f"{k}_identity": v for k, v in validate(identity=True).items()}
+    log(f"validation, the input as output: loss {identity['val_loss_identity']:.4f}, median SNR "
+        f"{identity['val_snr_db_identity']:.2f} dB, log-mel {identity['val_log_mel_identity']:.2e}; "
+        f"receptive field {proxy.config.receptive_field} samples ({proxy.config.receptive_field / task.sample_rate:.2f} s)")
+    last: dict[str, float] = {}
+    proxy.train()
+    t0 = time.perf_counter()
+    step = start
+    while step < config.max_steps:
+        rng = np.random.default_rng([config.seed, step])
+        torch.manual_seed(int(rng.integers(2**62)))
+        x, y, p = tensors(make_proxy_batch(task, train_source, rng, config.batch_size, frames))
+        loss = proxy_loss(proxy(x, *p), y, mel).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if not math.isfinite(loss.item()):
+            raise RuntimeError(f"proxy training diverged at step {step}")
+        entry: dict[str, Any] = {"step": step, "loss": loss.item(), "time_s": round(time.perf_counter() - t0, 3)}
+        if step % config.val_every == 0 or step == config.max_steps:
+            last = validate()
+            entry.update(last, **identity)
+            if last["val_loss"] < best:
+                best, best_step = last["val_loss"], step
+                checkpoint(step, last, best_path)
+            log(f"step {step}/{config.max_steps}  loss {loss.item():.4f}  val loss {last['val_loss']:.4f}  "
+                f"median SNR {last['val_snr_db']:.2f} dB  log-mel {last['val_log_mel']:.2e}")
+        with open(metrics_file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            checkpoint(step, last, last_path)
+    return last
+
+
