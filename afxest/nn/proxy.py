@@ -135,9 +135,21 @@ class CompressorProxy(nn.Module):
         return (g * rows).reshape(batch, channels, n)
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``exact`` (bit for bit); backward: the incoming gradient goes to ``surrogate``."""
+
+    @staticmethod
+    def forward(ctx: Any, exact: Tensor, surrogate: Tensor) -> Tensor:  # type: ignore[override]
+        return exact.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+        return None, grad
+
+
 def straight_through(exact: Tensor, surrogate: Tensor) -> Tensor:
     """The values of ``exact`` with the gradients of ``surrogate`` (the "hybrid" proxy)."""
-    return surrogate + (exact - surrogate).detach()
+    return _StraightThrough.apply(exact, surrogate)
 
 
 def compressor_function(kind: str, proxy: CompressorProxy | None, sample_rate: float) -> Compressor | None:
