@@ -50,13 +50,14 @@ def timed(argv: list[str]) -> tuple[float, float]:
 
 
 def write_pair(folder: Path, name: str, seconds: float, seed: int) -> tuple[Path, Path]:
-    """A stereo dry file and a wet copy (a fixed high shelf + gain; only the timing matters)."""
+    """A stereo dry file and a wet copy (a fixed high shelf; only cost matters, so files longer
+    than a minute repeat their first minute)."""
     import pedalboard
 
     rng = np.random.default_rng(seed)
     frames = int(seconds * RATE)
-    chunk = 60 * RATE  # generate long files a minute at a time
-    left = np.concatenate([procedural_music(rng, min(chunk, frames - i), RATE) for i in range(0, frames, chunk)])
+    minute = procedural_music(rng, min(frames, 60 * RATE), RATE)
+    left = np.tile(minute, -(-frames // len(minute)))[:frames]
     dry = np.stack([left, np.roll(left, 441)]).astype(np.float32)
     dry *= 0.3 / max(float(np.abs(dry).max()), 1e-9)
     board = pedalboard.Pedalboard([pedalboard.HighShelfFilter(1200.0, 6.0, 0.7)])
