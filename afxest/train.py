@@ -119,10 +119,11 @@ def task_loss(task, device):
     raise ValueError(task.loss)
 
 
-def render_model(task, z, dry, smooth_clip: bool = True, compressor=None):
+def render_model(task, z, dry, clip_gradient: bool = True, compressor=None):
     """Render normalised model parameters z (batch, d) with the differentiable processors;
     ``compressor`` (x, threshold_db, ratio, attack_ms, release_ms) -> y replaces the dsp
-    compressor (a proxy: :func:`afxest.nn.proxy.compressor_function`)."""
+    compressor (a proxy: :func:`afxest.nn.proxy.compressor_function`); ``clip_gradient``: the
+    clipper straight-through (its output, a smooth gradient)."""
     from afxest.dsp.chain import apply_chain
     from afxest.engines import synthesise_batch
 
@@ -133,16 +134,16 @@ def render_model(task, z, dry, smooth_clip: bool = True, compressor=None):
     else:
         x, effects = dry, parts
     if compressor is None:
-        return apply_chain(x, effects, task.sample_rate, smooth_clip=smooth_clip)
+        return apply_chain(x, effects, task.sample_rate, clip_gradient=clip_gradient)
     segment = []  # the effects between compressors, each run of them by apply_chain
     for kind, p in effects:
         if kind == "compressor":
-            x = apply_chain(x, segment, task.sample_rate, smooth_clip=smooth_clip)
+            x = apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
             x = compressor(x, p["threshold_db"], p["ratio"], p["attack_ms"], p["release_ms"])
             segment = []
         else:
             segment.append((kind, p))
-    return apply_chain(x, segment, task.sample_rate, smooth_clip=smooth_clip)
+    return apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
 
 
 def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | None]:

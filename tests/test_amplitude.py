@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pedalboard
+import pytest
 import torch
 
-from afxest.dsp.amplitude import gain, hard_clip, soft_clip
+from afxest.dsp.amplitude import gain, hard_clip, soft_clip, straight_through_clip
 
 
 def signal() -> np.ndarray:
@@ -45,3 +46,21 @@ def test_soft_clip_gradients_nonzero_where_hard_clip_has_none() -> None:
     assert (x.grad.abs() > 0).all() and th.grad.abs() > 0
     assert torch.autograd.gradcheck(lambda x, th: soft_clip(x, th), (x, th))
     assert torch.autograd.gradcheck(lambda x: gain(x, th.detach()), (x,))
+
+
+def test_straight_through_clip_renders_pedalboard_and_differentiates_like_tanh() -> None:
+    """Forward: pedalboard's Clipping (exactly the hard clipper). Backward: the closed-form
+    derivatives of t tanh(x / t): dy/dx = 1 - tanh^2(x / t), dy/dt = tanh(u) - u (1 - tanh^2 u)
+    with u = x / t, and dt/dthreshold_db = t ln(10) / 20."""
+    x = signal()
+    for th in [-12.0, -3.0, 0.0]:
+        xt = torch.from_numpy(x)[None].double().requires_grad_(True)
+        tt = torch.tensor([th], dtype=torch.float64, requires_grad=True)
+        y = straight_through_clip(xt, tt)
+        np.testing.assert_array_equal(y.detach()[0].float().numpy(), pedalboard.Clipping(threshold_db=th)(x, 22050))
+        y.sum().backward()
+        t = 10 ** (th / 20)
+        u = x.astype(np.float64) / t
+        np.testing.assert_allclose(xt.grad[0].numpy(), 1 - np.tanh(u) ** 2, rtol=1e-10, atol=1e-12)
+        dy_dt = (np.tanh(u) - u * (1 - np.tanh(u) ** 2)).sum()
+        assert tt.grad.item() == pytest.approx(dy_dt * t * np.log(10) / 20, rel=1e-9)

@@ -112,7 +112,7 @@ def test_dsp_render_of_the_truth_matches_pedalboard() -> None:
     batch = make_batch(task, DrySource(None, SR), np.random.default_rng(7), 8)
     z = task.truth_to_model(torch.from_numpy(batch.v))
     with torch.no_grad():
-        y = render_model(task, z, torch.from_numpy(batch.dry), smooth_clip=False).numpy()
+        y = render_model(task, z, torch.from_numpy(batch.dry), clip_gradient=False).numpy()
     for i in range(8):
         assert snr(batch.wet[i], y[i]) > 55, i
 

@@ -1,4 +1,5 @@
-"""Memoryless amplitude processors: gain, hard clipping and a smooth clipper for training."""
+"""Memoryless amplitude processors: gain, hard clipping, and a smooth clipper and a
+straight-through clipper for training."""
 
 from __future__ import annotations
 
@@ -34,3 +35,15 @@ def soft_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
     """
     t = db_to_amplitude(threshold_db)[:, None, None]
     return t * torch.tanh(x / t)
+
+
+def straight_through_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
+    """The hard clipper's output with the smooth clipper's gradient (a straight-through
+    estimator, Bengio, Leonard & Courville, 2013): y = stop_gradient(h) + (s - stop_gradient(s)), h =
+    :func:`hard_clip`, s = :func:`soft_clip`.
+
+    The forward value is exactly pedalboard's (s - s is exactly 0), so training renders the
+    clipper that inference renders; gradients to x and the threshold are those of t tanh(x / t).
+    """
+    s = soft_clip(x, threshold_db)
+    return hard_clip(x, threshold_db).detach() + (s - s.detach())

@@ -11,19 +11,20 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor
 
-from afxest.dsp.amplitude import db_to_amplitude, hard_clip, soft_clip
+from afxest.dsp.amplitude import db_to_amplitude, hard_clip, straight_through_clip
 from afxest.dsp.filters import BIQUAD_TYPES, apply_biquads, biquad_coefficients
 
 Effect = tuple[str, Mapping[str, Tensor]]
 
 
 def apply_chain(
-    x: Tensor, effects: Sequence[Effect], sample_rate: float, smooth_clip: bool = False
+    x: Tensor, effects: Sequence[Effect], sample_rate: float, clip_gradient: bool = False
 ) -> Tensor:
     """Process x (batch, channels, time) by ``effects``: (type, {parameter: (batch,) tensor}).
 
-    Types and parameter names are those of :mod:`afxest.catalogue`. ``smooth_clip`` swaps the
-    hard clipper for :func:`afxest.dsp.amplitude.soft_clip` (training only).
+    Types and parameter names are those of :mod:`afxest.catalogue`. ``clip_gradient`` renders
+    the clipper with :func:`afxest.dsp.amplitude.straight_through_clip` (training): the same
+    output, with a smooth clipper's gradient where the hard clipper has none.
     """
     biquads: list[tuple[Tensor, Tensor]] = []
     scale: Tensor | None = None
@@ -52,7 +53,7 @@ def apply_chain(
                 flush(x), p["threshold_db"], p["ratio"], p["attack_ms"], p["release_ms"], sample_rate
             )
         elif kind == "clipping":
-            x = (soft_clip if smooth_clip else hard_clip)(flush(x), p["threshold_db"])
+            x = (straight_through_clip if clip_gradient else hard_clip)(flush(x), p["threshold_db"])
         else:
             raise ValueError(f"no differentiable processor for effect type {kind!r}")
     return flush(x)
