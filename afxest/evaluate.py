@@ -11,6 +11,11 @@ the MR-STFT loss, SI-SDR and, for ``fm``, the SOT loss. Reported (DAFx 2025, Tab
 * best of N (Table 2): per item the best of the first N candidates by each metric;
 * baselines: Input (the dry against the wet; effect tasks) and Uniform (z uniform in [0, 1]^d:
   the mean of one, and the best of 10);
+* parameter error (tasks whose truth and model are the same processors: ``fm``, ``master``):
+  per parameter the absolute difference between each candidate and the truth in physical
+  units (Hz, dB, ms, ratio, ...), averaged over an item's candidates, then mean +- std over
+  items; and the posterior's spread per parameter (std of an item's candidates, normalised
+  units), which says what the audio pins down;
 * with ``refine`` > 0: every candidate improved by that many steps of inference-time
   optimisation (:func:`afxest.estimate.refine_candidates`: Adam on logit(z) through the
   differentiable processors, the task's training loss against the wet, the dry known, as
@@ -81,6 +86,9 @@ class Evaluation:
     figures: list[figs.WrittenFigure] = field(default_factory=list)
     figures_note: str | None = None  # why figures are missing, for the report
     refine_steps: int = 0
+    param_error: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (mean, std)
+    param_spread: dict[str, tuple[float, float]] = field(default_factory=dict)
+    param_units: dict[str, str] = field(default_factory=dict)
     refined_expectation: dict[str, tuple[float, float]] = field(default_factory=dict)
     refined_best_of: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
 
@@ -207,6 +215,9 @@ def evaluate(
     names = task.model.names
     model_scores = {m: np.empty((n, n_cand)) for m in metrics}
     refined_scores = {m: np.empty((n, n_cand)) for m in metrics}
+    same_space = task.truth.processors == task.model.processors
+    param_error = np.empty((n, d)) if same_space else None
+    param_spread = np.empty((n, d))
     refine_loss = task_loss(task, torch.device("cpu")) if refine else None
     uniform_scores = {m: np.empty((n, UNIFORM_CANDIDATES)) for m in metrics}
     input_scores = {m: np.empty(n) for m in metrics} if not task.has_source else None
@@ -231,6 +242,13 @@ def evaluate(
             entropy[i] = float(-s.log_prob[0].double().mean()) / (d * math.log(2))  # Eq. 17
         if correlation is not None:  # Fig. 4: the drawn samples, topped up to k_corr
             correlation[i] = figs.correlation_samples(model, batch.wet, z, k_corr, [seed, figs.FIGURE_STREAM, 4, i])
+        param_spread[i] = z.std(axis=0)
+        if param_error is not None:
+            v_true = batch.v[0].astype(np.float64)
+            param_error[i] = [
+                np.abs(r.to_physical(z[:, j]) - r.to_physical(v_true[j])).mean() for j, r in enumerate(task.model.ranges)
+            ]
+            rows.append([i, "truth", 0, *([""] * len(metrics)), "nan", *(repr(float(x)) for x in v_true)])
         if i == 0:  # Fig. 5's item
             item_wet, item_v = batch.wet, batch.v[0]
         scores = _score(fns, _render_all(task, z, dry), wet)
@@ -270,6 +288,11 @@ def evaluate(
             result.best_of[k] = {m: _mean_std(best_of_n(model_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
     if input_scores is not None:
         result.input_baseline = {m: _mean_std(input_scores[m]) for m in metrics}
+    if param_error is not None:
+        result.param_error = {name: _mean_std(param_error[:, j]) for j, name in enumerate(names)}
+        result.param_units = {name: r.param.unit for name, r in zip(names, task.model.ranges)}
+    if kind == "posterior":
+        result.param_spread = {name: _mean_std(param_spread[:, j]) for j, name in enumerate(names)}
     if refine:
         result.refine_steps = refine
         result.refined_expectation = {m: _mean_std(refined_scores[m].mean(axis=1)) for m in metrics}
@@ -374,8 +397,34 @@ def report_markdown(result: Evaluation, loaded=None) -> str:
             rows.append([f"Best of {k}", *(_fmt(values[m]) for m in result.metrics)])
         text.append(_markdown(rows))
     text.append("\nLower is better for every metric except SI-SDR (dB). Per-candidate values: `results.csv`.\n")
+    text.append(parameters_markdown(result))
     text.append(figures_markdown(result))
     return "".join(text)
+
+
+def parameters_markdown(result: Evaluation) -> str:
+    """The per-parameter table: error in physical units (truth = model space) and the
+    posterior's spread (normalised units)."""
+    if not result.param_error and not result.param_spread:
+        return ""
+    text = ["\n## Parameters\n\n"]
+    header = ["Parameter"]
+    if result.param_error:
+        header += ["Unit", "Abs. error (mean over candidates)"]
+        text.append("Error: |candidate - truth| in physical units, averaged over an item's candidates. ")
+    if result.param_spread:
+        header.append("Posterior std (normalised)")
+        text.append("Spread: the std of an item's candidates in normalised [0, 1] units; small where the "
+                    "audio pins the setting down, near 0.29 (uniform) where it does not.")
+    rows = [header]
+    for name in (result.param_error or result.param_spread):
+        row = [name]
+        if result.param_error:
+            row += [result.param_units.get(name, ""), _fmt(result.param_error[name])]
+        if result.param_spread:
+            row.append(_fmt(result.param_spread[name]))
+        rows.append(row)
+    return "".join(text) + "\n\n" + _markdown(rows)
 
 
 def figures_markdown(result: Evaluation) -> str:

@@ -203,3 +203,27 @@ def test_refine_improves_every_candidate_and_is_tabulated(tmp_path):
     assert result.refined_best_of[3]["mel"][0] == pytest.approx(after.min(axis=1).mean(), rel=1e-12)
     text = (tmp_path / "eval" / "report.md").read_text()
     assert "## After --refine 25" in text
+
+
+def test_fm_parameter_error_in_physical_units_is_the_closed_form(fm_run):
+    """Error table vs Eqs. 20a/20b applied by hand to the truth and candidate rows of results.csv;
+    the spread is the std of each item's candidates."""
+    _, result, folder = fm_run
+    rows = _rows(folder)
+    names = ["0.fm.modulation_index", "0.fm.frequency_ratio"]
+    index = lambda v: 4 * np.pi * 10 ** (0.75 * 99 * (v - 1) / 20)  # noqa: E731 - Eq. 20a
+    ratio = lambda v: 9.5 * v + 0.5  # noqa: E731 - Eq. 20b
+    errors = {name: [] for name in names}
+    spreads = {name: [] for name in names}
+    for item in range(6):
+        truth = next(r for r in rows if r["kind"] == "truth" and int(r["item"]) == item)
+        cands = [r for r in rows if r["kind"] == "model" and int(r["item"]) == item]
+        for name, f in zip(names, (index, ratio)):
+            z = np.array([float(r[name]) for r in cands])
+            errors[name].append(np.abs(f(z) - f(float(truth[name]))).mean())
+            spreads[name].append(z.std())
+    for name in names:
+        assert result.param_error[name][0] == pytest.approx(np.mean(errors[name]), rel=1e-9)
+        assert result.param_error[name][1] == pytest.approx(np.std(errors[name]), rel=1e-9)
+        assert result.param_spread[name][0] == pytest.approx(np.mean(spreads[name]), rel=1e-9)
+    assert "## Parameters" in (folder / "report.md").read_text()
