@@ -73,7 +73,19 @@ REFINE_LR = 0.05
 # rendering splits the signal where a one-shot call does (JUCE's filters flush denormal state at
 # buffer ends: other splits differ from one-shot output by ~1e-26 in decaying tails)
 READ_BLOCK = 8 * 8192
+# The analysis signals (wet and dry at the task's rate) are resampled with pedalboard's 32-tap
+# windowed sinc, 6x faster than the 256-tap one (1.6 s per minute of 44.1 kHz audio): the two
+# differ by ~46 dB SNR on music and ~1e-6 in log-mel distance, 4 orders below the losses that
+# rank candidates. Rendered outputs are never resampled.
+ANALYSIS_RESAMPLING = "fast"
 SCORE_BATCH = 32  # rendered items per loss evaluation
+# Candidates are ranked on at most SCORE_WINDOWS usable windows spread evenly over the file (a
+# minute of audio), so ranking costs the same for a 10-minute file as for a 1-minute one. When a
+# file has more usable windows than that, each scored window is rendered by pedalboard from
+# SCORE_PREROLL_SECONDS before its start (its plugins' state has settled by then: IIR tails and
+# a compressor's envelope forget their start exponentially), instead of streaming the whole file.
+SCORE_WINDOWS = 12
+SCORE_PREROLL_SECONDS = 5.0
 ENCODE_BATCH = 16  # windows per encoder call
 
 
@@ -101,14 +113,14 @@ class _StreamResampler:
     """pedalboard's windowed-sinc resampler fed block by block, with the same output as
     :func:`afxest.audio.resample` on the whole signal (its latency handling, streamed)."""
 
-    def __init__(self, from_rate: int, to_rate: int) -> None:
+    def __init__(self, from_rate: int, to_rate: int, quality: str = ANALYSIS_RESAMPLING) -> None:
         from pedalboard import Resample
         from pedalboard.io import StreamResampler
 
         from afxest.audio import RESAMPLER_QUALITY
 
         self.from_rate, self.to_rate = from_rate, to_rate
-        quality = getattr(Resample.Quality, RESAMPLER_QUALITY["best"])
+        quality = getattr(Resample.Quality, RESAMPLER_QUALITY[quality])
         self.resampler = StreamResampler(from_rate, to_rate, 1, quality)
         self.latency = int(self.resampler.input_latency)
         q = from_rate // math.gcd(from_rate, to_rate)
@@ -176,19 +188,19 @@ def _open_audio(path: Path):
         raise UserError(f"{path}: not a readable audio file ({detail})") from None
 
 
-def read_mono(path: str | os.PathLike[str], rate: int) -> Signal:
+def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_RESAMPLING) -> Signal:
     """Read an audio file block by block, mixed to mono and resampled to ``rate`` as it goes.
 
     Peak memory is the output (4 bytes per frame at ``rate``) plus one block, whatever the
     file's length, rate or channel count. The result equals
-    ``afxest.audio.resample(afxest.audio.to_mono(read_audio(path)), file_rate, rate)``.
+    ``afxest.audio.resample(afxest.audio.to_mono(read_audio(path)), file_rate, rate, quality)``.
     """
     import soundfile
 
     path = Path(path)
     with _open_audio(path) as f:
         file_rate, channels = int(f.samplerate), int(f.channels)
-        resampler = None if file_rate == rate else _StreamResampler(file_rate, rate)
+        resampler = None if file_rate == rate else _StreamResampler(file_rate, rate, quality)
         hint = int(f.frames) if f.frames and f.frames > 0 else READ_BLOCK
         out = _Buffer(hint if resampler is None else resampler.frames_out(hint) + 1)
         total = 0
@@ -402,6 +414,28 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
         held, start = held[:, b - start :], b
 
 
+def scored_windows(use: Sequence[int], limit: int | None = None) -> list[int]:
+    """The usable windows candidates are ranked on: all of them, or ``limit`` (default
+    :data:`SCORE_WINDOWS`) spread evenly from the first to the last."""
+    limit = SCORE_WINDOWS if limit is None else limit
+    if len(use) <= limit:
+        return list(use)
+    if limit == 1:
+        return [use[len(use) // 2]]
+    return [use[round(j * (len(use) - 1) / (limit - 1))] for j in range(limit)]
+
+
+def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
+    """Yield each window of every preset's pedalboard rendering, (M, T), each rendered afresh
+    from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
+    boards = [_board(p) for p in presets]
+    preroll = int(round(SCORE_PREROLL_SECONDS * rate))
+    for a, b in windows:
+        start = max(0, a - preroll)
+        x = dry[None, start:b]
+        yield np.stack([board(x, float(rate))[0, a - start :] for board in boards])
+
+
 def _finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -498,11 +532,14 @@ class Analyser:
         engine: str,
         progress: Callable[[float], None] | None = None,
     ) -> np.ndarray:
-        """Mean task loss over the usable windows of each preset, (M,) float64."""
+        """Mean task loss of each preset over the scored windows (:func:`scored_windows` of the
+        usable ones), (M,) float64."""
         import torch
 
         m = len(presets)
         total = np.zeros(m)
+        streamed = len(use) <= SCORE_WINDOWS  # every usable window: stream the whole file, exact
+        use = scored_windows(use)
         used = set(use)
         pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rendered (M, T), wet (T,))
 
@@ -530,13 +567,19 @@ class Analyser:
                 add(synth, wet[a:b])
                 if progress:
                     progress((k + 1) / len(use))
-        elif engine == "pedalboard":
+        elif engine == "pedalboard" and streamed:
             for k, rendered in enumerate(pedalboard_windows(presets, dry, windows, rate)):
                 if k in used:
                     a, b = windows[k]
                     add(rendered, wet[a:b])
                 if progress:
                     progress((k + 1) / len(windows))
+        elif engine == "pedalboard":
+            for k, (i, rendered) in enumerate(zip(use, pedalboard_prerolled(presets, dry, [windows[i] for i in use], rate))):
+                a, b = windows[i]
+                add(rendered, wet[a:b])
+                if progress:
+                    progress((k + 1) / len(use))
         else:
             for k, i in enumerate(use):
                 a, b = windows[i]
@@ -719,6 +762,7 @@ class Analyser:
                 "window_seconds": task.clip_seconds,
                 "windows": len(windows),
                 "windows_used": len(use),
+                "windows_scored": len(scored_windows(use)) if losses is not None else 0,
                 "refine_steps": options.refine,
             },
         }

@@ -7,6 +7,8 @@ Every test calls :func:`afxest.cli.main` in-process.
 
 from __future__ import annotations
 
+import itertools
+
 import hashlib
 import json
 import math
@@ -236,8 +238,8 @@ def test_long_stereo_file_is_analysed_in_windows(
     assert doc["analysis"]["seconds"] == pytest.approx(23.0)
 
     # reference: whole files decoded, mixed, resampled, rendered by pedalboard at the task's rate
-    wet_m = resample(to_mono(read_audio(wet_path)[0]), rate, SR)[0]
-    dry_m = resample(to_mono(read_audio(dry_path)[0]), rate, SR)[0]
+    wet_m = resample(to_mono(read_audio(wet_path)[0]), rate, SR, "fast")[0]
+    dry_m = resample(to_mono(read_audio(dry_path)[0]), rate, SR, "fast")[0]
     np.testing.assert_array_equal(read_mono(wet_path, SR).samples, wet_m)
     clip = 5 * SR
     windows = [(0, clip), (clip, 2 * clip), (3 * clip, len(wet_m))]  # (2 clip, 3 clip) is silent
@@ -259,10 +261,10 @@ def test_read_mono_streams_like_whole_file_resampling(tmp_path: Path, monkeypatc
     monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5000)
     rng = np.random.default_rng(5)
     x = (0.2 * rng.standard_normal((3, 3 * 5000 + 123))).astype(np.float32)
-    for file_rate, rate in ((48000, SR), (16000, SR), (SR, SR)):
+    for (file_rate, rate), quality in itertools.product(((48000, SR), (16000, SR), (SR, SR)), ("fast", "best")):
         path = write(tmp_path / f"x{file_rate}.wav", x, file_rate)
-        expected = resample(to_mono(read_audio(path)[0]), file_rate, rate)[0]
-        signal = read_mono(path, rate)
+        expected = resample(to_mono(read_audio(path)[0]), file_rate, rate, quality)[0]
+        signal = read_mono(path, rate, quality)
         assert signal.channels == 3 and signal.file_rate == file_rate and signal.file_frames == x.shape[1]
         np.testing.assert_allclose(signal.samples, expected, rtol=0, atol=1e-7)
 
@@ -544,3 +546,31 @@ def test_streamed_pedalboard_windows_are_slices_of_one_call() -> None:
     for part in parts:
         assert part.shape[0] == 2
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole)
+
+
+def test_long_files_are_ranked_on_spread_prerolled_windows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More usable windows than SCORE_WINDOWS: candidates are scored on that many windows spread
+    over the file, each rendered from a pre-roll; the loss equals the task loss of slices of
+    pedalboard applied to the whole dry (reference_render) to float32 precision."""
+    from afxest.estimate import scored_windows
+
+    assert scored_windows(list(range(10)), 4) == [0, 3, 6, 9]
+    assert scored_windows([2, 5], 4) == [2, 5] and scored_windows(list(range(5)), 1) == [2]
+    monkeypatch.setattr("afxest.estimate.SCORE_WINDOWS", 2)
+    monkeypatch.setattr("afxest.estimate.SCORE_PREROLL_SECONDS", 2.0)
+    x = music(20.0)  # four 5 s windows, all usable
+    dry = write(tmp_path / "d.wav", x, SR)
+    wet = write(tmp_path / "w.wav", shelf(x, SR), SR)
+    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 3)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["analysis"]["windows_used"] == 4 and doc["analysis"]["windows_scored"] == 2
+    loss = losses.LogMelLoss(SR)
+    wet_x = torch.from_numpy(read_audio(wet)[0][0])
+    clip = 5 * SR
+    for c in doc["candidates"]:
+        whole = torch.from_numpy(reference_render(c["preset"], x[None], SR)[0])
+        per_window = [float(loss(whole[a:a + clip][None, None], wet_x[a:a + clip][None, None])) for a in (0, 3 * clip)]
+        assert c["loss"] == pytest.approx(np.mean(per_window), rel=1e-4, abs=1e-7)
