@@ -15,13 +15,12 @@ Cases (procedural music, 44.1 kHz stereo files written to a temporary folder; ea
 
 Printed: median wall seconds over ``--repeats`` runs (one run for the long cases), the ratio
 against the floor (the median wall time of ``python -c "import torch"``) and each process's
-peak resident memory (``ru_maxrss`` of the child).
+peak resident memory (its VmHWM, polled). Linux only (/proc).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,17 +35,33 @@ from afxest.data import procedural_music
 RATE = 44100
 
 
+def _high_water_mb(pid: int) -> float:
+    """VmHWM of a live process (its peak resident memory since its exec), in MB; 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def timed(argv: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak resident MB) of one child process; raises if it fails."""
+    """(wall seconds, peak resident MB) of one child process; raises if it fails.
+
+    The peak is the child's VmHWM polled every 10 ms until it exits (ru_maxrss would also count
+    the pages it shared with this process between fork and exec)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _high_water_mb(proc.pid))
+        time.sleep(0.01)
     wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err.strip()}")
-    return wall, usage.ru_maxrss / 1024
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.read().strip()}")
+    return wall, peak
 
 
 def write_pair(folder: Path, name: str, seconds: float, seed: int) -> tuple[Path, Path]:
@@ -85,6 +100,7 @@ def main() -> None:
 
         def estimate(pair: tuple[Path, Path], out: str) -> list[str]:
             wet, dry = pair
+            (folder / out).mkdir(exist_ok=True)
             return [py, "-m", "afxest", "estimate", str(wet), "--dry", str(dry), "--model", args.model,
                     "--samples", "10", "-o", str(folder / out), "--force", "--no-progress", "--device", "cpu"]
 
