@@ -25,3 +25,15 @@ def test_bundled_examples_are_package_data() -> None:
     for path in (ROOT / "afxest" / "examples").iterdir():
         if path.suffix != ".py" and path.name != "__pycache__":
             assert any(path.match(p) for p in patterns), path.name
+
+
+def test_bundled_models_and_cards_are_shipped() -> None:
+    """Every model in models/ is package data (so it loads by name after a non-editable
+    install) and has a model card in docs/models/."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = config["package-data"]["afxest.models"]
+    models = sorted((ROOT / "models").glob("*.pt"))
+    assert models, "no bundled model"
+    for path in models:
+        assert any(path.match(p) for p in patterns), path.name
+        assert (ROOT / "docs" / "models" / f"{path.stem}.md").is_file(), path.stem
