@@ -575,3 +575,27 @@ def test_long_files_are_ranked_on_spread_prerolled_windows(
         whole = torch.from_numpy(reference_render(c["preset"], x[None], SR)[0])
         per_window = [float(loss(whole[a:a + clip][None, None], wet_x[a:a + clip][None, None])) for a in (0, 3 * clip)]
         assert c["loss"] == pytest.approx(np.mean(per_window), rel=1e-4, abs=1e-7)
+
+
+def test_threads_follow_the_file_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One torch thread for short files, every core for files of a minute or more, and
+    OMP_NUM_THREADS always wins."""
+    from afxest.estimate import LONG_FILE_SECONDS, inference_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr("os.cpu_count", lambda: 3)
+        inference_threads(LONG_FILE_SECONDS)
+        assert torch.get_num_threads() == 3
+        inference_threads(LONG_FILE_SECONDS - 1)
+        assert torch.get_num_threads() == 1
+        inference_threads(None)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        torch.set_num_threads(2)
+        inference_threads(3600.0)
+        inference_threads(1.0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
