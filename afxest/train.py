@@ -234,6 +234,24 @@ def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
     return f"encoder from {path} ({source['kind']}, step {state['step']}); new {est_config.kind} head"
 
 
+def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:
+    """Check a run folder for a new run or a resumed one; returns (last.pt, best.pt) paths.
+
+    A new run needs a new or empty folder (one holding only config.json / metrics.jsonl is a
+    run that never checkpointed and may start again); ``resume`` needs its last.pt."""
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if not out.parent.is_dir():
+        raise UserError(f"{out}: parent folder {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; --out needs a folder")
+    if resume:
+        if not last_path.exists():
+            raise UserError(f"{out}: nothing to resume (no last.pt)")
+    elif last_path.exists() or (out.exists() and {p.name for p in out.iterdir()} - {"config.json", "metrics.jsonl"}):
+        raise UserError(f"{out}: already holds a run; use --resume to continue it or another --out")
+    return last_path, best_path
+
+
 def _step_of(line: str) -> float:
     """The step of a metrics.jsonl line; a torn last line (killed mid-write) counts as after all."""
     try:
@@ -299,17 +317,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         raise UserError("nothing to train: --max-steps and --epochs must give at least one step")
 
     # --- output folder (checked on every rank before any rank waits for the others) --------
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: parent folder {out.parent} does not exist")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: is a file; --out needs a folder")
-    if config.resume:
-        if not last_path.exists():
-            raise UserError(f"{out}: nothing to resume (no last.pt)")
-    elif last_path.exists() or (out.exists() and set(p.name for p in out.iterdir()) - {"config.json", "metrics.jsonl"}):
-        # a folder holding only config.json / metrics.jsonl is a run that never checkpointed
-        raise UserError(f"{out}: already holds a run; use --resume to continue it or another --out")
+    last_path, best_path = check_run_folder(out, config.resume)
     if world > 1:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -13,23 +13,15 @@ from afxest.cli import main
 from afxest.errors import UserError
 from afxest.evaluate import BEST_OF, ITEM_STREAM, evaluate
 from afxest.store import load_model
-from afxest.train import TrainConfig, train
+from checkpoints import one_step_checkpoint  # tests/checkpoints.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _checkpoint(tmp: Path, task: str) -> Path:
-    train(
-        TrainConfig(task=task, max_steps=1, batch_size=2, val_items=2, val_every=1, checkpoint_every=1, out=str(tmp), device="cpu"),
-        log=lambda _m: None,
-    )
-    return tmp / "last.pt"
 
 
 @pytest.fixture(scope="module")
 def fm_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fm")
-    loaded = load_model(str(_checkpoint(root / "run", "fm")))
+    loaded = load_model(str(one_step_checkpoint(root / "run", "fm")))
     result = evaluate(loaded, root / "eval", n=6, samples=10, seed=3, log=lambda _m: None, figures=False)
     return loaded, result, root / "eval"
 
@@ -37,7 +29,7 @@ def fm_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def eq_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("eq")
-    loaded = load_model(str(_checkpoint(root / "run", "eq")))
+    loaded = load_model(str(one_step_checkpoint(root / "run", "eq")))
     messages: list[str] = []
     result = evaluate(loaded, root / "eval", n=2, samples=3, seed=5, log=messages.append, figures=False)
     return loaded, result, root / "eval", messages
@@ -146,12 +138,7 @@ def test_cli_refuses_an_existing_report_without_force(fm_run, capsys):
 
 
 def test_deterministic_model_gives_one_candidate(tmp_path):
-    train(
-        TrainConfig(task="fm", estimator="deterministic", max_steps=1, batch_size=2, val_items=2, val_every=1,
-                    checkpoint_every=1, out=str(tmp_path / "run"), device="cpu"),
-        log=lambda _m: None,
-    )
-    loaded = load_model(str(tmp_path / "run" / "last.pt"))
+    loaded = load_model(str(one_step_checkpoint(tmp_path / "run", "fm", "deterministic")))
     result = evaluate(loaded, tmp_path / "eval", n=3, samples=10, seed=1, log=lambda _m: None, figures=False)
     assert result.samples == 1 and result.entropy is None and set(result.best_of) == {1}
     assert result.best_of[1] == result.expectation
@@ -191,7 +178,7 @@ def test_refine_improves_every_candidate_and_is_tabulated(tmp_path):
     """--refine: each candidate's refined log-mel (rendered by pedalboard) is no worse than its
     own before (the best iterate includes the start), better on average, and the refined table
     is the numpy summary of the "refined" rows."""
-    loaded = load_model(str(_checkpoint(tmp_path / "run", "eq")))
+    loaded = load_model(str(one_step_checkpoint(tmp_path / "run", "eq")))
     result = evaluate(loaded, tmp_path / "eval", n=2, samples=3, seed=5, log=lambda _m: None, figures=False, refine=25)
     rows = _rows(tmp_path / "eval")
     before, after = _matrix(rows, "model", "mel"), _matrix(rows, "refined", "mel")

@@ -18,7 +18,7 @@ from afxest.errors import UserError
 from afxest.evaluate import evaluate
 from afxest.store import load_model
 from afxest.tasks import TASKS
-from afxest.train import TrainConfig, train
+from checkpoints import one_step_checkpoint  # tests/checkpoints.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,20 +28,11 @@ SMALL = figs.FigureSettings(
 )
 
 
-def _checkpoint(tmp: Path, task: str, estimator: str = "posterior") -> Path:
-    train(
-        TrainConfig(task=task, estimator=estimator, max_steps=1, batch_size=2, val_items=2, val_every=1,
-                    checkpoint_every=1, out=str(tmp), device="cpu"),
-        log=lambda _m: None,
-    )
-    return tmp / "last.pt"
-
-
 @pytest.fixture(scope="module")
 def fm_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("fm-models")
-    posterior = load_model(str(_checkpoint(root / "post", "fm")))
-    deterministic = load_model(str(_checkpoint(root / "det", "fm", "deterministic")))
+    posterior = load_model(str(one_step_checkpoint(root / "post", "fm")))
+    deterministic = load_model(str(one_step_checkpoint(root / "det", "fm", "deterministic")))
     return posterior, deterministic
 
 
@@ -230,7 +221,7 @@ def test_deterministic_fm_model_gets_the_loss_maps_only(fm_models, tmp_path):
 
 @pytest.fixture(scope="module")
 def eq_posterior(tmp_path_factory):
-    return load_model(str(_checkpoint(tmp_path_factory.mktemp("eq-model"), "eq")))
+    return load_model(str(one_step_checkpoint(tmp_path_factory.mktemp("eq-model"), "eq")))
 
 
 def test_compare_must_be_a_deterministic_model_of_the_same_task(fm_models, eq_posterior, tmp_path):

@@ -301,7 +301,7 @@ def train_proxy(config: ProxyTrainConfig, log: Callable[[str], None] = print) ->
     from afxest.data import DrySource, MusicFolder
     from afxest.losses import LogMelLoss
     from afxest.tasks import get_task
-    from afxest.train import _step_of, resolve_device, save_checkpoint
+    from afxest.train import _step_of, check_run_folder, resolve_device, save_checkpoint
 
     task = get_task(config.task)
     ranges = compressor_ranges(task)
@@ -318,16 +318,7 @@ def train_proxy(config: ProxyTrainConfig, log: Callable[[str], None] = print) ->
     if frames < 1024:
         raise UserError(f"--segment-seconds {config.segment_seconds:g} is too short (at least {1024 / task.sample_rate:.3f} s)")
     out = Path(config.out)
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: parent folder {out.parent} does not exist")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: is a file; --out needs a folder")
-    if config.resume:
-        if not last_path.exists():
-            raise UserError(f"{out}: nothing to resume (no last.pt)")
-    elif last_path.exists() or (out.exists() and {p.name for p in out.iterdir()} - {"config.json", "metrics.jsonl"}):
-        raise UserError(f"{out}: already holds a run; use --resume to continue it or another --out")
+    last_path, best_path = check_run_folder(out, config.resume)
     device = resolve_device(config.device)
 
     if config.data is None:
