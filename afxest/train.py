@@ -186,18 +186,21 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; one-line errors for bad files."""
+def load_checkpoint(
+    path: Path, map_location: Any = "cpu", fmt: str = CHECKPOINT_FORMAT, kind: str = "checkpoint", hint: str = ""
+) -> dict[str, Any]:
+    """Load a checkpoint of format ``fmt`` with ``weights_only=True``; one-line errors for bad
+    files, naming it a ``kind`` (``hint`` ends the wrong-format message)."""
     import torch
 
     if not Path(path).is_file():
-        raise UserError(f"{path}: no such checkpoint")
+        raise UserError(f"{path}: no such {kind}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise UserError(f"{path}: not an afxest checkpoint ({err.__class__.__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not an afxest checkpoint (format {CHECKPOINT_FORMAT} expected)")
+        raise UserError(f"{path}: not an afxest {kind} ({err.__class__.__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise UserError(f"{path}: not an afxest {kind} (format {fmt} expected{hint})")
     return payload
 
 

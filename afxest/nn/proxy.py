@@ -190,15 +190,10 @@ def compressor_ranges(task) -> dict[str, tuple[float, float, str]]:
 def load_proxy(path: Path | str, map_location: Any = "cpu") -> tuple[CompressorProxy, dict[str, Any]]:
     """A trained proxy (weights loaded, in eval mode, frozen) and its checkpoint; one-line
     UserErrors for missing or foreign files."""
+    from afxest.train import load_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such proxy checkpoint")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise UserError(f"{path}: not an afxest proxy checkpoint ({err.__class__.__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != PROXY_FORMAT:
-        raise UserError(f"{path}: not an afxest proxy checkpoint (format {PROXY_FORMAT} expected; train one with afxest train-proxy)")
+    state = load_checkpoint(path, map_location, PROXY_FORMAT, "proxy checkpoint", "; train one with afxest train-proxy")
     try:
         proxy = CompressorProxy(ProxyConfig(**state["config"]), {k: tuple(v) for k, v in state["ranges"].items()})
         proxy.load_state_dict(state["model"])
