@@ -356,6 +356,7 @@ def evaluate(
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the paper's Figs. 4-8 that apply as PNG files (needs matplotlib: the plots extra).")] = True,
     compare: Annotated[Optional[str], typer.Option(help="Deterministic model (name or path) whose estimate the figures mark.", show_default=False)] = None,
     refine: Annotated[int, typer.Option(min=0, help="Also score every candidate after this many steps of inference-time optimisation (the dry known; as estimate --refine).")] = 0,
+    proxy_model: Annotated[Optional[Path], typer.Option(help="Compressor proxy checkpoint (afxest train-proxy) whose renders of the candidates are scored too (tasks with a compressor).", show_default=False)] = None,
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
     from rich.table import Table
@@ -367,7 +368,7 @@ def evaluate(
     reference = None if compare is None else load_model(compare)
     result = run_evaluation(
         loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference,
-        refine=refine,
+        refine=refine, proxy_model=proxy_model,
     )
     rows = main_table(result)
     table = Table(title=f"{result.task} ({result.kind}), {result.items} items: mean ± std")

@@ -19,7 +19,12 @@ the MR-STFT loss, SI-SDR and, for ``fm``, the SOT loss. Reported (DAFx 2025, Tab
 * with ``refine`` > 0: every candidate improved by that many steps of inference-time
   optimisation (:func:`afxest.estimate.refine_candidates`: Adam on logit(z) through the
   differentiable processors, the task's training loss against the wet, the dry known, as
-  ``afxest estimate --refine``), then rendered with pedalboard and scored like the others.
+  ``afxest estimate --refine``), then rendered with pedalboard and scored like the others;
+* tasks with a compressor (``master``, ICASSP 2024): the model's candidates also rendered
+  through the differentiable processors with each compressor proxy (``dsp``: afxest's
+  compressor; ``neural``: a trained TCN given as ``proxy_model``), scored against the wet like
+  the pedalboard renders, and each proxy render's SI-SDR against pedalboard's render of the same
+  preset (how far the proxy is from the real effect on the presets the model picks).
 
 Every "mean +- std" is over items (population standard deviation, ddof=0). Items are processed
 one at a time, so memory does not grow with N.
@@ -91,6 +96,11 @@ class Evaluation:
     param_units: dict[str, str] = field(default_factory=dict)
     refined_expectation: dict[str, tuple[float, float]] = field(default_factory=dict)
     refined_best_of: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    # proxy name -> metric -> (mean, std): the expectation, the best of all candidates, and the
+    # proxy render's SI-SDR against pedalboard's render of the same candidate
+    proxy_expectation: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    proxy_best: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
+    proxy_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -140,6 +150,19 @@ def _render_all(task, z: np.ndarray, dry: np.ndarray | None) -> np.ndarray:
     return out
 
 
+def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarray:
+    """Render each normalised model vector of z (n, d) with afxest's differentiable processors,
+    ``compressor`` in place of the dsp compressor (None: the dsp one): (n, 1, frames)."""
+    import torch
+
+    from afxest.train import render_model
+
+    x = torch.from_numpy(np.array(np.broadcast_to(dry, (len(z), *dry.shape)), dtype=np.float32))
+    with torch.no_grad():
+        y = render_model(task, torch.from_numpy(z.astype(np.float32)), x, clip_gradient=False, compressor=compressor)
+    return y.numpy()
+
+
 def evaluate(
     loaded,
     out: Path,
@@ -153,6 +176,7 @@ def evaluate(
     compare=None,
     figure_settings: figs.FigureSettings = figs.FigureSettings(),
     refine: int = 0,
+    proxy_model: Path | None = None,
 ) -> Evaluation:
     """Evaluate a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md``,
     ``out/results.csv`` and, with ``figures``, the PNG figures that apply (DAFx 2025 Figs. 4-8;
@@ -160,11 +184,13 @@ def evaluate(
 
     ``compare``: a loaded deterministic (or parameter) model of the same task whose estimate is
     marked on Figs. 5-7. ``refine``: steps of inference-time optimisation of every candidate
-    (reported separately)."""
+    (reported separately). ``proxy_model``: a trained compressor proxy (``afxest train-proxy``)
+    whose renders are scored too (tasks with a compressor; the dsp proxy always is)."""
     import torch
 
     from afxest.data import DrySource, MusicFolder, make_batch
     from afxest.estimate import refine_candidates
+    from afxest.nn.proxy import load_task_proxy
     from afxest.train import task_loss
 
     if n < 1:
@@ -178,6 +204,11 @@ def evaluate(
         raise UserError(f"{out}: exists and is not a folder (--out expects a folder)")
     task, model, kind = loaded.task, loaded.estimator, loaded.kind
     check_compare(loaded, compare)
+    proxies: dict[str, Any] = {}
+    if any(p.type == "compressor" for p in task.model.processors) and not task.has_source:
+        proxies["dsp"] = None
+    if proxy_model is not None:
+        proxies["neural"] = load_task_proxy(proxy_model, task)
     figure_keys: list[str] = []
     figures_note = None if figures else "Figures: not requested (--no-figures)."
     if figures:
@@ -220,6 +251,8 @@ def evaluate(
     param_spread = np.empty((n, d))
     refine_loss = task_loss(task, torch.device("cpu")) if refine else None
     uniform_scores = {m: np.empty((n, UNIFORM_CANDIDATES)) for m in metrics}
+    proxy_scores = {p: {m: np.empty((n, n_cand)) for m in metrics} for p in proxies}
+    proxy_agreement = {p: np.empty(n) for p in proxies}
     input_scores = {m: np.empty(n) for m in metrics} if not task.has_source else None
     entropy = np.full(n, np.nan)
     rows: list[list[Any]] = []
@@ -251,11 +284,20 @@ def evaluate(
             rows.append([i, "truth", 0, *([""] * len(metrics)), "nan", *(repr(float(x)) for x in v_true)])
         if i == 0:  # Fig. 5's item
             item_wet, item_v = batch.wet, batch.v[0]
-        scores = _score(fns, _render_all(task, z, dry), wet)
+        rendered = _render_all(task, z, dry)
+        scores = _score(fns, rendered, wet)
         for m in metrics:
             model_scores[m][i] = scores[m]
         for j in range(n_cand):
             rows.append([i, "model", j, *(repr(float(scores[m][j])) for m in metrics), repr(float(entropy[i])), *(repr(float(x)) for x in z[j])])
+        for p, compressor in proxies.items():
+            through = _render_proxy(task, z, dry, compressor)
+            scores = _score(fns, through, wet)
+            for m in metrics:
+                proxy_scores[p][m][i] = scores[m]
+            for j in range(n_cand):
+                rows.append([i, f"proxy-{p}", j, *(repr(float(scores[m][j])) for m in metrics), "nan", *(repr(float(x)) for x in z[j])])
+            proxy_agreement[p][i] = float(fns["si_sdr"](torch.from_numpy(through), torch.from_numpy(rendered)).double().mean())
         if refine:
             y = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(wet, (n_cand, *wet.shape)), dtype=np.float32))
             x = None if dry is None else torch.from_numpy(
@@ -300,6 +342,13 @@ def evaluate(
             if k <= n_cand:
                 result.refined_best_of[k] = {
                     m: _mean_std(best_of_n(refined_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
+    if proxies:
+        result.proxy_best["pedalboard"] = {
+            m: _mean_std(best_of_n(model_scores[m], n_cand, LOWER_IS_BETTER[m])) for m in metrics}
+    for p in proxies:
+        result.proxy_expectation[p] = {m: _mean_std(proxy_scores[p][m].mean(axis=1)) for m in metrics}
+        result.proxy_best[p] = {m: _mean_std(best_of_n(proxy_scores[p][m], n_cand, LOWER_IS_BETTER[m])) for m in metrics}
+        result.proxy_agreement[p] = _mean_std(proxy_agreement[p])
     result.uniform_mean = {m: _mean_std(uniform_scores[m][:, 0]) for m in metrics}
     result.uniform_best10 = {
         m: _mean_std(best_of_n(uniform_scores[m], UNIFORM_CANDIDATES, LOWER_IS_BETTER[m])) for m in metrics
@@ -396,10 +445,35 @@ def report_markdown(result: Evaluation, loaded=None) -> str:
         for k, values in sorted(result.refined_best_of.items()):
             rows.append([f"Best of {k}", *(_fmt(values[m]) for m in result.metrics)])
         text.append(_markdown(rows))
+    text.append(proxies_markdown(result))
     text.append("\nLower is better for every metric except SI-SDR (dB). Per-candidate values: `results.csv`.\n")
     text.append(parameters_markdown(result))
     text.append(figures_markdown(result))
     return "".join(text)
+
+
+PROXY_TITLES = {"pedalboard": "pedalboard (the real effect)", "dsp": "dsp proxy (afxest's compressor)",
+                "neural": "neural proxy (TCN)"}
+
+
+def proxies_markdown(result: Evaluation) -> str:
+    """The same candidates rendered through each compressor proxy instead of pedalboard."""
+    if not result.proxy_expectation:
+        return ""
+    best = f"best of {result.samples}" if result.samples > 1 else "the estimate"
+    text = [
+        "\n## Rendered through the proxies (ICASSP 2024)\n\n",
+        "The same candidates rendered by afxest's differentiable processors with each compressor proxy, "
+        f"scored against the wet: expectation and {best}; the last column is each proxy render's SI-SDR "
+        "against pedalboard's render of the same preset (higher: closer to the real effect).\n\n",
+    ]
+    header = ["Rendered by", *(f"{METRIC_TITLES[m]}" for m in result.metrics), f"SI-SDR, {best}", "SI-SDR vs pedalboard"]
+    rows = [header, [PROXY_TITLES["pedalboard"], *(_fmt(result.expectation[m]) for m in result.metrics),
+                     _fmt(result.proxy_best["pedalboard"]["si_sdr"]), "-"]]
+    for p, values in result.proxy_expectation.items():
+        rows.append([PROXY_TITLES.get(p, p), *(_fmt(values[m]) for m in result.metrics),
+                     _fmt(result.proxy_best[p]["si_sdr"]), _fmt(result.proxy_agreement[p])])
+    return "".join(text) + _markdown(rows)
 
 
 def parameters_markdown(result: Evaluation) -> str:

@@ -150,7 +150,7 @@ def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | N
     """The compressor proxy ``config`` asks for (None for dsp) and its file's SHA-256; one-line
     UserErrors for inconsistent options, a task without a compressor and a proxy trained for
     other parameter ranges."""
-    from afxest.nn.proxy import PROXIES, compressor_ranges, load_proxy
+    from afxest.nn.proxy import PROXIES, load_task_proxy
     from afxest.store import file_sha256
 
     if config.proxy not in PROXIES:
@@ -165,11 +165,7 @@ def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | N
         raise UserError(f"--proxy {config.proxy}: the param estimator trains on parameters, not through the compressor")
     if not any(p.type == "compressor" for p in task.model.processors):
         raise UserError(f"--proxy {config.proxy}: the {task.name} task has no compressor")
-    proxy, state = load_proxy(config.proxy_model, map_location=device)
-    if proxy.ranges != {k: tuple(v) for k, v in compressor_ranges(task).items()}:
-        raise UserError(f"{config.proxy_model}: the proxy was trained for other compressor ranges than the {task.name} task's")
-    if state.get("sample_rate") != task.sample_rate:
-        raise UserError(f"{config.proxy_model}: the proxy was trained at {state.get('sample_rate')} Hz, the task runs at {task.sample_rate} Hz")
+    proxy = load_task_proxy(config.proxy_model, task, map_location=device)
     return proxy.to(device), file_sha256(Path(config.proxy_model))
 
 

@@ -197,7 +197,8 @@ def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_p
     assert not (tmp_path / "y").exists()
 
 
-def test_estimate_and_evaluate_take_a_master_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_estimate_and_evaluate_take_a_master_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  tiny_proxy: Path) -> None:
     from afxest.audio import write_audio
 
     run = tmp_path / "run"
@@ -226,9 +227,31 @@ def test_estimate_and_evaluate_take_a_master_model(tmp_path: Path, capsys: pytes
     assert reference_render(preset, dry, SR).shape == dry.shape
 
     capsys.readouterr()
-    assert main(["evaluate", "--model", str(run / "best.pt"), "--n", "1", "--out", str(tmp_path / "ev"),
-                 "--no-figures"]) == 0
+    assert main(["evaluate", "--model", str(run / "best.pt"), "--n", "2", "--out", str(tmp_path / "ev"),
+                 "--no-figures", "--proxy-model", str(tiny_proxy)]) == 0
     report = (tmp_path / "ev" / "report.md").read_text()
+    assert "## Rendered through the proxies" in report and "neural proxy (TCN)" in report
+    import csv
+
+    with open(tmp_path / "ev" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_kind = {k: [r for r in rows if r["kind"] == k] for k in ("model", "proxy-dsp", "proxy-neural")}
+    assert [len(v) for v in by_kind.values()] == [2, 2, 2]
+    for ped, dsp, neural in zip(*by_kind.values()):
+        # the same preset: the dsp proxy renders as pedalboard does, the untrained TCN does not
+        assert [dsp[n] for n in TASKS["master"].model.names] == [ped[n] for n in TASKS["master"].model.names]
+        assert float(dsp["mel"]) == pytest.approx(float(ped["mel"]), abs=2e-3)
+        assert abs(float(neural["mel"]) - float(ped["mel"])) > 1e-3
+    # the table row of the dsp proxy: mean of its items' SI-SDR and a near-exact match with pedalboard
+    sdr = [float(r["si_sdr"]) for r in by_kind["proxy-dsp"]]
+    line = next(l for l in report.splitlines() if l.startswith("| dsp proxy"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert float(cells[3].split(" ± ")[0]) == pytest.approx(np.mean(sdr), abs=6e-4)
+    assert float(cells[-1].split(" ± ")[0]) > 40  # SI-SDR of the dsp render against pedalboard's
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "eq-deterministic", "--n", "1", "--out", str(tmp_path / "ev2"),
+                 "--no-figures", "--proxy-model", str(tiny_proxy)]) == 2
+    assert "no compressor" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
     assert "# Evaluation: master" in report
     assert not any(f"{row} (paper)" in report for row in ("Deter.", "Infer. T=1", "Input", "Rand."))  # none for master
     header = (tmp_path / "ev" / "results.csv").read_text().splitlines()[0].split(",")

@@ -205,6 +205,18 @@ def load_proxy(path: Path | str, map_location: Any = "cpu") -> tuple[CompressorP
     return proxy, state
 
 
+def load_task_proxy(path: Path | str, task, map_location: Any = "cpu") -> CompressorProxy:
+    """A trained proxy that fits ``task``: one-line UserErrors for a task without a compressor,
+    a proxy trained for other parameter ranges or at another sample rate."""
+    ranges = compressor_ranges(task)
+    proxy, state = load_proxy(path, map_location=map_location)
+    if proxy.ranges != {k: tuple(v) for k, v in ranges.items()}:
+        raise UserError(f"{path}: the proxy was trained for other compressor ranges than the {task.name} task's")
+    if state.get("sample_rate") != task.sample_rate:
+        raise UserError(f"{path}: the proxy was trained at {state.get('sample_rate')} Hz, the task runs at {task.sample_rate} Hz")
+    return proxy
+
+
 # ---------------------------------------------------------------------------------------------
 # training
 
