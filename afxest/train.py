@@ -259,6 +259,9 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
+VALIDATION_SEED = 0  # the validation items and samples (as a seed-0 run drew them before 0.5)
+
+
 def _step_seed(seed: int, rank: int, step: int) -> list[int]:
     return [seed, rank, step]
 
@@ -353,8 +356,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         val_source = DrySource(folders["val"], task.sample_rate)
 
     # fixed validation set: item i is drawn from its own generator, so the set does not depend
-    # on the batch size or the number of ranks
-    items = [make_batch(task, val_source, np.random.default_rng([config.seed, 1_000_003, i]), 1) for i in range(config.val_items)]
+    # on the batch size, the number of ranks or the training seed (runs with different seeds,
+    # e.g. a warm-started phase, are compared on the same items)
+    items = [make_batch(task, val_source, np.random.default_rng([VALIDATION_SEED, 1_000_003, i]), 1)
+             for i in range(config.val_items)]
     val_batches = [
         Batch(
             dry=None if items[0].dry is None else np.concatenate([b.dry for b in items[i : i + local_batch]]),
@@ -452,7 +457,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
         model.eval()
         sums: dict[str, list[float]] = {}
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + 7)
+            torch.manual_seed(VALIDATION_SEED + 7)
             for batch in val_batches:
                 loss, terms = objective(batch, with_audio=True)
                 sums.setdefault("objective", []).append(loss.item() * len(batch.v))

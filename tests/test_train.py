@@ -266,3 +266,18 @@ def test_runs_from_before_schedules_resume_as_constant(tmp_path: Path) -> None:
     del state["training"]["schedule"]  # as written by afxest before --schedule existed
     torch.save(state, out / "last.pt")
     assert train(TrainConfig(max_steps=2, resume=True, **config), log=quiet).steps == 2
+
+
+def test_validation_items_do_not_depend_on_the_training_seed(tmp_path: Path) -> None:
+    """Two seeds train on different batches but validate on the same items (equal Input baseline,
+    the dry/wet log-mel of the validation set) and the same set is not the first training batch."""
+    lines = {}
+    for seed in (0, 5):
+        out = tmp_path / f"s{seed}"
+        assert main(["train", "--task", "eq", "--estimator", "deterministic", "--out", str(out), "--max-steps", "1",
+                     "--batch-size", "2", "--val-items", "3", "--val-every", "1", "--seed", str(seed),
+                     "--no-progress"]) == 0
+        lines[seed] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    base = [next(e["val_audio_input_baseline"] for e in lines[s] if "val_audio_input_baseline" in e) for s in (0, 5)]
+    assert base[0] == base[1]
+    assert lines[0][0]["loss"] != lines[5][0]["loss"]  # different training batches
