@@ -357,19 +357,34 @@ def evaluate(
     compare: Annotated[Optional[str], typer.Option(help="Deterministic model (name or path) whose estimate the figures mark.", show_default=False)] = None,
     refine: Annotated[int, typer.Option(min=0, help="Also score every candidate after this many steps of inference-time optimisation (the dry known; as estimate --refine).")] = 0,
     proxy_model: Annotated[Optional[Path], typer.Option(help="Compressor proxy checkpoint (afxest train-proxy) whose renders of the candidates are scored too (tasks with a compressor).", show_default=False)] = None,
+    also: Annotated[Optional[list[str]], typer.Option(help="Another model of the same task to evaluate on the same items (repeatable): its report goes to OUT/NAME, the side-by-side table to OUT/comparison.md.", show_default=False)] = None,
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
     from rich.table import Table
 
-    from afxest.evaluate import evaluate as run_evaluation, main_table
+    from afxest.audio import atomic_write_text
+    from afxest.evaluate import (
+        check_comparable, comparison_markdown, comparison_rows, evaluate as run_evaluation, main_table, report_folder_name,
+    )
     from afxest.store import load_model
 
     loaded = load_model(model)
     reference = None if compare is None else load_model(compare)
+    others = [load_model(name) for name in also or []]
+    check_comparable(loaded, others)
+    comparison = out / "comparison.md"
+    if others and comparison.exists() and not force:
+        raise UserError(f"{comparison}: exists (use --force to overwrite)")
     result = run_evaluation(
         loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference,
         refine=refine, proxy_model=proxy_model,
     )
+    results = [(loaded.name, result)]
+    for other in others:
+        _say(f"evaluating {other.name} on the same items")
+        results.append((other.name, run_evaluation(
+            other, out / report_folder_name(other.name), data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=False,
+            refine=refine, proxy_model=proxy_model)))
     rows = main_table(result)
     table = Table(title=f"{result.task} ({result.kind}), {result.items} items: mean ± std")
     for name in rows[0]:
@@ -380,6 +395,17 @@ def evaluate(
     _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
     if result.figures:
         _say(f"wrote {len(result.figures)} figure(s): {', '.join(f.file for f in result.figures)}")
+    if others:
+        text = comparison_markdown(results)
+        atomic_write_text(comparison, text)
+        rows = comparison_rows(results)
+        table = Table(title=f"{result.task}: {len(results)} models on the same items, mean ± std")
+        for name in rows[0]:
+            table.add_column(name)
+        for row in rows[1:]:
+            table.add_row(*row)
+        _print_wide(table)
+        _say(f"wrote {comparison}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -476,6 +476,89 @@ def proxies_markdown(result: Evaluation) -> str:
     return "".join(text) + _markdown(rows)
 
 
+KIND_LABELS = {"posterior": "posterior", "deterministic": "deterministic (audio loss)", "param": "parameter loss"}
+
+
+def report_folder_name(name: str) -> str:
+    """The subfolder of ``--out`` for a compared model: its name (or path) as one safe component."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def check_comparable(loaded, others) -> None:
+    """Models compared with ``loaded`` (``--also``) must be of its task, each named once."""
+    folders = {report_folder_name(loaded.name)}
+    for other in others:
+        if other.task.name != loaded.task.name:
+            raise UserError(f"--also {other.name}: a model of task {other.task.name!r}, not {loaded.task.name!r}")
+        folder = report_folder_name(other.name)
+        if folder in folders:
+            raise UserError(f"--also {other.name}: given twice (or named like another model); compare distinct ones")
+        folders.add(folder)
+
+
+def comparison_rows(results: list[tuple[str, Evaluation]]) -> list[list[str]]:
+    """Rows (header first) of models evaluated on the same items side by side (``afxest evaluate
+    --also``): the pedalboard renders' expectation and best of N, the proxies' SI-SDR,
+    ``--refine``, then the first result's Input and Uniform baselines."""
+    first = results[0][1]
+    metrics = first.metrics
+    proxies = list(first.proxy_expectation)
+    refine = first.refine_steps
+    top = max(r.samples for _, r in results)
+    header = ["Model", "Estimator", "Entropy (bits/dim)", *(METRIC_TITLES[m] for m in metrics),
+              f"Mel, best of {top}", f"SI-SDR, best of {top}",
+              *(f"SI-SDR via {p} proxy" for p in proxies)]
+    if refine:
+        header += [f"SI-SDR, --refine {refine}", f"SI-SDR, best of {top}, --refine {refine}"]
+    rows = [header]
+    for name, r in results:
+        best = r.best_of.get(r.samples) or {m: r.expectation[m] for m in metrics}
+        row = [f"`{name}`", KIND_LABELS.get(r.kind, r.kind), _fmt(r.entropy), *(_fmt(r.expectation[m]) for m in metrics),
+               _fmt(best.get("mel")), _fmt(best.get("si_sdr")),
+               *(_fmt(r.proxy_expectation.get(p, {}).get("si_sdr")) for p in proxies)]
+        if refine:
+            refined_best = r.refined_best_of.get(r.samples) or r.refined_expectation
+            row += [_fmt(r.refined_expectation.get("si_sdr")), _fmt(refined_best.get("si_sdr"))]
+        rows.append(row)
+    filler = ["-"] * (len(header) - 3 - len(metrics))
+    if first.input_baseline is not None:
+        rows.append(["Input (dry)", "-", "-", *(_fmt(first.input_baseline[m]) for m in metrics), *filler])
+    rows.append(["Uniform", "-", "-", *(_fmt(first.uniform_mean[m]) for m in metrics),
+                 _fmt(first.uniform_best10.get("mel")), _fmt(first.uniform_best10.get("si_sdr")), *filler[2:]])
+    return rows
+
+
+def comparison_markdown(results: list[tuple[str, Evaluation]]) -> str:
+    """The comparison report: :func:`comparison_rows`, then the parameter error and the
+    posterior spread per parameter of every model."""
+    first = results[0][1]
+    text = [
+        f"# Comparison: {first.task}\n\n",
+        f"{first.items} test items ({first.source}), the same for every model; rendered with pedalboard "
+        f"unless the column says otherwise; mean ± std over items. Uniform's best column is the best of "
+        f"{UNIFORM_CANDIDATES} uniform draws.\n\n",
+        _markdown(comparison_rows(results)),
+    ]
+    with_error = [(name, r) for name, r in results if r.param_error]
+    spread = [(name, r) for name, r in results if r.param_spread]
+    if with_error or spread:
+        units = with_error[0][1].param_units if with_error else {}
+        head = ["Parameter", "Unit", *(f"`{n}` error" for n, _ in with_error), *(f"`{n}` std (normalised)" for n, _ in spread)]
+        prow = [head]
+        for p in (with_error or spread)[0][1].param_error or spread[0][1].param_spread:
+            prow.append([p, units.get(p, ""), *(_fmt(r.param_error[p]) for _, r in with_error),
+                         *(_fmt(r.param_spread[p]) for _, r in spread)])
+        text += [
+            "\n## Parameters\n\nError: |estimate - truth| in physical units (mean over an item's candidates); "
+            "std: the spread of a posterior's candidates in normalised units (near 0.29 where the audio does "
+            "not pin the setting down).\n\n",
+            _markdown(prow),
+        ]
+    return "".join(text)
+
+
 def parameters_markdown(result: Evaluation) -> str:
     """The per-parameter table: error in physical units (truth = model space) and the
     posterior's spread (normalised units)."""

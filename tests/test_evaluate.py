@@ -214,3 +214,35 @@ def test_fm_parameter_error_in_physical_units_is_the_closed_form(fm_run):
         assert result.param_error[name][1] == pytest.approx(np.std(errors[name]), rel=1e-9)
         assert result.param_spread[name][0] == pytest.approx(np.mean(spreads[name]), rel=1e-9)
     assert "## Parameters" in (folder / "report.md").read_text()
+
+
+def test_also_compares_models_on_the_same_items(fm_run, tmp_path, capsys):
+    """--also: the other model is evaluated on the same items (same truth rows), its report in
+    its own folder, and comparison.md's rows are the numpy means of each results.csv."""
+    loaded, _, _ = fm_run
+    param = one_step_checkpoint(tmp_path / "param", "fm", "param")
+    out = tmp_path / "cmp"
+    args = ["evaluate", "--model", str(loaded.path), "--also", str(param), "--n", "2", "--samples", "3",
+            "--out", str(out), "--no-figures"]
+    assert main(args) == 0
+    sub = out / str(param).strip("/").replace("/", "-")
+    main_rows, other_rows = _rows(out), _rows(sub)
+    truth = lambda rows: [r for r in rows if r["kind"] == "truth"]  # noqa: E731
+    assert truth(main_rows) == truth(other_rows)
+    text = (out / "comparison.md").read_text()
+    lines = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+             for line in text.splitlines() if line.startswith("| `")}
+    for rows, name in ((main_rows, str(loaded.path)), (other_rows, str(param))):
+        sdr = _matrix(rows, "model", "si_sdr")
+        cells = lines[f"`{name}`"]
+        assert float(cells[6].split(" ± ")[0]) == pytest.approx(sdr.mean(axis=1).mean(), abs=6e-4)  # SI-SDR
+        assert float(cells[8].split(" ± ")[0]) == pytest.approx(sdr.max(axis=1).mean(), abs=6e-4)  # best of
+    assert "## Parameters" in text and "0.fm.frequency_ratio" in text
+    capsys.readouterr()
+    # the same model twice, and a model of another task, are refused before anything is written
+    assert main([*args[:5], "--also", str(param), "--out", str(tmp_path / "x")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    eq = one_step_checkpoint(tmp_path / "eq", "eq", "deterministic")
+    assert main([*args[:3], "--also", str(eq), "--out", str(tmp_path / "y")]) == 2
+    assert "task 'eq'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
