@@ -15,7 +15,9 @@ the MR-STFT loss, SI-SDR and, for ``fm``, the SOT loss. Reported (DAFx 2025, Tab
   per parameter the absolute difference between each candidate and the truth in physical
   units (Hz, dB, ms, ratio, ...), averaged over an item's candidates, then mean +- std over
   items; and the posterior's spread per parameter (std of an item's candidates, normalised
-  units), which says what the audio pins down;
+  units), and its marginal entropy per parameter in bits (:func:`marginal_entropy_bits` of
+  ``ENTROPY_SAMPLES`` extra draws: 0 for a uniform marginal, lower where the audio pins the
+  setting down), which say what the audio determines;
 * with ``refine`` > 0: every candidate improved by that many steps of inference-time
   optimisation (:func:`afxest.estimate.refine_candidates`: Adam on logit(z) through the
   differentiable processors, the task's training loss against the wet, the dry known, as
@@ -50,6 +52,9 @@ from afxest.audio import atomic_write_text
 from afxest.errors import UserError
 
 ITEM_STREAM = 2_000_003
+ENTROPY_STREAM = 2_000_011  # seeds of the extra draws for the marginal entropies
+ENTROPY_SAMPLES = 1000
+ENTROPY_BINS = 100
 BEST_OF = (1, 2, 3, 4, 5, 10)
 UNIFORM_CANDIDATES = 10
 LOWER_IS_BETTER = {"mel": True, "mrstft": True, "si_sdr": False, "sot": True}
@@ -94,6 +99,7 @@ class Evaluation:
     param_error: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (mean, std)
     param_spread: dict[str, tuple[float, float]] = field(default_factory=dict)
     param_units: dict[str, str] = field(default_factory=dict)
+    param_entropy: dict[str, tuple[float, float]] = field(default_factory=dict)  # bits, per parameter
     refined_expectation: dict[str, tuple[float, float]] = field(default_factory=dict)
     refined_best_of: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
     # proxy name -> metric -> (mean, std): the expectation, the best of all candidates, and the
@@ -106,6 +112,21 @@ class Evaluation:
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(values.std())
+
+
+def marginal_entropy_bits(z: np.ndarray, bins: int = ENTROPY_BINS) -> np.ndarray:
+    """Differential entropy in bits of each column of samples z (n, d) in [0, 1]: the plug-in
+    estimate of a ``bins``-bin histogram, -sum p log2 p + log2(1 / bins), with the Miller-Madow
+    correction (occupied bins - 1) / (2 n ln 2). A uniform marginal has 0 bits; a normal one
+    of std s, log2(s sqrt(2 pi e)) while s is well above the bin width."""
+    z = np.asarray(z, dtype=np.float64)
+    n, d = z.shape
+    out = np.empty(d)
+    for j in range(d):
+        counts = np.bincount(np.clip((z[:, j] * bins).astype(np.int64), 0, bins - 1), minlength=bins)
+        p = counts[counts > 0] / n
+        out[j] = -(p * np.log2(p)).sum() - math.log2(bins) + (len(p) - 1) / (2 * n * math.log(2))
+    return out
 
 
 def best_of_n(per_candidate: np.ndarray, n: int, lower_is_better: bool) -> np.ndarray:
@@ -249,6 +270,7 @@ def evaluate(
     same_space = task.truth.processors == task.model.processors
     param_error = np.empty((n, d)) if same_space else None
     param_spread = np.empty((n, d))
+    param_entropy = np.empty((n, d))
     refine_loss = task_loss(task, torch.device("cpu")) if refine else None
     uniform_scores = {m: np.empty((n, UNIFORM_CANDIDATES)) for m in metrics}
     proxy_scores = {p: {m: np.empty((n, n_cand)) for m in metrics} for p in proxies}
@@ -276,6 +298,9 @@ def evaluate(
         if correlation is not None:  # Fig. 4: the drawn samples, topped up to k_corr
             correlation[i] = figs.correlation_samples(model, batch.wet, z, k_corr, [seed, figs.FIGURE_STREAM, 4, i])
         param_spread[i] = z.std(axis=0)
+        if kind == "posterior":
+            extra, _ = figs.draw(model, batch.wet, ENTROPY_SAMPLES, [seed, ENTROPY_STREAM, i])
+            param_entropy[i] = marginal_entropy_bits(extra[0])
         if param_error is not None:
             v_true = batch.v[0].astype(np.float64)
             param_error[i] = [
@@ -335,6 +360,7 @@ def evaluate(
         result.param_units = {name: r.param.unit for name, r in zip(names, task.model.ranges)}
     if kind == "posterior":
         result.param_spread = {name: _mean_std(param_spread[:, j]) for j, name in enumerate(names)}
+        result.param_entropy = {name: _mean_std(param_entropy[:, j]) for j, name in enumerate(names)}
     if refine:
         result.refine_steps = refine
         result.refined_expectation = {m: _mean_std(refined_scores[m].mean(axis=1)) for m in metrics}
@@ -545,15 +571,16 @@ def comparison_markdown(results: list[tuple[str, Evaluation]]) -> str:
     spread = [(name, r) for name, r in results if r.param_spread]
     if with_error or spread:
         units = with_error[0][1].param_units if with_error else {}
-        head = ["Parameter", "Unit", *(f"`{n}` error" for n, _ in with_error), *(f"`{n}` std (normalised)" for n, _ in spread)]
+        head = ["Parameter", "Unit", *(f"`{n}` error" for n, _ in with_error),
+                *(f"`{n}` {what}" for n, _ in spread for what in ("std (normalised)", "entropy (bits)"))]
         prow = [head]
         for p in (with_error or spread)[0][1].param_error or spread[0][1].param_spread:
             prow.append([p, units.get(p, ""), *(_fmt(r.param_error[p]) for _, r in with_error),
-                         *(_fmt(r.param_spread[p]) for _, r in spread)])
+                         *(v for _, r in spread for v in (_fmt(r.param_spread[p]), _fmt(r.param_entropy[p], 2)))])
         text += [
             "\n## Parameters\n\nError: |estimate - truth| in physical units (mean over an item's candidates); "
-            "std: the spread of a posterior's candidates in normalised units (near 0.29 where the audio does "
-            "not pin the setting down).\n\n",
+            "std and entropy: the spread of a posterior's candidates in normalised units and its marginal's "
+            "entropy (near 0.29 and 0 bits where the audio does not pin the setting down).\n\n",
             _markdown(prow),
         ]
     return "".join(text)
@@ -570,16 +597,17 @@ def parameters_markdown(result: Evaluation) -> str:
         header += ["Unit", "Abs. error (mean over candidates)"]
         text.append("Error: |candidate - truth| in physical units, averaged over an item's candidates. ")
     if result.param_spread:
-        header.append("Posterior std (normalised)")
-        text.append("Spread: the std of an item's candidates in normalised [0, 1] units; small where the "
-                    "audio pins the setting down, near 0.29 (uniform) where it does not.")
+        header += ["Posterior std (normalised)", "Marginal entropy (bits)"]
+        text.append("Spread: the std of an item's candidates in normalised [0, 1] units, and the entropy of "
+                    f"the posterior's marginal ({ENTROPY_SAMPLES} draws, histogram estimate); small where the "
+                    "audio pins the setting down, near 0.29 and 0 bits (uniform) where it does not.")
     rows = [header]
     for name in (result.param_error or result.param_spread):
         row = [name]
         if result.param_error:
             row += [result.param_units.get(name, ""), _fmt(result.param_error[name])]
         if result.param_spread:
-            row.append(_fmt(result.param_spread[name]))
+            row += [_fmt(result.param_spread[name]), _fmt(result.param_entropy[name], 2)]
         rows.append(row)
     return "".join(text) + "\n\n" + _markdown(rows)
 
