@@ -991,9 +991,14 @@ _SHORT_PARAMS = {
 }
 
 
+TRANSPOSE_ABOVE = 8  # more estimated parameters than this: one row per parameter
+
+
 def candidates_table(document: dict[str, Any], limit: int = 20):
     """A rich table of the candidates: rank, loss (and before refinement), log-density, and each
-    estimated parameter in physical units (headers: processor index and type, parameter)."""
+    estimated parameter in physical units (headers: processor index and type, parameter). With
+    more than ``TRANSPOSE_ABOVE`` parameters (``master``: 21) the table is transposed, one
+    column per candidate (at most 10), so that it stays readable in a terminal."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -1017,6 +1022,8 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
         f"ranked by {document['ranked_by'] or 'nothing (one point estimate)'}"
     )
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
+    if len(columns) > TRANSPOSE_ABOVE:
+        return _transposed(table, candidates[: min(limit, 10)], len(candidates), columns, refined)
     table.add_column("rank", justify="right")
     table.add_column("loss", justify="right")
     if refined:
@@ -1036,4 +1043,30 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
         table.add_row(*(Text(v) for v in row))
     if len(candidates) > limit:
         table.caption = f"... and {len(candidates) - limit} more in the estimate file"
+    return table
+
+
+def _transposed(table, shown: list[dict[str, Any]], total: int, columns: list[tuple[int, str]], refined: bool):
+    """:func:`candidates_table` with one row per value and one column per candidate."""
+    from rich.text import Text
+
+    first = shown[0]["preset"]
+    procs = ([first["source"]] if first["source"] else []) + first["effects"]
+    table.add_column("rank", justify="left")
+    for c in shown:
+        table.add_column(str(c["rank"]), justify="right")
+    table.add_row("loss", *("-" if c["loss"] is None else f"{c['loss']:.4g}" for c in shown))
+    if refined:
+        before = [c.get("refinement", {}).get("loss_before") for c in shown]
+        table.add_row("before", *("-" if b is None else f"{b:.4g}" for b in before))
+    table.add_row("log p", *("-" if c["log_prob"] is None else f"{c['log_prob']:.2f}" for c in shown))
+    for i, k in columns:
+        label = f"{_SHORT_TYPES.get(procs[i]['type'], procs[i]['type'])}{i} {_SHORT_PARAMS.get(k, k)}"
+        values = []
+        for c in shown:
+            p = ([c["preset"]["source"]] if c["preset"]["source"] else []) + c["preset"]["effects"]
+            values.append(f"{p[i][k]:.4g}")
+        table.add_row(Text(label), *(Text(v) for v in values))
+    if total > len(shown):
+        table.caption = f"... and {total - len(shown)} more in the estimate file"
     return table
