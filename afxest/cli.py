@@ -360,8 +360,6 @@ def evaluate(
     also: Annotated[Optional[list[str]], typer.Option(help="Another model of the same task to evaluate on the same items (repeatable): its report goes to OUT/NAME, the side-by-side table to OUT/comparison.md.", show_default=False)] = None,
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
-    from rich.table import Table
-
     from afxest.audio import atomic_write_text
     from afxest.evaluate import (
         check_comparable, comparison_markdown, comparison_rows, evaluate as run_evaluation, main_table, report_folder_name,
@@ -385,27 +383,27 @@ def evaluate(
         results.append((other.name, run_evaluation(
             other, out / report_folder_name(other.name), data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=False,
             refine=refine, proxy_model=proxy_model)))
-    rows = main_table(result)
-    table = Table(title=f"{result.task} ({result.kind}), {result.items} items: mean ± std")
-    for name in rows[0]:
-        table.add_column(name)
-    for row in rows[1:]:
-        table.add_row(*row)
-    _print_wide(table)
+    _print_wide(_rows_table(main_table(result), f"{result.task} ({result.kind}), {result.items} items: mean ± std"))
     _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
     if result.figures:
         _say(f"wrote {len(result.figures)} figure(s): {', '.join(f.file for f in result.figures)}")
     if others:
         text = comparison_markdown(results)
         atomic_write_text(comparison, text)
-        rows = comparison_rows(results)
-        table = Table(title=f"{result.task}: {len(results)} models on the same items, mean ± std")
-        for name in rows[0]:
-            table.add_column(name)
-        for row in rows[1:]:
-            table.add_row(*row)
-        _print_wide(table)
+        _print_wide(_rows_table(comparison_rows(results), f"{result.task}: {len(results)} models on the same items, mean ± std"))
         _say(f"wrote {comparison}")
+
+
+def _rows_table(rows: list[list[str]], title: str):
+    """A rich table of rows of strings, the first row its header."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for name in rows[0]:
+        table.add_column(name)
+    for row in rows[1:]:
+        table.add_row(*row)
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
