@@ -46,7 +46,9 @@ FILES = {
 LOW_INDEX_TARGET = (0.25, 0.5)
 HIGH_INDEX_TARGET = (0.9, 0.3)
 
-ABBREVIATIONS = {"cutoff_frequency_hz": "f", "gain_db": "g", "q": "Q"}
+ABBREVIATIONS = {"cutoff_frequency_hz": "f", "gain_db": "g", "q": "Q", "threshold_db": "thr", "ratio": "ratio",
+                 "attack_ms": "att", "release_ms": "rel"}
+ANNOTATE_UP_TO = 8  # Fig. 4 prints each cell's value for at most this many dimensions
 
 
 @dataclass(frozen=True)
@@ -328,17 +330,21 @@ def _legend(fig, ax, row: bool) -> None:
 
 
 def plot_correlation(path: Path, matrix: np.ndarray, names: Sequence[str], items: int, samples: int, dpi: int) -> None:
-    """Fig. 4: the mean correlation matrix, values printed in the cells."""
-    fig = _figure(*SIZES["fig4"])
+    """Fig. 4: the mean correlation matrix, values printed in the cells (up to
+    ``ANNOTATE_UP_TO`` dimensions; larger matrices get a larger figure and colours only)."""
+    d = len(names)
+    width, height = SIZES["fig4"]
+    scale = max(1.0, d / ANNOTATE_UP_TO * 0.75)
+    fig = _figure(width * scale, height * scale)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="coolwarm", vmin=-1, vmax=1)
-    d = len(names)
-    ax.set_xticks(range(d), names)
+    ax.set_xticks(range(d), names, rotation=90 if d > ANNOTATE_UP_TO else 0)
     ax.set_yticks(range(d), names)
-    for a in range(d):
-        for b in range(d):
-            text = "-" if not np.isfinite(matrix[a, b]) else f"{matrix[a, b]:.2f}"
-            ax.text(b, a, text, ha="center", va="center", fontsize=9)
+    if d <= ANNOTATE_UP_TO:
+        for a in range(d):
+            for b in range(d):
+                text = "-" if not np.isfinite(matrix[a, b]) else f"{matrix[a, b]:.2f}"
+                ax.text(b, a, text, ha="center", va="center", fontsize=9)
     fig.colorbar(image, ax=ax, label="Pearson correlation")
     ax.set_title(f"Mean correlation, {samples} samples x {items} items")
     save_png(fig, path, dpi)
