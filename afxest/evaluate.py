@@ -103,7 +103,8 @@ class Evaluation:
     refined_expectation: dict[str, tuple[float, float]] = field(default_factory=dict)
     refined_best_of: dict[int, dict[str, tuple[float, float]]] = field(default_factory=dict)
     # proxy name -> metric -> (mean, std): the expectation, the best of all candidates, and the
-    # proxy render's SI-SDR against pedalboard's render of the same candidate
+    # proxy render's SI-SDR against pedalboard's render of the same candidate (best_of always
+    # holds the best of all candidates, N = samples, for pedalboard's renders)
     proxy_expectation: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     proxy_best: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     proxy_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -350,9 +351,9 @@ def evaluate(
     result.expectation = {m: _mean_std(model_scores[m].mean(axis=1)) for m in metrics}
     if kind == "posterior":
         result.entropy = _mean_std(entropy)
-    for k in BEST_OF:
-        if k <= n_cand:
-            result.best_of[k] = {m: _mean_std(best_of_n(model_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
+    best_ks = [k for k in sorted({*BEST_OF, n_cand}) if k <= n_cand]  # always the best of all candidates
+    for k in best_ks:
+        result.best_of[k] = {m: _mean_std(best_of_n(model_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
     if input_scores is not None:
         result.input_baseline = {m: _mean_std(input_scores[m]) for m in metrics}
     if param_error is not None:
@@ -364,13 +365,9 @@ def evaluate(
     if refine:
         result.refine_steps = refine
         result.refined_expectation = {m: _mean_std(refined_scores[m].mean(axis=1)) for m in metrics}
-        for k in BEST_OF:
-            if k <= n_cand:
-                result.refined_best_of[k] = {
-                    m: _mean_std(best_of_n(refined_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
-    if proxies:
-        result.proxy_best["pedalboard"] = {
-            m: _mean_std(best_of_n(model_scores[m], n_cand, LOWER_IS_BETTER[m])) for m in metrics}
+        for k in best_ks:
+            result.refined_best_of[k] = {
+                m: _mean_std(best_of_n(refined_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
     for p in proxies:
         result.proxy_expectation[p] = {m: _mean_std(proxy_scores[p][m].mean(axis=1)) for m in metrics}
         result.proxy_best[p] = {m: _mean_std(best_of_n(proxy_scores[p][m], n_cand, LOWER_IS_BETTER[m])) for m in metrics}
@@ -495,7 +492,7 @@ def proxies_markdown(result: Evaluation) -> str:
     ]
     header = ["Rendered by", *(f"{METRIC_TITLES[m]}" for m in result.metrics), f"SI-SDR, {best}", "SI-SDR vs pedalboard"]
     rows = [header, [PROXY_TITLES["pedalboard"], *(_fmt(result.expectation[m]) for m in result.metrics),
-                     _fmt(result.proxy_best["pedalboard"]["si_sdr"]), "-"]]
+                     _fmt(result.best_of[result.samples]["si_sdr"]), "-"]]
     for p, values in result.proxy_expectation.items():
         rows.append([PROXY_TITLES.get(p, p), *(_fmt(values[m]) for m in result.metrics),
                      _fmt(result.proxy_best[p]["si_sdr"]), _fmt(result.proxy_agreement[p])])
@@ -540,12 +537,12 @@ def comparison_rows(results: list[tuple[str, Evaluation]]) -> list[list[str]]:
         header += [f"SI-SDR, --refine {refine}", f"SI-SDR, best of {top}, --refine {refine}"]
     rows = [header]
     for name, r in results:
-        best = r.best_of.get(r.samples) or {m: r.expectation[m] for m in metrics}
+        best = r.best_of[r.samples]
         row = [f"`{name}`", KIND_LABELS.get(r.kind, r.kind), _fmt(r.entropy), *(_fmt(r.expectation[m]) for m in metrics),
                _fmt(best.get("mel")), _fmt(best.get("si_sdr")),
                *(_fmt(r.proxy_expectation.get(p, {}).get("si_sdr")) for p in proxies)]
         if refine:
-            refined_best = r.refined_best_of.get(r.samples) or r.refined_expectation
+            refined_best = r.refined_best_of[r.samples]
             row += [_fmt(r.refined_expectation.get("si_sdr")), _fmt(refined_best.get("si_sdr"))]
         rows.append(row)
     filler = ["-"] * (len(header) - 3 - len(metrics))

@@ -226,7 +226,7 @@ def test_also_compares_models_on_the_same_items(fm_run, tmp_path, capsys):
     loaded, _, _ = fm_run
     param = one_step_checkpoint(tmp_path / "param", "fm", "param")
     out = tmp_path / "cmp"
-    args = ["evaluate", "--model", str(loaded.path), "--also", str(param), "--n", "2", "--samples", "3",
+    args = ["evaluate", "--model", str(loaded.path), "--also", str(param), "--n", "2", "--samples", "7",  # not in BEST_OF
             "--out", str(out), "--no-figures"]
     assert main(args) == 0
     sub = out / str(param).strip("/").replace("/", "-")
