@@ -259,7 +259,7 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
-VALIDATION_SEED = 0  # the validation items and samples (as a seed-0 run drew them before 0.5)
+VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 run always drew
 
 
 def _step_seed(seed: int, rank: int, step: int) -> list[int]:
