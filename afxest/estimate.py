@@ -994,6 +994,11 @@ _SHORT_PARAMS = {
 TRANSPOSE_ABOVE = 8  # more estimated parameters than this: one row per parameter
 
 
+def _processors(preset: dict[str, Any]) -> list[dict[str, Any]]:
+    """A preset document's processors in order: its source (if any), then its effects."""
+    return ([preset["source"]] if preset["source"] else []) + preset["effects"]
+
+
 def candidates_table(document: dict[str, Any], limit: int = 20):
     """A rich table of the candidates: rank, loss (and before refinement), log-density, and each
     estimated parameter in physical units (headers: processor index and type, parameter). With
@@ -1006,8 +1011,7 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
     candidates = document["candidates"]
     if not candidates:
         return Text(f"{document['wet']}: no candidates")
-    first = candidates[0]["preset"]
-    procs = ([first["source"]] if first["source"] else []) + first["effects"]
+    procs = _processors(candidates[0]["preset"])
     # the estimated parameters: those that vary in the summary (fixed ones are left out)
     estimated = set(document.get("summary", {}))
     columns: list[tuple[int, str]] = []
@@ -1023,7 +1027,7 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
     )
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
     if len(columns) > TRANSPOSE_ABOVE:
-        return _transposed(table, candidates[: min(limit, 10)], len(candidates), columns, refined)
+        return _transposed(table, candidates[: min(limit, 10)], len(candidates), procs, columns, refined)
     table.add_column("rank", justify="right")
     table.add_column("loss", justify="right")
     if refined:
@@ -1032,8 +1036,7 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
     for i, k in columns:
         table.add_column(Text(f"{_SHORT_TYPES.get(procs[i]['type'], procs[i]['type'])}{i}\n{_SHORT_PARAMS.get(k, k)}"), justify="right")
     for c in candidates[:limit]:
-        preset = c["preset"]
-        procs = ([preset["source"]] if preset["source"] else []) + preset["effects"]
+        procs = _processors(c["preset"])
         row = [str(c["rank"]), "-" if c["loss"] is None else f"{c['loss']:.4g}"]
         if refined:
             before = c.get("refinement", {}).get("loss_before")
@@ -1046,12 +1049,12 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
     return table
 
 
-def _transposed(table, shown: list[dict[str, Any]], total: int, columns: list[tuple[int, str]], refined: bool):
-    """:func:`candidates_table` with one row per value and one column per candidate."""
+def _transposed(table, shown: list[dict[str, Any]], total: int, procs: list[dict[str, Any]],
+                columns: list[tuple[int, str]], refined: bool):
+    """:func:`candidates_table` with one row per value and one column per candidate (``procs``:
+    the first candidate's processors, for the labels)."""
     from rich.text import Text
 
-    first = shown[0]["preset"]
-    procs = ([first["source"]] if first["source"] else []) + first["effects"]
     table.add_column("rank", justify="left")
     for c in shown:
         table.add_column(str(c["rank"]), justify="right")
@@ -1062,11 +1065,7 @@ def _transposed(table, shown: list[dict[str, Any]], total: int, columns: list[tu
     table.add_row("log p", *("-" if c["log_prob"] is None else f"{c['log_prob']:.2f}" for c in shown))
     for i, k in columns:
         label = f"{_SHORT_TYPES.get(procs[i]['type'], procs[i]['type'])}{i} {_SHORT_PARAMS.get(k, k)}"
-        values = []
-        for c in shown:
-            p = ([c["preset"]["source"]] if c["preset"]["source"] else []) + c["preset"]["effects"]
-            values.append(f"{p[i][k]:.4g}")
-        table.add_row(Text(label), *(Text(v) for v in values))
+        table.add_row(Text(label), *(Text(f"{_processors(c['preset'])[i][k]:.4g}") for c in shown))
     if total > len(shown):
         table.caption = f"... and {total - len(shown)} more in the estimate file"
     return table
