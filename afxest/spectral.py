@@ -106,8 +106,40 @@ def _mono(x: Tensor) -> Tensor:
     return x
 
 
-def stft(x: Tensor, window: Tensor, hop_length: int, center: bool = True) -> Tensor:
-    """Complex STFT of x (batch, time) -> (batch, frames, n_fft // 2 + 1), n_fft = len(window).
+class _RealFFT(torch.autograd.Function):
+    """``torch.fft.rfft`` along the last axis with a cheaper backward.
+
+    For X_k = sum_j x_j e^{-2 pi i j k / n} (k = 0..n/2) and a real loss with gradient
+    g_k = dL/dRe X_k + i dL/dIm X_k, dL/dx_j = Re sum_k g_k e^{2 pi i j k / n}, which is
+    n * irfft(g') with the bins that have a mirror image (0 < k < n/2) halved. torch's own
+    backward runs a complex-to-complex FFT instead, about twice the time on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, n: int) -> Tensor:  # type: ignore[override]
+        ctx.n, ctx.length = n, x.shape[-1]
+        return torch.fft.rfft(x, n=n, dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        n = ctx.n
+        mirrored = grad.clone()
+        mirrored[..., 1 : (n + 1) // 2] *= 0.5
+        return (torch.fft.irfft(mirrored, n=n, dim=-1) * n)[..., : ctx.length], None
+
+
+def rfft(x: Tensor, n: int | None = None) -> Tensor:
+    """``torch.fft.rfft(x, n, dim=-1)``, whose gradient costs an inverse real FFT (:class:`_RealFFT`)."""
+    n = x.shape[-1] if n is None else n
+    if not x.requires_grad:
+        return torch.fft.rfft(x, n=n, dim=-1)
+    return _RealFFT.apply(x, n)
+
+
+def stft(x: Tensor, window: Tensor, hop_length: int, center: bool = True, n_fft: int | None = None) -> Tensor:
+    """Complex STFT of x (batch, time) -> (batch, frames, n_fft // 2 + 1), n_fft = len(window)
+    unless given: a larger ``n_fft`` zero pads each windowed frame, which samples the same
+    spectrum on a finer grid (and lets a prime window length use a fast FFT size).
 
     The values of ``torch.stft(x, n_fft, hop_length, window=window, center=center,
     pad_mode="reflect", return_complex=True)`` (transposed). Centred: padded by n_fft // 2 on
@@ -116,17 +148,19 @@ def stft(x: Tensor, window: Tensor, hop_length: int, center: bool = True) -> Ten
     makes forward + backward about 2x faster on CPU than torch.stft, whose backward runs a full
     complex FFT.
     """
-    n_fft = window.shape[-1]
+    length = window.shape[-1]
+    if n_fft is not None and n_fft < length:
+        raise ValueError(f"n_fft {n_fft} is shorter than the window ({length})")
     if center:
-        half = n_fft // 2
+        half = length // 2
         mode = "reflect" if x.shape[-1] > half else "constant"
         x = torch.nn.functional.pad(x[:, None], (half, half), mode=mode)[:, 0]
-    return torch.fft.rfft(x.unfold(-1, n_fft, hop_length) * window, dim=-1)
+    return rfft(x.unfold(-1, length, hop_length) * window, n_fft)
 
 
 def power_spectrogram(stft: Tensor, power: float) -> Tensor:
     """|X|^power of a complex STFT, with finite gradients where X = 0 (no sqrt of zero)."""
-    energy = torch.view_as_real(stft).square().sum(-1)  # re^2 + im^2
+    energy = stft.real.square() + stft.imag.square()
     if power == 2.0:
         return energy
     if power <= 0:

@@ -132,7 +132,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _definition_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+def definition_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """The first key (other than training hyperparameters) where two task definitions differ."""
     for key in sorted(set(stored) | set(current)):
         if key in TRAINING_ONLY_KEYS:
@@ -192,7 +192,7 @@ def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
     if name not in TASKS:
         raise UserError(f"{path}: incompatible model (task {name!r} is unknown to this afxest: {', '.join(TASKS)})")
     task = TASKS[name]
-    key = _definition_difference(stored, task.to_dict())
+    key = definition_difference(stored, task.to_dict())
     if key is not None:
         raise UserError(
             f"{path}: incompatible model: it was trained for a different {name!r} task definition "

@@ -13,7 +13,7 @@ import pytest
 import torch
 from nnAudio.librosa_functions import get_mel  # numpy only; nnAudio.features is imported by the backend
 
-from afxest.spectral import MelSpectrogram, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, stft
+from afxest.spectral import MelSpectrogram, hz_to_mel, log_mel, mel_filterbank, mel_to_hz, rfft, stft
 
 SR = 22050
 # (n_fft, hop, n_mels): DAFx 2025 loss (Sec. 4.5) and encoder input (Sec. 4.3, hop 23 ms)
@@ -119,6 +119,40 @@ def test_stft_equals_torch_stft(n_fft, hop, center):
     assert torch.allclose(ours.transpose(1, 2), ref, atol=1e-10)
     short = torch.randn(1, 40, dtype=torch.float64)  # too short to reflect: zero padded
     assert stft(short, torch.hann_window(128, dtype=torch.float64), 32).shape == (1, 2, 65)
+
+
+def test_stft_zero_padded_fft_matches_numpy():
+    """n_fft above the window length pads each windowed frame with zeros (numpy's rfft(n=))."""
+    x = torch.randn(2, 3000, dtype=torch.float64)
+    window = torch.hann_window(67, dtype=torch.float64)
+    ours = stft(x, window, 33, center=False, n_fft=128)
+    frames = x.unfold(-1, 67, 33).numpy() * window.numpy()
+    assert np.allclose(ours.numpy(), np.fft.rfft(frames, n=128, axis=-1), atol=1e-12)
+    with pytest.raises(ValueError):
+        stft(x, window, 33, n_fft=64)
+
+
+@pytest.mark.parametrize("length, n", [(67, 67), (67, 128), (64, 64), (5, 9)])
+def test_rfft_gradient_matches_finite_differences(length, n):
+    """The cheaper backward of spectral.rfft (an inverse real FFT) against central differences
+    of a real loss of the spectrum, odd and even sizes, padded and not."""
+    g = torch.Generator().manual_seed(length + n)
+    x = torch.randn(3, length, dtype=torch.float64, generator=g, requires_grad=True)
+    weights = torch.randn(3, n // 2 + 1, dtype=torch.complex128, generator=g)
+
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        spectrum = rfft(v, n)
+        return (spectrum.real * weights.real + spectrum.imag * weights.imag).sum() + spectrum.abs().square().sum()
+
+    (grad,) = torch.autograd.grad(loss(x), x)
+    eps = 1e-6
+    numeric = torch.zeros_like(x)
+    for i in range(x.shape[0]):
+        for j in range(length):
+            step = torch.zeros_like(x)
+            step[i, j] = eps
+            numeric[i, j] = (loss(x.detach() + step) - loss(x.detach() - step)) / (2 * eps)
+    assert torch.allclose(grad, numeric, atol=1e-6)
 
 
 def test_channels_are_mixed_by_mean_and_power_one():
