@@ -106,15 +106,20 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def task_loss(task, device):
-    """The task's audio loss as a callable (y_hat, y) -> per-item values (batch,)."""
+def task_loss(task, device, fast: bool = False):
+    """The task's audio loss as a callable (y_hat, y) -> per-item values (batch,).
+
+    ``fast``: the variant training steps use where one exists: the revisited MR-STFT with its
+    prime windows zero padded to fast FFT sizes (:data:`afxest.losses.FAST_FFT_SIZES`; within
+    a few per cent of the exact loss, docs/losses.md). Validation and metrics use the exact one.
+    """
     from afxest import losses
 
     if task.loss == "log_mel":
         return losses.LogMelLoss(task.sample_rate).to(device)
     if task.loss == "sot_mrstft":
         sot = losses.SpectralOTLoss(task.sample_rate, unit="bins").to(device)
-        mrstft = losses.MRSTFTRevisitedLoss().to(device)
+        mrstft = losses.MRSTFTRevisitedLoss(fft_sizes=losses.FAST_FFT_SIZES if fast else None).to(device)
         return lambda y_hat, y: sot(y_hat, y) + mrstft(y_hat, y)
     raise ValueError(task.loss)
 
@@ -219,9 +224,12 @@ def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
     copied. A warm start, e.g. the parameter-loss estimator as the starting point of an
     audio-loss one; the optimiser and step count start afresh.
     """
+    from afxest.store import definition_difference
+
     state = load_checkpoint(path)
-    if state["task"] != task.to_dict():
-        raise UserError(f"{path}: --init needs a checkpoint of the same task definition ({task.name})")
+    difference = definition_difference(state["task"], task.to_dict())
+    if difference is not None:  # training defaults (lr, beta, ...) may differ: a warm start is a new run
+        raise UserError(f"{path}: --init needs a checkpoint of the same task definition ({task.name}; {difference} differs)")
     weights = state["model"]
     encoder = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
     model.encoder.load_state_dict(encoder)
@@ -379,7 +387,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     if proxy is not None:
         say(f"compressor in training: {config.proxy} proxy {config.proxy_model}; validation renders with dsp")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = task_loss(task, device)
+    loss_fn = task_loss(task, device)  # validation: the exact loss
+    train_loss_fn = task_loss(task, device, fast=True)
     resolved = {
         **config.to_dict(),
         "batch_size": batch_size,
@@ -433,9 +442,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     def to_device(a: np.ndarray | None):
         return None if a is None else torch.from_numpy(a).to(device)
 
-    def objective(batch, with_audio: bool = False, compressor=None) -> tuple[Any, dict[str, Any]]:
+    def objective(batch, with_audio: bool = False, compressor=None, audio_loss=loss_fn) -> tuple[Any, dict[str, Any]]:
         """The training objective of a batch and its terms (``with_audio``: the audio loss of
-        the param estimator too, for comparison; ``compressor``: a proxy for the dsp one)."""
+        the param estimator too, for comparison; ``compressor``: a proxy for the dsp one;
+        ``audio_loss``: the exact loss, or training's fast variant)."""
         wet, dry = to_device(batch.wet), to_device(batch.dry)
         s = trained(wet, 1)
         z = s.z[:, 0]
@@ -445,7 +455,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             loss = ((z - target) ** 2).mean(dim=-1)
             terms["param_mse"] = loss
         if config.estimator != "param" or with_audio:
-            terms["audio"] = loss_fn(render_model(task, z, dry, compressor=compressor), wet)
+            terms["audio"] = audio_loss(render_model(task, z, dry, compressor=compressor), wet)
         if config.estimator == "deterministic":
             loss = terms["audio"]
         elif config.estimator == "posterior":
@@ -524,7 +534,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                 first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(lr, config.schedule, step, total_steps)
-            loss, terms = objective(batch, compressor=train_compressor)
+            loss, terms = objective(batch, compressor=train_compressor, audio_loss=train_loss_fn)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
