@@ -238,11 +238,12 @@ def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:
 
     A new run needs a new or empty folder (one holding only config.json / metrics.jsonl is a
     run that never checkpointed and may start again); ``resume`` needs its last.pt."""
+    from afxest.audio import check_out_dir
+
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: parent folder {out.parent} does not exist")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; --out needs a folder")
+    check_out_dir(out)  # a missing folder is created, with its parents
     if resume:
         if not last_path.exists():
             raise UserError(f"{out}: nothing to resume (no last.pt)")
@@ -326,7 +327,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if is_main:
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         if not config.resume:
             for stale in ("config.json", "metrics.jsonl"):
                 (out / stale).unlink(missing_ok=True)
