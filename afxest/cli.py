@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = interrupt.install()
     try:
         return _run(argv)
-    except KeyboardInterrupt as exc:  # a signal that arrived after the command's own handling
+    except (interrupt.Interrupted, KeyboardInterrupt) as exc:
         return _interrupted(exc)
     finally:
         interrupt.restore(previous)
@@ -437,7 +437,9 @@ def _run(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="afxest", standalone_mode=False)
-    except typer.Exit as exc:
+    except typer.Exit as exc:  # typer turns a KeyboardInterrupt into Exit(130)
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(exc.__cause__)
         return exc.exit_code
     except typer.TyperException as exc:  # bad usage: unknown option, invalid choice, ...
         ctx = getattr(exc, "ctx", None)

@@ -3,7 +3,6 @@ that line short."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 BRIEF_CHARS = 60  # a value quoted in a message is cut to about this many characters
@@ -14,13 +13,11 @@ class UserError(Exception):
 
 
 def brief(value: Any) -> str:
-    """``value`` as JSON (``repr`` for what JSON cannot show), :func:`shortened`, so that a
-    hostile input cannot flood a message."""
+    """``repr(value)`` :func:`shortened`, so that a hostile input cannot flood a message."""
     try:
-        text = json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        text = repr(value)
-    return shortened(text)
+        return shortened(repr(value))
+    except RecursionError:
+        return f"a nested {type(value).__name__}"
 
 
 def shortened(text: str) -> str:

@@ -59,6 +59,7 @@ import numpy as np
 
 from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, staged_file
 from afxest.data import AUDIO_SUFFIXES
+from afxest.engines import board
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT
 AUDIO_CHOICES = ("top", "all", "none")
@@ -357,12 +358,6 @@ def _usable(wet: np.ndarray, windows: Sequence[tuple[int, int]]) -> list[int]:
     return usable
 
 
-def _board(preset):
-    import pedalboard
-
-    return pedalboard.Pedalboard([getattr(pedalboard, e.spec.plugin)(**e.params) for e in preset.effects])
-
-
 LONG_FILE_SECONDS = 60.0
 
 
@@ -389,13 +384,13 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
     the start (state carried over, blocks on pedalboard's own 8192-sample grid), so the windows
     are exactly slices of ``pedalboard`` applied to the whole signal in one call. Windows must
     be consecutive; at most a window and a block per preset are held."""
-    boards = [_board(p) for p in presets]
+    boards = [board(p) for p in presets]
     done, start = 0, 0  # rendered up to `done`; `held` starts at `start`
     held = np.zeros((len(boards), 0), np.float32)
     for a, b in windows:
         while done < b:
             x = dry[None, done : min(done + READ_BLOCK, dry.shape[0])]
-            block = np.stack([board(x, float(rate), reset=False)[0] for board in boards])
+            block = np.stack([chain(x, float(rate), reset=False)[0] for chain in boards])
             held = np.concatenate([held, block], axis=1)
             done += x.shape[1]
         yield held[:, a - start : b - start]
@@ -416,12 +411,12 @@ def scored_windows(use: Sequence[int], limit: int | None = None) -> list[int]:
 def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
     """Yield each window of every preset's pedalboard rendering, (M, T), each rendered afresh
     from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
-    boards = [_board(p) for p in presets]
+    boards = [board(p) for p in presets]
     preroll = int(round(SCORE_PREROLL_SECONDS * rate))
     for a, b in windows:
         start = max(0, a - preroll)
         x = dry[None, start:b]
-        yield np.stack([board(x, float(rate))[0, a - start :] for board in boards])
+        yield np.stack([chain(x, float(rate))[0, a - start :] for chain in boards])
 
 
 def _finite(x: float | None) -> float | None:
@@ -839,11 +834,11 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
             return
         with open_audio(dry_path) as f:
             rate, channels = int(f.samplerate), int(f.channels)
-            board = _board(preset) if engine == "pedalboard" else None
+            chain = board(preset) if engine == "pedalboard" else None
             clip = int(round(task.clip_seconds * rate))
             with soundfile.SoundFile(fh, "w", rate, channels, subtype="FLOAT", format="WAV") as sink:
                 while True:
-                    if board is not None:
+                    if chain is not None:
                         x = f.read(READ_BLOCK, dtype="float32", always_2d=True)
                     else:  # the analysis windows: clips, the last one taking the rest
                         left = f.frames - f.tell()
@@ -851,8 +846,8 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
                     if x.shape[0] == 0:
                         break
                     x = np.ascontiguousarray(x.T)
-                    if board is not None:
-                        y = board(x, float(rate), reset=False)
+                    if chain is not None:
+                        y = chain(x, float(rate), reset=False)
                     else:
                         y = render(preset, x, rate, "ddsp")
                     if not np.isfinite(y).all():

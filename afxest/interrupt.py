@@ -1,5 +1,5 @@
-"""The one path for SIGINT and SIGTERM: both raise :class:`Interrupted` (a KeyboardInterrupt,
-so every ``except BaseException`` clean-up runs), and the command line exits with 128 + the
+"""The one path for SIGINT and SIGTERM: both raise :class:`Interrupted` (a BaseException, so
+every ``except BaseException`` clean-up runs, and no ``except Exception`` swallows it), and the command line exits with 128 + the
 signal's number (130, 143) and one line. :func:`deferred` holds a signal back while a result
 set is being published, so that a publish is never cut in half."""
 
@@ -17,7 +17,7 @@ _held = 0  # depth of deferred() blocks
 _pending: int | None = None  # a signal that arrived inside one
 
 
-class Interrupted(KeyboardInterrupt):
+class Interrupted(BaseException):
     """The process received SIGINT or SIGTERM."""
 
     def __init__(self, signum: int) -> None:
