@@ -346,7 +346,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             folder = MusicFolder(Path(config.data), task.sample_rate, split, min_seconds=task.clip_seconds)
             folder.prepare()
             if not folder.tracks:
-                raise UserError(f"{config.data}: no usable {split} tracks of at least {task.clip_seconds} s")
+                files = sum(folder.counts.values())
+                if files < 2:
+                    raise UserError(f"{config.data}: holds {files} audio file; training needs at least 2 (one to train on, one to validate)")
+                raise UserError(
+                    f"{config.data}: no {split} track to use: of its {files} files, {folder.counts[split]} went to {split} "
+                    f"and {len(folder.files) - len(folder.tracks)} of those are unreadable or shorter than {task.clip_seconds:g} s"
+                )
             folders[split] = folder
         say(
             f"data: {config.data}: {len(folders['train'].tracks)} train tracks "
