@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from afxest.errors import UserError
+from afxest.errors import UserError, shortened
 
 BIT_DEPTHS = ("float", "16", "24")
 _SUBTYPES = {
@@ -33,12 +36,16 @@ class WriteReport:
     clipped_samples: int
 
 
-def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Read an audio file as float32 (channels, frames) and its sample rate.
+MIN_FILE_RATE = 4000  # Hz: a lower rate is refused (a hostile header would make resampling explode)
+READ_FRAMES = 1 << 16  # frames per block when a whole file is read
 
-    Integer formats are scaled to [-1, 1); float formats are returned unchanged, never clipped.
-    Raises UserError for a missing, unreadable, empty or non-finite file.
-    """
+
+def open_audio(path: str | os.PathLike[str]):
+    """Open an audio file for reading (a ``soundfile.SoundFile``) after checking what its header
+    promises against the file itself, before anything is allocated: a sample rate of at least
+    :data:`MIN_FILE_RATE`, and (WAV) a data chunk that the file really holds.
+
+    Raises UserError for a missing, unreadable, truncated or implausible file."""
     import soundfile
 
     path = Path(path)
@@ -47,16 +54,83 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not an audio file")
     try:
-        data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
+        f = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as err:
         detail = str(err).split(":")[-1].strip() or "format not recognised"
-        raise UserError(f"{path}: not a readable audio file ({detail})") from None
-    audio = np.ascontiguousarray(data.T)
-    if audio.shape[1] == 0:
+        raise UserError(f"{path}: not a readable audio file ({shortened(detail)})") from None
+    try:
+        if f.samplerate < MIN_FILE_RATE:
+            raise UserError(f"{path}: sample rate {f.samplerate} Hz is below the {MIN_FILE_RATE} Hz afxest reads")
+        truncated = _wav_truncation(path)
+        if truncated:
+            raise UserError(f"{path}: is truncated: {truncated}")
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _wav_truncation(path: Path) -> str | None:
+    """For a RIFF WAVE file whose data chunk claims more bytes than the file holds, what the
+    header announces and what is there (in seconds); None otherwise (other formats too)."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = rate = 0
+        for _ in range(1000):  # a bounded walk over the chunks
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            kind, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if kind == b"fmt ":
+                fmt = fh.read(min(length, 16))
+                if len(fmt) >= 14:
+                    rate, block_align = struct.unpack("<I", fmt[4:8])[0], struct.unpack("<H", fmt[12:14])[0]
+                fh.seek(length - len(fmt) + (length & 1), 1)
+            elif kind == b"data":
+                held = size - fh.tell()
+                if length in (0, 0xFFFFFFFF) or held >= length or not (rate and block_align):
+                    return None  # 0 and 0xFFFFFFFF: a length left open by a streaming writer
+                per_second = rate * block_align
+                return f"its header announces {length / per_second:.3f} s of audio, the file holds {held / per_second:.3f} s"
+            else:
+                fh.seek(length + (length & 1), 1)
+    return None
+
+
+def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
+    """Read an audio file as float32 (channels, frames) and its sample rate.
+
+    Integer formats are scaled to [-1, 1); float formats are returned unchanged, never clipped.
+    The file is read block by block, so memory follows the audio really decoded, whatever the
+    header claims. Raises UserError for a missing, unreadable, empty, truncated or non-finite
+    file.
+    """
+    import soundfile
+
+    path = Path(path)
+    blocks = []
+    with open_audio(path) as f:
+        sample_rate = int(f.samplerate)
+        while True:
+            try:
+                block = f.read(READ_FRAMES, dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
+                detail = str(err).split(":")[-1].strip()
+                raise UserError(f"{path}: not a readable audio file ({shortened(detail)})") from None
+            if block.shape[0] == 0:
+                break
+            blocks.append(block.T)
+    if not blocks:
         raise UserError(f"{path}: contains no audio")
+    audio = np.ascontiguousarray(np.concatenate(blocks, axis=1))
     if not np.isfinite(audio).all():
         raise UserError(f"{path}: contains non-finite samples (NaN or Inf)")
-    return audio, int(sample_rate)
+    return audio, sample_rate
 
 
 RESAMPLER_QUALITY = {"best": "WindowedSinc256", "fast": "WindowedSinc32"}
@@ -99,6 +173,31 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=0, keepdims=True)
 
 
+def check_out_dir(out: str | os.PathLike[str]) -> Path:
+    """Check an output folder before any work: an existing, writable folder, or a missing one
+    (which :func:`make_folder` creates with its parents when there is something to write) under
+    a writable folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: output must be a folder")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"{out}: output folder {existing} is not writable")
+    return out
+
+
+def make_folder(path: str | os.PathLike[str]) -> Path:
+    """Create an output folder and its missing parents (nothing when it exists)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{path}: cannot create the output folder ({_reason(err)})") from None
+    return path
+
+
 def check_output_path(
     path: str | os.PathLike[str],
     inputs: Iterable[str | os.PathLike[str]] = (),
@@ -129,6 +228,20 @@ def check_output_path(
     return path
 
 
+WAV_MAX_BYTES = 2**32 - 1  # a RIFF WAVE file cannot be larger (its sizes are 32-bit)
+_SAMPLE_BYTES = {"float": 4, "16": 2, "24": 3}
+
+
+def check_output_size(path: Path, frames: int, channels: int, bit_depth: str = "float") -> None:
+    """Refuse, before any work, a WAV output larger than the format can hold."""
+    size = frames * channels * _SAMPLE_BYTES[bit_depth]
+    if Path(path).suffix.lower() == ".wav" and size + 1024 > WAV_MAX_BYTES:
+        raise UserError(
+            f"{path}: {frames} frames of {channels} channel(s) would make a {size / 2**30:.1f} GiB WAV; "
+            f"a WAV file holds at most 4 GiB (shorten the sound or lower the sample rate)"
+        )
+
+
 def write_audio(
     path: str | os.PathLike[str],
     audio: np.ndarray,
@@ -141,6 +254,19 @@ def write_audio(
     beyond [-1, 1]: their count is returned so the caller can warn. Callers check the path
     first with :func:`check_output_path`.
     """
+    return write_audio_blocks(path, [audio], audio.shape[0], sample_rate, bit_depth)
+
+
+def write_audio_blocks(
+    path: str | os.PathLike[str],
+    blocks: Iterable[np.ndarray],
+    channels: int,
+    sample_rate: int,
+    bit_depth: str = "float",
+) -> WriteReport:
+    """:func:`write_audio` for audio that arrives in (channels, frames) blocks: streamed to a
+    temporary file, renamed onto ``path`` when complete. A write that fails (a full disk, an
+    interruption) removes the temporary file and raises UserError (or the interruption)."""
     import soundfile
 
     path = Path(path)
@@ -153,50 +279,203 @@ def write_audio(
             f"{path}: bit depth {bit_depth!r} is not available for {suffix} "
             f"(choose {', '.join(subtypes)})"
         )
-    if not np.isfinite(audio).all():
-        raise RuntimeError("refusing to write non-finite audio")
-    clipped = 0 if bit_depth == "float" else int(np.count_nonzero(np.abs(audio) > 1.0))
-    fd, tmp = temporary_in(path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:  # a file object: libsndfile never sees the (long) path
-            soundfile.write(
-                fh,
-                np.clip(audio, -1.0, 1.0).T if clipped else audio.T,
-                int(sample_rate),
-                subtype=subtypes[bit_depth],
-                format=suffix[1:].upper(),
-            )
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    clipped = 0
+    with staged_file(path) as fh:
+        with soundfile.SoundFile(fh, "w", int(sample_rate), channels, subtype=subtypes[bit_depth], format=suffix[1:].upper()) as sink:
+            for audio in blocks:
+                if not np.isfinite(audio).all():
+                    raise RuntimeError("refusing to write non-finite audio")
+                over = 0 if bit_depth == "float" else int(np.count_nonzero(np.abs(audio) > 1.0))
+                clipped += over
+                fh.write_frames(sink, np.clip(audio, -1.0, 1.0).T if over else audio.T)
     return WriteReport(path=path, clipped_samples=clipped)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write a text file atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
+    with staged_file(Path(path)) as fh:
+        fh.write(text.encode("utf-8"))
+
+
+class StagedFile:
+    """A temporary file being written, handed to libsndfile as a file object.
+
+    libsndfile calls :meth:`write` through a cffi callback, where an exception (a full disk, a
+    signal) would only print a traceback: it is kept instead, the write reports 0 bytes, and
+    :meth:`write_frames` raises the kept exception once libsndfile returns."""
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.failure: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        if self.failure is not None:
+            return 0
+        try:
+            return _write_bytes(self.raw, data)
+        except BaseException as exc:  # noqa: BLE001 - kept and raised by write_frames
+            self.failure = exc
+            return 0
+
+    def write_frames(self, sink, frames: np.ndarray) -> None:
+        """``sink.write(frames)``, raising what a callback kept rather than soundfile's assert."""
+        try:
+            sink.write(frames)
+        except BaseException:
+            if self.failure is None:
+                raise
+        self.check()
+
+    def check(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
+    def read(self, n: int = -1) -> bytes:
+        return self.raw.read(n)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _write_bytes(raw, data: bytes) -> int:
+    """The one place bytes reach a staged file (tests make it fail: a full disk, a signal)."""
+    return raw.write(data)
+
+
+@contextmanager
+def staged_file(path: Path) -> Iterator[StagedFile]:
+    """Write ``path`` atomically: the block writes a temporary file in the same folder, which is
+    renamed onto ``path`` when the block succeeds and removed when it fails. An OSError while
+    writing (a full disk, a read-only file system) becomes a one-line UserError."""
     fd, tmp = temporary_in(path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "w+b") as raw:  # a file object: libsndfile never sees the (long) path
+            staged = StagedFile(raw)
+            yield staged
+            staged.check()
+            raw.flush()
+            os.fsync(raw.fileno())
         publish(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({_reason(err)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+TEMPORARY = re.compile(r"\.afxest-(?:(?P<pid>[0-9]+)-[a-z0-9_]+|[a-z0-9_]{8})\.part")
+
+
 def temporary_in(folder: Path) -> tuple[int, str]:
-    """Create a short-named temporary file in ``folder`` (same file system: atomic rename)."""
+    """Create a short-named temporary file in ``folder`` (same file system: atomic rename),
+    named after this process, after sweeping the temporaries that dead runs left there."""
+    sweep_temporaries(folder)
     try:
-        return tempfile.mkstemp(prefix=".afxest-", suffix=".part", dir=folder)
+        return tempfile.mkstemp(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=folder)
     except OSError as err:
         raise UserError(f"{folder}: cannot write here ({err.strerror})") from None
 
 
-def publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file the usual permissions and rename it onto ``path``."""
+def sweep_temporaries(folder: Path) -> None:
+    """Remove the ``.afxest-<pid>-*.part`` files and folders in ``folder`` whose process is
+    gone (killed before it could clean up), and those of versions without a pid in the name."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        match = TEMPORARY.fullmatch(name)
+        if match is None or (match["pid"] is not None and _alive(int(match["pid"]))):
+            continue
+        stale = Path(folder) / name
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or shortened(str(err)) or err.__class__.__name__
+
+
+def _permissions(path: str | Path, mode: int) -> None:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(path, mode & ~umask)
+
+
+def publish(tmp: str, path: Path) -> None:
+    """Give a finished temporary file the usual permissions and rename it onto ``path``."""
+    _permissions(tmp, 0o666)
     os.replace(tmp, path)
+
+
+class OutputSet:
+    """Files that belong together (an estimate and its audio), published all at once.
+
+    Every file is written into a hidden staging folder beside ``folder`` (``.afxest-<pid>-*.part``);
+    :meth:`publish` then renames the staging folder onto ``folder`` (one atomic step) or, when
+    ``folder`` exists, moves the files in with signals held and the ``marker`` file (the one
+    that says the set is complete) removed first and moved in last. An interrupted run leaves
+    nothing or the whole set; a killed one leaves a staging folder that the next run sweeps."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        sweep_temporaries(self.folder.parent)
+        if self.folder.is_dir():
+            sweep_temporaries(self.folder)
+        try:
+            self.stage = Path(tempfile.mkdtemp(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=self.folder.parent))
+        except OSError as err:
+            raise UserError(f"{self.folder.parent}: cannot write here ({err.strerror})") from None
+
+    def path(self, name: str) -> Path:
+        """Where the file ``name`` of the set is written before publishing."""
+        return self.stage / name
+
+    def publish(self, marker: str, obsolete: Iterable[Path] = ()) -> list[Path]:
+        """Publish the staged files (``marker`` last) and remove ``obsolete`` files of an
+        earlier set; returns the published paths."""
+        from afxest.interrupt import deferred
+
+        names = sorted(os.listdir(self.stage), key=lambda n: (n == marker, n))
+        try:
+            with deferred():
+                if not self.folder.exists():
+                    _permissions(self.stage, 0o777)
+                    os.rename(self.stage, self.folder)
+                else:
+                    (self.folder / marker).unlink(missing_ok=True)
+                    for path in obsolete:
+                        path.unlink(missing_ok=True)
+                    for name in names:
+                        os.replace(self.stage / name, self.folder / name)
+                    self.stage.rmdir()
+        except OSError as err:
+            self.discard()
+            raise UserError(f"{self.folder}: cannot write ({_reason(err)})") from None
+        return [self.folder / n for n in names]
+
+    def discard(self) -> None:
+        """Remove the staging folder and everything in it."""
+        shutil.rmtree(self.stage, ignore_errors=True)

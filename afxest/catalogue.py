@@ -13,6 +13,10 @@ from typing import Literal
 from afxest.params import Param
 
 _DB_LIMIT = 120.0  # beyond +-120 dB a gain leaves float32's useful range
+# JUCE (inside pedalboard) turns a level of -100 dB or below into a gain of exactly 0: Gain and
+# Clipping then output silence, shelves silence and peaks NaN, while ddsp keeps 10^(dB/20).
+# Levels must be above it, where the two engines agree.
+_DB_FLOOR = -100.0
 
 CUTOFF = Param(
     "cutoff_frequency_hz", "Hz", "corner (shelves) or centre (peak) frequency",
@@ -20,9 +24,12 @@ CUTOFF = Param(
 )
 FILTER_GAIN = Param(
     "gain_db", "dB", "gain of the shelf or peak; A = 10^(gain_db / 40)",
-    minimum=-_DB_LIMIT, maximum=_DB_LIMIT,
+    minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False,
 )
-Q = Param("q", "", "quality factor (RBJ cookbook Q form)", minimum=0.0, minimum_inclusive=False)
+# pedalboard takes q as a float32 (below 1.2e-38 it refuses it or outputs NaN), and the ddsp
+# biquads' impulse responses, which they render whole, grow as 1/q and as q: beyond 0.01..100
+# a filter is no longer an equaliser's band (a notch or a flat line) and ddsp cannot hold it.
+Q = Param("q", "", "quality factor (RBJ cookbook Q form)", minimum=0.01, maximum=100.0)
 THRESHOLD = Param(
     "threshold_db", "dBFS", "compressor threshold; no gain change below it",
     minimum=-200.0, maximum=_DB_LIMIT, minimum_inclusive=False,
@@ -30,10 +37,10 @@ THRESHOLD = Param(
 RATIO = Param("ratio", ":1", "compression ratio above the threshold", minimum=1.0)
 ATTACK = Param("attack_ms", "ms", "attack time of the peak ballistics filter", minimum=0.0)
 RELEASE = Param("release_ms", "ms", "release time of the peak ballistics filter", minimum=0.0)
-GAIN = Param("gain_db", "dB", "broadband gain", minimum=-_DB_LIMIT, maximum=_DB_LIMIT)
+GAIN = Param("gain_db", "dB", "broadband gain", minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False)
 CLIP_THRESHOLD = Param(
     "threshold_db", "dBFS", "hard clipping level, 10^(threshold_db / 20)",
-    minimum=-200.0, maximum=_DB_LIMIT, minimum_inclusive=False,
+    minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False,
 )
 CARRIER = Param(
     "carrier_hz", "Hz", "carrier frequency f_c (DAFx Eq. 19)",
@@ -49,7 +56,7 @@ FREQ_RATIO = Param(
 )
 DURATION = Param(
     "duration_s", "s", "length of the synthesised sound",
-    minimum=0.0, minimum_inclusive=False, maximum=3600.0,
+    minimum=0.0, minimum_inclusive=False, maximum=3600.0, one_sample=True,
 )
 
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from afxest import __version__
-from afxest.errors import UserError
+from afxest.errors import UserError, shortened
 
 app = typer.Typer(
     name="afxest",
@@ -25,6 +25,8 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 err = Console(stderr=True, highlight=False)
+SEED_MAX = 2**63 - 1  # seeds are 64-bit signed integers for torch and numpy alike
+MAX_SAMPLES = 1000  # estimate --samples: scoring holds about 1 MB per candidate and 5 s window
 
 
 class Engine(str, Enum):
@@ -143,7 +145,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Global batch size; default: the task's.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate; default: the task's.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed (data, parameters, initialisation).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (data, parameters, initialisation).")] = 0,
     val_items: Annotated[int, typer.Option(min=1, help="Validation items (fixed for a seed).")] = 128,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 200,
     checkpoint_every: Annotated[int, typer.Option(min=1, help="Write last.pt every N steps.")] = 50,
@@ -188,7 +190,7 @@ def train_proxy(
     blocks: Annotated[Optional[int], typer.Option(min=1, help="TCN blocks (dilation growth^k in block k).", show_default=False)] = None,
     dilation_growth: Annotated[Optional[int], typer.Option(min=1, help="Dilation factor between blocks.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     val_items: Annotated[Optional[int], typer.Option(min=1, help="Validation excerpts (fixed for a seed).", show_default=False)] = None,
     val_every: Annotated[Optional[int], typer.Option(min=1, help="Validate every N steps.", show_default=False)] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(min=1, help="Write last.pt every N steps.", show_default=False)] = None,
@@ -229,13 +231,13 @@ def estimate(
         typer.Option("--dry", help="Dry file(s), paired with the wet files in order (repeat --dry), one for all, or a folder matched by file name.", show_default=False),
     ] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name (see afxest models) or checkpoint path; default: master, else eq.", show_default=False)] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Candidates to draw from the posterior.")] = 10,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Candidates to draw from the posterior.")] = 10,
     engine: Annotated[EstimateEngine, typer.Option(help="Renderer for ranking with a dry file: pedalboard (the real plugins) or ddsp.")] = EstimateEngine.pedalboard,
     refine: Annotated[int, typer.Option(min=0, help="Gradient steps to refine the best candidates (0: none).")] = 0,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder that receives <wet name>/estimate.json and audio.")] = Path("."),
     json_out: Annotated[bool, typer.Option("--json", help="Print each estimate as one JSON line on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu or cuda.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed (the same seed gives the same estimate).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (the same seed gives the same estimate).")] = 0,
     audio_all: Annotated[bool, typer.Option("--audio-all", help="Write the audio of every candidate, not only the best.")] = False,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Write no audio.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing estimates.")] = False,
@@ -280,6 +282,8 @@ def estimate(
 
     def on_result(result) -> None:
         _print_wide(candidates_table(result.document))
+        for warning in result.warnings:
+            _say(warning, warning=True)
         audio = sum(1 for c in result.document["candidates"] if c["audio"])
         _say(f"wrote {result.folder / 'estimate.json'}" + (f" and {audio} audio file{'s' * (audio > 1)}" if audio else ""))
         if json_out:
@@ -349,8 +353,8 @@ def evaluate(
     model: Annotated[str, typer.Option(help="Model name (see afxest models) or checkpoint path.", show_default=False)],
     data: Annotated[Optional[Path], typer.Option(help="Folder of music (its test split); default: procedural audio (fm needs none).")] = None,
     n: Annotated[int, typer.Option("--n", min=1, help="Test items.")] = 256,
-    samples: Annotated[int, typer.Option(min=1, help="Candidates per item (posterior; other models give 1).")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of the test items and the samples.")] = 0,
+    samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Candidates per item (posterior; other models give 1).")] = 10,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the test items and the samples.")] = 0,
     out: Annotated[Path, typer.Option("--out", help="Folder for report.md, results.csv and the figures.")] = Path("evaluation"),
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
     figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Write the paper's Figs. 4-8 that apply as PNG files (needs matplotlib: the plots extra).")] = True,
@@ -407,29 +411,52 @@ def _rows_table(rows: list[list[str]], title: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the app and maps every failure to an exit code and one line."""
+    """Console entry point: runs the app and maps every failure to an exit code and one line.
+
+    SIGINT and SIGTERM take one path (:mod:`afxest.interrupt`): exit 130 or 143, one line."""
+    from afxest import interrupt
+
+    previous = interrupt.install()
+    try:
+        return _run(argv)
+    except (interrupt.Interrupted, KeyboardInterrupt) as exc:
+        return _interrupted(exc)
+    finally:
+        interrupt.restore(previous)
+
+
+def _interrupted(exc: BaseException) -> int:
+    from afxest.interrupt import exit_code_of
+
+    code = exit_code_of(exc)
+    print(f"afxest: interrupted ({'SIGTERM' if code == 143 else 'SIGINT' if code == 130 else f'signal {code - 128}'})", file=sys.stderr)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="afxest", standalone_mode=False)
-    except typer.Exit as exc:
+    except typer.Exit as exc:  # typer turns a KeyboardInterrupt into Exit(130)
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            return _interrupted(exc.__cause__)
         return exc.exit_code
     except typer.TyperException as exc:  # bad usage: unknown option, invalid choice, ...
         ctx = getattr(exc, "ctx", None)
         name = ctx.command_path if ctx is not None else "afxest"
         print(f"{name}: error: {exc.format_message()}", file=sys.stderr)
         return 2
-    except typer.Abort:
-        print("afxest: interrupted", file=sys.stderr)
-        return 130
+    except typer.Abort as exc:  # click turns a KeyboardInterrupt into Abort
+        cause = exc.__cause__ or exc.__context__
+        return _interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
     except UserError as exc:
         print(f"afxest: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("afxest: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
         print(
-            f"afxest: internal error: {exc.__class__.__name__}: {exc} "
+            f"afxest: internal error: {exc.__class__.__name__}: {shortened(str(exc))} "
             "(please report it; set AFXEST_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )

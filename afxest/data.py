@@ -35,13 +35,41 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("afxest"))
 
 
+def _position(relative_path: str) -> float:
+    """A file's place in [0, 1) by a hash of its relative path."""
+    return int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") / 2**64
+
+
 def split_of(relative_path: str) -> Split:
     """Deterministic train/val/test assignment of a file by a hash of its relative path (80/10/10)."""
-    u = int.from_bytes(hashlib.sha256(relative_path.encode()).digest()[:8], "big") / 2**64
+    u = _position(relative_path)
     for name, (lo, hi) in SPLIT_FRACTIONS.items():
         if lo <= u < hi:
             return name  # type: ignore[return-value]
     return "test"
+
+
+def folder_splits(relative_paths: list[str]) -> dict[str, Split]:
+    """The split of each file of a folder: :func:`split_of`, except that a folder of two or more
+    files whose hash split leaves no train or no validation file lends one: the validation file
+    is the train file (or, without two of those, the test file) nearest the validation range,
+    and a missing train file is the test file nearest the train range. A folder whose hash split
+    has both (any folder of a few dozen files or more, in practice) keeps it unchanged."""
+    splits = {p: split_of(p) for p in relative_paths}
+    if len(splits) < 2:
+        return splits
+
+    def members(name: str) -> list[str]:
+        return sorted((p for p, s in splits.items() if s == name), key=_position)
+
+    if not members("val"):
+        train = members("train")
+        donor = train[-1] if len(train) >= 2 else members("test")[0] if members("test") else train[-1]
+        splits[donor] = "val"
+    if not members("train"):
+        spare = members("test") or members("val")
+        splits[spare[0]] = "train"
+    return splits
 
 
 @dataclass(frozen=True)
@@ -56,7 +84,7 @@ class Track:
 class MusicFolder:
     """The tracks of one split of a folder of music, in any format, rate and length.
 
-    Files are assigned to splits by :func:`split_of`, so a track is never in two splits.
+    Files are assigned to splits by :func:`folder_splits`, so a track is never in two splits.
     :meth:`prepare` decodes, mixes to mono and resamples each file once into the cache; later
     runs (and epochs) read the cache through memory maps.
     """
@@ -72,7 +100,9 @@ class MusicFolder:
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
         if not files:
             raise UserError(f"{root}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
-        self.files = [p for p in files if split_of(p.relative_to(root).as_posix()) == split]
+        splits = folder_splits([p.relative_to(root).as_posix() for p in files])
+        self.files = [p for p in files if splits[p.relative_to(root).as_posix()] == split]
+        self.counts = {name: sum(1 for s in splits.values() if s == name) for name in SPLIT_FRACTIONS}
         self.tracks: list[Track] = []
 
     def prepare(self, progress: Callable[[int, int], None] | None = None) -> "MusicFolder":

@@ -57,8 +57,9 @@ from typing import Any
 
 import numpy as np
 
-from afxest.audio import publish, temporary_in
+from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, staged_file
 from afxest.data import AUDIO_SUFFIXES
+from afxest.engines import board
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT
 AUDIO_CHOICES = ("top", "all", "none")
@@ -174,20 +175,6 @@ class _Buffer:
         return self.data[:frames]
 
 
-def _open_audio(path: Path):
-    import soundfile
-
-    if not path.exists():
-        raise UserError(f"{path}: no such file")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not an audio file")
-    try:
-        return soundfile.SoundFile(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as err:
-        detail = str(err).split(":")[-1].strip() or "format not recognised"
-        raise UserError(f"{path}: not a readable audio file ({detail})") from None
-
-
 def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_RESAMPLING) -> Signal:
     """Read an audio file block by block, mixed to mono and resampled to ``rate`` as it goes.
 
@@ -198,10 +185,12 @@ def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_R
     import soundfile
 
     path = Path(path)
-    with _open_audio(path) as f:
+    with open_audio(path) as f:
         file_rate, channels = int(f.samplerate), int(f.channels)
         resampler = None if file_rate == rate else _StreamResampler(file_rate, rate, quality)
-        hint = int(f.frames) if f.frames and f.frames > 0 else READ_BLOCK
+        # the header's frame count sizes the buffer, but never beyond what the file's bytes can
+        # hold at one byte per frame (a hostile header cannot make it allocate more)
+        hint = max(READ_BLOCK, min(int(f.frames or 0), path.stat().st_size))
         out = _Buffer(hint if resampler is None else resampler.frames_out(hint) + 1)
         total = 0
         while True:
@@ -279,17 +268,6 @@ def pair_inputs(wets: Sequence[Path], drys: Sequence[Path]) -> list[Job]:
     return [Job(w, d) for w, d in zip(wets, drys)]
 
 
-def check_out_dir(out: Path) -> Path:
-    out = Path(out)
-    if not out.exists():
-        raise UserError(f"{out}: output folder does not exist")
-    if not out.is_dir():
-        raise UserError(f"{out}: output must be a folder")
-    if not os.access(out, os.W_OK):
-        raise UserError(f"{out}: output folder is not writable")
-    return out
-
-
 def check_stems(jobs: Sequence[Job]) -> None:
     """Refuse two wet files whose outputs would land in the same ``DIR/<stem>`` folder."""
     seen: dict[str, Path] = {}
@@ -353,6 +331,7 @@ class EstimateResult:
     folder: Path
     document: dict[str, Any]
     written: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def windows_of(frames: int, task) -> list[tuple[int, int]]:
@@ -377,12 +356,6 @@ def _usable(wet: np.ndarray, windows: Sequence[tuple[int, int]]) -> list[int]:
     if loudest not in usable:
         usable = sorted(usable + [loudest])
     return usable
-
-
-def _board(preset):
-    import pedalboard
-
-    return pedalboard.Pedalboard([getattr(pedalboard, e.spec.plugin)(**e.params) for e in preset.effects])
 
 
 LONG_FILE_SECONDS = 60.0
@@ -411,13 +384,13 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
     the start (state carried over, blocks on pedalboard's own 8192-sample grid), so the windows
     are exactly slices of ``pedalboard`` applied to the whole signal in one call. Windows must
     be consecutive; at most a window and a block per preset are held."""
-    boards = [_board(p) for p in presets]
+    boards = [board(p) for p in presets]
     done, start = 0, 0  # rendered up to `done`; `held` starts at `start`
     held = np.zeros((len(boards), 0), np.float32)
     for a, b in windows:
         while done < b:
             x = dry[None, done : min(done + READ_BLOCK, dry.shape[0])]
-            block = np.stack([board(x, float(rate), reset=False)[0] for board in boards])
+            block = np.stack([chain(x, float(rate), reset=False)[0] for chain in boards])
             held = np.concatenate([held, block], axis=1)
             done += x.shape[1]
         yield held[:, a - start : b - start]
@@ -438,12 +411,12 @@ def scored_windows(use: Sequence[int], limit: int | None = None) -> list[int]:
 def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
     """Yield each window of every preset's pedalboard rendering, (M, T), each rendered afresh
     from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
-    boards = [_board(p) for p in presets]
+    boards = [board(p) for p in presets]
     preroll = int(round(SCORE_PREROLL_SECONDS * rate))
     for a, b in windows:
         start = max(0, a - preroll)
         x = dry[None, start:b]
-        yield np.stack([board(x, float(rate))[0, a - start :] for board in boards])
+        yield np.stack([chain(x, float(rate))[0, a - start :] for chain in boards])
 
 
 def _finite(x: float | None) -> float | None:
@@ -853,38 +826,33 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
 
     from afxest.engines import render
 
-    fd, tmp = temporary_in(out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if dry_path is None:
-                y = render(preset, None, int(round(preset.sample_rate)), engine)
-                soundfile.write(fh, y.T, int(round(preset.sample_rate)), subtype="FLOAT", format="WAV")
-            else:
-                with _open_audio(dry_path) as f:
-                    rate, channels = int(f.samplerate), int(f.channels)
-                    board = _board(preset) if engine == "pedalboard" else None
-                    clip = int(round(task.clip_seconds * rate))
-                    with soundfile.SoundFile(fh, "w", rate, channels, subtype="FLOAT", format="WAV") as sink:
-                        while True:
-                            if board is not None:
-                                x = f.read(READ_BLOCK, dtype="float32", always_2d=True)
-                            else:  # the analysis windows: clips, the last one taking the rest
-                                left = f.frames - f.tell()
-                                x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
-                            if x.shape[0] == 0:
-                                break
-                            x = np.ascontiguousarray(x.T)
-                            if board is not None:
-                                y = board(x, float(rate), reset=False)
-                            else:
-                                y = render(preset, x, rate, "ddsp")
-                            if not np.isfinite(y).all():
-                                raise RuntimeError("rendering produced non-finite audio")
-                            sink.write(y.T)
-        publish(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged_file(out) as fh:
+        if dry_path is None:
+            y = render(preset, None, int(round(preset.sample_rate)), engine)
+            with soundfile.SoundFile(fh, "w", int(round(preset.sample_rate)), 1, subtype="FLOAT", format="WAV") as sink:
+                fh.write_frames(sink, y.T)
+            return
+        with open_audio(dry_path) as f:
+            rate, channels = int(f.samplerate), int(f.channels)
+            chain = board(preset) if engine == "pedalboard" else None
+            clip = int(round(task.clip_seconds * rate))
+            with soundfile.SoundFile(fh, "w", rate, channels, subtype="FLOAT", format="WAV") as sink:
+                while True:
+                    if chain is not None:
+                        x = f.read(READ_BLOCK, dtype="float32", always_2d=True)
+                    else:  # the analysis windows: clips, the last one taking the rest
+                        left = f.frames - f.tell()
+                        x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
+                    if x.shape[0] == 0:
+                        break
+                    x = np.ascontiguousarray(x.T)
+                    if chain is not None:
+                        y = chain(x, float(rate), reset=False)
+                    else:
+                        y = render(preset, x, rate, "ddsp")
+                    if not np.isfinite(y).all():
+                        raise RuntimeError("rendering produced non-finite audio")
+                    fh.write_frames(sink, y.T)
 
 
 def estimate_file(
@@ -896,11 +864,12 @@ def estimate_file(
 ) -> EstimateResult:
     """Estimate one file and write ``out_dir/<wet stem>/estimate.json`` and its audio.
 
-    Every check (inputs, lengths, existing outputs, the presets' validity at the dry's rate)
-    comes before the first write; a failure while writing removes what this call wrote.
+    Every check (inputs, lengths, existing outputs) comes before the first write. The files are
+    one :class:`afxest.audio.OutputSet`: staged, then published together, so an interrupted or
+    failed run leaves nothing, never audio without its estimate. A candidate that cannot be
+    rendered at the dry file's own rate (a cutoff above its Nyquist frequency) gets no audio
+    and a warning; the estimate is still written.
     """
-    from afxest.audio import atomic_write_text
-
     if job.problem:
         raise UserError(job.problem)
     folder = Path(out_dir) / job.wet.stem
@@ -910,38 +879,57 @@ def estimate_file(
     earlier = [p for p in _candidate_files(folder) if p.name not in names]
     _check_outputs(folder, names + [p.name for p in earlier], inputs, options.force)
     document, presets, dry = estimator.estimate(job.wet, job.dry, options, progress)
+    warnings = meaningless_ranking(document, job, dry)
     task = estimator.task
     can_render = dry is not None or task.has_source
     count = 0 if not can_render else {"top": 1, "all": len(presets), "none": 0}[options.audio]
+    ranks = list(range(1, count + 1))
     if dry is not None:
-        for rank in range(1, count + 1):
-            presets[rank - 1].check_sample_rate(dry.file_rate, f"{job.dry}: candidate {rank} at {dry.file_rate} Hz")
-    written: list[Path] = []
-    created = not folder.exists()
+        problems = {}
+        for rank in ranks:
+            try:
+                presets[rank - 1].check_sample_rate(dry.file_rate, f"candidate {rank}")
+            except UserError as err:
+                problems[rank] = str(err)
+        if problems:
+            ranks = [r for r in ranks if r not in problems]
+            first = next(iter(problems.values()))
+            warnings.append(
+                f"{job.dry}: no audio for candidate{'s' * (len(problems) > 1)} {', '.join(map(str, problems))}: "
+                f"it cannot be rendered at the dry file's {dry.file_rate} Hz ({first})"
+            )
+    make_folder(out_dir)
+    staged = OutputSet(folder)
     try:
-        folder.mkdir(exist_ok=True)
-        for rank in range(1, count + 1):
-            path = folder / _audio_name(rank)
-            render_to_file(presets[rank - 1], job.dry, path, options.engine, task)
-            written.append(path)
-            document["candidates"][rank - 1]["audio"] = path.name
-        path = folder / "estimate.json"
-        atomic_write_text(path, json.dumps(document, indent=2) + "\n")
-        written.append(path)
+        for rank in ranks:
+            render_to_file(presets[rank - 1], job.dry, staged.path(_audio_name(rank)), options.engine, task)
+            document["candidates"][rank - 1]["audio"] = _audio_name(rank)
+        atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
         # --force replaces the whole estimate: audio of an earlier run's ranks this run did not
         # render would otherwise sit beside a document that no longer describes it
-        for stale in (p for p in _candidate_files(folder) if p not in written):
-            stale.unlink(missing_ok=True)
+        keep = {_audio_name(rank) for rank in ranks}
+        written = staged.publish("estimate.json", [p for p in _candidate_files(folder) if p.name not in keep])
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        if created:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+        staged.discard()
         raise
-    return EstimateResult(job.wet, folder, document, written)
+    return EstimateResult(job.wet, folder, document, written, warnings)
+
+
+def meaningless_ranking(document: dict[str, Any], job: Job, dry: Signal | None) -> list[str]:
+    """A warning when ranking by reconstruction cannot mean anything: the wet file is its own
+    dry file, the dry is silent, or every candidate has the same loss."""
+    losses = [c["loss"] for c in document["candidates"]]
+    if dry is None or any(v is None for v in losses):
+        return []
+    if os.path.samefile(job.dry, job.wet):
+        reason = "the wet file is also the dry file, so no effect separates them"
+    elif float(np.max(np.abs(dry.samples), initial=0.0)) < SILENT_PEAK:
+        reason = "the dry file is silent, so every candidate renders silence"
+    elif len(losses) > 1 and max(losses) - min(losses) <= 1e-6 * max(1.0, abs(max(losses))):
+        reason = "every candidate has the same loss"
+    else:
+        return []
+    return [f"{job.wet}: the ranking by {document['ranked_by']} means nothing: {reason}"]
 
 
 def run_batch(

@@ -31,7 +31,8 @@ class Param:
 
     ``minimum``/``maximum`` bound the valid values (``None``: unbounded);
     ``*_inclusive`` says whether the bound itself is valid. ``below_nyquist`` adds the bound
-    value < sample_rate / 2, checked against the sample rate in use.
+    value < sample_rate / 2, and ``one_sample`` (a duration) value >= 1 / sample_rate, both
+    checked against the sample rate in use.
     """
 
     name: str
@@ -42,6 +43,7 @@ class Param:
     minimum_inclusive: bool = True
     maximum_inclusive: bool = True
     below_nyquist: bool = False
+    one_sample: bool = False
 
     def problem(self, value: float, sample_rate: float | None = None) -> str | None:
         """Why ``value`` is not a valid physical value, or None when it is."""
@@ -59,6 +61,8 @@ class Param:
                 f"{self.name} must be below the Nyquist frequency ({sample_rate / 2:g} Hz "
                 f"at {sample_rate:g} Hz), got {value:g}"
             )
+        if self.one_sample and sample_rate is not None and value * sample_rate < 1:
+            return f"{self.name} must last at least one sample ({1 / sample_rate:g} s at {sample_rate:g} Hz), got {value:g}"
         return None
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from afxest.catalogue import EFFECT_TYPES, PROCESSORS, SOURCE_TYPES, ProcessorType
-from afxest.errors import UserError
+from afxest.errors import UserError, brief, shortened
 
 PRESET_FORMAT = "afxest-preset/1"
 ESTIMATE_FORMAT = "afxest-estimate/1"
@@ -78,10 +78,10 @@ def parse_preset(doc: Any, where: str) -> Preset:
         raise UserError(f"{where}: a preset must be a JSON object")
     fmt = doc.get("format")
     if fmt != PRESET_FORMAT:
-        raise UserError(f"{where}: format must be {PRESET_FORMAT!r}, got {fmt!r}")
+        raise UserError(f"{where}: format must be {PRESET_FORMAT!r}, got {brief(fmt)}")
     unknown = sorted(set(doc) - {"format", "task", "sample_rate", "effects", "source"})
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r}")
+        raise UserError(f"{where}: unknown key {brief(unknown[0])}")
     task = doc.get("task")
     if task is not None and not isinstance(task, str):
         raise UserError(f"{where}: task must be a string or null")
@@ -111,13 +111,13 @@ def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate
         raise UserError(f"{where}: must be a JSON object")
     kind = doc.get("type")
     if kind not in allowed:
-        raise UserError(f"{where}: unknown type {kind!r} (expected one of {', '.join(allowed)})")
+        raise UserError(f"{where}: unknown type {brief(kind)} (expected one of {', '.join(allowed)})")
     spec = PROCESSORS[kind]
     where = f"{where} ({kind})"
     names = [p.name for p in spec.params]
     extra = [k for k in doc if k != "type" and k not in names]
     if extra:
-        raise UserError(f"{where}: unknown parameter {extra[0]!r} (expected {', '.join(names)})")
+        raise UserError(f"{where}: unknown parameter {brief(extra[0])} (expected {', '.join(names)})")
     params: dict[str, float] = {}
     for p in spec.params:
         if p.name not in doc:
@@ -132,7 +132,7 @@ def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate
 
 def _number(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{where} must be a number, got {json.dumps(value)}")
+        raise UserError(f"{where} must be a number, got {shortened(json.dumps(value))}")
     try:
         value = float(value)
     except OverflowError:
@@ -152,11 +152,30 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read as UTF-8 text ({err.__class__.__name__})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKey as err:
+        raise UserError(f"{path}: invalid JSON (the key {brief(err.key)} appears twice in one object)") from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     except (ValueError, RecursionError) as err:  # over-long numbers, absurd nesting
         raise UserError(f"{path}: invalid JSON ({str(err).splitlines()[0] or err.__class__.__name__})") from None
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice (JSON parsers disagree on which one wins)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def load_preset(path: str | os.PathLike[str], candidate: int = 1) -> Preset:
@@ -200,6 +219,8 @@ def json_schema() -> dict[str, Any]:
                 s["maximum" if p.maximum_inclusive else "exclusiveMaximum"] = p.maximum
             if p.below_nyquist:
                 s["description"] += "; must be below sample_rate / 2"
+            if p.one_sample:
+                s["description"] += "; at least one sample (1 / sample_rate)"
             props[p.name] = s
         return {
             "type": "object",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from afxest.audio import check_output_path, read_audio, write_audio
-from afxest.engines import default_engine, render
+from afxest.audio import check_output_path, check_output_size, read_audio, write_audio, write_audio_blocks
+from afxest.engines import check_ddsp, default_engine, render, render_source_blocks, source_frames
 from afxest.errors import UserError
 from afxest.presets import load_preset
 
@@ -53,21 +53,31 @@ def render_file(
         if preset.source is None:
             raise UserError(f"{preset_path}: preset has no source, so it needs a dry file: afxest render DRY PRESET")
         audio, sample_rate = None, int(round(preset.sample_rate))
+        channels, frames = 1, source_frames(preset, sample_rate)
     else:
         if preset.source is not None:
             raise UserError(f"{preset_path}: preset has a synth source; render it without a dry file")
         audio, sample_rate = read_audio(dry)
+        channels, frames = audio.shape
         preset.check_sample_rate(sample_rate, f"{preset_path} at {dry}'s {sample_rate} Hz")
+    check_output_size(out, frames, channels, bit_depth)
     engine = engine or default_engine(preset)
     if engine == "pedalboard" and not all(e.spec.plugin for e in preset.effects):
         raise UserError(f"{preset_path}: some effects have no pedalboard plugin; use --engine ddsp")
-    wet = render(preset, audio, sample_rate, engine)
-    report = write_audio(out, wet, sample_rate, bit_depth)
+    if engine == "ddsp":
+        try:
+            check_ddsp(preset, sample_rate)
+        except UserError as err:
+            raise UserError(f"{preset_path}: {err}") from None
+    if audio is None:  # a synth: streamed, never held whole
+        report = write_audio_blocks(out, render_source_blocks(preset, sample_rate, engine), 1, sample_rate, bit_depth)
+    else:
+        report = write_audio(out, render(preset, audio, sample_rate, engine), sample_rate, bit_depth)
     return RenderReport(
         out=report.path,
         engine=engine,
-        channels=wet.shape[0],
+        channels=channels,
         sample_rate=sample_rate,
-        frames=wet.shape[1],
+        frames=frames,
         clipped_samples=report.clipped_samples,
     )

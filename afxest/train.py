@@ -246,11 +246,12 @@ def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:
 
     A new run needs a new or empty folder (one holding only config.json / metrics.jsonl is a
     run that never checkpointed and may start again); ``resume`` needs its last.pt."""
+    from afxest.audio import check_out_dir
+
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if not out.parent.is_dir():
-        raise UserError(f"{out}: parent folder {out.parent} does not exist")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; --out needs a folder")
+    check_out_dir(out)  # a missing folder is created, with its parents
     if resume:
         if not last_path.exists():
             raise UserError(f"{out}: nothing to resume (no last.pt)")
@@ -334,7 +335,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if is_main:
-        out.mkdir(exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         if not config.resume:
             for stale in ("config.json", "metrics.jsonl"):
                 (out / stale).unlink(missing_ok=True)
@@ -353,7 +354,13 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             folder = MusicFolder(Path(config.data), task.sample_rate, split, min_seconds=task.clip_seconds)
             folder.prepare()
             if not folder.tracks:
-                raise UserError(f"{config.data}: no usable {split} tracks of at least {task.clip_seconds} s")
+                files = sum(folder.counts.values())
+                if files < 2:
+                    raise UserError(f"{config.data}: holds {files} audio file; training needs at least 2 (one to train on, one to validate)")
+                raise UserError(
+                    f"{config.data}: no {split} track to use: of its {files} files, {folder.counts[split]} went to {split} "
+                    f"and {len(folder.files) - len(folder.tracks)} of those are unreadable or shorter than {task.clip_seconds:g} s"
+                )
             folders[split] = folder
         say(
             f"data: {config.data}: {len(folders['train'].tracks)} train tracks "

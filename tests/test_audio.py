@@ -262,27 +262,44 @@ def test_write_refuses_unsupported_formats(tmp_path: Path, name: str, bit_depth:
     assert listing(tmp_path) == []
 
 
-def test_write_failure_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def disk_full_after(monkeypatch: pytest.MonkeyPatch, calls: int, folder: Path | None = None, seen: list | None = None) -> None:
+    """Make the staged-file writes fail like a full disk (ENOSPC) after ``calls`` writes."""
+    import errno
+
+    import afxest.audio
+
+    real = afxest.audio._write_bytes
+    count = [0]
+
+    def write(raw, data: bytes) -> int:
+        if seen is not None and folder is not None:
+            seen.append(sorted(p.name for p in folder.iterdir()))
+        count[0] += 1
+        if count[0] > calls:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(raw, data)
+
+    monkeypatch.setattr(afxest.audio, "_write_bytes", write)
+
+
+@pytest.mark.parametrize("calls", [0, 1])  # the header fails, or the samples after it
+def test_a_full_disk_is_one_user_error_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calls: int
+) -> None:
     (tmp_path / "keep.txt").write_text("x")
-    calls = []
-
-    def failing_write(file, *args, **kwargs):
-        calls.append([p.name for p in tmp_path.iterdir() if p.name != "keep.txt"])
-        file.write(b"partial")  # a half-written temporary file must still go
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(soundfile, "write", failing_write)
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_audio(tmp_path / "o.wav", np.zeros((1, 10), np.float32), 8000)
-    assert calls and len(calls[0]) == 1  # the temporary file was in the target folder
+    seen: list = []
+    disk_full_after(monkeypatch, calls, tmp_path, seen)
+    with pytest.raises(UserError, match=r"o\.wav: cannot write \(No space left on device\)"):
+        write_audio(tmp_path / "o.wav", np.zeros((1, 100000), np.float32), 8000)
+    assert any(len(names) == 2 for names in seen)  # the temporary file was in the target folder
     assert listing(tmp_path) == ["keep.txt"]
 
 
 def test_write_failure_keeps_the_existing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "o.wav"
     target.write_bytes(b"old content")
-    monkeypatch.setattr(soundfile, "write", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
-    with pytest.raises(OSError):
+    disk_full_after(monkeypatch, 0)
+    with pytest.raises(UserError):
         write_audio(target, np.zeros((1, 10), np.float32), 8000)
     assert target.read_bytes() == b"old content"
     assert listing(tmp_path) == ["o.wav"]
@@ -313,7 +330,7 @@ def test_atomic_write_text_failure_leaves_no_temporary_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(audio.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"o\.json: cannot write \(rename failed\)"):
         audio.atomic_write_text(tmp_path / "o.json", "{}")
     assert listing(tmp_path) == []
 

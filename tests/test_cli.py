@@ -368,19 +368,52 @@ def test_internal_failure_traceback_with_debug(work: Work, monkeypatch: pytest.M
     assert "ZeroDivisionError" in err and "Traceback" in err
 
 
-def test_write_failure_exits_1_and_leaves_no_temporary_file(
-    work: Work, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
-    def failing_write(file, *args, **kwargs):
-        file.write(b"half a file") if hasattr(file, "write") else Path(file).write_bytes(b"half a file")
-        raise OSError("No space left on device")
+def fail_writes_after(monkeypatch: pytest.MonkeyPatch, calls: int, failure: Callable[[], None]) -> None:
+    """Make the bytes of staged files fail (``failure()`` raises or signals) after ``calls``
+    writes: libsndfile sees them through a cffi callback, where an exception only printed a
+    traceback before (issue 12, rows 1 and 2)."""
+    import afxest.audio
 
-    monkeypatch.setattr(soundfile, "write", failing_write)
+    real = afxest.audio._write_bytes
+    count = [0]
+
+    def write(raw, data: bytes) -> int:
+        count[0] += 1
+        if count[0] > calls:
+            failure()
+        return real(raw, data)
+
+    monkeypatch.setattr(afxest.audio, "_write_bytes", write)
+
+
+def _disk_full() -> None:
+    import errno
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("calls", [0, 1, 3])  # the header, the first samples, later samples
+def test_a_full_disk_exits_2_with_one_line_and_leaves_nothing(
+    work: Work, monkeypatch: pytest.MonkeyPatch, capsys, calls: int
+) -> None:
+    fail_writes_after(monkeypatch, calls, _disk_full)
     before = snapshot(work.root, folder_times=False)
     rc, _, err = cli(["render", work.dry, work.preset, "-o", work.out], capsys)
-    assert rc == 1
-    assert len(err_lines(err)) == 1 and "No space left on device" in err
+    assert rc == 2, err
+    assert err_lines(err) == [f"afxest: error: {work.out}: cannot write (No space left on device)"], err
     assert snapshot(work.root, folder_times=False) == before  # the temporary file is gone
+
+
+@pytest.mark.parametrize("signum, code, name", [(2, 130, "SIGINT"), (15, 143, "SIGTERM")])
+def test_a_signal_while_audio_is_written_exits_128_plus_it_with_one_line(
+    work: Work, monkeypatch: pytest.MonkeyPatch, capsys, signum: int, code: int, name: str
+) -> None:
+    fail_writes_after(monkeypatch, 2, lambda: os.kill(os.getpid(), signum))
+    before = snapshot(work.root, folder_times=False)
+    rc, _, err = cli(["render", work.dry, work.preset, "-o", work.out], capsys)
+    assert rc == code, err
+    assert err_lines(err) == [f"afxest: interrupted ({name})"], err
+    assert snapshot(work.root, folder_times=False) == before
 
 
 # --- rendering -------------------------------------------------------------------------------

@@ -401,7 +401,7 @@ def _bad_cases(tmp: Path, models: dict[str, Path], pair: tuple[Path, Path]) -> d
         "corrupt model": ([wet, "--model", tmp / "corrupt.pt"], "not an afxest checkpoint"),
         "incompatible model": ([wet, "--model", tmp / "other.pt"], "incompatible model"),
         "unknown model": ([wet, "--model", "nosuchmodel"], "unknown model 'nosuchmodel'"),
-        "missing out dir": ([wet, *m, "-o", tmp / "nowhere"], "does not exist"),
+        "out is a file": ([wet, *m, "-o", wet], "output must be a folder"),
         "dry count": ([wet, wet, "--dry", dry, "--dry", dry, "--dry", dry, *m], "3 dry files"),
         "audio flags": ([wet, *m, "--audio-all", "--no-audio"], "not both"),
         "refine without dry": ([wet, *m, "--refine", 2], "needs a dry file"),
@@ -412,7 +412,7 @@ def _bad_cases(tmp: Path, models: dict[str, Path], pair: tuple[Path, Path]) -> d
 
 CASES = [
     "missing wet", "unreadable wet", "no samples", "NaN wet", "silent wet", "too short", "lengths differ",
-    "near lengths ok", "corrupt model", "incompatible model", "unknown model", "missing out dir", "dry count",
+    "near lengths ok", "corrupt model", "incompatible model", "unknown model", "out is a file", "dry count",
     "audio flags", "refine without dry", "same stem", "bad samples",
 ]
 

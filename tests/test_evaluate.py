@@ -163,6 +163,8 @@ def test_music_folder_uses_the_test_split(eq_run, tmp_path, monkeypatch):
     sr = loaded.task.sample_rate
     sf.write(music / test_name, procedural_music(rng, 6 * sr, sr), sr)
     sf.write(music / other, np.zeros(6 * sr, np.float32), sr)  # silent: would be a poor input baseline
+    # a validation file too: a folder without one lends a file to validation (issue 12), possibly the test one
+    sf.write(music / next(n for n in names if split_of(n) == "val"), np.zeros(6 * sr, np.float32), sr)
     messages: list[str] = []
     result = evaluate(loaded, tmp_path / "eval", data=music, n=1, samples=2, seed=0, log=messages.append, figures=False)
     assert result.source == "music" and not any("procedural" in m for m in messages)

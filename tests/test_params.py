@@ -57,6 +57,6 @@ def test_invalid_ranges_are_refused() -> None:
 def test_param_problems() -> None:
     assert CUTOFF.problem(1000.0, 22050) is None
     assert "Nyquist" in CUTOFF.problem(11025.0, 22050)
-    assert "q must be > 0" in Q.problem(0.0)
+    assert "q must be >= 0.01" in Q.problem(0.0)
     assert "ratio must be >= 1" in RATIO.problem(0.99)
     assert "finite" in Param("x", "", "").problem(float("nan"))

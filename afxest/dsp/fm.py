@@ -22,9 +22,11 @@ def fm_synth(
     num_samples: int,
     sample_rate: float,
     dtype: torch.dtype = torch.float32,
+    start: int = 0,
 ) -> Tensor:
-    """Synthesise (batch, 1, num_samples) from parameters shaped (batch,) (DAFx Eq. 19)."""
-    n = torch.arange(num_samples, device=carrier_hz.device, dtype=torch.float64)
+    """Synthesise (batch, 1, num_samples) from parameters shaped (batch,) (DAFx Eq. 19), from
+    sample ``start`` on (a long sound is synthesised block by block, sample for sample the same)."""
+    n = torch.arange(start, start + num_samples, device=carrier_hz.device, dtype=torch.float64)
     t = n / sample_rate
     fc = carrier_hz.double()[:, None]
     fm = fc * frequency_ratio.double()[:, None]

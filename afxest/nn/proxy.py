@@ -363,7 +363,7 @@ def train_proxy(config: ProxyTrainConfig, log: Callable[[str], None] = print) ->
         best_step, best = state["best"]["step"], state["best"]["loss"]
         best = math.inf if best is None else best
         log(f"resuming {out} from step {start}")
-    out.mkdir(exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if not config.resume:
         for stale in ("config.json", "metrics.jsonl"):
             (out / stale).unlink(missing_ok=True)
