@@ -20,7 +20,11 @@ from torch import Tensor
 
 BIQUAD_TYPES = ("low_shelf", "high_shelf", "peak")
 TAIL_DB = 160.0  # impulse-response tail kept: decayed by 160 dB (below float32 resolution)
-BLOCK = 1 << 20  # overlap-add block length for long signals (bounds memory)
+# Overlap-add block length: at least this, or twice the impulse-response tail. Short blocks
+# make the response cheap to compute (it is sampled on block + tail points, not on the whole
+# signal) and bound memory; measured on the master task's 5-biquad cascade, 16 x 5 s at
+# 22050 Hz, forward + backward: 324 ms with one block of the whole clip, 112 ms with 16384.
+BLOCK = 1 << 14
 
 
 def biquad_coefficients(
@@ -105,14 +109,16 @@ def apply_biquads(
     """Filter x (batch, channels, time) by a cascade of biquads, in the frequency domain.
 
     ``coefficients`` is a list of (b, a) pairs shaped (batch, 3); ``scale`` an optional
-    broadband gain shaped (batch,). Long signals are processed by overlap-add in blocks so
-    memory stays bounded; the result equals the recursive filters' output (zero initial state).
+    broadband gain shaped (batch,). The signal is processed by overlap-add in blocks of
+    max(``BLOCK``, 2 tail) samples, each zero padded by the tail, so the circular convolution of
+    each block is its linear one: the result equals the recursive filters' output (zero
+    initial state), and cost and memory grow linearly with the signal's length.
     """
     batch, channels, n = x.shape
     if not coefficients and scale is None:
         return x
     tail = max((tail_length(a, sample_rate) for _, a in coefficients), default=1)
-    block = min(n, BLOCK)
+    block = min(n, max(BLOCK, 2 * tail))
     n_fft = next_fast_len(block + tail)
     # The response is computed in the coefficients' precision (float64 coefficients keep poles
     # near the unit circle exact), then cast to the signal's precision.
