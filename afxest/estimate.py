@@ -4,7 +4,7 @@ For each wet file (any format, rate and channel count; mixed to mono and resampl
 task's rate while it is read, block by block) the estimator's posterior gives N parameter sets
 (a point-estimating model gives one per analysed window). They are ranked
 
-* with a dry file: by the task's reconstruction loss (:func:`afxest.train.task_loss`) between
+* with a dry file: by the task's reconstruction loss (:func:`afxest.objective.task_loss`) between
   the candidate rendered on the dry (pedalboard by default, or afxest's differentiable
   processors) and the wet, both at the task's rate, mono, over the same excerpt;
 * without one, for a synth task (``fm``): by the same loss between the synthesised candidate
@@ -439,7 +439,7 @@ class Analyser:
         # the edges of [0, 1] are not rounded onto them, and results do not depend on the device
         self.head = copy.deepcopy(self.net.head).to("cpu", torch.float64).eval()
         self.posterior = model.kind == "posterior"
-        from afxest.train import task_loss
+        from afxest.objective import task_loss
 
         self.loss_fn = task_loss(self.task, self.device)
 
@@ -772,7 +772,7 @@ def refine_candidates(task, loss_fn, z0: np.ndarray, y, x, steps: int, device: A
     float64."""
     import torch
 
-    from afxest.train import render_model
+    from afxest.objective import render_model
 
     k = z0.shape[0]
     r = y.shape[0] // k

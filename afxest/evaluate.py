@@ -177,7 +177,7 @@ def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarra
     ``compressor`` in place of the dsp compressor (None: the dsp one): (n, 1, frames)."""
     import torch
 
-    from afxest.train import render_model
+    from afxest.objective import render_model
 
     x = torch.from_numpy(np.array(np.broadcast_to(dry, (len(z), *dry.shape)), dtype=np.float32))
     with torch.no_grad():
@@ -213,7 +213,7 @@ def evaluate(
     from afxest.data import DrySource, MusicFolder, make_batch
     from afxest.estimate import refine_candidates
     from afxest.nn.proxy import load_task_proxy
-    from afxest.train import task_loss
+    from afxest.objective import task_loss
 
     if n < 1:
         raise UserError("--n must be at least 1")

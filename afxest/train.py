@@ -37,6 +37,7 @@ from afxest import __version__
 from afxest.audio import atomic_write_text
 from afxest.errors import UserError
 
+
 CHECKPOINT_FORMAT = "afxest-checkpoint/1"
 
 
@@ -104,51 +105,6 @@ def resolve_device(name: str):
     if name not in ("cpu", "cuda"):
         raise UserError(f"unknown device {name!r} (auto, cpu or cuda)")
     return torch.device(name)
-
-
-def task_loss(task, device, fast: bool = False):
-    """The task's audio loss as a callable (y_hat, y) -> per-item values (batch,).
-
-    ``fast``: the variant training steps use where one exists: the revisited MR-STFT with its
-    prime windows zero padded to fast FFT sizes (:data:`afxest.losses.FAST_FFT_SIZES`; within
-    a few per cent of the exact loss, docs/losses.md). Validation and metrics use the exact one.
-    """
-    from afxest import losses
-
-    if task.loss == "log_mel":
-        return losses.LogMelLoss(task.sample_rate).to(device)
-    if task.loss == "sot_mrstft":
-        sot = losses.SpectralOTLoss(task.sample_rate, unit="bins").to(device)
-        mrstft = losses.MRSTFTRevisitedLoss(fft_sizes=losses.FAST_FFT_SIZES if fast else None).to(device)
-        return lambda y_hat, y: sot(y_hat, y) + mrstft(y_hat, y)
-    raise ValueError(task.loss)
-
-
-def render_model(task, z, dry, clip_gradient: bool = True, compressor=None):
-    """Render normalised model parameters z (batch, d) with the differentiable processors;
-    ``compressor`` (x, threshold_db, ratio, attack_ms, release_ms) -> y replaces the dsp
-    compressor (a proxy: :func:`afxest.nn.proxy.compressor_function`); ``clip_gradient``: the
-    clipper straight-through (its output, a smooth gradient)."""
-    from afxest.dsp.chain import apply_chain
-    from afxest.engines import synthesise_batch
-
-    parts = task.model.split(z)
-    if task.has_source:
-        (kind, params), effects = parts[0], parts[1:]
-        x = synthesise_batch(kind, params, task.clip_samples, task.sample_rate).to(z.device)
-    else:
-        x, effects = dry, parts
-    if compressor is None:
-        return apply_chain(x, effects, task.sample_rate, clip_gradient=clip_gradient)
-    segment = []  # the effects between compressors, each run of them by apply_chain
-    for kind, p in effects:
-        if kind == "compressor":
-            x = apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
-            x = compressor(x, p["threshold_db"], p["ratio"], p["attack_ms"], p["release_ms"])
-            segment = []
-        else:
-            segment.append((kind, p))
-    return apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
 
 
 def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | None]:
@@ -282,6 +238,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
 
     from afxest.data import Batch, DrySource, MusicFolder, make_batch
     from afxest.losses import bits_per_dim
+    from afxest.objective import audio_objective, task_loss
     from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
     from afxest.store import file_sha256
     from afxest.tasks import get_task
@@ -394,8 +351,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     if proxy is not None:
         say(f"compressor in training: {config.proxy} proxy {config.proxy_model}; validation renders with dsp")
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = task_loss(task, device)  # validation: the exact loss
-    train_loss_fn = task_loss(task, device, fast=True)
+    loss_fn = task_loss(task, device)  # the Input baseline
+    val_audio = audio_objective(task, device)  # validation: the exact audio term
+    train_audio = audio_objective(task, device, fast=True)  # training steps: its fast form (objective.py)
     resolved = {
         **config.to_dict(),
         "batch_size": batch_size,
@@ -449,10 +407,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
     def to_device(a: np.ndarray | None):
         return None if a is None else torch.from_numpy(a).to(device)
 
-    def objective(batch, with_audio: bool = False, compressor=None, audio_loss=loss_fn) -> tuple[Any, dict[str, Any]]:
+    def objective(batch, with_audio: bool = False, compressor=None, audio=val_audio) -> tuple[Any, dict[str, Any]]:
         """The training objective of a batch and its terms (``with_audio``: the audio loss of
         the param estimator too, for comparison; ``compressor``: a proxy for the dsp one;
-        ``audio_loss``: the exact loss, or training's fast variant)."""
+        ``audio``: the exact audio term, or training's fast form)."""
         wet, dry = to_device(batch.wet), to_device(batch.dry)
         s = trained(wet, 1)
         z = s.z[:, 0]
@@ -462,7 +420,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             loss = ((z - target) ** 2).mean(dim=-1)
             terms["param_mse"] = loss
         if config.estimator != "param" or with_audio:
-            terms["audio"] = audio_loss(render_model(task, z, dry, compressor=compressor), wet)
+            terms["audio"] = audio(z, dry, wet, compressor=compressor)
         if config.estimator == "deterministic":
             loss = terms["audio"]
         elif config.estimator == "posterior":
@@ -541,7 +499,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
                 first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(lr, config.schedule, step, total_steps)
-            loss, terms = objective(batch, compressor=train_compressor, audio_loss=train_loss_fn)
+            loss, terms = objective(batch, compressor=train_compressor, audio=train_audio)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

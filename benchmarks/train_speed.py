@@ -1,26 +1,69 @@
-"""Training throughput for each task and estimator, against a floor measured in the same run.
+"""Training throughput per task and estimator: today's recipe against the one of 0.1.0, and
+both against a floor, all measured in the same run.
 
-    python benchmarks/train_speed.py [--steps 5] [--music DIR]
+    python benchmarks/train_speed.py --music DIR [--steps 5] [--tasks eq,fm,master]
 
-A step is what ``afxest train`` does: draw a batch (dry excerpts and pedalboard, or the synth),
-encode, sample, render with the differentiable processors, loss, backward, AdamW. Reported:
-ms per step, samples per second, and the step time as a ratio against a floor: forward +
-backward of one torch.stft (n_fft 4096, hop 1024) over the same batch of audio.
+A step is what ``afxest train`` does: draw a batch (dry music excerpts and pedalboard, or the
+synth), encode, sample, the audio term of the objective (:mod:`afxest.objective`), backward,
+AdamW. Two recipes, alternated step by step so that a busy machine slows both alike:
+
+* ``0.1.0``: the training step as afxest 0.1.0 computed it: the exact audio term (time-domain
+  render, then the loss), biquads filtered over the whole clip at once (one 116 640-point FFT
+  per clip), torch's own rfft backward (a complex FFT), dense mel filterbank products, the
+  revisited MR-STFT on its prime FFT sizes;
+* ``now``: what ``afxest train`` runs: the fast audio term (``audio_objective(fast=True)``:
+  |H|^2 on the loss's STFT for the eq task, fast FFT sizes for fm), overlap-add filtering in
+  short blocks, the cheaper rfft backward, sparse mel products.
+
+Reported: ms per step (median), of which data, samples per second, the speed-up of ``now``
+over ``0.1.0``, and each step as a ratio against a floor: forward + backward of one
+torch.stft (n_fft 4096, hop 1024) over the same batch of audio.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
+import afxest.dsp.filters as filters
+import afxest.losses as losses
+import afxest.spectral as spectral
 from afxest.data import DrySource, MusicFolder, make_batch
 from afxest.nn.estimator import Estimator, EstimatorConfig
+from afxest.objective import audio_objective
 from afxest.tasks import TASKS
-from afxest.train import enlarge_malloc_thresholds, render_model, task_loss
+from afxest.train import enlarge_malloc_thresholds
+
+RECIPES = ("0.1.0", "now")
+
+
+def _magnitude_0_1_0(spec: torch.Tensor) -> torch.Tensor:
+    energy = torch.view_as_real(spec).square().sum(-1)
+    positive = energy > 0
+    safe = torch.where(positive, energy, torch.ones_like(energy))
+    return torch.where(positive, safe.sqrt(), torch.zeros_like(energy))
+
+
+@contextlib.contextmanager
+def recipe(name: str) -> Iterator[None]:
+    """Inside, the DSP helpers compute as ``name`` did (module attributes swapped back after)."""
+    mel = spectral.MelSpectrogram
+    saved = filters.BLOCK, spectral.rfft, losses._magnitude, mel.from_spectrogram
+    if name == "0.1.0":
+        filters.BLOCK = 1 << 20
+        spectral.rfft = lambda x, n=None: torch.fft.rfft(x, n=n, dim=-1)
+        losses._magnitude = _magnitude_0_1_0
+        mel.from_spectrogram = lambda self, p: torch.matmul(self.mel_basis.to(p.dtype), p.transpose(1, 2))
+    try:
+        yield
+    finally:
+        filters.BLOCK, spectral.rfft, losses._magnitude, mel.from_spectrogram = saved
 
 
 def floor_ms(batch: int, frames: int, repeats: int) -> float:
@@ -35,62 +78,73 @@ def floor_ms(batch: int, frames: int, repeats: int) -> float:
     return 1e3 * float(np.median(times[1:]))
 
 
-def step_ms(task_name: str, kind: str, source: DrySource | None, steps: int) -> tuple[float, float]:
-    task = TASKS[task_name]
-    torch.manual_seed(0)
-    model = Estimator(task, EstimatorConfig(kind=kind))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=task.weight_decay)
-    loss_fn = task_loss(task, torch.device("cpu"))
-    rng = np.random.default_rng(0)
-    data_times, times = [], []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        batch = make_batch(task, source, rng, task.batch_size)
-        t1 = time.perf_counter()
-        wet = torch.from_numpy(batch.wet)
-        dry = None if batch.dry is None else torch.from_numpy(batch.dry)
-        s = model.sample(wet, 1)
-        if kind == "param":
-            loss = ((s.z[:, 0] - task.truth_to_model(torch.from_numpy(batch.v))) ** 2).mean()
-        else:
-            loss = loss_fn(render_model(task, s.z[:, 0], dry), wet)
-            if kind == "posterior":
-                loss = loss - task.beta * s.entropy
-            loss = loss.mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        t2 = time.perf_counter()
-        if i:  # the first step warms up
-            data_times.append(t1 - t0)
-            times.append(t2 - t0)
-    return 1e3 * float(np.median(times)), 1e3 * float(np.median(data_times))
+class Stepper:
+    """One training step of a task, estimator and recipe (its own model and optimiser)."""
+
+    def __init__(self, task, kind: str, name: str) -> None:
+        torch.manual_seed(0)
+        self.task, self.kind, self.name = task, kind, name
+        self.model = Estimator(task, EstimatorConfig(kind=kind))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=task.lr, weight_decay=task.weight_decay)
+        self.audio = audio_objective(task, torch.device("cpu"), fast=name == "now")
+
+    def __call__(self, source: DrySource | None, rng: np.random.Generator) -> tuple[float, float]:
+        task = self.task
+        with recipe(self.name):
+            t0 = time.perf_counter()
+            batch = make_batch(task, source, rng, task.batch_size)
+            t1 = time.perf_counter()
+            wet = torch.from_numpy(batch.wet)
+            dry = None if batch.dry is None else torch.from_numpy(batch.dry)
+            s = self.model.sample(wet, 1)
+            if self.kind == "param":
+                loss = ((s.z[:, 0] - task.truth_to_model(torch.from_numpy(batch.v))) ** 2).mean()
+            else:
+                loss = self.audio(s.z[:, 0], dry, wet)
+                if self.kind == "posterior":
+                    loss = loss - task.beta * s.entropy
+                loss = loss.mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            t2 = time.perf_counter()
+        return t2 - t0, t1 - t0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--music", type=Path, help="music folder (default: procedural audio)")
+    parser.add_argument("--music", type=Path, required=True, help="music folder (its train split is used)")
+    parser.add_argument("--tasks", default="eq,fm,master")
+    parser.add_argument("--estimators", default="posterior,deterministic,param")
     args = parser.parse_args()
     enlarge_malloc_thresholds()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"{'task':<4} {'estimator':<13} {'batch':>5} {'ms/step':>8} {'data ms':>8} {'samples/s':>9} {'floor ms':>8} {'x floor':>8}")
-    for name in ("eq", "fm"):
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} steps per recipe after one warm-up")
+    print(f"{'task':<6} {'estimator':<13} {'recipe':<6} {'batch':>5} {'ms/step':>8} {'data ms':>8} "
+          f"{'samples/s':>9} {'x floor':>8} {'speed-up':>8}")
+    for name in args.tasks.split(","):
         task = TASKS[name]
         source = None
         if not task.has_source:
-            folder = None
-            if args.music:
-                folder = MusicFolder(args.music, task.sample_rate, "train", min_seconds=task.clip_seconds).prepare()
+            folder = MusicFolder(args.music, task.sample_rate, "train", min_seconds=task.clip_seconds).prepare()
             source = DrySource(folder, task.sample_rate)
         floor = floor_ms(task.batch_size, task.clip_samples, args.steps)
-        for kind in ("posterior", "deterministic", "param"):
-            ms, data_ms = step_ms(name, kind, source, args.steps)
-            print(
-                f"{name:<4} {kind:<13} {task.batch_size:>5} {ms:>8.1f} {data_ms:>8.1f} "
-                f"{task.batch_size / ms * 1e3:>9.1f} {floor:>8.1f} {ms / floor:>8.2f}"
-            )
-    print("data: " + ("music from " + str(args.music) if args.music else "procedural audio (slower to make than music excerpts)"))
+        for kind in args.estimators.split(","):
+            steppers = {r: Stepper(task, kind, r) for r in RECIPES}
+            times: dict[str, list[tuple[float, float]]] = {r: [] for r in RECIPES}
+            rng = np.random.default_rng(0)
+            for i in range(args.steps + 1):
+                for r in RECIPES:  # alternated: both see the same machine load
+                    t = steppers[r](source, rng)
+                    if i:  # the first step warms up
+                        times[r].append(t)
+            ms = {r: 1e3 * float(np.median([t for t, _ in times[r]])) for r in RECIPES}
+            for r in RECIPES:
+                data_ms = 1e3 * float(np.median([d for _, d in times[r]]))
+                speedup = f"{ms['0.1.0'] / ms[r]:>7.2f}x" if r == "now" else f"{'':>8}"
+                print(f"{name:<6} {kind:<13} {r:<6} {task.batch_size:>5} {ms[r]:>8.1f} {data_ms:>8.1f} "
+                      f"{task.batch_size / ms[r] * 1e3:>9.1f} {ms[r] / floor:>8.2f} {speedup}")
+        print(f"{name:<6} floor: {floor:.1f} ms (stft fwd+bwd, batch {task.batch_size})")
 
 
 if __name__ == "__main__":

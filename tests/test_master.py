@@ -17,7 +17,8 @@ from afxest.cli import main
 from afxest.data import DrySource, make_batch
 from afxest.params import ParamRange
 from afxest.tasks import TASKS, ProcessorSpace, Space, Task
-from afxest.train import TrainConfig, load_checkpoint, render_model, train
+from afxest.objective import render_model
+from afxest.train import TrainConfig, load_checkpoint, train
 from reference import reference_render
 
 SR = 22050

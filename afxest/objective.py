@@ -1,0 +1,139 @@
+"""The audio side of the training objective: a model's parameters rendered and compared.
+
+The audio term of DAFx 2025 Eq. 7 (and of ICASSP 2024's audio loss) for a batch: normalised
+parameters z -> the task's differentiable processors (on the dry signal, or the synth) -> the
+task's loss against the wet. Training (:mod:`afxest.train`), estimation's refinement and
+evaluation all use it; it imports none of them.
+
+Two ways to compute the same term, chosen by :func:`audio_objective`:
+
+* exact (validation, metrics, refinement): render y_hat in the time domain
+  (:func:`render_model`), then the loss of y_hat against y;
+* fast (training steps): where the model's chain is linear and time-invariant (biquads and
+  gains, no source: the ``eq`` task) and the loss is the log-mel of Eq. 16, the filtered
+  signal's power spectrogram is taken as the dry's times |H|^2, with H the chain's frequency
+  response on the loss's own FFT grid (:class:`LTILogMel`). No time-domain filtering, no STFT
+  of y_hat and no gradient through an STFT; an approximation that holds while the chain's
+  impulse response is short against the 4096-sample window (measured in docs/training.md).
+  Elsewhere the fast variant of the task's loss itself (:func:`task_loss`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+AudioObjective = Callable[..., Tensor]  # (z, dry, wet, compressor=None) -> (batch,)
+
+
+def task_loss(task, device: Any, fast: bool = False):
+    """The task's audio loss as a callable (y_hat, y) -> per-item values (batch,).
+
+    ``fast``: the variant training steps use where one exists: the revisited MR-STFT with its
+    prime windows zero padded to fast FFT sizes (:data:`afxest.losses.FAST_FFT_SIZES`; within
+    a few per cent of the exact loss, docs/losses.md). Validation and metrics use the exact one.
+    """
+    from afxest import losses
+
+    if task.loss == "log_mel":
+        return losses.LogMelLoss(task.sample_rate).to(device)
+    if task.loss == "sot_mrstft":
+        sot = losses.SpectralOTLoss(task.sample_rate, unit="bins").to(device)
+        mrstft = losses.MRSTFTRevisitedLoss(fft_sizes=losses.FAST_FFT_SIZES if fast else None).to(device)
+        return lambda y_hat, y: sot(y_hat, y) + mrstft(y_hat, y)
+    raise ValueError(task.loss)
+
+
+def render_model(task, z: Tensor, dry: Tensor | None, clip_gradient: bool = True, compressor=None) -> Tensor:
+    """Render normalised model parameters z (batch, d) with the differentiable processors;
+    ``compressor`` (x, threshold_db, ratio, attack_ms, release_ms) -> y replaces the dsp
+    compressor (a proxy: :func:`afxest.nn.proxy.compressor_function`); ``clip_gradient``: the
+    clipper straight-through (its output, a smooth gradient)."""
+    from afxest.dsp.chain import apply_chain
+    from afxest.engines import synthesise_batch
+
+    parts = task.model.split(z)
+    if task.has_source:
+        (kind, params), effects = parts[0], parts[1:]
+        x = synthesise_batch(kind, params, task.clip_samples, task.sample_rate).to(z.device)
+    else:
+        x, effects = dry, parts
+    if compressor is None:
+        return apply_chain(x, effects, task.sample_rate, clip_gradient=clip_gradient)
+    segment = []  # the effects between compressors, each run of them by apply_chain
+    for kind, p in effects:
+        if kind == "compressor":
+            x = apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
+            x = compressor(x, p["threshold_db"], p["ratio"], p["attack_ms"], p["release_ms"])
+            segment = []
+        else:
+            segment.append((kind, p))
+    return apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
+
+
+def is_lti(task) -> bool:
+    """Whether the task's model is an effect chain of biquads and gains only (no source)."""
+    from afxest.dsp.filters import BIQUAD_TYPES
+
+    return not task.has_source and all(p.type in BIQUAD_TYPES or p.type == "gain" for p in task.model.processors)
+
+
+def power_response(task, z: Tensor, n_fft: int) -> Tensor:
+    """|H(e^{jw})|^2 of an LTI model chain (:func:`is_lti`) at the n_fft // 2 + 1 bins of an
+    rfft, (batch, bins): the product of each biquad's |B/A|^2 (RBJ coefficients, computed in
+    float64) and each gain's amplitude squared."""
+    from afxest.dsp.filters import BIQUAD_TYPES, biquad_coefficients, frequency_response
+
+    response = torch.ones(z.shape[0], n_fft // 2 + 1, dtype=torch.float64, device=z.device)
+    for kind, p in task.model.split(z.double()):
+        if kind in BIQUAD_TYPES:
+            b, a = biquad_coefficients(kind, p["cutoff_frequency_hz"], p["gain_db"], p["q"], task.sample_rate)
+            h = frequency_response(b, a, n_fft)
+            response = response * (h.real.square() + h.imag.square())
+        elif kind == "gain":
+            response = response * torch.pow(10.0, p["gain_db"] / 10)[:, None]
+        else:
+            raise ValueError(f"{kind} is not linear and time-invariant")
+    return response.to(z.dtype)
+
+
+class LTILogMel(torch.nn.Module):
+    """DAFx 2025 Eq. 16 for an LTI model chain, with Mel{y_hat} = Mel(|STFT(x)|^2 |H|^2).
+
+    Same STFT and mel bands as :class:`afxest.losses.LogMelLoss` (n_fft 4096, hop 1024, 128
+    mels): the loss is mean (ln(1 + Mel{y_hat}) - ln(1 + Mel{y}))^2 over mels and frames, with
+    the dry's power spectrogram (no gradient) weighted per bin by the chain's |H|^2
+    (:func:`power_response`), the only part that depends on z.
+    """
+
+    def __init__(self, task) -> None:
+        from afxest.losses import LogMelLoss
+
+        super().__init__()
+        if not is_lti(task) or task.loss != "log_mel":
+            raise ValueError(f"{task.name}: LTILogMel needs an LTI chain and the log-mel loss")
+        self.task = task
+        self.mel = LogMelLoss(task.sample_rate).mel
+
+    def forward(self, z: Tensor, dry: Tensor, wet: Tensor, compressor=None) -> Tensor:
+        with torch.no_grad():
+            dry_power = self.mel.spectrogram(dry)
+            wet_mel = torch.log1p(self.mel(wet))
+        filtered = dry_power * power_response(self.task, z, self.mel.n_fft)[:, None, :]
+        diff = torch.log1p(self.mel.from_spectrogram(filtered)) - wet_mel
+        return diff.square().mean(dim=(1, 2))
+
+
+def audio_objective(task, device: Any, fast: bool = False) -> AudioObjective:
+    """The audio term as a callable (z, dry, wet, compressor=None) -> (batch,): exact, or
+    ``fast`` for training steps (:class:`LTILogMel` where it applies, else the fast loss)."""
+    if fast and is_lti(task) and task.loss == "log_mel":
+        return LTILogMel(task).to(device)
+    loss_fn = task_loss(task, device, fast=fast)
+
+    def objective(z: Tensor, dry: Tensor | None, wet: Tensor, compressor=None) -> Tensor:
+        return loss_fn(render_model(task, z, dry, compressor=compressor), wet)
+
+    return objective
