@@ -105,7 +105,7 @@ class Task:
     truth: Space
     model: Space
     loss: Literal["log_mel", "sot_mrstft"]
-    encoder: Literal["convnext", "dft_mlp"]
+    encoder: Literal["convnext", "hann_dft_mlp"]
     lr: float
     batch_size: int
     epoch_items: int  # training items per epoch
@@ -152,6 +152,18 @@ class Task:
                 value = physical[r.name] / k if r.name == "gain_db" else physical[r.name]
                 columns.append(r.to_normalised(value))
         return torch.stack(columns, dim=-1)
+
+    def parameter_errors(self, z: Any, v: Any) -> dict[str, Any]:
+        """|physical(z) - physical(v)| per model parameter (``Space.names`` -> (batch,)), for
+        normalised estimates z and truths v (batch, d), where truth and model are the same
+        processors (``fm``, ``master``); empty where they differ (``eq``: one shelf, two)."""
+        if self.truth.processors != self.model.processors:
+            return {}
+        ranges = self.model.ranges
+        return {
+            name: (r.to_physical(z[..., i]) - r.to_physical(v[..., i])).abs()
+            for i, (name, r) in enumerate(zip(self.model.names, ranges))
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """A plain description (stored in checkpoints, printed by ``afxest train``)."""
@@ -260,7 +272,7 @@ TASKS: dict[str, Task] = {
         truth=Space((_FM,)),
         model=Space((_FM,)),
         loss="sot_mrstft",
-        encoder="dft_mlp",
+        encoder="hann_dft_mlp",  # DAFx Sec. 5.3, windowed and normalised (nn/encoders.py)
         lr=1e-4,
         batch_size=128,
         epoch_items=100_000,  # DAFx 2025 Sec. 5.5

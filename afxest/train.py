@@ -421,6 +421,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, progress: boo
             terms["param_mse"] = loss
         if config.estimator != "param" or with_audio:
             terms["audio"] = audio(z, dry, wet, compressor=compressor)
+        if with_audio:  # validation: each parameter's error in its own unit (learning curves)
+            for name, error in task.parameter_errors(z, torch.from_numpy(batch.v).to(device)).items():
+                terms[f"error.{name}"] = error
         if config.estimator == "deterministic":
             loss = terms["audio"]
         elif config.estimator == "posterior":

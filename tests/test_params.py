@@ -60,3 +60,25 @@ def test_param_problems() -> None:
     assert "q must be >= 0.01" in Q.problem(0.0)
     assert "ratio must be >= 1" in RATIO.problem(0.99)
     assert "finite" in Param("x", "", "").problem(float("nan"))
+
+
+def test_parameter_errors_in_physical_units() -> None:
+    """fm: the ratio is affine (9.5 per unit, DAFx Eq. 20b) and the index exponential, so errors
+    follow in closed form; eq's truth and model differ (one shelf, two): no per-parameter error."""
+    import math
+
+    import torch
+
+    from afxest.tasks import TASKS
+
+    task = TASKS["fm"]
+    v = torch.tensor([[0.5, 0.2], [1.0, 0.9]], dtype=torch.float64)
+    z = v + torch.tensor([[0.0, 0.1], [-0.25, -0.3]], dtype=torch.float64)
+    errors = task.parameter_errors(z, v)
+    assert list(errors) == ["0.fm.modulation_index", "0.fm.frequency_ratio"]
+    assert torch.allclose(errors["0.fm.frequency_ratio"], torch.tensor([0.95, 2.85], dtype=torch.float64))
+    top = 4 * math.pi  # index at v = 1; exponential map over 0.75 * 99 dB (Eq. 20a)
+    index_at = lambda u: top * 10 ** (0.75 * 99 * (u - 1) / 20)  # noqa: E731
+    assert math.isclose(errors["0.fm.modulation_index"][1].item(), top - index_at(0.75), rel_tol=1e-9)
+    assert errors["0.fm.modulation_index"][0].item() == 0.0
+    assert TASKS["eq"].parameter_errors(torch.rand(2, 6), torch.rand(2, 3)) == {}
