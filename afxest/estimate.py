@@ -968,9 +968,11 @@ def estimate_file(
         raise UserError(job.problem)
     folder = Path(out_dir) / job.wet.stem
     inputs = [p for p in (job.wet, job.dry) if p is not None]
-    from afxest.search import EFFORTS
+    from afxest.search import DESIGN_MAX_DIM, EFFORTS
 
-    found = EFFORTS[options.effort].keep if options.refine != 0 else 0  # the search's candidates
+    effort = EFFORTS[options.effort]
+    # the search's candidates
+    found = 0 if options.refine == 0 else effort.keep_design if estimator.task.model.dim <= DESIGN_MAX_DIM else effort.keep
     m_max = 1 if options.audio == "top" else options.samples + found if options.audio == "all" else 0
     names = ["estimate.json"] + [_audio_name(k) for k in range(1, m_max + 1)]
     earlier = [p for p in _candidate_files(folder) if p.name not in names]

@@ -50,13 +50,14 @@ class Effort:
     keep: int  # proposals refined (the best by the cheap score)
     max_steps: int  # step cap of each refinement
     design: int  # Sobol points for tasks of at most DESIGN_MAX_DIM parameters
+    keep_design: int  # proposals refined in those tasks (their short clips are cheap to render)
     windows: int  # analysis windows refined on (of equal length, spread over the file)
 
 
 EFFORTS: dict[str, Effort] = {
-    "fast": Effort("fast", keep=1, max_steps=100, design=64, windows=1),
-    "default": Effort("default", keep=2, max_steps=300, design=256, windows=2),
-    "best": Effort("best", keep=4, max_steps=1000, design=1024, windows=4),
+    "fast": Effort("fast", keep=1, max_steps=100, design=256, keep_design=4, windows=1),
+    "default": Effort("default", keep=2, max_steps=300, design=1024, keep_design=16, windows=2),
+    "best": Effort("best", keep=4, max_steps=1000, design=4096, keep_design=64, windows=4),
 }
 
 
@@ -200,7 +201,8 @@ def search(
     z_all = np.concatenate([np.asarray(z, np.float64).reshape(-1, z.shape[-1]) for z in proposals.values()])
     scores = np.asarray(cheap_score(z_all), np.float64)
     scores = np.where(np.isfinite(scores), scores, np.inf)
-    order = np.argsort(scores, kind="stable")[: effort.keep]
+    keep = effort.keep_design if "design" in proposals else effort.keep
+    order = np.argsort(scores, kind="stable")[:keep]
     z0 = z_all[order]
     k = len(order)
     steps = effort.max_steps if max_steps is None else max_steps
