@@ -682,7 +682,7 @@ class Analyser:
 
         # excerpts from a pre-roll before each window (zeros before the file's start: the real
         # renders started from rest there too); none when every window starts the file
-        preroll = 0 if all(windows[i][0] == 0 for i in picks) else int(round(SEARCH_PREROLL_SECONDS * task.sample_rate))
+        preroll = 0 if task.has_source or all(windows[i][0] == 0 for i in picks) else int(round(SEARCH_PREROLL_SECONDS * task.sample_rate))
 
         def excerpts(signal: np.ndarray) -> Any:
             padded = np.concatenate([np.zeros(preroll, np.float32), signal])

@@ -95,6 +95,28 @@ def search_loss(task_loss: Callable, weight: float | None = None) -> Callable:
     return lambda y_hat, y: task_loss(y_hat, y) + weight * waveform_loss(y_hat, y)
 
 
+class Adam:
+    """Adam (Kingma & Ba, ICLR 2015) on one tensor, betas (0.9, 0.999), eps 1e-8: torch.optim's
+    update written out, because importing torch.optim also imports sympy (about a second)."""
+
+    def __init__(self, param, lr: float) -> None:
+        import torch
+
+        self.param, self.lr, self.t = param, lr, 0
+        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+
+    def step(self, grad) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.t += 1
+            self.m.mul_(0.9).add_(grad, alpha=0.1)
+            self.v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+            m_hat = self.m / (1 - 0.9**self.t)
+            v_hat = self.v / (1 - 0.999**self.t)
+            self.param -= self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+
+
 @dataclass
 class Refined:
     """Each candidate's best iterate (K, d) float64, its loss (K,) and the steps taken."""
@@ -132,7 +154,7 @@ def refine(
     r = y.shape[0] // k
     u0 = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS)).float().to(y.device)
     u = u0.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([u], lr=lr)
+    optimiser = Adam(u, lr)
     best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
     target = y[..., skip:]
     reference, stall, halved, step = math.inf, 0, 0, 0
@@ -152,13 +174,11 @@ def refine(
                 halved, stall = halved + 1, 0
                 if halved > halvings:
                     break
-                for group in optimiser.param_groups:
-                    group["lr"] *= 0.5
+                optimiser.lr *= 0.5
         if step == max_steps:
             break
-        optimiser.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        optimiser.step()
+        (grad,) = torch.autograd.grad(loss.sum(), u)
+        optimiser.step(grad)
     z_best = torch.sigmoid(best_u.double()).clamp(0.0, 1.0).cpu().numpy()
     return Refined(z_best, best.double().cpu().numpy(), step)
 
@@ -268,7 +288,7 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
     w = torch.from_numpy(weight / max(weight.sum(), 1.0))
     n_fft = 2 * (len(ratio_db) - 1)
     u = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)[:, :dim]).clamp(EPS, 1 - EPS)).requires_grad_(True)
-    optimiser = torch.optim.Adam([u], lr=0.05)
+    optimiser = Adam(u, 0.05)
     for _ in range(steps):
         z = torch.sigmoid(u)
         response = torch.zeros(z.shape[0], len(ratio_db), dtype=torch.float64)
@@ -279,9 +299,8 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
         residual = target - response
         level = (residual * w).sum(dim=1, keepdim=True)  # the best broadband offset, closed form
         loss = ((residual - level).square() * w).sum(dim=1)
-        optimiser.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        optimiser.step()
+        (grad,) = torch.autograd.grad(loss.sum(), u)
+        optimiser.step(grad)
     out = np.asarray(z0, np.float64).copy()
     out[:, :dim] = torch.sigmoid(u.detach()).numpy()
     return out
