@@ -368,6 +368,7 @@ def evaluate(
     compare: Annotated[Optional[str], typer.Option(help="Deterministic model (name or path) whose estimate the figures mark.", show_default=False)] = None,
     refine: Annotated[int, typer.Option(min=0, help="Also score every candidate after this many steps of inference-time optimisation (the dry known; as estimate --refine).")] = 0,
     proxy_model: Annotated[Optional[Path], typer.Option(help="Compressor proxy checkpoint (afxest train-proxy) whose renders of the candidates are scored too (tasks with a compressor).", show_default=False)] = None,
+    effort: Annotated[Optional[Effort], typer.Option(help="Also score rank 1 of afxest estimate with the reference (its search at this effort): the 'Default estimate' row.", show_default=False)] = None,
     also: Annotated[Optional[list[str]], typer.Option(help="Another model of the same task to evaluate on the same items (repeatable): its report goes to OUT/NAME, the side-by-side table to OUT/comparison.md.", show_default=False)] = None,
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
@@ -386,7 +387,7 @@ def evaluate(
         raise UserError(f"{comparison}: exists (use --force to overwrite)")
     result = run_evaluation(
         loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference,
-        refine=refine, proxy_model=proxy_model,
+        refine=refine, proxy_model=proxy_model, effort=None if effort is None else effort.value,
     )
     results = [(loaded.name, result)]
     for other in others:
