@@ -216,6 +216,12 @@ def train_proxy(
     _say(f"done: {config.max_steps} steps; {summary}; proxy in {out / 'best.pt'}")
 
 
+class Effort(str, Enum):
+    fast = "fast"
+    default = "default"
+    best = "best"
+
+
 class EstimateEngine(str, Enum):
     pedalboard = "pedalboard"
     ddsp = "ddsp"
@@ -233,7 +239,8 @@ def estimate(
     model: Annotated[Optional[str], typer.Option(help="Model name (see afxest models) or checkpoint path; default: master, else eq.", show_default=False)] = None,
     samples: Annotated[int, typer.Option(min=1, max=MAX_SAMPLES, help="Candidates to draw from the posterior.")] = 10,
     engine: Annotated[EstimateEngine, typer.Option(help="Renderer for ranking with a dry file: pedalboard (the real plugins) or ddsp.")] = EstimateEngine.pedalboard,
-    refine: Annotated[int, typer.Option(min=0, help="Gradient steps to refine the best candidates (0: none).")] = 0,
+    refine: Annotated[Optional[int], typer.Option(min=0, help="With a reference (a dry file, or a synth's wet): the search's step cap per refinement; 0 turns the search off (the posterior draws alone, ranked). Default: the --effort's cap.", show_default=False)] = None,
+    effort: Annotated[Effort, typer.Option(help="How hard the search works when a reference exists (docs/estimate.md).")] = Effort.default,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder that receives <wet name>/estimate.json and audio.")] = Path("."),
     json_out: Annotated[bool, typer.Option("--json", help="Print each estimate as one JSON line on stdout.")] = False,
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu or cuda.")] = "auto",
@@ -263,7 +270,7 @@ def estimate(
         inference_threads()
     loaded = load_model(model, torch_device)
     options = EstimateOptions(
-        samples=samples, engine=engine.value, refine=refine, seed=seed,
+        samples=samples, engine=engine.value, refine=refine, effort=effort.value, seed=seed,
         audio="all" if audio_all else "none" if no_audio else "top", force=force,
     )
     if dry and loaded.task.has_source:
@@ -361,6 +368,7 @@ def evaluate(
     compare: Annotated[Optional[str], typer.Option(help="Deterministic model (name or path) whose estimate the figures mark.", show_default=False)] = None,
     refine: Annotated[int, typer.Option(min=0, help="Also score every candidate after this many steps of inference-time optimisation (the dry known; as estimate --refine).")] = 0,
     proxy_model: Annotated[Optional[Path], typer.Option(help="Compressor proxy checkpoint (afxest train-proxy) whose renders of the candidates are scored too (tasks with a compressor).", show_default=False)] = None,
+    effort: Annotated[Optional[Effort], typer.Option(help="Also score rank 1 of afxest estimate with the reference (its search at this effort): the 'Default estimate' row.", show_default=False)] = None,
     also: Annotated[Optional[list[str]], typer.Option(help="Another model of the same task to evaluate on the same items (repeatable): its report goes to OUT/NAME, the side-by-side table to OUT/comparison.md.", show_default=False)] = None,
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
@@ -379,7 +387,7 @@ def evaluate(
         raise UserError(f"{comparison}: exists (use --force to overwrite)")
     result = run_evaluation(
         loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference,
-        refine=refine, proxy_model=proxy_model,
+        refine=refine, proxy_model=proxy_model, effort=None if effort is None else effort.value,
     )
     results = [(loaded.name, result)]
     for other in others:

@@ -86,6 +86,10 @@ SCORE_BATCH = 32  # rendered items per loss evaluation
 # SCORE_PREROLL_SECONDS before its start (its plugins' state has settled by then: IIR tails and
 # a compressor's envelope forget their start exponentially), instead of streaming the whole file.
 SCORE_WINDOWS = 12
+# the search refines each window from this long before it (a compressor's envelope and the
+# filters' state settle well within it), so its start matches the wet that ran through them
+SEARCH_PREROLL_SECONDS = 1.0
+ANALYSIS_PROPOSALS = True
 SCORE_PREROLL_SECONDS = 5.0
 ENCODE_BATCH = 16  # windows per encoder call
 
@@ -317,7 +321,10 @@ class EstimateOptions:
 
     samples: int = 10
     engine: str = "pedalboard"
-    refine: int = 0
+    # the search of :mod:`afxest.search` when a reference exists: None at the effort's step
+    # cap, 0 off (the posterior draws alone, ranked), N > 0 with a step cap of N
+    refine: int | None = None
+    effort: str = "default"
     seed: int = 0
     audio: str = "top"  # "top", "all" or "none"
     force: bool = False
@@ -408,6 +415,16 @@ def scored_windows(use: Sequence[int], limit: int | None = None) -> list[int]:
     return [use[round(j * (len(use) - 1) / (limit - 1))] for j in range(limit)]
 
 
+def search_windows(windows: Sequence[tuple[int, int]], use: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` usable windows of the most common length (so they stack), evenly spread."""
+    lengths: dict[int, list[int]] = {}
+    for i in use:
+        lengths.setdefault(windows[i][1] - windows[i][0], []).append(i)
+    ids = max(lengths.values(), key=len)
+    n = min(n, len(ids))
+    return [ids[(j * len(ids)) // n] for j in range(n)]
+
+
 def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
     """Yield each window of every preset's pedalboard rendering, (M, T), each rendered afresh
     from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
@@ -442,6 +459,7 @@ class Analyser:
         from afxest.objective import task_loss
 
         self.loss_fn = task_loss(self.task, self.device)
+        self._metrics: dict[str, Callable] | None = None
 
     # -- the steps ------------------------------------------------------------------------
 
@@ -502,6 +520,28 @@ class Analyser:
             total += self.head.log_prob(zt.expand(hs.shape[0], *zt.shape), hs).sum(dim=0)
         return (total / h.shape[0]).numpy().astype(np.float64)
 
+    def match_metrics(self) -> dict[str, Callable]:
+        """What each rendered candidate is measured by against the wet: the task's loss (the
+        ranking), SI-SDR (dB) and the log-mel distance (DAFx 2025 Eq. 16)."""
+        from afxest import losses
+
+        if self._metrics is None:
+            mel = self.loss_fn if self.task.loss == "log_mel" else losses.LogMelLoss(self.task.sample_rate).to(self.device)
+            self._metrics = {"loss": self.loss_fn, "si_sdr": losses.si_sdr, "log_mel": mel}
+        return self._metrics
+
+    def baseline(self, wet: np.ndarray, dry: np.ndarray, windows, use, metrics: dict[str, Callable]) -> dict[str, float | None]:
+        """The dry's own distance to the wet (each metric, mean over the scored windows)."""
+        import torch
+
+        values: dict[str, list[float]] = {name: [] for name in metrics}
+        for i in scored_windows(use):
+            a, b = windows[i]
+            pair = [torch.from_numpy(np.ascontiguousarray(x[a:b]))[None, None].to(self.device) for x in (dry, wet)]
+            for name, fn in metrics.items():
+                values[name].append(float(fn(*pair)[0]))
+        return {name: _finite(float(np.mean(v))) for name, v in values.items()}
+
     def presets(self, z: np.ndarray) -> list:
         return [self.task.model.preset(v, self.task.name, self.task.sample_rate) for v in z]
 
@@ -517,11 +557,28 @@ class Analyser:
     ) -> np.ndarray:
         """Mean task loss of each preset over the scored windows (:func:`scored_windows` of the
         usable ones), (M,) float64."""
+        return self.measure(presets, wet, dry, windows, use, engine, {"loss": self.loss_fn}, progress)["loss"]
+
+    def measure(
+        self,
+        presets: Sequence,
+        wet: np.ndarray,
+        dry: np.ndarray | None,
+        windows: Sequence[tuple[int, int]],
+        use: Sequence[int],
+        engine: str,
+        metrics: dict[str, Callable],
+        progress: Callable[[float], None] | None = None,
+        prerolled: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Mean over the scored windows (:func:`scored_windows` of the usable ones) of each
+        metric (y_hat, y) -> (batch,) of each preset, name -> (M,) float64. ``prerolled``:
+        render each window from :data:`SCORE_PREROLL_SECONDS` before it, never streaming."""
         import torch
 
         m = len(presets)
-        total = np.zeros(m)
-        streamed = len(use) <= SCORE_WINDOWS  # every usable window: stream the whole file, exact
+        total = {name: np.zeros(m) for name in metrics}
+        streamed = len(use) <= SCORE_WINDOWS and not prerolled  # stream the whole file, exact
         use = scored_windows(use)
         used = set(use)
         pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rendered (M, T), wet (T,))
@@ -531,8 +588,8 @@ class Analyser:
                 return
             y_hat = torch.from_numpy(np.concatenate([r for r, _ in pending])[:, None]).to(self.device)
             y = torch.from_numpy(np.stack([w for _, w in pending for _ in range(m)])[:, None]).to(self.device)
-            values = self.loss_fn(y_hat, y).double().cpu().numpy().reshape(len(pending), m)
-            total[:] += values.sum(axis=0)
+            for name, fn in metrics.items():
+                total[name] += fn(y_hat, y).double().cpu().numpy().reshape(len(pending), m).sum(axis=0)
             pending.clear()
 
         def add(rendered: np.ndarray, target: np.ndarray) -> None:
@@ -570,7 +627,7 @@ class Analyser:
                 if progress:
                     progress((k + 1) / len(use))
         flush()
-        return total / len(use)
+        return {name: v / len(use) for name, v in total.items()}
 
     def _synthesise(self, presets: Sequence) -> np.ndarray:
         from afxest.engines import synthesise_batch
@@ -597,24 +654,46 @@ class Analyser:
         y = apply_chain(x.contiguous(), effects, self.task.sample_rate)
         return y[:, 0].cpu().numpy().astype(np.float32, copy=False)
 
-    def refine(self, z0, wet: np.ndarray, dry: np.ndarray | None, windows, use, steps: int):
-        """Adam on logit(z) through the differentiable processors; each candidate's best iterate
-        (by the task loss on up to REFINE_WINDOWS usable windows of equal length), (K, d) float64 numpy."""
+    def search(self, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None, windows, use, options: EstimateOptions):
+        """:func:`afxest.search.search` from the candidates ``z`` (M, d): proposals scored by
+        the real renderer on :func:`search_windows`, the best refined through the
+        differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window)."""
         import torch
 
-        lengths: dict[int, list[int]] = {}
-        for i in use:
-            lengths.setdefault(windows[i][1] - windows[i][0], []).append(i)
-        ids = max(lengths.values(), key=len)
-        picks = [ids[(j * len(ids)) // min(len(ids), REFINE_WINDOWS)] for j in range(min(len(ids), REFINE_WINDOWS))]
-        k = z0.shape[0]
-        y = torch.from_numpy(np.stack([wet[windows[i][0] : windows[i][1]] for i in picks])[:, None]).to(self.device)
-        y = y.repeat(k, 1, 1)
-        x = None
-        if dry is not None:
-            x = torch.from_numpy(np.stack([dry[windows[i][0] : windows[i][1]] for i in picks])[:, None]).to(self.device)
-            x = x.repeat(k, 1, 1)
-        return refine_candidates(self.task, self.loss_fn, z0, y, x, steps, self.device)
+        from afxest import search as s
+        from afxest.train import render_model
+
+        task = self.task
+        effort = s.EFFORTS[options.effort]
+        picks = search_windows(windows, use, effort.windows)
+        proposals = {"posterior": z}
+        if task.model.dim <= s.DESIGN_MAX_DIM:
+            proposals["design"] = s.design(task.model.dim, effort.design, options.seed)
+        if dry is not None and ANALYSIS_PROPOSALS:
+            spans = [windows[i] for i in picks]
+            ratio, weight = s.long_term_ratio_db(np.concatenate([dry[a:b] for a, b in spans]),
+                                                 np.concatenate([wet[a:b] for a, b in spans]))
+            proposals["analysis"] = s.fit_equaliser(task.model, z, ratio, weight, task.sample_rate)
+
+        def cheap(zs: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return self.measure(self.presets(zs), wet, dry, windows, picks, "pedalboard", {"loss": self.loss_fn},
+                                    prerolled=True)["loss"]
+
+        # excerpts from a pre-roll before each window (zeros before the file's start: the real
+        # renders started from rest there too); none when every window starts the file
+        preroll = 0 if task.has_source or all(windows[i][0] == 0 for i in picks) else int(round(SEARCH_PREROLL_SECONDS * task.sample_rate))
+
+        def excerpts(signal: np.ndarray) -> Any:
+            padded = np.concatenate([np.zeros(preroll, np.float32), signal])
+            rows = [padded[windows[i][0] : windows[i][1] + preroll] for i in picks]
+            return torch.from_numpy(np.stack(rows)[:, None]).to(self.device)
+
+        return s.search(
+            proposals, cheap, lambda zs, x: render_model(task, zs, x), s.search_loss(self.loss_fn),
+            excerpts(wet), None if dry is None else excerpts(dry), effort,
+            max_steps=options.refine or None, skip=preroll,
+        )
 
     # -- one file -------------------------------------------------------------------------
 
@@ -672,14 +751,20 @@ class Analyser:
         m = z.shape[0]
         report(0.15)
         presets = self.presets(z)
-        losses = None
-        if dry_x is not None or task.has_source:
+        losses, matches, baseline = None, {}, None
+        reference = dry_x is not None or task.has_source
+        searching = reference and options.refine != 0
+        metrics = self.match_metrics()
+        if reference:
             ranked_by = task.loss
             with torch.inference_mode():
-                losses = self.score(
-                    presets, wet_x, dry_x, windows, use, options.engine,
-                    lambda f: report(0.15 + (0.7 if options.refine else 0.85) * f),
+                matches = self.measure(
+                    presets, wet_x, dry_x, windows, use, options.engine, metrics,
+                    lambda f: report(0.15 + (0.2 if searching else 0.85) * f),
                 )
+                if dry_x is not None:
+                    baseline = self.baseline(wet_x, dry_x, windows, use, metrics)
+            losses = matches["loss"]
         elif self.posterior:
             ranked_by = "log_prob"
         else:  # point estimates of several windows and no way to rank them: keep their medoid
@@ -689,30 +774,29 @@ class Analyser:
                 z = z[[int(np.argmin(distances))]]
                 presets = self.presets(z)
                 m = 1
-        order = self._order(losses, log_prob, m)
         refinement: dict[int, dict[str, Any]] = {}
-        if options.refine and losses is not None:
-            top = order[: min(REFINE_TOP, len(order))]
-            z_new = self.refine(z[top], wet_x, dry_x, windows, use, options.refine)
-            new_presets = self.presets(z_new)
+        if searching:
+            found = self.search(z, wet_x, dry_x, windows, use, options)
+            new_presets = self.presets(found.z)
             with torch.inference_mode():
-                new_losses = self.score(new_presets, wet_x, dry_x, windows, use, options.engine)
-                new_lp = self.log_prob(z_new, h) if self.posterior else None
-            for j, c in enumerate(top):
-                applied = bool(new_losses[j] <= losses[c])
-                refinement[c] = {
-                    "steps": options.refine,
-                    "loss_before": _finite(losses[c]),
-                    "loss_after": _finite(new_losses[j]),
-                    "applied": applied,
+                new = self.measure(new_presets, wet_x, dry_x, windows, use, options.engine, metrics)
+                new_lp = self.log_prob(found.z, h) if self.posterior else None
+            for j in range(len(found.z)):
+                refinement[m + j] = {
+                    "steps": found.steps,
+                    "loss_before": _finite(found.loss_before[j]),
+                    "loss_after": _finite(new["loss"][j]),
+                    "applied": True,
+                    "proposal": found.origin[j],
                 }
-                if applied:
-                    z[c] = z_new[j]
-                    presets[c] = new_presets[j]
-                    losses[c] = new_losses[j]
-                    if log_prob is not None:
-                        log_prob[c] = new_lp[j]
-            order = self._order(losses, log_prob, m)
+            z = np.concatenate([z, found.z])
+            presets += new_presets
+            matches = {k: np.concatenate([v, new[k]]) for k, v in matches.items()}
+            losses = matches["loss"]
+            if log_prob is not None:
+                log_prob = np.concatenate([log_prob, new_lp])
+            m = z.shape[0]
+        order = self._order(losses, log_prob, m)
         report(1.0)
 
         d = task.model.dim
@@ -725,6 +809,9 @@ class Analyser:
                 "preset": presets[c].to_dict(),
                 "audio": None,
             }
+            for k in ("si_sdr", "log_mel"):
+                if k in matches:
+                    entry[k] = _finite(float(matches[k][c]))
             if c in refinement:
                 entry["refinement"] = refinement[c]
             candidates.append(entry)
@@ -738,6 +825,7 @@ class Analyser:
             "ranked_by": ranked_by,
             "entropy_bits_per_dim": None if entropy is None else _finite(entropy / (d * math.log(2))),
             "candidates": candidates,
+            "baseline": baseline,
             "summary": summary([presets[c] for c in order], task),
             "analysis": {
                 "estimator": self.model.kind,
@@ -748,7 +836,13 @@ class Analyser:
                 "windows": len(windows),
                 "windows_used": len(use),
                 "windows_scored": len(scored_windows(use)) if losses is not None else 0,
-                "refine_steps": options.refine,
+                "refine_steps": found.steps if searching else 0,
+                "search": None if not searching else {
+                    "effort": options.effort,
+                    "proposals": found.proposals,
+                    "windows": found.windows,
+                    "step_cap": found.step_cap,
+                },
             },
         }
         return document, [presets[c] for c in order], dry
@@ -874,7 +968,12 @@ def estimate_file(
         raise UserError(job.problem)
     folder = Path(out_dir) / job.wet.stem
     inputs = [p for p in (job.wet, job.dry) if p is not None]
-    m_max = 1 if options.audio == "top" else options.samples if options.audio == "all" else 0
+    from afxest.search import DESIGN_MAX_DIM, EFFORTS
+
+    effort = EFFORTS[options.effort]
+    # the search's candidates
+    found = 0 if options.refine == 0 else effort.keep_design if estimator.task.model.dim <= DESIGN_MAX_DIM else effort.keep
+    m_max = 1 if options.audio == "top" else options.samples + found if options.audio == "all" else 0
     names = ["estimate.json"] + [_audio_name(k) for k in range(1, m_max + 1)]
     earlier = [p for p in _candidate_files(folder) if p.name not in names]
     _check_outputs(folder, names + [p.name for p in earlier], inputs, options.force)
@@ -987,6 +1086,20 @@ def _processors(preset: dict[str, Any]) -> list[dict[str, Any]]:
     return ([preset["source"]] if preset["source"] else []) + preset["effects"]
 
 
+MATCH_COLUMNS = {"si_sdr": "SI-SDR dB", "log_mel": "log-mel"}  # each candidate's match to the wet
+MATCH_FORMATS = {"si_sdr": ".2f", "log_mel": ".4g"}
+
+
+def _fmt(value: float | None, spec: str = ".4g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _origin(candidate: dict[str, Any]) -> str:
+    """Where a candidate came from: a posterior draw, or the search (from which proposal)."""
+    proposal = candidate.get("refinement", {}).get("proposal")
+    return "draw" if proposal is None else f"search ({proposal})"
+
+
 def candidates_table(document: dict[str, Any], limit: int = 20):
     """A rich table of the candidates: rank, loss (and before refinement), log-density, and each
     estimated parameter in physical units (headers: processor index and type, parameter). With
@@ -1013,22 +1126,36 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
         f"{document['model']['name']} ({document['task']}, {document.get('analysis', {}).get('estimator', '?')}), "
         f"ranked by {document['ranked_by'] or 'nothing (one point estimate)'}"
     )
+    baseline = document.get("baseline")
+    if baseline:
+        title.append(
+            f"\nthe dry itself (baseline): loss {_fmt(baseline.get('loss'))}, SI-SDR {_fmt(baseline.get('si_sdr'), '.2f')} dB, "
+            f"log-mel {_fmt(baseline.get('log_mel'))}"
+        )
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
     if len(columns) > TRANSPOSE_ABOVE:
         return _transposed(table, candidates[: min(limit, 10)], len(candidates), procs, columns, refined)
     table.add_column("rank", justify="right")
+    if refined:
+        table.add_column("from", justify="left")
     table.add_column("loss", justify="right")
     if refined:
         table.add_column("before", justify="right")
+    matched = [k for k in MATCH_COLUMNS if any(c.get(k) is not None for c in candidates)]
+    for k in matched:
+        table.add_column(MATCH_COLUMNS[k], justify="right")
     table.add_column("log p", justify="right")
     for i, k in columns:
         table.add_column(Text(f"{_SHORT_TYPES.get(procs[i]['type'], procs[i]['type'])}{i}\n{_SHORT_PARAMS.get(k, k)}"), justify="right")
     for c in candidates[:limit]:
         procs = _processors(c["preset"])
-        row = [str(c["rank"]), "-" if c["loss"] is None else f"{c['loss']:.4g}"]
+        row = [str(c["rank"])]
         if refined:
-            before = c.get("refinement", {}).get("loss_before")
-            row.append("-" if before is None else f"{before:.4g}")
+            row.append(_origin(c))
+        row.append(_fmt(c["loss"]))
+        if refined:
+            row.append(_fmt(c.get("refinement", {}).get("loss_before")))
+        row += [_fmt(c.get(k), MATCH_FORMATS[k]) for k in matched]
         row.append("-" if c["log_prob"] is None else f"{c['log_prob']:.2f}")
         row += [f"{procs[i][k]:.4g}" for i, k in columns]
         table.add_row(*(Text(v) for v in row))
@@ -1046,10 +1173,14 @@ def _transposed(table, shown: list[dict[str, Any]], total: int, procs: list[dict
     table.add_column("rank", justify="left")
     for c in shown:
         table.add_column(str(c["rank"]), justify="right")
-    table.add_row("loss", *("-" if c["loss"] is None else f"{c['loss']:.4g}" for c in shown))
     if refined:
-        before = [c.get("refinement", {}).get("loss_before") for c in shown]
-        table.add_row("before", *("-" if b is None else f"{b:.4g}" for b in before))
+        table.add_row("from", *(_origin(c) for c in shown))
+    table.add_row("loss", *(_fmt(c["loss"]) for c in shown))
+    if refined:
+        table.add_row("before", *(_fmt(c.get("refinement", {}).get("loss_before")) for c in shown))
+    for k, label in MATCH_COLUMNS.items():
+        if any(c.get(k) is not None for c in shown):
+            table.add_row(label, *(_fmt(c.get(k), MATCH_FORMATS[k]) for c in shown))
     table.add_row("log p", *("-" if c["log_prob"] is None else f"{c['log_prob']:.2f}" for c in shown))
     for i, k in columns:
         label = f"{_SHORT_TYPES.get(procs[i]['type'], procs[i]['type'])}{i} {_SHORT_PARAMS.get(k, k)}"

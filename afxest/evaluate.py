@@ -108,6 +108,9 @@ class Evaluation:
     proxy_expectation: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     proxy_best: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     proxy_agreement: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # rank 1 of ``afxest estimate`` with the reference (its search at this effort), or None
+    effort: str | None = None
+    default_estimate: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -185,6 +188,34 @@ def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarra
     return y.numpy()
 
 
+def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples: int, effort: str, seed: int) -> np.ndarray:
+    """Rank 1 of :meth:`afxest.estimate.Analyser.estimate` for one item (wet (1, T), dry (1, T)
+    or None), with its search at ``effort``, rendered by pedalboard (or the synth): (1, 1, T)."""
+    import tempfile
+
+    import soundfile
+
+    from afxest.estimate import EstimateOptions
+
+    task = analyser.task
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for name, x in (("wet", wet), ("dry", dry)):
+            if x is not None:
+                paths.append(Path(folder) / f"{name}.wav")
+                soundfile.write(paths[-1], x[0], task.sample_rate, subtype="FLOAT")
+        options = EstimateOptions(samples=samples, effort=effort, seed=seed, audio="none")
+        _, presets, _ = analyser.estimate(paths[0], paths[1] if dry is not None else None, options)
+    z = np.array([[r.to_normalised(v) for r, v in zip(task.model.ranges, _values(presets[0], task))]])
+    return _render_all(task, z, dry)
+
+
+def _values(preset, task) -> list[float]:
+    """A preset's estimated parameters in the order of ``task.model.ranges`` (physical units)."""
+    processors = ([preset.source] if preset.source is not None else []) + list(preset.effects)
+    return [proc.params[r.name] for space, proc in zip(task.model.processors, processors) for r in space.ranges]
+
+
 def evaluate(
     loaded,
     out: Path,
@@ -199,6 +230,7 @@ def evaluate(
     figure_settings: figs.FigureSettings = figs.FigureSettings(),
     refine: int = 0,
     proxy_model: Path | None = None,
+    effort: str | None = None,
 ) -> Evaluation:
     """Evaluate a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md``,
     ``out/results.csv`` and, with ``figures``, the PNG figures that apply (DAFx 2025 Figs. 4-8;
@@ -207,7 +239,10 @@ def evaluate(
     ``compare``: a loaded deterministic (or parameter) model of the same task whose estimate is
     marked on Figs. 5-7. ``refine``: steps of inference-time optimisation of every candidate
     (reported separately). ``proxy_model``: a trained compressor proxy (``afxest train-proxy``)
-    whose renders are scored too (tasks with a compressor; the dsp proxy always is)."""
+    whose renders are scored too (tasks with a compressor; the dsp proxy always is). ``effort``
+    (``fast``, ``default``, ``best``): also the rank 1 of ``afxest estimate`` given the dry (or,
+    for a synth, the wet) as its reference, with the search of :mod:`afxest.search` at that
+    effort ("default estimate"; the item's wet and dry are handed over as float WAV files)."""
     import torch
 
     from afxest.data import DrySource, MusicFolder, make_batch
@@ -277,6 +312,15 @@ def evaluate(
     proxy_scores = {p: {m: np.empty((n, n_cand)) for m in metrics} for p in proxies}
     proxy_agreement = {p: np.empty(n) for p in proxies}
     input_scores = {m: np.empty(n) for m in metrics} if not task.has_source else None
+    estimate_scores = {m: np.empty(n) for m in metrics}
+    analyser = None
+    if effort is not None:
+        from afxest.estimate import Analyser
+        from afxest.search import EFFORTS
+
+        if effort not in EFFORTS:
+            raise UserError(f"unknown effort {effort!r} ({', '.join(EFFORTS)})")
+        analyser = Analyser(loaded)
     entropy = np.full(n, np.nan)
     rows: list[list[Any]] = []
     k_corr = figure_settings.correlation_samples
@@ -344,6 +388,11 @@ def evaluate(
             for m in metrics:
                 input_scores[m][i] = scores[m][0]
             rows.append([i, "input", 0, *(repr(float(scores[m][0])) for m in metrics), "nan", *([""] * d)])
+        if analyser is not None:
+            scores = _score(fns, default_estimate(analyser, wet, dry, samples, effort, seed), wet)
+            for m in metrics:
+                estimate_scores[m][i] = scores[m][0]
+            rows.append([i, "default-estimate", 0, *(repr(float(scores[m][0])) for m in metrics), "nan", *([""] * d)])
         if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
             log(f"evaluated {i + 1}/{n} items")
 
@@ -372,6 +421,9 @@ def evaluate(
         result.proxy_expectation[p] = {m: _mean_std(proxy_scores[p][m].mean(axis=1)) for m in metrics}
         result.proxy_best[p] = {m: _mean_std(best_of_n(proxy_scores[p][m], n_cand, LOWER_IS_BETTER[m])) for m in metrics}
         result.proxy_agreement[p] = _mean_std(proxy_agreement[p])
+    if analyser is not None:
+        result.effort = effort
+        result.default_estimate = {m: _mean_std(estimate_scores[m]) for m in metrics}
     result.uniform_mean = {m: _mean_std(uniform_scores[m][:, 0]) for m in metrics}
     result.uniform_best10 = {
         m: _mean_std(best_of_n(uniform_scores[m], UNIFORM_CANDIDATES, LOWER_IS_BETTER[m])) for m in metrics
@@ -420,6 +472,9 @@ def main_table(result: Evaluation) -> list[list[str]]:
     label = {"posterior": "Infer.", "deterministic": "Deter.", "param": "Param."}.get(result.kind, result.kind)
     header = ["", "Entropy (bits/dim)", *(METRIC_TITLES[m] for m in result.metrics)]
     rows = [header, [f"{label} (ours)", _fmt(result.entropy), *(_fmt(result.expectation[m]) for m in result.metrics)]]
+    if result.default_estimate:
+        rows.append([f"Default estimate, --effort {result.effort} (ours)", "-",
+                     *(_fmt(result.default_estimate[m]) for m in result.metrics)])
     if result.input_baseline is not None:
         rows.append(["Input (ours)", "-", *(_fmt(result.input_baseline[m]) for m in result.metrics)])
     rows.append(["Uniform, 1 (ours)", "-", *(_fmt(result.uniform_mean[m]) for m in result.metrics)])
@@ -535,6 +590,8 @@ def comparison_rows(results: list[tuple[str, Evaluation]]) -> list[list[str]]:
               *(f"SI-SDR via {p} proxy" for p in proxies)]
     if refine:
         header += [f"SI-SDR, --refine {refine}", f"SI-SDR, best of {top}, --refine {refine}"]
+    if first.effort:
+        header += [f"SI-SDR, default estimate (--effort {first.effort})"]
     rows = [header]
     for name, r in results:
         best = r.best_of[r.samples]
@@ -544,6 +601,8 @@ def comparison_rows(results: list[tuple[str, Evaluation]]) -> list[list[str]]:
         if refine:
             refined_best = r.refined_best_of[r.samples]
             row += [_fmt(r.refined_expectation.get("si_sdr")), _fmt(refined_best.get("si_sdr"))]
+        if first.effort:
+            row += [_fmt(r.default_estimate.get("si_sdr"))]
         rows.append(row)
     filler = ["-"] * (len(header) - 3 - len(metrics))
     if first.input_baseline is not None:

@@ -26,9 +26,17 @@ from afxest.audio import read_audio, resample, to_mono
 from afxest.cli import main
 from afxest.data import procedural_music
 from afxest.estimate import read_mono
+from afxest.search import EFFORTS
 from afxest.tasks import TASKS
 from afxest.train import TrainConfig, train
 from reference import reference_render  # tests/reference.py
+
+
+def si_sdr_numpy(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """SI-SDR in dB (Le Roux et al. 2019) in float64 numpy, an independent reference."""
+    s, e = reference.astype(np.float64), estimate.astype(np.float64)
+    target = (e @ s) / (s @ s) * s
+    return float(10 * np.log10((target @ target) / ((target - e) @ (target - e))))
 
 SR = 22050
 FM_SR = 44100
@@ -125,7 +133,9 @@ def test_top_candidate_rerenders_and_its_loss_is_the_reported_one(
     assert doc["sample_rate"] == SR and doc["wet"] == str(wet) and doc["dry"] == str(dry)
     assert doc["entropy_bits_per_dim"] <= 0  # a density on [0, 1]^d
     candidates = doc["candidates"]
-    assert [c["rank"] for c in candidates] == list(range(1, 7))
+    # the 6 draws and the search's candidates (a reference exists: the search is on)
+    assert [c["rank"] for c in candidates] == list(range(1, 7 + EFFORTS["default"].keep))
+    assert sum("refinement" in c for c in candidates) == EFFORTS["default"].keep
     assert [c["loss"] for c in candidates] == sorted(c["loss"] for c in candidates)
     assert candidates[0]["audio"] == "candidate-1.wav" and all(c["audio"] is None for c in candidates[1:])
     assert sorted(p.name for p in (tmp_path / "song").iterdir()) == ["candidate-1.wav", "estimate.json"]
@@ -138,10 +148,18 @@ def test_top_candidate_rerenders_and_its_loss_is_the_reported_one(
     assert rate == SR
     np.testing.assert_array_equal(written, reference_render(candidates[0]["preset"], dry_audio, SR))
     # ... and it is what was scored: every candidate's loss, recomputed independently
+    # (and its match: SI-SDR and log-mel against the wet, the dry's own as the baseline)
     mel = losses.LogMelLoss(SR)
+    y = torch.from_numpy(wet_audio)[None]
     for c in candidates:
         y_hat = torch.from_numpy(reference_render(c["preset"], dry_audio, SR))[None]
-        assert mel(y_hat, torch.from_numpy(wet_audio)[None]).item() == pytest.approx(c["loss"], rel=1e-5)
+        assert mel(y_hat, y).item() == pytest.approx(c["loss"], rel=1e-5)
+        assert c["log_mel"] == pytest.approx(c["loss"], rel=1e-12)
+        assert c["si_sdr"] == pytest.approx(si_sdr_numpy(y_hat[0, 0].numpy(), wet_audio[0]), abs=0.01)  # float32
+    x = torch.from_numpy(dry_audio)[None]
+    assert doc["baseline"]["log_mel"] == pytest.approx(mel(x, y).item(), rel=1e-5)
+    assert doc["baseline"]["si_sdr"] == pytest.approx(si_sdr_numpy(dry_audio[0], wet_audio[0]), abs=1e-3)
+    assert "the dry itself (baseline)" in err and "SI-SDR" in err
 
     # `afxest render DRY ESTIMATE` renders rank 1: the same file
     code, _, err = run(capsys, "render", dry, tmp_path / "song" / "estimate.json", "-o", tmp_path / "r.wav")
@@ -172,26 +190,32 @@ def test_seed_makes_estimates_reproducible(
     assert not (tmp_path / "song" / "candidate-1.wav").exists()
 
 
-def test_refinement_does_not_raise_the_loss(
+def test_search_adds_refined_candidates_and_refine_0_turns_it_off(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
 ) -> None:
+    """--refine 0: the draws alone (today's estimate); --refine N: the same draws plus the
+    search's candidates, refined for at most N steps, scored like the draws."""
     wet, dry = pair
     base = ["estimate", wet, "--dry", dry, "--model", models["eq"], "--json", "--samples", 4, "--no-audio"]
-    code, out, _ = run(capsys, *base, "-o", tmp_path)
+    code, out, err = run(capsys, *base, "-o", tmp_path, "--refine", 0)
+    assert code == 0, err
     plain = json.loads(out)
+    assert len(plain["candidates"]) == 4 and not any("refinement" in c for c in plain["candidates"])
+    assert plain["analysis"]["search"] is None and plain["analysis"]["refine_steps"] == 0
     (tmp_path / "r").mkdir()
     code, out, err = run(capsys, *base, "-o", tmp_path / "r", "--refine", 8)
     assert code == 0, err
     refined = json.loads(out)
-    records = [c["refinement"] for c in refined["candidates"] if "refinement" in c]
-    assert len(records) == 3  # the three best
-    for c in refined["candidates"]:
-        if "refinement" in c:
-            r = c["refinement"]
-            assert r["steps"] == 8 and c["loss"] == min(r["loss_before"], r["loss_after"])
-    assert sorted(r["loss_before"] for r in records) == [c["loss"] for c in plain["candidates"][:3]]
+    records = [c for c in refined["candidates"] if "refinement" in c]
+    assert len(records) == EFFORTS["default"].keep
+    for c in records:
+        r = c["refinement"]
+        assert r["steps"] <= 8 and r["loss_after"] == c["loss"] and r["proposal"] in ("posterior", "analysis")
+    drawn = [c for c in refined["candidates"] if "refinement" not in c]
+    assert [c["preset"] for c in drawn] == [c["preset"] for c in plain["candidates"]]
     assert refined["candidates"][0]["loss"] <= plain["candidates"][0]["loss"]
-    assert any(r["loss_after"] < r["loss_before"] for r in records)  # it actually improves something
+    assert refined["analysis"]["search"]["step_cap"] == 8
+    assert min(c["loss"] for c in records) < plain["candidates"][0]["loss"]  # it actually improves
 
 
 def test_ddsp_engine_scores_with_the_differentiable_processors(
@@ -338,7 +362,7 @@ def test_point_estimator_gives_one_candidate(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path]
 ) -> None:
     wet = write(tmp_path / "tone.wav", fm_tone(1.0, 2.0, int(0.125 * FM_SR)), FM_SR)
-    code, out, err = run(capsys, "estimate", wet, "--model", models["fm_det"], "-o", tmp_path, "--json")
+    code, out, err = run(capsys, "estimate", wet, "--model", models["fm_det"], "-o", tmp_path, "--json", "--refine", "0")
     assert code == 0, err
     doc = json.loads(out)
     assert len(doc["candidates"]) == 1 and doc["candidates"][0]["log_prob"] is None
@@ -458,7 +482,7 @@ def test_force_removes_audio_of_ranks_the_new_estimate_does_not_have(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
 ) -> None:
     wet, dry = pair
-    args = ["estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--samples", 3]
+    args = ["estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--samples", 3, "--refine", 0]
     assert run(capsys, *args, "--audio-all")[0] == 0
     folder = tmp_path / "song"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -493,7 +517,7 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
 
     wet, dry = pair
     other = write(tmp_path / "other.wav", read_audio(wet)[0], SR)
-    original = afxest.estimate.Analyser.score
+    original = afxest.estimate.Analyser.measure
 
     calls = []
 
@@ -503,7 +527,7 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
             raise RuntimeError("boom")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(afxest.estimate.Analyser, "score", failing)
+    monkeypatch.setattr(afxest.estimate.Analyser, "measure", failing)
     code, out, err = run(capsys, "estimate", wet, other, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
                          "--json", "--samples", 2)
     assert code == 1

@@ -267,3 +267,19 @@ def test_marginal_entropy_matches_closed_forms():
     np.testing.assert_allclose(h, expected, atol=0.03)
     # with the default 1000 draws the estimate stays within 0.1 bit of the uniform's 0
     assert abs(marginal_entropy_bits(rng.random((1000, 1)))[0]) < 0.1
+
+
+def test_default_estimate_row_is_the_searched_rank_1_and_beats_the_input(tmp_path):
+    """--effort: each item's "default-estimate" row (rank 1 of afxest estimate with the dry,
+    rendered by pedalboard) has a lower log-mel than the dry itself, and the table's row is the
+    numpy mean of those rows."""
+    loaded = load_model(str(one_step_checkpoint(tmp_path / "run", "eq")))
+    result = evaluate(loaded, tmp_path / "eval", n=2, samples=2, seed=5, log=lambda _m: None, figures=False, effort="fast")
+    rows = _rows(tmp_path / "eval")
+    found, dry = _matrix(rows, "default-estimate", "mel"), _matrix(rows, "input", "mel")
+    assert found.shape == dry.shape == (2, 1)
+    assert (found < 0.5 * dry).all(), (found, dry)
+    assert result.default_estimate["mel"][0] == pytest.approx(found.mean(), rel=1e-12)
+    sdr = _matrix(rows, "default-estimate", "si_sdr")
+    assert result.default_estimate["si_sdr"][0] == pytest.approx(sdr.mean(), rel=1e-12)
+    assert "Default estimate, --effort fast (ours)" in (tmp_path / "eval" / "report.md").read_text()

@@ -237,7 +237,7 @@ def test_row3_an_interrupted_estimate_leaves_nothing_and_a_killed_one_is_swept(
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(afxest.estimate, "render_to_file", render_then_signal)
-    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--samples", 4, "--audio-all", "-o", out)
+    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--refine", 0, "--samples", 4, "--audio-all", "-o", out)
     assert code == 143 and err.strip().splitlines()[-1] == "afxest: interrupted (SIGTERM)", err
     assert files(out) == []  # no candidate-N.wav without its estimate.json, no temporary file
 
@@ -251,7 +251,7 @@ def test_row3_an_interrupted_estimate_leaves_nothing_and_a_killed_one_is_swept(
     left = files(out)
     assert len(left) == 2 and left[0].startswith(".afxest-") and left[0].endswith(".part"), left
     monkeypatch.setattr(afxest.estimate, "render_to_file", real)
-    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--samples", 2, "--audio-all", "-o", out)
+    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--refine", 0, "--samples", 2, "--audio-all", "-o", out)
     assert code == 0, err  # not blocked by the leftovers, and without --force
     assert files(out) == ["song", "song/candidate-1.wav", "song/candidate-2.wav", "song/estimate.json"]
 

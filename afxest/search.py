@@ -1,0 +1,306 @@
+"""Search for the preset that rebuilds the wet when a reference exists (issue 11).
+
+With a reference (the dry file of an effect task; for a synth task the wet itself), the preset
+wanted is the one whose rendering equals the wet, not a guess. :func:`search` finds it in four
+steps, each a plain function of arrays:
+
+1. **proposals**: the model's posterior draws; for tasks of at most :data:`DESIGN_MAX_DIM`
+   parameters (``fm``) also a scrambled Sobol design over the whole normalised space
+   (:func:`design`; Owen 1998), so the answer does not depend on the network being good;
+2. **cheap scoring**: every proposal rendered by the real renderer (pedalboard, or the synth)
+   on a few windows and scored by the task's loss (a callback of the caller); the best
+   :attr:`Effort.keep` are kept;
+3. **refinement** (:func:`refine`): inference-time optimisation through the differentiable
+   processors (Adam on u = logit(z), z = sigmoid(u), so parameters stay inside the task's
+   ranges), the learning rate halved whenever the loss has not improved by a relative
+   :data:`TOLERANCE` for :data:`PATIENCE` steps, and stopped after :data:`HALVINGS` halvings
+   (converged) or at the step cap; each candidate's best iterate is kept. The loss is the
+   task's loss plus :func:`waveform_loss`, the reconstruction error in dB: the task's spectral
+   losses alone flatten out near the answer (a log-mel distance of 1e-4 is still only ~20 dB
+   SI-SDR), the waveform error keeps a useful gradient down to 50 dB and more because the
+   differentiable processors equal the real ones sample for sample (docs/effects.md);
+4. a **final score** of every candidate by the caller, with the renderer the user chose.
+
+The choices (learning rate, halving schedule, loss) are the ones measured best on the
+validation split (docs/estimate.md, "Search").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DESIGN_MAX_DIM = 3  # tasks of at most this many parameters get a space-filling design
+TOLERANCE = 1e-3  # relative improvement of the best loss that counts as progress
+PATIENCE = 10  # steps without progress before the learning rate is halved
+HALVINGS = 4  # converged after this many halvings without progress
+LEARNING_RATE = 0.05  # Adam on logit(z)
+EPS = 1e-6  # z is kept in [EPS, 1 - EPS] before the logit
+
+
+@dataclass(frozen=True)
+class Effort:
+    """How much work the search does: ``--effort fast|default|best``."""
+
+    name: str
+    keep: int  # proposals refined (the best by the cheap score)
+    max_steps: int  # step cap of each refinement
+    design: int  # Sobol points for tasks of at most DESIGN_MAX_DIM parameters
+    keep_design: int  # proposals refined in those tasks (their short clips are cheap to render)
+    windows: int  # analysis windows refined on (of equal length, spread over the file)
+
+
+EFFORTS: dict[str, Effort] = {
+    "fast": Effort("fast", keep=1, max_steps=100, design=256, keep_design=4, windows=1),
+    "default": Effort("default", keep=2, max_steps=300, design=1024, keep_design=16, windows=2),
+    "best": Effort("best", keep=4, max_steps=1000, design=4096, keep_design=64, windows=4),
+}
+
+
+def design(d: int, n: int, seed: int) -> np.ndarray:
+    """``n`` points of a scrambled Sobol sequence in [0, 1]^d (Owen scrambling), float64.
+
+    A low-discrepancy design covers the cube far more evenly than as many uniform draws, so
+    the best point is near any optimum of a smooth loss (torch's SobolEngine; no scipy)."""
+    import torch
+
+    engine = torch.quasirandom.SobolEngine(d, scramble=True, seed=seed)
+    return engine.draw(n, dtype=torch.float64).numpy()
+
+
+def waveform_loss(y_hat, y):
+    """Reconstruction error in dB, (batch,): 10 log10(||y_hat - y||^2 / ||y||^2), over the
+    last axis and channels; -SDR without the scale invariance (a gain error is an error)."""
+    import torch
+
+    dims = tuple(range(1, y.dim()))
+    error = (y_hat - y).square().sum(dim=dims)
+    energy = y.square().sum(dim=dims)
+    return 10 * torch.log10((error + 1e-12) / (energy + 1e-12))
+
+
+WAVEFORM_WEIGHT = 0.01  # dB of waveform error per unit of the task's loss
+
+
+def search_loss(task_loss: Callable, weight: float | None = None) -> Callable:
+    """The refinement loss: the task's loss plus ``weight`` (default :data:`WAVEFORM_WEIGHT`)
+    x :func:`waveform_loss` (dB)."""
+    weight = WAVEFORM_WEIGHT if weight is None else weight
+    if weight == 0:
+        return task_loss
+    return lambda y_hat, y: task_loss(y_hat, y) + weight * waveform_loss(y_hat, y)
+
+
+class Adam:
+    """Adam (Kingma & Ba, ICLR 2015) on one tensor, betas (0.9, 0.999), eps 1e-8: torch.optim's
+    update written out, because importing torch.optim also imports sympy (about a second)."""
+
+    def __init__(self, param, lr: float) -> None:
+        import torch
+
+        self.param, self.lr, self.t = param, lr, 0
+        self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
+
+    def step(self, grad) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.t += 1
+            self.m.mul_(0.9).add_(grad, alpha=0.1)
+            self.v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+            m_hat = self.m / (1 - 0.9**self.t)
+            v_hat = self.v / (1 - 0.999**self.t)
+            self.param -= self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+
+
+@dataclass
+class Refined:
+    """Each candidate's best iterate (K, d) float64, its loss (K,) and the steps taken."""
+
+    z: np.ndarray
+    loss: np.ndarray
+    steps: int
+
+
+def refine(
+    render: Callable[[Any], Any],
+    loss_fn: Callable[[Any, Any], Any],
+    z0: np.ndarray,
+    y,
+    max_steps: int,
+    lr: float = LEARNING_RATE,
+    tolerance: float = TOLERANCE,
+    patience: int = PATIENCE,
+    halvings: int = HALVINGS,
+    skip: int = 0,
+) -> Refined:
+    """Inference-time optimisation of K candidates ``z0`` (K, d) in [0, 1]^d.
+
+    ``render`` maps z (K*R, d) to audio shaped like ``y`` (K*R, 1, T), the target: R excerpts
+    per candidate, in order. The loss of a candidate is the mean of ``loss_fn`` over its R
+    excerpts, after dropping the first ``skip`` samples of each (a pre-roll where the
+    differentiable processors, started from rest, differ from the real ones that ran before).
+    Adam on u = logit(z); the learning rate is halved when no candidate's best loss improved
+    by a relative ``tolerance`` in ``patience`` steps, and the search stops after ``halvings``
+    halvings or ``max_steps`` steps. Returns each candidate's best iterate (step 0 included).
+    """
+    import torch
+
+    k = z0.shape[0]
+    r = y.shape[0] // k
+    u0 = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS)).float().to(y.device)
+    u = u0.clone().requires_grad_(True)
+    optimiser = Adam(u, lr)
+    best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
+    target = y[..., skip:]
+    reference, stall, halved, step = math.inf, 0, 0, 0
+    for step in range(max_steps + 1):
+        z = torch.sigmoid(u).repeat_interleave(r, dim=0)
+        loss = loss_fn(render(z)[..., skip:], target).view(k, r).mean(dim=1)
+        with torch.no_grad():
+            better = loss < best
+            best = torch.where(better, loss.detach(), best)
+            best_u[better] = u.detach()[better]
+            total = float(best.sum())
+        if total < reference - tolerance * abs(reference) or not math.isfinite(reference):
+            reference, stall = total, 0
+        else:
+            stall += 1
+            if stall >= patience:
+                halved, stall = halved + 1, 0
+                if halved > halvings:
+                    break
+                optimiser.lr *= 0.5
+        if step == max_steps:
+            break
+        (grad,) = torch.autograd.grad(loss.sum(), u)
+        optimiser.step(grad)
+    z_best = torch.sigmoid(best_u.double()).clamp(0.0, 1.0).cpu().numpy()
+    return Refined(z_best, best.double().cpu().numpy(), step)
+
+
+@dataclass
+class Searched:
+    """The search's candidates: z (K, d) float64, where each came from (``posterior``,
+    ``design`` or ``analysis``), its cheap score before and its loss after refinement, and the
+    steps each refinement took."""
+
+    z: np.ndarray
+    origin: list[str]
+    loss_before: np.ndarray
+    loss_after: np.ndarray
+    steps: int
+    proposals: dict[str, int]  # origin -> how many were scored
+    windows: int  # excerpts refined on
+    step_cap: int
+
+
+def search(
+    proposals: dict[str, np.ndarray],
+    cheap_score: Callable[[np.ndarray], np.ndarray],
+    render: Callable[[Any, Any], Any],
+    loss_fn: Callable[[Any, Any], Any],
+    y,
+    x,
+    effort: Effort,
+    max_steps: int | None = None,
+    skip: int = 0,
+) -> Searched:
+    """Steps 1-3 of the module's pipeline: score every proposal (``origin`` -> z (n, d)) with
+    ``cheap_score`` (z -> (n,) losses, lower is better), keep the ``effort.keep`` best and refine
+    them (:func:`refine`) through ``render`` (z (B, d), dry (B, 1, T) or None -> (B, 1, T)) on
+    one candidate's excerpts: the wet ``y`` (R, 1, T) and the dry ``x`` (R, 1, T, or None for a
+    synth), repeated here for each kept candidate. ``max_steps`` overrides the effort's cap."""
+    import torch
+
+    origin = [name for name, z in proposals.items() for _ in range(len(z))]
+    z_all = np.concatenate([np.asarray(z, np.float64).reshape(-1, z.shape[-1]) for z in proposals.values()])
+    scores = np.asarray(cheap_score(z_all), np.float64)
+    scores = np.where(np.isfinite(scores), scores, np.inf)
+    keep = effort.keep_design if "design" in proposals else effort.keep
+    order = np.argsort(scores, kind="stable")[:keep]
+    z0 = z_all[order]
+    k = len(order)
+    steps = effort.max_steps if max_steps is None else max_steps
+    y_k = y.repeat(k, 1, 1)
+    x_k = None if x is None else x.repeat(k, 1, 1)
+    with torch.enable_grad():
+        refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
+                         HALVINGS, skip)
+    return Searched(
+        refined.z, [origin[i] for i in order], scores[order], refined.loss, refined.steps,
+        {name: len(z) for name, z in proposals.items()}, y.shape[0], steps,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis-based proposals (effect tasks)
+
+EQ_FIT_FFT = 4096  # long-term spectra: Welch averages of Hann-windowed frames of this size
+EQ_FIT_STEPS = 200
+EQ_FIT_FLOOR_DB = 60.0  # bins more than this below the dry's loudest are not fitted
+
+
+def long_term_ratio_db(dry: np.ndarray, wet: np.ndarray, n_fft: int = EQ_FIT_FFT) -> tuple[np.ndarray, np.ndarray]:
+    """The wet's long-term spectrum over the dry's, in dB, at the n_fft // 2 + 1 bins of an rfft,
+    and a weight per bin (1 where the dry has energy within :data:`EQ_FIT_FLOOR_DB` of its
+    loudest bin, else 0). Welch's method (Hann frames, half overlap) on (T,) signals."""
+    def psd(x: np.ndarray) -> np.ndarray:
+        hop = n_fft // 2
+        frames = max(1, 1 + (len(x) - n_fft) // hop)
+        x = np.pad(x, (0, max(0, n_fft - len(x))))
+        idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+        spec = np.fft.rfft(x[idx] * np.hanning(n_fft)[None], axis=-1)
+        return np.mean(np.abs(spec) ** 2, axis=0) + 1e-20
+
+    p_dry, p_wet = psd(np.asarray(dry, np.float64)), psd(np.asarray(wet, np.float64))
+    ratio = 10 * np.log10(p_wet / p_dry)
+    dry_db = 10 * np.log10(p_dry)
+    weight = (dry_db > dry_db.max() - EQ_FIT_FLOOR_DB).astype(np.float64)
+    weight[0] = 0.0  # DC says nothing about an equaliser
+    return ratio, weight
+
+
+def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarray, sample_rate: float,
+                  steps: int = EQ_FIT_STEPS) -> np.ndarray:
+    """Each start ``z0`` (K, d) with its equaliser bands (the leading biquads of ``space``,
+    a :class:`afxest.tasks.Space`) fitted to the long-term spectral ratio: the weighted mean
+    square of 20 log10 |H(f)| + c - ratio_db(f), c a free broadband level (what the compressor
+    and the gain add), by Adam on logit(z) of the bands' parameters. Only the filters' closed
+    form responses are evaluated (no audio), so this costs milliseconds. (K, d) float64."""
+    import torch
+
+    from afxest.dsp.filters import BIQUAD_TYPES, biquad_coefficients, frequency_response
+
+    bands, dim = [], 0
+    for proc in space.processors:
+        if proc.type not in BIQUAD_TYPES:
+            break
+        bands.append((proc, dim))
+        dim += proc.dim
+    if not bands:
+        return np.asarray(z0, np.float64).copy()
+    target = torch.from_numpy(ratio_db)
+    w = torch.from_numpy(weight / max(weight.sum(), 1.0))
+    n_fft = 2 * (len(ratio_db) - 1)
+    u = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)[:, :dim]).clamp(EPS, 1 - EPS)).requires_grad_(True)
+    optimiser = Adam(u, 0.05)
+    for _ in range(steps):
+        z = torch.sigmoid(u)
+        response = torch.zeros(z.shape[0], len(ratio_db), dtype=torch.float64)
+        for proc, start in bands:
+            p = proc.physical(z[:, start : start + proc.dim])
+            b, a = biquad_coefficients(proc.type, p["cutoff_frequency_hz"], p["gain_db"], p["q"], sample_rate)
+            response = response + 20 * torch.log10(frequency_response(b, a, n_fft).abs() + 1e-12)
+        residual = target - response
+        level = (residual * w).sum(dim=1, keepdim=True)  # the best broadband offset, closed form
+        loss = ((residual - level).square() * w).sum(dim=1)
+        (grad,) = torch.autograd.grad(loss.sum(), u)
+        optimiser.step(grad)
+    out = np.asarray(z0, np.float64).copy()
+    out[:, :dim] = torch.sigmoid(u.detach()).numpy()
+    return out

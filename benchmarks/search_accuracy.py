@@ -1,0 +1,98 @@
+"""Accuracy and cost of ``afxest estimate`` with a reference, on items of a music split.
+
+    python benchmarks/search_accuracy.py --model master --data /work/music --split val --n 8
+        [--refine 0] [--effort default] [--samples 10] [--set NAME=VALUE ...]
+
+Item i is drawn as ``afxest evaluate`` draws it (``default_rng([seed, 2_000_003, i])``: a dry
+excerpt of the split, parameters uniform in [0, 1]^d, the wet rendered by pedalboard, or a
+synth tone for ``fm``), written as float WAV files at the task's rate, and estimated by
+:meth:`afxest.estimate.Analyser.estimate` as ``afxest estimate WET --dry DRY`` does. Rank 1's
+preset is rendered by pedalboard on the dry (or synthesised) and compared with the wet:
+SI-SDR (dB) and log-mel distance (DAFx 2025 Eq. 16), with the dry's own as the Input
+baseline. ``--set`` overrides a constant of :mod:`afxest.search` (tuning on the val split).
+Printed: one line per item, then mean, median and the share of items at or above the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from afxest import search
+from afxest.data import DrySource, MusicFolder, make_batch
+from afxest.engines import render
+from afxest.estimate import Analyser, EstimateOptions
+from afxest.evaluate import ITEM_STREAM
+from afxest.losses import LogMelLoss, si_sdr
+from afxest.store import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="master")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--split", default="val", choices=("train", "val", "test"))
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--first", type=int, default=0, help="index of the first item")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--refine", type=int, default=None)
+    parser.add_argument("--effort", default="default", choices=tuple(search.EFFORTS))
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    args = parser.parse_args()
+    for item in args.set:
+        name, value = item.split("=", 1)
+        setattr(search, name, type(getattr(search, name))(value))
+    torch.set_num_threads(1)
+    loaded = load_model(args.model, torch.device("cpu"))
+    task = loaded.task
+    analyser = Analyser(loaded)
+    source = None
+    if not task.has_source:
+        folder = MusicFolder(args.data, task.sample_rate, args.split, min_seconds=task.clip_seconds).prepare()
+        source = DrySource(folder, task.sample_rate)
+    mel = LogMelLoss(task.sample_rate)
+    options = EstimateOptions(samples=args.samples, refine=args.refine, effort=args.effort, seed=args.seed, audio="none")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.first, args.first + args.n):
+            batch = make_batch(task, source, np.random.default_rng([args.seed, ITEM_STREAM, i]), 1)
+            wet_path, dry_path = Path(tmp) / f"wet{i}.wav", None
+            sf.write(wet_path, batch.wet[0, 0], task.sample_rate, subtype="FLOAT")
+            if batch.dry is not None:
+                dry_path = Path(tmp) / f"dry{i}.wav"
+                sf.write(dry_path, batch.dry[0, 0], task.sample_rate, subtype="FLOAT")
+            t0 = time.perf_counter()
+            document, presets, _ = analyser.estimate(wet_path, dry_path, options)
+            seconds = time.perf_counter() - t0
+            dry = None if batch.dry is None else batch.dry[0]
+            y_hat = render(presets[0], dry, task.sample_rate, "pedalboard")[:, : task.clip_samples]
+            wet = torch.from_numpy(batch.wet[0][None])
+            est = torch.from_numpy(np.ascontiguousarray(y_hat[None]))
+            row = [float(si_sdr(est, wet)), float(mel(est, wet))]
+            if dry is not None:
+                inp = torch.from_numpy(dry[None])
+                row += [float(si_sdr(inp, wet)), float(mel(inp, wet))]
+            else:
+                row += [float("nan"), float("nan")]
+            row.append(seconds)
+            rows.append(row)
+            origin = document["candidates"][0].get("refinement", {}).get("proposal", "posterior")
+            print(f"item {i}: SI-SDR {row[0]:7.2f} dB  log-mel {row[1]:.3g}  input {row[2]:6.2f} dB {row[3]:.3g}  "
+                  f"{seconds:5.1f} s  steps {document['analysis']['refine_steps']}  from {origin}", flush=True)
+    a = np.array(rows)
+    print(f"{task.name} {args.split} n={len(a)} effort={args.effort} refine={args.refine} set={args.set}")
+    print(f"  SI-SDR rank 1: mean {a[:, 0].mean():.2f} dB, median {np.median(a[:, 0]):.2f}, min {a[:, 0].min():.2f}")
+    print(f"  log-mel rank 1: mean {a[:, 1].mean():.4g}; Input: SI-SDR {np.nanmean(a[:, 2]):.2f} dB, log-mel "
+          f"{np.nanmean(a[:, 3]):.4g}; ratio of means {a[:, 1].mean() / np.nanmean(a[:, 3]):.3g}")
+    print(f"  seconds per item (estimate only): mean {a[:, 4].mean():.2f}")
+
+
+if __name__ == "__main__":
+    main()
