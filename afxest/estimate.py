@@ -661,7 +661,7 @@ class Analyser:
         import torch
 
         from afxest import search as s
-        from afxest.train import render_model
+        from afxest.objective import render_model
 
         task = self.task
         effort = s.EFFORTS[options.effort]
