@@ -246,8 +246,10 @@ class MelSpectrogram(torch.nn.Module):
     def _sparse_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
         key = (dtype, device)
         if self._sparse.get("key") != key:
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": products and their gradients are tested
-                warnings.simplefilter("ignore", UserWarning)
+            # a normal tensor even when first built under inference_mode (scoring), so that a
+            # later differentiable call (refinement, training) may save it for backward
+            with warnings.catch_warnings(), torch.inference_mode(False):
+                warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta": tested here
                 basis = self.mel_basis.to(dtype=dtype, device=device).to_sparse_csr()
             self._sparse = {"key": key, "basis": basis}
         return self._sparse["basis"]

@@ -191,10 +191,35 @@ def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
     model.encoder.load_state_dict(encoder)
     source = state["estimator"]
     same_head = {source["kind"], est_config.kind} <= {"param", "deterministic"} or source == est_config.to_dict()
+    head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
     if same_head:
-        model.head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")})
+        model.head.load_state_dict(head)
         return f"encoder and head from {path} ({source['kind']}, step {state['step']})"
+    if source["kind"] in ("param", "deterministic") and est_config.kind == "posterior":
+        centre_posterior_on_point(model.head, head["linear.weight"], head["linear.bias"])
+        return (f"encoder from {path} ({source['kind']}, step {state['step']}); posterior head centred on its "
+                f"point estimate (Gaussian mean = its logits, sigma {INIT_SIGMA}, flows near the identity)")
     return f"encoder from {path} ({source['kind']}, step {state['step']}); new {est_config.kind} head"
+
+
+INIT_SIGMA = 0.1  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
+
+
+def centre_posterior_on_point(head: Any, weight: Any, bias: Any, sigma: float = INIT_SIGMA) -> None:
+    """Start a posterior head (DAFx 2025 Sec. 3.2) as a narrow law around a point estimator's
+    z = sigmoid(W h + c): the base Gaussian's mean is W h + c (the logits), its log standard
+    deviation the constant ln ``sigma``. The flow layers start near the identity
+    (:class:`afxest.nn.flows.ConditionalDSF`), so samples are sigmoid(W h + c + sigma eps),
+    bent slightly, and training the flow starts from what the point estimator knows instead
+    of from a random law."""
+    import torch
+
+    d = head.d
+    with torch.no_grad():
+        head.base.weight[:d].copy_(weight)
+        head.base.bias[:d].copy_(bias)
+        head.base.weight[d:].zero_()
+        head.base.bias[d:].fill_(math.log(sigma))
 
 
 def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:

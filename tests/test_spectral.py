@@ -204,3 +204,17 @@ def test_import_pulls_neither_nnaudio_nor_scipy():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mel_first_used_in_inference_mode_still_differentiates() -> None:
+    """Scoring runs under inference_mode, refinement after it with gradients: the filterbank
+    cached by the first call must not be an inference tensor."""
+    mel = MelSpectrogram(SR, 1024, 256, 40)
+    x = torch.randn(2, 4000)
+    with torch.inference_mode():
+        mel(x)
+    y = x.clone().requires_grad_(True)
+    mel(y).sum().backward()
+    dense = torch.matmul(mel.mel_basis.float(), mel.spectrogram(x).transpose(1, 2))
+    assert torch.allclose(mel(x), dense, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(y.grad).all()

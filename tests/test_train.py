@@ -213,13 +213,24 @@ def test_init_copies_encoder_and_compatible_head(tmp_path: Path, capsys: pytest.
 
     torch.manual_seed(5)
     posterior = Estimator(task, EstimatorConfig(kind="posterior"))
-    fresh_head = {k: v.clone() for k, v in posterior.head.state_dict().items()}
+    fresh_flows = {k: v.clone() for k, v in posterior.head.flows.state_dict().items()}
     message = initialise_from(posterior, source / "last.pt", task, posterior.config)
-    assert "new posterior head" in message
+    assert "posterior head centred on its point estimate" in message
     for name, value in posterior.encoder.state_dict().items():
         assert torch.equal(value, saved[f"encoder.{name}"]), name
-    for name, value in posterior.head.state_dict().items():
-        assert torch.equal(value, fresh_head[name]), name
+    for name, value in posterior.head.flows.state_dict().items():  # flows: their own (near-identity) start
+        assert torch.equal(value, fresh_flows[name]), name
+    # the posterior's draws spread around the point estimate sigmoid(W h + c) by about
+    # sigma * z (1 - z) (the sigmoid's slope), the flows bending them only slightly
+    wet = torch.randn(3, 1, task.clip_samples)
+    posterior.eval()
+    deterministic.eval()
+    with torch.no_grad():
+        point = deterministic.sample(wet, 1).z[:, 0]
+        draws = posterior.sample(wet, 4000).z
+    spread = 0.1 * point * (1 - point)
+    assert torch.all((draws.median(dim=1).values - point).abs() <= 0.5 * spread + 1e-3)
+    assert torch.allclose(draws.std(dim=1), spread, rtol=0.5, atol=1e-3)
 
     eq_run = tmp_path / "eq"
     train(TrainConfig(task="eq", out=str(eq_run), estimator="param", max_steps=1, batch_size=2, **QUICK), log=quiet)
