@@ -1,15 +1,18 @@
 """Whole-process cost of ``afxest estimate``, against ``python -c "import torch"`` measured in the
 same run.
 
-    python benchmarks/estimate_speed.py [--model eq] [--repeats 5] [--long-minutes 10]
+    python benchmarks/estimate_speed.py [--model master] [--repeats 5] [--long-minutes 10]
                                         [--memory-minutes 60]
 
 Cases (procedural music, 44.1 kHz stereo files written to a temporary folder; each case a fresh
 ``python -m afxest estimate`` process, as a user runs it):
 
-* ``short``: a 5 s clip with a dry file and 10 candidates (issue target: at most 1.5x the floor);
-* ``long``: a ``--long-minutes`` file with a dry file and 10 candidates (target: 10 minutes
-  within 15 s on 2 cores);
+* ``short``: a 5 s clip with a dry file, default settings (the search of afxest/search.py;
+  issue 11 target: at most 8x the floor);
+* ``short --refine 0``: the same, the network's 10 draws ranked and nothing else;
+* ``blind``: the 5 s wet alone (no search; target: at most 1.5x the floor);
+* ``long``: a ``--long-minutes`` file with its dry file, default settings (target: 10 minutes
+  within 30 s on 2 cores);
 * ``memory`` (only with ``--memory-minutes``): the peak resident memory of one estimate of a
   file that long (target: an hour within about 2 GB).
 
@@ -85,7 +88,7 @@ def write_pair(folder: Path, name: str, seconds: float, seed: int) -> tuple[Path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="eq", help="model name or path (default: the bundled eq)")
+    ap.add_argument("--model", default="master", help="model name or path (default: the bundled master)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--long-minutes", type=float, default=10.0)
     ap.add_argument("--memory-minutes", type=float, default=0.0)
@@ -98,11 +101,12 @@ def main() -> None:
         long = write_pair(folder, "long", 60 * args.long_minutes, 2)
         hour = write_pair(folder, "memory", 60 * args.memory_minutes, 3) if args.memory_minutes else None
 
-        def estimate(pair: tuple[Path, Path], out: str) -> list[str]:
+        def estimate(pair: tuple[Path, Path], out: str, *extra: str, with_dry: bool = True) -> list[str]:
             wet, dry = pair
             (folder / out).mkdir(exist_ok=True)
-            return [py, "-m", "afxest", "estimate", str(wet), "--dry", str(dry), "--model", args.model,
-                    "--samples", "10", "-o", str(folder / out), "--force", "--no-progress", "--device", "cpu"]
+            reference = ["--dry", str(dry)] if with_dry else []
+            return [py, "-m", "afxest", "estimate", str(wet), *reference, "--model", args.model, "--samples", "10",
+                    "-o", str(folder / out), "--force", "--no-progress", "--device", "cpu", *extra]
 
         timed(estimate(short, "warm"))  # page cache and numba's on-disk cache warm for all cases
         floor = [timed([py, "-c", "import torch"]) for _ in range(args.repeats)]
@@ -110,12 +114,18 @@ def main() -> None:
         floor_s = float(np.median([w for w, _ in floor]))
         print(f"floor  python -c 'import torch': {floor_s:.2f} s (median of {args.repeats}), "
               f"{max(m for _, m in floor):.0f} MB")
-        rows = [("short", "5 s, dry, 10 candidates", float(np.median([w for w, _ in runs])), max(m for _, m in runs))]
+        rows = [("short", "5 s, dry, default", float(np.median([w for w, _ in runs])), max(m for _, m in runs))]
+        for name, what, argv in (
+            ("short", "5 s, dry, --refine 0", estimate(short, "refine0", "--refine", "0")),
+            ("blind", "5 s, no dry", estimate(short, "blind", with_dry=False)),
+        ):
+            runs = [timed(argv) for _ in range(args.repeats)]
+            rows.append((name, what, float(np.median([w for w, _ in runs])), max(m for _, m in runs)))
         wall, mem = timed(estimate(long, "long"))
-        rows.append(("long", f"{args.long_minutes:g} min, dry, 10 candidates", wall, mem))
+        rows.append(("long", f"{args.long_minutes:g} min, dry, default", wall, mem))
         if hour is not None:
             wall, mem = timed(estimate(hour, "memory"))
-            rows.append(("memory", f"{args.memory_minutes:g} min, dry, 10 candidates", wall, mem))
+            rows.append(("memory", f"{args.memory_minutes:g} min, dry, default", wall, mem))
     print(f"{'case':8} {'input':28} {'wall s':>8} {'x floor':>8} {'peak MB':>8}")
     for name, what, wall, mem in rows:
         print(f"{name:8} {what:28} {wall:8.2f} {wall / floor_s:8.2f} {mem:8.0f}")
