@@ -202,7 +202,7 @@ def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
     return f"encoder from {path} ({source['kind']}, step {state['step']}); new {est_config.kind} head"
 
 
-INIT_SIGMA = 0.1  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
+INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
 
 
 def centre_posterior_on_point(head: Any, weight: Any, bias: Any, sigma: float = INIT_SIGMA) -> None:

@@ -228,7 +228,9 @@ def test_init_copies_encoder_and_compatible_head(tmp_path: Path, capsys: pytest.
     with torch.no_grad():
         point = deterministic.sample(wet, 1).z[:, 0]
         draws = posterior.sample(wet, 4000).z
-    spread = 0.1 * point * (1 - point)
+    from afxest.train import INIT_SIGMA
+
+    spread = INIT_SIGMA * point * (1 - point)
     assert torch.all((draws.median(dim=1).values - point).abs() <= 0.5 * spread + 1e-3)
     assert torch.allclose(draws.std(dim=1), spread, rtol=0.5, atol=1e-3)
 
