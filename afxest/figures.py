@@ -535,6 +535,7 @@ ESTIMATE_DPI = 100
 PLOT_TOP = 5  # candidates drawn one by one; the band spans all of them
 PLOT_POINTS = 400  # frequencies (log-spaced) of the equaliser curves
 PLOT_LOWEST_HZ = 20.0
+SPECTRUM_FLOOR_DB = -100.0  # the synth spectra's lowest level shown
 LEVELS_DB = (-60.0, 0.0)  # input levels of the compressor's static curve (dBFS)
 
 
@@ -648,12 +649,14 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
             rate = presets[0].sample_rate
             estimate = synthesise(presets[0], int(round(rate)))[0]
             n = min(len(wet), len(estimate))
+            highest = 0.0
             for x, label, style in ((wet, "wet", dict(lw=1.6, color="0.3")),
                                     (estimate, labels_[0], dict(lw=1.0, color="tab:red", alpha=0.85))):
                 f, db = spectrum_db(x[:n], rate)
                 ax.plot(f, db, label=label, **style)
-            ax.set_xlim(0, rate / 2)
-            ax.set_ylim(-100, 5)
+                highest = max(highest, float(f[db > SPECTRUM_FLOOR_DB].max(initial=0.0)))
+            ax.set_xlim(0, min(rate / 2, max(1000.0, 1.2 * highest)))  # up to the last partial shown
+            ax.set_ylim(SPECTRUM_FLOOR_DB, 5)
             ax.set_xlabel("frequency (Hz)")
             ax.set_ylabel("magnitude (dB re full-scale sine)")
             ax.set_title("Magnitude spectra")
