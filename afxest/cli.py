@@ -248,6 +248,7 @@ def estimate(
     audio_all: Annotated[bool, typer.Option("--audio-all", help="Write the audio of every candidate, not only the best.")] = False,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Write no audio.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing estimates.")] = False,
+    plot: Annotated[bool, typer.Option("--plot", help="Also write estimate.png: the equaliser responses and compressor curves of the top candidates, or a synth's spectra (needs matplotlib: the plots extra).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Estimate the effect or synth preset behind each wet file: ranked candidates and a summary."""
@@ -262,6 +263,10 @@ def estimate(
 
     if audio_all and no_audio:
         raise UserError("give --audio-all or --no-audio, not both")
+    if plot:
+        from afxest.figures import require_matplotlib
+
+        require_matplotlib()
     check_out_dir(out)
     jobs = pair_inputs(wets, dry or [])
     check_stems(jobs)
@@ -271,7 +276,7 @@ def estimate(
     loaded = load_model(model, torch_device)
     options = EstimateOptions(
         samples=samples, engine=engine.value, refine=refine, effort=effort.value, seed=seed,
-        audio="all" if audio_all else "none" if no_audio else "top", force=force,
+        audio="all" if audio_all else "none" if no_audio else "top", force=force, plot=plot,
     )
     if dry and loaded.task.has_source:
         raise UserError(f"the {loaded.task.name} model estimates a synth, which needs no dry file; leave out --dry")
@@ -292,7 +297,8 @@ def estimate(
         for warning in result.warnings:
             _say(warning, warning=True)
         audio = sum(1 for c in result.document["candidates"] if c["audio"])
-        _say(f"wrote {result.folder / 'estimate.json'}" + (f" and {audio} audio file{'s' * (audio > 1)}" if audio else ""))
+        also = ([f"{audio} audio file{'s' * (audio > 1)}"] if audio else []) + ([result.document["plot"]] if result.document.get("plot") else [])
+        _say(f"wrote {result.folder / 'estimate.json'}" + (f" and {' and '.join(also)}" if also else ""))
         if json_out:
             sys.stdout.write(json.dumps(result.document) + "\n")
             sys.stdout.flush()

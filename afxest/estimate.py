@@ -290,11 +290,15 @@ def _audio_name(rank: int) -> str:
     return f"candidate-{rank}.wav"
 
 
-def _candidate_files(folder: Path) -> list[Path]:
-    """The ``candidate-K.wav`` files an earlier estimate left in ``folder``."""
+def _set_files(folder: Path) -> list[Path]:
+    """The files besides estimate.json that an earlier estimate left in ``folder``: its
+    ``candidate-K.wav`` audio and its figure (``estimate.png``)."""
+    from afxest.figures import ESTIMATE_PLOT
+
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if re.fullmatch(r"candidate-[0-9]+\.wav", p.name))
+    return sorted(p for p in folder.iterdir()
+                  if re.fullmatch(r"candidate-[0-9]+\.wav", p.name) or p.name == ESTIMATE_PLOT)
 
 
 def _check_outputs(folder: Path, names: Sequence[str], inputs: Sequence[Path], force: bool) -> None:
@@ -328,6 +332,7 @@ class EstimateOptions:
     seed: int = 0
     audio: str = "top"  # "top", "all" or "none"
     force: bool = False
+    plot: bool = False  # write estimate.png (afxest.figures.plot_estimate) with the estimate
 
 
 @dataclass
@@ -960,7 +965,7 @@ def estimate_file(
 
     Every check (inputs, lengths, existing outputs) comes before the first write. The files are
     one :class:`afxest.audio.OutputSet`: staged, then published together, so an interrupted or
-    failed run leaves nothing, never audio without its estimate. A candidate that cannot be
+    failed run leaves nothing, never audio or a figure (``--plot``) without its estimate. A candidate that cannot be
     rendered at the dry file's own rate (a cutoff above its Nyquist frequency) gets no audio
     and a warning; the estimate is still written.
     """
@@ -975,7 +980,12 @@ def estimate_file(
     found = 0 if options.refine == 0 else effort.keep_design if estimator.task.model.dim <= DESIGN_MAX_DIM else effort.keep
     m_max = 1 if options.audio == "top" else options.samples + found if options.audio == "all" else 0
     names = ["estimate.json"] + [_audio_name(k) for k in range(1, m_max + 1)]
-    earlier = [p for p in _candidate_files(folder) if p.name not in names]
+    if options.plot:
+        from afxest.figures import ESTIMATE_PLOT, require_matplotlib
+
+        require_matplotlib()
+        names.append(ESTIMATE_PLOT)
+    earlier = [p for p in _set_files(folder) if p.name not in names]
     _check_outputs(folder, names + [p.name for p in earlier], inputs, options.force)
     document, presets, dry = estimator.estimate(job.wet, job.dry, options, progress)
     warnings = meaningless_ranking(document, job, dry)
@@ -1003,11 +1013,18 @@ def estimate_file(
         for rank in ranks:
             render_to_file(presets[rank - 1], job.dry, staged.path(_audio_name(rank)), options.engine, task)
             document["candidates"][rank - 1]["audio"] = _audio_name(rank)
+        document["plot"] = None
+        if options.plot:
+            from afxest.figures import ESTIMATE_PLOT, plot_estimate
+
+            wet = None if dry is not None else read_mono(job.wet, task.sample_rate).samples
+            plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet)
+            document["plot"] = ESTIMATE_PLOT
         atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
         # --force replaces the whole estimate: audio of an earlier run's ranks this run did not
-        # render would otherwise sit beside a document that no longer describes it
-        keep = {_audio_name(rank) for rank in ranks}
-        written = staged.publish("estimate.json", [p for p in _candidate_files(folder) if p.name not in keep])
+        # render (or its figure) would otherwise sit beside a document that no longer describes it
+        keep = {_audio_name(rank) for rank in ranks} | ({document["plot"]} if document["plot"] else set())
+        written = staged.publish("estimate.json", [p for p in _set_files(folder) if p.name not in keep])
     except BaseException:
         staged.discard()
         raise

@@ -188,9 +188,11 @@ def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarra
     return y.numpy()
 
 
-def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples: int, effort: str, seed: int) -> np.ndarray:
+def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples: int, effort: str, seed: int,
+                     plot: Path | None = None) -> np.ndarray:
     """Rank 1 of :meth:`afxest.estimate.Analyser.estimate` for one item (wet (1, T), dry (1, T)
-    or None), with its search at ``effort``, rendered by pedalboard (or the synth): (1, 1, T)."""
+    or None), with its search at ``effort``, rendered by pedalboard (or the synth): (1, 1, T).
+    With ``plot``, the estimate's figure (:func:`afxest.figures.plot_estimate`) is written there."""
     import tempfile
 
     import soundfile
@@ -205,7 +207,10 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
                 paths.append(Path(folder) / f"{name}.wav")
                 soundfile.write(paths[-1], x[0], task.sample_rate, subtype="FLOAT")
         options = EstimateOptions(samples=samples, effort=effort, seed=seed, audio="none")
-        _, presets, _ = analyser.estimate(paths[0], paths[1] if dry is not None else None, options)
+        document, presets, _ = analyser.estimate(paths[0], paths[1] if dry is not None else None, options)
+    if plot is not None:
+        document["wet"] = "test item 0"
+        figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None)
     z = np.array([[r.to_normalised(v) for r, v in zip(task.model.ranges, _values(presets[0], task))]])
     return _render_all(task, z, dry)
 
@@ -274,8 +279,10 @@ def evaluate(
         else:
             log(figs.MATPLOTLIB_MISSING)
             figures_note = "Figures: not written: matplotlib is not installed (`pip install 'afxest[plots]'`)."
+    # the default estimate's figure of item 0 (as ``estimate --plot`` draws it)
+    estimate_plot = out / figs.EVALUATE_ESTIMATE_PLOT if effort is not None and figures and figs.matplotlib_available() else None
     report_path, csv_path = out / "report.md", out / "results.csv"
-    for path in (report_path, csv_path, *(out / figs.FILES[k] for k in figure_keys)):
+    for path in (report_path, csv_path, *(out / figs.FILES[k] for k in figure_keys), *([estimate_plot] if estimate_plot else [])):
         if not force and path.exists():
             raise UserError(f"{path}: exists (use --force to overwrite)")
     model = model.to("cpu").eval()
@@ -389,7 +396,10 @@ def evaluate(
                 input_scores[m][i] = scores[m][0]
             rows.append([i, "input", 0, *(repr(float(scores[m][0])) for m in metrics), "nan", *([""] * d)])
         if analyser is not None:
-            scores = _score(fns, default_estimate(analyser, wet, dry, samples, effort, seed), wet)
+            if i == 0 and estimate_plot is not None:
+                out.mkdir(parents=True, exist_ok=True)
+            plot = estimate_plot if i == 0 else None
+            scores = _score(fns, default_estimate(analyser, wet, dry, samples, effort, seed, plot), wet)
             for m in metrics:
                 estimate_scores[m][i] = scores[m][0]
             rows.append([i, "default-estimate", 0, *(repr(float(scores[m][0])) for m in metrics), "nan", *([""] * d)])
@@ -442,6 +452,10 @@ def evaluate(
             settings=figure_settings, seed=seed, log=log,
         )
         figures_note = figs.not_applicable_note(task, kind)
+    if estimate_plot is not None:
+        result.figures.append(figs.WrittenFigure("estimate", estimate_plot.name, (
+            f"The default estimate (--effort {effort}) of test item 0, as `afxest estimate --plot` draws it: "
+            "the top candidates' equaliser responses and compressor curves, or the spectra of wet and rank 1.")))
     result.figures_note = figures_note
     atomic_write_text(report_path, report_markdown(result, loaded))
     return result
@@ -672,7 +686,8 @@ def figures_markdown(result: Evaluation) -> str:
     """The report's figure section: each PNG written (relative link) and what is missing."""
     text = ["\n## Figures (DAFx 2025, Figs. 4-8)\n\n"]
     for figure in result.figures:
-        text.append(f"{figure.caption}\n\n![Fig. {figure.key[3:]}]({figure.file})\n\n")
+        alt = f"Fig. {figure.key[3:]}" if figure.key in figs.FILES else figure.key
+        text.append(f"{figure.caption}\n\n![{alt}]({figure.file})\n\n")
     if result.figures_note:
         text.append(result.figures_note + "\n")
     elif not result.figures:

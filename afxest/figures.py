@@ -1,4 +1,6 @@
-"""The figures of ``afxest evaluate`` (DAFx 2025, Figs. 4-8), written as PNG files.
+"""The figures of ``afxest evaluate`` (DAFx 2025, Figs. 4-8) and of ``afxest estimate --plot``
+(issue 11: the estimate's equaliser responses and compressor curves, or a synth's spectra),
+written as PNG files.
 
 Each figure has a data function (numpy and the model; no plotting) and a thin plotting
 function. matplotlib is an optional extra (``pip install 'afxest[plots]'``): it is imported
@@ -119,6 +121,15 @@ def matplotlib_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def require_matplotlib() -> None:
+    """Refuse a requested figure (``estimate --plot``) when matplotlib is missing: a UserError
+    (one line, exit 2) before any work."""
+    if not matplotlib_available():
+        from afxest.errors import UserError
+
+        raise UserError("--plot needs matplotlib, which is not installed (pip install 'afxest[plots]')")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,3 +523,163 @@ def write_figures(
             f"index I_m: mean over {settings.ratio_points} frequency ratios and its 1st-9th decile band."
         )))
     return written
+
+
+# ---------------------------------------------------------------------------------------------
+# the figure of one estimate (``afxest estimate --plot``; issue 11)
+
+ESTIMATE_PLOT = "estimate.png"  # written beside estimate.json, part of the estimate's file set
+EVALUATE_ESTIMATE_PLOT = "default-estimate-item0.png"  # evaluate --effort: item 0's estimate
+ESTIMATE_PANEL = (5.5, 4.5)  # inches per panel
+ESTIMATE_DPI = 100
+PLOT_TOP = 5  # candidates drawn one by one; the band spans all of them
+PLOT_POINTS = 400  # frequencies (log-spaced) of the equaliser curves
+PLOT_LOWEST_HZ = 20.0
+SPECTRUM_FLOOR_DB = -100.0  # the synth spectra's lowest level shown
+LEVELS_DB = (-60.0, 0.0)  # input levels of the compressor's static curve (dBFS)
+
+
+def plot_frequencies(sample_rate: float, n: int = PLOT_POINTS) -> np.ndarray:
+    """``n`` log-spaced frequencies (Hz) from 20 Hz to 0.98 x Nyquist (at most 20 kHz)."""
+    return np.geomspace(PLOT_LOWEST_HZ, min(20_000.0, 0.49 * sample_rate), n)
+
+
+def equaliser_db(preset, freqs: np.ndarray) -> np.ndarray | None:
+    """The summed magnitude response in dB of the preset's shelves and peaks (RBJ cookbook
+    biquads as :func:`afxest.dsp.filters.biquad_coefficients` computes them for pedalboard's
+    filters) at ``freqs`` (Hz), (len(freqs),) float64; None when the preset has none."""
+    import torch
+
+    from afxest.dsp.filters import BIQUAD_TYPES, biquad_coefficients
+
+    total, found = np.zeros(len(freqs)), False
+    z1 = np.exp(-2j * np.pi * np.asarray(freqs, np.float64) / preset.sample_rate)  # e^{-jw}
+    for e in preset.effects:
+        if e.type not in BIQUAD_TYPES:
+            continue
+        p = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in e.params.items()}
+        b, a = (t[0].numpy() for t in biquad_coefficients(e.type, p["cutoff_frequency_hz"], p["gain_db"], p["q"],
+                                                           preset.sample_rate))
+        h = (b[0] + b[1] * z1 + b[2] * z1**2) / (a[0] + a[1] * z1 + a[2] * z1**2)
+        total += 20 * np.log10(np.abs(h))
+        found = True
+    return total if found else None
+
+
+def compressor_curve_db(preset, levels_db: np.ndarray) -> np.ndarray | None:
+    """The static curve of the preset's compressor: the output level (dB) of a steady input at
+    ``levels_db``, hard knee as JUCE's (pedalboard's): L below the threshold T, T + (L - T) /
+    ratio above (docs/compressor.md); None when the preset has no compressor."""
+    for e in preset.effects:
+        if e.type == "compressor":
+            t, ratio = e.params["threshold_db"], e.params["ratio"]
+            levels = np.asarray(levels_db, np.float64)
+            return np.where(levels < t, levels, t + (levels - t) / ratio)
+    return None
+
+
+def spectrum_db(x: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """The magnitude spectrum of ``x`` (T,): a Hann-windowed rfft of the whole signal, in dB
+    relative to a full-scale sine (20 log10(2 |X| / sum(window))); frequencies (Hz) and dB."""
+    x = np.asarray(x, np.float64)
+    window = np.hanning(len(x))
+    magnitude = 2 * np.abs(np.fft.rfft(x * window)) / window.sum()
+    return np.fft.rfftfreq(len(x), 1 / sample_rate), 20 * np.log10(magnitude + 1e-12)
+
+
+def estimate_panels(presets: Sequence) -> list[str]:
+    """The panels of an estimate's figure: ``eq`` and ``compressor`` for the effect processors
+    rank 1 has, ``spectrum`` for a synth."""
+    top = presets[0]
+    if top.source is not None:
+        return ["spectrum"]
+    panels = []
+    if equaliser_db(top, np.array([1000.0])) is not None:
+        panels.append("eq")
+    if compressor_curve_db(top, np.array([0.0])) is not None:
+        panels.append("compressor")
+    return panels
+
+
+def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray | None = None,
+                  dpi: int = ESTIMATE_DPI):
+    """The figure of one estimate (``presets`` by rank, ``document`` its estimate.json):
+
+    * ``eq``: the equaliser's magnitude response of the top :data:`PLOT_TOP` candidates and the
+      min-max band over all of them;
+    * ``compressor``: the compressor's static curve of the top candidates (and identity);
+    * ``spectrum`` (a synth): the magnitude spectra of the wet ``wet`` (T,) at the task's rate
+      and of rank 1 synthesised.
+
+    Written atomically as a PNG of ESTIMATE_PANEL x panels inches at ``dpi``; returns the
+    matplotlib Figure (its lines hold the plotted data)."""
+    panels = estimate_panels(presets)
+    if not panels:
+        raise ValueError("nothing to plot: the estimate has no equaliser, compressor or synth")
+    width, height = ESTIMATE_PANEL
+    fig = _figure(width * len(panels), height)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    top = list(presets[:PLOT_TOP])
+    labels_ = [_candidate_label(c) for c in document["candidates"][: len(top)]]
+    for ax, panel in zip(axes, panels):
+        if panel == "eq":
+            freqs = plot_frequencies(presets[0].sample_rate)
+            curves = np.array([equaliser_db(p, freqs) for p in presets])
+            ax.fill_between(freqs, curves.min(axis=0), curves.max(axis=0), color="0.85",
+                            label=f"min-max of all {len(presets)} candidates")
+            for k, label in enumerate(labels_):
+                ax.plot(freqs, curves[k], lw=2.2 if k == 0 else 1.0, label=label, zorder=3 + len(top) - k)
+            ax.set_xscale("log")
+            ax.set_xlabel("frequency (Hz, log scale)")
+            ax.set_ylabel("magnitude (dB)")
+            ax.set_title("Equaliser response")
+        elif panel == "compressor":
+            levels = np.linspace(*LEVELS_DB, 241)
+            ax.plot(levels, levels, color="0.6", ls="--", lw=1.0, label="no compression")
+            for k, (p, label) in enumerate(zip(top, labels_)):
+                ax.plot(levels, compressor_curve_db(p, levels), lw=2.2 if k == 0 else 1.0, label=label,
+                        zorder=3 + len(top) - k)
+            ax.set_xlabel("input level (dBFS)")
+            ax.set_ylabel("output level (dBFS)")
+            ax.set_title("Compressor static curve (before gain and clipping)")
+            ax.set_aspect("equal")
+        else:
+            from afxest.engines import synthesise
+
+            rate = presets[0].sample_rate
+            estimate = synthesise(presets[0], int(round(rate)))[0]
+            n = min(len(wet), len(estimate))
+            highest = 0.0
+            for x, label, style in ((wet, "wet", dict(lw=1.6, color="0.3")),
+                                    (estimate, labels_[0], dict(lw=1.0, color="tab:red", alpha=0.85))):
+                f, db = spectrum_db(x[:n], rate)
+                ax.plot(f, db, label=label, **style)
+                highest = max(highest, float(f[db > SPECTRUM_FLOOR_DB].max(initial=0.0)))
+            ax.set_xlim(0, min(rate / 2, max(1000.0, 1.2 * highest)))  # up to the last partial shown
+            ax.set_ylim(SPECTRUM_FLOOR_DB, 5)
+            ax.set_xlabel("frequency (Hz)")
+            ax.set_ylabel("magnitude (dB re full-scale sine)")
+            ax.set_title("Magnitude spectra")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(_estimate_title(document))
+    save_png(fig, path, dpi)
+    return fig
+
+
+def _candidate_label(candidate: dict) -> str:
+    """``rank 1 (search), SI-SDR 35.2 dB``: a candidate's rank, origin and match."""
+    origin = "search" if "refinement" in candidate else "draw"
+    text = f"rank {candidate['rank']} ({origin})"
+    if candidate.get("si_sdr") is not None:
+        text += f", SI-SDR {candidate['si_sdr']:.1f} dB"
+    return text
+
+
+def _estimate_title(document: dict) -> str:
+    """The figure's title: the wet file's name, task and model, and the dry's baseline."""
+    title = f"{Path(document['wet']).name}: {document['task']} estimate (model {Path(document['model']['name']).name})"
+    baseline = document.get("baseline")
+    if baseline and baseline.get("si_sdr") is not None:
+        title += f"; the dry itself: SI-SDR {baseline['si_sdr']:.1f} dB"
+    return title

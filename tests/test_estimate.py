@@ -623,3 +623,73 @@ def test_threads_follow_the_file_length(monkeypatch: pytest.MonkeyPatch) -> None
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# --plot
+
+
+def test_plot_is_published_with_the_estimate_and_replaced_with_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
+) -> None:
+    """estimate.png belongs to the estimate's file set: written with it (eq: one panel, 5.5 x
+    4.5 inches at 100 dpi), counted as existing output, and removed by --force without --plot."""
+    import matplotlib.image
+
+    wet, dry = pair
+    args = ["estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--samples", 3, "--refine", 0]
+    code, _, err = run(capsys, *args, "--plot")
+    assert code == 0, err
+    folder = tmp_path / "song"
+    assert sorted(p.name for p in folder.iterdir()) == ["candidate-1.wav", "estimate.json", "estimate.png"]
+    assert json.loads((folder / "estimate.json").read_text())["plot"] == "estimate.png"
+    assert matplotlib.image.imread(folder / "estimate.png").shape[:2] == (450, 550)
+    assert "estimate.png" in err
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "already exists" in err
+    assert run(capsys, *args, "--force")[0] == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["candidate-1.wav", "estimate.json"]
+    assert json.loads((folder / "estimate.json").read_text())["plot"] is None
+
+
+def test_plot_of_a_synth_draws_the_wet_read_from_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fm --plot: the spectra drawn are those (a Hann-windowed rfft computed here) of the wet
+    file's first clip and of rank 1's written audio."""
+    from afxest import figures
+
+    drawn = []
+    original = figures.plot_estimate
+    monkeypatch.setattr(figures, "plot_estimate", lambda *a, **k: drawn.append(original(*a, **k)))
+    frames = int(0.3 * FM_SR)
+    wet = write(tmp_path / "tone.wav", fm_tone(2.0, 3.0, frames), FM_SR)
+    code, _, err = run(capsys, "estimate", wet, "--model", models["fm"], "-o", tmp_path, "--samples", 2,
+                       "--refine", 0, "--plot")
+    assert code == 0, err
+    assert (tmp_path / "tone" / "estimate.png").read_bytes()[:4] == b"\x89PNG"
+    clip = int(0.125 * FM_SR)
+    window = np.hanning(clip)
+
+    def spectrum(x: np.ndarray) -> np.ndarray:
+        return 20 * np.log10(2 * np.abs(np.fft.rfft(x[:clip] * window)) / window.sum() + 1e-12)
+
+    wet_line, rank1_line = drawn[0].axes[0].lines
+    np.testing.assert_allclose(wet_line.get_ydata(), spectrum(read_audio(wet)[0][0]), atol=1e-3)
+    np.testing.assert_allclose(rank1_line.get_ydata(), spectrum(read_audio(tmp_path / "tone" / "candidate-1.wav")[0][0]), atol=1e-3)
+    assert wet_line.get_xdata()[1] == pytest.approx(FM_SR / clip)
+
+
+def test_plot_without_matplotlib_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    wet, dry = pair
+    before = snapshot(tmp_path)
+    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path / "o", "--plot")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == ["afxest: error: --plot needs matplotlib, which is not installed (pip install 'afxest[plots]')"]
+    assert snapshot(tmp_path) == before

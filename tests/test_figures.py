@@ -242,6 +242,24 @@ def test_eq_posterior_writes_figs_4_and_5(eq_posterior, tmp_path):
     assert "no deterministic estimate" in report and "Figs. 6-8 concern the fm task" in report
 
 
+
+def test_evaluate_with_an_effort_draws_item_0s_default_estimate(eq_posterior, tmp_path, monkeypatch):
+    """evaluate --effort with figures: item 0's default estimate drawn by plot_estimate (eq:
+    one panel at 100 dpi), its rank-1 curve that of the rank-1 preset, linked in the report."""
+    drawn = []
+    original = figs.plot_estimate
+    monkeypatch.setattr(figs, "plot_estimate", lambda *a, **k: drawn.append((original(*a, **k), a[2][0])))
+    result = evaluate(eq_posterior, tmp_path / "eval", n=1, samples=2, seed=1, log=lambda _m: None,
+                      figure_settings=SMALL, effort="fast")
+    assert [f.key for f in result.figures] == ["fig4", "fig5", "estimate"]
+    path = tmp_path / "eval" / figs.EVALUATE_ESTIMATE_PLOT
+    assert _png_shape(path)[:2] == (450, 550)
+    (fig, rank1), = drawn
+    line = fig.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), figs.equaliser_db(rank1, np.asarray(line.get_xdata())))
+    assert "test item 0" in fig._suptitle.get_text()
+    assert f"![estimate]({figs.EVALUATE_ESTIMATE_PLOT})" in (tmp_path / "eval" / "report.md").read_text()
+
 # --- without matplotlib --------------------------------------------------------------------------
 
 
@@ -271,3 +289,94 @@ def test_afxest_imports_and_helps_without_matplotlib():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--no-figures" in done.stdout
+
+
+# --- the figure of one estimate (`afxest estimate --plot`) ----------------------------------------
+
+
+def _rbj(kind: str, f0: float, gain_db: float, q: float, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """RBJ Audio EQ Cookbook biquads (Q form), written out here as the reference."""
+    a = 10 ** (gain_db / 40)
+    w0 = 2 * np.pi * f0 / rate
+    c, alpha = np.cos(w0), np.sin(w0) / (2 * q)
+    if kind == "peak":
+        return np.array([1 + alpha * a, -2 * c, 1 - alpha * a]), np.array([1 + alpha / a, -2 * c, 1 - alpha / a])
+    s = 1 if kind == "low_shelf" else -1
+    r = 2 * np.sqrt(a) * alpha
+    b = [a * ((a + 1) - s * (a - 1) * c + r), s * 2 * a * ((a - 1) - s * (a + 1) * c), a * ((a + 1) - s * (a - 1) * c - r)]
+    den = [(a + 1) + s * (a - 1) * c + r, -s * 2 * ((a - 1) + s * (a + 1) * c), (a + 1) + s * (a - 1) * c - r]
+    return np.array(b), np.array(den)
+
+
+def _document(presets, name: str = "song.wav") -> dict:
+    return {"wet": f"/some/where/{name}", "task": presets[0].task, "model": {"name": "master"},
+            "baseline": {"si_sdr": 3.25},
+            "candidates": [{"rank": k + 1, "si_sdr": 40.0 - k} for k in range(len(presets))]}
+
+
+def test_estimate_plot_draws_rbj_responses_and_compressor_curves(tmp_path):
+    """A master estimate: the equaliser panel's curves are the product of the five biquads'
+    responses by scipy's freqz of RBJ coefficients computed here, the band spans all
+    candidates, the compressor curves are JUCE's gain law applied to a steady level; the PNG
+    decodes at 2 panels x 5.5 x 4.5 inches."""
+    import scipy.signal
+
+    task = TASKS["master"]
+    rate = task.sample_rate
+    z = np.random.default_rng(5).uniform(size=(7, task.model.dim))
+    presets = [task.model.preset(v, task.name, rate) for v in z]
+    path = tmp_path / figs.ESTIMATE_PLOT
+    fig = figs.plot_estimate(path, _document(presets), presets, dpi=40)
+    assert _png_shape(path)[:2] == (round(4.5 * 40), round(11 * 40))
+    eq_ax, comp_ax = fig.axes[:2]
+    assert "song.wav" in fig._suptitle.get_text() and eq_ax.get_xlabel().startswith("frequency (Hz")
+
+    def reference_db(preset, freqs):
+        total = np.zeros(len(freqs))
+        for e in preset.effects:
+            if e.type in ("low_shelf", "peak", "high_shelf"):
+                b, a = _rbj(e.type, e.params["cutoff_frequency_hz"], e.params["gain_db"], e.params["q"], rate)
+                total += 20 * np.log10(np.abs(scipy.signal.freqz(b, a, worN=freqs, fs=rate)[1]))
+        return total
+
+    lines = [line for line in eq_ax.lines]
+    assert len(lines) == figs.PLOT_TOP
+    freqs = lines[0].get_xdata()
+    assert freqs[0] == pytest.approx(20.0) and freqs[-1] < rate / 2
+    curves = np.array([reference_db(p, freqs) for p in presets])
+    for k in range(figs.PLOT_TOP):
+        np.testing.assert_allclose(lines[k].get_ydata(), curves[k], atol=1e-6)
+    assert lines[0].get_label() == "rank 1 (draw), SI-SDR 40.0 dB"
+    (band,) = eq_ax.collections
+    vertices = band.get_paths()[0].vertices
+    assert vertices[:, 1].max() == pytest.approx(curves.max(), abs=1e-6)
+    assert vertices[:, 1].min() == pytest.approx(curves.min(), abs=1e-6)
+
+    identity, *comp = comp_ax.lines
+    assert len(comp) == figs.PLOT_TOP
+    for line, preset in zip(comp, presets):
+        c = next(e.params for e in preset.effects if e.type == "compressor")
+        level = np.asarray(line.get_xdata())
+        envelope = 10 ** (level / 20)
+        threshold = 10 ** (c["threshold_db"] / 20)
+        gain = np.where(envelope < threshold, 1.0, (envelope / threshold) ** (1 / c["ratio"] - 1))
+        np.testing.assert_allclose(line.get_ydata(), 20 * np.log10(envelope * gain), atol=1e-9)
+
+
+def test_estimate_plot_of_a_synth_shows_the_spectra_of_wet_and_rank_1(tmp_path):
+    """fm: a full-scale 110 Hz sine (and rank 1 at I = 0.0025, nearly one) peaks within a bin of
+    110 Hz at 0 dB in both spectra, less the Hann window's scalloping loss (110 Hz is a quarter
+    bin from the nearest of 8 Hz bins: 20 log10(sinc(1/4) / (1 - 1/16)) = -0.35 dB); one panel."""
+    task = TASKS["fm"]
+    preset = task.model.preset(np.array([0.0, 0.5]), task.name, task.sample_rate)
+    frames = int(round(preset.source.params["duration_s"] * task.sample_rate))
+    t = np.arange(frames) / task.sample_rate
+    wet = np.sin(2 * np.pi * 110 * t)
+    path = tmp_path / figs.ESTIMATE_PLOT
+    fig = figs.plot_estimate(path, _document([preset], "tone.wav"), [preset], wet, dpi=30)
+    assert _png_shape(path)[:2] == (round(4.5 * 30), round(5.5 * 30))
+    wet_line, estimate_line = fig.axes[0].lines
+    for line in (wet_line, estimate_line):
+        f, db = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+        assert f[np.argmax(db)] == pytest.approx(110, abs=1 / preset.source.params["duration_s"])
+        assert db.max() == pytest.approx(20 * np.log10(np.sinc(0.25) / (1 - 1 / 16)), abs=0.02)
