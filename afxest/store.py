@@ -9,7 +9,7 @@
   folder of the source tree). A user model shadows a bundled one of the same name, so an
   updated model can be installed without reinstalling afxest.
 
-Loading goes through :func:`afxest.train.load_checkpoint` (``weights_only=True``: no code in a
+Loading goes through :func:`afxest.checkpoints.load_checkpoint` (``weights_only=True``: no code in a
 checkpoint is ever run), rebuilds the :class:`~afxest.nn.estimator.Estimator` from the task
 name and estimator configuration stored in it, and refuses a checkpoint whose stored task
 definition differs from the current one (other ranges, rate, clip length, loss or encoder would
@@ -150,7 +150,7 @@ def load_model(spec: str | None, device: Any = "cpu") -> LoadedModel:
 
 def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
     """Load a checkpoint, check it against the current task definition, build its estimator."""
-    from afxest.train import load_checkpoint
+    from afxest.checkpoints import load_checkpoint
 
     path = model_file.path
     state = load_checkpoint(path, map_location="cpu")
@@ -223,7 +223,7 @@ def install_model(checkpoint: Path, name: str, folder: Path | None = None, force
     import torch
 
     from afxest.audio import publish, temporary_in
-    from afxest.train import load_checkpoint
+    from afxest.checkpoints import load_checkpoint
 
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise UserError(f"{name!r}: a model name is letters, digits, '-', '_' and '.' (not first)")
@@ -249,7 +249,7 @@ def install_model(checkpoint: Path, name: str, folder: Path | None = None, force
 
 def list_models() -> list[dict[str, Any]]:
     """One row per available model, for ``afxest models``; unreadable files get an ``error``."""
-    from afxest.train import load_checkpoint
+    from afxest.checkpoints import load_checkpoint
 
     rows = []
     for model in available_models():

@@ -18,7 +18,8 @@ from afxest.data import DrySource, make_batch
 from afxest.params import ParamRange
 from afxest.tasks import TASKS, ProcessorSpace, Space, Task
 from afxest.objective import render_model
-from afxest.train import TrainConfig, load_checkpoint, train
+from afxest.checkpoints import load_checkpoint
+from afxest.train import TrainConfig, train
 from reference import reference_render
 
 SR = 22050

@@ -18,7 +18,8 @@ import torch
 from afxest.cli import main
 from afxest.errors import UserError
 from afxest.tasks import TASKS
-from afxest.train import TrainConfig, load_checkpoint, train
+from afxest.checkpoints import load_checkpoint
+from afxest.train import TrainConfig, train
 
 QUICK = dict(val_items=4, val_every=2, checkpoint_every=1)
 

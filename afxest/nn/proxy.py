@@ -190,7 +190,7 @@ def compressor_ranges(task) -> dict[str, tuple[float, float, str]]:
 def load_proxy(path: Path | str, map_location: Any = "cpu") -> tuple[CompressorProxy, dict[str, Any]]:
     """A trained proxy (weights loaded, in eval mode, frozen) and its checkpoint; one-line
     UserErrors for missing or foreign files."""
-    from afxest.train import load_checkpoint
+    from afxest.checkpoints import load_checkpoint
 
     path = Path(path)
     state = load_checkpoint(path, map_location, PROXY_FORMAT, "proxy checkpoint", "; train one with afxest train-proxy")
@@ -308,7 +308,8 @@ def train_proxy(config: ProxyTrainConfig, log: Callable[[str], None] = print) ->
     from afxest.data import DrySource, MusicFolder
     from afxest.losses import LogMelLoss
     from afxest.tasks import get_task
-    from afxest.train import _step_of, check_run_folder, resolve_device, save_checkpoint
+    from afxest.checkpoints import check_run_folder, save_checkpoint, step_of
+    from afxest.train import resolve_device
 
     task = get_task(config.task)
     ranges = compressor_ranges(task)
@@ -402,7 +403,7 @@ def train_proxy(config: ProxyTrainConfig, log: Callable[[str], None] = print) ->
 
     metrics_file = out / "metrics.jsonl"
     if config.resume and metrics_file.exists():  # drop entries after the checkpoint
-        kept = [line for line in metrics_file.read_text().splitlines() if _step_of(line) <= start]
+        kept = [line for line in metrics_file.read_text().splitlines() if step_of(line) <= start]
         atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
     identity = {f"{k}_identity": v for k, v in validate(identity=True).items()}
     log(f"validation, the input as output: loss {identity['val_loss_identity']:.4f}, median SNR "
