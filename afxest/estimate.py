@@ -550,20 +550,6 @@ class Analyser:
     def presets(self, z: np.ndarray) -> list:
         return [self.task.model.preset(v, self.task.name, self.task.sample_rate) for v in z]
 
-    def score(
-        self,
-        presets: Sequence,
-        wet: np.ndarray,
-        dry: np.ndarray | None,
-        windows: Sequence[tuple[int, int]],
-        use: Sequence[int],
-        engine: str,
-        progress: Callable[[float], None] | None = None,
-    ) -> np.ndarray:
-        """Mean task loss of each preset over the scored windows (:func:`scored_windows` of the
-        usable ones), (M,) float64."""
-        return self.measure(presets, wet, dry, windows, use, engine, {"loss": self.loss_fn}, progress)["loss"]
-
     def measure(
         self,
         presets: Sequence,
