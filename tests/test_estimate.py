@@ -367,7 +367,11 @@ def test_point_estimator_gives_one_candidate(
     doc = json.loads(out)
     assert len(doc["candidates"]) == 1 and doc["candidates"][0]["log_prob"] is None
     assert doc["entropy_bits_per_dim"] is None and doc["analysis"]["estimator"] == "deterministic"
-    assert all(s["std"] == 0 for s in doc["summary"].values())
+    # the summary of one candidate is that candidate's values, quantiles included
+    source = doc["candidates"][0]["preset"]["source"]
+    for name, stats in doc["summary"].items():
+        value = source[name.split(".")[-1]]
+        assert stats == {"mean": value, "std": 0.0, "q05": value, "q50": value, "q95": value}
 
 
 # ---------------------------------------------------------------------------------------------
