@@ -378,9 +378,12 @@ def evaluate(
     also: Annotated[Optional[list[str]], typer.Option(help="Another model of the same task to evaluate on the same items (repeatable): its report goes to OUT/NAME, the side-by-side table to OUT/comparison.md.", show_default=False)] = None,
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
+    from dataclasses import replace
+
     from afxest.audio import atomic_write_text
     from afxest.evaluate import (
-        check_comparable, comparison_markdown, comparison_rows, evaluate as run_evaluation, main_table, report_folder_name,
+        EvaluateOptions, check_comparable, comparison_markdown, comparison_rows, evaluate as run_evaluation, main_table,
+        report_folder_name,
     )
     from afxest.store import load_model
 
@@ -391,16 +394,16 @@ def evaluate(
     comparison = out / "comparison.md"
     if others and comparison.exists() and not force:
         raise UserError(f"{comparison}: exists (use --force to overwrite)")
-    result = run_evaluation(
-        loaded, out, data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference,
+    options = EvaluateOptions(
+        data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference,
         refine=refine, proxy_model=proxy_model, effort=None if effort is None else effort.value,
     )
+    result = run_evaluation(loaded, out, options)
     results = [(loaded.name, result)]
+    others_options = replace(options, figures=False, compare=None, effort=None)  # figures and estimate: the first only
     for other in others:
         _say(f"evaluating {other.name} on the same items")
-        results.append((other.name, run_evaluation(
-            other, out / report_folder_name(other.name), data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=False,
-            refine=refine, proxy_model=proxy_model)))
+        results.append((other.name, run_evaluation(other, out / report_folder_name(other.name), others_options)))
     _print_wide(_rows_table(main_table(result), f"{result.task} ({result.kind}), {result.items} items: mean ± std"))
     _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
     if result.figures:

@@ -69,7 +69,6 @@ SILENT_PEAK = 10 ** (-90 / 20)  # a wet whose peak is below -90 dBFS is refused 
 QUIET_WINDOW_RMS = 10 ** (-60 / 20)  # windows below -60 dBFS RMS are not analysed
 REFINE_TOP = 3
 REFINE_WINDOWS = 4
-REFINE_LR = 0.05
 # frames per soundfile read: a multiple of pedalboard's internal buffer (8192), so that streamed
 # rendering splits the signal where a one-shot call does (JUCE's filters flush denormal state at
 # buffer ends: other splits differ from one-shot output by ~1e-26 in decaying tails)
@@ -847,38 +846,6 @@ class Analyser:
             key = [(float(v) if math.isfinite(float(v)) else -math.inf) for v in log_prob]
             return sorted(range(m), key=lambda i: (-key[i], i))
         return list(range(m))
-
-
-def refine_candidates(task, loss_fn, z0: np.ndarray, y, x, steps: int, device: Any = "cpu") -> np.ndarray:
-    """Inference-time optimisation of K candidates ``z0`` (K, d): Adam on u = logit(z) through
-    the differentiable processors, minimising ``loss_fn`` between the rendering of ``x`` (the
-    dry, (K*R, 1, T), or None for a synth) and the wet ``y`` (K*R, 1, T), averaged over each
-    candidate's R excerpts. Returns each candidate's best iterate (step 0 included), (K, d)
-    float64."""
-    import torch
-
-    from afxest.objective import render_model
-
-    k = z0.shape[0]
-    r = y.shape[0] // k
-    eps = 1e-6
-    u0 = torch.logit(torch.from_numpy(np.asarray(z0)).clamp(eps, 1 - eps)).float().to(device)
-    u = u0.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([u], lr=REFINE_LR)
-    best_u, best = u0.clone(), torch.full((k,), math.inf, device=device)
-    for step in range(steps + 1):
-        z = torch.sigmoid(u).repeat_interleave(r, dim=0)
-        loss = loss_fn(render_model(task, z, x), y).view(k, r).mean(dim=1)
-        with torch.no_grad():
-            better = loss < best
-            best = torch.where(better, loss, best)
-            best_u[better] = u[better]
-        if step == steps:
-            break
-        optimiser.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        optimiser.step()
-    return torch.sigmoid(best_u.double()).cpu().numpy()
 
 
 def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:

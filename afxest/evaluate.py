@@ -18,10 +18,11 @@ the MR-STFT loss, SI-SDR and, for ``fm``, the SOT loss. Reported (DAFx 2025, Tab
   units), and its marginal entropy per parameter in bits (:func:`marginal_entropy_bits` of
   ``ENTROPY_SAMPLES`` extra draws: 0 for a uniform marginal, lower where the audio pins the
   setting down), which say what the audio determines;
-* with ``refine`` > 0: every candidate improved by that many steps of inference-time
-  optimisation (:func:`afxest.estimate.refine_candidates`: Adam on logit(z) through the
-  differentiable processors, the task's training loss against the wet, the dry known, as
-  ``afxest estimate --refine``), then rendered with pedalboard and scored like the others;
+* with ``refine`` > 0: every candidate improved by at most that many steps of inference-time
+  optimisation (:func:`afxest.search.refine`, the refinement of ``afxest estimate``: Adam on
+  logit(z) through the differentiable processors, the learning rate halved when the loss
+  stalls, the task's training loss against the wet, the dry known), then rendered with
+  pedalboard and scored like the others;
 * tasks with a compressor (``master``, ICASSP 2024): the model's candidates also rendered
   through the differentiable processors with each compressor proxy (``dsp``: afxest's
   compressor; ``neural``: a trained TCN given as ``proxy_model``), scored against the wet like
@@ -41,7 +42,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -221,244 +222,441 @@ def _values(preset, task) -> list[float]:
     return [proc.params[r.name] for space, proc in zip(task.model.processors, processors) for r in space.ranges]
 
 
-def evaluate(
-    loaded,
-    out: Path,
-    data: Path | None = None,
-    n: int = 256,
-    samples: int = 10,
-    seed: int = 0,
-    force: bool = False,
-    log: Callable[[str], None] = print,
-    figures: bool = True,
-    compare=None,
-    figure_settings: figs.FigureSettings = figs.FigureSettings(),
-    refine: int = 0,
-    proxy_model: Path | None = None,
-    effort: str | None = None,
-) -> Evaluation:
+REPORT_FILE = "report.md"
+RESULTS_FILE = "results.csv"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """The choices of one evaluation: the options of ``afxest evaluate`` (see :func:`evaluate`)."""
+
+    data: Path | None = None  # a music folder (its test split); None: procedural music (a synth needs none)
+    n: int = 256  # test items
+    samples: int = 10  # candidates per item (a posterior; other models give one)
+    seed: int = 0  # seed of the items, the samples and the figures
+    force: bool = False  # overwrite existing outputs
+    log: Callable[[str], None] = print
+    figures: bool = True  # the paper's figures that apply (DAFx 2025 Figs. 4-8)
+    compare: Any = None  # a loaded deterministic (or parameter) model marked on Figs. 5-7
+    figure_settings: figs.FigureSettings = field(default_factory=figs.FigureSettings)
+    refine: int = 0  # step cap of the refinement of every candidate (0: none)
+    proxy_model: Path | None = None  # a trained compressor proxy whose renders are scored too
+    effort: str | None = None  # the default estimate's search effort (None: no such row)
+
+    def check(self) -> None:
+        """Refuse impossible values (:class:`afxest.errors.UserError`) before anything is read."""
+        from afxest.search import EFFORTS
+
+        if self.n < 1:
+            raise UserError("--n must be at least 1")
+        if self.samples < 1:
+            raise UserError("--samples must be at least 1")
+        if self.refine < 0:
+            raise UserError("--refine must be at least 0")
+        if self.effort is not None and self.effort not in EFFORTS:
+            raise UserError(f"unknown effort {self.effort!r} ({', '.join(EFFORTS)})")
+
+
+@dataclass
+class Plan:
+    """One evaluation, checked and set up before its first item (:func:`plan_evaluation`)."""
+
+    loaded: Any  # :class:`afxest.store.LoadedModel`
+    out: Path
+    options: EvaluateOptions
+    model: Any  # the estimator, on the CPU in eval mode
+    candidates: int  # per item: ``samples`` for a posterior, else 1
+    source: Any  # :class:`afxest.data.DrySource` of the drys; None for a synth
+    source_name: str  # "music", "procedural" or "synth"
+    proxies: dict[str, Any]  # name -> compressor function in place of the dsp one (None: the dsp one)
+    figure_keys: list[str]  # the figures to draw (:func:`afxest.figures.applicable`)
+    figures_note: str | None  # why figures are missing, for the report
+    estimate_plot: Path | None  # item 0's default estimate figure (``--effort`` with figures)
+    analyser: Any  # :class:`afxest.estimate.Analyser` for the default estimate, or None
+    fns: dict[str, Callable]  # metric -> fn(y_hat, y) -> (batch,)
+    refine_loss: Callable | None  # the task's loss, with ``refine``
+
+    @property
+    def task(self):
+        return self.loaded.task
+
+    @property
+    def kind(self) -> str:
+        return self.loaded.kind
+
+
+def evaluate(loaded, out: Path, options: EvaluateOptions | None = None, **keywords: Any) -> Evaluation:
     """Evaluate a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md``,
     ``out/results.csv`` and, with ``figures``, the PNG figures that apply (DAFx 2025 Figs. 4-8;
     without matplotlib they are skipped with one message), and returns the summary.
 
-    ``compare``: a loaded deterministic (or parameter) model of the same task whose estimate is
-    marked on Figs. 5-7. ``refine``: steps of inference-time optimisation of every candidate
-    (reported separately). ``proxy_model``: a trained compressor proxy (``afxest train-proxy``)
-    whose renders are scored too (tasks with a compressor; the dsp proxy always is). ``effort``
-    (``fast``, ``default``, ``best``): also the rank 1 of ``afxest estimate`` given the dry (or,
-    for a synth, the wet) as its reference, with the search of :mod:`afxest.search` at that
-    effort ("default estimate"; the item's wet and dry are handed over as float WAV files)."""
+    The options are an :class:`EvaluateOptions`, or its fields as keywords (which override
+    ``options``). ``compare``: a loaded deterministic (or parameter) model of the same task
+    whose estimate is marked on Figs. 5-7. ``refine``: the step cap of the inference-time
+    optimisation of every candidate (reported separately). ``proxy_model``: a trained compressor
+    proxy (``afxest train-proxy``) whose renders are scored too (tasks with a compressor; the dsp
+    proxy always is). ``effort`` (``fast``, ``default``, ``best``): also the rank 1 of ``afxest
+    estimate`` given the dry (or, for a synth, the wet) as its reference, with the search of
+    :mod:`afxest.search` at that effort ("default estimate"; the item's wet and dry are handed
+    over as float WAV files).
+
+    The steps: :func:`plan_evaluation` (every check, then the set-up), per item
+    :func:`draw_item` and :func:`measure_item`, then :func:`summarise` and :func:`write_outputs`.
+    """
+    options = replace(options or EvaluateOptions(), **keywords)
+    plan = plan_evaluation(loaded, Path(out), options)
+    measured = Measurements.start(plan)
+    n = options.n
+    for i in range(n):
+        measure_item(plan, measured, draw_item(plan.task, plan.source, options.seed, i))
+        if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
+            options.log(f"evaluated {i + 1}/{n} items")
+    result = summarise(plan, measured)
+    write_outputs(plan, measured, result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# checks and set-up
+
+
+def plan_evaluation(loaded, out: Path, options: EvaluateOptions) -> Plan:
+    """Check what can be refused before the first item (the options, ``out``, ``--compare``, the
+    proxy checkpoint, outputs that exist without ``force``, the data folder), in that order, and
+    set the evaluation up: the model on the CPU, the dry source, the metrics."""
     import torch
 
-    from afxest.data import DrySource, MusicFolder, make_batch
-    from afxest.estimate import refine_candidates
-    from afxest.nn.proxy import load_task_proxy
     from afxest.objective import task_loss
 
-    if n < 1:
-        raise UserError("--n must be at least 1")
-    if samples < 1:
-        raise UserError("--samples must be at least 1")
-    if refine < 0:
-        raise UserError("--refine must be at least 0")
-    out = Path(out)
+    options.check()
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder (--out expects a folder)")
-    task, model, kind = loaded.task, loaded.estimator, loaded.kind
-    check_compare(loaded, compare)
+    task, kind = loaded.task, loaded.kind
+    check_compare(loaded, options.compare)
+    proxies = compressor_proxies(task, options.proxy_model)
+    figure_keys, figures_note, estimate_plot = figure_plan(task, kind, out, options)
+    refuse_existing([out / REPORT_FILE, out / RESULTS_FILE, *(out / figs.FILES[k] for k in figure_keys),
+                     *([estimate_plot] if estimate_plot else [])], options.force)
+    model = loaded.estimator.to("cpu").eval()
+    if options.compare is not None:
+        options.compare.estimator.to("cpu").eval()
+    source, source_name = item_source(task, options.data, options.log)
+    analyser = None
+    if options.effort is not None:
+        from afxest.estimate import Analyser
+
+        analyser = Analyser(loaded)
+    refine_loss = task_loss(task, torch.device("cpu")) if options.refine else None
+    return Plan(loaded, out, options, model, options.samples if kind == "posterior" else 1, source, source_name,
+                proxies, figure_keys, figures_note, estimate_plot, analyser, _metric_fns(task), refine_loss)
+
+
+def compressor_proxies(task, proxy_model: Path | None) -> dict[str, Any]:
+    """The compressor proxies whose renders are scored: ``dsp`` (afxest's compressor, None
+    here) for an effect task with a compressor, and ``neural``, the trained proxy loaded from
+    ``proxy_model`` (:func:`afxest.nn.proxy.load_task_proxy`) when one is given."""
     proxies: dict[str, Any] = {}
     if any(p.type == "compressor" for p in task.model.processors) and not task.has_source:
         proxies["dsp"] = None
     if proxy_model is not None:
+        from afxest.nn.proxy import load_task_proxy
+
         proxies["neural"] = load_task_proxy(proxy_model, task)
-    figure_keys: list[str] = []
-    figures_note = None if figures else "Figures: not requested (--no-figures)."
-    if figures:
+    return proxies
+
+
+def figure_plan(task, kind: str, out: Path, options: EvaluateOptions) -> tuple[list[str], str | None, Path | None]:
+    """The figures to draw (:func:`afxest.figures.applicable`), the report's note on why there
+    are none (not requested, matplotlib missing; logged once), and the path of the default
+    estimate's figure of item 0 (as ``estimate --plot`` draws it; with ``effort`` only)."""
+    keys: list[str] = []
+    note = None if options.figures else "Figures: not requested (--no-figures)."
+    if options.figures:
         if figs.matplotlib_available():
-            figure_keys = figs.applicable(task, kind)
+            keys = figs.applicable(task, kind)
         else:
-            log(figs.MATPLOTLIB_MISSING)
-            figures_note = "Figures: not written: matplotlib is not installed (`pip install 'afxest[plots]'`)."
-    # the default estimate's figure of item 0 (as ``estimate --plot`` draws it)
-    estimate_plot = out / figs.EVALUATE_ESTIMATE_PLOT if effort is not None and figures and figs.matplotlib_available() else None
-    report_path, csv_path = out / "report.md", out / "results.csv"
-    for path in (report_path, csv_path, *(out / figs.FILES[k] for k in figure_keys), *([estimate_plot] if estimate_plot else [])):
+            options.log(figs.MATPLOTLIB_MISSING)
+            note = "Figures: not written: matplotlib is not installed (`pip install 'afxest[plots]'`)."
+    plot = options.effort is not None and options.figures and figs.matplotlib_available()
+    return keys, note, out / figs.EVALUATE_ESTIMATE_PLOT if plot else None
+
+
+def refuse_existing(paths: list[Path], force: bool) -> None:
+    """Refuse to overwrite any of ``paths`` without ``force``."""
+    for path in paths:
         if not force and path.exists():
             raise UserError(f"{path}: exists (use --force to overwrite)")
-    model = model.to("cpu").eval()
-    if compare is not None:
-        compare.estimator.to("cpu").eval()
-    n_cand = samples if kind == "posterior" else 1
 
-    source = None
+
+def item_source(task, data: Path | None, log: Callable[[str], None]) -> tuple[Any, str]:
+    """Where the items' drys come from, and its name for the report: the test split of the
+    music folder ``data``, procedural music without one (announced), none for a synth."""
+    from afxest.data import DrySource, MusicFolder
+
     if task.has_source:
-        source_name = "synth"
-    elif data is None:
-        source_name = "procedural"
+        return None, "synth"
+    if data is None:
         log("no --data: evaluating on procedural music (not the paper's test set)")
-        source = DrySource(None, task.sample_rate)
-    else:
-        source_name = "music"
-        folder = MusicFolder(Path(data), task.sample_rate, "test", min_seconds=task.clip_seconds).prepare()
-        if not folder.tracks:
-            raise UserError(f"{data}: no test-split track is {task.clip_seconds:g} s long")
-        source = DrySource(folder, task.sample_rate)
+        return DrySource(None, task.sample_rate), "procedural"
+    folder = MusicFolder(Path(data), task.sample_rate, "test", min_seconds=task.clip_seconds).prepare()
+    if not folder.tracks:
+        raise UserError(f"{data}: no test-split track is {task.clip_seconds:g} s long")
+    return DrySource(folder, task.sample_rate), "music"
 
-    fns = _metric_fns(task)
-    metrics = list(fns)
-    d = task.model.dim
+
+# ---------------------------------------------------------------------------------------------
+# the items
+
+
+@dataclass
+class Item:
+    """One test item: its index, the batch of one (:class:`afxest.data.Batch`: wet (1, 1, T),
+    dry (1, 1, T) or None, truth v (1, d_truth)), the torch seed of its candidates and its
+    uniform baseline draws (:data:`UNIFORM_CANDIDATES`, d)."""
+
+    index: int
+    batch: Any
+    torch_seed: int
+    uniform_z: np.ndarray
+
+    @property
+    def wet(self) -> np.ndarray:
+        return self.batch.wet[0]
+
+    @property
+    def dry(self) -> np.ndarray | None:
+        return None if self.batch.dry is None else self.batch.dry[0]
+
+
+def draw_item(task, source, seed: int, i: int) -> Item:
+    """Item ``i`` from its own generator ``default_rng([seed, ITEM_STREAM, i])``: the same for
+    any N and batching (:func:`afxest.data.make_batch`, then the seeds of its candidates)."""
+    from afxest.data import make_batch
+
+    rng = np.random.default_rng([seed, ITEM_STREAM, i])
+    batch = make_batch(task, source, rng, 1)
+    torch_seed = int(rng.integers(0, 2**62))
+    return Item(i, batch, torch_seed, rng.random((UNIFORM_CANDIDATES, task.model.dim)))
+
+
+@dataclass
+class Measurements:
+    """What the items measured. ``scores``: row kind (``model``, ``proxy-dsp``, ``refined``,
+    ``uniform``, ``input``, ``default-estimate``, ...) -> metric -> (items, candidates);
+    ``rows``: results.csv after its header; the rest per item, for the summary and figures."""
+
+    fns: dict[str, Callable]  # metric -> fn(y_hat, y) -> (batch,)
+    n: int
+    d: int
+    entropy: np.ndarray  # (items,) bits/dim (Eq. 17); nan but for a posterior
+    param_error: np.ndarray | None  # (items, d) physical units; None where truth and model differ
+    param_spread: np.ndarray  # (items, d)
+    param_entropy: np.ndarray  # (items, d) bits
+    agreement: dict[str, np.ndarray]  # proxy -> (items,) SI-SDR against pedalboard's render
+    correlation: np.ndarray | None  # (items, k, d): Fig. 4's samples
+    scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    rows: list[list[Any]] = field(default_factory=list)
+    item_wet: np.ndarray | None = None  # item 0's wet (1, 1, T) and truth, for Fig. 5
+    item_v: np.ndarray | None = None
+
+    @classmethod
+    def start(cls, plan: Plan) -> Measurements:
+        """Empty measurements for ``plan``'s items."""
+        n, task = plan.options.n, plan.task
+        d = task.model.dim
+        same_space = task.truth.processors == task.model.processors
+        k = plan.options.figure_settings.correlation_samples
+        return cls(plan.fns, n, d, np.full(n, np.nan), np.empty((n, d)) if same_space else None,
+                   np.empty((n, d)), np.empty((n, d)), {p: np.empty(n) for p in plan.proxies},
+                   np.empty((n, k, d)) if "fig4" in plan.figure_keys else None)
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.fns)
+
+    def measure(self, i: int, kind: str, audio: np.ndarray, wet: np.ndarray, z: np.ndarray | None,
+                entropy: float = math.nan) -> dict[str, np.ndarray]:
+        """Score the renders ``audio`` (K, 1, T) of item ``i`` against its ``wet`` (1, T) by
+        every metric, keep them as row ``i`` of ``scores[kind]`` and append K results.csv rows
+        (``z`` (K, d): each candidate's normalised parameters; None: empty cells; ``entropy``:
+        the item's). Returns metric -> (K,)."""
+        scores = _score(self.fns, audio, wet)
+        table = self.scores.setdefault(kind, {m: np.empty((self.n, len(audio))) for m in self.fns})
+        for m in self.fns:
+            table[m][i] = scores[m]
+        for j in range(len(audio)):
+            params = [""] * self.d if z is None else [repr(float(x)) for x in z[j]]
+            self.rows.append([i, kind, j, *(repr(float(scores[m][j])) for m in self.fns), repr(float(entropy)), *params])
+        return scores
+
+
+def measure_item(plan: Plan, m: Measurements, item: Item) -> None:
+    """Everything measured on one item, in the order of its results.csv rows: the truth, the
+    model's candidates rendered by pedalboard (or the synth) and by each proxy, refined, the
+    uniform draws, the input (the dry) and the default estimate."""
+    task, i, wet, dry = plan.task, item.index, item.wet, item.dry
+    z = model_candidates(plan, m, item)
+    if m.param_error is not None:
+        v_true = item.batch.v[0].astype(np.float64)
+        m.param_error[i] = [
+            np.abs(r.to_physical(z[:, j]) - r.to_physical(v_true[j])).mean() for j, r in enumerate(task.model.ranges)
+        ]
+        m.rows.append([i, "truth", 0, *([""] * len(m.fns)), "nan", *(repr(float(x)) for x in v_true)])
+    if i == 0:  # Fig. 5's item
+        m.item_wet, m.item_v = item.batch.wet, item.batch.v[0]
+    rendered = _render_all(task, z, dry)
+    m.measure(i, "model", rendered, wet, z, m.entropy[i])
+    for p, compressor in plan.proxies.items():
+        through = _render_proxy(task, z, dry, compressor)
+        m.measure(i, f"proxy-{p}", through, wet, z)
+        m.agreement[p][i] = proxy_agreement(m.fns, through, rendered)
+    if plan.options.refine:
+        z_refined = refine_candidates(plan, z, wet, dry)
+        m.measure(i, "refined", _render_all(task, z_refined, dry), wet, z_refined)
+    m.measure(i, "uniform", _render_all(task, item.uniform_z, dry), wet, item.uniform_z)
+    if not task.has_source:
+        m.measure(i, "input", dry[None], wet, None)
+    if plan.analyser is not None:
+        plot = plan.estimate_plot if i == 0 else None
+        if plot is not None:
+            plan.out.mkdir(parents=True, exist_ok=True)
+        o = plan.options
+        m.measure(i, "default-estimate", default_estimate(plan.analyser, wet, dry, o.samples, o.effort, o.seed, plot),
+                  wet, None)
+
+
+def model_candidates(plan: Plan, m: Measurements, item: Item) -> np.ndarray:
+    """The model's candidates of one item, z (K, d) float64 from the item's torch seed, and
+    what the posterior says besides: its entropy (Eq. 17), the spread of the candidates, the
+    marginal entropies (:data:`ENTROPY_SAMPLES` draws of their own seed) and Fig. 4's samples."""
+    import torch
+
+    i, d, model, seed = item.index, m.d, plan.model, plan.options.seed
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(item.torch_seed)
+        s = model.sample(torch.from_numpy(item.batch.wet), plan.candidates)
+    z = s.z[0].double().numpy()
+    if plan.kind == "posterior" and s.log_prob is not None:
+        m.entropy[i] = float(-s.log_prob[0].double().mean()) / (d * math.log(2))  # Eq. 17
+    if m.correlation is not None:  # Fig. 4: the drawn samples, topped up to k
+        k = m.correlation.shape[1]
+        m.correlation[i] = figs.correlation_samples(model, item.batch.wet, z, k, [seed, figs.FIGURE_STREAM, 4, i])
+    m.param_spread[i] = z.std(axis=0)
+    if plan.kind == "posterior":
+        extra, _ = figs.draw(model, item.batch.wet, ENTROPY_SAMPLES, [seed, ENTROPY_STREAM, i])
+        m.param_entropy[i] = marginal_entropy_bits(extra[0])
+    return z
+
+
+def proxy_agreement(fns: dict[str, Callable], through: np.ndarray, rendered: np.ndarray) -> float:
+    """The mean SI-SDR of proxy renders ``through`` against pedalboard's renders of the same
+    candidates ``rendered`` (K, 1, T)."""
+    import torch
+
+    return float(fns["si_sdr"](torch.from_numpy(through), torch.from_numpy(rendered)).double().mean())
+
+
+def refine_candidates(plan: Plan, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None) -> np.ndarray:
+    """The candidates z (K, d) refined by :func:`afxest.search.refine` (Adam on logit(z), at
+    most ``refine`` steps) through the differentiable processors, the task's loss against the
+    wet (1, T), the dry (1, T) known (None: a synth); each candidate's best iterate, (K, d)."""
+    import torch
+
+    from afxest.objective import render_model
+    from afxest.search import refine
+
+    def batch(signal: np.ndarray):
+        return torch.from_numpy(np.array(np.broadcast_to(signal, (len(z), *signal.shape)), dtype=np.float32))
+
+    x = None if dry is None else batch(dry)
+    with torch.enable_grad():
+        return refine(lambda zs: render_model(plan.task, zs, x), plan.refine_loss, z, batch(wet), plan.options.refine).z
+
+
+# ---------------------------------------------------------------------------------------------
+# the summary and the outputs
+
+
+def _expectation(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Eq. 18: per item the mean over its candidates, then mean and std over items."""
+    return {m: _mean_std(v.mean(axis=1)) for m, v in scores.items()}
+
+
+def _best(scores: dict[str, np.ndarray], k: int) -> dict[str, tuple[float, float]]:
+    """Per item the best of the first ``k`` candidates by each metric, then mean and std."""
+    return {m: _mean_std(best_of_n(v, k, LOWER_IS_BETTER[m])) for m, v in scores.items()}
+
+
+def _first(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Mean and std over items of each item's first candidate."""
+    return {m: _mean_std(v[:, 0]) for m, v in scores.items()}
+
+
+def summarise(plan: Plan, m: Measurements) -> Evaluation:
+    """The summary tables of the measurements: expectation and entropy, best of N (always the
+    best of all candidates), the baselines, the parameters, the refined, proxy and default
+    estimate rows."""
+    task, kind, n_cand, s = plan.task, plan.kind, plan.candidates, m.scores
     names = task.model.names
-    model_scores = {m: np.empty((n, n_cand)) for m in metrics}
-    refined_scores = {m: np.empty((n, n_cand)) for m in metrics}
-    same_space = task.truth.processors == task.model.processors
-    param_error = np.empty((n, d)) if same_space else None
-    param_spread = np.empty((n, d))
-    param_entropy = np.empty((n, d))
-    refine_loss = task_loss(task, torch.device("cpu")) if refine else None
-    uniform_scores = {m: np.empty((n, UNIFORM_CANDIDATES)) for m in metrics}
-    proxy_scores = {p: {m: np.empty((n, n_cand)) for m in metrics} for p in proxies}
-    proxy_agreement = {p: np.empty(n) for p in proxies}
-    input_scores = {m: np.empty(n) for m in metrics} if not task.has_source else None
-    estimate_scores = {m: np.empty(n) for m in metrics}
-    analyser = None
-    if effort is not None:
-        from afxest.estimate import Analyser
-        from afxest.search import EFFORTS
-
-        if effort not in EFFORTS:
-            raise UserError(f"unknown effort {effort!r} ({', '.join(EFFORTS)})")
-        analyser = Analyser(loaded)
-    entropy = np.full(n, np.nan)
-    rows: list[list[Any]] = []
-    k_corr = figure_settings.correlation_samples
-    correlation = np.empty((n, k_corr, d)) if "fig4" in figure_keys else None
-    item_wet, item_v = None, None
-
-    for i in range(n):
-        rng = np.random.default_rng([seed, ITEM_STREAM, i])
-        batch = make_batch(task, source, rng, 1)
-        wet = batch.wet[0]
-        dry = None if batch.dry is None else batch.dry[0]
-        torch_seed = int(rng.integers(0, 2**62))
-        uniform_z = rng.random((UNIFORM_CANDIDATES, d))
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(torch_seed)
-            s = model.sample(torch.from_numpy(batch.wet), n_cand)
-        z = s.z[0].double().numpy()
-        if kind == "posterior" and s.log_prob is not None:
-            entropy[i] = float(-s.log_prob[0].double().mean()) / (d * math.log(2))  # Eq. 17
-        if correlation is not None:  # Fig. 4: the drawn samples, topped up to k_corr
-            correlation[i] = figs.correlation_samples(model, batch.wet, z, k_corr, [seed, figs.FIGURE_STREAM, 4, i])
-        param_spread[i] = z.std(axis=0)
-        if kind == "posterior":
-            extra, _ = figs.draw(model, batch.wet, ENTROPY_SAMPLES, [seed, ENTROPY_STREAM, i])
-            param_entropy[i] = marginal_entropy_bits(extra[0])
-        if param_error is not None:
-            v_true = batch.v[0].astype(np.float64)
-            param_error[i] = [
-                np.abs(r.to_physical(z[:, j]) - r.to_physical(v_true[j])).mean() for j, r in enumerate(task.model.ranges)
-            ]
-            rows.append([i, "truth", 0, *([""] * len(metrics)), "nan", *(repr(float(x)) for x in v_true)])
-        if i == 0:  # Fig. 5's item
-            item_wet, item_v = batch.wet, batch.v[0]
-        rendered = _render_all(task, z, dry)
-        scores = _score(fns, rendered, wet)
-        for m in metrics:
-            model_scores[m][i] = scores[m]
-        for j in range(n_cand):
-            rows.append([i, "model", j, *(repr(float(scores[m][j])) for m in metrics), repr(float(entropy[i])), *(repr(float(x)) for x in z[j])])
-        for p, compressor in proxies.items():
-            through = _render_proxy(task, z, dry, compressor)
-            scores = _score(fns, through, wet)
-            for m in metrics:
-                proxy_scores[p][m][i] = scores[m]
-            for j in range(n_cand):
-                rows.append([i, f"proxy-{p}", j, *(repr(float(scores[m][j])) for m in metrics), "nan", *(repr(float(x)) for x in z[j])])
-            proxy_agreement[p][i] = float(fns["si_sdr"](torch.from_numpy(through), torch.from_numpy(rendered)).double().mean())
-        if refine:
-            y = torch.from_numpy(np.ascontiguousarray(np.broadcast_to(wet, (n_cand, *wet.shape)), dtype=np.float32))
-            x = None if dry is None else torch.from_numpy(
-                np.ascontiguousarray(np.broadcast_to(dry, (n_cand, *dry.shape)), dtype=np.float32))
-            z_refined = refine_candidates(task, refine_loss, z, y, x, refine)
-            scores = _score(fns, _render_all(task, z_refined, dry), wet)
-            for m in metrics:
-                refined_scores[m][i] = scores[m]
-            for j in range(n_cand):
-                rows.append([i, "refined", j, *(repr(float(scores[m][j])) for m in metrics), "nan", *(repr(float(x)) for x in z_refined[j])])
-        scores = _score(fns, _render_all(task, uniform_z, dry), wet)
-        for m in metrics:
-            uniform_scores[m][i] = scores[m]
-        for j in range(UNIFORM_CANDIDATES):
-            rows.append([i, "uniform", j, *(repr(float(scores[m][j])) for m in metrics), "nan", *(repr(float(x)) for x in uniform_z[j])])
-        if input_scores is not None:
-            scores = _score(fns, dry[None], wet)
-            for m in metrics:
-                input_scores[m][i] = scores[m][0]
-            rows.append([i, "input", 0, *(repr(float(scores[m][0])) for m in metrics), "nan", *([""] * d)])
-        if analyser is not None:
-            if i == 0 and estimate_plot is not None:
-                out.mkdir(parents=True, exist_ok=True)
-            plot = estimate_plot if i == 0 else None
-            scores = _score(fns, default_estimate(analyser, wet, dry, samples, effort, seed, plot), wet)
-            for m in metrics:
-                estimate_scores[m][i] = scores[m][0]
-            rows.append([i, "default-estimate", 0, *(repr(float(scores[m][0])) for m in metrics), "nan", *([""] * d)])
-        if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
-            log(f"evaluated {i + 1}/{n} items")
-
-    result = Evaluation(task=task.name, kind=kind, items=n, samples=n_cand, metrics=metrics, source=source_name)
-    result.expectation = {m: _mean_std(model_scores[m].mean(axis=1)) for m in metrics}
+    result = Evaluation(task=task.name, kind=kind, items=m.n, samples=n_cand, metrics=m.metrics,
+                        source=plan.source_name)
+    result.expectation = _expectation(s["model"])
     if kind == "posterior":
-        result.entropy = _mean_std(entropy)
+        result.entropy = _mean_std(m.entropy)
     best_ks = [k for k in sorted({*BEST_OF, n_cand}) if k <= n_cand]  # always the best of all candidates
-    for k in best_ks:
-        result.best_of[k] = {m: _mean_std(best_of_n(model_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
-    if input_scores is not None:
-        result.input_baseline = {m: _mean_std(input_scores[m]) for m in metrics}
-    if param_error is not None:
-        result.param_error = {name: _mean_std(param_error[:, j]) for j, name in enumerate(names)}
+    result.best_of = {k: _best(s["model"], k) for k in best_ks}
+    if "input" in s:
+        result.input_baseline = _first(s["input"])
+    if m.param_error is not None:
+        result.param_error = {name: _mean_std(m.param_error[:, j]) for j, name in enumerate(names)}
         result.param_units = {name: r.param.unit for name, r in zip(names, task.model.ranges)}
     if kind == "posterior":
-        result.param_spread = {name: _mean_std(param_spread[:, j]) for j, name in enumerate(names)}
-        result.param_entropy = {name: _mean_std(param_entropy[:, j]) for j, name in enumerate(names)}
-    if refine:
-        result.refine_steps = refine
-        result.refined_expectation = {m: _mean_std(refined_scores[m].mean(axis=1)) for m in metrics}
-        for k in best_ks:
-            result.refined_best_of[k] = {
-                m: _mean_std(best_of_n(refined_scores[m], k, LOWER_IS_BETTER[m])) for m in metrics}
-    for p in proxies:
-        result.proxy_expectation[p] = {m: _mean_std(proxy_scores[p][m].mean(axis=1)) for m in metrics}
-        result.proxy_best[p] = {m: _mean_std(best_of_n(proxy_scores[p][m], n_cand, LOWER_IS_BETTER[m])) for m in metrics}
-        result.proxy_agreement[p] = _mean_std(proxy_agreement[p])
-    if analyser is not None:
-        result.effort = effort
-        result.default_estimate = {m: _mean_std(estimate_scores[m]) for m in metrics}
-    result.uniform_mean = {m: _mean_std(uniform_scores[m][:, 0]) for m in metrics}
-    result.uniform_best10 = {
-        m: _mean_std(best_of_n(uniform_scores[m], UNIFORM_CANDIDATES, LOWER_IS_BETTER[m])) for m in metrics
-    }
+        result.param_spread = {name: _mean_std(m.param_spread[:, j]) for j, name in enumerate(names)}
+        result.param_entropy = {name: _mean_std(m.param_entropy[:, j]) for j, name in enumerate(names)}
+    if plan.options.refine:
+        result.refine_steps = plan.options.refine
+        result.refined_expectation = _expectation(s["refined"])
+        result.refined_best_of = {k: _best(s["refined"], k) for k in best_ks}
+    for p in plan.proxies:
+        result.proxy_expectation[p] = _expectation(s[f"proxy-{p}"])
+        result.proxy_best[p] = _best(s[f"proxy-{p}"], n_cand)
+        result.proxy_agreement[p] = _mean_std(m.agreement[p])
+    if plan.analyser is not None:
+        result.effort = plan.options.effort
+        result.default_estimate = _first(s["default-estimate"])
+    result.uniform_mean = _first(s["uniform"])
+    result.uniform_best10 = _best(s["uniform"], UNIFORM_CANDIDATES)
+    result.figures_note = plan.figures_note
+    return result
 
+
+def results_csv(m: Measurements, names: list[str]) -> str:
+    """results.csv: a header (item, kind, candidate, the metrics, entropy_bits, the normalised
+    parameters by name), then the measured rows."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["item", "kind", "candidate", *metrics, "entropy_bits", *names])
-    writer.writerows(rows)
+    writer.writerow(["item", "kind", "candidate", *m.metrics, "entropy_bits", *names])
+    writer.writerows(m.rows)
+    return buf.getvalue()
+
+
+def write_outputs(plan: Plan, m: Measurements, result: Evaluation) -> None:
+    """Write results.csv, the figures (recorded in ``result``) and report.md into ``plan.out``."""
+    out, options, task = plan.out, plan.options, plan.task
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(csv_path, buf.getvalue())
-    if figure_keys:
-        log(f"drawing {len(figure_keys)} figure(s)")
+    atomic_write_text(out / RESULTS_FILE, results_csv(m, task.model.names))
+    if plan.figure_keys:
+        options.log(f"drawing {len(plan.figure_keys)} figure(s)")
         result.figures = figs.write_figures(
-            loaded, out, figure_keys, correlation, item_wet, item_v, compare=compare,
-            settings=figure_settings, seed=seed, log=log,
+            plan.loaded, out, plan.figure_keys, m.correlation, m.item_wet, m.item_v, compare=options.compare,
+            settings=options.figure_settings, seed=options.seed, log=options.log,
         )
-        figures_note = figs.not_applicable_note(task, kind)
-    if estimate_plot is not None:
-        result.figures.append(figs.WrittenFigure("estimate", estimate_plot.name, (
-            f"The default estimate (--effort {effort}) of test item 0, as `afxest estimate --plot` draws it: "
+        result.figures_note = figs.not_applicable_note(task, plan.kind)
+    if plan.estimate_plot is not None:
+        result.figures.append(figs.WrittenFigure("estimate", plan.estimate_plot.name, (
+            f"The default estimate (--effort {options.effort}) of test item 0, as `afxest estimate --plot` draws it: "
             "the top candidates' equaliser responses and compressor curves, or the spectra of wet and rank 1.")))
-    result.figures_note = figures_note
-    atomic_write_text(report_path, report_markdown(result, loaded))
-    return result
+    atomic_write_text(out / REPORT_FILE, report_markdown(result, plan.loaded))
 
 
 def check_compare(loaded, compare) -> None:
