@@ -11,7 +11,7 @@ import torch
 
 from afxest.cli import main
 from afxest.errors import UserError
-from afxest.evaluate import BEST_OF, ITEM_STREAM, evaluate
+from afxest.evaluate import BEST_OF, ITEM_STREAM, EvaluateOptions, Measurements, evaluate
 from afxest.store import load_model
 from checkpoints import one_step_checkpoint  # tests/checkpoints.py
 
@@ -98,7 +98,8 @@ def test_results_depend_only_on_the_seed(fm_run, tmp_path):
     loaded, _, folder = fm_run
     torch.manual_seed(12345)  # global state must not matter
     np.random.seed(6789)
-    evaluate(loaded, tmp_path / "again", n=6, samples=10, seed=3, log=lambda _m: None, figures=False)
+    options = EvaluateOptions(n=6, samples=10, seed=3, log=lambda _m: None, figures=False)  # the options as one object
+    evaluate(loaded, tmp_path / "again", options)
     assert (tmp_path / "again" / "results.csv").read_text() == (folder / "results.csv").read_text()
     evaluate(loaded, tmp_path / "other", n=2, samples=10, seed=4, log=lambda _m: None, figures=False)
     assert (tmp_path / "other" / "results.csv").read_text() != (folder / "results.csv").read_text()
@@ -155,6 +156,46 @@ def test_eq_input_baseline_is_dry_against_wet(eq_run):
     best = _report_table(folder, "Best of N (Table 2)")
     assert [best[f"Best of {k}"]["SI-SDR (paper)"] for k in (1, 2, 3)] == ["13.5", "15.3", "16.2"]
     assert best["Uniform, best of 10"]["SI-SDR (paper)"] == "11.8"
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ({"n": 0}, "--n must be at least 1"),
+    ({"samples": 0}, "--samples must be at least 1"),
+    ({"refine": -1}, "--refine must be at least 0"),
+    ({"effort": "slow"}, "unknown effort 'slow'"),
+])
+def test_bad_options_are_refused_before_anything_is_read_or_written(eq_run, tmp_path, keywords, message):
+    loaded = eq_run[0]  # an effect task: its procedural source would be announced once set up
+    messages: list[str] = []
+    with pytest.raises(UserError, match=message):
+        evaluate(loaded, tmp_path / "eval", log=messages.append, **keywords)
+    assert not (tmp_path / "eval").exists() and messages == []
+
+
+def test_measure_scores_and_records_each_candidate():
+    """One row kind of one item: every metric of each render against the wet, kept in the
+    item's row of the kind's table, and one results.csv row per candidate (the L1 distance
+    and the peak of the error as metrics, computed again in numpy)."""
+    fns = {"l1": lambda y_hat, y: (y_hat - y).abs().mean(dim=(1, 2)),
+           "peak": lambda y_hat, y: (y_hat - y).abs().amax(dim=(1, 2))}
+    n, d, k = 2, 2, 3
+    m = Measurements(fns, n, d, np.full(n, np.nan), None, np.empty((n, d)), np.empty((n, d)), {}, None)
+    rng = np.random.default_rng(0)
+    wet = rng.standard_normal((1, 64)).astype(np.float32)
+    audio = rng.standard_normal((2, k, 1, 64)).astype(np.float32)
+    z = rng.random((k, d))
+    m.measure(0, "uniform", audio[0], wet, z)
+    m.measure(1, "uniform", audio[1], wet, None, entropy=-1.5)
+    error = np.abs(audio.astype(np.float64) - wet)
+    expected = {"l1": error.mean(axis=(2, 3)), "peak": error.max(axis=(2, 3))}
+    for metric in fns:
+        np.testing.assert_allclose(m.scores["uniform"][metric], expected[metric], rtol=1e-5)
+    assert [r[:3] for r in m.rows] == [[i, "uniform", j] for i in range(n) for j in range(k)]
+    for r in m.rows:
+        i, j = r[0], r[2]
+        assert [float(r[3]), float(r[4])] == pytest.approx([expected["l1"][i, j], expected["peak"][i, j]], rel=1e-5)
+        assert r[5] == ("nan" if i == 0 else "-1.5")
+        assert r[6:] == ([repr(float(x)) for x in z[j]] if i == 0 else ["", ""])
 
 
 def test_cli_refuses_an_existing_report_without_force(fm_run, capsys):
