@@ -1,15 +1,27 @@
-"""Render a preset: the ``pedalboard`` engine (the real plugins) or ``ddsp`` (afxest's torch
-processors). Both take and return float32 numpy audio shaped (channels, frames).
+"""Every renderer, built on the processor registry (:mod:`afxest.processors`).
+
+A preset renders by the ``pedalboard`` engine (the real plugins) or ``ddsp`` (afxest's torch
+processors), as float32 numpy audio shaped (channels, frames): one preset (:func:`render`,
+:func:`render_source_blocks` for a long synth), a batch of presets on one signal
+(:func:`render_batch`). A task's normalised model vectors render differentiably in torch
+(:func:`render_model`: training's objective, the refinement) or as numpy audio by either engine
+(:func:`render_candidates`: evaluation, figures).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from afxest.catalogue import DURATION
 from afxest.errors import UserError
 from afxest.presets import Preset
+from afxest.processors import apply_chain, entry, plugin
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 ENGINES = ("pedalboard", "ddsp")
 
@@ -70,27 +82,29 @@ def render_source_blocks(preset: Preset, sample_rate: int, engine: str) -> Itera
         yield y if chain is None else chain(y, float(sample_rate), reset=False)
 
 
-def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int, start: int = 0):
-    """Synthesise a batch (batch, 1, frames) float32 tensor from physical ``params`` (each a
-    (batch,) tensor or a float shared by the batch), from sample ``start`` on."""
+def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int, start: int = 0) -> Tensor:
+    """Synthesise a batch (batch, 1, frames) float32 tensor by source type ``kind``'s registry
+    function from physical ``params`` (each a (batch,) tensor or array, or a float shared by the
+    batch; ``duration_s`` is ignored: ``frames`` is the length), from sample ``start`` on."""
     import torch
 
-    from afxest.dsp.fm import fm_synth
-
-    if kind != "fm":
+    source = entry(kind)
+    if source.spec.kind != "source":
         raise ValueError(f"no synth for source type {kind!r}")
     device = next((v.device for v in params.values() if isinstance(v, torch.Tensor)), None)
-    values = {k: torch.as_tensor(v, dtype=torch.float64, device=device) for k, v in params.items()}
+    values = {
+        k: torch.as_tensor(v, dtype=torch.float64, device=device) for k, v in params.items() if k != DURATION.name
+    }
     batch = max((v.numel() for v in values.values()), default=1)
     p = {k: v.expand(batch) if v.ndim == 0 else v for k, v in values.items()}
-    return fm_synth(p["carrier_hz"], p["amplitude"], p["modulation_index"], p["frequency_ratio"], frames, sample_rate, start=start)
+    return source.function(frames, sample_rate, start=start, **p)
 
 
 def board(preset: Preset):
     """The preset's effects as one ``pedalboard.Pedalboard`` of the real plugins."""
     import pedalboard
 
-    return pedalboard.Pedalboard([getattr(pedalboard, e.spec.plugin)(**e.params) for e in preset.effects])
+    return pedalboard.Pedalboard([plugin(e.type, e.params) for e in preset.effects])
 
 
 def _render_pedalboard(preset: Preset, dry: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -106,13 +120,13 @@ def check_ddsp(preset: Preset, sample_rate: int) -> None:
     near its limits (a low cutoff at a high rate, a deep cut) makes minutes or hours long."""
     import torch
 
-    from afxest.dsp.filters import BIQUAD_TYPES, biquad_coefficients, tail_length
+    from afxest.dsp.filters import tail_length
 
     for i, e in enumerate(preset.effects):
-        if e.type not in BIQUAD_TYPES:
+        coefficients = entry(e.type).coefficients
+        if coefficients is None:
             continue
-        values = {k: torch.tensor([v], dtype=torch.float64) for k, v in e.params.items()}
-        _, a = biquad_coefficients(e.type, values["cutoff_frequency_hz"], values["gain_db"], values["q"], sample_rate)
+        _, a = coefficients(sample_rate, **{k: torch.tensor([v], dtype=torch.float64) for k, v in e.params.items()})
         try:
             tail = tail_length(a, sample_rate)
         except ValueError:
@@ -127,15 +141,101 @@ def check_ddsp(preset: Preset, sample_rate: int) -> None:
 
 
 def _render_ddsp(preset: Preset, dry: np.ndarray, sample_rate: int) -> np.ndarray:
+    check_ddsp(preset, sample_rate)
+    return _ddsp_batch([preset], dry, sample_rate, dry.shape[-1])[0]
+
+
+def _fit(y: np.ndarray, frames: int) -> np.ndarray:
+    """y (..., T) cut or zero padded to ``frames``."""
+    if y.shape[-1] >= frames:
+        return y[..., :frames]
+    return np.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, frames - y.shape[-1])])
+
+
+def _ddsp_batch(presets: Sequence[Preset], dry: np.ndarray | None, sample_rate: int, frames: int) -> np.ndarray:
+    """Presets of one chain (their source or ``dry`` (channels, T), then the same effect types
+    in order) in one batch of the differentiable processors, no check_ddsp: (M, channels, frames)."""
     import torch
 
-    from afxest.dsp.chain import apply_chain
+    def stacked(processors: Sequence) -> dict[str, Tensor]:
+        if any(p.type != processors[0].type for p in processors):
+            raise ValueError("the ddsp batch needs presets of one chain (the same types in order)")
+        return {k: torch.tensor([p.params[k] for p in processors], dtype=torch.float64) for k in processors[0].params}
 
-    check_ddsp(preset, sample_rate)
-    effects = [
-        (e.type, {k: torch.tensor([v], dtype=torch.float64) for k, v in e.params.items()})
-        for e in preset.effects
-    ]
+    if any(len(p.effects) != len(presets[0].effects) for p in presets):
+        raise ValueError("the ddsp batch needs presets of one chain (the same types in order)")
+    if dry is None and any(p.source is None for p in presets):
+        raise ValueError("a preset without a source needs a dry signal")
+    effects = [(e.type, stacked([p.effects[j] for p in presets])) for j, e in enumerate(presets[0].effects)]
     with torch.inference_mode():
-        y = apply_chain(torch.from_numpy(np.ascontiguousarray(dry, dtype=np.float32))[None], effects, sample_rate)
-    return y[0].numpy().astype(np.float32, copy=False)
+        if dry is None:
+            x = synthesise_batch(presets[0].source.type, stacked([p.source for p in presets]), frames, sample_rate)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(dry, dtype=np.float32))[None]
+            x = x.expand(len(presets), *x.shape[1:]).contiguous()
+        y = apply_chain(x, effects, sample_rate)
+    return _fit(y.cpu().numpy().astype(np.float32, copy=False), frames)
+
+
+def render_batch(
+    presets: Sequence[Preset], dry: np.ndarray | None, sample_rate: int, engine: str, frames: int | None = None
+) -> np.ndarray:
+    """Render each of ``presets`` on ``dry`` (channels, T) (None: each preset's source), cut or
+    zero padded to ``frames`` (default: the dry's length, or the first preset's source's):
+    (M, channels, frames) float32.
+
+    ``pedalboard``: each preset by :func:`render` on its own (a source synthesised per preset),
+    sample for sample what ``afxest render`` writes. ``ddsp``: the whole batch in one pass of
+    the differentiable processors (a source synthesised for the batch at once); the presets must
+    share one chain (the same types in order), and :func:`check_ddsp` is left to the caller.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}")
+    if frames is None:
+        frames = dry.shape[-1] if dry is not None else source_frames(presets[0], sample_rate)
+    if engine == "ddsp":
+        return _ddsp_batch(presets, dry, sample_rate, frames)
+    return np.stack([_fit(render(p, dry, sample_rate, "pedalboard"), frames) for p in presets])
+
+
+def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool = True, compressor=None) -> Tensor:
+    """Render normalised model parameters z (batch, d) of ``task`` with the differentiable
+    processors: on ``dry`` (batch, channels, T), or the task's synth (``task.clip_samples``).
+
+    Args:
+        clip_gradient: the clipper straight-through (its output, a smooth gradient; training).
+        compressor: a proxy (x, threshold_db, ratio, attack_ms, release_ms) -> y
+            (:func:`afxest.nn.proxy.compressor_function`) that replaces the compressor entry's
+            function for this render.
+    """
+    parts = task.model.split(z)
+    if task.has_source:
+        (kind, params), effects = parts[0], parts[1:]
+        x = synthesise_batch(kind, params, task.clip_samples, task.sample_rate).to(z.device)
+    else:
+        x, effects = dry, parts
+    replace = None if compressor is None else {"compressor": lambda x, sample_rate, **p: compressor(x, **p)}
+    return apply_chain(x, effects, task.sample_rate, clip_gradient=clip_gradient, replace=replace)
+
+
+def render_candidates(task: Any, z: np.ndarray, dry: np.ndarray | None, engine: str, compressor=None) -> np.ndarray:
+    """Render normalised model vectors z (n, d) of ``task`` on ``dry`` (1, T), or the task's
+    synth (dry None), as numpy audio without gradients: (n, 1, frames) float32.
+
+    ``pedalboard``: each vector's preset by :func:`render_batch` (the real plugins), cut or
+    padded to ``task.clip_samples``. ``ddsp``: the batch by :func:`render_model` in z's
+    precision, the clipper exact, ``compressor`` (a proxy) in place of the compressor's function.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}")
+    if engine == "pedalboard":
+        if compressor is not None:
+            raise ValueError("a compressor proxy renders with the ddsp engine")
+        presets = [task.model.preset(v.astype(np.float64), task.name, task.sample_rate) for v in z]
+        return render_batch(presets, dry, task.sample_rate, "pedalboard", task.clip_samples)
+    import torch
+
+    x = None if dry is None else torch.from_numpy(np.array(np.broadcast_to(dry, (len(z), *dry.shape)), np.float32))
+    with torch.no_grad():
+        y = render_model(task, torch.from_numpy(np.asarray(z)), x, clip_gradient=False, compressor=compressor)
+    return y.numpy()

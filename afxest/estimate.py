@@ -620,29 +620,14 @@ class Analyser:
         return {name: v / len(use) for name, v in total.items()}
 
     def _synthesise(self, presets: Sequence) -> np.ndarray:
-        from afxest.engines import synthesise_batch
+        from afxest.engines import render_batch
 
-        kind = presets[0].source.type
-        names = presets[0].source.params.keys()
-        params = {k: np.array([p.source.params[k] for p in presets]) for k in names}
-        y = synthesise_batch(kind, params, self.task.clip_samples, self.task.sample_rate)[:, 0]
-        for p in presets:
-            if p.effects:  # no task has effects after a source today; keep the contract anyway
-                raise NotImplementedError("effects after a synth source")
-        return y.numpy().astype(np.float32, copy=False)
+        return render_batch(presets, None, self.task.sample_rate, "ddsp", self.task.clip_samples)[:, 0]
 
     def _ddsp(self, presets: Sequence, dry: np.ndarray) -> np.ndarray:
-        import torch
+        from afxest.engines import render_batch
 
-        from afxest.dsp.chain import apply_chain
-
-        effects = [
-            (e.type, {k: torch.tensor([p.effects[j].params[k] for p in presets], dtype=torch.float64) for k in e.params})
-            for j, e in enumerate(presets[0].effects)
-        ]
-        x = torch.from_numpy(np.ascontiguousarray(dry, dtype=np.float32))[None, None].expand(len(presets), 1, -1)
-        y = apply_chain(x.contiguous(), effects, self.task.sample_rate)
-        return y[:, 0].cpu().numpy().astype(np.float32, copy=False)
+        return render_batch(presets, dry[None], self.task.sample_rate, "ddsp")[:, 0]
 
     def search(self, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None, windows, use, options: EstimateOptions):
         """:func:`afxest.search.search` from the candidates ``z`` (M, d): proposals scored by

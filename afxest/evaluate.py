@@ -164,29 +164,17 @@ def _score(fns, candidates: np.ndarray, wet: np.ndarray) -> dict[str, np.ndarray
 
 def _render_all(task, z: np.ndarray, dry: np.ndarray | None) -> np.ndarray:
     """Render each normalised model vector of z (n, d) with pedalboard (or the synth)."""
-    from afxest.engines import render
+    from afxest.engines import render_candidates
 
-    out = np.empty((len(z), 1, task.clip_samples), np.float32)
-    for j, v in enumerate(z):
-        preset = task.model.preset(v.astype(np.float64), task.name, task.sample_rate)
-        y = render(preset, dry, task.sample_rate, "pedalboard")
-        out[j] = y[:, : task.clip_samples] if y.shape[-1] >= task.clip_samples else np.pad(
-            y, ((0, 0), (0, task.clip_samples - y.shape[-1]))
-        )
-    return out
+    return render_candidates(task, z, dry, "pedalboard")
 
 
 def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarray:
     """Render each normalised model vector of z (n, d) with afxest's differentiable processors,
     ``compressor`` in place of the dsp compressor (None: the dsp one): (n, 1, frames)."""
-    import torch
+    from afxest.engines import render_candidates
 
-    from afxest.objective import render_model
-
-    x = torch.from_numpy(np.array(np.broadcast_to(dry, (len(z), *dry.shape)), dtype=np.float32))
-    with torch.no_grad():
-        y = render_model(task, torch.from_numpy(z.astype(np.float32)), x, clip_gradient=False, compressor=compressor)
-    return y.numpy()
+    return render_candidates(task, z.astype(np.float32), dry, "ddsp", compressor)
 
 
 def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples: int, effort: str, seed: int,

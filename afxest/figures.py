@@ -220,12 +220,9 @@ def grid_centres(n: int) -> np.ndarray:
 
 def synthesise(task, z: np.ndarray) -> np.ndarray:
     """The synth of an fm-like task for normalised parameters z (batch, d): (batch, 1, frames)."""
-    import torch
+    from afxest.engines import render_candidates
 
-    from afxest.engines import synthesise_batch
-
-    ((kind, params),) = task.model.split(torch.from_numpy(np.asarray(z, dtype=np.float64)))
-    return synthesise_batch(kind, params, task.clip_samples, task.sample_rate).numpy()
+    return render_candidates(task, np.asarray(z, dtype=np.float64), None, "ddsp")
 
 
 def sot_loss(task) -> Callable:
@@ -545,21 +542,21 @@ def plot_frequencies(sample_rate: float, n: int = PLOT_POINTS) -> np.ndarray:
 
 
 def equaliser_db(preset, freqs: np.ndarray) -> np.ndarray | None:
-    """The summed magnitude response in dB of the preset's shelves and peaks (RBJ cookbook
-    biquads as :func:`afxest.dsp.filters.biquad_coefficients` computes them for pedalboard's
-    filters) at ``freqs`` (Hz), (len(freqs),) float64; None when the preset has none."""
+    """The summed magnitude response in dB of the preset's shelves and peaks (the RBJ cookbook
+    coefficients of their registry entries, :mod:`afxest.processors`, as pedalboard's filters
+    compute them) at ``freqs`` (Hz), (len(freqs),) float64; None when the preset has none."""
     import torch
 
-    from afxest.dsp.filters import BIQUAD_TYPES, biquad_coefficients
+    from afxest.processors import entry
 
     total, found = np.zeros(len(freqs)), False
     z1 = np.exp(-2j * np.pi * np.asarray(freqs, np.float64) / preset.sample_rate)  # e^{-jw}
     for e in preset.effects:
-        if e.type not in BIQUAD_TYPES:
+        coefficients = entry(e.type).coefficients
+        if coefficients is None:
             continue
         p = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in e.params.items()}
-        b, a = (t[0].numpy() for t in biquad_coefficients(e.type, p["cutoff_frequency_hz"], p["gain_db"], p["q"],
-                                                           preset.sample_rate))
+        b, a = (t[0].numpy() for t in coefficients(preset.sample_rate, **p))
         h = (b[0] + b[1] * z1 + b[2] * z1**2) / (a[0] + a[1] * z1 + a[2] * z1**2)
         total += 20 * np.log10(np.abs(h))
         found = True

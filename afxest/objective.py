@@ -8,7 +8,7 @@ evaluation all use it; it imports none of them.
 Two ways to compute the same term, chosen by :func:`audio_objective`:
 
 * exact (validation, metrics, refinement): render y_hat in the time domain
-  (:func:`render_model`), then the loss of y_hat against y;
+  (:func:`afxest.engines.render_model`), then the loss of y_hat against y;
 * fast (training steps): where the model's chain is linear and time-invariant (biquads and
   gains, no source: the ``eq`` task) and the loss is the log-mel of Eq. 16, the filtered
   signal's power spectrogram is taken as the dry's times |H|^2, with H the chain's frequency
@@ -24,6 +24,9 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+
+from afxest.engines import render_model
+from afxest.processors import entry
 
 AudioObjective = Callable[..., Tensor]  # (z, dry, wet, compressor=None) -> (batch,)
 
@@ -46,54 +49,26 @@ def task_loss(task, device: Any, fast: bool = False):
     raise ValueError(task.loss)
 
 
-def render_model(task, z: Tensor, dry: Tensor | None, clip_gradient: bool = True, compressor=None) -> Tensor:
-    """Render normalised model parameters z (batch, d) with the differentiable processors;
-    ``compressor`` (x, threshold_db, ratio, attack_ms, release_ms) -> y replaces the dsp
-    compressor (a proxy: :func:`afxest.nn.proxy.compressor_function`); ``clip_gradient``: the
-    clipper straight-through (its output, a smooth gradient)."""
-    from afxest.dsp.chain import apply_chain
-    from afxest.engines import synthesise_batch
-
-    parts = task.model.split(z)
-    if task.has_source:
-        (kind, params), effects = parts[0], parts[1:]
-        x = synthesise_batch(kind, params, task.clip_samples, task.sample_rate).to(z.device)
-    else:
-        x, effects = dry, parts
-    if compressor is None:
-        return apply_chain(x, effects, task.sample_rate, clip_gradient=clip_gradient)
-    segment = []  # the effects between compressors, each run of them by apply_chain
-    for kind, p in effects:
-        if kind == "compressor":
-            x = apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
-            x = compressor(x, p["threshold_db"], p["ratio"], p["attack_ms"], p["release_ms"])
-            segment = []
-        else:
-            segment.append((kind, p))
-    return apply_chain(x, segment, task.sample_rate, clip_gradient=clip_gradient)
-
-
 def is_lti(task) -> bool:
-    """Whether the task's model is an effect chain of biquads and gains only (no source)."""
-    from afxest.dsp.filters import BIQUAD_TYPES
-
-    return not task.has_source and all(p.type in BIQUAD_TYPES or p.type == "gain" for p in task.model.processors)
+    """Whether the task's model is a chain of linear time-invariant effects only (biquads and
+    gains, :attr:`afxest.processors.Entry.linear`; no source)."""
+    return not task.has_source and all(entry(p.type).linear for p in task.model.processors)
 
 
 def power_response(task, z: Tensor, n_fft: int) -> Tensor:
     """|H(e^{jw})|^2 of an LTI model chain (:func:`is_lti`) at the n_fft // 2 + 1 bins of an
     rfft, (batch, bins): the product of each biquad's |B/A|^2 (RBJ coefficients, computed in
     float64) and each gain's amplitude squared."""
-    from afxest.dsp.filters import BIQUAD_TYPES, biquad_coefficients, frequency_response
+    from afxest.dsp.filters import frequency_response
 
     response = torch.ones(z.shape[0], n_fft // 2 + 1, dtype=torch.float64, device=z.device)
     for kind, p in task.model.split(z.double()):
-        if kind in BIQUAD_TYPES:
-            b, a = biquad_coefficients(kind, p["cutoff_frequency_hz"], p["gain_db"], p["q"], task.sample_rate)
-            h = frequency_response(b, a, n_fft)
+        e = entry(kind)
+        if e.coefficients is not None:
+            h = frequency_response(*e.coefficients(task.sample_rate, **p), n_fft)
             response = response * (h.real.square() + h.imag.square())
-        elif kind == "gain":
-            response = response * torch.pow(10.0, p["gain_db"] / 10)[:, None]
+        elif e.amplitude is not None:
+            response = response * e.amplitude(task.sample_rate, **p).square()[:, None]
         else:
             raise ValueError(f"{kind} is not linear and time-invariant")
     return response.to(z.dtype)

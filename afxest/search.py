@@ -288,13 +288,15 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
     form responses are evaluated (no audio), so this costs milliseconds. (K, d) float64."""
     import torch
 
-    from afxest.dsp.filters import BIQUAD_TYPES, biquad_coefficients, frequency_response
+    from afxest.dsp.filters import frequency_response
+    from afxest.processors import entry
 
     bands, dim = [], 0
     for proc in space.processors:
-        if proc.type not in BIQUAD_TYPES:
+        coefficients = entry(proc.type).coefficients
+        if coefficients is None:
             break
-        bands.append((proc, dim))
+        bands.append((proc, coefficients, dim))
         dim += proc.dim
     if not bands:
         return np.asarray(z0, np.float64).copy()
@@ -306,9 +308,8 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
     for _ in range(steps):
         z = torch.sigmoid(u)
         response = torch.zeros(z.shape[0], len(ratio_db), dtype=torch.float64)
-        for proc, start in bands:
-            p = proc.physical(z[:, start : start + proc.dim])
-            b, a = biquad_coefficients(proc.type, p["cutoff_frequency_hz"], p["gain_db"], p["q"], sample_rate)
+        for proc, coefficients, start in bands:
+            b, a = coefficients(sample_rate, **proc.physical(z[:, start : start + proc.dim]))
             response = response + 20 * torch.log10(frequency_response(b, a, n_fft).abs() + 1e-12)
         residual = target - response
         level = (residual * w).sum(dim=1, keepdim=True)  # the best broadband offset, closed form

@@ -147,7 +147,9 @@ def juce_coefficient(ms: torch.Tensor) -> torch.Tensor:
 def methods() -> dict[str, Method]:
     from afxest.dsp.compressor import compressor
 
-    out: dict[str, Method] = {"afxest": lambda x, t, r, a, rl: compressor(x, t, r, a, rl, SR)}
+    out: dict[str, Method] = {
+        "afxest": lambda x, t, r, a, rl: compressor(x, SR, threshold_db=t, ratio=r, attack_ms=a, release_ms=rl)
+    }
     try:
         import torchcomp
         from torchcomp.core import compressor_core
@@ -277,7 +279,7 @@ def main() -> None:
     from afxest.dsp.compressor import compressor
 
     t0 = time.perf_counter()
-    compressor(torch.zeros(1, 1, 64), -20.0, 4.0, 5.0, 100.0, SR).sum()
+    compressor(torch.zeros(1, 1, 64), SR, threshold_db=-20.0, ratio=4.0, attack_ms=5.0, release_ms=100.0).sum()
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
     fns = methods()

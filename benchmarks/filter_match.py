@@ -23,7 +23,8 @@ import scipy.signal
 import torch
 
 from afxest.audio import read_audio, resample, to_mono
-from afxest.dsp.filters import apply_biquads, biquad, biquad_coefficients
+from afxest.dsp.filters import apply_biquads, high_shelf_coefficients
+from afxest.processors import entry
 
 PLUGINS = {"low_shelf": pedalboard.LowShelfFilter, "high_shelf": pedalboard.HighShelfFilter, "peak": pedalboard.PeakFilter}
 
@@ -72,11 +73,12 @@ def main() -> None:
             for f in [30, 100, 300, 1000, 3000, 10000]:
                 ours_vs_pb, pb_vs_exact, ours_vs_exact = [], [], []
                 for g, q in itertools.product([-12.0, -3.0, 6.0, 20.0], [0.1, 0.7, 3.0]):
-                    t = lambda v: torch.tensor([float(v)], dtype=torch.float64)
-                    b, a = (c[0].numpy() for c in biquad_coefficients(kind, t(f), t(g), t(q), rate))
+                    settings = {"cutoff_frequency_hz": f, "gain_db": g, "q": q}
+                    p = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in settings.items()}
+                    b, a = (c[0].numpy() for c in entry(kind).coefficients(rate, **p))
                     for x in prepared:
-                        theirs = PLUGINS[kind](cutoff_frequency_hz=f, gain_db=g, q=q)(x, rate)
-                        ours = biquad(torch.from_numpy(x)[None], kind, t(f), t(g), t(q), rate)[0].numpy()
+                        theirs = PLUGINS[kind](**settings)(x, rate)
+                        ours = entry(kind).function(torch.from_numpy(x)[None], rate, **p)[0].numpy()
                         exact = scipy.signal.lfilter(b, a, x.astype(np.float64), axis=-1)
                         ours_vs_pb.append(snr_db(theirs, ours))
                         pb_vs_exact.append(snr_db(exact, theirs))
@@ -98,7 +100,8 @@ def main() -> None:
         f = torch.full((16,), 1000.0, requires_grad=True)
         g = torch.full((16,), 6.0, requires_grad=True)
         q = torch.full((16,), 0.7, requires_grad=True)
-        coefs = [biquad_coefficients("high_shelf", f, g, q, 22050), biquad_coefficients("high_shelf", f * 1.5, -g, q, 22050)]
+        coefs = [high_shelf_coefficients(22050, cutoff_frequency_hz=f, gain_db=g, q=q),
+                 high_shelf_coefficients(22050, cutoff_frequency_hz=f * 1.5, gain_db=-g, q=q)]
         apply_biquads(x, coefs, 22050).abs().sum().backward()
 
     t_floor, t_ours = timed(floor), timed(cascade)

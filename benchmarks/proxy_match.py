@@ -74,7 +74,7 @@ def main() -> None:
         if not folder.tracks:
             sys.exit(f"{args.music}: no test-split track of {task.clip_seconds:g} s")
         source, where = DrySource(folder, sr), f"the test split of {args.music} ({len(folder.tracks)} tracks)"
-    methods: dict[str, Callable] = {"dsp": lambda x, *p: compressor(x, *p, sr)}
+    methods: dict[str, Callable] = {"dsp": lambda x, *p: compressor(x, sr, **dict(zip(COMPRESSOR_PARAMS, p)))}
     if args.proxy is not None:
         proxy, state = load_proxy(args.proxy)
         methods["neural"] = compressor_function("neural", proxy, sr)

@@ -242,7 +242,8 @@ def test_sot_guides_the_fm_frequency_ratio():
 
     def synth(ratio):
         n = ratio.shape[0]
-        return fm_synth(torch.full((n,), 110.0), torch.ones(n), torch.full((n,), 2.0), ratio, N_FM, SR_FM)
+        return fm_synth(N_FM, SR_FM, carrier_hz=torch.full((n,), 110.0), amplitude=torch.ones(n),
+                        modulation_index=torch.full((n,), 2.0), frequency_ratio=ratio)
 
     target = synth(torch.tensor([4.0]))
     ratios = torch.tensor([0.6, 1.0, 2.0, 3.0, 3.6, 3.9, 4.1, 4.5, 5.5, 7.0, 9.5], requires_grad=True)

@@ -17,7 +17,7 @@ from afxest.cli import main
 from afxest.data import DrySource, make_batch
 from afxest.params import ParamRange
 from afxest.tasks import TASKS, ProcessorSpace, Space, Task
-from afxest.objective import render_model
+from afxest.engines import render_model
 from afxest.checkpoints import load_checkpoint
 from afxest.train import TrainConfig, train
 from reference import reference_render

@@ -99,7 +99,7 @@ def test_synth_search_polishes_on_the_waveform_to_the_exact_ratio() -> None:
     loss barely moves it, the waveform polish brings the ratio ten times closer and the
     waveform match (SI-SDR, computed here in numpy) from about 0 dB to over 20 dB."""
     from afxest.losses import SpectralOTLoss
-    from afxest.objective import render_model
+    from afxest.engines import render_model
 
     task = TASKS["fm"]
     truth = torch.tensor([[0.9, 0.37]], dtype=torch.float64)

@@ -1,5 +1,6 @@
-"""Differentiable audio processors in torch.
+"""Differentiable audio processors in torch: the functional core.
 
-Every function takes audio shaped (batch, channels, time) and per-item parameters shaped
-(batch,) in physical units, and is differentiable with respect to both.
+Every effect takes the one signature of :mod:`afxest.processors`, ``fn(x, sample_rate,
+**params)``: audio shaped (batch, channels, time) and per-item parameters shaped (batch,) in
+physical units, named as in :mod:`afxest.catalogue`; it is differentiable with respect to both.
 """

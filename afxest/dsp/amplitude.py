@@ -1,5 +1,10 @@
 """Memoryless amplitude processors: gain, hard clipping, and a smooth clipper and a
-straight-through clipper for training."""
+straight-through clipper for training.
+
+Each takes the processors' one signature (:mod:`afxest.processors`): audio x (batch, channels,
+time), the sample rate (unused here: they are memoryless) and the catalogue's parameters by name,
+each (batch,).
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,18 @@ def db_to_amplitude(db: Tensor) -> Tensor:
     return torch.pow(10.0, db / 20)
 
 
-def gain(x: Tensor, gain_db: Tensor) -> Tensor:
-    """y = x 10^(gain_db / 20) (pedalboard.Gain); x (batch, channels, time), gain_db (batch,)."""
-    return x * db_to_amplitude(gain_db)[:, None, None]
+def gain(x: Tensor, sample_rate: float, *, gain_db: Tensor) -> Tensor:
+    """y = x 10^(gain_db / 20) (pedalboard.Gain)."""
+    return x * gain_amplitude(sample_rate, gain_db=gain_db)[:, None, None]
 
 
-def hard_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
+def gain_amplitude(sample_rate: float, *, gain_db: Tensor) -> Tensor:
+    """The gain as the broadband amplitude 10^(gain_db / 20), (batch,): what a chain of linear
+    time-invariant effects multiplies into its frequency response."""
+    return db_to_amplitude(gain_db)
+
+
+def hard_clip(x: Tensor, sample_rate: float, *, threshold_db: Tensor) -> Tensor:
     """y = clip(x, -t, t), t = 10^(threshold_db / 20) (pedalboard.Clipping).
 
     Exact, but its gradient to the threshold only flows through clipped samples and its
@@ -27,7 +38,7 @@ def hard_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
     return torch.minimum(torch.maximum(x, -t), t)
 
 
-def soft_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
+def soft_clip(x: Tensor, sample_rate: float, *, threshold_db: Tensor) -> Tensor:
     """Smooth clipper for training: y = t tanh(x / t), t = 10^(threshold_db / 20).
 
     Equals x to first order for |x| << t, saturates at +-t, and has non-zero gradients to x and
@@ -37,7 +48,7 @@ def soft_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
     return t * torch.tanh(x / t)
 
 
-def straight_through_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
+def straight_through_clip(x: Tensor, sample_rate: float, *, threshold_db: Tensor) -> Tensor:
     """The hard clipper's output with the smooth clipper's gradient (a straight-through
     estimator, Bengio, Leonard & Courville, 2013): y = stop_gradient(h) + (s - stop_gradient(s)), h =
     :func:`hard_clip`, s = :func:`soft_clip`.
@@ -45,5 +56,5 @@ def straight_through_clip(x: Tensor, threshold_db: Tensor) -> Tensor:
     The forward value is exactly pedalboard's (s - s is exactly 0), so training renders the
     clipper that inference renders; gradients to x and the threshold are those of t tanh(x / t).
     """
-    s = soft_clip(x, threshold_db)
-    return hard_clip(x, threshold_db).detach() + (s - s.detach())
+    s = soft_clip(x, sample_rate, threshold_db=threshold_db)
+    return hard_clip(x, sample_rate, threshold_db=threshold_db).detach() + (s - s.detach())

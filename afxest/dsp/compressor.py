@@ -221,22 +221,23 @@ def ballistics_coefficient(time_ms: torch.Tensor, sample_rate: float) -> torch.T
 
 def compressor(
     x: torch.Tensor,
+    sample_rate: float,
+    *,
     threshold_db: torch.Tensor | float,
     ratio: torch.Tensor | float,
     attack_ms: torch.Tensor | float,
     release_ms: torch.Tensor | float,
-    sample_rate: float,
 ) -> torch.Tensor:
     """Hard-knee peak compressor, sample for sample JUCE's ``dsp::Compressor`` (pedalboard's).
 
     Args:
         x: audio shaped (batch, channels, time), float32 or float64. Each channel has its own
             detector (pedalboard does not link channels).
+        sample_rate: sample rate in Hz.
         threshold_db: threshold in dB, float or tensor shaped (batch,).
         ratio: compression ratio (pedalboard requires >= 1), float or (batch,).
         attack_ms, release_ms: ballistics times in ms, float or (batch,); below 0.001 ms the
             constant is 0 (instant), as in JUCE, and the gradient w.r.t. the time is 0.
-        sample_rate: sample rate in Hz.
 
     Returns:
         The compressed audio, shaped and typed like x, differentiable w.r.t. x and all four

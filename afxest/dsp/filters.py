@@ -8,6 +8,11 @@ Filtering multiplies the signal's DFT by the exact frequency response H(e^{jw}) 
 on the DFT grid. The DFT is zero padded by the length of the IIR's impulse response tail (until
 it has decayed by ``TAIL_DB``), so the circular convolution equals the linear one: the result
 matches the recursive filter, with gradients to the input and to every parameter.
+
+The filters take the processors' one signature (:mod:`afxest.processors`): x (batch, channels,
+time), the sample rate, then the catalogue's parameters by name, each (batch,); their
+coefficient functions take the same parameters, so a chain can merge its biquads into one pass
+(:func:`apply_biquads`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-BIQUAD_TYPES = ("low_shelf", "high_shelf", "peak")
 TAIL_DB = 160.0  # impulse-response tail kept: decayed by 160 dB (below float32 resolution)
 # Overlap-add block length: at least this, or twice the impulse-response tail. Short blocks
 # make the response cheap to compute (it is sampled on block + tail points, not on the whole
@@ -27,34 +31,58 @@ TAIL_DB = 160.0  # impulse-response tail kept: decayed by 160 dB (below float32 
 BLOCK = 1 << 14
 
 
-def biquad_coefficients(
-    kind: str, cutoff_hz: Tensor, gain_db: Tensor, q: Tensor, sample_rate: float
-) -> tuple[Tensor, Tensor]:
-    """RBJ cookbook coefficients, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
-    w0 = 2 * math.pi * cutoff_hz / sample_rate
-    cos_w, sin_w = torch.cos(w0), torch.sin(w0)
+def _common(
+    sample_rate: float, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The cookbook's intermediates cos(w0), A = 10^(gain_db / 40) and alpha = sin(w0) / (2 Q),
+    w0 = 2 pi cutoff / sample_rate."""
+    w0 = 2 * math.pi * cutoff_frequency_hz / sample_rate
     big_a = torch.pow(10.0, gain_db / 40)
-    alpha = sin_w / (2 * q)
-    if kind == "peak":
-        b = (1 + alpha * big_a, -2 * cos_w, 1 - alpha * big_a)
-        a = (1 + alpha / big_a, -2 * cos_w, 1 - alpha / big_a)
-    elif kind in ("low_shelf", "high_shelf"):
-        s = 1.0 if kind == "low_shelf" else -1.0  # high shelf: cookbook signs of cos flip
-        ap1, am1 = big_a + 1, big_a - 1
-        two_sqrt_a_alpha = 2 * torch.sqrt(big_a) * alpha
-        b = (
-            big_a * (ap1 - s * am1 * cos_w + two_sqrt_a_alpha),
-            s * 2 * big_a * (am1 - s * ap1 * cos_w),
-            big_a * (ap1 - s * am1 * cos_w - two_sqrt_a_alpha),
-        )
-        a = (
-            ap1 + s * am1 * cos_w + two_sqrt_a_alpha,
-            -s * 2 * (am1 + s * ap1 * cos_w),
-            ap1 + s * am1 * cos_w - two_sqrt_a_alpha,
-        )
-    else:
-        raise ValueError(f"unknown biquad type {kind!r}")
+    return torch.cos(w0), big_a, torch.sin(w0) / (2 * q)
+
+
+def peak_coefficients(
+    sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor]:
+    """RBJ cookbook peaking EQ, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
+    cos_w, big_a, alpha = _common(sample_rate, cutoff_frequency_hz, gain_db, q)
+    b = (1 + alpha * big_a, -2 * cos_w, 1 - alpha * big_a)
+    a = (1 + alpha / big_a, -2 * cos_w, 1 - alpha / big_a)
     return torch.stack(b, dim=-1), torch.stack(a, dim=-1)
+
+
+def _shelf_coefficients(
+    s: float, sample_rate: float, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor]:
+    """RBJ cookbook shelf: s = 1 the low shelf, s = -1 the high shelf (the signs of cos flip)."""
+    cos_w, big_a, alpha = _common(sample_rate, cutoff_frequency_hz, gain_db, q)
+    ap1, am1 = big_a + 1, big_a - 1
+    two_sqrt_a_alpha = 2 * torch.sqrt(big_a) * alpha
+    b = (
+        big_a * (ap1 - s * am1 * cos_w + two_sqrt_a_alpha),
+        s * 2 * big_a * (am1 - s * ap1 * cos_w),
+        big_a * (ap1 - s * am1 * cos_w - two_sqrt_a_alpha),
+    )
+    a = (
+        ap1 + s * am1 * cos_w + two_sqrt_a_alpha,
+        -s * 2 * (am1 + s * ap1 * cos_w),
+        ap1 + s * am1 * cos_w - two_sqrt_a_alpha,
+    )
+    return torch.stack(b, dim=-1), torch.stack(a, dim=-1)
+
+
+def low_shelf_coefficients(
+    sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor]:
+    """RBJ cookbook low shelf, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
+    return _shelf_coefficients(1.0, sample_rate, cutoff_frequency_hz, gain_db, q)
+
+
+def high_shelf_coefficients(
+    sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
+) -> tuple[Tensor, Tensor]:
+    """RBJ cookbook high shelf, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
+    return _shelf_coefficients(-1.0, sample_rate, cutoff_frequency_hz, gain_db, q)
 
 
 def frequency_response(b: Tensor, a: Tensor, n_fft: int) -> Tensor:
@@ -142,8 +170,19 @@ def apply_biquads(
     return out.reshape(batch, channels, out_len)[..., :n]
 
 
-def biquad(
-    x: Tensor, kind: str, cutoff_hz: Tensor, gain_db: Tensor, q: Tensor, sample_rate: float
-) -> Tensor:
-    """Apply one RBJ biquad (``low_shelf``, ``high_shelf`` or ``peak``) to x (batch, channels, time)."""
-    return apply_biquads(x, [biquad_coefficients(kind, cutoff_hz, gain_db, q, sample_rate)], sample_rate)
+def peak(x: Tensor, sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor) -> Tensor:
+    """Filter x (batch, channels, time) by an RBJ peaking EQ (pedalboard.PeakFilter)."""
+    coefficients = peak_coefficients(sample_rate, cutoff_frequency_hz=cutoff_frequency_hz, gain_db=gain_db, q=q)
+    return apply_biquads(x, [coefficients], sample_rate)
+
+
+def low_shelf(x: Tensor, sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor) -> Tensor:
+    """Filter x (batch, channels, time) by an RBJ low shelf (pedalboard.LowShelfFilter)."""
+    coefficients = low_shelf_coefficients(sample_rate, cutoff_frequency_hz=cutoff_frequency_hz, gain_db=gain_db, q=q)
+    return apply_biquads(x, [coefficients], sample_rate)
+
+
+def high_shelf(x: Tensor, sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor) -> Tensor:
+    """Filter x (batch, channels, time) by an RBJ high shelf (pedalboard.HighShelfFilter)."""
+    coefficients = high_shelf_coefficients(sample_rate, cutoff_frequency_hz=cutoff_frequency_hz, gain_db=gain_db, q=q)
+    return apply_biquads(x, [coefficients], sample_rate)

@@ -15,18 +15,22 @@ from torch import Tensor
 
 
 def fm_synth(
+    frames: int,
+    sample_rate: float,
+    *,
     carrier_hz: Tensor,
     amplitude: Tensor,
     modulation_index: Tensor,
     frequency_ratio: Tensor,
-    num_samples: int,
-    sample_rate: float,
-    dtype: torch.dtype = torch.float32,
     start: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Synthesise (batch, 1, num_samples) from parameters shaped (batch,) (DAFx Eq. 19), from
-    sample ``start`` on (a long sound is synthesised block by block, sample for sample the same)."""
-    n = torch.arange(start, start + num_samples, device=carrier_hz.device, dtype=torch.float64)
+    """Synthesise (batch, 1, frames) from parameters shaped (batch,) (DAFx Eq. 19), from sample
+    ``start`` on (a long sound is synthesised block by block, sample for sample the same).
+
+    The sources' one signature (:mod:`afxest.processors`): the length and the sample rate, then
+    the catalogue's parameters by name (all but ``duration_s``, which ``frames`` replaces)."""
+    n = torch.arange(start, start + frames, device=carrier_hz.device, dtype=torch.float64)
     t = n / sample_rate
     fc = carrier_hz.double()[:, None]
     fm = fc * frequency_ratio.double()[:, None]

@@ -168,8 +168,8 @@ def compressor_function(kind: str, proxy: CompressorProxy | None, sample_rate: f
 
     def hybrid(x: Tensor, threshold_db: Tensor, ratio: Tensor, attack_ms: Tensor, release_ms: Tensor) -> Tensor:
         with torch.no_grad():
-            exact = compressor(x.detach(), threshold_db.detach(), ratio.detach(), attack_ms.detach(),
-                               release_ms.detach(), sample_rate)
+            exact = compressor(x.detach(), sample_rate, threshold_db=threshold_db.detach(), ratio=ratio.detach(),
+                               attack_ms=attack_ms.detach(), release_ms=release_ms.detach())
         return straight_through(exact, proxy(x, threshold_db, ratio, attack_ms, release_ms))
 
     return hybrid
@@ -260,10 +260,8 @@ class ProxyBatch:
 
 
 def make_proxy_batch(task, source, rng: np.random.Generator, size: int, frames: int) -> ProxyBatch:
-    """Dry excerpts through the task's truth chain up to its compressor (pedalboard), then
-    pedalboard's Compressor with parameters uniform in the task's normalised ranges."""
-    import pedalboard
-
+    """Dry excerpts through the task's truth chain up to its compressor, then its compressor
+    with parameters uniform in the task's normalised ranges, both by pedalboard."""
     from afxest.engines import render
     from afxest.presets import Preset, Processor
 
@@ -274,14 +272,12 @@ def make_proxy_batch(task, source, rng: np.random.Generator, size: int, frames: 
     params = np.empty((size, len(COMPRESSOR_PARAMS)), np.float64)
     for i in range(size):
         dry = source.excerpt(rng, frames)[None]
-        v = rng.random(task.truth.dim)
-        parts = task.truth.split(v)
-        before = tuple(Processor(kind, {k: float(a) for k, a in p.items()}) for kind, p in parts[:index])
-        x[i] = render(Preset(task.sample_rate, before), dry, task.sample_rate, "pedalboard") if before else dry
-        comp = parts[index][1]
-        params[i] = [float(comp[name]) for name in COMPRESSOR_PARAMS]
-        plugin = pedalboard.Compressor(**{name: float(comp[name]) for name in COMPRESSOR_PARAMS})
-        y[i] = plugin(np.ascontiguousarray(x[i]), float(task.sample_rate))
+        parts = task.truth.split(rng.random(task.truth.dim))
+        chain = [Processor(kind, {k: float(a) for k, a in p.items()}) for kind, p in parts]
+        before, comp = Preset(task.sample_rate, tuple(chain[:index])), Preset(task.sample_rate, (chain[index],))
+        x[i] = render(before, dry, task.sample_rate, "pedalboard")
+        y[i] = render(comp, x[i], task.sample_rate, "pedalboard")
+        params[i] = [comp.effects[0].params[name] for name in COMPRESSOR_PARAMS]
     return ProxyBatch(x, y, params)
 
 

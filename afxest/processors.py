@@ -1,0 +1,142 @@
+"""The processor registry: each catalogue type's differentiable function and pedalboard plugin,
+and the effect chain built on them.
+
+:mod:`afxest.catalogue` says what a preset type is (its parameters, its plugin's name); this
+module says how afxest renders it. Every differentiable function has one signature:
+
+* an effect: ``fn(x, sample_rate, **params) -> y``, x and y shaped (batch, channels, time),
+  each parameter a (batch,) tensor in physical units, named as in the catalogue;
+* a source: ``fn(frames, sample_rate, *, start=0, **params) -> (batch, 1, frames)`` float32,
+  with the catalogue's parameters but ``duration_s`` (the renderer turns it into ``frames``).
+
+A linear time-invariant effect also says what :func:`apply_chain` merges into one
+frequency-domain pass: its biquad ``coefficients`` or its broadband ``amplitude``, each
+``(sample_rate, **params)`` -> (b, a) shaped (batch, 3), or (batch,).
+
+The module loads neither torch nor pedalboard: :func:`plugin` imports pedalboard alone (so the
+pedalboard engine starts without torch), :func:`registry` the dsp modules on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from afxest.catalogue import PROCESSORS, ProcessorType
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+EffectFunction = Callable[..., "Tensor"]  # (x, sample_rate, **params) -> y like x
+SourceFunction = Callable[..., "Tensor"]  # (frames, sample_rate, *, start=0, **params) -> (batch, 1, frames)
+Effect = tuple[str, Mapping[str, "Tensor"]]  # (type, {parameter: (batch,) tensor}), as a chain lists it
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How afxest renders one catalogue type.
+
+    ``function`` reproduces the type's pedalboard plugin (:func:`plugin`), sample for sample
+    within the tolerances of tests/test_processors.py. ``coefficients`` (a biquad) or
+    ``amplitude`` (a broadband gain) make the effect linear and time-invariant. ``straight_through``:
+    the function training renders instead, with ``function``'s output and a usable gradient where
+    it has none (the clipper)."""
+
+    spec: ProcessorType
+    function: Callable[..., Tensor]
+    coefficients: Callable[..., tuple[Tensor, Tensor]] | None = None
+    amplitude: Callable[..., Tensor] | None = None
+    straight_through: EffectFunction | None = None
+
+    @property
+    def linear(self) -> bool:
+        """Linear and time-invariant: merged with its neighbours by :func:`apply_chain`."""
+        return self.coefficients is not None or self.amplitude is not None
+
+
+@cache
+def registry() -> dict[str, Entry]:
+    """Every catalogue type's :class:`Entry`, by type name (the dsp modules imported on first call)."""
+    from afxest.dsp import amplitude, compressor, filters, fm
+
+    entries = (
+        Entry(PROCESSORS["low_shelf"], filters.low_shelf, coefficients=filters.low_shelf_coefficients),
+        Entry(PROCESSORS["high_shelf"], filters.high_shelf, coefficients=filters.high_shelf_coefficients),
+        Entry(PROCESSORS["peak"], filters.peak, coefficients=filters.peak_coefficients),
+        Entry(PROCESSORS["compressor"], compressor.compressor),
+        Entry(PROCESSORS["gain"], amplitude.gain, amplitude=amplitude.gain_amplitude),
+        Entry(PROCESSORS["clipping"], amplitude.hard_clip, straight_through=amplitude.straight_through_clip),
+        Entry(PROCESSORS["fm"], fm.fm_synth),
+    )
+    return {e.spec.name: e for e in entries}
+
+
+def entry(kind: str) -> Entry:
+    """The :class:`Entry` of type ``kind``; ValueError for a type afxest cannot render."""
+    found = registry().get(kind)
+    if found is None:
+        raise ValueError(f"no differentiable processor for type {kind!r}")
+    return found
+
+
+def plugin(kind: str, params: Mapping[str, float]) -> Any:
+    """The pedalboard plugin of effect type ``kind`` (the catalogue's ``plugin``) set to ``params``."""
+    import pedalboard
+
+    spec = PROCESSORS.get(kind)
+    if spec is None or spec.plugin is None:
+        raise ValueError(f"no pedalboard plugin for type {kind!r}")
+    return getattr(pedalboard, spec.plugin)(**params)
+
+
+def apply_chain(
+    x: Tensor,
+    effects: Sequence[Effect],
+    sample_rate: float,
+    clip_gradient: bool = False,
+    replace: Mapping[str, EffectFunction] | None = None,
+) -> Tensor:
+    """Process x (batch, channels, time) by ``effects`` in order, each by its registry entry.
+
+    Consecutive linear time-invariant effects (:attr:`Entry.linear`) are merged into one
+    frequency-domain pass (their responses multiply, :func:`afxest.dsp.filters.apply_biquads`);
+    the others run in order between them.
+
+    Args:
+        clip_gradient: render each effect by its ``straight_through`` function where it has one
+            (training: the clipper's output with a smooth clipper's gradient).
+        replace: functions, by type, that render that type instead of its entry for this call
+            (a proxy of the compressor, :func:`afxest.engines.render_model`); never merged.
+    """
+    from afxest.dsp.filters import apply_biquads
+
+    replace = replace or {}
+    biquads: list[tuple[Tensor, Tensor]] = []
+    scale: Tensor | None = None
+
+    def flush(x: Tensor) -> Tensor:
+        nonlocal biquads, scale
+        if biquads:
+            x = apply_biquads(x, biquads, sample_rate, scale)
+        elif scale is not None:
+            x = x * scale[:, None, None]
+        biquads, scale = [], None
+        return x
+
+    for kind, p in effects:
+        e = entry(kind)
+        if e.spec.kind != "effect":
+            raise ValueError(f"{kind} is a source, not an effect")
+        if kind in replace:
+            x = replace[kind](flush(x), sample_rate, **p)
+        elif e.coefficients is not None:
+            biquads.append(e.coefficients(sample_rate, **p))
+        elif e.amplitude is not None:
+            amp = e.amplitude(sample_rate, **p)
+            scale = amp if scale is None else scale * amp
+        else:
+            function = e.straight_through if clip_gradient and e.straight_through is not None else e.function
+            x = function(flush(x), sample_rate, **p)
+    return flush(x)
