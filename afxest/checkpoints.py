@@ -1,12 +1,12 @@
-"""Checkpoints and run folders, shared by ``afxest train``, ``afxest train-proxy`` and the model
-store (which loads what they wrote): the file format, atomic saving, loading with
-``weights_only=True`` (no code in a checkpoint is ever run), and the rules of a run folder.
+"""Checkpoint files: written by ``afxest train`` and ``afxest train-proxy``, read by them on
+``--resume`` and by the model store (:mod:`afxest.store`). The file format, atomic saving,
+loading with ``weights_only=True`` (no code in a checkpoint is ever run) and a file's SHA-256.
+Training and inference both import this module; it imports neither.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -47,28 +47,11 @@ def load_checkpoint(
     return payload
 
 
-def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:
-    """Check a run folder for a new run or a resumed one; returns (last.pt, best.pt) paths.
-
-    A new run needs a new or empty folder (one holding only config.json / metrics.jsonl is a
-    run that never checkpointed and may start again); ``resume`` needs its last.pt."""
-    from afxest.audio import check_out_dir
-
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: is a file; --out needs a folder")
-    check_out_dir(out)  # a missing folder is created, with its parents
-    if resume:
-        if not last_path.exists():
-            raise UserError(f"{out}: nothing to resume (no last.pt)")
-    elif last_path.exists() or (out.exists() and {p.name for p in out.iterdir()} - {"config.json", "metrics.jsonl"}):
-        raise UserError(f"{out}: already holds a run; use --resume to continue it or another --out")
-    return last_path, best_path
-
-
-def step_of(line: str) -> float:
-    """The step of a metrics.jsonl line; a torn last line (killed mid-write) counts as after all."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, in hex (a model's identity in estimates; a run's ``--init`` and
+    ``--proxy-model`` in its ``config.json``)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -157,7 +157,8 @@ def train(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train an estimator (runs data-parallel under torchrun)."""
-    from afxest.train import TrainConfig, enlarge_malloc_thresholds, train as run_training
+    from afxest.runs import enlarge_malloc_thresholds
+    from afxest.train import TrainConfig, train as run_training
 
     enlarge_malloc_thresholds()
     result = run_training(
@@ -198,8 +199,8 @@ def train_proxy(
 ) -> None:
     """Train the neural compressor proxy (causal TCN with FiLM, ICASSP 2024) to mimic pedalboard's
     Compressor. Options left out take the defaults listed in docs/master.md."""
-    from afxest.nn.proxy import ProxyTrainConfig, train_proxy as run
-    from afxest.train import enlarge_malloc_thresholds
+    from afxest.runs import enlarge_malloc_thresholds
+    from afxest.train_proxy import ProxyTrainConfig, train_proxy as run
 
     given = dict(
         task=task, max_steps=max_steps, batch_size=batch_size, segment_seconds=segment_seconds, lr=lr,
@@ -259,7 +260,7 @@ def estimate(
         pair_inputs, run_batch,
     )
     from afxest.store import load_model
-    from afxest.train import resolve_device
+    from afxest.device import resolve_device
 
     if audio_all and no_audio:
         raise UserError("give --audio-all or --no-audio, not both")

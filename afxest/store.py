@@ -13,22 +13,22 @@ Loading goes through :func:`afxest.checkpoints.load_checkpoint` (``weights_only=
 checkpoint is ever run), rebuilds the :class:`~afxest.nn.estimator.Estimator` from the task
 name and estimator configuration stored in it, and refuses a checkpoint whose stored task
 definition differs from the current one (other ranges, rate, clip length, loss or encoder would
-make its outputs mean something else). Training hyperparameters (learning rate, batch size,
-weight decay, beta) are not compared: they do not change what a trained model's outputs mean.
+make its outputs mean something else; :func:`afxest.tasks.definition_difference`). The training
+defaults stored beside it (learning rate, batch size, weight decay, beta) are not compared: they
+do not change what a trained model's outputs mean.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from afxest.checkpoints import file_sha256
 from afxest.errors import UserError
 
 DEFAULT_MODELS = ("master", "eq")  # the first that exists is the default
-TRAINING_ONLY_KEYS = ("lr", "batch_size", "weight_decay", "beta")
 
 
 @dataclass(frozen=True)
@@ -124,24 +124,6 @@ def resolve_model(spec: str | None) -> ModelFile:
     )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def definition_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """The first key (other than training hyperparameters) where two task definitions differ."""
-    for key in sorted(set(stored) | set(current)):
-        if key in TRAINING_ONLY_KEYS:
-            continue
-        if stored.get(key) != current.get(key):
-            return key
-    return None
-
-
 def load_model(spec: str | None, device: Any = "cpu") -> LoadedModel:
     """Resolve ``spec`` and load it: one-line UserErrors for unknown names and bad files."""
     model_file = resolve_model(spec)
@@ -182,7 +164,7 @@ def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
 
 def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
     """Task, estimator and metrics of a loaded checkpoint; UserError if incompatible."""
-    from afxest.tasks import TASKS
+    from afxest.tasks import TASKS, definition_difference
 
     stored = state.get("task")
     est = state.get("estimator")
@@ -192,7 +174,7 @@ def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
     if name not in TASKS:
         raise UserError(f"{path}: incompatible model (task {name!r} is unknown to this afxest: {', '.join(TASKS)})")
     task = TASKS[name]
-    key = definition_difference(stored, task.to_dict())
+    key = definition_difference(stored, task)
     if key is not None:
         raise UserError(
             f"{path}: incompatible model: it was trained for a different {name!r} task definition "

@@ -3,7 +3,8 @@
 A task says what produces the ground truth (``truth``: processors and the ranges their
 parameters are drawn in, uniformly in normalised space), what the estimator outputs (``model``:
 the differentiable processors it drives and their ranges), the sample rate, clip length, loss,
-encoder and training defaults. Training, estimation, evaluation and the JSON output all read it;
+encoder; and, apart from that definition, the training defaults ``afxest train`` starts from
+(:class:`TrainingDefaults`). Training, estimation, evaluation and the JSON output all read it;
 every range is written here once.
 
 * ``eq`` (DAFx 2025, Sec. 4): truth is one RBJ high shelf rendered by pedalboard; the model
@@ -94,9 +95,39 @@ class Space:
         return Preset(sample_rate=sample_rate, effects=tuple(effects), source=source, task=task)
 
 
+STORED_TRAINING_KEYS = ("lr", "batch_size", "weight_decay", "beta")  # beside the definition in checkpoints
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    """What ``afxest train`` uses where its options are not given (the papers' values, or
+    measured ones). Not part of a task's definition: a trained model's outputs mean the same
+    whatever they were (:func:`definition_difference` ignores them).
+
+    ``epoch_items``: the training items of one epoch (``--epochs``; DAFx 2025 Secs. 4.6, 5.5).
+    """
+
+    lr: float
+    batch_size: int
+    epoch_items: int
+    weight_decay: float = 1e-3
+    beta: float = 0.1  # the entropy weight of DAFx 2025 Eq. 7
+
+    def to_dict(self) -> dict[str, Any]:
+        """The values stored beside the definition in a checkpoint's ``task``
+        (:data:`STORED_TRAINING_KEYS`; ``epoch_items`` is not: a run stores its
+        ``steps_per_epoch``).
+
+        >>> TrainingDefaults(lr=1e-4, batch_size=8, epoch_items=100).to_dict()
+        {'lr': 0.0001, 'batch_size': 8, 'weight_decay': 0.001, 'beta': 0.1}
+        """
+        return {key: getattr(self, key) for key in STORED_TRAINING_KEYS}
+
+
 @dataclass(frozen=True)
 class Task:
-    """Everything that defines an estimation task."""
+    """An estimation task: its definition (what produces the truth, what the model estimates,
+    rate, clip length, loss, encoder) and, apart, its :class:`TrainingDefaults`."""
 
     name: str
     description: str
@@ -106,11 +137,7 @@ class Task:
     model: Space
     loss: Literal["log_mel", "sot_mrstft"]
     encoder: Literal["convnext", "hann_dft_mlp"]
-    lr: float
-    batch_size: int
-    epoch_items: int  # training items per epoch
-    weight_decay: float = 1e-3
-    beta: float = 0.1
+    training: TrainingDefaults
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -165,8 +192,9 @@ class Task:
             for i, (name, r) in enumerate(zip(self.model.names, ranges))
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain description (stored in checkpoints, printed by ``afxest train``)."""
+    def definition(self) -> dict[str, Any]:
+        """The definition as plain data: what a trained model's outputs mean (compared by
+        :func:`definition_difference`)."""
 
         def space(s: Space) -> list[dict[str, Any]]:
             return [
@@ -186,11 +214,25 @@ class Task:
             "model": space(self.model),
             "loss": self.loss,
             "encoder": self.encoder,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "weight_decay": self.weight_decay,
-            "beta": self.beta,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The definition and the training defaults, as checkpoints (``task``) and a run's
+        ``config.json`` (``task_definition``) have always stored them."""
+        return {**self.definition(), **self.training.to_dict()}
+
+
+def definition_difference(stored: dict[str, Any], task: Task) -> str | None:
+    """The first key (sorted) where a stored task dict (a checkpoint's ``task``: a definition
+    and the training defaults of its time) differs from ``task``'s definition; None when they
+    agree. Training defaults are not compared: they do not change what a model's outputs mean.
+    """
+    stored = {key: value for key, value in stored.items() if key not in STORED_TRAINING_KEYS}
+    current = task.definition()
+    for key in sorted(set(stored) | set(current)):
+        if stored.get(key) != current.get(key):
+            return key
+    return None
 
 
 def _shelf(gain: float) -> ProcessorSpace:
@@ -260,9 +302,7 @@ TASKS: dict[str, Task] = {
         model=Space((_shelf(10.0), _shelf(10.0))),
         loss="log_mel",
         encoder="convnext",
-        lr=5e-5,
-        batch_size=16,
-        epoch_items=40_000,  # DAFx 2025 Sec. 4.6
+        training=TrainingDefaults(lr=5e-5, batch_size=16, epoch_items=40_000),  # DAFx 2025 Sec. 4.6
     ),
     "fm": Task(
         name="fm",
@@ -273,9 +313,7 @@ TASKS: dict[str, Task] = {
         model=Space((_FM,)),
         loss="sot_mrstft",
         encoder="hann_dft_mlp",  # DAFx Sec. 5.3, windowed and normalised (nn/encoders.py)
-        lr=1e-4,
-        batch_size=128,
-        epoch_items=100_000,  # DAFx 2025 Sec. 5.5
+        training=TrainingDefaults(lr=1e-4, batch_size=128, epoch_items=100_000),  # DAFx 2025 Sec. 5.5
     ),
     "master": Task(
         name="master",
@@ -291,10 +329,7 @@ TASKS: dict[str, Task] = {
         # than 5e-5 in short runs (docs/master.md). 40 000 items per epoch: DAFx Sec. 4.6.
         # beta 0.003: with 21 parameters, DAFx's 0.1 (and 0.03, which suited eq's 6) kept the
         # posterior near uniform; 0.003 trained the bundled model (docs/models/master.md).
-        lr=5e-4,
-        batch_size=16,
-        epoch_items=40_000,
-        beta=0.003,
+        training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003),
     ),
 }
 

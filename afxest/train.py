@@ -1,16 +1,24 @@
-"""Training: ``afxest train`` as a library function.
+"""Training an estimator: ``afxest train`` as a library function, in steps.
 
 One step draws a batch of ground truth (dry music -> pedalboard effect, or the synth), encodes
-the wet signal, samples parameters from the head and:
+the wet signal, samples parameters from the head and minimises (:class:`Objective`):
 
-* ``deterministic``: renders them with the differentiable processors -> audio loss;
-* ``posterior``: the same, minus beta times the entropy estimate (DAFx 2025, Eqs. 7, 13);
-* ``param``: mean squared error to the truth mapped into the model's space.
+* ``posterior``: the audio loss of the rendered sample minus beta times the entropy estimate
+  (DAFx 2025, Eqs. 7, 13);
+* ``deterministic``: the audio loss of the rendered estimate (ICASSP 2024);
+* ``param``: the mean squared error to the truth mapped into the model's space.
 
 A task with a compressor can train through a proxy of it (``--proxy``, ICASSP 2024): ``dsp``
 (afxest's exact differentiable compressor), ``neural`` (a trained TCN proxy,
 :mod:`afxest.nn.proxy`) or ``hybrid`` (the exact output, the proxy's gradients). Validation, and
 so the choice of ``best.pt``, renders with the dsp processors, as inference does.
+
+:func:`train` runs the steps in order: :func:`resolve` the options against the task's training
+defaults, :func:`ranks_of` (device, data-parallel rank and world), :func:`run_length`, the run
+folder (:class:`afxest.runs.RunFolder`), :func:`data_sources`, :func:`validation_batches`,
+:func:`new_model` (then :func:`initialise_from` or :func:`resume`), and the loop of
+:mod:`afxest.runs` over :meth:`EstimatorRun.step` (:func:`training_batch`, :func:`train_step`)
+and :func:`validate`.
 
 AdamW as in the papers. Every random draw of step s comes from a generator seeded by
 (seed, rank, s), so a run resumed from ``last.pt`` continues exactly as it would have. ``--out``
@@ -26,17 +34,36 @@ import hashlib
 import json
 import math
 import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from afxest import __version__
 from afxest.audio import atomic_write_text
-from afxest.checkpoints import CHECKPOINT_FORMAT, check_run_folder, load_checkpoint, save_checkpoint, step_of
+from afxest.checkpoints import CHECKPOINT_FORMAT, file_sha256, load_checkpoint
+from afxest.data import Batch, DrySource, make_batch
+from afxest.device import resolve_device
 from afxest.errors import UserError
+from afxest.losses import bits_per_dim
+from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
+from afxest.nn.proxy import PROXIES, compressor_function, load_task_proxy
+from afxest.objective import AudioObjective, audio_objective, task_loss
+from afxest.runs import (
+    PROCEDURAL, Best, Cadence, RunFolder, check_same_run, music_folders, restore, run_loop, step_generator,
+)
+from afxest.tasks import Task, definition_difference, get_task
+
+SCHEDULES = ("constant", "cosine")
+VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 run always drew
+INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
+# what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
+RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
+               "proxy", "proxy_sha256")
+BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None}  # runs from before --schedule, --proxy
 
 
 @dataclass
@@ -79,39 +106,53 @@ class TrainResult:
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def enlarge_malloc_thresholds() -> None:
-    """glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GiB): large audio buffers are then
-    reused instead of mapped and unmapped every step (measured: 191-211 ms/step instead of
-    218-317 ms for the eq task on 2 cores). No effect elsewhere."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+# ---------------------------------------------------------------------------------------------
+# configuration
 
 
-def resolve_device(name: str):
-    import torch
+@dataclass(frozen=True)
+class Settings:
+    """A :class:`TrainConfig`'s task and hyperparameters, the task's
+    :class:`~afxest.tasks.TrainingDefaults` where an option is not given."""
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r} (auto, cpu or cuda)")
-    return torch.device(name)
+    task: Task
+    batch_size: int
+    lr: float
+    weight_decay: float
+    beta: float
 
 
-def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | None]:
+def resolve(config: TrainConfig) -> Settings:
+    """Check the options (one-line UserErrors, in the order the command has always reported
+    them) and fill in the task's training defaults."""
+    task = get_task(config.task)
+    if config.estimator not in ESTIMATORS:
+        raise UserError(f"unknown estimator {config.estimator!r} ({', '.join(ESTIMATORS)})")
+    if config.max_steps is not None and config.epochs is not None:
+        raise UserError("give --max-steps or --epochs, not both")
+    defaults = task.training
+    settings = Settings(
+        task=task,
+        batch_size=config.batch_size or defaults.batch_size,
+        lr=config.lr if config.lr is not None else defaults.lr,
+        weight_decay=config.weight_decay if config.weight_decay is not None else defaults.weight_decay,
+        beta=config.beta if config.beta is not None else defaults.beta,
+    )
+    if config.flows < 1:
+        raise UserError("--flows must be at least 1")
+    if config.schedule not in SCHEDULES:
+        raise UserError(f"unknown --schedule {config.schedule!r} ({', '.join(SCHEDULES)})")
+    if config.init is not None and config.resume:
+        raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
+    if config.init is not None and not Path(config.init).is_file():
+        raise UserError(f"{config.init}: no such checkpoint")
+    return settings
+
+
+def load_training_proxy(config: TrainConfig, task: Task, device: Any) -> tuple[Any, str | None]:
     """The compressor proxy ``config`` asks for (None for dsp) and its file's SHA-256; one-line
     UserErrors for inconsistent options, a task without a compressor and a proxy trained for
     other parameter ranges."""
-    from afxest.nn.proxy import PROXIES, load_task_proxy
-    from afxest.store import file_sha256
-
     if config.proxy not in PROXIES:
         raise UserError(f"unknown proxy {config.proxy!r} ({', '.join(PROXIES)})")
     if config.proxy == "dsp":
@@ -128,29 +169,174 @@ def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | N
     return proxy.to(device), file_sha256(Path(config.proxy_model))
 
 
-SCHEDULES = ("constant", "cosine")
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a run: ``rank`` of ``world`` data-parallel processes (torchrun's
+    RANK and WORLD_SIZE; 0 of 1 without), its device and its share of the batch."""
+
+    world: int
+    rank: int
+    device: Any  # torch.device
+    local_batch: int
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files and messages (rank 0)."""
+        return self.rank == 0
+
+
+def ranks_of(config: TrainConfig, settings: Settings) -> Ranks:
+    """This process's :class:`Ranks`; UserErrors for an unavailable device, a batch that does
+    not split evenly across the ranks, and batch norm on fewer than 2 items per rank."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = resolve_device(config.device)
+    batch_size = settings.batch_size
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size} must be divisible by the {world} data-parallel ranks")
+    local_batch = batch_size // world
+    if local_batch < 2 and settings.task.encoder == "convnext":
+        raise UserError(f"--batch-size {batch_size} gives {local_batch} item per rank; batch norm needs at least 2")
+    return Ranks(world, rank, device, local_batch)
+
+
+def run_length(config: TrainConfig, settings: Settings) -> tuple[int, int]:
+    """(total steps, steps per epoch): ``--max-steps``, or ``--epochs`` of the task's
+    ``epoch_items`` at the run's batch size (rounded up)."""
+    steps_per_epoch = max(1, settings.task.training.epoch_items // settings.batch_size)
+    if config.max_steps is not None:
+        total_steps = config.max_steps
+    elif config.epochs is not None:
+        total_steps = int(math.ceil(config.epochs * steps_per_epoch))
+    else:
+        raise UserError("give --max-steps N or --epochs N")
+    if total_steps < 1:
+        raise UserError("nothing to train: --max-steps and --epochs must give at least one step")
+    return total_steps, steps_per_epoch
 
 
 def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based): ``constant``, or ``cosine``
     annealing from ``base`` to 0 over the run, base (1 + cos(pi step / total)) / 2
-    (Loshchilov & Hutter, SGDR, 2017, without restarts)."""
+    (Loshchilov & Hutter, SGDR, 2017, without restarts).
+
+    >>> learning_rate(1e-3, "constant", 5, 10), learning_rate(1e-3, "cosine", 5, 10)
+    (0.001, 0.0005)
+    """
     if schedule == "constant":
         return base
     return 0.5 * base * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
+def resolved_config(
+    config: TrainConfig, settings: Settings, ranks: Ranks, length: tuple[int, int], proxy_sha256: str | None
+) -> dict[str, Any]:
+    """The run's ``config.json`` and every checkpoint's ``training``: the options, the values
+    they resolved to, the task definition and the SHA-256 of the files the run started from."""
+    total_steps, steps_per_epoch = length
+    return {
+        **config.to_dict(),
+        "batch_size": settings.batch_size,
+        "lr": settings.lr,
+        "weight_decay": settings.weight_decay,
+        "beta": settings.beta,
+        "total_steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "world_size": ranks.world,
+        "task_definition": settings.task.to_dict(),
+        "afxest_version": __version__,
+        "init_sha256": None if config.init is None else file_sha256(Path(config.init)),
+        "proxy_sha256": proxy_sha256,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def data_sources(config: TrainConfig, task: Task, ranks: Ranks, say: Callable[[str], None]) -> tuple[DrySource | None, DrySource | None]:
+    """The dry audio of training (this rank's shard) and of validation: the music in
+    ``--data`` (its train and val splits), procedural audio without it, none for a synth."""
+    if task.has_source:
+        say(f"data: synthetic {task.name} sounds")
+        return None, None
+    if config.data is None:
+        say(PROCEDURAL)
+        return DrySource(None, task.sample_rate), DrySource(None, task.sample_rate)
+
+    def empty(split: str, folder: Any) -> str:
+        files = sum(folder.counts.values())
+        if files < 2:
+            return f"{config.data}: holds {files} audio file; training needs at least 2 (one to train on, one to validate)"
+        return (f"{config.data}: no {split} track to use: of its {files} files, {folder.counts[split]} went to {split} "
+                f"and {len(folder.files) - len(folder.tracks)} of those are unreadable or shorter than {task.clip_seconds:g} s")
+
+    folders = music_folders(config.data, task.sample_rate, task.clip_seconds, empty)
+    say(
+        f"data: {config.data}: {len(folders['train'].tracks)} train tracks "
+        f"({folders['train'].seconds / 3600:.2f} h), {len(folders['val'].tracks)} val tracks "
+        f"({folders['val'].seconds / 3600:.2f} h), decoded at {task.sample_rate} Hz (cache: see docs/training.md)"
+    )
+    return DrySource(folders["train"].shard(ranks.rank, ranks.world), task.sample_rate), DrySource(folders["val"], task.sample_rate)
+
+
+def validation_batches(task: Task, source: DrySource | None, items: int, size: int) -> list[Batch]:
+    """The fixed validation set in batches of ``size``: item i is drawn from its own generator,
+    seeded by (:data:`VALIDATION_SEED`, 1 000 003, i), so the set depends neither on the batch
+    size, the number of ranks nor the training seed (runs with different seeds, e.g. a
+    warm-started phase, are compared on the same items)."""
+    drawn = [make_batch(task, source, np.random.default_rng([VALIDATION_SEED, 1_000_003, i]), 1) for i in range(items)]
+    return [
+        Batch(
+            dry=None if drawn[0].dry is None else np.concatenate([b.dry for b in drawn[i : i + size]]),
+            wet=np.concatenate([b.wet for b in drawn[i : i + size]]),
+            v=np.concatenate([b.v for b in drawn[i : i + size]]),
+        )
+        for i in range(0, len(drawn), size)
+    ]
+
+
+def training_batch(task: Task, source: DrySource | None, seed: int, rank: int, step: int, size: int) -> Batch:
+    """The batch of optimiser step ``step`` (0-based) on rank ``rank``: drawn from
+    :func:`afxest.runs.step_generator` (seed, rank, step), which also seeds torch's generator
+    for the step's posterior noise."""
+    return make_batch(task, source, step_generator(seed, rank, step), size)
+
+
+def input_baseline(task: Task, batches: list[Batch], device: Any) -> dict[str, float]:
+    """The Input baseline of an effect task: the task's loss between dry and wet, averaged over
+    the validation items (``val_audio_input_baseline``); empty for a synth task."""
+    if task.has_source:
+        return {}
+    loss_fn = task_loss(task, device)
+    with torch.no_grad():
+        values = [loss_fn(_tensor(b.dry, device), _tensor(b.wet, device)).sum().item() for b in batches]
+    return {"val_audio_input_baseline": sum(values) / sum(len(b.v) for b in batches)}
+
+
+def _tensor(a: np.ndarray | None, device: Any) -> Tensor | None:
+    return None if a is None else torch.from_numpy(a).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+
+
+def new_model(config: TrainConfig, task: Task, device: Any) -> Estimator:
+    """A new estimator of the configured kind and flows, its weights drawn from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return Estimator(task, EstimatorConfig(kind=config.estimator, flows=config.flows)).to(device)
+
+
+def initialise_from(model: Any, path: Path, task: Task, est_config: Any) -> str:
     """Copy a checkpoint's weights into a new ``model`` (``afxest train --init``): the encoder
     always, the head too when it is the same architecture (``param`` and ``deterministic``
     heads are the same network, ``posterior`` heads need the same flows). Returns what was
     copied. A warm start, e.g. the parameter-loss estimator as the starting point of an
     audio-loss one; the optimiser and step count start afresh.
     """
-    from afxest.store import definition_difference
-
     state = load_checkpoint(path)
-    difference = definition_difference(state["task"], task.to_dict())
+    difference = definition_difference(state["task"], task)
     if difference is not None:  # training defaults (lr, beta, ...) may differ: a warm start is a new run
         raise UserError(f"{path}: --init needs a checkpoint of the same task definition ({task.name}; {difference} differs)")
     weights = state["model"]
@@ -169,18 +355,13 @@ def initialise_from(model: Any, path: Path, task: Any, est_config: Any) -> str:
     return f"encoder from {path} ({source['kind']}, step {state['step']}); new {est_config.kind} head"
 
 
-INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
-
-
-def centre_posterior_on_point(head: Any, weight: Any, bias: Any, sigma: float = INIT_SIGMA) -> None:
+def centre_posterior_on_point(head: Any, weight: Tensor, bias: Tensor, sigma: float = INIT_SIGMA) -> None:
     """Start a posterior head (DAFx 2025 Sec. 3.2) as a narrow law around a point estimator's
     z = sigmoid(W h + c): the base Gaussian's mean is W h + c (the logits), its log standard
     deviation the constant ln ``sigma``. The flow layers start near the identity
     (:class:`afxest.nn.flows.ConditionalDSF`), so samples are sigmoid(W h + c + sigma eps),
     bent slightly, and training the flow starts from what the point estimator knows instead
     of from a random law."""
-    import torch
-
     d = head.d
     with torch.no_grad():
         head.base.weight[:d].copy_(weight)
@@ -189,323 +370,315 @@ def centre_posterior_on_point(head: Any, weight: Any, bias: Any, sigma: float = 
         head.base.bias[d:].fill_(math.log(sigma))
 
 
-VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 run always drew
+def resume(folder: RunFolder, model: Estimator, optimizer: Any, task: Task, resolved: dict[str, Any], device: Any) -> tuple[int, Best]:
+    """Continue the run in ``folder`` (``--resume``): load its ``last.pt`` into ``model`` and
+    ``optimizer``; returns its step and best validation objective. UserErrors for another task
+    definition or estimator, and for a setting that would not continue the same run
+    (:data:`RESUME_KEYS`)."""
+    state = load_checkpoint(folder.last, map_location=device)
+    if state["task"] != task.to_dict() or state["estimator"] != model.config.to_dict():
+        raise UserError(f"{folder.last}: was trained with another task definition or estimator; --resume needs the same")
+    keys = [*RESUME_KEYS, *(["total_steps"] if resolved["schedule"] != "constant" else [])]
+    check_same_run(folder.last, {**BEFORE_SCHEDULES, **state["training"]}, resolved, keys)
+    return restore(state, model, optimizer, "objective")
 
 
-def _step_seed(seed: int, rank: int, step: int) -> list[int]:
-    return [seed, rank, step]
+def data_parallel(model: Estimator, ranks: Ranks) -> tuple[Any, Any]:
+    """(the model, what runs it): the model itself on one process; across ranks, a
+    DistributedDataParallel wrapper, on CUDA with batch statistics over the global batch
+    (SyncBatchNorm, CUDA only in torch)."""
+    if ranks.world == 1:
+        return model, model
+    from torch.nn.parallel import DistributedDataParallel
+
+    if ranks.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    device_ids = [ranks.device.index] if ranks.device.type == "cuda" else None
+    return model, DistributedDataParallel(model, device_ids=device_ids)
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False) -> TrainResult:
-    """Run (or resume) a training run as configured; returns its final state."""
-    import torch
+def join_process_group(ranks: Ranks) -> Ranks:
+    """Start the data-parallel process group (NCCL on this rank's GPU, gloo on CPUs); nothing
+    on one process. Returns the ranks with their device."""
+    if ranks.world == 1:
+        return ranks
     import torch.distributed as dist
 
-    from afxest.data import Batch, DrySource, MusicFolder, make_batch
-    from afxest.losses import bits_per_dim
-    from afxest.objective import audio_objective, task_loss
-    from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
-    from afxest.store import file_sha256
-    from afxest.tasks import get_task
+    device = ranks.device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return replace(ranks, device=device)
 
-    task = get_task(config.task)
-    if config.estimator not in ESTIMATORS:
-        raise UserError(f"unknown estimator {config.estimator!r} ({', '.join(ESTIMATORS)})")
-    if config.max_steps is not None and config.epochs is not None:
-        raise UserError("give --max-steps or --epochs, not both")
-    batch_size = config.batch_size or task.batch_size
-    lr = config.lr if config.lr is not None else task.lr
-    weight_decay = config.weight_decay if config.weight_decay is not None else task.weight_decay
-    beta = config.beta if config.beta is not None else task.beta
-    if config.flows < 1:
-        raise UserError("--flows must be at least 1")
-    if config.schedule not in SCHEDULES:
-        raise UserError(f"unknown --schedule {config.schedule!r} ({', '.join(SCHEDULES)})")
-    if config.init is not None and config.resume:
-        raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
-    if config.init is not None and not Path(config.init).is_file():
-        raise UserError(f"{config.init}: no such checkpoint")
-    proxy, proxy_sha256 = load_training_proxy(config, task, "cpu")
-    out = Path(config.out)
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = resolve_device(config.device)
-    if batch_size % world:
-        raise UserError(f"--batch-size {batch_size} must be divisible by the {world} data-parallel ranks")
-    local_batch = batch_size // world
-    if local_batch < 2 and task.encoder == "convnext":
-        raise UserError(f"--batch-size {batch_size} gives {local_batch} item per rank; batch norm needs at least 2")
-    is_main = rank == 0
-    say = log if is_main else (lambda _msg: None)
+# ---------------------------------------------------------------------------------------------
+# objective, step and validation
 
-    steps_per_epoch = max(1, task.epoch_items // batch_size)
-    if config.max_steps is not None:
-        total_steps = config.max_steps
-    elif config.epochs is not None:
-        total_steps = int(math.ceil(config.epochs * steps_per_epoch))
-    else:
-        raise UserError("give --max-steps N or --epochs N")
-    if total_steps < 1:
-        raise UserError("nothing to train: --max-steps and --epochs must give at least one step")
 
-    # --- output folder (checked on every rank before any rank waits for the others) --------
-    last_path, best_path = check_run_folder(out, config.resume)
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not config.resume:
-            for stale in ("config.json", "metrics.jsonl"):
-                (out / stale).unlink(missing_ok=True)
+@dataclass
+class Objective:
+    """The training objective of a batch (DAFx 2025 Eq. 7 and the papers' baselines).
 
-    # --- data ------------------------------------------------------------------------------
-    if task.has_source:
-        train_source = val_source = None
-        say(f"data: synthetic {task.name} sounds")
-    elif config.data is None:
-        train_source = DrySource(None, task.sample_rate)
-        val_source = DrySource(None, task.sample_rate)
-        say("data: no --data given, so training on PROCEDURAL music-like audio (not real music)")
-    else:
-        folders = {}
-        for split in ("train", "val"):
-            folder = MusicFolder(Path(config.data), task.sample_rate, split, min_seconds=task.clip_seconds)
-            folder.prepare()
-            if not folder.tracks:
-                files = sum(folder.counts.values())
-                if files < 2:
-                    raise UserError(f"{config.data}: holds {files} audio file; training needs at least 2 (one to train on, one to validate)")
-                raise UserError(
-                    f"{config.data}: no {split} track to use: of its {files} files, {folder.counts[split]} went to {split} "
-                    f"and {len(folder.files) - len(folder.tracks)} of those are unreadable or shorter than {task.clip_seconds:g} s"
-                )
-            folders[split] = folder
-        say(
-            f"data: {config.data}: {len(folders['train'].tracks)} train tracks "
-            f"({folders['train'].seconds / 3600:.2f} h), {len(folders['val'].tracks)} val tracks "
-            f"({folders['val'].seconds / 3600:.2f} h), decoded at {task.sample_rate} Hz (cache: see docs/training.md)"
-        )
-        train_source = DrySource(folders["train"].shard(rank, world), task.sample_rate)
-        val_source = DrySource(folders["val"], task.sample_rate)
+    With z sampled once per item from the estimator for the wet y, and x the dry:
 
-    # fixed validation set: item i is drawn from its own generator, so the set does not depend
-    # on the batch size, the number of ranks or the training seed (runs with different seeds,
-    # e.g. a warm-started phase, are compared on the same items)
-    items = [make_batch(task, val_source, np.random.default_rng([VALIDATION_SEED, 1_000_003, i]), 1)
-             for i in range(config.val_items)]
-    val_batches = [
-        Batch(
-            dry=None if items[0].dry is None else np.concatenate([b.dry for b in items[i : i + local_batch]]),
-            wet=np.concatenate([b.wet for b in items[i : i + local_batch]]),
-            v=np.concatenate([b.v for b in items[i : i + local_batch]]),
-        )
-        for i in range(0, len(items), local_batch)
-    ]
+    * ``posterior``: L = mean_i [audio(z_i, x_i, y_i) - beta H_i], H_i the entropy estimate
+      of Eqs. 12-14 (nats);
+    * ``deterministic``: L = mean_i audio(z_i, x_i, y_i) (ICASSP 2024);
+    * ``param``: L = mean_i ||z_i - t_i||^2 / d, t_i the truth in the model's space
+      (:meth:`afxest.tasks.Task.truth_to_model`).
 
-    # --- model -----------------------------------------------------------------------------
-    torch.manual_seed(config.seed)
-    est_config = EstimatorConfig(kind=config.estimator, flows=config.flows)
-    model = Estimator(task, est_config).to(device)
-    from afxest.nn.proxy import compressor_function
+    Arguments:
+        task: The task.
+        kind: The estimator (``posterior``, ``deterministic`` or ``param``).
+        beta: The entropy weight (posterior).
+        audio: The audio term (z, dry, wet, compressor=None) -> (batch,):
+            :func:`afxest.objective.audio_objective`, exact or its fast training form.
+        compressor: A proxy for the dsp compressor in the audio term, or None.
+    """
 
-    train_compressor = compressor_function(config.proxy, None if proxy is None else proxy.to(device), task.sample_rate)
-    if proxy is not None:
-        say(f"compressor in training: {config.proxy} proxy {config.proxy_model}; validation renders with dsp")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = task_loss(task, device)  # the Input baseline
-    val_audio = audio_objective(task, device)  # validation: the exact audio term
-    train_audio = audio_objective(task, device, fast=True)  # training steps: its fast form (objective.py)
-    resolved = {
-        **config.to_dict(),
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "beta": beta,
-        "total_steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
-        "world_size": world,
-        "task_definition": task.to_dict(),
-        "afxest_version": __version__,
-        "init_sha256": None if config.init is None else file_sha256(Path(config.init)),
-        "proxy_sha256": proxy_sha256,
-    }
-    start_step, best_step, best_objective = 0, None, math.inf
-    if config.init is not None:
-        say(f"initialised: {initialise_from(model, Path(config.init), task, est_config)}")
-    if config.resume:
-        state = load_checkpoint(last_path, map_location=device)
-        if state["task"] != task.to_dict() or state["estimator"] != est_config.to_dict():
-            raise UserError(f"{last_path}: was trained with another task definition or estimator; --resume needs the same")
-        keys = ["seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
-                "proxy", "proxy_sha256"]
-        if config.schedule != "constant":  # the schedule's shape depends on the run's length
-            keys.append("total_steps")
-        # runs from before --schedule and --proxy
-        stored = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None, **state["training"]}
-        for key in keys:
-            if stored.get(key) != resolved[key]:
-                raise UserError(
-                    f"{last_path}: --resume with a different {key} ({resolved[key]!r}, the run has "
-                    f"{stored.get(key)!r}) would not continue the same run"
-                )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
-        best_step, best_objective = state["best"]["step"], state["best"]["objective"]
-        best_objective = math.inf if best_objective is None else best_objective
-        say(f"resuming {out} from step {start_step}")
-    trained = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    task: Task
+    kind: str
+    beta: float
+    audio: AudioObjective
+    compressor: Any = None
 
-        if device.type == "cuda":  # batch statistics over the global batch (CUDA only in torch)
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    def __call__(self, model: Any, batch: Batch, device: Any, with_audio: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """The objective of a batch, with one parameter draw per item.
 
-    if is_main and not config.resume:
-        atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
+        Arguments:
+            model: What runs the estimator (it, or its data-parallel wrapper): wet -> sample.
+            batch: The batch (wet, dry for effect tasks, normalised truth v).
+            device: Where the batch goes.
+            with_audio: Validation: the audio term of the param estimator too, and each
+                parameter's absolute error in its own unit (``error.<name>``).
 
-    def to_device(a: np.ndarray | None):
-        return None if a is None else torch.from_numpy(a).to(device)
-
-    def objective(batch, with_audio: bool = False, compressor=None, audio=val_audio) -> tuple[Any, dict[str, Any]]:
-        """The training objective of a batch and its terms (``with_audio``: the audio loss of
-        the param estimator too, for comparison; ``compressor``: a proxy for the dsp one;
-        ``audio``: the exact audio term, or training's fast form)."""
-        wet, dry = to_device(batch.wet), to_device(batch.dry)
-        s = trained(wet, 1)
+        Returns:
+            The objective (a scalar) and its per-item terms, (batch,): ``param_mse``,
+            ``audio`` and ``entropy_bits`` (bits per dimension, Eq. 17) where they apply.
+        """
+        wet, dry = _tensor(batch.wet, device), _tensor(batch.dry, device)
+        s = model(wet, 1)
         z = s.z[:, 0]
-        terms: dict[str, Any] = {}
-        if config.estimator == "param":
-            target = task.truth_to_model(torch.from_numpy(batch.v).to(device))
+        terms: dict[str, Tensor] = {}
+        if self.kind == "param":
+            target = self.task.truth_to_model(torch.from_numpy(batch.v).to(device))
             loss = ((z - target) ** 2).mean(dim=-1)
             terms["param_mse"] = loss
-        if config.estimator != "param" or with_audio:
-            terms["audio"] = audio(z, dry, wet, compressor=compressor)
+        if self.kind != "param" or with_audio:
+            terms["audio"] = self.audio(z, dry, wet, compressor=self.compressor)
         if with_audio:  # validation: each parameter's error in its own unit (learning curves)
-            for name, error in task.parameter_errors(z, torch.from_numpy(batch.v).to(device)).items():
+            for name, error in self.task.parameter_errors(z, torch.from_numpy(batch.v).to(device)).items():
                 terms[f"error.{name}"] = error
-        if config.estimator == "deterministic":
+        if self.kind == "deterministic":
             loss = terms["audio"]
-        elif config.estimator == "posterior":
-            loss = terms["audio"] - beta * s.entropy
-            terms["entropy_bits"] = bits_per_dim(-s.entropy, task.model.dim)  # Eq. 17
+        elif self.kind == "posterior":
+            loss = terms["audio"] - self.beta * s.entropy
+            terms["entropy_bits"] = bits_per_dim(-s.entropy, self.task.model.dim)  # Eq. 17
         return loss.mean(), terms
 
-    def validate() -> dict[str, float]:
-        model.eval()
-        sums: dict[str, list[float]] = {}
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(VALIDATION_SEED + 7)
-            for batch in val_batches:
-                loss, terms = objective(batch, with_audio=True)
-                sums.setdefault("objective", []).append(loss.item() * len(batch.v))
-                for k, v in terms.items():
-                    sums.setdefault(k, []).append(v.sum().item())
-        model.train()
-        n = sum(len(b.v) for b in val_batches)
-        metrics = {f"val_{k}": sum(v) / n for k, v in sums.items()}
-        if world > 1:
-            t = torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64, device=device)
-            dist.all_reduce(t)
-            metrics = {k: v / world for k, v in zip(sorted(metrics), t.tolist())}
-        return metrics
 
-    baseline: dict[str, float] = {}
-    if not task.has_source:
-        with torch.no_grad():
-            values = [loss_fn(to_device(b.dry), to_device(b.wet)).sum().item() for b in val_batches]
-        baseline["val_audio_input_baseline"] = sum(values) / config.val_items
-        say(f"input baseline (dry vs wet, {task.loss}): {baseline['val_audio_input_baseline']:.4f}")
+def train_step(model: Any, optimizer: Any, objective: Objective, batch: Batch, device: Any, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """One AdamW step on the objective of a batch (DAFx 2025 Sec. 4.6: AdamW).
 
-    metrics_file = out / "metrics.jsonl"
-    if is_main and config.resume and metrics_file.exists():  # drop entries after the checkpoint
-        kept = [line for line in metrics_file.read_text().splitlines() if step_of(line) <= start_step]
-        atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
+    Arguments:
+        model: What runs the estimator (the model, or its data-parallel wrapper).
+        optimizer: The AdamW optimiser of its weights; its rate is set to ``lr``.
+        objective: The training objective.
+        batch: The batch.
+        device: Where the batch goes.
+        lr: The step's learning rate (:func:`learning_rate`).
 
-    def record(entry: dict[str, Any]) -> None:
-        if is_main:
-            with open(metrics_file, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(entry) + "\n")
+    Returns:
+        The objective before the step (a scalar with its graph) and its per-item terms.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss, terms = objective(model, batch, device)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, terms
 
-    def checkpoint(step: int, metrics: dict[str, float], path: Path) -> None:
-        if not is_main:
-            return
-        save_checkpoint(
-            path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "afxest_version": __version__,
-                "task": task.to_dict(),
-                "estimator": est_config.to_dict(),
-                "training": resolved,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "best": {"step": best_step, "objective": None if math.isinf(best_objective) else best_objective},
-                "metrics": metrics,
-            },
-        )
 
-    # --- loop ------------------------------------------------------------------------------
-    model.train()
-    last_metrics: dict[str, float] = {}
-    bar = _Progress(total_steps, start_step, enabled=progress and is_main, log=say)
-    t_start = time.perf_counter()
-    step = start_step
-    first_batch: str | None = None  # fingerprint of this rank's first batch (ranks must differ)
-    try:
-        while step < total_steps:
-            rng = np.random.default_rng(_step_seed(config.seed, rank, step))
-            torch.manual_seed(int(rng.integers(2**62)))
-            batch = make_batch(task, train_source, rng, local_batch)
-            if first_batch is None:
-                first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(lr, config.schedule, step, total_steps)
-            loss, terms = objective(batch, compressor=train_compressor, audio=train_audio)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            train_loss = loss.item()
-            if not math.isfinite(train_loss):
-                raise RuntimeError(f"training diverged at step {step} (loss {train_loss})")
-            entry: dict[str, Any] = {"step": step, "loss": train_loss, "time_s": round(time.perf_counter() - t_start, 3)}
+def validate(model: Estimator, objective: Objective, batches: list[Batch], device: Any, world: int = 1, forward: Any = None) -> dict[str, float]:
+    """The validation figures of a model, in eval mode, without gradients.
+
+    One posterior draw per item, from torch's generator seeded by VALIDATION_SEED + 7 (the
+    training generator is left as it was), so every validation of a run draws alike.
+
+    Arguments:
+        model: The estimator (put in eval mode, then back in training mode).
+        objective: The validation objective (exact audio term, dsp compressor).
+        batches: The validation set (:func:`validation_batches`).
+        device: Where the batches go.
+        world: The data-parallel ranks to average over (each validates the same set).
+        forward: What runs the model (its data-parallel wrapper); the model by default.
+
+    Returns:
+        ``val_objective`` and ``val_<term>`` for each term of :class:`Objective` (with
+        ``with_audio``), means over the items.
+    """
+    forward = model if forward is None else forward
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(VALIDATION_SEED + 7)
+        for batch in batches:
+            loss, terms = objective(forward, batch, device, with_audio=True)
+            sums.setdefault("objective", []).append(loss.item() * len(batch.v))
             for k, v in terms.items():
-                entry[k] = v.mean().item()
-            if step % config.val_every == 0 or step == total_steps:
-                last_metrics = validate()
-                entry.update(last_metrics, **baseline)
-                if last_metrics["val_objective"] < best_objective:
-                    best_objective, best_step = last_metrics["val_objective"], step
-                    checkpoint(step, last_metrics, best_path)
-            record(entry)
-            if step % config.checkpoint_every == 0 or step == total_steps:
-                checkpoint(step, last_metrics, last_path)
-            bar.update(step, train_loss, last_metrics.get("val_audio", last_metrics.get("val_objective")))
+                sums.setdefault(k, []).append(v.sum().item())
+    model.train()
+    n = sum(len(b.v) for b in batches)
+    metrics = {f"val_{k}": sum(v) / n for k, v in sums.items()}
+    if world > 1:
+        import torch.distributed as dist
+
+        t = torch.tensor([metrics[k] for k in sorted(metrics)], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        metrics = {k: v / world for k, v in zip(sorted(metrics), t.tolist())}
+    return metrics
+
+
+@dataclass
+class EstimatorRun:
+    """An estimator's training run as :func:`afxest.runs.run_loop` drives it: its steps, its
+    validation and its checkpoints."""
+
+    config: TrainConfig
+    settings: Settings
+    ranks: Ranks
+    total_steps: int
+    model: Any  # the Estimator (SyncBatchNorm on CUDA ranks)
+    forward: Any  # the model, or its data-parallel wrapper
+    optimizer: Any
+    training: Objective  # the fast audio term, through the proxy compressor if any
+    validation: Objective  # the exact audio term, dsp compressor
+    source: DrySource | None
+    val_batches: list[Batch]
+    resolved: dict[str, Any]
+    first_batch: str | None = None  # SHA-256 of this rank's first batch (ranks must differ)
+
+    def step(self, step: int) -> tuple[float, dict[str, float]]:
+        """Optimiser step ``step`` (0-based); RuntimeError if the loss is not finite."""
+        batch = training_batch(self.settings.task, self.source, self.config.seed, self.ranks.rank, step, self.ranks.local_batch)
+        if self.first_batch is None:
+            self.first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
+        lr = learning_rate(self.settings.lr, self.config.schedule, step, self.total_steps)
+        loss, terms = train_step(self.forward, self.optimizer, self.training, batch, self.ranks.device, lr)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise RuntimeError(f"training diverged at step {step + 1} (loss {value})")
+        return value, {k: v.mean().item() for k, v in terms.items()}
+
+    def validate(self) -> dict[str, float]:
+        return validate(self.model, self.validation, self.val_batches, self.ranks.device, self.ranks.world, self.forward)
+
+    def payload(self, step: int, metrics: dict[str, float], best: Best) -> dict[str, Any]:
+        """An ``afxest-checkpoint/1`` (docs/training.md)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "afxest_version": __version__,
+            "task": self.settings.task.to_dict(),
+            "estimator": self.model.config.to_dict(),
+            "training": self.resolved,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "best": best.stored("objective"),
+            "metrics": metrics,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+
+
+def train(
+    config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False,
+    after_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) a training run as configured: the steps of the module docstring.
+
+    Arguments:
+        config: The options of ``afxest train``.
+        log: Where messages go (rank 0's only).
+        progress: Whether to show a progress bar (else a line every 10 % of the run).
+        after_step: Called with each step once it is recorded and checkpointed
+            (:func:`afxest.runs.run_loop`; tests kill a run there).
+
+    Returns:
+        The steps done, the best validation objective and its step, the last validation figures.
+    """
+    settings = resolve(config)
+    task = settings.task
+    proxy, proxy_sha256 = load_training_proxy(config, task, "cpu")
+    ranks = ranks_of(config, settings)
+    length = run_length(config, settings)
+    folder = RunFolder(Path(config.out), config.resume, writer=ranks.is_main)  # on every rank, before any waits
+    ranks = join_process_group(ranks)
+    device = ranks.device
+    folder.prepare()
+    say = log if ranks.is_main else _silent
+    train_source, val_source = data_sources(config, task, ranks, say)
+    val_batches = validation_batches(task, val_source, config.val_items, ranks.local_batch)
+    model = new_model(config, task, device)
+    compressor = compressor_function(config.proxy, None if proxy is None else proxy.to(device), task.sample_rate)
+    if proxy is not None:
+        say(f"compressor in training: {config.proxy} proxy {config.proxy_model}; validation renders with dsp")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    resolved = resolved_config(config, settings, ranks, length, proxy_sha256)
+    start, best = 0, Best()
+    if config.init is not None:
+        say(f"initialised: {initialise_from(model, Path(config.init), task, model.config)}")
+    if config.resume:
+        start, best = resume(folder, model, optimizer, task, resolved, device)
+        say(f"resuming {folder.out} from step {start}")
+    model, forward = data_parallel(model, ranks)
+    folder.write_config(resolved)
+    baseline = input_baseline(task, val_batches, device)
+    if baseline:
+        say(f"input baseline (dry vs wet, {task.loss}): {baseline['val_audio_input_baseline']:.4f}")
+    folder.cut_metrics(start)
+    run = EstimatorRun(
+        config, settings, ranks, length[0], model, forward, optimizer,
+        training=Objective(task, config.estimator, settings.beta, audio_objective(task, device, fast=True), compressor),
+        validation=Objective(task, config.estimator, settings.beta, audio_objective(task, device)),
+        source=train_source, val_batches=val_batches, resolved=resolved,
+    )
+    bar = _Progress(length[0], start, enabled=progress and ranks.is_main, log=say)
+    try:
+        step, last = run_loop(
+            run, folder, Cadence(length[0], config.val_every, config.checkpoint_every), start, best,
+            select="val_objective", constants=baseline, after_step=after_step,
+            report=lambda s, loss, figures, _: bar.update(s, loss, figures.get("val_audio", figures.get("val_objective"))),
+        )
     finally:
         bar.close()
-    if world > 1:
-        _write_rank_summary(out, rank, model, first_batch)
-        dist.barrier()
-        dist.destroy_process_group()
-    return TrainResult(step, best_step, None if math.isinf(best_objective) else best_objective, last_metrics)
+    if ranks.world > 1:
+        _finish_data_parallel(folder.out, ranks.rank, model, run.first_batch)
+    return TrainResult(step, best.step, None if math.isinf(best.value) else best.value, last)
 
 
-def _write_rank_summary(out: Path, rank: int, model, first_batch: str | None) -> None:
+def _silent(_message: str) -> None:
+    pass
+
+
+def _finish_data_parallel(out: Path, rank: int, model: Any, first_batch: str | None) -> None:
     """Every rank writes the SHA-256 of its final weights (data-parallel ranks must agree) and
-    of its first training batch (they must differ: each rank draws its own data)."""
+    of its first training batch (they must differ: each rank draws its own data), then waits
+    for the others and leaves the process group."""
+    import torch.distributed as dist
+
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     summary = {"rank": rank, "weights_sha256": digest.hexdigest(), "first_batch_sha256": first_batch}
     atomic_write_text(out / f"rank-{rank}.json", json.dumps(summary) + "\n")
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 class _Progress:

@@ -42,8 +42,9 @@ import torch
 from afxest.data import DrySource, MusicFolder
 from afxest.dsp.compressor import compressor
 from afxest.losses import LogMelLoss
-from afxest.nn.proxy import COMPRESSOR_PARAMS, compressor_function, load_proxy, make_proxy_batch, snr_db
+from afxest.nn.proxy import COMPRESSOR_PARAMS, compressor_function, load_proxy, make_proxy_batch
 from afxest.tasks import TASKS
+from afxest.train_proxy import snr_db
 
 T = torch.Tensor
 

@@ -38,7 +38,7 @@ from afxest.data import DrySource, MusicFolder, make_batch
 from afxest.nn.estimator import Estimator, EstimatorConfig
 from afxest.objective import audio_objective
 from afxest.tasks import TASKS
-from afxest.train import enlarge_malloc_thresholds
+from afxest.runs import enlarge_malloc_thresholds
 
 RECIPES = ("0.1.0", "now")
 
@@ -85,14 +85,14 @@ class Stepper:
         torch.manual_seed(0)
         self.task, self.kind, self.name = task, kind, name
         self.model = Estimator(task, EstimatorConfig(kind=kind))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=task.lr, weight_decay=task.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=task.training.lr, weight_decay=task.training.weight_decay)
         self.audio = audio_objective(task, torch.device("cpu"), fast=name == "now")
 
     def __call__(self, source: DrySource | None, rng: np.random.Generator) -> tuple[float, float]:
         task = self.task
         with recipe(self.name):
             t0 = time.perf_counter()
-            batch = make_batch(task, source, rng, task.batch_size)
+            batch = make_batch(task, source, rng, task.training.batch_size)
             t1 = time.perf_counter()
             wet = torch.from_numpy(batch.wet)
             dry = None if batch.dry is None else torch.from_numpy(batch.dry)
@@ -102,7 +102,7 @@ class Stepper:
             else:
                 loss = self.audio(s.z[:, 0], dry, wet)
                 if self.kind == "posterior":
-                    loss = loss - task.beta * s.entropy
+                    loss = loss - task.training.beta * s.entropy
                 loss = loss.mean()
             self.optimizer.zero_grad()
             loss.backward()
@@ -128,7 +128,7 @@ def main() -> None:
         if not task.has_source:
             folder = MusicFolder(args.music, task.sample_rate, "train", min_seconds=task.clip_seconds).prepare()
             source = DrySource(folder, task.sample_rate)
-        floor = floor_ms(task.batch_size, task.clip_samples, args.steps)
+        floor = floor_ms(task.training.batch_size, task.clip_samples, args.steps)
         for kind in args.estimators.split(","):
             steppers = {r: Stepper(task, kind, r) for r in RECIPES}
             times: dict[str, list[tuple[float, float]]] = {r: [] for r in RECIPES}
@@ -142,9 +142,9 @@ def main() -> None:
             for r in RECIPES:
                 data_ms = 1e3 * float(np.median([d for _, d in times[r]]))
                 speedup = f"{ms['0.1.0'] / ms[r]:>7.2f}x" if r == "now" else f"{'':>8}"
-                print(f"{name:<6} {kind:<13} {r:<6} {task.batch_size:>5} {ms[r]:>8.1f} {data_ms:>8.1f} "
-                      f"{task.batch_size / ms[r] * 1e3:>9.1f} {ms[r] / floor:>8.2f} {speedup}")
-        print(f"{name:<6} floor: {floor:.1f} ms (stft fwd+bwd, batch {task.batch_size})")
+                print(f"{name:<6} {kind:<13} {r:<6} {task.training.batch_size:>5} {ms[r]:>8.1f} {data_ms:>8.1f} "
+                      f"{task.training.batch_size / ms[r] * 1e3:>9.1f} {ms[r] / floor:>8.2f} {speedup}")
+        print(f"{name:<6} floor: {floor:.1f} ms (stft fwd+bwd, batch {task.training.batch_size})")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from afxest.cli import main
 from afxest.data import DrySource, make_batch
 from afxest.params import ParamRange
-from afxest.tasks import TASKS, ProcessorSpace, Space, Task
+from afxest.tasks import TASKS, ProcessorSpace, Space, Task, TrainingDefaults
 from afxest.engines import render_model
 from afxest.checkpoints import load_checkpoint
 from afxest.train import TrainConfig, train
@@ -87,7 +87,7 @@ def test_ranges_are_checked_against_the_catalogue_at_the_task_rate() -> None:
     shelf = ProcessorSpace("high_shelf", (ParamRange(CUTOFF, 2000.0, 12000.0, "exp"),
                                           ParamRange(FILTER_GAIN, -12.0, 12.0, "affine"), ParamRange(Q, 0.5, 1.5, "affine")))
     fields = dict(description="", clip_seconds=1.0, truth=Space((shelf,)), model=Space((shelf,)), loss="log_mel",
-                  encoder="convnext", lr=1e-4, batch_size=2, epoch_items=10)
+                  encoder="convnext", training=TrainingDefaults(lr=1e-4, batch_size=2, epoch_items=10))
     with pytest.raises(ValueError, match="Nyquist"):
         Task(name="t", sample_rate=22050, **fields)  # 12 kHz >= 11025 Hz
     Task(name="t", sample_rate=44100, **fields)  # fine at 44.1 kHz
@@ -126,12 +126,12 @@ def test_every_estimator_trains(tmp_path: Path, estimator: str) -> None:
     entry = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert math.isfinite(entry["loss"]) and math.isfinite(entry["val_audio"])
     config = json.loads((out / "config.json").read_text())
-    assert config["lr"] == TASKS["master"].lr and config["proxy"] == "dsp" and config["proxy_sha256"] is None
+    assert config["lr"] == TASKS["master"].training.lr and config["proxy"] == "dsp" and config["proxy_sha256"] is None
 
 
 @pytest.fixture(scope="module")
 def tiny_proxy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from afxest.nn.proxy import ProxyTrainConfig, train_proxy
+    from afxest.train_proxy import ProxyTrainConfig, train_proxy
 
     out = tmp_path_factory.mktemp("proxy") / "p"
     train_proxy(ProxyTrainConfig(out=str(out), max_steps=2, batch_size=2, segment_seconds=0.25, channels=2,

@@ -14,10 +14,10 @@ import torch
 
 from afxest.errors import UserError
 from afxest.nn.proxy import (
-    CompressorProxy, ProxyConfig, ProxyTrainConfig, compressor_function, compressor_ranges, load_proxy,
-    straight_through, train_proxy,
+    CompressorProxy, ProxyConfig, compressor_function, compressor_ranges, load_proxy, straight_through,
 )
 from afxest.tasks import TASKS
+from afxest.train_proxy import ProxyTrainConfig, train_proxy
 
 SR = 22050
 RANGES = compressor_ranges(TASKS["master"])
@@ -163,22 +163,51 @@ def test_training_learns_pedalboards_compressor(trained: Path) -> None:
     assert mel < 0.5 * min(mel_id, mel_0), (mel, mel_id, mel_0)
 
 
+class Crash(Exception):
+    pass
+
+
+def crash_after_step_3(step: int) -> None:
+    if step == 3:
+        raise Crash
+
+
 def test_resume_continues_exactly(tmp_path: Path) -> None:
+    """A run that crashes after step 3 (its last checkpoint step 2's) resumes from step 2: the
+    metrics line of step 3 is dropped and written again, and the weights end as an
+    uninterrupted run's."""
+    import json
+
     common = dict(batch_size=2, segment_seconds=0.25, channels=2, blocks=2, val_items=2, val_every=2,
-                  checkpoint_every=1, lr=1e-2)
+                  checkpoint_every=2, lr=1e-2)
     train_proxy(ProxyTrainConfig(out=str(tmp_path / "a"), max_steps=4, **common), log=lambda _: None)
-    train_proxy(ProxyTrainConfig(out=str(tmp_path / "b"), max_steps=2, **common), log=lambda _: None)
+    with pytest.raises(Crash):
+        train_proxy(ProxyTrainConfig(out=str(tmp_path / "b"), max_steps=4, **common), log=lambda _: None,
+                    after_step=crash_after_step_3)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 2
     train_proxy(ProxyTrainConfig(out=str(tmp_path / "b"), max_steps=4, resume=True, **common), log=lambda _: None)
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == 4
+    assert a["step"] == b["step"] == 4 and a["best"]["step"] == b["best"]["step"]
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-7, msg=k)
-    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 4
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
     with pytest.raises(UserError, match="different lr"):
         train_proxy(ProxyTrainConfig(out=str(tmp_path / "b"), max_steps=5, resume=True, **{**common, "lr": 0.5}),
                     log=lambda _: None)
+
+
+def test_loss_and_snr_in_closed_form() -> None:
+    """snr_db: 10 log10(||y||^2 / ||y - y_hat||^2); proxy_loss: relative L1 + the mel term."""
+    from afxest.train_proxy import proxy_loss, snr_db
+
+    y = torch.randn(2, 1, 100, generator=torch.Generator().manual_seed(0))
+    assert snr_db(0.9 * y, y).tolist() == pytest.approx([20.0, 20.0])
+    assert snr_db(y, y).tolist() == [math.inf, math.inf]
+    no_mel = lambda a, b: torch.zeros(a.shape[0])  # noqa: E731
+    assert proxy_loss(0.75 * y, y, no_mel).tolist() == pytest.approx([0.25, 0.25], rel=1e-6)
+    assert proxy_loss(y, y, lambda a, b: torch.full((2,), 0.5)).tolist() == [0.5, 0.5]
 
 
 def test_load_refuses_other_files(tmp_path: Path) -> None:

@@ -22,16 +22,15 @@ normalised by the task's ranges (:class:`afxest.params.ParamRange`). Predicting 
 than the waveform builds in what a compressor is (a time-varying gain) and makes "no
 compression" (g = 1) easy to represent.
 
-The proxy is trained by :func:`train_proxy` (``afxest train-proxy``) on music through the part
-of a task's chain before its compressor (so its input is distributed as in training), against
-pedalboard's ``Compressor``; see docs/master.md.
+The proxy is trained by :func:`afxest.train_proxy.train_proxy` (``afxest train-proxy``) on
+batches from :func:`make_proxy_batch`: music through the part of a task's chain before its
+compressor (so its input is distributed as in training), against pedalboard's ``Compressor``;
+see docs/master.md. This module holds the model, its use in training (:func:`compressor_function`),
+its checkpoints and its training data, not the training loop.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -218,36 +217,7 @@ def load_task_proxy(path: Path | str, task, map_location: Any = "cpu") -> Compre
 
 
 # ---------------------------------------------------------------------------------------------
-# training
-
-
-@dataclass
-class ProxyTrainConfig:
-    """Everything ``afxest train-proxy`` takes."""
-
-    out: str
-    task: str = "master"
-    data: str | None = None
-    max_steps: int = 2000
-    batch_size: int = 16
-    segment_seconds: float = 1.0
-    lr: float = 1e-3
-    channels: int = ProxyConfig.channels
-    kernel_size: int = ProxyConfig.kernel_size
-    blocks: int = ProxyConfig.blocks
-    dilation_growth: int = ProxyConfig.dilation_growth
-    device: str = "auto"
-    seed: int = 0
-    val_items: int = 64
-    val_every: int = 100
-    checkpoint_every: int = 50
-    resume: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def proxy_config(self) -> ProxyConfig:
-        return ProxyConfig(self.channels, self.kernel_size, self.blocks, self.dilation_growth)
+# training data
 
 
 @dataclass
@@ -279,160 +249,3 @@ def make_proxy_batch(task, source, rng: np.random.Generator, size: int, frames: 
         y[i] = render(comp, x[i], task.sample_rate, "pedalboard")
         params[i] = [comp.effects[0].params[name] for name in COMPRESSOR_PARAMS]
     return ProxyBatch(x, y, params)
-
-
-def proxy_loss(y_hat: Tensor, y: Tensor, mel_loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Training loss per item: L1 relative to the target's mean magnitude + the log-mel loss
-    (DAFx Eq. 16, the estimator's own training loss), (batch,)."""
-    l1 = (y_hat - y).abs().mean(dim=(1, 2)) / (y.abs().mean(dim=(1, 2)) + 1e-8)
-    return l1 + mel_loss(y_hat, y)
-
-
-def snr_db(y_hat: Tensor, y: Tensor) -> Tensor:
-    """10 log10(||y||^2 / ||y - y_hat||^2) per item, (batch,); inf where they are equal."""
-    err = (y.double() - y_hat.double()).square().sum(dim=(1, 2))
-    return 10 * torch.log10(y.double().square().sum(dim=(1, 2)) / err)
-
-
-def train_proxy(config: ProxyTrainConfig, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Train (or resume) a compressor proxy; writes ``last.pt``, ``best.pt`` (lowest
-    validation loss), ``metrics.jsonl`` and ``config.json`` in ``config.out``, as ``afxest
-    train`` does. Step s draws from a generator seeded by (seed, s), so resuming continues the
-    same run. Returns the last validation metrics."""
-    from afxest import __version__
-    from afxest.audio import atomic_write_text
-    from afxest.data import DrySource, MusicFolder
-    from afxest.losses import LogMelLoss
-    from afxest.tasks import get_task
-    from afxest.checkpoints import check_run_folder, save_checkpoint, step_of
-    from afxest.train import resolve_device
-
-    task = get_task(config.task)
-    ranges = compressor_ranges(task)
-    if task.has_source:
-        raise UserError(f"task {task.name!r} has a synth source: no dry audio to compress")
-    for name in ("max_steps", "batch_size", "val_items", "val_every", "checkpoint_every", "channels", "blocks"):
-        if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if config.kernel_size < 2 or config.dilation_growth < 1:
-        raise UserError("--kernel-size must be at least 2 and --dilation-growth at least 1")
-    if not config.lr > 0:
-        raise UserError("--lr must be positive")
-    frames = int(round(config.segment_seconds * task.sample_rate))
-    if frames < 1024:
-        raise UserError(f"--segment-seconds {config.segment_seconds:g} is too short (at least {1024 / task.sample_rate:.3f} s)")
-    out = Path(config.out)
-    last_path, best_path = check_run_folder(out, config.resume)
-    device = resolve_device(config.device)
-
-    if config.data is None:
-        train_source = val_source = DrySource(None, task.sample_rate)
-        log("data: no --data given, so training on PROCEDURAL music-like audio (not real music)")
-    else:
-        sources = {}
-        for split in ("train", "val"):
-            folder = MusicFolder(Path(config.data), task.sample_rate, split, min_seconds=config.segment_seconds).prepare()
-            if not folder.tracks:
-                raise UserError(f"{config.data}: no usable {split} tracks of at least {config.segment_seconds:g} s")
-            sources[split] = DrySource(folder, task.sample_rate)
-        train_source, val_source = sources["train"], sources["val"]
-        log(f"data: {config.data}: {len(sources['train'].folder.tracks)} train tracks, "
-            f"{len(sources['val'].folder.tracks)} val tracks")
-
-    resolved = {**config.to_dict(), "frames": frames, "task_definition": task.to_dict(), "afxest_version": __version__}
-    torch.manual_seed(config.seed)
-    proxy = CompressorProxy(config.proxy_config(), ranges).to(device)
-    optimizer = torch.optim.AdamW(proxy.parameters(), lr=config.lr, weight_decay=0.0)
-    mel = LogMelLoss(task.sample_rate).to(device)
-    start, best_step, best = 0, None, math.inf
-    if config.resume:
-        state = torch.load(last_path, map_location=device, weights_only=True)
-        if state.get("format") != PROXY_FORMAT:
-            raise UserError(f"{last_path}: not an afxest proxy checkpoint")
-        for key in ("task", "data", "batch_size", "segment_seconds", "lr", "channels", "kernel_size", "blocks",
-                    "dilation_growth", "seed", "val_items"):
-            if state["training"].get(key) != resolved[key]:
-                raise UserError(f"{last_path}: --resume with a different {key} ({resolved[key]!r}, the run has "
-                                f"{state['training'].get(key)!r}) would not continue the same run")
-        proxy.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        best_step, best = state["best"]["step"], state["best"]["loss"]
-        best = math.inf if best is None else best
-        log(f"resuming {out} from step {start}")
-    out.mkdir(parents=True, exist_ok=True)
-    if not config.resume:
-        for stale in ("config.json", "metrics.jsonl"):
-            (out / stale).unlink(missing_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
-
-    val = [make_proxy_batch(task, val_source, np.random.default_rng([config.seed, 1_000_003, i]), 1, frames)
-           for i in range(config.val_items)]
-
-    def tensors(b: ProxyBatch) -> tuple[Tensor, Tensor, list[Tensor]]:
-        p = torch.from_numpy(b.params).to(device=device, dtype=torch.float32)
-        return (torch.from_numpy(b.x).to(device), torch.from_numpy(b.y).to(device), list(p.unbind(dim=1)))
-
-    def validate(identity: bool = False) -> dict[str, float]:
-        """Mean loss, median SNR (dB) and mean log-mel distance over the validation items, of
-        the proxy or (``identity``) of the input taken as the output."""
-        proxy.eval()
-        loss, snr, log_mel = [], [], []
-        with torch.no_grad():
-            for b in val:
-                x, y, p = tensors(b)
-                y_hat = x if identity else proxy(x, *p)
-                loss.append(proxy_loss(y_hat, y, mel).item())
-                snr.append(snr_db(y_hat, y).item())
-                log_mel.append(mel(y_hat, y).item())
-        proxy.train()
-        return {"val_loss": float(np.mean(loss)), "val_snr_db": float(np.median(snr)), "val_log_mel": float(np.mean(log_mel))}
-
-    def checkpoint(step: int, metrics: dict[str, float], path: Path) -> None:
-        save_checkpoint(path, {
-            "format": PROXY_FORMAT, "afxest_version": __version__, "config": proxy.config.to_dict(),
-            "ranges": {k: list(v) for k, v in proxy.ranges.items()}, "sample_rate": task.sample_rate,
-            "training": resolved, "model": proxy.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "best": {"step": best_step, "loss": None if math.isinf(best) else best},
-            "metrics": metrics,
-        })
-
-    metrics_file = out / "metrics.jsonl"
-    if config.resume and metrics_file.exists():  # drop entries after the checkpoint
-        kept = [line for line in metrics_file.read_text().splitlines() if step_of(line) <= start]
-        atomic_write_text(metrics_file, "".join(line + "\n" for line in kept))
-    identity = {f"{k}_identity": v for k, v in validate(identity=True).items()}
-    log(f"validation, the input as output: loss {identity['val_loss_identity']:.4f}, median SNR "
-        f"{identity['val_snr_db_identity']:.2f} dB, log-mel {identity['val_log_mel_identity']:.2e}; "
-        f"receptive field {proxy.config.receptive_field} samples ({proxy.config.receptive_field / task.sample_rate:.2f} s)")
-    last: dict[str, float] = {}
-    proxy.train()
-    t0 = time.perf_counter()
-    step = start
-    while step < config.max_steps:
-        rng = np.random.default_rng([config.seed, step])
-        torch.manual_seed(int(rng.integers(2**62)))
-        x, y, p = tensors(make_proxy_batch(task, train_source, rng, config.batch_size, frames))
-        loss = proxy_loss(proxy(x, *p), y, mel).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if not math.isfinite(loss.item()):
-            raise RuntimeError(f"proxy training diverged at step {step}")
-        entry: dict[str, Any] = {"step": step, "loss": loss.item(), "time_s": round(time.perf_counter() - t0, 3)}
-        if step % config.val_every == 0 or step == config.max_steps:
-            last = validate()
-            entry.update(last, **identity)
-            if last["val_loss"] < best:
-                best, best_step = last["val_loss"], step
-                checkpoint(step, last, best_path)
-            log(f"step {step}/{config.max_steps}  loss {loss.item():.4f}  val loss {last['val_loss']:.4f}  "
-                f"median SNR {last['val_snr_db']:.2f} dB  log-mel {last['val_log_mel']:.2e}")
-        with open(metrics_file, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
-            checkpoint(step, last, last_path)
-    return last
-
-
