@@ -1,11 +1,10 @@
 """Training: the objective (DAFx 2025 Eq. 7) and the AdamW step against computations by hand,
 run folder and checkpoints, every estimator on both tasks, learning, exact resume after kill -9,
-two-process data parallelism, the task definition apart from its training defaults, and
-training apart from inference in the import graph."""
+two-process data parallelism, and the task definition apart from its training defaults
+(the import graph: tests/test_architecture.py)."""
 
 from __future__ import annotations
 
-import ast
 import doctest
 import json
 import math
@@ -439,50 +438,6 @@ def test_init_accepts_a_bundled_checkpoint_with_other_training_defaults() -> Non
     weights = torch.load(source, weights_only=True)["model"]
     for name, value in model.state_dict().items():
         assert torch.equal(value, weights[name]), name
-
-
-# --- structure ---------------------------------------------------------------------------------
-
-TRAINING = {"afxest.train", "afxest.train_proxy", "afxest.runs"}
-INFERENCE = {"afxest.estimate", "afxest.evaluate", "afxest.render", "afxest.engines", "afxest.store", "afxest.search",
-             "afxest.figures"}
-
-
-def import_graph() -> dict[str, set[str]]:
-    """afxest's modules and the afxest modules each imports, function-local imports included."""
-    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-             for p in (ROOT / "afxest").rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in files.items():
-        targets: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                targets |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-        graph[name] = {t for t in targets if t in files and t not in (name, "afxest")}
-    return graph
-
-
-def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for nxt in graph[todo.pop()] - seen:
-            seen.add(nxt)
-            todo.append(nxt)
-    return seen
-
-
-def test_import_graph_has_no_circle_and_inference_does_not_reach_training() -> None:
-    graph = import_graph()
-    assert TRAINING | INFERENCE <= set(graph)
-    assert {"afxest.runs", "afxest.nn.proxy"} <= graph["afxest.train"]  # edges at the top of a module
-    assert "afxest.tasks" in graph["afxest.store"]  # and inside a function
-    circles = sorted(name for name in graph if name in reachable(graph, name))
-    assert circles == []
-    for name in sorted(INFERENCE):
-        assert not reachable(graph, name) & TRAINING, name
-    assert not reachable(graph, "afxest.nn.proxy") & TRAINING  # the proxy model, not its training loop
 
 
 def test_doctests() -> None:
