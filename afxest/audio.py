@@ -21,7 +21,6 @@ import numpy as np
 
 from afxest.errors import UserError, shortened
 
-BIT_DEPTHS = ("float", "16", "24")
 _SUBTYPES = {
     ".wav": {"float": "FLOAT", "16": "PCM_16", "24": "PCM_24"},
     ".flac": {"16": "PCM_16", "24": "PCM_24"},

@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from afxest import __version__
+from afxest.choices import BIT_DEPTHS, EFFORTS, ENGINES, ESTIMATORS, PROXIES, SCHEDULES
 from afxest.errors import UserError, shortened
 
 app = typer.Typer(
@@ -29,16 +31,20 @@ SEED_MAX = 2**63 - 1  # seeds are 64-bit signed integers for torch and numpy ali
 MAX_SAMPLES = 1000  # estimate --samples: scoring holds about 1 MB per candidate and 5 s window
 
 
-class Engine(str, Enum):
-    auto = "auto"
-    pedalboard = "pedalboard"
-    ddsp = "ddsp"
 
 
-class BitDepth(str, Enum):
-    float = "float"
-    pcm16 = "16"
-    pcm24 = "24"
+def _choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum of ``values`` (a library tuple) for a Typer option; members are named by value."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Engine = _choices("Engine", ("auto", *ENGINES))
+EstimateEngine = _choices("EstimateEngine", ENGINES)
+BitDepth = _choices("BitDepth", BIT_DEPTHS)
+Estimator = _choices("Estimator", ESTIMATORS)
+Schedule = _choices("Schedule", SCHEDULES)
+Proxy = _choices("Proxy", PROXIES)
+Effort = _choices("Effort", EFFORTS)
 
 
 def _say(message: str, warning: bool = False) -> None:
@@ -113,23 +119,6 @@ def render(
             f"{bit_depth.value}-bit write; use --bit-depth float to keep them",
             warning=True,
         )
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-
-
-class Proxy(str, Enum):
-    dsp = "dsp"
-    neural = "neural"
-    hybrid = "hybrid"
-
-
-class Estimator(str, Enum):
-    posterior = "posterior"
-    deterministic = "deterministic"
-    param = "param"
 
 
 @app.command()
@@ -214,17 +203,6 @@ def train_proxy(
     metrics = run(config, log=_say)
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     _say(f"done: {config.max_steps} steps; {summary}; proxy in {out / 'best.pt'}")
-
-
-class Effort(str, Enum):
-    fast = "fast"
-    default = "default"
-    best = "best"
-
-
-class EstimateEngine(str, Enum):
-    pedalboard = "pedalboard"
-    ddsp = "ddsp"
 
 
 @app.command()

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from afxest.choices import ENGINES
 from afxest.errors import UserError
 from afxest.presets import Preset
-
-ENGINES = ("pedalboard", "ddsp")
 
 
 def default_engine(preset: Preset) -> str:

@@ -35,6 +35,7 @@ import numpy as np
 
 from afxest import __version__
 from afxest.audio import atomic_write_text
+from afxest.choices import SCHEDULES
 from afxest.checkpoints import CHECKPOINT_FORMAT, check_run_folder, load_checkpoint, save_checkpoint, step_of
 from afxest.errors import UserError
 
@@ -126,9 +127,6 @@ def load_training_proxy(config: TrainConfig, task, device) -> tuple[Any, str | N
         raise UserError(f"--proxy {config.proxy}: the {task.name} task has no compressor")
     proxy = load_task_proxy(config.proxy_model, task, map_location=device)
     return proxy.to(device), file_sha256(Path(config.proxy_model))
-
-
-SCHEDULES = ("constant", "cosine")
 
 
 def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
