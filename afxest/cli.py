@@ -233,10 +233,10 @@ def estimate(
     import json
 
     from afxest.estimate import (
-        EstimateOptions, Analyser, candidates_table, check_out_dir, check_stems, inference_threads,
-        pair_inputs, run_batch,
+        EstimateOptions, Analyser, check_out_dir, check_stems, inference_threads, pair_inputs, run_batch,
     )
     from afxest.store import load_model
+    from afxest.tables import candidates_table
     from afxest.train import resolve_device
 
     if audio_all and no_audio:
@@ -317,7 +317,8 @@ def models(
     install a trained checkpoint under a name."""
     import json
 
-    from afxest.store import bundled_models_dir, install_model, list_models, models_table, user_models_dir
+    from afxest.store import bundled_models_dir, install_model, list_models, user_models_dir
+    from afxest.tables import models_table
 
     if (install is None) != (name is None):
         raise UserError("--install CHECKPOINT and --name NAME go together")
@@ -357,10 +358,9 @@ def evaluate(
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
     from afxest.audio import atomic_write_text
-    from afxest.evaluate import (
-        check_comparable, comparison_markdown, comparison_rows, evaluate as run_evaluation, main_table, report_folder_name,
-    )
+    from afxest.evaluate import check_comparable, evaluate as run_evaluation, report_folder_name
     from afxest.store import load_model
+    from afxest.tables import comparison_markdown, comparison_rows, main_table, rich_table
 
     loaded = load_model(model)
     reference = None if compare is None else load_model(compare)
@@ -379,27 +379,15 @@ def evaluate(
         results.append((other.name, run_evaluation(
             other, out / report_folder_name(other.name), data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=False,
             refine=refine, proxy_model=proxy_model)))
-    _print_wide(_rows_table(main_table(result), f"{result.task} ({result.kind}), {result.items} items: mean ± std"))
+    _print_wide(rich_table(main_table(result), f"{result.task} ({result.kind}), {result.items} items: mean ± std"))
     _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
     if result.figures:
         _say(f"wrote {len(result.figures)} figure(s): {', '.join(f.file for f in result.figures)}")
     if others:
         text = comparison_markdown(results)
         atomic_write_text(comparison, text)
-        _print_wide(_rows_table(comparison_rows(results), f"{result.task}: {len(results)} models on the same items, mean ± std"))
+        _print_wide(rich_table(comparison_rows(results), f"{result.task}: {len(results)} models on the same items, mean ± std"))
         _say(f"wrote {comparison}")
-
-
-def _rows_table(rows: list[list[str]], title: str):
-    """A rich table of rows of strings, the first row its header."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for name in rows[0]:
-        table.add_column(name)
-    for row in rows[1:]:
-        table.add_row(*row)
-    return table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,8 +48,6 @@ FILES = {
 LOW_INDEX_TARGET = (0.25, 0.5)
 HIGH_INDEX_TARGET = (0.9, 0.3)
 
-ABBREVIATIONS = {"cutoff_frequency_hz": "f", "gain_db": "g", "q": "Q", "threshold_db": "thr", "ratio": "ratio",
-                 "attack_ms": "att", "release_ms": "rel"}
 ANNOTATE_UP_TO = 8  # Fig. 4 prints each cell's value for at most this many dimensions
 
 
@@ -189,7 +187,7 @@ def labels(task) -> list[str]:
     procs = task.model.processors
     if len(procs) == 1:
         return [f"v{k + 1}" for k in range(task.model.dim)]
-    return [f"{ABBREVIATIONS.get(r.name, r.name)}{i + 1}" for i, p in enumerate(procs) for r in p.ranges]
+    return [f"{r.param.short}{i + 1}" for i, p in enumerate(procs) for r in p.ranges]
 
 
 def marginal_pairs(task) -> list[tuple[int, int]]:

@@ -275,27 +275,3 @@ def list_models() -> list[dict[str, Any]]:
             )
         rows.append(row)
     return rows
-
-
-def models_table(rows: list[dict[str, Any]]):
-    """A rich table of :func:`list_models` rows (name, origin, task, estimator, size, step and
-    the validation figures stored in the checkpoint)."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="afxest models", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    numeric = ("size", "step", "val_audio", "val_entropy_bits")
-    for name in ("name", "origin", "task", "estimator", *numeric):
-        table.add_column(name, justify="right" if name in numeric else "left")
-    for row in rows:
-        size = f"{row['size_bytes'] / 1e6:.1f} MB"
-        if "error" in row:
-            table.add_row(Text(row["name"]), row["origin"], Text("unreadable", style="red"), "", size, "", "", "")
-            continue
-        metrics = row["metrics"]
-        figures = ["-" if key not in metrics else f"{metrics[key]:.4f}" for key in ("val_audio", "val_entropy_bits")]
-        estimator = row["estimator"] + (f" (T={row['flows']})" if row["estimator"] == "posterior" else "")
-        step = "-" if row["step"] is None else str(row["step"])
-        table.add_row(Text(row["name"]), row["origin"], row["task"], estimator, size, step, *figures)
-    return table
