@@ -2,7 +2,8 @@
 
 Audio arrays are float32 numpy arrays shaped (channels, frames). Reading never clips (float
 files keep values beyond +-1); resampling uses pedalboard's windowed-sinc resampler
-(anti-aliased); writing goes to a temporary file in the target folder, then an atomic rename.
+(anti-aliased); writing goes to a temporary file in the target folder, then an atomic rename
+(:func:`atomic_output`, through which every file afxest writes goes).
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -55,8 +57,7 @@ def open_audio(path: str | os.PathLike[str]):
     try:
         f = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as err:
-        detail = str(err).split(":")[-1].strip() or "format not recognised"
-        raise UserError(f"{path}: not a readable audio file ({shortened(detail)})") from None
+        raise _unreadable(path, err, "format not recognised") from None
     try:
         if f.samplerate < MIN_FILE_RATE:
             raise UserError(f"{path}: sample rate {f.samplerate} Hz is below the {MIN_FILE_RATE} Hz afxest reads")
@@ -67,6 +68,24 @@ def open_audio(path: str | os.PathLike[str]):
         f.close()
         raise
     return f
+
+
+def read_block(f, frames: int, path: Path) -> np.ndarray:
+    """The next ``frames`` frames (fewer at the end, none after it) of a file that
+    :func:`open_audio` opened, as float32 (frames, channels); a decoding failure raises a
+    one-line UserError naming ``path``."""
+    import soundfile
+
+    try:
+        return f.read(frames, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: BaseException, fallback: str = "") -> UserError:
+    """The one-line error of a file soundfile cannot open or decode: the last part of its message."""
+    detail = str(err).split(":")[-1].strip() or fallback
+    return UserError(f"{path}: not a readable audio file ({shortened(detail)})")
 
 
 def _wav_truncation(path: Path) -> str | None:
@@ -109,18 +128,12 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     header claims. Raises UserError for a missing, unreadable, empty, truncated or non-finite
     file.
     """
-    import soundfile
-
     path = Path(path)
     blocks = []
     with open_audio(path) as f:
         sample_rate = int(f.samplerate)
         while True:
-            try:
-                block = f.read(READ_FRAMES, dtype="float32", always_2d=True)
-            except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
-                detail = str(err).split(":")[-1].strip()
-                raise UserError(f"{path}: not a readable audio file ({shortened(detail)})") from None
+            block = read_block(f, READ_FRAMES, path)
             if block.shape[0] == 0:
                 break
             blocks.append(block.T)
@@ -349,16 +362,26 @@ def _write_bytes(raw, data: bytes) -> int:
 
 
 @contextmanager
-def staged_file(path: Path) -> Iterator[StagedFile]:
-    """Write ``path`` atomically: the block writes a temporary file in the same folder, which is
-    renamed onto ``path`` when the block succeeds and removed when it fails. An OSError while
-    writing (a full disk, a read-only file system) becomes a one-line UserError."""
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Write ``path`` atomically, the one way afxest writes a file: the block writes a binary
+    file object, a temporary file in the same folder (:func:`temporary_in`), which is flushed to
+    the disk, given the usual permissions and renamed onto ``path`` when the block succeeds, and
+    removed when it fails. An OSError while writing (a full disk, a read-only file system)
+    becomes a one-line UserError.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "hello.txt"
+        >>> with atomic_output(target) as fh:
+        ...     _ = fh.write(b"hello")
+        >>> target.read_bytes(), [p.name for p in target.parent.iterdir()]
+        (b'hello', ['hello.txt'])
+    """
+    path = Path(path)
     fd, tmp = temporary_in(path.parent)
     try:
         with os.fdopen(fd, "w+b") as raw:  # a file object: libsndfile never sees the (long) path
-            staged = StagedFile(raw)
-            yield staged
-            staged.check()
+            yield raw
             raw.flush()
             os.fsync(raw.fileno())
         publish(tmp, path)
@@ -370,15 +393,27 @@ def staged_file(path: Path) -> Iterator[StagedFile]:
         raise
 
 
+@contextmanager
+def staged_file(path: Path) -> Iterator[StagedFile]:
+    """:func:`atomic_output` for libsndfile: the block writes a :class:`StagedFile`, whose
+    kept write failure is raised before the file is published."""
+    with atomic_output(path) as raw:
+        staged = StagedFile(raw)
+        yield staged
+        staged.check()
+
+
 TEMPORARY = re.compile(r"\.afxest-(?:(?P<pid>[0-9]+)-[a-z0-9_]+|[a-z0-9_]{8})\.part")
 
 
-def temporary_in(folder: Path) -> tuple[int, str]:
+def temporary_in(folder: Path, make: Callable[..., Any] = tempfile.mkstemp) -> Any:
     """Create a short-named temporary file in ``folder`` (same file system: atomic rename),
-    named after this process, after sweeping the temporaries that dead runs left there."""
+    ``.afxest-<pid>-*.part`` after this process, once the temporaries that dead runs left there
+    are swept; returns mkstemp's (descriptor, path), or the path of a folder for ``make``
+    ``tempfile.mkdtemp``."""
     sweep_temporaries(folder)
     try:
-        return tempfile.mkstemp(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=folder)
+        return make(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=folder)
     except OSError as err:
         raise UserError(f"{folder}: cannot write here ({err.strerror})") from None
 
@@ -440,13 +475,9 @@ class OutputSet:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        sweep_temporaries(self.folder.parent)
         if self.folder.is_dir():
             sweep_temporaries(self.folder)
-        try:
-            self.stage = Path(tempfile.mkdtemp(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=self.folder.parent))
-        except OSError as err:
-            raise UserError(f"{self.folder.parent}: cannot write here ({err.strerror})") from None
+        self.stage = Path(temporary_in(self.folder.parent, tempfile.mkdtemp))
 
     def path(self, name: str) -> Path:
         """Where the file ``name`` of the set is written before publishing."""

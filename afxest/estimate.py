@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, staged_file
+from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, read_block, staged_file
 from afxest.data import AUDIO_SUFFIXES
 from afxest.engines import board
 from afxest.errors import UserError
@@ -186,8 +186,6 @@ def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_R
     file's length, rate or channel count. The result equals
     ``afxest.audio.resample(afxest.audio.to_mono(read_audio(path)), file_rate, rate, quality)``.
     """
-    import soundfile
-
     path = Path(path)
     with open_audio(path) as f:
         file_rate, channels = int(f.samplerate), int(f.channels)
@@ -198,10 +196,7 @@ def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_R
         out = _Buffer(hint if resampler is None else resampler.frames_out(hint) + 1)
         total = 0
         while True:
-            try:
-                block = f.read(READ_BLOCK, dtype="float32", always_2d=True)
-            except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
-                raise UserError(f"{path}: not a readable audio file ({str(err).split(':')[-1].strip()})") from None
+            block = read_block(f, READ_BLOCK, path)
             if block.shape[0] == 0:
                 break
             total += block.shape[0]

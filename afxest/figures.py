@@ -23,14 +23,13 @@ no global backend switch), so afxest imports and runs without it.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from afxest.audio import publish, temporary_in
+from afxest.audio import atomic_output
 
 FIGURE_STREAM = 2_000_029  # seeds of the samples drawn for the figures only
 MATPLOTLIB_MISSING = "figures skipped: matplotlib is not installed (pip install 'afxest[plots]')"
@@ -313,16 +312,9 @@ def _figure(width: float, height: float):
 
 
 def save_png(fig, path: Path, dpi: int) -> None:
-    """Write ``fig`` as a PNG atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = temporary_in(path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``fig`` as a PNG atomically (:func:`afxest.audio.atomic_output`)."""
+    with atomic_output(path) as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
 
 
 def _markers(ax, truth: np.ndarray | None, estimates: Sequence[tuple[str, np.ndarray]], a: int, b: int) -> None:

@@ -222,7 +222,7 @@ def install_model(checkpoint: Path, name: str, folder: Path | None = None, force
     """
     import torch
 
-    from afxest.audio import publish, temporary_in
+    from afxest.audio import atomic_output
     from afxest.checkpoints import load_checkpoint
 
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
@@ -236,14 +236,8 @@ def install_model(checkpoint: Path, name: str, folder: Path | None = None, force
         raise UserError(f"{dest}: already exists (use --force to replace it)")
     if dest.exists() and os.path.samefile(dest, checkpoint):
         raise UserError(f"{dest}: is the checkpoint being installed")
-    fd, tmp = temporary_in(folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({k: state[k] for k in INSTALLED_KEYS if k in state}, fh)
-        publish(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(dest) as fh:
+        torch.save({k: state[k] for k in INSTALLED_KEYS if k in state}, fh)
     return dest
 
 
