@@ -70,16 +70,20 @@ def open_audio(path: str | os.PathLike[str]):
     return f
 
 
-def read_block(f, frames: int, path: Path) -> np.ndarray:
-    """The next ``frames`` frames (fewer at the end, none after it) of a file that
-    :func:`open_audio` opened, as float32 (frames, channels); a decoding failure raises a
-    one-line UserError naming ``path``."""
+def read_blocks(f, frames: int, path: Path) -> Iterator[np.ndarray]:
+    """The rest of a file that :func:`open_audio` opened, in blocks of ``frames`` frames (the
+    last one shorter), each float32 (frames, channels); a decoding failure raises a one-line
+    UserError naming ``path``."""
     import soundfile
 
-    try:
-        return f.read(frames, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
-        raise _unreadable(path, err) from None
+    while True:
+        try:
+            block = f.read(frames, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
+            raise _unreadable(path, err) from None
+        if block.shape[0] == 0:
+            return
+        yield block
 
 
 def _unreadable(path: Path, err: BaseException, fallback: str = "") -> UserError:
@@ -129,14 +133,9 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     file.
     """
     path = Path(path)
-    blocks = []
     with open_audio(path) as f:
         sample_rate = int(f.samplerate)
-        while True:
-            block = read_block(f, READ_FRAMES, path)
-            if block.shape[0] == 0:
-                break
-            blocks.append(block.T)
+        blocks = [block.T for block in read_blocks(f, READ_FRAMES, path)]
     if not blocks:
         raise UserError(f"{path}: contains no audio")
     audio = np.ascontiguousarray(np.concatenate(blocks, axis=1))
@@ -376,6 +375,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         ...     _ = fh.write(b"hello")
         >>> target.read_bytes(), [p.name for p in target.parent.iterdir()]
         (b'hello', ['hello.txt'])
+        >>> shutil.rmtree(target.parent)
     """
     path = Path(path)
     fd, tmp = temporary_in(path.parent)
@@ -384,7 +384,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             yield raw
             raw.flush()
             os.fsync(raw.fileno())
-        publish(tmp, path)
+        _permissions(tmp, 0o666)  # mkstemp made it 0600
+        os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write ({_reason(err)})") from None
@@ -456,12 +457,6 @@ def _permissions(path: str | Path, mode: int) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, mode & ~umask)
-
-
-def publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file the usual permissions and rename it onto ``path``."""
-    _permissions(tmp, 0o666)
-    os.replace(tmp, path)
 
 
 class OutputSet:

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, read_block, staged_file
+from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, read_blocks, staged_file
 from afxest.data import AUDIO_SUFFIXES
 from afxest.engines import board
 from afxest.errors import UserError
@@ -195,10 +195,7 @@ def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_R
         hint = max(READ_BLOCK, min(int(f.frames or 0), path.stat().st_size))
         out = _Buffer(hint if resampler is None else resampler.frames_out(hint) + 1)
         total = 0
-        while True:
-            block = read_block(f, READ_BLOCK, path)
-            if block.shape[0] == 0:
-                break
+        for block in read_blocks(f, READ_BLOCK, path):
             total += block.shape[0]
             # the mean of the channels as a matrix-vector product (BLAS; a strided numpy mean is
             # several times slower); a NaN or Inf in any channel makes the mix non-finite
