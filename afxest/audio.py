@@ -2,7 +2,8 @@
 
 Audio arrays are float32 numpy arrays shaped (channels, frames). Reading never clips (float
 files keep values beyond +-1); resampling uses pedalboard's windowed-sinc resampler
-(anti-aliased); writing goes to a temporary file in the target folder, then an atomic rename.
+(anti-aliased); writing goes to a temporary file in the target folder, then an atomic rename
+(:func:`atomic_output`, through which every file afxest writes goes).
 """
 
 from __future__ import annotations
@@ -12,16 +13,16 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from afxest.errors import UserError, shortened
 
-BIT_DEPTHS = ("float", "16", "24")
 _SUBTYPES = {
     ".wav": {"float": "FLOAT", "16": "PCM_16", "24": "PCM_24"},
     ".flac": {"16": "PCM_16", "24": "PCM_24"},
@@ -56,8 +57,7 @@ def open_audio(path: str | os.PathLike[str]):
     try:
         f = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as err:
-        detail = str(err).split(":")[-1].strip() or "format not recognised"
-        raise UserError(f"{path}: not a readable audio file ({shortened(detail)})") from None
+        raise _unreadable(path, err, "format not recognised") from None
     try:
         if f.samplerate < MIN_FILE_RATE:
             raise UserError(f"{path}: sample rate {f.samplerate} Hz is below the {MIN_FILE_RATE} Hz afxest reads")
@@ -68,6 +68,28 @@ def open_audio(path: str | os.PathLike[str]):
         f.close()
         raise
     return f
+
+
+def read_blocks(f, frames: int, path: Path) -> Iterator[np.ndarray]:
+    """The rest of a file that :func:`open_audio` opened, in blocks of ``frames`` frames (the
+    last one shorter), each float32 (frames, channels); a decoding failure raises a one-line
+    UserError naming ``path``."""
+    import soundfile
+
+    while True:
+        try:
+            block = f.read(frames, dtype="float32", always_2d=True)
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
+            raise _unreadable(path, err) from None
+        if block.shape[0] == 0:
+            return
+        yield block
+
+
+def _unreadable(path: Path, err: BaseException, fallback: str = "") -> UserError:
+    """The one-line error of a file soundfile cannot open or decode: the last part of its message."""
+    detail = str(err).split(":")[-1].strip() or fallback
+    return UserError(f"{path}: not a readable audio file ({shortened(detail)})")
 
 
 def _wav_truncation(path: Path) -> str | None:
@@ -110,21 +132,10 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     header claims. Raises UserError for a missing, unreadable, empty, truncated or non-finite
     file.
     """
-    import soundfile
-
     path = Path(path)
-    blocks = []
     with open_audio(path) as f:
         sample_rate = int(f.samplerate)
-        while True:
-            try:
-                block = f.read(READ_FRAMES, dtype="float32", always_2d=True)
-            except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
-                detail = str(err).split(":")[-1].strip()
-                raise UserError(f"{path}: not a readable audio file ({shortened(detail)})") from None
-            if block.shape[0] == 0:
-                break
-            blocks.append(block.T)
+        blocks = [block.T for block in read_blocks(f, READ_FRAMES, path)]
     if not blocks:
         raise UserError(f"{path}: contains no audio")
     audio = np.ascontiguousarray(np.concatenate(blocks, axis=1))
@@ -350,19 +361,31 @@ def _write_bytes(raw, data: bytes) -> int:
 
 
 @contextmanager
-def staged_file(path: Path) -> Iterator[StagedFile]:
-    """Write ``path`` atomically: the block writes a temporary file in the same folder, which is
-    renamed onto ``path`` when the block succeeds and removed when it fails. An OSError while
-    writing (a full disk, a read-only file system) becomes a one-line UserError."""
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Write ``path`` atomically, the one way afxest writes a file: the block writes a binary
+    file object, a temporary file in the same folder (:func:`temporary_in`), which is flushed to
+    the disk, given the usual permissions and renamed onto ``path`` when the block succeeds, and
+    removed when it fails. An OSError while writing (a full disk, a read-only file system)
+    becomes a one-line UserError.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "hello.txt"
+        >>> with atomic_output(target) as fh:
+        ...     _ = fh.write(b"hello")
+        >>> target.read_bytes(), [p.name for p in target.parent.iterdir()]
+        (b'hello', ['hello.txt'])
+        >>> shutil.rmtree(target.parent)
+    """
+    path = Path(path)
     fd, tmp = temporary_in(path.parent)
     try:
         with os.fdopen(fd, "w+b") as raw:  # a file object: libsndfile never sees the (long) path
-            staged = StagedFile(raw)
-            yield staged
-            staged.check()
+            yield raw
             raw.flush()
             os.fsync(raw.fileno())
-        publish(tmp, path)
+        _permissions(tmp, 0o666)  # mkstemp made it 0600
+        os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write ({_reason(err)})") from None
@@ -371,15 +394,27 @@ def staged_file(path: Path) -> Iterator[StagedFile]:
         raise
 
 
+@contextmanager
+def staged_file(path: Path) -> Iterator[StagedFile]:
+    """:func:`atomic_output` for libsndfile: the block writes a :class:`StagedFile`, whose
+    kept write failure is raised before the file is published."""
+    with atomic_output(path) as raw:
+        staged = StagedFile(raw)
+        yield staged
+        staged.check()
+
+
 TEMPORARY = re.compile(r"\.afxest-(?:(?P<pid>[0-9]+)-[a-z0-9_]+|[a-z0-9_]{8})\.part")
 
 
-def temporary_in(folder: Path) -> tuple[int, str]:
+def temporary_in(folder: Path, make: Callable[..., Any] = tempfile.mkstemp) -> Any:
     """Create a short-named temporary file in ``folder`` (same file system: atomic rename),
-    named after this process, after sweeping the temporaries that dead runs left there."""
+    ``.afxest-<pid>-*.part`` after this process, once the temporaries that dead runs left there
+    are swept; returns mkstemp's (descriptor, path), or the path of a folder for ``make``
+    ``tempfile.mkdtemp``."""
     sweep_temporaries(folder)
     try:
-        return tempfile.mkstemp(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=folder)
+        return make(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=folder)
     except OSError as err:
         raise UserError(f"{folder}: cannot write here ({err.strerror})") from None
 
@@ -424,12 +459,6 @@ def _permissions(path: str | Path, mode: int) -> None:
     os.chmod(path, mode & ~umask)
 
 
-def publish(tmp: str, path: Path) -> None:
-    """Give a finished temporary file the usual permissions and rename it onto ``path``."""
-    _permissions(tmp, 0o666)
-    os.replace(tmp, path)
-
-
 class OutputSet:
     """Files that belong together (an estimate and its audio), published all at once.
 
@@ -441,13 +470,9 @@ class OutputSet:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        sweep_temporaries(self.folder.parent)
         if self.folder.is_dir():
             sweep_temporaries(self.folder)
-        try:
-            self.stage = Path(tempfile.mkdtemp(prefix=f".afxest-{os.getpid()}-", suffix=".part", dir=self.folder.parent))
-        except OSError as err:
-            raise UserError(f"{self.folder.parent}: cannot write here ({err.strerror})") from None
+        self.stage = Path(temporary_in(self.folder.parent, tempfile.mkdtemp))
 
     def path(self, name: str) -> Path:
         """Where the file ``name`` of the set is written before publishing."""

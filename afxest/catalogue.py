@@ -19,56 +19,58 @@ _DB_LIMIT = 120.0  # beyond +-120 dB a gain leaves float32's useful range
 _DB_FLOOR = -100.0
 
 CUTOFF = Param(
-    "cutoff_frequency_hz", "Hz", "corner (shelves) or centre (peak) frequency",
+    "cutoff_frequency_hz", "Hz", "corner (shelves) or centre (peak) frequency", short="f",
     minimum=2.0, below_nyquist=True,  # JUCE clamps lower cutoffs to 2 Hz, so we refuse them
 )
 FILTER_GAIN = Param(
-    "gain_db", "dB", "gain of the shelf or peak; A = 10^(gain_db / 40)",
+    "gain_db", "dB", "gain of the shelf or peak; A = 10^(gain_db / 40)", short="g",
     minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False,
 )
 # pedalboard takes q as a float32 (below 1.2e-38 it refuses it or outputs NaN), and the ddsp
 # biquads' impulse responses, which they render whole, grow as 1/q and as q: beyond 0.01..100
 # a filter is no longer an equaliser's band (a notch or a flat line) and ddsp cannot hold it.
-Q = Param("q", "", "quality factor (RBJ cookbook Q form)", minimum=0.01, maximum=100.0)
+Q = Param("q", "", "quality factor (RBJ cookbook Q form)", short="Q", minimum=0.01, maximum=100.0)
 THRESHOLD = Param(
-    "threshold_db", "dBFS", "compressor threshold; no gain change below it",
+    "threshold_db", "dBFS", "compressor threshold; no gain change below it", short="thr",
     minimum=-200.0, maximum=_DB_LIMIT, minimum_inclusive=False,
 )
-RATIO = Param("ratio", ":1", "compression ratio above the threshold", minimum=1.0)
-ATTACK = Param("attack_ms", "ms", "attack time of the peak ballistics filter", minimum=0.0)
-RELEASE = Param("release_ms", "ms", "release time of the peak ballistics filter", minimum=0.0)
-GAIN = Param("gain_db", "dB", "broadband gain", minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False)
+RATIO = Param("ratio", ":1", "compression ratio above the threshold", short="ratio", minimum=1.0)
+ATTACK = Param("attack_ms", "ms", "attack time of the peak ballistics filter", short="att", minimum=0.0)
+RELEASE = Param("release_ms", "ms", "release time of the peak ballistics filter", short="rel", minimum=0.0)
+GAIN = Param("gain_db", "dB", "broadband gain", short="g", minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False)
 CLIP_THRESHOLD = Param(
-    "threshold_db", "dBFS", "hard clipping level, 10^(threshold_db / 20)",
+    "threshold_db", "dBFS", "hard clipping level, 10^(threshold_db / 20)", short="thr",
     minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False,
 )
 CARRIER = Param(
-    "carrier_hz", "Hz", "carrier frequency f_c (DAFx Eq. 19)",
+    "carrier_hz", "Hz", "carrier frequency f_c (DAFx Eq. 19)", short="f_c",
     minimum=0.0, minimum_inclusive=False, below_nyquist=True,
 )
-AMPLITUDE = Param("amplitude", "", "carrier amplitude I_c (DAFx Eq. 19)", minimum=0.0, maximum=1e3)
+AMPLITUDE = Param("amplitude", "", "carrier amplitude I_c (DAFx Eq. 19)", short="amp", minimum=0.0, maximum=1e3)
 MOD_INDEX = Param(
-    "modulation_index", "rad", "modulation index I_m (DAFx Eq. 19)", minimum=0.0, maximum=1e4
+    "modulation_index", "rad", "modulation index I_m (DAFx Eq. 19)", short="I_m", minimum=0.0, maximum=1e4
 )
 FREQ_RATIO = Param(
-    "frequency_ratio", "", "modulator to carrier frequency ratio f_m / f_c (DAFx Eq. 20b)",
+    "frequency_ratio", "", "modulator to carrier frequency ratio f_m / f_c (DAFx Eq. 20b)", short="f_m/f_c",
     minimum=0.0, minimum_inclusive=False, maximum=1e3,
 )
 DURATION = Param(
-    "duration_s", "s", "length of the synthesised sound",
+    "duration_s", "s", "length of the synthesised sound", short="dur",
     minimum=0.0, minimum_inclusive=False, maximum=3600.0, one_sample=True,
 )
 
 
 @dataclass(frozen=True)
 class ProcessorType:
-    """One preset ``type``: its parameters in JSON order and the pedalboard plugin it maps to."""
+    """One preset ``type``: its parameters in JSON order, the pedalboard plugin it maps to, and
+    its short name in tables and figures (``HS`` for high_shelf)."""
 
     name: str
     kind: Literal["effect", "source"]
     params: tuple[Param, ...]
     plugin: str | None
     description: str
+    short: str
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -81,18 +83,18 @@ PROCESSORS: dict[str, ProcessorType] = {
     t.name: t
     for t in (
         ProcessorType("low_shelf", "effect", (CUTOFF, FILTER_GAIN, Q), "LowShelfFilter",
-                      "RBJ cookbook low shelf biquad"),
+                      "RBJ cookbook low shelf biquad", "LS"),
         ProcessorType("high_shelf", "effect", (CUTOFF, FILTER_GAIN, Q), "HighShelfFilter",
-                      "RBJ cookbook high shelf biquad"),
+                      "RBJ cookbook high shelf biquad", "HS"),
         ProcessorType("peak", "effect", (CUTOFF, FILTER_GAIN, Q), "PeakFilter",
-                      "RBJ cookbook peaking biquad"),
+                      "RBJ cookbook peaking biquad", "PK"),
         ProcessorType("compressor", "effect", (THRESHOLD, RATIO, ATTACK, RELEASE), "Compressor",
-                      "JUCE compressor: peak ballistics detector, hard knee, no make-up gain"),
-        ProcessorType("gain", "effect", (GAIN,), "Gain", "broadband gain"),
+                      "JUCE compressor: peak ballistics detector, hard knee, no make-up gain", "comp"),
+        ProcessorType("gain", "effect", (GAIN,), "Gain", "broadband gain", "gain"),
         ProcessorType("clipping", "effect", (CLIP_THRESHOLD,), "Clipping",
-                      "hard clipper at 10^(threshold_db / 20)"),
+                      "hard clipper at 10^(threshold_db / 20)", "clip"),
         ProcessorType("fm", "source", (CARRIER, AMPLITUDE, MOD_INDEX, FREQ_RATIO, DURATION), None,
-                      "two-operator FM synth, y = I_c sin(2 pi f_c t + I_m sin(2 pi f_m t))"),
+                      "two-operator FM synth, y = I_c sin(2 pi f_c t + I_m sin(2 pi f_m t))", "fm"),
     )
 }
 

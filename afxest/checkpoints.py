@@ -7,7 +7,6 @@ Training and inference both import this module; it imports neither.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +16,13 @@ CHECKPOINT_FORMAT = "afxest-checkpoint/1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, then an atomic rename."""
+    """torch.save, atomically (:func:`afxest.audio.atomic_output`)."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    from afxest.audio import atomic_output
+
+    with atomic_output(path) as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(

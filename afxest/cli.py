@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from afxest import __version__
+from afxest.choices import BIT_DEPTHS, EFFORTS, ENGINES, ESTIMATORS, PROXIES, SCHEDULES
 from afxest.errors import UserError, shortened
 
 app = typer.Typer(
@@ -29,16 +31,20 @@ SEED_MAX = 2**63 - 1  # seeds are 64-bit signed integers for torch and numpy ali
 MAX_SAMPLES = 1000  # estimate --samples: scoring holds about 1 MB per candidate and 5 s window
 
 
-class Engine(str, Enum):
-    auto = "auto"
-    pedalboard = "pedalboard"
-    ddsp = "ddsp"
 
 
-class BitDepth(str, Enum):
-    float = "float"
-    pcm16 = "16"
-    pcm24 = "24"
+def _choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum of ``values`` (a library tuple) for a Typer option; members are named by value."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+Engine = _choices("Engine", ("auto", *ENGINES))
+EstimateEngine = _choices("EstimateEngine", ENGINES)
+BitDepth = _choices("BitDepth", BIT_DEPTHS)
+Estimator = _choices("Estimator", ESTIMATORS)
+Schedule = _choices("Schedule", SCHEDULES)
+Proxy = _choices("Proxy", PROXIES)
+Effort = _choices("Effort", EFFORTS)
 
 
 def _say(message: str, warning: bool = False) -> None:
@@ -113,23 +119,6 @@ def render(
             f"{bit_depth.value}-bit write; use --bit-depth float to keep them",
             warning=True,
         )
-
-
-class Schedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-
-
-class Proxy(str, Enum):
-    dsp = "dsp"
-    neural = "neural"
-    hybrid = "hybrid"
-
-
-class Estimator(str, Enum):
-    posterior = "posterior"
-    deterministic = "deterministic"
-    param = "param"
 
 
 @app.command()
@@ -217,17 +206,6 @@ def train_proxy(
     _say(f"done: {config.max_steps} steps; {summary}; proxy in {out / 'best.pt'}")
 
 
-class Effort(str, Enum):
-    fast = "fast"
-    default = "default"
-    best = "best"
-
-
-class EstimateEngine(str, Enum):
-    pedalboard = "pedalboard"
-    ddsp = "ddsp"
-
-
 @app.command()
 def estimate(
     wets: Annotated[
@@ -256,11 +234,11 @@ def estimate(
     import json
 
     from afxest.estimate import (
-        EstimateOptions, Analyser, candidates_table, check_out_dir, check_stems, inference_threads,
-        pair_inputs, run_batch,
+        EstimateOptions, Analyser, check_out_dir, check_stems, inference_threads, pair_inputs, run_batch,
     )
     from afxest.store import load_model
     from afxest.device import resolve_device
+    from afxest.tables import candidates_table
 
     if audio_all and no_audio:
         raise UserError("give --audio-all or --no-audio, not both")
@@ -340,7 +318,8 @@ def models(
     install a trained checkpoint under a name."""
     import json
 
-    from afxest.store import bundled_models_dir, install_model, list_models, models_table, user_models_dir
+    from afxest.store import bundled_models_dir, install_model, list_models, user_models_dir
+    from afxest.tables import models_table
 
     if (install is None) != (name is None):
         raise UserError("--install CHECKPOINT and --name NAME go together")
@@ -382,11 +361,9 @@ def evaluate(
     from dataclasses import replace
 
     from afxest.audio import atomic_write_text
-    from afxest.evaluate import (
-        EvaluateOptions, check_comparable, comparison_markdown, comparison_rows, evaluate as run_evaluation, main_table,
-        report_folder_name,
-    )
+    from afxest.evaluate import EvaluateOptions, check_comparable, evaluate as run_evaluation, report_folder_name
     from afxest.store import load_model
+    from afxest.tables import comparison_markdown, comparison_rows, main_table, rich_table
 
     loaded = load_model(model)
     reference = None if compare is None else load_model(compare)
@@ -405,27 +382,15 @@ def evaluate(
     for other in others:
         _say(f"evaluating {other.name} on the same items")
         results.append((other.name, run_evaluation(other, out / report_folder_name(other.name), others_options)))
-    _print_wide(_rows_table(main_table(result), f"{result.task} ({result.kind}), {result.items} items: mean ± std"))
+    _print_wide(rich_table(main_table(result), f"{result.task} ({result.kind}), {result.items} items: mean ± std"))
     _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
     if result.figures:
         _say(f"wrote {len(result.figures)} figure(s): {', '.join(f.file for f in result.figures)}")
     if others:
         text = comparison_markdown(results)
         atomic_write_text(comparison, text)
-        _print_wide(_rows_table(comparison_rows(results), f"{result.task}: {len(results)} models on the same items, mean ± std"))
+        _print_wide(rich_table(comparison_rows(results), f"{result.task}: {len(results)} models on the same items, mean ± std"))
         _say(f"wrote {comparison}")
-
-
-def _rows_table(rows: list[list[str]], title: str):
-    """A rich table of rows of strings, the first row its header."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    for name in rows[0]:
-        table.add_column(name)
-    for row in rows[1:]:
-        table.add_row(*row)
-    return table
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from afxest.audio import read_audio, resample, to_mono
+from afxest.audio import atomic_output, read_audio, resample, to_mono
 from afxest.errors import UserError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"}
@@ -120,9 +120,8 @@ class MusicFolder:
                 except UserError:
                     continue  # unreadable files are skipped, not fatal
                 mono = resample(to_mono(audio), rate, self.sample_rate, quality="fast")[0]
-                tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-                np.save(tmp, mono.astype(np.float32))
-                os.replace(tmp, cache)
+                with atomic_output(cache) as fh:
+                    np.save(fh, mono.astype(np.float32))
             frames = int(np.load(cache, mmap_mode="r").shape[0])
             if frames >= max(self.min_frames, 1):
                 tracks.append(Track(path, cache, frames))

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from afxest.catalogue import DURATION
+from afxest.choices import ENGINES
 from afxest.errors import UserError
 from afxest.presets import Preset
 from afxest.processors import apply_chain, entry, plugin
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-ENGINES = ("pedalboard", "ddsp")
 
 
 def default_engine(preset: Preset) -> str:

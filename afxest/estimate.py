@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, staged_file
+from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, read_blocks, staged_file
 from afxest.data import AUDIO_SUFFIXES
 from afxest.engines import board
 from afxest.errors import UserError
@@ -185,8 +185,6 @@ def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_R
     file's length, rate or channel count. The result equals
     ``afxest.audio.resample(afxest.audio.to_mono(read_audio(path)), file_rate, rate, quality)``.
     """
-    import soundfile
-
     path = Path(path)
     with open_audio(path) as f:
         file_rate, channels = int(f.samplerate), int(f.channels)
@@ -196,13 +194,7 @@ def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_R
         hint = max(READ_BLOCK, min(int(f.frames or 0), path.stat().st_size))
         out = _Buffer(hint if resampler is None else resampler.frames_out(hint) + 1)
         total = 0
-        while True:
-            try:
-                block = f.read(READ_BLOCK, dtype="float32", always_2d=True)
-            except (soundfile.LibsndfileError, RuntimeError, ValueError) as err:
-                raise UserError(f"{path}: not a readable audio file ({str(err).split(':')[-1].strip()})") from None
-            if block.shape[0] == 0:
-                break
+        for block in read_blocks(f, READ_BLOCK, path):
             total += block.shape[0]
             # the mean of the channels as a matrix-vector product (BLAS; a strided numpy mean is
             # several times slower); a NaN or Inf in any channel makes the mix non-finite
@@ -1019,127 +1011,3 @@ def run_batch(
             on_result(result)
         local(1.0)
     return code
-
-
-# ---------------------------------------------------------------------------------------------
-# display
-
-
-_SHORT_TYPES = {"high_shelf": "HS", "low_shelf": "LS", "peak": "PK", "compressor": "comp", "gain": "gain", "clipping": "clip", "fm": "fm"}
-_SHORT_PARAMS = {
-    "cutoff_frequency_hz": "f Hz", "gain_db": "g dB", "q": "Q", "threshold_db": "thr dB", "ratio": "ratio",
-    "attack_ms": "att ms", "release_ms": "rel ms", "carrier_hz": "f_c Hz", "amplitude": "amp",
-    "modulation_index": "I_m", "frequency_ratio": "f_m/f_c", "duration_s": "dur s",
-}
-
-
-TRANSPOSE_ABOVE = 8  # more estimated parameters than this: one row per parameter
-
-
-def _processors(preset: dict[str, Any]) -> list[dict[str, Any]]:
-    """A preset document's processors in order: its source (if any), then its effects."""
-    return ([preset["source"]] if preset["source"] else []) + preset["effects"]
-
-
-MATCH_COLUMNS = {"si_sdr": "SI-SDR dB", "log_mel": "log-mel"}  # each candidate's match to the wet
-MATCH_FORMATS = {"si_sdr": ".2f", "log_mel": ".4g"}
-
-
-def _fmt(value: float | None, spec: str = ".4g") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _origin(candidate: dict[str, Any]) -> str:
-    """Where a candidate came from: a posterior draw, or the search (from which proposal)."""
-    proposal = candidate.get("refinement", {}).get("proposal")
-    return "draw" if proposal is None else f"search ({proposal})"
-
-
-def candidates_table(document: dict[str, Any], limit: int = 20):
-    """A rich table of the candidates: rank, loss (and before refinement), log-density, and each
-    estimated parameter in physical units (headers: processor index and type, parameter). With
-    more than ``TRANSPOSE_ABOVE`` parameters (``master``: 21) the table is transposed, one
-    column per candidate (at most 10), so that it stays readable in a terminal."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    candidates = document["candidates"]
-    if not candidates:
-        return Text(f"{document['wet']}: no candidates")
-    procs = _processors(candidates[0]["preset"])
-    # the estimated parameters: those that vary in the summary (fixed ones are left out)
-    estimated = set(document.get("summary", {}))
-    columns: list[tuple[int, str]] = []
-    for i, proc in enumerate(procs):
-        for k in proc:
-            if k != "type" and (not estimated or f"{i}.{proc['type']}.{k}" in estimated):
-                columns.append((i, k))
-    refined = any("refinement" in c for c in candidates)
-    title = Text(
-        f"{document['wet']}: {len(candidates)} candidate{'s' * (len(candidates) > 1)} from model "
-        f"{document['model']['name']} ({document['task']}, {document.get('analysis', {}).get('estimator', '?')}), "
-        f"ranked by {document['ranked_by'] or 'nothing (one point estimate)'}"
-    )
-    baseline = document.get("baseline")
-    if baseline:
-        title.append(
-            f"\nthe dry itself (baseline): loss {_fmt(baseline.get('loss'))}, SI-SDR {_fmt(baseline.get('si_sdr'), '.2f')} dB, "
-            f"log-mel {_fmt(baseline.get('log_mel'))}"
-        )
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1))
-    if len(columns) > TRANSPOSE_ABOVE:
-        return _transposed(table, candidates[: min(limit, 10)], len(candidates), procs, columns, refined)
-    table.add_column("rank", justify="right")
-    if refined:
-        table.add_column("from", justify="left")
-    table.add_column("loss", justify="right")
-    if refined:
-        table.add_column("before", justify="right")
-    matched = [k for k in MATCH_COLUMNS if any(c.get(k) is not None for c in candidates)]
-    for k in matched:
-        table.add_column(MATCH_COLUMNS[k], justify="right")
-    table.add_column("log p", justify="right")
-    for i, k in columns:
-        table.add_column(Text(f"{_SHORT_TYPES.get(procs[i]['type'], procs[i]['type'])}{i}\n{_SHORT_PARAMS.get(k, k)}"), justify="right")
-    for c in candidates[:limit]:
-        procs = _processors(c["preset"])
-        row = [str(c["rank"])]
-        if refined:
-            row.append(_origin(c))
-        row.append(_fmt(c["loss"]))
-        if refined:
-            row.append(_fmt(c.get("refinement", {}).get("loss_before")))
-        row += [_fmt(c.get(k), MATCH_FORMATS[k]) for k in matched]
-        row.append("-" if c["log_prob"] is None else f"{c['log_prob']:.2f}")
-        row += [f"{procs[i][k]:.4g}" for i, k in columns]
-        table.add_row(*(Text(v) for v in row))
-    if len(candidates) > limit:
-        table.caption = f"... and {len(candidates) - limit} more in the estimate file"
-    return table
-
-
-def _transposed(table, shown: list[dict[str, Any]], total: int, procs: list[dict[str, Any]],
-                columns: list[tuple[int, str]], refined: bool):
-    """:func:`candidates_table` with one row per value and one column per candidate (``procs``:
-    the first candidate's processors, for the labels)."""
-    from rich.text import Text
-
-    table.add_column("rank", justify="left")
-    for c in shown:
-        table.add_column(str(c["rank"]), justify="right")
-    if refined:
-        table.add_row("from", *(_origin(c) for c in shown))
-    table.add_row("loss", *(_fmt(c["loss"]) for c in shown))
-    if refined:
-        table.add_row("before", *(_fmt(c.get("refinement", {}).get("loss_before")) for c in shown))
-    for k, label in MATCH_COLUMNS.items():
-        if any(c.get(k) is not None for c in shown):
-            table.add_row(label, *(_fmt(c.get(k), MATCH_FORMATS[k]) for c in shown))
-    table.add_row("log p", *("-" if c["log_prob"] is None else f"{c['log_prob']:.2f}" for c in shown))
-    for i, k in columns:
-        label = f"{_SHORT_TYPES.get(procs[i]['type'], procs[i]['type'])}{i} {_SHORT_PARAMS.get(k, k)}"
-        table.add_row(Text(label), *(Text(f"{_processors(c['preset'])[i][k]:.4g}") for c in shown))
-    if total > len(shown):
-        table.caption = f"... and {total - len(shown)} more in the estimate file"
-    return table

@@ -51,6 +51,7 @@ import numpy as np
 from afxest import figures as figs
 from afxest.audio import atomic_write_text
 from afxest.errors import UserError
+from afxest.tables import report_markdown
 
 ITEM_STREAM = 2_000_003
 ENTROPY_STREAM = 2_000_011  # seeds of the extra draws for the marginal entropies
@@ -59,23 +60,6 @@ ENTROPY_BINS = 100
 BEST_OF = (1, 2, 3, 4, 5, 10)
 UNIFORM_CANDIDATES = 10
 LOWER_IS_BETTER = {"mel": True, "mrstft": True, "si_sdr": False, "sot": True}
-METRIC_TITLES = {"sot": "SOT", "mel": "Mel", "mrstft": "MR-STFT", "si_sdr": "SI-SDR"}
-
-# the paper's numbers (DAFx 2025, Tables 1-3), printed beside ours
-PAPER: dict[str, dict[str, dict[str, float]]] = {
-    "eq": {
-        "Deter.": {"mel": 0.235, "mrstft": 0.412, "si_sdr": 14.8},
-        "Infer. T=1": {"entropy": -1.51, "mel": 0.286, "mrstft": 0.477, "si_sdr": 13.5},
-        "Input": {"mel": 2.154, "mrstft": 4.302, "si_sdr": 3.0},
-    },
-    "fm": {
-        "Deter.": {"sot": 0.39, "mel": 0.063, "si_sdr": 32.52},
-        "Infer. T=1": {"entropy": -2.43, "sot": 2.12, "mel": 0.386, "si_sdr": 15.20},
-        "Rand.": {"sot": 51.6, "mel": 4.686, "si_sdr": 2.13},
-    },
-}
-PAPER_BEST_OF_SI_SDR = {"eq": {1: 13.5, 2: 15.3, 3: 16.2, 4: 16.8, 5: 17.3, 10: 18.7}}
-PAPER_UNIFORM10_SI_SDR = {"eq": 11.8}
 
 
 @dataclass
@@ -112,6 +96,11 @@ class Evaluation:
     # rank 1 of ``afxest estimate`` with the reference (its search at this effort), or None
     effort: str | None = None
     default_estimate: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # how it was measured, for the reports: the N of Table 2's best-of rows, the uniform draws
+    # of its last row, the extra draws behind param_entropy
+    best_of_rows: tuple[int, ...] = BEST_OF
+    uniform_candidates: int = UNIFORM_CANDIDATES
+    entropy_samples: int = ENTROPY_SAMPLES
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -657,106 +646,6 @@ def check_compare(loaded, compare) -> None:
         raise UserError(f"--compare {compare.name}: a posterior model; give a deterministic one (its estimate is marked)")
 
 
-def _fmt(value: tuple[float, float] | None, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
-
-
-def _paper(value: float | None) -> str:
-    return "-" if value is None else str(value)
-
-
-def main_table(result: Evaluation) -> list[list[str]]:
-    """Rows of the main (Table 1/3) table: header first."""
-    label = {"posterior": "Infer.", "deterministic": "Deter.", "param": "Param."}.get(result.kind, result.kind)
-    header = ["", "Entropy (bits/dim)", *(METRIC_TITLES[m] for m in result.metrics)]
-    rows = [header, [f"{label} (ours)", _fmt(result.entropy), *(_fmt(result.expectation[m]) for m in result.metrics)]]
-    if result.default_estimate:
-        rows.append([f"Default estimate, --effort {result.effort} (ours)", "-",
-                     *(_fmt(result.default_estimate[m]) for m in result.metrics)])
-    if result.input_baseline is not None:
-        rows.append(["Input (ours)", "-", *(_fmt(result.input_baseline[m]) for m in result.metrics)])
-    rows.append(["Uniform, 1 (ours)", "-", *(_fmt(result.uniform_mean[m]) for m in result.metrics)])
-    for name, values in PAPER.get(result.task, {}).items():
-        rows.append([f"{name} (paper)", _paper(values.get("entropy")), *(_paper(values.get(m)) for m in result.metrics)])
-    return rows
-
-
-def _markdown(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    return "\n".join(lines) + "\n"
-
-
-def report_markdown(result: Evaluation, loaded=None) -> str:
-    """The report: the expectation table, best of N, and the baselines, beside the paper's."""
-    model = "" if loaded is None else f"Model: `{loaded.name}` ({loaded.path}), step {loaded.step}.\n"
-    text = [
-        f"# Evaluation: {result.task} ({result.kind})\n\n",
-        model,
-        f"{result.items} test items ({result.source}), {result.samples} candidate(s) per item, "
-        "rendered with pedalboard (or the synth); mean ± std over items.\n\n",
-        "## Expectation (Table 1/3, Eq. 18)\n\n",
-        _markdown(main_table(result)),
-        "\n## Best of N (Table 2)\n\n",
-    ]
-    paper_best = PAPER_BEST_OF_SI_SDR.get(result.task, {})
-    header = ["", *(METRIC_TITLES[m] for m in result.metrics), "SI-SDR (paper)"]
-    rows = [header]
-    for k in BEST_OF:  # ours only up to the candidates drawn; the paper's always
-        values = result.best_of.get(k, {})
-        rows.append([f"Best of {k}", *(_fmt(values.get(m)) for m in result.metrics), _paper(paper_best.get(k))])
-    rows.append(
-        [f"Uniform, best of {UNIFORM_CANDIDATES}", *(_fmt(result.uniform_best10[m]) for m in result.metrics),
-         _paper(PAPER_UNIFORM10_SI_SDR.get(result.task))]
-    )
-    text.append(_markdown(rows))
-    if result.refine_steps:
-        text.append(
-            f"\n## After --refine {result.refine_steps}\n\nEvery candidate improved by {result.refine_steps} steps "
-            "of gradient descent on the training loss through the differentiable processors, the dry known "
-            "(inference-time optimisation, as `afxest estimate --refine`), then rendered with pedalboard.\n\n"
-        )
-        rows = [["", *(METRIC_TITLES[m] for m in result.metrics)],
-                ["Expectation", *(_fmt(result.refined_expectation[m]) for m in result.metrics)]]
-        for k, values in sorted(result.refined_best_of.items()):
-            rows.append([f"Best of {k}", *(_fmt(values[m]) for m in result.metrics)])
-        text.append(_markdown(rows))
-    text.append(proxies_markdown(result))
-    text.append("\nLower is better for every metric except SI-SDR (dB). Per-candidate values: `results.csv`.\n")
-    text.append(parameters_markdown(result))
-    text.append(figures_markdown(result))
-    return "".join(text)
-
-
-PROXY_TITLES = {"pedalboard": "pedalboard (the real effect)", "dsp": "dsp proxy (afxest's compressor)",
-                "neural": "neural proxy (TCN)"}
-
-
-def proxies_markdown(result: Evaluation) -> str:
-    """The same candidates rendered through each compressor proxy instead of pedalboard."""
-    if not result.proxy_expectation:
-        return ""
-    best = f"best of {result.samples}" if result.samples > 1 else "the estimate"
-    text = [
-        "\n## Rendered through the proxies (ICASSP 2024)\n\n",
-        "The same candidates rendered by afxest's differentiable processors with each compressor proxy, "
-        f"scored against the wet: expectation and {best}; the last column is each proxy render's SI-SDR "
-        "against pedalboard's render of the same preset (higher: closer to the real effect).\n\n",
-    ]
-    header = ["Rendered by", *(f"{METRIC_TITLES[m]}" for m in result.metrics), f"SI-SDR, {best}", "SI-SDR vs pedalboard"]
-    rows = [header, [PROXY_TITLES["pedalboard"], *(_fmt(result.expectation[m]) for m in result.metrics),
-                     _fmt(result.best_of[result.samples]["si_sdr"]), "-"]]
-    for p, values in result.proxy_expectation.items():
-        rows.append([PROXY_TITLES.get(p, p), *(_fmt(values[m]) for m in result.metrics),
-                     _fmt(result.proxy_best[p]["si_sdr"]), _fmt(result.proxy_agreement[p])])
-    return "".join(text) + _markdown(rows)
-
-
-KIND_LABELS = {"posterior": "posterior", "deterministic": "deterministic (audio loss)", "param": "parameter loss"}
-
-
 def report_folder_name(name: str) -> str:
     """The subfolder of ``--out`` for a compared model: its name (or path) as one safe component."""
     import re
@@ -774,108 +663,3 @@ def check_comparable(loaded, others) -> None:
         if folder in folders:
             raise UserError(f"--also {other.name}: given twice (or named like another model); compare distinct ones")
         folders.add(folder)
-
-
-def comparison_rows(results: list[tuple[str, Evaluation]]) -> list[list[str]]:
-    """Rows (header first) of models evaluated on the same items side by side (``afxest evaluate
-    --also``): the pedalboard renders' expectation and best of N, the proxies' SI-SDR,
-    ``--refine``, then the first result's Input and Uniform baselines."""
-    first = results[0][1]
-    metrics = first.metrics
-    proxies = list(first.proxy_expectation)
-    refine = first.refine_steps
-    top = max(r.samples for _, r in results)
-    header = ["Model", "Estimator", "Entropy (bits/dim)", *(METRIC_TITLES[m] for m in metrics),
-              f"Mel, best of {top}", f"SI-SDR, best of {top}",
-              *(f"SI-SDR via {p} proxy" for p in proxies)]
-    if refine:
-        header += [f"SI-SDR, --refine {refine}", f"SI-SDR, best of {top}, --refine {refine}"]
-    if first.effort:
-        header += [f"SI-SDR, default estimate (--effort {first.effort})"]
-    rows = [header]
-    for name, r in results:
-        best = r.best_of[r.samples]
-        row = [f"`{name}`", KIND_LABELS.get(r.kind, r.kind), _fmt(r.entropy), *(_fmt(r.expectation[m]) for m in metrics),
-               _fmt(best.get("mel")), _fmt(best.get("si_sdr")),
-               *(_fmt(r.proxy_expectation.get(p, {}).get("si_sdr")) for p in proxies)]
-        if refine:
-            refined_best = r.refined_best_of[r.samples]
-            row += [_fmt(r.refined_expectation.get("si_sdr")), _fmt(refined_best.get("si_sdr"))]
-        if first.effort:
-            row += [_fmt(r.default_estimate.get("si_sdr"))]
-        rows.append(row)
-    filler = ["-"] * (len(header) - 3 - len(metrics))
-    if first.input_baseline is not None:
-        rows.append(["Input (dry)", "-", "-", *(_fmt(first.input_baseline[m]) for m in metrics), *filler])
-    rows.append(["Uniform", "-", "-", *(_fmt(first.uniform_mean[m]) for m in metrics),
-                 _fmt(first.uniform_best10.get("mel")), _fmt(first.uniform_best10.get("si_sdr")), *filler[2:]])
-    return rows
-
-
-def comparison_markdown(results: list[tuple[str, Evaluation]]) -> str:
-    """The comparison report: :func:`comparison_rows`, then the parameter error and the
-    posterior spread per parameter of every model."""
-    first = results[0][1]
-    text = [
-        f"# Comparison: {first.task}\n\n",
-        f"{first.items} test items ({first.source}), the same for every model; rendered with pedalboard "
-        f"unless the column says otherwise; mean ± std over items. Uniform's best column is the best of "
-        f"{UNIFORM_CANDIDATES} uniform draws.\n\n",
-        _markdown(comparison_rows(results)),
-    ]
-    with_error = [(name, r) for name, r in results if r.param_error]
-    spread = [(name, r) for name, r in results if r.param_spread]
-    if with_error or spread:
-        units = with_error[0][1].param_units if with_error else {}
-        head = ["Parameter", "Unit", *(f"`{n}` error" for n, _ in with_error),
-                *(f"`{n}` {what}" for n, _ in spread for what in ("std (normalised)", "entropy (bits)"))]
-        prow = [head]
-        for p in (with_error or spread)[0][1].param_error or spread[0][1].param_spread:
-            prow.append([p, units.get(p, ""), *(_fmt(r.param_error[p]) for _, r in with_error),
-                         *(v for _, r in spread for v in (_fmt(r.param_spread[p]), _fmt(r.param_entropy[p], 2)))])
-        text += [
-            "\n## Parameters\n\nError: |estimate - truth| in physical units (mean over an item's candidates); "
-            "std and entropy: the spread of a posterior's candidates in normalised units and its marginal's "
-            "entropy (near 0.29 and 0 bits where the audio does not pin the setting down).\n\n",
-            _markdown(prow),
-        ]
-    return "".join(text)
-
-
-def parameters_markdown(result: Evaluation) -> str:
-    """The per-parameter table: error in physical units (truth = model space) and the
-    posterior's spread (normalised units)."""
-    if not result.param_error and not result.param_spread:
-        return ""
-    text = ["\n## Parameters\n\n"]
-    header = ["Parameter"]
-    if result.param_error:
-        header += ["Unit", "Abs. error (mean over candidates)"]
-        text.append("Error: |candidate - truth| in physical units, averaged over an item's candidates. ")
-    if result.param_spread:
-        header += ["Posterior std (normalised)", "Marginal entropy (bits)"]
-        text.append("Spread: the std of an item's candidates in normalised [0, 1] units, and the entropy of "
-                    f"the posterior's marginal ({ENTROPY_SAMPLES} draws, histogram estimate); small where the "
-                    "audio pins the setting down, near 0.29 and 0 bits (uniform) where it does not.")
-    rows = [header]
-    for name in (result.param_error or result.param_spread):
-        row = [name]
-        if result.param_error:
-            row += [result.param_units.get(name, ""), _fmt(result.param_error[name])]
-        if result.param_spread:
-            row += [_fmt(result.param_spread[name]), _fmt(result.param_entropy[name], 2)]
-        rows.append(row)
-    return "".join(text) + "\n\n" + _markdown(rows)
-
-
-def figures_markdown(result: Evaluation) -> str:
-    """The report's figure section: each PNG written (relative link) and what is missing."""
-    text = ["\n## Figures (DAFx 2025, Figs. 4-8)\n\n"]
-    for figure in result.figures:
-        alt = f"Fig. {figure.key[3:]}" if figure.key in figs.FILES else figure.key
-        text.append(f"{figure.caption}\n\n![{alt}]({figure.file})\n\n")
-    if result.figures_note:
-        text.append(result.figures_note + "\n")
-    elif not result.figures:
-        text.append("No figure applies to this model.\n")
-    return "".join(text)

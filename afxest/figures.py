@@ -23,14 +23,13 @@ no global backend switch), so afxest imports and runs without it.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from afxest.audio import publish, temporary_in
+from afxest.audio import atomic_output
 
 FIGURE_STREAM = 2_000_029  # seeds of the samples drawn for the figures only
 MATPLOTLIB_MISSING = "figures skipped: matplotlib is not installed (pip install 'afxest[plots]')"
@@ -48,8 +47,6 @@ FILES = {
 LOW_INDEX_TARGET = (0.25, 0.5)
 HIGH_INDEX_TARGET = (0.9, 0.3)
 
-ABBREVIATIONS = {"cutoff_frequency_hz": "f", "gain_db": "g", "q": "Q", "threshold_db": "thr", "ratio": "ratio",
-                 "attack_ms": "att", "release_ms": "rel"}
 ANNOTATE_UP_TO = 8  # Fig. 4 prints each cell's value for at most this many dimensions
 
 
@@ -189,7 +186,7 @@ def labels(task) -> list[str]:
     procs = task.model.processors
     if len(procs) == 1:
         return [f"v{k + 1}" for k in range(task.model.dim)]
-    return [f"{ABBREVIATIONS.get(r.name, r.name)}{i + 1}" for i, p in enumerate(procs) for r in p.ranges]
+    return [f"{r.param.short}{i + 1}" for i, p in enumerate(procs) for r in p.ranges]
 
 
 def marginal_pairs(task) -> list[tuple[int, int]]:
@@ -312,16 +309,9 @@ def _figure(width: float, height: float):
 
 
 def save_png(fig, path: Path, dpi: int) -> None:
-    """Write ``fig`` as a PNG atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    fd, tmp = temporary_in(path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``fig`` as a PNG atomically (:func:`afxest.audio.atomic_output`)."""
+    with atomic_output(path) as fh:
+        fig.savefig(fh, format="png", dpi=dpi)
 
 
 def _markers(ax, truth: np.ndarray | None, estimates: Sequence[tuple[str, np.ndarray]], a: int, b: int) -> None:

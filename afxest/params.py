@@ -27,17 +27,19 @@ Mapping = Literal["exp", "affine"]
 
 @dataclass(frozen=True)
 class Param:
-    """A physical parameter with its unit and valid range.
+    """A physical parameter with its unit, valid range and short name.
 
-    ``minimum``/``maximum`` bound the valid values (``None``: unbounded);
-    ``*_inclusive`` says whether the bound itself is valid. ``below_nyquist`` adds the bound
-    value < sample_rate / 2, and ``one_sample`` (a duration) value >= 1 / sample_rate, both
-    checked against the sample rate in use.
+    ``short`` labels it in tables and figures (``f`` for a cutoff frequency);
+    ``minimum``/``maximum`` bound the valid values (``None``: unbounded); ``*_inclusive`` says
+    whether the bound itself is valid. ``below_nyquist`` adds the bound value < sample_rate / 2,
+    and ``one_sample`` (a duration) value >= 1 / sample_rate, both checked against the sample
+    rate in use.
     """
 
     name: str
     unit: str
     description: str
+    short: str = ""
     minimum: float | None = None
     maximum: float | None = None
     minimum_inclusive: bool = True

@@ -34,32 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from afxest import choices
+from afxest.choices import Effort
+
 DESIGN_MAX_DIM = 3  # tasks of at most this many parameters get a space-filling design
 TOLERANCE = 1e-3  # relative improvement of the best loss that counts as progress
 PATIENCE = 10  # steps without progress before the learning rate is halved
 HALVINGS = 4  # converged after this many halvings without progress
 LEARNING_RATE = 0.05  # Adam on logit(z)
 EPS = 1e-6  # z is kept in [EPS, 1 - EPS] before the logit
+EFFORTS = choices.EFFORTS  # the efforts by name (written in afxest.choices, which the CLI reads)
 
-
-@dataclass(frozen=True)
-class Effort:
-    """How much work the search does: ``--effort fast|default|best``."""
-
-    name: str
-    keep: int  # proposals refined (the best by the cheap score)
-    max_steps: int  # step cap of each refinement
-    design: int  # Sobol points for tasks of at most DESIGN_MAX_DIM parameters
-    keep_design: int  # proposals refined in those tasks (their short clips are cheap to render)
-    windows: int  # analysis windows refined on (of equal length, spread over the file)
-    polish_steps: int  # synth tasks: step cap of the last refinement, on the waveform error alone
-
-
-EFFORTS: dict[str, Effort] = {
-    "fast": Effort("fast", keep=1, max_steps=100, design=256, keep_design=4, windows=1, polish_steps=100),
-    "default": Effort("default", keep=2, max_steps=300, design=1024, keep_design=16, windows=2, polish_steps=300),
-    "best": Effort("best", keep=4, max_steps=1000, design=4096, keep_design=64, windows=4, polish_steps=1000),
-}
 
 # A synth's refinement ends spectrally right but can stop a fraction of a bin off (an FM ratio
 # 0.004 off: 0.4 Hz of modulator, SI-SDR near 0 dB at a high index), where the spectral losses

@@ -204,7 +204,7 @@ def install_model(checkpoint: Path, name: str, folder: Path | None = None, force
     """
     import torch
 
-    from afxest.audio import publish, temporary_in
+    from afxest.audio import atomic_output
     from afxest.checkpoints import load_checkpoint
 
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
@@ -218,14 +218,8 @@ def install_model(checkpoint: Path, name: str, folder: Path | None = None, force
         raise UserError(f"{dest}: already exists (use --force to replace it)")
     if dest.exists() and os.path.samefile(dest, checkpoint):
         raise UserError(f"{dest}: is the checkpoint being installed")
-    fd, tmp = temporary_in(folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({k: state[k] for k in INSTALLED_KEYS if k in state}, fh)
-        publish(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(dest) as fh:
+        torch.save({k: state[k] for k in INSTALLED_KEYS if k in state}, fh)
     return dest
 
 
@@ -257,27 +251,3 @@ def list_models() -> list[dict[str, Any]]:
             )
         rows.append(row)
     return rows
-
-
-def models_table(rows: list[dict[str, Any]]):
-    """A rich table of :func:`list_models` rows (name, origin, task, estimator, size, step and
-    the validation figures stored in the checkpoint)."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title="afxest models", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    numeric = ("size", "step", "val_audio", "val_entropy_bits")
-    for name in ("name", "origin", "task", "estimator", *numeric):
-        table.add_column(name, justify="right" if name in numeric else "left")
-    for row in rows:
-        size = f"{row['size_bytes'] / 1e6:.1f} MB"
-        if "error" in row:
-            table.add_row(Text(row["name"]), row["origin"], Text("unreadable", style="red"), "", size, "", "", "")
-            continue
-        metrics = row["metrics"]
-        figures = ["-" if key not in metrics else f"{metrics[key]:.4f}" for key in ("val_audio", "val_entropy_bits")]
-        estimator = row["estimator"] + (f" (T={row['flows']})" if row["estimator"] == "posterior" else "")
-        step = "-" if row["step"] is None else str(row["step"])
-        table.add_row(Text(row["name"]), row["origin"], row["task"], estimator, size, step, *figures)
-    return table

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from afxest import __version__
 from afxest.audio import atomic_write_text
+from afxest.choices import SCHEDULES
 from afxest.checkpoints import CHECKPOINT_FORMAT, file_sha256, load_checkpoint
 from afxest.data import Batch, DrySource, make_batch
 from afxest.device import resolve_device
@@ -57,7 +58,6 @@ from afxest.runs import (
 )
 from afxest.tasks import Task, definition_difference, get_task
 
-SCHEDULES = ("constant", "cosine")
 VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 run always drew
 INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)

@@ -136,6 +136,24 @@ def test_read_refuses_bad_files(tmp_path: Path, make, message: str) -> None:
     assert "\n" not in str(info.value)
 
 
+def test_a_decoding_failure_is_the_same_one_line_error_for_every_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from afxest.estimate import read_mono
+
+    path = tmp_path / "x.wav"
+    soundfile.write(path, np.zeros(100, np.float32), 8000, subtype="FLOAT")
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("Error : Internal psf_fseek() failed.")
+
+    monkeypatch.setattr(soundfile.SoundFile, "read", broken)
+    for read in (read_audio, lambda p: read_mono(p, 8000)):
+        with pytest.raises(UserError) as info:
+            read(path)
+        assert str(info.value) == f"{path}: not a readable audio file (Internal psf_fseek() failed.)"
+
+
 def test_to_mono_averages_channels() -> None:
     x = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]], np.float32)
     np.testing.assert_allclose(to_mono(x), [[0.5, 0.5, 0.0]])
@@ -385,3 +403,61 @@ def test_fast_resampler_is_aligned_too(rates: tuple[int, int]) -> None:
     inner = slice(dst // 4, -dst // 4)
     err = y[inner] - ref[inner]
     assert 10 * np.log10(np.sum(ref[inner] ** 2) / np.sum(err**2)) > 70
+
+
+def _checkpoint(path: Path) -> None:
+    from afxest.checkpoints import save_checkpoint
+
+    save_checkpoint(path, {"format": "x", "weights": [1.0, 2.0]})
+
+
+def _png(path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from afxest.figures import save_png
+
+    save_png(Figure(figsize=(1, 1)), path, 10)
+
+
+def _text(path: Path) -> None:
+    audio.atomic_write_text(path, "{}\n")
+
+
+WRITERS = {"checkpoint": _checkpoint, "png": _png, "text": _text}
+
+
+@pytest.mark.parametrize("write", WRITERS.values(), ids=WRITERS.keys())
+def test_every_writer_publishes_atomically_with_normal_permissions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write
+) -> None:
+    """Checkpoints, figures and text go through one atomic writer: a failed rename keeps the
+    old file and leaves no temporary one; a written file gets the usual 0666 & ~umask."""
+    target = tmp_path / "out"
+    target.write_bytes(b"old")
+    real = audio.os.replace
+    monkeypatch.setattr(audio.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
+    with pytest.raises(UserError, match=r"out: cannot write \(rename failed\)"):
+        write(target)
+    assert target.read_bytes() == b"old" and listing(tmp_path) == ["out"]
+    monkeypatch.setattr(audio.os, "replace", real)
+    old = os.umask(0o027)
+    try:
+        write(target)
+    finally:
+        os.umask(old)
+    assert target.read_bytes() != b"old" and listing(tmp_path) == ["out"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_a_killed_writers_temporary_file_is_swept_by_the_next_write(tmp_path: Path) -> None:
+    stale = tmp_path / ".afxest-999999999-abc123.part"  # no such process
+    stale.write_bytes(b"half a checkpoint")
+    _checkpoint(tmp_path / "last.pt")
+    assert listing(tmp_path) == ["last.pt"]
+
+
+def test_doctests() -> None:
+    import doctest
+
+    assert doctest.testmod(audio, raise_on_error=False).failed == 0

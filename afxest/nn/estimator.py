@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-ESTIMATORS = ("posterior", "deterministic", "param")
+from afxest.choices import ESTIMATORS
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from afxest import choices
 from afxest.errors import UserError
 
 PROXY_FORMAT = "afxest-proxy/1"
-PROXIES = ("dsp", "neural", "hybrid")
+PROXIES = choices.PROXIES  # the kinds of compressor_function (written in afxest.choices, which the CLI reads)
 COMPRESSOR_PARAMS = ("threshold_db", "ratio", "attack_ms", "release_ms")
 _LEVEL_FLOOR = 1e-5  # -100 dBFS: the level feature's floor (log of silence)
 

@@ -1,0 +1,143 @@
+"""The tables printed and written for people (afxest.tables), checked against literal text."""
+
+from __future__ import annotations
+
+import doctest
+import io
+
+from rich.console import Console
+
+from afxest import figures, tables
+from afxest.catalogue import PROCESSORS
+from afxest.evaluate import Evaluation
+from afxest.tasks import TASKS
+
+
+def _text(renderable, width: int = 100) -> str:
+    """What a renderable prints on a plain terminal ``width`` columns wide (no trailing spaces)."""
+    console = Console(file=io.StringIO(), width=width, highlight=False, color_system=None)
+    console.print(renderable)
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines())
+
+
+def _candidate(rank: int, effects: list[dict], loss: float, log_prob: float | None, si_sdr: float | None, log_mel: float,
+               **extra) -> dict:
+    return {"rank": rank, "loss": loss, "log_prob": log_prob, "si_sdr": si_sdr, "log_mel": log_mel,
+            "preset": {"source": None, "effects": effects}, **extra}
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(tables, raise_on_error=False).failed == 0
+
+
+def test_candidates_table_is_the_text_users_read() -> None:
+    shelf = {"type": "high_shelf", "cutoff_frequency_hz": 1234.5678, "gain_db": -3.21, "q": 0.7071}
+    document = {
+        "wet": "song.wav", "model": {"name": "eq"}, "task": "eq", "analysis": {"estimator": "posterior"},
+        "ranked_by": "log_mel", "baseline": {"loss": 2.5, "si_sdr": 3.0, "log_mel": 2.5},
+        "summary": {"0.high_shelf.cutoff_frequency_hz": {}, "0.high_shelf.gain_db": {}},  # q fixed: no column
+        "candidates": [
+            _candidate(1, [shelf], 0.1234567, -3.14159, 12.3456, 0.98765, refinement={"proposal": "draw 2", "loss_before": 0.5}),
+            _candidate(2, [shelf], 0.25, None, None, 1.5),
+            _candidate(3, [shelf], 0.3, -4.0, 9.0, 2.0),
+        ],
+    }
+    assert _text(tables.candidates_table(document, limit=2)) == "\n".join([
+        "song.wav: 3 candidates from model eq (eq, posterior), ranked by log_mel",
+        "the dry itself (baseline): loss 2.5, SI-SDR 3.00 dB, log-mel 2.5",
+        "                                                                   HS0    HS0",
+        "rank  from               loss  before  SI-SDR dB  log-mel  log p  f Hz   g dB",
+        "─" * 77,
+        "   1  search (draw 2)  0.1235     0.5      12.35   0.9877  -3.14  1235  -3.21",
+        "   2  draw               0.25       -          -      1.5      -  1235  -3.21",
+        "                     ... and 1 more in the estimate file",
+    ])
+
+
+def test_many_parameters_are_listed_one_row_each() -> None:
+    effects = [
+        {"type": "low_shelf", "cutoff_frequency_hz": 100.0, "gain_db": 1.0, "q": 0.7},
+        {"type": "peak", "cutoff_frequency_hz": 500.0, "gain_db": 2.0, "q": 1.0},
+        {"type": "compressor", "threshold_db": -20.0, "ratio": 4.0, "attack_ms": 5.0, "release_ms": 100.0},
+    ]
+    document = {"wet": "mix.wav", "model": {"name": "m"}, "task": "master", "ranked_by": None,
+                "candidates": [_candidate(1, effects, 0.5, -1.0, 20.0, 0.25)]}
+    assert _text(tables.candidates_table(document)) == "\n".join([
+        "mix.wav: 1",  # the title wraps to the table's width
+        "candidate from",
+        "model m (master,",
+        "?), ranked by",
+        "nothing (one point",
+        "estimate)",
+        "rank              1",
+        "─" * 19,
+        "loss            0.5",
+        "SI-SDR dB     20.00",
+        "log-mel        0.25",
+        "log p         -1.00",
+        "LS0 f Hz        100",
+        "LS0 g dB          1",
+        "LS0 Q           0.7",
+        "PK1 f Hz        500",
+        "PK1 g dB          2",
+        "PK1 Q             1",
+        "comp2 thr dB    -20",
+        "comp2 ratio       4",
+        "comp2 att ms      5",
+        "comp2 rel ms    100",
+    ])
+
+
+def test_every_parameter_has_one_short_label_in_tables_and_figures() -> None:
+    expected = {
+        "low_shelf": ["LS0 f Hz", "LS0 g dB", "LS0 Q"], "high_shelf": ["HS0 f Hz", "HS0 g dB", "HS0 Q"],
+        "peak": ["PK0 f Hz", "PK0 g dB", "PK0 Q"],
+        "compressor": ["comp0 thr dB", "comp0 ratio", "comp0 att ms", "comp0 rel ms"],
+        "gain": ["gain0 g dB"], "clipping": ["clip0 thr dB"],
+        "fm": ["fm0 f_c Hz", "fm0 amp", "fm0 I_m", "fm0 f_m/f_c", "fm0 dur s"],
+    }
+    assert {kind: [tables.parameter_label(kind, 0, p.name) for p in spec.params] for kind, spec in PROCESSORS.items()} == expected
+    assert figures.labels(TASKS["master"]) == [
+        "f1", "g1", "Q1", "f2", "g2", "Q2", "f3", "g3", "Q3", "f4", "g4", "Q4", "f5", "g5", "Q5",
+        "thr6", "ratio6", "att6", "rel6", "g7", "thr8"]
+
+
+def test_models_table_is_the_text_users_read() -> None:
+    rows = [
+        {"name": "eq", "origin": "bundled", "task": "eq", "estimator": "posterior", "flows": 1, "size_bytes": 1234567,
+         "step": 100, "metrics": {"val_audio": 0.123456, "val_entropy_bits": -1.5}},
+        {"name": "det", "origin": "user", "task": "fm", "estimator": "deterministic", "flows": None, "size_bytes": 99999,
+         "step": None, "metrics": {}},
+        {"name": "bad", "origin": "user", "size_bytes": 10, "error": "boom"},
+    ]
+    assert _text(tables.models_table(rows)) == "\n".join([
+        "afxest models",
+        "name   origin    task         estimator           size   step   val_audio   val_entropy_bits",
+        "─" * 92,
+        "eq     bundled   eq           posterior (T=1)   1.2 MB    100      0.1235            -1.5000",
+        "det    user      fm           deterministic     0.1 MB      -           -                  -",
+        "bad    user      unreadable                     0.0 MB",
+    ])
+
+
+def test_report_tables_are_markdown_beside_the_papers_numbers() -> None:
+    result = Evaluation(task="fm", kind="deterministic", items=2, samples=1, metrics=["sot", "si_sdr"], source="synth")
+    result.expectation = {"sot": (1.0, 0.125), "si_sdr": (30.0, 1.0)}
+    result.uniform_mean = {"sot": (50.0, 2.0), "si_sdr": (2.0, 0.5)}
+    assert tables.markdown(tables.main_table(result)) == (
+        "|  | Entropy (bits/dim) | SOT | SI-SDR |\n"
+        "|---|---|---|---|\n"
+        "| Deter. (ours) | - | 1.000 ± 0.125 | 30.000 ± 1.000 |\n"
+        "| Uniform, 1 (ours) | - | 50.000 ± 2.000 | 2.000 ± 0.500 |\n"
+        "| Deter. (paper) | - | 0.39 | 32.52 |\n"
+        "| Infer. T=1 (paper) | -2.43 | 2.12 | 15.2 |\n"
+        "| Rand. (paper) | - | 51.6 | 2.13 |\n"
+    )
+    assert _text(tables.rich_table([["", "SOT"], ["ours", "1.000 ± 0.125"]], "fm")) == "\n".join([
+        "           fm",
+        "┏━━━━━━┳━━━━━━━━━━━━━━━┓",
+        "┃      ┃ SOT           ┃",
+        "┡━━━━━━╇━━━━━━━━━━━━━━━┩",
+        "│ ours │ 1.000 ± 0.125 │",
+        "└──────┴───────────────┘",
+    ])
