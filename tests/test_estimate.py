@@ -251,7 +251,9 @@ def test_long_stereo_file_is_analysed_in_windows(
     dry = np.stack([x, 0.5 * x])
     wet_path = write(tmp_path / "long.flac", shelf(dry, rate), rate)  # FLAC: another format
     dry_path = write(tmp_path / "long-dry.wav", dry, rate)
-    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5 * 8192)  # several blocks (pedalboard's buffer multiple)
+    # several blocks (pedalboard's buffer multiple), in reading and in rendering
+    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5 * 8192)
+    monkeypatch.setattr("afxest.scoring.READ_BLOCK", 5 * 8192)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     code, out, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", models["eq"], "-o", out_dir,
@@ -517,11 +519,11 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import afxest.estimate
+    import afxest.scoring
 
     wet, dry = pair
     other = write(tmp_path / "other.wav", read_audio(wet)[0], SR)
-    original = afxest.estimate.Analyser.measure
+    original = afxest.scoring.Scorer.measure
 
     calls = []
 
@@ -531,7 +533,7 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
             raise RuntimeError("boom")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(afxest.estimate.Analyser, "measure", failing)
+    monkeypatch.setattr(afxest.scoring.Scorer, "measure", failing)
     code, out, err = run(capsys, "estimate", wet, other, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
                          "--json", "--samples", 2)
     assert code == 1
@@ -560,7 +562,7 @@ def test_console_script_imports_neither_nnaudio_nor_scipy(
 
 def test_streamed_pedalboard_windows_are_slices_of_one_call() -> None:
     """The scored audio is exactly pedalboard on the whole dry, decaying tails included."""
-    from afxest.estimate import pedalboard_windows, windows_of
+    from afxest.scoring import pedalboard_windows, windows_of
     from afxest.presets import parse_preset
 
     x = music(11.5)
@@ -583,12 +585,12 @@ def test_long_files_are_ranked_on_spread_prerolled_windows(
     """More usable windows than SCORE_WINDOWS: candidates are scored on that many windows spread
     over the file, each rendered from a pre-roll; the loss equals the task loss of slices of
     pedalboard applied to the whole dry (reference_render) to float32 precision."""
-    from afxest.estimate import scored_windows
+    from afxest.scoring import scored_windows
 
     assert scored_windows(list(range(10)), 4) == [0, 3, 6, 9]
     assert scored_windows([2, 5], 4) == [2, 5] and scored_windows(list(range(5)), 1) == [2]
-    monkeypatch.setattr("afxest.estimate.SCORE_WINDOWS", 2)
-    monkeypatch.setattr("afxest.estimate.SCORE_PREROLL_SECONDS", 2.0)
+    monkeypatch.setattr("afxest.scoring.SCORE_WINDOWS", 2)
+    monkeypatch.setattr("afxest.scoring.SCORE_PREROLL_SECONDS", 2.0)
     x = music(20.0)  # four 5 s windows, all usable
     dry = write(tmp_path / "d.wav", x, SR)
     wet = write(tmp_path / "w.wav", shelf(x, SR), SR)
