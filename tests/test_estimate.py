@@ -560,6 +560,72 @@ def test_console_script_imports_neither_nnaudio_nor_scipy(
     assert result.stdout.strip() == "0 []", result.stderr
 
 
+def test_windows_cover_an_effect_file_and_whole_clips_of_a_synth() -> None:
+    """Windows worked out by hand: an effect task's last window takes the remainder (a file
+    shorter than a clip is one window); a synth task uses whole clips, the remainder unused."""
+    from afxest.scoring import windows_of
+
+    clip = 110250  # eq: 5 s at 22050 Hz
+    assert windows_of(2 * clip + 7, TASKS["eq"]) == [(0, clip), (clip, 2 * clip + 7)]
+    assert windows_of(clip - 1, TASKS["eq"]) == [(0, clip - 1)]
+    tone = 5512  # fm: 0.125 s at 44100 Hz, rounded half to even
+    assert windows_of(3 * tone - 1, TASKS["fm"]) == [(0, tone), (tone, 2 * tone)]
+
+
+def test_quiet_windows_are_skipped_but_the_loudest_is_always_used() -> None:
+    """Constant windows, whose RMS is their level: -60 dBFS is the threshold."""
+    from afxest.scoring import usable_windows
+
+    levels_db = [-20.0, -200.0, -70.0, -59.0]
+    wet = np.concatenate([np.full(100, 10 ** (db / 20), np.float32) for db in levels_db])
+    windows = [(100 * i, 100 * (i + 1)) for i in range(4)]
+    assert usable_windows(wet, windows) == [0, 3]
+    assert usable_windows(wet[100:300], [(0, 100), (100, 200)]) == [1]  # both quiet: the louder
+
+
+def test_search_windows_are_spread_over_the_most_common_length() -> None:
+    from afxest.scoring import search_windows
+
+    windows = [(0, 10), (10, 20), (20, 30), (30, 40), (40, 55)]
+    assert search_windows(windows, [0, 1, 2, 3, 4], 2) == [0, 2]  # length 10: [0, 1, 2, 3]
+    assert search_windows(windows, [1, 3, 4], 9) == [1, 3]
+
+
+def test_search_excerpts_start_a_preroll_before_each_window() -> None:
+    from afxest.estimate import search_excerpts
+
+    x = np.arange(1, 11, dtype=np.float32)
+    rows = search_excerpts(x, [(0, 3), (5, 8)], 2, "cpu")
+    assert rows.shape == (2, 1, 5)
+    np.testing.assert_array_equal(rows[:, 0].numpy(), [[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
+
+
+def test_candidates_rank_by_loss_then_log_density_non_finite_last() -> None:
+    from afxest.estimate import Candidates, medoid
+
+    z = np.zeros((4, 2))
+    by_loss = Candidates(z, [None] * 4, np.array([9.0, 8.0, 7.0, 6.0]), {"loss": np.array([2.0, np.nan, 1.0, 1.0])})
+    assert by_loss.order() == [2, 3, 0, 1]  # the loss wins over the density; ties as made
+    by_density = Candidates(z, [None] * 4, np.array([-1.0, np.nan, 3.0, 3.0]))
+    assert by_density.order() == [2, 3, 0, 1]
+    assert Candidates(z, [None] * 4, None).order() == [0, 1, 2, 3]
+    # summed L1 distances 11, 10 and 19 (the second point is nearest the others)
+    assert medoid(np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])) == 1
+
+
+def test_a_library_call_is_refused_what_the_command_line_refuses() -> None:
+    """The request checks of the command line, with the dry file named for a library call."""
+    from afxest.errors import UserError
+    from afxest.estimate import check_request
+
+    with pytest.raises(UserError, match=r"^d\.wav: the fm model estimates a synth, which needs no dry file"):
+        check_request(TASKS["fm"], True, None, Path("d.wav"))
+    with pytest.raises(UserError, match=r"^--refine needs a dry file for an effect task"):
+        check_request(TASKS["eq"], False, 3)
+    check_request(TASKS["eq"], False, 0)
+    check_request(TASKS["fm"], False, 3)
+
+
 def test_streamed_pedalboard_windows_are_slices_of_one_call() -> None:
     """The scored audio is exactly pedalboard on the whole dry, decaying tails included."""
     from afxest.scoring import pedalboard_windows, windows_of
