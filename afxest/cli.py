@@ -236,6 +236,7 @@ def estimate(
     from afxest.estimate import (
         EstimateOptions, Analyser, check_out_dir, check_stems, inference_threads, pair_inputs, run_batch,
     )
+    from afxest.estimate import check_request
     from afxest.store import load_model
     from afxest.device import resolve_device
     from afxest.tables import candidates_table
@@ -257,10 +258,7 @@ def estimate(
         samples=samples, engine=engine.value, refine=refine, effort=effort.value, seed=seed,
         audio="all" if audio_all else "none" if no_audio else "top", force=force, plot=plot,
     )
-    if dry and loaded.task.has_source:
-        raise UserError(f"the {loaded.task.name} model estimates a synth, which needs no dry file; leave out --dry")
-    if refine and not dry and not loaded.task.has_source:
-        raise UserError("--refine needs a dry file for an effect task (it improves the reconstruction of the wet)")
+    check_request(loaded.task, bool(dry), refine)
     analyser = Analyser(loaded, torch_device)
 
     bar = None

@@ -36,12 +36,21 @@ the task's rate: rendering ``candidates[0].preset`` on the dry reproduces it, wi
 normalisation anywhere. The ddsp processors have no streaming state: each window is rendered
 from rest.
 
-**Refinement** (``refine`` steps): the best candidates (at most :data:`REFINE_TOP`) are
-improved by Adam on their normalised parameters through a logit reparameterisation
-(z = sigmoid(u)), rendering with the differentiable processors and the task loss against the
-wet on up to :data:`REFINE_WINDOWS` windows, keeping each candidate's best iterate. The refined
-preset is then scored like every other candidate, and kept only if that loss is not higher than
-before; ``refinement`` records both losses.
+**Search** (with a reference): :func:`search_candidates` sets up :func:`afxest.search.search`
+(proposals, cheap scoring, refinement through the differentiable processors); its candidates
+join the model's, are measured like them and ranked with them, each with a ``refinement``
+record (where it came from, its loss before and after).
+
+**The flow** (:meth:`Analyser.analyse`, top to bottom): the request is checked once
+(:func:`check_request`: by the command line for a batch, by :meth:`Analyser.estimate` for a
+library call); the inputs are read and checked (:func:`read_inputs`); the wet is cut into windows
+(:mod:`afxest.scoring`: :func:`~afxest.scoring.windows_of`,
+:func:`~afxest.scoring.usable_windows`); the model proposes candidates
+(:class:`afxest.propose.Proposer`); with a reference they are measured against the wet
+(:class:`afxest.scoring.Scorer`) and, unless ``refine`` is 0, searched from
+(:func:`search_candidates`); they are ranked (:meth:`Candidates.order`) and written down
+(:func:`estimate_document`, the one place of the document's shape). :func:`estimate_file` then writes the document and the audio as one set
+(:func:`publish_estimate`), and :func:`run_batch` goes through the files.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,35 +71,25 @@ from afxest.data import AUDIO_SUFFIXES
 from afxest.engines import board
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT
+from afxest.propose import Proposer
+from afxest.scoring import READ_BLOCK, Scorer, finite, scored_windows, search_windows, usable_windows, windows_of
+
+if TYPE_CHECKING:
+    from afxest.search import Searched
+
 AUDIO_CHOICES = ("top", "all", "none")
 LENGTH_TOLERANCE_S = 0.005  # wet and dry may differ by this much (the longer one is cut)
 MIN_EFFECT_SECONDS = 0.5  # shortest wet an effect task analyses
 SILENT_PEAK = 10 ** (-90 / 20)  # a wet whose peak is below -90 dBFS is refused as silent
-QUIET_WINDOW_RMS = 10 ** (-60 / 20)  # windows below -60 dBFS RMS are not analysed
-REFINE_TOP = 3
-REFINE_WINDOWS = 4
-# frames per soundfile read: a multiple of pedalboard's internal buffer (8192), so that streamed
-# rendering splits the signal where a one-shot call does (JUCE's filters flush denormal state at
-# buffer ends: other splits differ from one-shot output by ~1e-26 in decaying tails)
-READ_BLOCK = 8 * 8192
 # The analysis signals (wet and dry at the task's rate) are resampled with pedalboard's 32-tap
 # windowed sinc, 6x faster than the 256-tap one (1.6 s per minute of 44.1 kHz audio): the two
 # differ by ~46 dB SNR on music and ~1e-6 in log-mel distance, 4 orders below the losses that
 # rank candidates. Rendered outputs are never resampled.
 ANALYSIS_RESAMPLING = "fast"
-SCORE_BATCH = 32  # rendered items per loss evaluation
-# Candidates are ranked on at most SCORE_WINDOWS usable windows spread evenly over the file (a
-# minute of audio), so ranking costs the same for a 10-minute file as for a 1-minute one. When a
-# file has more usable windows than that, each scored window is rendered by pedalboard from
-# SCORE_PREROLL_SECONDS before its start (its plugins' state has settled by then: IIR tails and
-# a compressor's envelope forget their start exponentially), instead of streaming the whole file.
-SCORE_WINDOWS = 12
 # the search refines each window from this long before it (a compressor's envelope and the
 # filters' state settle well within it), so its start matches the wet that ran through them
 SEARCH_PREROLL_SECONDS = 1.0
 ANALYSIS_PROPOSALS = True
-SCORE_PREROLL_SECONDS = 5.0
-ENCODE_BATCH = 16  # windows per encoder call
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,30 +336,6 @@ class EstimateResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def windows_of(frames: int, task) -> list[tuple[int, int]]:
-    """Analysis windows (start, stop) of a signal of ``frames`` samples at the task's rate.
-
-    Effect tasks: consecutive clips, the last one extended to the end (so windows cover the
-    whole signal; a signal shorter than a clip is one window). Synth tasks: whole clips only.
-    """
-    clip = task.clip_samples
-    if task.has_source:
-        return [(i * clip, (i + 1) * clip) for i in range(frames // clip)]
-    n = max(1, frames // clip)
-    windows = [(i * clip, (i + 1) * clip) for i in range(n)]
-    windows[-1] = (windows[-1][0], frames)
-    return windows
-
-
-def _usable(wet: np.ndarray, windows: Sequence[tuple[int, int]]) -> list[int]:
-    rms = np.array([np.sqrt(np.mean(np.square(wet[a:b], dtype=np.float64))) for a, b in windows])
-    usable = [i for i, r in enumerate(rms) if r >= QUIET_WINDOW_RMS]
-    loudest = int(np.argmax(rms))
-    if loudest not in usable:
-        usable = sorted(usable + [loudest])
-    return usable
-
-
 LONG_FILE_SECONDS = 60.0
 
 
@@ -380,289 +355,265 @@ def inference_threads(seconds: float | None = None) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1) if long else 1)
 
 
-def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
-    """Yield each window of every preset's pedalboard rendering of ``dry`` (frames,), (M, T).
-
-    One plugin chain per preset streams through the whole signal in blocks of READ_BLOCK from
-    the start (state carried over, blocks on pedalboard's own 8192-sample grid), so the windows
-    are exactly slices of ``pedalboard`` applied to the whole signal in one call. Windows must
-    be consecutive; at most a window and a block per preset are held."""
-    boards = [board(p) for p in presets]
-    done, start = 0, 0  # rendered up to `done`; `held` starts at `start`
-    held = np.zeros((len(boards), 0), np.float32)
-    for a, b in windows:
-        while done < b:
-            x = dry[None, done : min(done + READ_BLOCK, dry.shape[0])]
-            block = np.stack([chain(x, float(rate), reset=False)[0] for chain in boards])
-            held = np.concatenate([held, block], axis=1)
-            done += x.shape[1]
-        yield held[:, a - start : b - start]
-        held, start = held[:, b - start :], b
+# ---------------------------------------------------------------------------------------------
+# the request and its inputs
 
 
-def scored_windows(use: Sequence[int], limit: int | None = None) -> list[int]:
-    """The usable windows candidates are ranked on: all of them, or ``limit`` (default
-    :data:`SCORE_WINDOWS`) spread evenly from the first to the last."""
-    limit = SCORE_WINDOWS if limit is None else limit
-    if len(use) <= limit:
-        return list(use)
-    if limit == 1:
-        return [use[len(use) // 2]]
-    return [use[round(j * (len(use) - 1) / (limit - 1))] for j in range(limit)]
+def check_request(task, dry_given: bool, refine: int | None, dry_path: Path | None = None) -> None:
+    """Refuse what the task cannot do: a dry file for a synth task, or the search (``refine``
+    steps) of an effect task without a dry file. The command line checks once for the batch;
+    :meth:`Analyser.estimate` checks each call and names the dry file (``dry_path``)."""
+    if refine and not dry_given and not task.has_source:
+        raise UserError("--refine needs a dry file for an effect task (it improves the reconstruction of the wet)")
+    if dry_given and task.has_source:
+        where = "" if dry_path is None else f"{dry_path}: "
+        raise UserError(f"{where}the {task.name} model estimates a synth, which needs no dry file; leave out --dry")
 
 
-def search_windows(windows: Sequence[tuple[int, int]], use: Sequence[int], n: int) -> list[int]:
-    """Up to ``n`` usable windows of the most common length (so they stack), evenly spread."""
-    lengths: dict[int, list[int]] = {}
-    for i in use:
-        lengths.setdefault(windows[i][1] - windows[i][0], []).append(i)
-    ids = max(lengths.values(), key=len)
-    n = min(n, len(ids))
-    return [ids[(j * len(ids)) // n] for j in range(n)]
+@dataclass
+class Inputs:
+    """The wet (and dry) as read, and how many frames of them are analysed (the shorter one)."""
+
+    wet: Signal
+    dry: Signal | None
+    frames: int
+
+    @property
+    def wet_x(self) -> np.ndarray:
+        return self.wet.samples[: self.frames]
+
+    @property
+    def dry_x(self) -> np.ndarray | None:
+        return None if self.dry is None else self.dry.samples[: self.frames]
 
 
-def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
-    """Yield each window of every preset's pedalboard rendering, (M, T), each rendered afresh
-    from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
-    boards = [board(p) for p in presets]
-    preroll = int(round(SCORE_PREROLL_SECONDS * rate))
-    for a, b in windows:
-        start = max(0, a - preroll)
-        x = dry[None, start:b]
-        yield np.stack([chain(x, float(rate))[0, a - start :] for chain in boards])
+def read_inputs(wet_path: Path, dry_path: Path | None, task) -> Inputs:
+    """Read the wet (and dry) as mono at the task's rate (:func:`read_mono`), refusing a silent
+    wet (peak below :data:`SILENT_PEAK`), a wet and dry whose lengths differ by more than
+    :data:`LENGTH_TOLERANCE_S`, and a file too short for the task."""
+    wet = read_mono(wet_path, task.sample_rate)
+    if float(np.max(np.abs(wet.samples), initial=0.0)) < SILENT_PEAK:
+        raise UserError(f"{wet_path}: is silent (its mono mix peaks below -90 dBFS): nothing to estimate")
+    frames = wet.samples.shape[0]
+    dry = None
+    if dry_path is not None:
+        dry = read_mono(dry_path, task.sample_rate)
+        gap = abs(wet.seconds - dry.seconds)
+        if gap > LENGTH_TOLERANCE_S:
+            raise UserError(
+                f"{wet_path} ({wet.seconds:.3f} s at {wet.file_rate} Hz) and {dry_path} "
+                f"({dry.seconds:.3f} s at {dry.file_rate} Hz) differ in length by {gap * 1000:.1f} ms "
+                f"(at most {LENGTH_TOLERANCE_S * 1000:g} ms is accepted): pair each wet with the dry it was made from"
+            )
+        frames = min(frames, dry.samples.shape[0])
+    seconds = frames / task.sample_rate
+    if task.has_source and frames < task.clip_samples:
+        raise UserError(f"{wet_path}: is {seconds:.3f} s long; the {task.name} model needs at least {task.clip_seconds:g} s")
+    if not task.has_source and seconds < MIN_EFFECT_SECONDS:
+        raise UserError(f"{wet_path}: is {seconds:.3f} s long; at least {MIN_EFFECT_SECONDS:g} s is needed")
+    return Inputs(wet, dry, frames)
 
 
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
+# ---------------------------------------------------------------------------------------------
+# candidates and their ranking
+
+
+@dataclass
+class Candidates:
+    """Candidates in the order they were made (the model's, then the search's): z (M, d)
+    float64, their presets, ln p(z | wet) (M,) pooled over windows (None without a posterior),
+    each metric (M,) against the wet (none without a reference), and the search's record of
+    each candidate it made, by index."""
+
+    z: np.ndarray
+    presets: list
+    log_prob: np.ndarray | None
+    matches: dict[str, np.ndarray] = field(default_factory=dict)
+    refinement: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def losses(self) -> np.ndarray | None:
+        return self.matches.get("loss")
+
+    def order(self) -> list[int]:
+        """Indices by rank: by loss (lowest first), else by log-density (highest first), else
+        as made; non-finite values last, ties in the order made."""
+        m = self.z.shape[0]
+        if self.losses is not None:
+            key = [(v if math.isfinite(v) else math.inf) for v in self.losses]
+            return sorted(range(m), key=lambda i: (key[i], i))
+        if self.log_prob is not None:
+            key = [(float(v) if math.isfinite(float(v)) else -math.inf) for v in self.log_prob]
+            return sorted(range(m), key=lambda i: (-key[i], i))
+        return list(range(m))
+
+
+def presets_of(task, z: np.ndarray) -> list:
+    """The task's presets of normalised parameters z (M, d)."""
+    return [task.model.preset(v, task.name, task.sample_rate) for v in z]
+
+
+def medoid(z: np.ndarray) -> int:
+    """The index of the point of z (M, d) with the least summed L1 distance to the others:
+    of several windows' point estimates, the one kept when nothing can rank them."""
+    distances = np.abs(z[:, None, :] - z[None, :, :]).sum(axis=(1, 2))
+    return int(np.argmin(distances))
+
+
+# ---------------------------------------------------------------------------------------------
+# the search (with a reference)
+
+
+def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
+                     spans: Sequence[tuple[int, int]], effort, seed: int) -> dict[str, np.ndarray]:
+    """Where the search starts (:mod:`afxest.search`, step 1): the model's candidates ``z``; a
+    Sobol design for small tasks; with a dry, ``z`` with its equaliser fitted to the long-term
+    spectral ratio of the wet over the dry on ``spans``."""
+    from afxest import search as s
+
+    proposals = {"posterior": z}
+    if task.model.dim <= s.DESIGN_MAX_DIM:
+        proposals["design"] = s.design(task.model.dim, effort.design, seed)
+    if dry is not None and ANALYSIS_PROPOSALS:
+        ratio, weight = s.long_term_ratio_db(np.concatenate([dry[a:b] for a, b in spans]),
+                                             np.concatenate([wet[a:b] for a, b in spans]))
+        proposals["analysis"] = s.fit_equaliser(task.model, z, ratio, weight, task.sample_rate)
+    return proposals
+
+
+def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], preroll: int, device: Any):
+    """The ``spans`` of ``signal`` (T,), each from ``preroll`` samples before its start (zeros
+    before the signal's start), as a tensor (R, 1, preroll + window) on ``device``."""
+    import torch
+
+    padded = np.concatenate([np.zeros(preroll, np.float32), signal])
+    rows = [padded[a : b + preroll] for a, b in spans]
+    return torch.from_numpy(np.stack(rows)[:, None]).to(device)
+
+
+def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
+                      windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions):
+    """:func:`afxest.search.search` from the candidates ``z`` (M, d): proposals scored by
+    the real renderer on :func:`search_windows`, the best refined through the
+    differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window)."""
+    import torch
+
+    from afxest import search as s
+    from afxest.engines import render_model
+
+    task = scorer.task
+    effort = s.EFFORTS[options.effort]
+    picks = search_windows(windows, use, effort.windows)
+    spans = [windows[i] for i in picks]
+    proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed)
+
+    def cheap(zs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return scorer.measure(presets_of(task, zs), wet, dry, windows, picks, "pedalboard", {"loss": scorer.loss_fn},
+                                  prerolled=True)["loss"]
+
+    # excerpts from a pre-roll before each window (zeros before the file's start: the real
+    # renders started from rest there too); none when every window starts the file
+    preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * task.sample_rate))
+    return s.search(
+        proposals, cheap, lambda zs, x: render_model(task, zs, x), s.search_loss(scorer.loss_fn),
+        search_excerpts(wet, spans, preroll, scorer.device),
+        None if dry is None else search_excerpts(dry, spans, preroll, scorer.device), effort,
+        max_steps=options.refine or None, skip=preroll,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the document
+
+
+@dataclass
+class Analysis:
+    """What the analysis of one wet file found, before it is written down."""
+
+    wet_path: Path
+    dry_path: Path | None
+    frames: int
+    windows: list[tuple[int, int]]
+    use: list[int]  # the usable windows
+    candidates: Candidates
+    ranked_by: str | None  # the task's loss, "log_prob", or None (one point estimate)
+    entropy: float | None  # nats, mean over the proposing windows
+    baseline: dict[str, float | None] | None  # the dry's own match to the wet
+    found: Searched | None = None  # the search's result, None without a search
+
+
+def estimate_document(model, options: EstimateOptions, analysis: Analysis, order: Sequence[int]) -> dict[str, Any]:
+    """The ``afxest-estimate/1`` document of an analysis, candidates in rank ``order`` (their
+    ``audio`` is None until written). ``model``: the loaded model (name, sha256, kind, task)."""
+    task, found, c = model.task, analysis.found, analysis.candidates
+    return {
+        "format": ESTIMATE_FORMAT,
+        "task": task.name,
+        "model": {"name": model.name, "sha256": model.sha256},
+        "wet": str(analysis.wet_path),
+        "dry": None if analysis.dry_path is None else str(analysis.dry_path),
+        "sample_rate": task.sample_rate,
+        "ranked_by": analysis.ranked_by,
+        "entropy_bits_per_dim": None if analysis.entropy is None else finite(analysis.entropy / (task.model.dim * math.log(2))),
+        "candidates": [_candidate_entry(c, k, rank) for rank, k in enumerate(order, start=1)],
+        "baseline": analysis.baseline,
+        "summary": summary([c.presets[k] for k in order], task),
+        "analysis": {
+            "estimator": model.kind,
+            "engine": options.engine if analysis.dry_path is not None else None,
+            "seed": options.seed,
+            "seconds": analysis.frames / task.sample_rate,
+            "window_seconds": task.clip_seconds,
+            "windows": len(analysis.windows),
+            "windows_used": len(analysis.use),
+            "windows_scored": len(scored_windows(analysis.use)) if c.losses is not None else 0,
+            "refine_steps": found.steps if found is not None else 0,
+            "search": None if found is None else {
+                "effort": options.effort,
+                "proposals": found.proposals,
+                "windows": found.windows,
+                "step_cap": found.step_cap,
+            },
+        },
+    }
+
+
+def _candidate_entry(candidates: Candidates, k: int, rank: int) -> dict[str, Any]:
+    """Candidate ``k``'s entry in the document, at ``rank``."""
+    entry: dict[str, Any] = {
+        "rank": rank,
+        "loss": None if candidates.losses is None else finite(candidates.losses[k]),
+        "log_prob": None if candidates.log_prob is None else finite(float(candidates.log_prob[k])),
+        "preset": candidates.presets[k].to_dict(),
+        "audio": None,
+    }
+    for name in ("si_sdr", "log_mel"):
+        if name in candidates.matches:
+            entry[name] = finite(float(candidates.matches[name][k]))
+    if k in candidates.refinement:
+        entry["refinement"] = candidates.refinement[k]
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# the flow
 
 
 class Analyser:
-    """A loaded model ready to estimate files: ``afxest estimate`` without the command line."""
+    """A loaded model ready to estimate files: ``afxest estimate`` without the command line.
+
+    The model side (:class:`afxest.propose.Proposer`) proposes candidates; the scorer
+    (:class:`afxest.scoring.Scorer`) measures them against the wet."""
 
     def __init__(self, model, device: Any = "cpu") -> None:
-        import copy
-
         import torch
 
         self.model = model
         self.task = model.task
         self.device = torch.device(device)
-        self.net = model.estimator.to(self.device).eval()
-        # the head is tiny: sampling and log-densities run in float64 on the CPU, so values near
-        # the edges of [0, 1] are not rounded onto them, and results do not depend on the device
-        self.head = copy.deepcopy(self.net.head).to("cpu", torch.float64).eval()
-        self.posterior = model.kind == "posterior"
-        from afxest.objective import task_loss
-
-        self.loss_fn = task_loss(self.task, self.device)
-        self._metrics: dict[str, Callable] | None = None
-
-    # -- the steps ------------------------------------------------------------------------
-
-    def encode(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int]):
-        """Embeddings (len(use), C) in float64 of the usable windows (float32 encoder)."""
-        import torch
-
-        out = []
-        groups: dict[int, list[int]] = {}
-        for i in use:
-            groups.setdefault(windows[i][1] - windows[i][0], []).append(i)
-        order = []
-        for ids in groups.values():
-            for s in range(0, len(ids), ENCODE_BATCH):
-                chunk = ids[s : s + ENCODE_BATCH]
-                x = np.stack([wet[windows[i][0] : windows[i][1]] for i in chunk])[:, None]
-                out.append(self.net.encoder(torch.from_numpy(x).to(self.device)).double().cpu())
-                order.extend(chunk)
-        h = torch.cat(out)
-        position = {w: k for k, w in enumerate(order)}
-        return h[[position[i] for i in use]]
-
-    def propose(self, h, n: int, generator) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-        """N candidates z (M, d) in float64 from the mixture of the windows' posteriors, the
-        log-density of each under the posterior of the window that drew it (None without a
-        posterior), and the mean entropy estimate (nats) of the proposing windows' posteriors.
-
-        Candidate i comes from usable window (i U) // N; a point-estimating model gives one
-        candidate per proposing window (identical ones merged)."""
-        u = h.shape[0]
-        owners = [(i * u) // n for i in range(n)]
-        zs, own, entropies = [], [], []
-        for w in sorted(set(owners)):
-            k = owners.count(w) if self.posterior else 1
-            s = self.head.sample(h[w : w + 1], k, generator=generator)
-            zs.extend(s.z[0].cpu().numpy().astype(np.float64))
-            if s.log_prob is not None:
-                own.extend(s.log_prob[0].cpu().numpy().astype(np.float64))
-            if s.entropy is not None:
-                entropies.append(float(s.entropy[0]))
-        if not self.posterior:  # point estimates of several windows may coincide
-            unique: dict[bytes, np.ndarray] = {}
-            for z in zs:
-                unique.setdefault(z.tobytes(), z)
-            zs = list(unique.values())
-        entropy = sum(entropies) / len(entropies) if entropies else None
-        return np.stack(zs), (np.array(own) if own else None), entropy
-
-    def log_prob(self, z: np.ndarray, h) -> np.ndarray:
-        """Mean over windows of ln p(z | window), (M,) float64 (posterior models only)."""
-        import torch
-
-        zt = torch.from_numpy(z)
-        total = torch.zeros(z.shape[0], dtype=torch.float64)
-        chunk = max(1, 4096 // max(1, z.shape[0]))
-        for s in range(0, h.shape[0], chunk):
-            hs = h[s : s + chunk]
-            total += self.head.log_prob(zt.expand(hs.shape[0], *zt.shape), hs).sum(dim=0)
-        return (total / h.shape[0]).numpy().astype(np.float64)
-
-    def match_metrics(self) -> dict[str, Callable]:
-        """What each rendered candidate is measured by against the wet: the task's loss (the
-        ranking), SI-SDR (dB) and the log-mel distance (DAFx 2025 Eq. 16)."""
-        from afxest import losses
-
-        if self._metrics is None:
-            mel = self.loss_fn if self.task.loss == "log_mel" else losses.LogMelLoss(self.task.sample_rate).to(self.device)
-            self._metrics = {"loss": self.loss_fn, "si_sdr": losses.si_sdr, "log_mel": mel}
-        return self._metrics
-
-    def baseline(self, wet: np.ndarray, dry: np.ndarray, windows, use, metrics: dict[str, Callable]) -> dict[str, float | None]:
-        """The dry's own distance to the wet (each metric, mean over the scored windows)."""
-        import torch
-
-        values: dict[str, list[float]] = {name: [] for name in metrics}
-        for i in scored_windows(use):
-            a, b = windows[i]
-            pair = [torch.from_numpy(np.ascontiguousarray(x[a:b]))[None, None].to(self.device) for x in (dry, wet)]
-            for name, fn in metrics.items():
-                values[name].append(float(fn(*pair)[0]))
-        return {name: _finite(float(np.mean(v))) for name, v in values.items()}
-
-    def presets(self, z: np.ndarray) -> list:
-        return [self.task.model.preset(v, self.task.name, self.task.sample_rate) for v in z]
-
-    def measure(
-        self,
-        presets: Sequence,
-        wet: np.ndarray,
-        dry: np.ndarray | None,
-        windows: Sequence[tuple[int, int]],
-        use: Sequence[int],
-        engine: str,
-        metrics: dict[str, Callable],
-        progress: Callable[[float], None] | None = None,
-        prerolled: bool = False,
-    ) -> dict[str, np.ndarray]:
-        """Mean over the scored windows (:func:`scored_windows` of the usable ones) of each
-        metric (y_hat, y) -> (batch,) of each preset, name -> (M,) float64. ``prerolled``:
-        render each window from :data:`SCORE_PREROLL_SECONDS` before it, never streaming."""
-        import torch
-
-        m = len(presets)
-        total = {name: np.zeros(m) for name in metrics}
-        streamed = len(use) <= SCORE_WINDOWS and not prerolled  # stream the whole file, exact
-        use = scored_windows(use)
-        used = set(use)
-        pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rendered (M, T), wet (T,))
-
-        def flush() -> None:
-            if not pending:
-                return
-            y_hat = torch.from_numpy(np.concatenate([r for r, _ in pending])[:, None]).to(self.device)
-            y = torch.from_numpy(np.stack([w for _, w in pending for _ in range(m)])[:, None]).to(self.device)
-            for name, fn in metrics.items():
-                total[name] += fn(y_hat, y).double().cpu().numpy().reshape(len(pending), m).sum(axis=0)
-            pending.clear()
-
-        def add(rendered: np.ndarray, target: np.ndarray) -> None:
-            if pending and pending[0][1].shape != target.shape:
-                flush()
-            pending.append((rendered, target))
-            if len(pending) * m >= SCORE_BATCH:
-                flush()
-
-        rate = self.task.sample_rate
-        if dry is None:  # synth task: every window is one clip; the candidates do not change
-            synth = self._synthesise(presets)
-            for k, i in enumerate(use):
-                a, b = windows[i]
-                add(synth, wet[a:b])
-                if progress:
-                    progress((k + 1) / len(use))
-        elif engine == "pedalboard" and streamed:
-            for k, rendered in enumerate(pedalboard_windows(presets, dry, windows, rate)):
-                if k in used:
-                    a, b = windows[k]
-                    add(rendered, wet[a:b])
-                if progress:
-                    progress((k + 1) / len(windows))
-        elif engine == "pedalboard":
-            for k, (i, rendered) in enumerate(zip(use, pedalboard_prerolled(presets, dry, [windows[i] for i in use], rate))):
-                a, b = windows[i]
-                add(rendered, wet[a:b])
-                if progress:
-                    progress((k + 1) / len(use))
-        else:
-            for k, i in enumerate(use):
-                a, b = windows[i]
-                add(self._ddsp(presets, dry[a:b]), wet[a:b])
-                if progress:
-                    progress((k + 1) / len(use))
-        flush()
-        return {name: v / len(use) for name, v in total.items()}
-
-    def _synthesise(self, presets: Sequence) -> np.ndarray:
-        from afxest.engines import render_batch
-
-        return render_batch(presets, None, self.task.sample_rate, "ddsp", self.task.clip_samples)[:, 0]
-
-    def _ddsp(self, presets: Sequence, dry: np.ndarray) -> np.ndarray:
-        from afxest.engines import render_batch
-
-        return render_batch(presets, dry[None], self.task.sample_rate, "ddsp")[:, 0]
-
-    def search(self, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None, windows, use, options: EstimateOptions):
-        """:func:`afxest.search.search` from the candidates ``z`` (M, d): proposals scored by
-        the real renderer on :func:`search_windows`, the best refined through the
-        differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window)."""
-        import torch
-
-        from afxest import search as s
-        from afxest.objective import render_model
-
-        task = self.task
-        effort = s.EFFORTS[options.effort]
-        picks = search_windows(windows, use, effort.windows)
-        proposals = {"posterior": z}
-        if task.model.dim <= s.DESIGN_MAX_DIM:
-            proposals["design"] = s.design(task.model.dim, effort.design, options.seed)
-        if dry is not None and ANALYSIS_PROPOSALS:
-            spans = [windows[i] for i in picks]
-            ratio, weight = s.long_term_ratio_db(np.concatenate([dry[a:b] for a, b in spans]),
-                                                 np.concatenate([wet[a:b] for a, b in spans]))
-            proposals["analysis"] = s.fit_equaliser(task.model, z, ratio, weight, task.sample_rate)
-
-        def cheap(zs: np.ndarray) -> np.ndarray:
-            with torch.inference_mode():
-                return self.measure(self.presets(zs), wet, dry, windows, picks, "pedalboard", {"loss": self.loss_fn},
-                                    prerolled=True)["loss"]
-
-        # excerpts from a pre-roll before each window (zeros before the file's start: the real
-        # renders started from rest there too); none when every window starts the file
-        preroll = 0 if task.has_source or all(windows[i][0] == 0 for i in picks) else int(round(SEARCH_PREROLL_SECONDS * task.sample_rate))
-
-        def excerpts(signal: np.ndarray) -> Any:
-            padded = np.concatenate([np.zeros(preroll, np.float32), signal])
-            rows = [padded[windows[i][0] : windows[i][1] + preroll] for i in picks]
-            return torch.from_numpy(np.stack(rows)[:, None]).to(self.device)
-
-        return s.search(
-            proposals, cheap, lambda zs, x: render_model(task, zs, x), s.search_loss(self.loss_fn),
-            excerpts(wet), None if dry is None else excerpts(dry), effort,
-            max_steps=options.refine or None, skip=preroll,
-        )
-
-    # -- one file -------------------------------------------------------------------------
+        self.proposer = Proposer(model.estimator, model.kind == "posterior", self.device)
+        self.scorer = Scorer(self.task, self.device)
 
     def estimate(
         self,
@@ -672,157 +623,91 @@ class Analyser:
         progress: Callable[[float], None] | None = None,
     ) -> tuple[dict[str, Any], list, Signal | None]:
         """The estimate document of one wet file (nothing written), its presets by rank, and the
-        dry as read (for rendering the audio)."""
-        import torch
+        dry as read (for rendering the audio). The request is checked (:func:`check_request`)."""
+        check_request(self.task, dry_path is not None, options.refine, dry_path)
+        return self.analyse(wet_path, dry_path, options, progress)
 
-        task = self.task
-        report = progress or (lambda _f: None)
-        if options.refine and dry_path is None and not task.has_source:
-            raise UserError("--refine needs a dry file for an effect task (it improves the reconstruction of the wet)")
-        if dry_path is not None and task.has_source:
-            raise UserError(f"{dry_path}: the {task.name} model estimates a synth, which needs no dry file; leave out --dry")
-        wet = read_mono(wet_path, task.sample_rate)
-        if float(np.max(np.abs(wet.samples), initial=0.0)) < SILENT_PEAK:
-            raise UserError(f"{wet_path}: is silent (its mono mix peaks below -90 dBFS): nothing to estimate")
-        dry = None
-        frames = wet.samples.shape[0]
+    def analyse(
+        self,
+        wet_path: Path,
+        dry_path: Path | None,
+        options: EstimateOptions,
+        progress: Callable[[float], None] | None = None,
+    ) -> tuple[dict[str, Any], list, Signal | None]:
+        """:meth:`estimate` of a request already checked: read, window, propose, measure,
+        search, rank, and write the document down."""
+        task, report = self.task, progress or (lambda _f: None)
+        inputs = read_inputs(wet_path, dry_path, task)
         if self.device.type == "cpu":
-            inference_threads(wet.seconds)
-        if dry_path is not None:
-            dry = read_mono(dry_path, task.sample_rate)
-            gap = abs(wet.seconds - dry.seconds)
-            if gap > LENGTH_TOLERANCE_S:
-                raise UserError(
-                    f"{wet_path} ({wet.seconds:.3f} s at {wet.file_rate} Hz) and {dry_path} "
-                    f"({dry.seconds:.3f} s at {dry.file_rate} Hz) differ in length by {gap * 1000:.1f} ms "
-                    f"(at most {LENGTH_TOLERANCE_S * 1000:g} ms is accepted): pair each wet with the dry it was made from"
-                )
-            frames = min(frames, dry.samples.shape[0])
-        seconds = frames / task.sample_rate
-        if task.has_source and frames < task.clip_samples:
-            raise UserError(f"{wet_path}: is {seconds:.3f} s long; the {task.name} model needs at least {task.clip_seconds:g} s")
-        if not task.has_source and seconds < MIN_EFFECT_SECONDS:
-            raise UserError(f"{wet_path}: is {seconds:.3f} s long; at least {MIN_EFFECT_SECONDS:g} s is needed")
-        wet_x = wet.samples[:frames]
-        dry_x = None if dry is None else dry.samples[:frames]
-        windows = windows_of(frames, task)
-        use = _usable(wet_x, windows)
+            inference_threads(inputs.wet.seconds)
+        windows = windows_of(inputs.frames, task)
+        use = usable_windows(inputs.wet_x, windows)
         report(0.05)
-
-        generator = torch.Generator().manual_seed(options.seed)
-        with torch.inference_mode():
-            h = self.encode(wet_x, windows, use)
-            z, own_log_prob, entropy = self.propose(h, options.samples, generator)
-            # one window: the sampler's own log-density is the pooled one (exact: no inversion)
-            log_prob = own_log_prob if len(use) == 1 or own_log_prob is None else self.log_prob(z, h)
-        m = z.shape[0]
+        draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed)
         report(0.15)
-        presets = self.presets(z)
-        losses, matches, baseline = None, {}, None
-        reference = dry_x is not None or task.has_source
+        candidates = Candidates(draws.z, presets_of(task, draws.z), draws.log_prob)
+        reference = inputs.dry is not None or task.has_source
         searching = reference and options.refine != 0
-        metrics = self.match_metrics()
+        baseline, found = None, None
         if reference:
             ranked_by = task.loss
-            with torch.inference_mode():
-                matches = self.measure(
-                    presets, wet_x, dry_x, windows, use, options.engine, metrics,
-                    lambda f: report(0.15 + (0.2 if searching else 0.85) * f),
-                )
-                if dry_x is not None:
-                    baseline = self.baseline(wet_x, dry_x, windows, use, metrics)
-            losses = matches["loss"]
-        elif self.posterior:
+            candidates.matches, baseline = self._measure(candidates.presets, inputs, windows, use, options.engine,
+                                                         lambda f: report(0.15 + (0.2 if searching else 0.85) * f))
+        elif self.proposer.posterior:
             ranked_by = "log_prob"
         else:  # point estimates of several windows and no way to rank them: keep their medoid
             ranked_by = None
-            if m > 1:
-                distances = np.abs(z[:, None, :] - z[None, :, :]).sum(axis=(1, 2))
-                z = z[[int(np.argmin(distances))]]
-                presets = self.presets(z)
-                m = 1
-        refinement: dict[int, dict[str, Any]] = {}
+            if len(candidates.z) > 1:
+                z = candidates.z[[medoid(candidates.z)]]
+                candidates = Candidates(z, presets_of(task, z), candidates.log_prob)
         if searching:
-            found = self.search(z, wet_x, dry_x, windows, use, options)
-            new_presets = self.presets(found.z)
-            with torch.inference_mode():
-                new = self.measure(new_presets, wet_x, dry_x, windows, use, options.engine, metrics)
-                new_lp = self.log_prob(found.z, h) if self.posterior else None
-            for j in range(len(found.z)):
-                refinement[m + j] = {
-                    "steps": found.steps,
-                    "loss_before": _finite(found.loss_before[j]),
-                    "loss_after": _finite(new["loss"][j]),
-                    "applied": True,
-                    "proposal": found.origin[j],
-                }
-            z = np.concatenate([z, found.z])
-            presets += new_presets
-            matches = {k: np.concatenate([v, new[k]]) for k, v in matches.items()}
-            losses = matches["loss"]
-            if log_prob is not None:
-                log_prob = np.concatenate([log_prob, new_lp])
-            m = z.shape[0]
-        order = self._order(losses, log_prob, m)
+            found = search_candidates(self.scorer, candidates.z, inputs.wet_x, inputs.dry_x, windows, use, options)
+            candidates = self._add_found(candidates, found, draws.h, inputs, windows, use, options.engine)
+        order = candidates.order()
         report(1.0)
+        analysis = Analysis(wet_path, dry_path, inputs.frames, windows, use, candidates, ranked_by, draws.entropy,
+                            baseline, found)
+        return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry
 
-        d = task.model.dim
-        candidates = []
-        for rank, c in enumerate(order, start=1):
-            entry: dict[str, Any] = {
-                "rank": rank,
-                "loss": None if losses is None else _finite(losses[c]),
-                "log_prob": None if log_prob is None else _finite(float(log_prob[c])),
-                "preset": presets[c].to_dict(),
-                "audio": None,
+    def _measure(self, presets: Sequence, inputs: Inputs, windows, use, engine: str,
+                 progress: Callable[[float], None]) -> tuple[dict[str, np.ndarray], dict[str, float | None] | None]:
+        """Each metric of :meth:`afxest.scoring.Scorer.match_metrics` of the presets against the
+        wet, (M,) each, and the baseline (the dry's own match; None for a synth)."""
+        import torch
+
+        metrics = self.scorer.match_metrics()
+        with torch.inference_mode():
+            matches = self.scorer.measure(presets, inputs.wet_x, inputs.dry_x, windows, use, engine, metrics, progress)
+            if inputs.dry is None:
+                return matches, None
+            return matches, self.scorer.baseline(inputs.wet_x, inputs.dry_x, windows, use, metrics)
+
+    def _add_found(self, candidates: Candidates, found, h, inputs: Inputs, windows, use, engine: str) -> Candidates:
+        """The candidates followed by the search's, measured like them, each with its record."""
+        import torch
+
+        presets = presets_of(self.task, found.z)
+        with torch.inference_mode():
+            new = self.scorer.measure(presets, inputs.wet_x, inputs.dry_x, windows, use, engine,
+                                      self.scorer.match_metrics())
+            new_lp = self.proposer.log_prob(found.z, h) if self.proposer.posterior else None
+        m = len(candidates.z)
+        refinement = dict(candidates.refinement)
+        for j in range(len(found.z)):
+            refinement[m + j] = {
+                "steps": found.steps,
+                "loss_before": finite(found.loss_before[j]),
+                "loss_after": finite(new["loss"][j]),
+                "applied": True,
+                "proposal": found.origin[j],
             }
-            for k in ("si_sdr", "log_mel"):
-                if k in matches:
-                    entry[k] = _finite(float(matches[k][c]))
-            if c in refinement:
-                entry["refinement"] = refinement[c]
-            candidates.append(entry)
-        document = {
-            "format": ESTIMATE_FORMAT,
-            "task": task.name,
-            "model": {"name": self.model.name, "sha256": self.model.sha256},
-            "wet": str(wet_path),
-            "dry": None if dry_path is None else str(dry_path),
-            "sample_rate": task.sample_rate,
-            "ranked_by": ranked_by,
-            "entropy_bits_per_dim": None if entropy is None else _finite(entropy / (d * math.log(2))),
-            "candidates": candidates,
-            "baseline": baseline,
-            "summary": summary([presets[c] for c in order], task),
-            "analysis": {
-                "estimator": self.model.kind,
-                "engine": options.engine if dry_x is not None else None,
-                "seed": options.seed,
-                "seconds": frames / task.sample_rate,
-                "window_seconds": task.clip_seconds,
-                "windows": len(windows),
-                "windows_used": len(use),
-                "windows_scored": len(scored_windows(use)) if losses is not None else 0,
-                "refine_steps": found.steps if searching else 0,
-                "search": None if not searching else {
-                    "effort": options.effort,
-                    "proposals": found.proposals,
-                    "windows": found.windows,
-                    "step_cap": found.step_cap,
-                },
-            },
-        }
-        return document, [presets[c] for c in order], dry
-
-    @staticmethod
-    def _order(losses, log_prob, m: int) -> list[int]:
-        if losses is not None:
-            key = [(v if math.isfinite(v) else math.inf) for v in losses]
-            return sorted(range(m), key=lambda i: (key[i], i))
-        if log_prob is not None:
-            key = [(float(v) if math.isfinite(float(v)) else -math.inf) for v in log_prob]
-            return sorted(range(m), key=lambda i: (-key[i], i))
-        return list(range(m))
+        return Candidates(
+            np.concatenate([candidates.z, found.z]),
+            candidates.presets + presets,
+            None if candidates.log_prob is None else np.concatenate([candidates.log_prob, new_lp]),
+            {k: np.concatenate([v, new[k]]) for k, v in candidates.matches.items()},
+            refinement,
+        )
 
 
 def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
@@ -884,6 +769,47 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
                     fh.write_frames(sink, y.T)
 
 
+def planned_names(task, options: EstimateOptions) -> list[str]:
+    """Every file an estimate with ``options`` may write in its folder: estimate.json, the audio
+    of as many candidates as it can have, and the figure."""
+    from afxest.search import DESIGN_MAX_DIM, EFFORTS
+
+    effort = EFFORTS[options.effort]
+    # the search's candidates
+    found = 0 if options.refine == 0 else effort.keep_design if task.model.dim <= DESIGN_MAX_DIM else effort.keep
+    m_max = 1 if options.audio == "top" else options.samples + found if options.audio == "all" else 0
+    names = ["estimate.json"] + [_audio_name(k) for k in range(1, m_max + 1)]
+    if options.plot:
+        from afxest.figures import ESTIMATE_PLOT
+
+        names.append(ESTIMATE_PLOT)
+    return names
+
+
+def audio_ranks(presets: Sequence, dry: Signal | None, job: Job, options: EstimateOptions, task) -> tuple[list[int], list[str]]:
+    """The ranks whose audio is written (``options.audio``; none when there is nothing to render
+    on), and a warning for those a dry file's rate cannot render (a cutoff above its Nyquist
+    frequency), which are left out."""
+    can_render = dry is not None or task.has_source
+    count = 0 if not can_render else {"top": 1, "all": len(presets), "none": 0}[options.audio]
+    ranks = list(range(1, count + 1))
+    if dry is None:
+        return ranks, []
+    problems = {}
+    for rank in ranks:
+        try:
+            presets[rank - 1].check_sample_rate(dry.file_rate, f"candidate {rank}")
+        except UserError as err:
+            problems[rank] = str(err)
+    if not problems:
+        return ranks, []
+    first = next(iter(problems.values()))
+    return [r for r in ranks if r not in problems], [
+        f"{job.dry}: no audio for candidate{'s' * (len(problems) > 1)} {', '.join(map(str, problems))}: "
+        f"it cannot be rendered at the dry file's {dry.file_rate} Hz ({first})"
+    ]
+
+
 def estimate_file(
     estimator: Analyser,
     job: Job,
@@ -893,51 +819,34 @@ def estimate_file(
 ) -> EstimateResult:
     """Estimate one file and write ``out_dir/<wet stem>/estimate.json`` and its audio.
 
-    Every check (inputs, lengths, existing outputs) comes before the first write. The files are
-    one :class:`afxest.audio.OutputSet`: staged, then published together, so an interrupted or
-    failed run leaves nothing, never audio or a figure (``--plot``) without its estimate. A candidate that cannot be
-    rendered at the dry file's own rate (a cutoff above its Nyquist frequency) gets no audio
-    and a warning; the estimate is still written.
+    The request must have passed :func:`check_request` (and, with ``--plot``,
+    :func:`afxest.figures.require_matplotlib`), as the command line does once for the batch.
+    Every other check (inputs, lengths, existing outputs) comes before the first write. The
+    files are one :class:`afxest.audio.OutputSet`: staged, then published together, so an
+    interrupted or failed run leaves nothing, never audio or a figure (``--plot``) without its
+    estimate. A candidate that cannot be rendered at the dry file's own rate (a cutoff above
+    its Nyquist frequency) gets no audio and a warning; the estimate is still written.
     """
     if job.problem:
         raise UserError(job.problem)
     folder = Path(out_dir) / job.wet.stem
-    inputs = [p for p in (job.wet, job.dry) if p is not None]
-    from afxest.search import DESIGN_MAX_DIM, EFFORTS
-
-    effort = EFFORTS[options.effort]
-    # the search's candidates
-    found = 0 if options.refine == 0 else effort.keep_design if estimator.task.model.dim <= DESIGN_MAX_DIM else effort.keep
-    m_max = 1 if options.audio == "top" else options.samples + found if options.audio == "all" else 0
-    names = ["estimate.json"] + [_audio_name(k) for k in range(1, m_max + 1)]
-    if options.plot:
-        from afxest.figures import ESTIMATE_PLOT, require_matplotlib
-
-        require_matplotlib()
-        names.append(ESTIMATE_PLOT)
-    earlier = [p for p in _set_files(folder) if p.name not in names]
-    _check_outputs(folder, names + [p.name for p in earlier], inputs, options.force)
-    document, presets, dry = estimator.estimate(job.wet, job.dry, options, progress)
+    names = planned_names(estimator.task, options)
+    earlier = [p.name for p in _set_files(folder) if p.name not in names]
+    _check_outputs(folder, names + earlier, [p for p in (job.wet, job.dry) if p is not None], options.force)
+    document, presets, dry = estimator.analyse(job.wet, job.dry, options, progress)
     warnings = meaningless_ranking(document, job, dry)
-    task = estimator.task
-    can_render = dry is not None or task.has_source
-    count = 0 if not can_render else {"top": 1, "all": len(presets), "none": 0}[options.audio]
-    ranks = list(range(1, count + 1))
-    if dry is not None:
-        problems = {}
-        for rank in ranks:
-            try:
-                presets[rank - 1].check_sample_rate(dry.file_rate, f"candidate {rank}")
-            except UserError as err:
-                problems[rank] = str(err)
-        if problems:
-            ranks = [r for r in ranks if r not in problems]
-            first = next(iter(problems.values()))
-            warnings.append(
-                f"{job.dry}: no audio for candidate{'s' * (len(problems) > 1)} {', '.join(map(str, problems))}: "
-                f"it cannot be rendered at the dry file's {dry.file_rate} Hz ({first})"
-            )
+    ranks, unrendered = audio_ranks(presets, dry, job, options, estimator.task)
     make_folder(out_dir)
+    written = publish_estimate(folder, job, document, presets, ranks, options, estimator.task)
+    return EstimateResult(job.wet, folder, document, written, warnings + unrendered)
+
+
+def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: Sequence, ranks: Sequence[int],
+                     options: EstimateOptions, task) -> list[Path]:
+    """Write the audio of ``ranks``, the figure (``options.plot``) and the document (its
+    ``audio`` and ``plot`` entries filled in) into ``folder`` as one
+    :class:`afxest.audio.OutputSet`, replacing an earlier estimate's files; returns the files
+    written. Nothing is left behind on failure."""
     staged = OutputSet(folder)
     try:
         for rank in ranks:
@@ -947,18 +856,17 @@ def estimate_file(
         if options.plot:
             from afxest.figures import ESTIMATE_PLOT, plot_estimate
 
-            wet = None if dry is not None else read_mono(job.wet, task.sample_rate).samples
+            wet = None if job.dry is not None else read_mono(job.wet, task.sample_rate).samples
             plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet)
             document["plot"] = ESTIMATE_PLOT
         atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
         # --force replaces the whole estimate: audio of an earlier run's ranks this run did not
         # render (or its figure) would otherwise sit beside a document that no longer describes it
         keep = {_audio_name(rank) for rank in ranks} | ({document["plot"]} if document["plot"] else set())
-        written = staged.publish("estimate.json", [p for p in _set_files(folder) if p.name not in keep])
+        return staged.publish("estimate.json", [p for p in _set_files(folder) if p.name not in keep])
     except BaseException:
         staged.discard()
         raise
-    return EstimateResult(job.wet, folder, document, written, warnings)
 
 
 def meaningless_ranking(document: dict[str, Any], job: Job, dry: Signal | None) -> list[str]:

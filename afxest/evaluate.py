@@ -539,7 +539,7 @@ def refine_candidates(plan: Plan, z: np.ndarray, wet: np.ndarray, dry: np.ndarra
     wet (1, T), the dry (1, T) known (None: a synth); each candidate's best iterate, (K, d)."""
     import torch
 
-    from afxest.objective import render_model
+    from afxest.engines import render_model
     from afxest.search import refine
 
     def batch(signal: np.ndarray):

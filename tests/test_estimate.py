@@ -251,7 +251,9 @@ def test_long_stereo_file_is_analysed_in_windows(
     dry = np.stack([x, 0.5 * x])
     wet_path = write(tmp_path / "long.flac", shelf(dry, rate), rate)  # FLAC: another format
     dry_path = write(tmp_path / "long-dry.wav", dry, rate)
-    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5 * 8192)  # several blocks (pedalboard's buffer multiple)
+    # several blocks (pedalboard's buffer multiple), in reading and in rendering
+    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5 * 8192)
+    monkeypatch.setattr("afxest.scoring.READ_BLOCK", 5 * 8192)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     code, out, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", models["eq"], "-o", out_dir,
@@ -517,11 +519,11 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import afxest.estimate
+    import afxest.scoring
 
     wet, dry = pair
     other = write(tmp_path / "other.wav", read_audio(wet)[0], SR)
-    original = afxest.estimate.Analyser.measure
+    original = afxest.scoring.Scorer.measure
 
     calls = []
 
@@ -531,7 +533,7 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
             raise RuntimeError("boom")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(afxest.estimate.Analyser, "measure", failing)
+    monkeypatch.setattr(afxest.scoring.Scorer, "measure", failing)
     code, out, err = run(capsys, "estimate", wet, other, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
                          "--json", "--samples", 2)
     assert code == 1
@@ -558,9 +560,75 @@ def test_console_script_imports_neither_nnaudio_nor_scipy(
     assert result.stdout.strip() == "0 []", result.stderr
 
 
+def test_windows_cover_an_effect_file_and_whole_clips_of_a_synth() -> None:
+    """Windows worked out by hand: an effect task's last window takes the remainder (a file
+    shorter than a clip is one window); a synth task uses whole clips, the remainder unused."""
+    from afxest.scoring import windows_of
+
+    clip = 110250  # eq: 5 s at 22050 Hz
+    assert windows_of(2 * clip + 7, TASKS["eq"]) == [(0, clip), (clip, 2 * clip + 7)]
+    assert windows_of(clip - 1, TASKS["eq"]) == [(0, clip - 1)]
+    tone = 5512  # fm: 0.125 s at 44100 Hz, rounded half to even
+    assert windows_of(3 * tone - 1, TASKS["fm"]) == [(0, tone), (tone, 2 * tone)]
+
+
+def test_quiet_windows_are_skipped_but_the_loudest_is_always_used() -> None:
+    """Constant windows, whose RMS is their level: -60 dBFS is the threshold."""
+    from afxest.scoring import usable_windows
+
+    levels_db = [-20.0, -200.0, -70.0, -59.0]
+    wet = np.concatenate([np.full(100, 10 ** (db / 20), np.float32) for db in levels_db])
+    windows = [(100 * i, 100 * (i + 1)) for i in range(4)]
+    assert usable_windows(wet, windows) == [0, 3]
+    assert usable_windows(wet[100:300], [(0, 100), (100, 200)]) == [1]  # both quiet: the louder
+
+
+def test_search_windows_are_spread_over_the_most_common_length() -> None:
+    from afxest.scoring import search_windows
+
+    windows = [(0, 10), (10, 20), (20, 30), (30, 40), (40, 55)]
+    assert search_windows(windows, [0, 1, 2, 3, 4], 2) == [0, 2]  # length 10: [0, 1, 2, 3]
+    assert search_windows(windows, [1, 3, 4], 9) == [1, 3]
+
+
+def test_search_excerpts_start_a_preroll_before_each_window() -> None:
+    from afxest.estimate import search_excerpts
+
+    x = np.arange(1, 11, dtype=np.float32)
+    rows = search_excerpts(x, [(0, 3), (5, 8)], 2, "cpu")
+    assert rows.shape == (2, 1, 5)
+    np.testing.assert_array_equal(rows[:, 0].numpy(), [[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
+
+
+def test_candidates_rank_by_loss_then_log_density_non_finite_last() -> None:
+    from afxest.estimate import Candidates, medoid
+
+    z = np.zeros((4, 2))
+    by_loss = Candidates(z, [None] * 4, np.array([9.0, 8.0, 7.0, 6.0]), {"loss": np.array([2.0, np.nan, 1.0, 1.0])})
+    assert by_loss.order() == [2, 3, 0, 1]  # the loss wins over the density; ties as made
+    by_density = Candidates(z, [None] * 4, np.array([-1.0, np.nan, 3.0, 3.0]))
+    assert by_density.order() == [2, 3, 0, 1]
+    assert Candidates(z, [None] * 4, None).order() == [0, 1, 2, 3]
+    # summed L1 distances 11, 10 and 19 (the second point is nearest the others)
+    assert medoid(np.array([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])) == 1
+
+
+def test_a_library_call_is_refused_what_the_command_line_refuses() -> None:
+    """The request checks of the command line, with the dry file named for a library call."""
+    from afxest.errors import UserError
+    from afxest.estimate import check_request
+
+    with pytest.raises(UserError, match=r"^d\.wav: the fm model estimates a synth, which needs no dry file"):
+        check_request(TASKS["fm"], True, None, Path("d.wav"))
+    with pytest.raises(UserError, match=r"^--refine needs a dry file for an effect task"):
+        check_request(TASKS["eq"], False, 3)
+    check_request(TASKS["eq"], False, 0)
+    check_request(TASKS["fm"], False, 3)
+
+
 def test_streamed_pedalboard_windows_are_slices_of_one_call() -> None:
     """The scored audio is exactly pedalboard on the whole dry, decaying tails included."""
-    from afxest.estimate import pedalboard_windows, windows_of
+    from afxest.scoring import pedalboard_windows, windows_of
     from afxest.presets import parse_preset
 
     x = music(11.5)
@@ -583,12 +651,12 @@ def test_long_files_are_ranked_on_spread_prerolled_windows(
     """More usable windows than SCORE_WINDOWS: candidates are scored on that many windows spread
     over the file, each rendered from a pre-roll; the loss equals the task loss of slices of
     pedalboard applied to the whole dry (reference_render) to float32 precision."""
-    from afxest.estimate import scored_windows
+    from afxest.scoring import scored_windows
 
     assert scored_windows(list(range(10)), 4) == [0, 3, 6, 9]
     assert scored_windows([2, 5], 4) == [2, 5] and scored_windows(list(range(5)), 1) == [2]
-    monkeypatch.setattr("afxest.estimate.SCORE_WINDOWS", 2)
-    monkeypatch.setattr("afxest.estimate.SCORE_PREROLL_SECONDS", 2.0)
+    monkeypatch.setattr("afxest.scoring.SCORE_WINDOWS", 2)
+    monkeypatch.setattr("afxest.scoring.SCORE_PREROLL_SECONDS", 2.0)
     x = music(20.0)  # four 5 s windows, all usable
     dry = write(tmp_path / "d.wav", x, SR)
     wet = write(tmp_path / "w.wav", shelf(x, SR), SR)

@@ -1,0 +1,279 @@
+"""Windows of a recording, and candidates measured against the wet on them (``afxest estimate``).
+
+An estimate analyses the wet in windows of the task's clip length (:func:`windows_of`), skips
+the quiet ones (:func:`usable_windows`), ranks candidates on at most :data:`SCORE_WINDOWS` of
+the rest spread over the file (:func:`scored_windows`) and searches on a few of equal length
+(:func:`search_windows`).
+
+:class:`Scorer` renders candidates on those windows and measures them against the wet with the
+task's loss (the ranking), SI-SDR and the log-mel distance (DAFx 2025, Eq. 16), each the mean
+over the scored windows. One renderer per case, each a generator of rendered windows:
+
+* a synth task: the synthesised candidates, the same for every window (:meth:`Scorer._synthesise`);
+* pedalboard, streamed: one plugin chain per candidate through the whole dry
+  (:func:`pedalboard_windows`), so the windows are slices of pedalboard on the whole file;
+* pedalboard, pre-rolled: each window rendered afresh from :data:`SCORE_PREROLL_SECONDS`
+  before it (:func:`pedalboard_prerolled`), for files with more usable windows than are scored;
+* afxest's differentiable processors (``ddsp``): each window rendered from rest
+  (:meth:`Scorer._ddsp`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from afxest.engines import board
+
+# frames per soundfile read: a multiple of pedalboard's internal buffer (8192), so that streamed
+# rendering splits the signal where a one-shot call does (JUCE's filters flush denormal state at
+# buffer ends: other splits differ from one-shot output by ~1e-26 in decaying tails)
+READ_BLOCK = 8 * 8192
+QUIET_WINDOW_RMS = 10 ** (-60 / 20)  # windows below -60 dBFS RMS are not analysed
+SCORE_BATCH = 32  # rendered items per loss evaluation
+# Candidates are ranked on at most SCORE_WINDOWS usable windows spread evenly over the file (a
+# minute of audio), so ranking costs the same for a 10-minute file as for a 1-minute one. When a
+# file has more usable windows than that, each scored window is rendered by pedalboard from
+# SCORE_PREROLL_SECONDS before its start (its plugins' state has settled by then: IIR tails and
+# a compressor's envelope forget their start exponentially), instead of streaming the whole file.
+SCORE_WINDOWS = 12
+SCORE_PREROLL_SECONDS = 5.0
+
+Windows = Sequence[tuple[int, int]]  # (start, stop) of each window, in samples at the task's rate
+# what a renderer yields: the window's index (None: rendered on the way, not scored), the
+# candidates' rendering of it (M, T), and the fraction of the rendering done
+Rendered = Iterator[tuple[int | None, np.ndarray, float]]
+
+
+# ---------------------------------------------------------------------------------------------
+# windows
+
+
+def windows_of(frames: int, task) -> list[tuple[int, int]]:
+    """Analysis windows (start, stop) of a signal of ``frames`` samples at the task's rate.
+
+    Effect tasks: consecutive clips, the last one extended to the end (so windows cover the
+    whole signal; a signal shorter than a clip is one window). Synth tasks: whole clips only.
+    """
+    clip = task.clip_samples
+    if task.has_source:
+        return [(i * clip, (i + 1) * clip) for i in range(frames // clip)]
+    n = max(1, frames // clip)
+    windows = [(i * clip, (i + 1) * clip) for i in range(n)]
+    windows[-1] = (windows[-1][0], frames)
+    return windows
+
+
+def usable_windows(wet: np.ndarray, windows: Windows) -> list[int]:
+    """The windows analysed: those whose RMS (float64) is at least :data:`QUIET_WINDOW_RMS`,
+    and the loudest one in any case, in order."""
+    rms = np.array([np.sqrt(np.mean(np.square(wet[a:b], dtype=np.float64))) for a, b in windows])
+    usable = [i for i, r in enumerate(rms) if r >= QUIET_WINDOW_RMS]
+    loudest = int(np.argmax(rms))
+    if loudest not in usable:
+        usable = sorted(usable + [loudest])
+    return usable
+
+
+def scored_windows(use: Sequence[int], limit: int | None = None) -> list[int]:
+    """The usable windows candidates are ranked on: all of them, or ``limit`` (default
+    :data:`SCORE_WINDOWS`) spread evenly from the first to the last."""
+    limit = SCORE_WINDOWS if limit is None else limit
+    if len(use) <= limit:
+        return list(use)
+    if limit == 1:
+        return [use[len(use) // 2]]
+    return [use[round(j * (len(use) - 1) / (limit - 1))] for j in range(limit)]
+
+
+def search_windows(windows: Sequence[tuple[int, int]], use: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` usable windows of the most common length (so they stack), evenly spread."""
+    lengths: dict[int, list[int]] = {}
+    for i in use:
+        lengths.setdefault(windows[i][1] - windows[i][0], []).append(i)
+    ids = max(lengths.values(), key=len)
+    n = min(n, len(ids))
+    return [ids[(j * len(ids)) // n] for j in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# renderers
+
+
+def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
+    """Yield each window of every preset's pedalboard rendering of ``dry`` (frames,), (M, T).
+
+    One plugin chain per preset streams through the whole signal in blocks of READ_BLOCK from
+    the start (state carried over, blocks on pedalboard's own 8192-sample grid), so the windows
+    are exactly slices of ``pedalboard`` applied to the whole signal in one call. Windows must
+    be consecutive; at most a window and a block per preset are held."""
+    boards = [board(p) for p in presets]
+    done, start = 0, 0  # rendered up to `done`; `held` starts at `start`
+    held = np.zeros((len(boards), 0), np.float32)
+    for a, b in windows:
+        while done < b:
+            x = dry[None, done : min(done + READ_BLOCK, dry.shape[0])]
+            block = np.stack([chain(x, float(rate), reset=False)[0] for chain in boards])
+            held = np.concatenate([held, block], axis=1)
+            done += x.shape[1]
+        yield held[:, a - start : b - start]
+        held, start = held[:, b - start :], b
+
+
+def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
+    """Yield each window of every preset's pedalboard rendering, (M, T), each rendered afresh
+    from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
+    boards = [board(p) for p in presets]
+    preroll = int(round(SCORE_PREROLL_SECONDS * rate))
+    for a, b in windows:
+        start = max(0, a - preroll)
+        x = dry[None, start:b]
+        yield np.stack([chain(x, float(rate))[0, a - start :] for chain in boards])
+
+
+def _streamed(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:
+    """:func:`pedalboard_windows` through every window, the ``use`` ones scored."""
+    used = set(use)
+    for k, rendered in enumerate(pedalboard_windows(presets, dry, windows, rate)):
+        yield (k if k in used else None), rendered, (k + 1) / len(windows)
+
+
+def _prerolled(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:
+    """:func:`pedalboard_prerolled` on the ``use`` windows."""
+    for k, (i, rendered) in enumerate(zip(use, pedalboard_prerolled(presets, dry, [windows[i] for i in use], rate))):
+        yield i, rendered, (k + 1) / len(use)
+
+
+# ---------------------------------------------------------------------------------------------
+# measuring
+
+
+def finite(x: float | None) -> float | None:
+    """``x`` as a float, or None when it is None, NaN or infinite (a JSON document's value)."""
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class _Sums:
+    """Sums over windows of each metric (y_hat, y) -> (batch,) of M candidates, (M,) float64,
+    evaluated :data:`SCORE_BATCH` rendered items at a time (windows of one length per batch)."""
+
+    def __init__(self, metrics: dict[str, Callable], m: int, device: Any) -> None:
+        self.metrics, self.m, self.device = metrics, m, device
+        self.total = {name: np.zeros(m) for name in metrics}
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rendered (M, T), wet (T,))
+
+    def add(self, rendered: np.ndarray, target: np.ndarray) -> None:
+        if self.pending and self.pending[0][1].shape != target.shape:
+            self.flush()
+        self.pending.append((rendered, target))
+        if len(self.pending) * self.m >= SCORE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        import torch
+
+        if not self.pending:
+            return
+        m, pending = self.m, self.pending
+        y_hat = torch.from_numpy(np.concatenate([r for r, _ in pending])[:, None]).to(self.device)
+        y = torch.from_numpy(np.stack([w for _, w in pending for _ in range(m)])[:, None]).to(self.device)
+        for name, fn in self.metrics.items():
+            self.total[name] += fn(y_hat, y).double().cpu().numpy().reshape(len(pending), m).sum(axis=0)
+        pending.clear()
+
+
+class Scorer:
+    """Candidates of one task rendered on the windows of a dry (or synthesised) and measured
+    against the wet, on ``device``: the task's loss is :attr:`loss_fn`."""
+
+    def __init__(self, task, device: Any) -> None:
+        from afxest.objective import task_loss
+
+        self.task, self.device = task, device
+        self.loss_fn = task_loss(task, device)
+        self._metrics: dict[str, Callable] | None = None
+
+    def match_metrics(self) -> dict[str, Callable]:
+        """What each rendered candidate is measured by against the wet: the task's loss (the
+        ranking), SI-SDR (dB) and the log-mel distance (DAFx 2025 Eq. 16)."""
+        from afxest import losses
+
+        if self._metrics is None:
+            mel = self.loss_fn if self.task.loss == "log_mel" else losses.LogMelLoss(self.task.sample_rate).to(self.device)
+            self._metrics = {"loss": self.loss_fn, "si_sdr": losses.si_sdr, "log_mel": mel}
+        return self._metrics
+
+    def baseline(self, wet: np.ndarray, dry: np.ndarray, windows: Windows, use: Sequence[int],
+                 metrics: dict[str, Callable]) -> dict[str, float | None]:
+        """The dry's own distance to the wet (each metric, mean over the scored windows)."""
+        import torch
+
+        values: dict[str, list[float]] = {name: [] for name in metrics}
+        for i in scored_windows(use):
+            a, b = windows[i]
+            pair = [torch.from_numpy(np.ascontiguousarray(x[a:b]))[None, None].to(self.device) for x in (dry, wet)]
+            for name, fn in metrics.items():
+                values[name].append(float(fn(*pair)[0]))
+        return {name: finite(float(np.mean(v))) for name, v in values.items()}
+
+    def measure(
+        self,
+        presets: Sequence,
+        wet: np.ndarray,
+        dry: np.ndarray | None,
+        windows: Windows,
+        use: Sequence[int],
+        engine: str,
+        metrics: dict[str, Callable],
+        progress: Callable[[float], None] | None = None,
+        prerolled: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Mean over the scored windows (:func:`scored_windows` of the usable ones) of each
+        metric (y_hat, y) -> (batch,) of each preset, name -> (M,) float64. ``prerolled``:
+        render each window from :data:`SCORE_PREROLL_SECONDS` before it, never streaming."""
+        streamed = len(use) <= SCORE_WINDOWS and not prerolled  # stream the whole file, exact
+        use = scored_windows(use)
+        sums = _Sums(metrics, len(presets), self.device)
+        for i, rendered, done in self._renderings(presets, dry, windows, use, engine, streamed):
+            if i is not None:
+                a, b = windows[i]
+                sums.add(rendered, wet[a:b])
+            if progress:
+                progress(done)
+        sums.flush()
+        return {name: v / len(use) for name, v in sums.total.items()}
+
+    def _renderings(self, presets: Sequence, dry: np.ndarray | None, windows: Windows, use: Sequence[int],
+                    engine: str, streamed: bool) -> Rendered:
+        """The candidates rendered on the ``use`` windows by the renderer of this case."""
+        rate = self.task.sample_rate
+        if dry is None:  # synth task: every window is one clip; the candidates do not change
+            return self._synthesised(presets, use)
+        if engine == "pedalboard" and streamed:
+            return _streamed(presets, dry, windows, use, rate)
+        if engine == "pedalboard":
+            return _prerolled(presets, dry, windows, use, rate)
+        return self._differentiable(presets, dry, windows, use)
+
+    def _synthesised(self, presets: Sequence, use: Sequence[int]) -> Rendered:
+        synth = self._synthesise(presets)
+        for k, i in enumerate(use):
+            yield i, synth, (k + 1) / len(use)
+
+    def _differentiable(self, presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int]) -> Rendered:
+        for k, i in enumerate(use):
+            a, b = windows[i]
+            yield i, self._ddsp(presets, dry[a:b]), (k + 1) / len(use)
+
+    def _synthesise(self, presets: Sequence) -> np.ndarray:
+        from afxest.engines import render_batch
+
+        return render_batch(presets, None, self.task.sample_rate, "ddsp", self.task.clip_samples)[:, 0]
+
+    def _ddsp(self, presets: Sequence, dry: np.ndarray) -> np.ndarray:
+        from afxest.engines import render_batch
+
+        return render_batch(presets, dry[None], self.task.sample_rate, "ddsp")[:, 0]
