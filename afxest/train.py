@@ -63,7 +63,8 @@ INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a p
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
                "proxy", "proxy_sha256")
-BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None}  # runs from before --schedule, --proxy
+# what runs from before --schedule and --proxy stored instead of these keys
+BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None}
 
 
 @dataclass

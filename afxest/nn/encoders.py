@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 class ConvNeXtBlock1d(nn.Module):
     """Depthwise conv (k = 7) -> LayerNorm -> pointwise expand -> Swish -> pointwise -> layer
-    scale, with a residual connection (ConvNeXt, Liu et al. 2022, in 1-D)."""
+    scale, with a residual connection (ConvNeXt, Liu et al. 2022, in 1-D); ``expansion`` is the
+    width factor of the pointwise layers."""
 
     def __init__(self, channels: int, kernel_size: int = 7, expansion: int = 2) -> None:
         super().__init__()
