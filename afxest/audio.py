@@ -42,11 +42,10 @@ READ_FRAMES = 1 << 16  # frames per block when a whole file is read
 
 
 def open_audio(path: str | os.PathLike[str]):
-    """Open an audio file for reading (a ``soundfile.SoundFile``) after checking what its header
+    """Opens an audio file for reading (a ``soundfile.SoundFile``) after checking what its header
     promises against the file itself, before anything is allocated: a sample rate of at least
-    :data:`MIN_FILE_RATE`, and (WAV) a data chunk that the file really holds.
-
-    Raises UserError for a missing, unreadable, truncated or implausible file."""
+    :data:`MIN_FILE_RATE`, and (WAV) a data chunk that the file really holds. Raises
+    :class:`~afxest.errors.UserError` for a missing, unreadable, truncated or implausible file."""
     import soundfile
 
     path = Path(path)
@@ -125,12 +124,12 @@ def _wav_truncation(path: Path) -> str | None:
 
 
 def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Read an audio file as float32 (channels, frames) and its sample rate.
+    """Reads an audio file as float32 (channels, frames) and its sample rate.
 
     Integer formats are scaled to [-1, 1); float formats are returned unchanged, never clipped.
     The file is read block by block, so memory follows the audio really decoded, whatever the
-    header claims. Raises UserError for a missing, unreadable, empty, truncated or non-finite
-    file.
+    header claims. Raises :class:`~afxest.errors.UserError` for a missing, unreadable, empty,
+    truncated or non-finite file.
     """
     path = Path(path)
     with open_audio(path) as f:
@@ -148,7 +147,7 @@ RESAMPLER_QUALITY = {"best": "WindowedSinc256", "fast": "WindowedSinc32"}
 
 
 def resample(audio: np.ndarray, from_rate: float, to_rate: float, quality: str = "best") -> np.ndarray:
-    """Resample (channels, frames) audio with pedalboard's windowed-sinc resampler.
+    """Resamples (channels, frames) audio with pedalboard's windowed-sinc resampler.
 
     ``quality`` "best" uses 256 taps; "fast" 32 taps, 7x faster (used to cache training music,
     where its slightly wider transition band does not matter). The output has
@@ -180,14 +179,14 @@ def resample(audio: np.ndarray, from_rate: float, to_rate: float, quality: str =
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
-    """Mix (channels, frames) down to (1, frames) by averaging channels (the mid signal)."""
+    """Mixes (channels, frames) down to (1, frames) by averaging channels (the mid signal)."""
     return audio.mean(axis=0, keepdims=True)
 
 
 def check_out_dir(out: str | os.PathLike[str]) -> Path:
-    """Check an output folder before any work: an existing, writable folder, or a missing one
+    """Checks an output folder before any work: an existing, writable folder, or a missing one
     (which :func:`make_folder` creates with its parents when there is something to write) under
-    a writable folder."""
+    a writable folder; returns ``out`` as a Path."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: output must be a folder")
@@ -200,7 +199,7 @@ def check_out_dir(out: str | os.PathLike[str]) -> Path:
 
 
 def make_folder(path: str | os.PathLike[str]) -> Path:
-    """Create an output folder and its missing parents (nothing when it exists)."""
+    """Creates an output folder and its missing parents (nothing when it exists); returns its Path."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -215,9 +214,18 @@ def check_output_path(
     force: bool = False,
     suffixes: Iterable[str] | None = None,
 ) -> Path:
-    """Refuse an output path that would overwrite an input, or an existing file without force.
+    """Refuses an output path that would overwrite an input, or an existing file without force.
 
-    Call before any work so nothing is computed for an output that cannot be written.
+    Called before any work, so that nothing is computed for an output that cannot be written.
+
+    Arguments:
+        path: The output file.
+        inputs: The input files it must not overwrite.
+        force: Whether an existing file may be replaced.
+        suffixes: The allowed suffixes (lower case, with the dot); None allows any.
+
+    Returns:
+        ``path`` as a Path.
     """
     path = Path(path)
     if suffixes is not None and path.suffix.lower() not in suffixes:
@@ -244,7 +252,7 @@ _SAMPLE_BYTES = {"float": 4, "16": 2, "24": 3}
 
 
 def check_output_size(path: Path, frames: int, channels: int, bit_depth: str = "float") -> None:
-    """Refuse, before any work, a WAV output larger than the format can hold."""
+    """Refuses, before any work, a WAV output larger than the format can hold."""
     size = frames * channels * _SAMPLE_BYTES[bit_depth]
     if Path(path).suffix.lower() == ".wav" and size + 1024 > WAV_MAX_BYTES:
         raise UserError(
@@ -259,7 +267,7 @@ def write_audio(
     sample_rate: int,
     bit_depth: str = "float",
 ) -> WriteReport:
-    """Write (channels, frames) audio atomically as WAV or FLAC.
+    """Writes (channels, frames) audio atomically as WAV or FLAC.
 
     ``bit_depth`` is "float" (32-bit float WAV), "16" or "24" (PCM). A PCM write clips samples
     beyond [-1, 1]: their count is returned so the caller can warn. Callers check the path
@@ -303,7 +311,7 @@ def write_audio_blocks(
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text file atomically (temporary file in the same folder, then rename)."""
+    """Writes a text file atomically (temporary file in the same folder, then rename)."""
     with staged_file(Path(path)) as fh:
         fh.write(text.encode("utf-8"))
 
@@ -313,13 +321,15 @@ class StagedFile:
 
     libsndfile calls :meth:`write` through a cffi callback, where an exception (a full disk, a
     signal) would only print a traceback: it is kept instead, the write reports 0 bytes, and
-    :meth:`write_frames` raises the kept exception once libsndfile returns."""
+    :meth:`write_frames` raises the kept exception once libsndfile returns. ``raw`` is the
+    temporary file's binary file object."""
 
     def __init__(self, raw) -> None:
         self.raw = raw
         self.failure: BaseException | None = None
 
     def write(self, data: bytes) -> int:
+        """Writes ``data``; the number of bytes written, 0 once a write has failed (the failure kept)."""
         if self.failure is not None:
             return 0
         try:
@@ -338,20 +348,25 @@ class StagedFile:
         self.check()
 
     def check(self) -> None:
+        """Raises the kept write failure, if any (once)."""
         if self.failure is not None:
             failure, self.failure = self.failure, None
             raise failure
 
     def read(self, n: int = -1) -> bytes:
+        """The temporary file's ``read``."""
         return self.raw.read(n)
 
     def seek(self, offset: int, whence: int = 0) -> int:
+        """The temporary file's ``seek``."""
         return self.raw.seek(offset, whence)
 
     def tell(self) -> int:
+        """The temporary file's ``tell``."""
         return self.raw.tell()
 
     def flush(self) -> None:
+        """The temporary file's ``flush``."""
         self.raw.flush()
 
 
@@ -362,7 +377,7 @@ def _write_bytes(raw, data: bytes) -> int:
 
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """Write ``path`` atomically, the one way afxest writes a file: the block writes a binary
+    """Writes ``path`` atomically, the one way afxest writes a file: the block writes a binary
     file object, a temporary file in the same folder (:func:`temporary_in`), which is flushed to
     the disk, given the usual permissions and renamed onto ``path`` when the block succeeds, and
     removed when it fails. An OSError while writing (a full disk, a read-only file system)
@@ -408,7 +423,7 @@ TEMPORARY = re.compile(r"\.afxest-(?:(?P<pid>[0-9]+)-[a-z0-9_]+|[a-z0-9_]{8})\.p
 
 
 def temporary_in(folder: Path, make: Callable[..., Any] = tempfile.mkstemp) -> Any:
-    """Create a short-named temporary file in ``folder`` (same file system: atomic rename),
+    """Creates a short-named temporary file in ``folder`` (same file system: atomic rename),
     ``.afxest-<pid>-*.part`` after this process, once the temporaries that dead runs left there
     are swept; returns mkstemp's (descriptor, path), or the path of a folder for ``make``
     ``tempfile.mkdtemp``."""
@@ -420,7 +435,7 @@ def temporary_in(folder: Path, make: Callable[..., Any] = tempfile.mkstemp) -> A
 
 
 def sweep_temporaries(folder: Path) -> None:
-    """Remove the ``.afxest-<pid>-*.part`` files and folders in ``folder`` whose process is
+    """Removes the ``.afxest-<pid>-*.part`` files and folders in ``folder`` whose process is
     gone (killed before it could clean up), and those of versions without a pid in the name."""
     try:
         names = os.listdir(folder)
@@ -438,6 +453,7 @@ def sweep_temporaries(folder: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run (this one, or one we may not signal, counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -450,10 +466,12 @@ def _alive(pid: int) -> bool:
 
 
 def _reason(err: OSError) -> str:
+    """The short reason of an OSError for a one-line message (its strerror when it has one)."""
     return err.strerror or shortened(str(err)) or err.__class__.__name__
 
 
 def _permissions(path: str | Path, mode: int) -> None:
+    """Sets ``path``'s mode to ``mode`` less the process's umask, as a newly created file gets it."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, mode & ~umask)
@@ -479,7 +497,7 @@ class OutputSet:
         return self.stage / name
 
     def publish(self, marker: str, obsolete: Iterable[Path] = ()) -> list[Path]:
-        """Publish the staged files (``marker`` last) and remove ``obsolete`` files of an
+        """Publishes the staged files (``marker`` last) and remove ``obsolete`` files of an
         earlier set; returns the published paths."""
         from afxest.interrupt import deferred
 
@@ -502,5 +520,5 @@ class OutputSet:
         return [self.folder / n for n in names]
 
     def discard(self) -> None:
-        """Remove the staging folder and everything in it."""
+        """Removes the staging folder and everything in it."""
         shutil.rmtree(self.stage, ignore_errors=True)

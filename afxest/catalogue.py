@@ -73,6 +73,7 @@ class ProcessorType:
     short: str
 
     def param(self, name: str) -> Param:
+        """The parameter ``name`` of this type; KeyError when it has none."""
         for p in self.params:
             if p.name == name:
                 return p

@@ -16,7 +16,7 @@ CHECKPOINT_FORMAT = "afxest-checkpoint/1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save, atomically (:func:`afxest.audio.atomic_output`)."""
+    """Saves ``payload`` with ``torch.save``, atomically (:func:`afxest.audio.atomic_output`)."""
     import torch
 
     from afxest.audio import atomic_output
@@ -28,7 +28,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 def load_checkpoint(
     path: Path, map_location: Any = "cpu", fmt: str = CHECKPOINT_FORMAT, kind: str = "checkpoint", hint: str = ""
 ) -> dict[str, Any]:
-    """Load a checkpoint of format ``fmt`` with ``weights_only=True``; one-line errors for bad
+    """Loads a checkpoint of format ``fmt`` with ``weights_only=True``; one-line errors for bad
     files, naming it a ``kind`` (``hint`` ends the wrong-format message)."""
     import torch
 

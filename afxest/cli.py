@@ -61,11 +61,14 @@ def _print_wide(renderable) -> None:
 
 
 def _version(value: bool) -> None:
+    """Prints the version and exits (the eager ``--version`` callback)."""
     if value:
         print(f"afxest {__version__}")
         raise typer.Exit()
 
 
+# The docstrings of the callback and of the commands below are their --help text, written as
+# command-line help is (imperative); changing them changes what users read.
 @app.callback(invoke_without_command=True)
 def _main(
     ctx: typer.Context,
@@ -392,7 +395,7 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: runs the app and maps every failure to an exit code and one line.
+    """Runs the app as the console entry point, mapping every failure to an exit code and one line.
 
     SIGINT and SIGTERM take one path (:mod:`afxest.interrupt`): exit 130 or 143, one line."""
     from afxest import interrupt
@@ -407,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interrupted(exc: BaseException) -> int:
+    """Prints the one line of an interruption and returns its exit code (130 SIGINT, 143 SIGTERM)."""
     from afxest.interrupt import exit_code_of
 
     code = exit_code_of(exc)
@@ -415,6 +419,8 @@ def _interrupted(exc: BaseException) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
+    """Runs the app on ``argv`` and returns the exit code: 2 and one line for bad usage or input,
+    1 for an internal failure (with a traceback when AFXEST_DEBUG is set)."""
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="afxest", standalone_mode=False)

@@ -41,7 +41,7 @@ def _position(relative_path: str) -> float:
 
 
 def split_of(relative_path: str) -> Split:
-    """Deterministic train/val/test assignment of a file by a hash of its relative path (80/10/10)."""
+    """The deterministic train/val/test assignment of a file by a hash of its relative path (80/10/10)."""
     u = _position(relative_path)
     for name, (lo, hi) in SPLIT_FRACTIONS.items():
         if lo <= u < hi:
@@ -87,6 +87,12 @@ class MusicFolder:
     Files are assigned to splits by :func:`folder_splits`, so a track is never in two splits.
     :meth:`prepare` decodes, mixes to mono and resamples each file once into the cache; later
     runs (and epochs) read the cache through memory maps.
+
+    Arguments:
+        root: The folder, searched recursively for files with one of ``AUDIO_SUFFIXES``.
+        sample_rate: The rate the tracks are resampled to.
+        split: The split to hold (``train``, ``val`` or ``test``).
+        min_seconds: The shortest track kept by :meth:`prepare`.
     """
 
     def __init__(self, root: Path, sample_rate: int, split: Split, min_seconds: float = 0.0) -> None:
@@ -106,7 +112,7 @@ class MusicFolder:
         self.tracks: list[Track] = []
 
     def prepare(self, progress: Callable[[int, int], None] | None = None) -> "MusicFolder":
-        """Decode every file of the split into the cache (once); returns self."""
+        """Decodes every file of the split into the cache (once); returns self."""
         folder = cache_dir() / "audio"
         folder.mkdir(parents=True, exist_ok=True)
         tracks = []
@@ -132,10 +138,12 @@ class MusicFolder:
 
     @property
     def seconds(self) -> float:
+        """The length of the prepared tracks together, in seconds."""
         return sum(t.frames for t in self.tracks) / self.sample_rate
 
     def shard(self, rank: int, world: int) -> "MusicFolder":
-        """Keep every ``world``-th track from ``rank`` (each data-parallel rank reads its own)."""
+        """Keeps every ``world``-th track from ``rank`` (each data-parallel rank reads its own);
+    returns self."""
         if world > 1 and len(self.tracks) >= world:
             self.tracks = self.tracks[rank::world]
         return self
@@ -203,6 +211,7 @@ class DrySource:
         self.sample_rate = sample_rate
 
     def excerpt(self, rng: np.random.Generator, frames: int) -> np.ndarray:
+        """A random excerpt of ``frames`` samples, float32 (frames,) (see :meth:`MusicFolder.excerpt`)."""
         if self.folder is None:
             return procedural_music(rng, frames, self.sample_rate)
         return self.folder.excerpt(rng, frames)
@@ -218,7 +227,7 @@ class Batch:
 
 
 def make_batch(task, source: DrySource | None, rng: np.random.Generator, size: int) -> Batch:
-    """Draw ``size`` items of ``task``: parameters uniform in [0, 1]^d, wet from pedalboard
+    """Draws ``size`` items of ``task``: parameters uniform in [0, 1]^d, wet from pedalboard
     (effect tasks) or from the synth (source tasks)."""
     from afxest.engines import render
 

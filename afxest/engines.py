@@ -26,12 +26,14 @@ if TYPE_CHECKING:
 
 
 def default_engine(preset: Preset) -> str:
-    """pedalboard when every effect has a pedalboard plugin, else ddsp."""
+    """The engine ``preset`` renders by when none is asked for: ``pedalboard`` when every effect
+    has a pedalboard plugin, else ``ddsp``."""
     return "pedalboard" if all(e.spec.plugin for e in preset.effects) else "ddsp"
 
 
 def render(preset: Preset, dry: np.ndarray | None, sample_rate: int, engine: str) -> np.ndarray:
-    """Apply ``preset`` to ``dry`` (or synthesise its source when dry is None) at ``sample_rate``.
+    """Applies ``preset`` to ``dry`` (channels, frames), or synthesises its source when ``dry`` is
+    None, at ``sample_rate`` by ``engine``; float32 (channels, frames).
 
     No normalisation anywhere: the output is exactly what the preset's processors produce.
     """
@@ -82,9 +84,19 @@ def render_source_blocks(preset: Preset, sample_rate: int, engine: str) -> Itera
 
 
 def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int, start: int = 0) -> Tensor:
-    """Synthesise a batch (batch, 1, frames) float32 tensor by source type ``kind``'s registry
-    function from physical ``params`` (each a (batch,) tensor or array, or a float shared by the
-    batch; ``duration_s`` is ignored: ``frames`` is the length), from sample ``start`` on."""
+    """Synthesises a batch of sounds by source type ``kind``'s registry function.
+
+    Arguments:
+        kind: The source type (``fm``).
+        params: The physical parameters by name, each a (batch,) tensor or array, or a float
+            shared by the batch; ``duration_s`` is ignored (``frames`` is the length).
+        frames: The number of samples.
+        sample_rate: The sample rate in Hz.
+        start: The index of the first sample.
+
+    Returns:
+        The sounds, a float32 tensor shaped (batch, 1, frames).
+    """
     import torch
 
     source = entry(kind)
@@ -114,7 +126,7 @@ DDSP_MAX_TAIL = 1 << 22  # samples: the longest biquad impulse response the ddsp
 
 
 def check_ddsp(preset: Preset, sample_rate: int) -> None:
-    """Refuse, before any work, a preset the ddsp engine cannot render at ``sample_rate``: it
+    """Refuses, before any work, a preset the ddsp engine cannot render at ``sample_rate``: it
     filters in the frequency domain with each biquad's whole impulse response, which a filter
     near its limits (a low cutoff at a high rate, a deep cut) makes minutes or hours long."""
     import torch
@@ -179,7 +191,7 @@ def _ddsp_batch(presets: Sequence[Preset], dry: np.ndarray | None, sample_rate: 
 def render_batch(
     presets: Sequence[Preset], dry: np.ndarray | None, sample_rate: int, engine: str, frames: int | None = None
 ) -> np.ndarray:
-    """Render each of ``presets`` on ``dry`` (channels, T) (None: each preset's source), cut or
+    """Renders each of ``presets`` on ``dry`` (channels, T) (None: each preset's source), cut or
     zero padded to ``frames`` (default: the dry's length, or the first preset's source's):
     (M, channels, frames) float32.
 
@@ -198,14 +210,22 @@ def render_batch(
 
 
 def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool = True, compressor=None) -> Tensor:
-    """Render normalised model parameters z (batch, d) of ``task`` with the differentiable
-    processors: on ``dry`` (batch, channels, T), or the task's synth (``task.clip_samples``).
+    """Renders normalised model parameters of ``task`` with the differentiable processors.
 
-    Args:
-        clip_gradient: the clipper straight-through (its output, a smooth gradient; training).
-        compressor: a proxy (x, threshold_db, ratio, attack_ms, release_ms) -> y
+    Arguments:
+        task: The task (:class:`afxest.tasks.Task`) whose model chain ``z`` parameterises.
+        z: The normalised model vectors, shaped (batch, d).
+        dry: The dry audio, shaped (batch, channels, T); None for a task with a synth, which
+            renders ``task.clip_samples`` samples.
+        clip_gradient: Whether the clipper renders straight-through (its output, a smooth
+            gradient; training).
+        compressor: A proxy (x, threshold_db, ratio, attack_ms, release_ms) -> y
             (:func:`afxest.nn.proxy.compressor_function`) that replaces the compressor entry's
             function for this render.
+
+    Returns:
+        The rendered audio, shaped like ``dry`` (with a synth: (batch, 1, ``task.clip_samples``)),
+        differentiable with respect to ``z``.
     """
     parts = task.model.split(z)
     if task.has_source:
@@ -218,7 +238,7 @@ def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool =
 
 
 def render_candidates(task: Any, z: np.ndarray, dry: np.ndarray | None, engine: str, compressor=None) -> np.ndarray:
-    """Render normalised model vectors z (n, d) of ``task`` on ``dry`` (1, T), or the task's
+    """Renders normalised model vectors z (n, d) of ``task`` on ``dry`` (1, T), or the task's
     synth (dry None), as numpy audio without gradients: (n, 1, frames) float32.
 
     ``pedalboard``: each vector's preset by :func:`render_batch` (the real plugins), cut or

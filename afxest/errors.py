@@ -13,7 +13,7 @@ class UserError(Exception):
 
 
 def brief(value: Any) -> str:
-    """``repr(value)`` :func:`shortened`, so that a hostile input cannot flood a message."""
+    """``repr(value)``, :func:`shortened`, so that a hostile input cannot flood a message."""
     try:
         return shortened(repr(value))
     except RecursionError:

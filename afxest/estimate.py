@@ -49,8 +49,9 @@ library call); the inputs are read and checked (:func:`read_inputs`); the wet is
 (:class:`afxest.propose.Proposer`); with a reference they are measured against the wet
 (:class:`afxest.scoring.Scorer`) and, unless ``refine`` is 0, searched from
 (:func:`search_candidates`); they are ranked (:meth:`Candidates.order`) and written down
-(:func:`estimate_document`, the one place of the document's shape). :func:`estimate_file` then writes the document and the audio as one set
-(:func:`publish_estimate`), and :func:`run_batch` goes through the files.
+(:func:`estimate_document`, the one place of the document's shape). :func:`estimate_file` then
+writes the document and the audio as one set (:func:`publish_estimate`), and :func:`run_batch`
+goes through the files.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Signal:
 
     @property
     def seconds(self) -> float:
+        """The file's length in seconds."""
         return self.file_frames / self.file_rate
 
 
@@ -132,6 +134,8 @@ class _StreamResampler:
         self.head = self._run(np.zeros(k, np.float32))
 
     def _run(self, x: np.ndarray | None) -> np.ndarray:
+        """The resampler's output for ``x`` (None: its last samples), less the samples still to
+        drop for the latency."""
         if x is None:
             y = self.resampler.process()
         else:
@@ -143,15 +147,18 @@ class _StreamResampler:
         return y
 
     def process(self, x: np.ndarray) -> np.ndarray:
+        """The output for the next block ``x`` (after the leading zeros' output, on the first call)."""
         head, self.head = self.head, None
         y = self._run(x)
         return y if head is None or head.size == 0 else np.concatenate([head, y])
 
     def finish(self) -> np.ndarray:
+        """The rest of the output: the latency flushed with zeros, then the resampler's last samples."""
         tail = self._run(np.zeros(self.latency + 1, np.float32))
         return np.concatenate([tail, self._run(None)])
 
     def frames_out(self, frames_in: int) -> int:
+        """The output length of ``frames_in`` input frames, as :func:`afxest.audio.resample` gives it."""
         return int(round(frames_in * self.to_rate / self.from_rate))
 
 
@@ -178,7 +185,7 @@ class _Buffer:
 
 
 def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_RESAMPLING) -> Signal:
-    """Read an audio file block by block, mixed to mono and resampled to ``rate`` as it goes.
+    """Reads an audio file block by block, mixed to mono and resampled to ``rate`` as it goes.
 
     Peak memory is the output (4 bytes per frame at ``rate``) plus one block, whatever the
     file's length, rate or channel count. The result equals
@@ -226,7 +233,7 @@ class Job:
 
 
 def pair_inputs(wets: Sequence[Path], drys: Sequence[Path]) -> list[Job]:
-    """Pair wet files with dry files: in order, one dry for every wet, or by file name stem when
+    """Pairs wet files with dry files: in order, one dry for every wet, or by file name stem when
     ``drys`` is a single folder. Mismatched counts are a UserError; a wet without a match in a
     dry folder becomes a failed job (the others go on)."""
     wets = [Path(w) for w in wets]
@@ -263,7 +270,7 @@ def pair_inputs(wets: Sequence[Path], drys: Sequence[Path]) -> list[Job]:
 
 
 def check_stems(jobs: Sequence[Job]) -> None:
-    """Refuse two wet files whose outputs would land in the same ``DIR/<stem>`` folder."""
+    """Refuses two wet files whose outputs would land in the same ``DIR/<stem>`` folder."""
     seen: dict[str, Path] = {}
     for job in jobs:
         if job.wet.stem in ("", ".", ".."):
@@ -277,6 +284,7 @@ def check_stems(jobs: Sequence[Job]) -> None:
 
 
 def _audio_name(rank: int) -> str:
+    """The file name of the audio of the candidate at ``rank``."""
     return f"candidate-{rank}.wav"
 
 
@@ -292,6 +300,8 @@ def _set_files(folder: Path) -> list[Path]:
 
 
 def _check_outputs(folder: Path, names: Sequence[str], inputs: Sequence[Path], force: bool) -> None:
+    """Refuses (UserError) files ``names`` of ``folder`` that would overwrite an input, are folders
+    or exist without ``force``, and a ``folder`` that is not a folder."""
     for name in names:
         path = folder / name
         for source in inputs:
@@ -340,7 +350,7 @@ LONG_FILE_SECONDS = 60.0
 
 
 def inference_threads(seconds: float | None = None) -> None:
-    """torch's intra-op threads on the CPU, unless OMP_NUM_THREADS says otherwise: one for a
+    """Sets torch's intra-op threads on the CPU, unless OMP_NUM_THREADS says otherwise: one for a
     short file (``seconds`` below :data:`LONG_FILE_SECONDS`, or unknown), every core for a long
     one. A short estimate works on a few windows, too little to share, and a second thread
     stalls when the cores are busy (measured on 2 cores beside a training run: the eq encoder
@@ -360,7 +370,7 @@ def inference_threads(seconds: float | None = None) -> None:
 
 
 def check_request(task, dry_given: bool, refine: int | None, dry_path: Path | None = None) -> None:
-    """Refuse what the task cannot do: a dry file for a synth task, or the search (``refine``
+    """Refuses what the task cannot do: a dry file for a synth task, or the search (``refine``
     steps) of an effect task without a dry file. The command line checks once for the batch;
     :meth:`Analyser.estimate` checks each call and names the dry file (``dry_path``)."""
     if refine and not dry_given and not task.has_source:
@@ -380,15 +390,17 @@ class Inputs:
 
     @property
     def wet_x(self) -> np.ndarray:
+        """The analysed part of the wet, (frames,)."""
         return self.wet.samples[: self.frames]
 
     @property
     def dry_x(self) -> np.ndarray | None:
+        """The analysed part of the dry, (frames,), or None."""
         return None if self.dry is None else self.dry.samples[: self.frames]
 
 
 def read_inputs(wet_path: Path, dry_path: Path | None, task) -> Inputs:
-    """Read the wet (and dry) as mono at the task's rate (:func:`read_mono`), refusing a silent
+    """Reads the wet (and dry) as mono at the task's rate (:func:`read_mono`), refusing a silent
     wet (peak below :data:`SILENT_PEAK`), a wet and dry whose lengths differ by more than
     :data:`LENGTH_TOLERANCE_S`, and a file too short for the task."""
     wet = read_mono(wet_path, task.sample_rate)
@@ -433,6 +445,7 @@ class Candidates:
 
     @property
     def losses(self) -> np.ndarray | None:
+        """The reconstruction loss of each candidate (M,), or None without a reference."""
         return self.matches.get("loss")
 
     def order(self) -> list[int]:
@@ -493,9 +506,10 @@ def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], prerol
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
                       windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions):
-    """:func:`afxest.search.search` from the candidates ``z`` (M, d): proposals scored by
-    the real renderer on :func:`search_windows`, the best refined through the
-    differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window)."""
+    """Runs :func:`afxest.search.search` from the candidates ``z`` (M, d): proposals scored by
+    the real renderer on :func:`~afxest.scoring.search_windows`, the best refined through the
+    differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window); returns
+    its :class:`afxest.search.Searched`."""
     import torch
 
     from afxest import search as s
@@ -604,7 +618,12 @@ class Analyser:
     """A loaded model ready to estimate files: ``afxest estimate`` without the command line.
 
     The model side (:class:`afxest.propose.Proposer`) proposes candidates; the scorer
-    (:class:`afxest.scoring.Scorer`) measures them against the wet."""
+    (:class:`afxest.scoring.Scorer`) measures them against the wet.
+
+    Arguments:
+        model: The loaded model (:class:`afxest.store.LoadedModel`).
+        device: The torch device the model and the differentiable processors run on.
+    """
 
     def __init__(self, model, device: Any = "cpu") -> None:
         import torch
@@ -711,7 +730,7 @@ class Analyser:
 
 
 def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
-    """Mean, standard deviation and 5/50/95 % quantiles of each estimated parameter over the
+    """The mean, standard deviation and 5/50/95 % quantiles of each estimated parameter over the
     candidates, in physical units, keyed by ``Space.names`` (``<index>.<type>.<parameter>``)."""
     values: dict[str, list[float]] = {name: [] for name in task.model.names}
     for preset in presets:
@@ -732,7 +751,7 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
 
 
 def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) -> None:
-    """Write the candidate's audio: on the dry file at its own rate and channel count, streamed
+    """Writes the candidate's audio: on the dry file at its own rate and channel count, streamed
     block by block (pedalboard: the plugin chain carries its state, so the file equals
     ``afxest render DRY ESTIMATE``; ddsp: the analysis windows, each rendered from rest, as
     scored), or the synthesised source at the task's rate. 32-bit float WAV, written atomically."""
@@ -817,7 +836,7 @@ def estimate_file(
     options: EstimateOptions,
     progress: Callable[[float], None] | None = None,
 ) -> EstimateResult:
-    """Estimate one file and write ``out_dir/<wet stem>/estimate.json`` and its audio.
+    """Estimates one file and write ``out_dir/<wet stem>/estimate.json`` and its audio.
 
     The request must have passed :func:`check_request` (and, with ``--plot``,
     :func:`afxest.figures.require_matplotlib`), as the command line does once for the batch.
@@ -843,7 +862,7 @@ def estimate_file(
 
 def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: Sequence, ranks: Sequence[int],
                      options: EstimateOptions, task) -> list[Path]:
-    """Write the audio of ``ranks``, the figure (``options.plot``) and the document (its
+    """Writes the audio of ``ranks``, the figure (``options.plot``) and the document (its
     ``audio`` and ``plot`` entries filled in) into ``folder`` as one
     :class:`afxest.audio.OutputSet`, replacing an earlier estimate's files; returns the files
     written. Nothing is left behind on failure."""
@@ -895,7 +914,7 @@ def run_batch(
     on_error: Callable[[Job, BaseException], None],
     progress: Callable[[float], None] | None = None,
 ) -> int:
-    """Estimate every job; a failure is reported through ``on_error`` and the rest go on.
+    """Estimates every job; a failure is reported through ``on_error`` and the rest go on.
 
     Returns the exit code: 0 when all succeeded, 1 if any failed internally, else 2.
     """

@@ -104,12 +104,13 @@ class Evaluation:
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """The mean and the population standard deviation (ddof=0) of ``values``."""
     values = np.asarray(values, dtype=np.float64)
     return float(values.mean()), float(values.std())
 
 
 def marginal_entropy_bits(z: np.ndarray, bins: int = ENTROPY_BINS) -> np.ndarray:
-    """Differential entropy in bits of each column of samples z (n, d) in [0, 1]: the plug-in
+    """The differential entropy in bits of each column of samples z (n, d) in [0, 1]: the plug-in
     estimate of a ``bins``-bin histogram, -sum p log2 p + log2(1 / bins), with the Miller-Madow
     correction (occupied bins - 1) / (2 n ln 2). A uniform marginal has 0 bits; a normal one
     of std s, log2(s sqrt(2 pi e)) while s is well above the bin width."""
@@ -124,12 +125,19 @@ def marginal_entropy_bits(z: np.ndarray, bins: int = ENTROPY_BINS) -> np.ndarray
 
 
 def best_of_n(per_candidate: np.ndarray, n: int, lower_is_better: bool) -> np.ndarray:
-    """Per item (rows) the best of the first ``n`` candidates (columns)."""
+    """The best of the first ``n`` candidates (columns) of each item (rows).
+
+    Example:
+        >>> best_of_n(np.array([[3.0, 1.0, 2.0], [0.5, 5.0, 4.0]]), 2, lower_is_better=True)
+        array([1. , 0.5])
+    """
     head = per_candidate[:, :n]
     return head.min(axis=1) if lower_is_better else head.max(axis=1)
 
 
 def _metric_fns(task):
+    """The metrics by name, each fn(y_hat, y) -> (batch,): the SOT loss (a synth), the log-mel and
+    MR-STFT losses, SI-SDR."""
     from afxest import losses
 
     fns: dict[str, Callable] = {}
@@ -152,14 +160,14 @@ def _score(fns, candidates: np.ndarray, wet: np.ndarray) -> dict[str, np.ndarray
 
 
 def _render_all(task, z: np.ndarray, dry: np.ndarray | None) -> np.ndarray:
-    """Render each normalised model vector of z (n, d) with pedalboard (or the synth)."""
+    """Renders each normalised model vector of z (n, d) with pedalboard (or the synth)."""
     from afxest.engines import render_candidates
 
     return render_candidates(task, z, dry, "pedalboard")
 
 
 def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarray:
-    """Render each normalised model vector of z (n, d) with afxest's differentiable processors,
+    """Renders each normalised model vector of z (n, d) with afxest's differentiable processors,
     ``compressor`` in place of the dsp compressor (None: the dsp one): (n, 1, frames)."""
     from afxest.engines import render_candidates
 
@@ -168,7 +176,7 @@ def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarra
 
 def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples: int, effort: str, seed: int,
                      plot: Path | None = None) -> np.ndarray:
-    """Rank 1 of :meth:`afxest.estimate.Analyser.estimate` for one item (wet (1, T), dry (1, T)
+    """The rank 1 of :meth:`afxest.estimate.Analyser.estimate` for one item (wet (1, T), dry (1, T)
     or None), with its search at ``effort``, rendered by pedalboard (or the synth): (1, 1, T).
     With ``plot``, the estimate's figure (:func:`afxest.figures.plot_estimate`) is written there."""
     import tempfile
@@ -213,7 +221,7 @@ class EvaluateOptions:
     seed: int = 0  # seed of the items, the samples and the figures
     force: bool = False  # overwrite existing outputs
     log: Callable[[str], None] = print
-    figures: bool = True  # the paper's figures that apply (DAFx 2025 Figs. 4-8)
+    figures: bool = True  # the paper's figures that apply (DAFx 2025, Figs. 4-8)
     compare: Any = None  # a loaded deterministic (or parameter) model marked on Figs. 5-7
     figure_settings: figs.FigureSettings = field(default_factory=figs.FigureSettings)
     refine: int = 0  # step cap of the refinement of every candidate (0: none)
@@ -221,7 +229,7 @@ class EvaluateOptions:
     effort: str | None = None  # the default estimate's search effort (None: no such row)
 
     def check(self) -> None:
-        """Refuse impossible values (:class:`afxest.errors.UserError`) before anything is read."""
+        """Refuses impossible values (:class:`afxest.errors.UserError`) before anything is read."""
         from afxest.search import EFFORTS
 
         if self.n < 1:
@@ -255,16 +263,18 @@ class Plan:
 
     @property
     def task(self):
+        """The model's task."""
         return self.loaded.task
 
     @property
     def kind(self) -> str:
+        """The model's estimator kind (``posterior``, ``deterministic`` or ``param``)."""
         return self.loaded.kind
 
 
 def evaluate(loaded, out: Path, options: EvaluateOptions | None = None, **keywords: Any) -> Evaluation:
-    """Evaluate a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md``,
-    ``out/results.csv`` and, with ``figures``, the PNG figures that apply (DAFx 2025 Figs. 4-8;
+    """Evaluates a loaded model (:class:`afxest.store.LoadedModel`); writes ``out/report.md``,
+    ``out/results.csv`` and, with ``figures``, the PNG figures that apply (DAFx 2025, Figs. 4-8;
     without matplotlib they are skipped with one message), and returns the summary.
 
     The options are an :class:`EvaluateOptions`, or its fields as keywords (which override
@@ -298,9 +308,9 @@ def evaluate(loaded, out: Path, options: EvaluateOptions | None = None, **keywor
 
 
 def plan_evaluation(loaded, out: Path, options: EvaluateOptions) -> Plan:
-    """Check what can be refused before the first item (the options, ``out``, ``--compare``, the
+    """Checks what can be refused before the first item (the options, ``out``, ``--compare``, the
     proxy checkpoint, outputs that exist without ``force``, the data folder), in that order, and
-    set the evaluation up: the model on the CPU, the dry source, the metrics."""
+    sets the evaluation up: the model on the CPU, the dry source, the metrics."""
     import torch
 
     from afxest.objective import task_loss
@@ -359,7 +369,7 @@ def figure_plan(task, kind: str, out: Path, options: EvaluateOptions) -> tuple[l
 
 
 def refuse_existing(paths: list[Path], force: bool) -> None:
-    """Refuse to overwrite any of ``paths`` without ``force``."""
+    """Refuses to overwrite any of ``paths`` without ``force``."""
     for path in paths:
         if not force and path.exists():
             raise UserError(f"{path}: exists (use --force to overwrite)")
@@ -398,10 +408,12 @@ class Item:
 
     @property
     def wet(self) -> np.ndarray:
+        """The wet, (1, T)."""
         return self.batch.wet[0]
 
     @property
     def dry(self) -> np.ndarray | None:
+        """The dry, (1, T), or None for a synth."""
         return None if self.batch.dry is None else self.batch.dry[0]
 
 
@@ -449,12 +461,13 @@ class Measurements:
 
     @property
     def metrics(self) -> list[str]:
+        """The metrics' names, in the order of results.csv."""
         return list(self.fns)
 
     def measure(self, i: int, kind: str, audio: np.ndarray, wet: np.ndarray, z: np.ndarray | None,
                 entropy: float = math.nan) -> dict[str, np.ndarray]:
-        """Score the renders ``audio`` (K, 1, T) of item ``i`` against its ``wet`` (1, T) by
-        every metric, keep them as row ``i`` of ``scores[kind]`` and append K results.csv rows
+        """Scores the renders ``audio`` (K, 1, T) of item ``i`` against its ``wet`` (1, T) by
+        every metric, keeps them as row ``i`` of ``scores[kind]`` and appends K results.csv rows
         (``z`` (K, d): each candidate's normalised parameters; None: empty cells; ``entropy``:
         the item's). Returns metric -> (K,)."""
         scores = _score(self.fns, audio, wet)
@@ -555,17 +568,18 @@ def refine_candidates(plan: Plan, z: np.ndarray, wet: np.ndarray, dry: np.ndarra
 
 
 def _expectation(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Eq. 18: per item the mean over its candidates, then mean and std over items."""
+    """The expectation of DAFx 2025, Eq. 18: per item the mean over its candidates, then mean and
+    std over items."""
     return {m: _mean_std(v.mean(axis=1)) for m, v in scores.items()}
 
 
 def _best(scores: dict[str, np.ndarray], k: int) -> dict[str, tuple[float, float]]:
-    """Per item the best of the first ``k`` candidates by each metric, then mean and std."""
+    """Per item the best of the first ``k`` candidates by each metric, then mean and std over items."""
     return {m: _mean_std(best_of_n(v, k, LOWER_IS_BETTER[m])) for m, v in scores.items()}
 
 
 def _first(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Mean and std over items of each item's first candidate."""
+    """The mean and std over items of each item's first candidate."""
     return {m: _mean_std(v[:, 0]) for m, v in scores.items()}
 
 
@@ -618,7 +632,7 @@ def results_csv(m: Measurements, names: list[str]) -> str:
 
 
 def write_outputs(plan: Plan, m: Measurements, result: Evaluation) -> None:
-    """Write results.csv, the figures (recorded in ``result``) and report.md into ``plan.out``."""
+    """Writes results.csv, the figures (recorded in ``result``) and report.md into ``plan.out``."""
     out, options, task = plan.out, plan.options, plan.task
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RESULTS_FILE, results_csv(m, task.model.names))
@@ -637,7 +651,7 @@ def write_outputs(plan: Plan, m: Measurements, result: Evaluation) -> None:
 
 
 def check_compare(loaded, compare) -> None:
-    """A ``--compare`` model must be a deterministic (or parameter) model of the same task."""
+    """Refuses a ``--compare`` model that is not a deterministic (or parameter) model of the same task."""
     if compare is None:
         return
     if compare.task.name != loaded.task.name:
@@ -654,7 +668,7 @@ def report_folder_name(name: str) -> str:
 
 
 def check_comparable(loaded, others) -> None:
-    """Models compared with ``loaded`` (``--also``) must be of its task, each named once."""
+    """Refuses models compared with ``loaded`` (``--also``) that are of another task or named twice."""
     folders = {report_folder_name(loaded.name)}
     for other in others:
         if other.task.name != loaded.task.name:

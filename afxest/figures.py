@@ -85,7 +85,7 @@ def is_fm_like(task) -> bool:
 
 
 def applicable(task, kind: str) -> list[str]:
-    """Keys of the figures that apply to a ``kind`` model of ``task``, in order."""
+    """The keys of the figures that apply to a ``kind`` model of ``task``, in order."""
     keys = []
     if kind == "posterior":
         keys += ["fig4", "fig5"]
@@ -111,7 +111,7 @@ def not_applicable_note(task, kind: str) -> str | None:
 
 
 def matplotlib_available() -> bool:
-    """True when matplotlib and its Agg canvas import."""
+    """Whether matplotlib and its Agg canvas import."""
     try:
         import matplotlib  # noqa: F401
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
@@ -121,7 +121,7 @@ def matplotlib_available() -> bool:
 
 
 def require_matplotlib() -> None:
-    """Refuse a requested figure (``estimate --plot``) when matplotlib is missing: a UserError
+    """Refuses a requested figure (``estimate --plot``) when matplotlib is missing: a UserError
     (one line, exit 2) before any work."""
     if not matplotlib_available():
         from afxest.errors import UserError
@@ -134,7 +134,7 @@ def require_matplotlib() -> None:
 
 
 def draw(estimator, wet: np.ndarray, n: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """``n`` samples per sound of ``wet`` (batch, 1, frames): z (batch, n, d) and log p(z|y)
+    """Draws ``n`` samples per sound of ``wet`` (batch, 1, frames): z (batch, n, d) and log p(z|y)
     (batch, n) in nats (None for a deterministic model), from a torch seed taken from
     ``numpy.random.default_rng(seed)`` (global random state is left untouched)."""
     import torch
@@ -176,12 +176,13 @@ def mean_correlation(z: np.ndarray) -> np.ndarray:
 
 
 def entropy_bits(log_prob: np.ndarray, d: int) -> np.ndarray:
-    """Eq. 17: -mean over samples (last axis) of ln p(z|y), in bits per dimension."""
+    """The entropy estimate of DAFx 2025, Eq. 17: -mean over samples (last axis) of ln p(z|y), in
+    bits per dimension."""
     return -np.asarray(log_prob, dtype=np.float64).mean(axis=-1) / (d * math.log(2))
 
 
 def labels(task) -> list[str]:
-    """Short names of the model's dimensions: ``v1, v2`` for one processor (Figs. 6-7), else
+    """The short names of the model's dimensions: ``v1, v2`` for one processor (Figs. 6-7), else
     ``f1, g1, Q1, f2, ...`` (parameter, processor number; Figs. 4-5)."""
     procs = task.model.processors
     if len(procs) == 1:
@@ -265,8 +266,8 @@ def decile_band(entropy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def entropy_curve(estimator, task, settings: FigureSettings, seed: int) -> EntropyCurve:
-    """Fig. 8: synthesise the sounds of a grid of ``index_points`` x ``ratio_points`` (v1, v2)
-    cell centres, draw ``entropy_samples`` samples per sound and estimate its entropy (Eq. 17)."""
+    """Fig. 8: synthesises the sounds of a grid of ``index_points`` x ``ratio_points`` (v1, v2)
+    cell centres, draws ``entropy_samples`` samples per sound and estimates its entropy (Eq. 17)."""
     v1, v2 = grid_centres(settings.index_points), grid_centres(settings.ratio_points)
     points = np.stack(np.meshgrid(v1, v2, indexing="ij"), axis=-1).reshape(-1, 2)
     entropy = np.empty(len(points))
@@ -300,6 +301,7 @@ def marginals_size(panels: int) -> tuple[float, float]:
 
 
 def _figure(width: float, height: float):
+    """A matplotlib Figure of ``width`` x ``height`` inches on the Agg canvas (no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -309,12 +311,13 @@ def _figure(width: float, height: float):
 
 
 def save_png(fig, path: Path, dpi: int) -> None:
-    """Write ``fig`` as a PNG atomically (:func:`afxest.audio.atomic_output`)."""
+    """Writes ``fig`` as a PNG atomically (:func:`afxest.audio.atomic_output`)."""
     with atomic_output(path) as fh:
         fig.savefig(fh, format="png", dpi=dpi)
 
 
 def _markers(ax, truth: np.ndarray | None, estimates: Sequence[tuple[str, np.ndarray]], a: int, b: int) -> None:
+    """Marks the truth (+) and the estimates (x) in dimensions ``a`` and ``b`` on ``ax``."""
     if truth is not None:
         ax.plot(truth[a], truth[b], "+", color="limegreen", markersize=16, markeredgewidth=3, label="truth")
     for label, z in estimates:
@@ -443,11 +446,22 @@ def write_figures(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> list[WrittenFigure]:
-    """Write the figures ``keys`` (from :func:`applicable`) into ``out``.
+    """Writes the figures ``keys`` (from :func:`applicable`) into ``out``.
 
-    ``correlation`` (items, k, d): the Fig. 4 samples gathered during the evaluation;
-    ``item_wet`` (1, 1, frames) and ``item_v`` (truth dim,): the test item of Fig. 5;
-    ``compare``: a loaded deterministic model whose estimate is marked (Figs. 5-7).
+    Arguments:
+        loaded: The evaluated model (:class:`afxest.store.LoadedModel`).
+        out: The folder.
+        keys: The figures to write (``fig4``...).
+        correlation: The Fig. 4 samples gathered during the evaluation, (items, k, d).
+        item_wet: The wet of the test item of Fig. 5, (1, 1, frames).
+        item_v: Its truth, (truth dim,).
+        compare: A loaded deterministic model whose estimate is marked (Figs. 5-7), or None.
+        settings: How much each figure computes.
+        seed: The seed of the figures' own samples.
+        log: Where progress lines go.
+
+    Returns:
+        The figures written, with their captions.
     """
     task, estimator, kind = loaded.task, loaded.estimator, loaded.kind
     names = labels(task)

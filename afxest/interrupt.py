@@ -1,7 +1,8 @@
 """The one path for SIGINT and SIGTERM: both raise :class:`Interrupted` (a BaseException, so
-every ``except BaseException`` clean-up runs, and no ``except Exception`` swallows it), and the command line exits with 128 + the
-signal's number (130, 143) and one line. :func:`deferred` holds a signal back while a result
-set is being published, so that a publish is never cut in half."""
+every ``except BaseException`` clean-up runs, and no ``except Exception`` swallows it), and the
+command line exits with 128 + the signal's number (130, 143) and one line. :func:`deferred`
+holds a signal back while a result set is being published, so that a publish is never cut in
+half."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ class Interrupted(BaseException):
 
     @property
     def exit_code(self) -> int:
+        """128 + the signal's number."""
         return 128 + self.signum
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
+    """Raises :class:`Interrupted`, or keeps the signal for later inside a :func:`deferred` block."""
     global _pending
     if _held:
         _pending = signum
@@ -38,7 +41,7 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
 
 
 def install() -> dict[int, Any]:
-    """Route SIGINT and SIGTERM to :class:`Interrupted`; returns the previous handlers (for
+    """Routes SIGINT and SIGTERM to :class:`Interrupted`; returns the previous handlers (for
     :func:`restore`). Only the main thread may install handlers: elsewhere nothing changes."""
     previous = {}
     try:
@@ -50,13 +53,14 @@ def install() -> dict[int, Any]:
 
 
 def restore(previous: dict[int, Any]) -> None:
+    """Puts back the handlers :func:`install` replaced."""
     for signum, handler in previous.items():
         signal.signal(signum, handler)
 
 
 @contextmanager
 def deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends (then raise :class:`Interrupted`)."""
+    """Holds SIGINT and SIGTERM until the block ends (then raise :class:`Interrupted`)."""
     global _held, _pending
     _held += 1
     try:
@@ -69,5 +73,5 @@ def deferred() -> Iterator[None]:
 
 
 def exit_code_of(exc: BaseException) -> int:
-    """130 for a plain KeyboardInterrupt, 128 + signal for :class:`Interrupted`."""
+    """The exit code of an interruption: 130 for a plain KeyboardInterrupt, 128 + signal for :class:`Interrupted`."""
     return exc.exit_code if isinstance(exc, Interrupted) else 128 + signal.SIGINT

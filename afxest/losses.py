@@ -4,7 +4,7 @@ Training averages them; evaluation reports their mean and standard deviation (Ta
 Signals are (batch, time) or (batch, channels, time); a loss on several channels is the mean of
 the per-channel losses (the papers' signals are mono).
 
-* :func:`log_mel_loss` (:class:`LogMelLoss`): DAFx 2025 Eq. 16, the training loss of the
+* :func:`log_mel_loss` (:class:`LogMelLoss`): DAFx 2025, Eq. 16, the training loss of the
   equaliser experiment and the "Mel" column of Tables 1-3.
 * :func:`mrstft_revisited` (:class:`MRSTFTRevisitedLoss`): the multi-resolution STFT loss as
   revisited by Schwär & Müller (IEEE SPL 2023), the "MR-STFT" column of Tables 1-2 and half of
@@ -12,7 +12,7 @@ the per-channel losses (the papers' signals are mono).
 * :func:`spectral_ot` (:class:`SpectralOTLoss`): spectral optimal transport (Torres, Peeters &
   Richard, ICASSP 2024), the other half of the FM loss and the "SOT" column of Table 3.
 * :func:`si_sdr`: scale-invariant SDR in dB (Le Roux et al., ICASSP 2019).
-* :func:`bits_per_dim`: differential entropy estimate in bits per dimension, DAFx 2025 Eq. 17.
+* :func:`bits_per_dim`: differential entropy estimate in bits per dimension, DAFx 2025, Eq. 17.
 
 No module-level import of scipy or nnAudio; STFTs are :func:`afxest.spectral.stft` (torch.stft's
 values, faster backward).
@@ -34,7 +34,7 @@ from afxest.spectral import MelSpectrogram, log_mel, stft
 
 
 def _channels_as_batch(y_hat: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int, int]:
-    """Check shapes and fold channels into the batch: returns (B*C, T) tensors, B and C."""
+    """Checks the shapes and folds the channels into the batch: returns (B*C, T) tensors, B and C."""
     if y_hat.shape != y.shape:
         raise ValueError(f"y_hat and y must have the same shape, got {tuple(y_hat.shape)} and {tuple(y.shape)}")
     if y.dim() == 2:
@@ -62,7 +62,7 @@ FLATTOP = (0.21557895, 0.41663158, 0.277263158, 0.083578947, 0.006947368)
 
 
 def flattop_window(length: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
-    """Periodic flat-top window: sum_k (-1)^k a_k cos(2 pi k n / length), n = 0..length-1.
+    """The periodic flat-top window: sum_k (-1)^k a_k cos(2 pi k n / length), n = 0..length-1.
 
     Equals ``scipy.signal.get_window("flattop", length)`` (periodic, "fftbins=True").
     """
@@ -75,6 +75,7 @@ WindowName = Literal["hann", "flattop"]
 
 
 def _window(name: WindowName, length: int, like: Tensor) -> Tensor:
+    """The periodic window ``name`` of ``length`` samples, in ``like``'s dtype and on its device."""
     if name == "hann":
         return torch.hann_window(length, periodic=True, dtype=like.dtype, device=like.device)
     if name == "flattop":
@@ -83,11 +84,11 @@ def _window(name: WindowName, length: int, like: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# DAFx 2025 Eq. 16: log-mel loss
+# DAFx 2025, Eq. 16: log-mel loss
 
 
 def log_mel_loss(y_hat: Tensor, y: Tensor, mel: MelSpectrogram) -> Tensor:
-    """Log-scaled mel spectrogram loss, DAFx 2025 Eq. 16 (ICASSP 2024's loss), shaped (batch,).
+    """The log-scaled mel spectrogram loss of DAFx 2025, Eq. 16 (ICASSP 2024's loss), (batch,).
 
     mean over mels and frames of (ln(Mel{y_hat} + 1) - ln(Mel{y} + 1))^2, with ``mel`` the
     caller's :class:`~afxest.spectral.MelSpectrogram` (the paper: n_fft 4096, hop 1024,
@@ -101,7 +102,8 @@ def log_mel_loss(y_hat: Tensor, y: Tensor, mel: MelSpectrogram) -> Tensor:
 
 
 class LogMelLoss(torch.nn.Module):
-    """:func:`log_mel_loss` with DAFx 2025 Sec. 4.5's settings: n_fft 4096, hop 1024, 128 mels."""
+    """:func:`log_mel_loss` with the settings of DAFx 2025, Sec. 4.5: n_fft 4096, hop 1024, 128 mels
+    (``backend``: that of :class:`~afxest.spectral.MelSpectrogram`)."""
 
     def __init__(
         self, sample_rate: float, n_fft: int = 4096, hop_length: int = 1024, n_mels: int = 128,
@@ -111,6 +113,7 @@ class LogMelLoss(torch.nn.Module):
         self.mel = MelSpectrogram(sample_rate, n_fft, hop_length, n_mels, power=2.0, backend=backend)
 
     def forward(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        """The loss of y_hat against y, (batch, time) or (batch, channels, time): (batch,)."""
         return log_mel_loss(y_hat, y, self.mel)
 
 
@@ -131,7 +134,7 @@ def mrstft_revisited(
     window: WindowName = "flattop",
     fft_sizes: Sequence[int] | None = None,
 ) -> Tensor:
-    """Multi-resolution STFT loss as revisited by Schwär & Müller (IEEE SPL 30, 2023), (batch,).
+    """The multi-resolution STFT loss as revisited by Schwär & Müller (IEEE SPL 30, 2023), (batch,).
 
     ``fft_sizes`` (default: the window lengths, the letter's loss) zero pads each window to a
     larger FFT: :data:`FAST_FFT_SIZES` turns the prime lengths into sizes pocketfft transforms
@@ -206,6 +209,7 @@ class MRSTFTRevisitedLoss(torch.nn.Module):
         self.fft_sizes = None if fft_sizes is None else tuple(fft_sizes)
 
     def forward(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        """The loss of y_hat against y, (batch, time) or (batch, channels, time): (batch,)."""
         return mrstft_revisited(y_hat, y, self.window_lengths, self.hop_lengths, self.window, self.fft_sizes)
 
 
@@ -219,7 +223,7 @@ def quantile_levels(n: int, dtype: torch.dtype = torch.float32, device: torch.de
 
 
 def histogram_quantiles(weights: Tensor, levels: Tensor, spacing: float = 1.0) -> Tensor:
-    """Quantile function of histograms at ``levels``: weights (..., K) -> (..., len(levels)).
+    """The quantile function of histograms at ``levels``: weights (..., K) -> (..., len(levels)).
 
     ``weights`` (non-negative, each row summing to 1) are the masses of K bins of width
     ``spacing`` centred on 0, spacing, ..., (K-1) spacing, each spread uniformly over its bin.
@@ -248,7 +252,7 @@ def histogram_quantiles(weights: Tensor, levels: Tensor, spacing: float = 1.0) -
 def wasserstein_1d(
     u: Tensor, v: Tensor, spacing: float = 1.0, n_quantiles: int = 64, p: float = 2.0, root: bool = True
 ) -> Tensor:
-    """p-Wasserstein distance between histograms u and v (..., K) on a common grid, (...,).
+    """The p-Wasserstein distance between histograms u and v (..., K) on a common grid, (...,).
 
     W_p^p = int_0^1 |F_u^-1(r) - F_v^-1(r)|^p dr (the 1-D closed form, e.g. Peyré & Cuturi 2019,
     Remark 2.30), approximated by the midpoint rule on ``n_quantiles`` levels
@@ -256,6 +260,11 @@ def wasserstein_1d(
     (each row divided by its sum; all-zero rows become uniform). Returns W_p (``root=True``, in
     units of ``spacing``) or W_p^p. For two copies of one histogram shifted by s bins, W_p = |s|
     spacing for every p.
+
+    Example:
+        >>> u, v = torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 0.0, 1.0])
+        >>> wasserstein_1d(u, v), wasserstein_1d(u, v, spacing=10.0, p=1.0)  # 2 bins apart
+        (tensor(2.), tensor(20.))
     """
     if p < 1:
         raise ValueError(f"the Wasserstein distance needs p >= 1, got {p}")
@@ -274,7 +283,7 @@ def wasserstein_1d(
     return torch.where(positive, torch.where(positive, wp, torch.ones_like(wp)).pow(1 / p), torch.zeros_like(wp))
 
 
-#: STFT settings of :func:`spectral_ot` for the DAFx FM task (44.1 kHz, 125 ms = 5512 samples).
+#: STFT settings of :func:`spectral_ot` for the DAFx 2025 FM task (44.1 kHz, 125 ms = 5512 samples).
 SOT_N_FFT = 4096
 SOT_HOP = 1024
 
@@ -291,19 +300,19 @@ def spectral_ot(
     root: bool = True,
     unit: Literal["hz", "bins"] = "hz",
 ) -> Tensor:
-    """Spectral optimal transport loss (Torres, Peeters & Richard, ICASSP 2024), (batch,).
+    """The spectral optimal transport loss (Torres, Peeters & Richard, ICASSP 2024), (batch,).
 
     Per STFT frame, the magnitude spectra |Y_hat| and |Y| are normalised to unit sum
     (distributions of spectral energy over frequency) and compared by the 1-D p-Wasserstein
     distance (:func:`wasserstein_1d`): how far, in Hz, energy must move to turn one spectrum
     into the other. Unlike bin-wise spectral distances it keeps growing with the frequency error
-    of a partial, so gradients point towards the right frequency (DAFx 2025 Sec. 5.4). The loss
+    of a partial, so gradients point towards the right frequency (DAFx 2025, Sec. 5.4). The loss
     is the mean over frames (and channels) of W_p (``root=True``; Hz, or bins with
     ``unit="bins"``), or of W_p^p (``root=False``, Torres et al.'s default form for training).
 
     Design (see docs/losses.md):
 
-    * quantile function on a fixed set of ``n_quantiles`` midpoint levels (64, DAFx 2025
+    * quantile function on a fixed set of ``n_quantiles`` midpoint levels (64, DAFx 2025,
       Sec. 5.4), found by ``searchsorted`` and linear interpolation in each bin (energy spread
       uniformly over its bin), with the bin index clamped: gradients reach every bin, including
       through the interpolation, so a partial's frequency gets a gradient;
@@ -346,6 +355,7 @@ class SpectralOTLoss(torch.nn.Module):
         )
 
     def forward(self, y_hat: Tensor, y: Tensor) -> Tensor:
+        """The loss of y_hat against y, (batch, time) or (batch, channels, time): (batch,)."""
         return spectral_ot(y_hat, y, **self.kwargs)
 
 
@@ -354,7 +364,7 @@ class SpectralOTLoss(torch.nn.Module):
 
 
 def si_sdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8, zero_mean: bool = False) -> Tensor:
-    """Scale-invariant signal-to-distortion ratio in dB (Le Roux et al., ICASSP 2019), (batch,).
+    """The scale-invariant signal-to-distortion ratio in dB (Le Roux et al., ICASSP 2019), (batch,).
 
     With s the reference and s_hat the estimate (per channel, over all samples)::
 
@@ -378,7 +388,7 @@ def si_sdr(estimate: Tensor, reference: Tensor, eps: float = 1e-8, zero_mean: bo
 
 
 def bits_per_dim(log_prob: Tensor, d: int) -> Tensor:
-    """Entropy estimate in bits per dimension, DAFx 2025 Eq. 17: -log p(z|y) / (d ln 2).
+    """The entropy estimate in bits per dimension of DAFx 2025, Eq. 17: -log p(z|y) / (d ln 2).
 
     ``log_prob`` is the natural-log density of samples z ~ p(z|y) in [0, 1]^d; averaging the
     result over samples estimates the differential entropy H[z|y] / d in bits, at most 0 for

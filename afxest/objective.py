@@ -1,6 +1,6 @@
 """The audio side of the training objective: a model's parameters rendered and compared.
 
-The audio term of DAFx 2025 Eq. 7 (and of ICASSP 2024's audio loss) for a batch: normalised
+The audio term of DAFx 2025, Eq. 7 (and of ICASSP 2024's audio loss) for a batch: normalised
 parameters z -> the task's differentiable processors (on the dry signal, or the synth) -> the
 task's loss against the wet. Training (:mod:`afxest.train`), estimation's refinement and
 evaluation all use it; it imports none of them.
@@ -56,7 +56,7 @@ def is_lti(task) -> bool:
 
 
 def power_response(task, z: Tensor, n_fft: int) -> Tensor:
-    """|H(e^{jw})|^2 of an LTI model chain (:func:`is_lti`) at the n_fft // 2 + 1 bins of an
+    """The power response |H(e^{jw})|^2 of an LTI model chain (:func:`is_lti`) at the n_fft // 2 + 1 bins of an
     rfft, (batch, bins): the product of each biquad's |B/A|^2 (RBJ coefficients, computed in
     float64) and each gain's amplitude squared."""
     from afxest.dsp.filters import frequency_response
@@ -75,12 +75,13 @@ def power_response(task, z: Tensor, n_fft: int) -> Tensor:
 
 
 class LTILogMel(torch.nn.Module):
-    """DAFx 2025 Eq. 16 for an LTI model chain, with Mel{y_hat} = Mel(|STFT(x)|^2 |H|^2).
+    """DAFx 2025, Eq. 16 for an LTI model chain, with Mel{y_hat} = Mel(|STFT(x)|^2 |H|^2).
 
     Same STFT and mel bands as :class:`afxest.losses.LogMelLoss` (n_fft 4096, hop 1024, 128
     mels): the loss is mean (ln(1 + Mel{y_hat}) - ln(1 + Mel{y}))^2 over mels and frames, with
     the dry's power spectrogram (no gradient) weighted per bin by the chain's |H|^2
-    (:func:`power_response`), the only part that depends on z.
+    (:func:`power_response`), the only part that depends on z. ``task`` must have an LTI model
+    chain (:func:`is_lti`) and the log-mel loss (ValueError otherwise).
     """
 
     def __init__(self, task) -> None:
@@ -93,6 +94,8 @@ class LTILogMel(torch.nn.Module):
         self.mel = LogMelLoss(task.sample_rate).mel
 
     def forward(self, z: Tensor, dry: Tensor, wet: Tensor, compressor=None) -> Tensor:
+        """The loss (batch,) of the model vectors z (batch, d) for the dry and the wet (batch, 1, T);
+        ``compressor`` is accepted, and unused, for the :data:`AudioObjective` signature."""
         with torch.no_grad():
             dry_power = self.mel.spectrogram(dry)
             wet_mel = torch.log1p(self.mel(wet))

@@ -48,7 +48,13 @@ class Param:
     one_sample: bool = False
 
     def problem(self, value: float, sample_rate: float | None = None) -> str | None:
-        """Why ``value`` is not a valid physical value, or None when it is."""
+        """Why ``value`` is not a valid physical value (at ``sample_rate``, where the bounds
+        depend on it), or None when it is.
+
+        Example:
+            >>> Param("q", "", "quality factor", minimum=0.01).problem(0.0)
+            'q must be >= 0.01, got 0'
+        """
         if not math.isfinite(value):
             return f"{self.name} must be finite, got {value}"
         lo, hi = self.minimum, self.maximum
@@ -78,6 +84,8 @@ class ParamRange:
     mapping: Mapping
 
     def __post_init__(self) -> None:
+        """Refuses (ValueError) an empty range, an ``exp`` range reaching 0, and bounds that are
+        not valid values of the parameter."""
         if not self.lo < self.hi:
             raise ValueError(f"{self.param.name}: empty range [{self.lo}, {self.hi}]")
         if self.mapping == "exp" and self.lo <= 0:
@@ -89,17 +97,25 @@ class ParamRange:
 
     @property
     def name(self) -> str:
+        """The parameter's name."""
         return self.param.name
 
     def to_physical(self, v: Any) -> Any:
-        """Map normalised v in [0, 1] to the physical value (DAFx Eq. 15)."""
+        """Maps normalised v in [0, 1] to the physical value (DAFx 2025, Eq. 15); v may be a float,
+        a numpy array or a torch tensor.
+
+        Example:
+            >>> cutoff = ParamRange(Param("cutoff_frequency_hz", "Hz", "cutoff"), 500.0, 2500.0, "exp")
+            >>> [round(cutoff.to_physical(v), 6) for v in (0.0, 0.5, 1.0)]  # 0.5: the geometric mean
+            [500.0, 1118.033989, 2500.0]
+        """
         if self.mapping == "exp":
             log_lo, log_hi = math.log(self.lo), math.log(self.hi)
             return _exp((log_hi - log_lo) * v + log_lo)
         return (self.hi - self.lo) * v + self.lo
 
     def to_normalised(self, p: Any) -> Any:
-        """Inverse of :meth:`to_physical` (not clamped: values outside the range leave [0, 1])."""
+        """The inverse of :meth:`to_physical` (not clamped: values outside the range leave [0, 1])."""
         if self.mapping == "exp":
             log_lo, log_hi = math.log(self.lo), math.log(self.hi)
             return (_log(p) - log_lo) / (log_hi - log_lo)
@@ -107,10 +123,12 @@ class ParamRange:
 
 
 def _exp(x: Any) -> Any:
+    """exp of a tensor (its own method), a float (math) or anything numpy takes."""
     return x.exp() if hasattr(x, "exp") else math.exp(x) if isinstance(x, (int, float)) else _np().exp(x)
 
 
 def _log(x: Any) -> Any:
+    """log of a tensor (its own method), a float (math) or anything numpy takes."""
     return x.log() if hasattr(x, "log") else math.log(x) if isinstance(x, (int, float)) else _np().log(x)
 
 

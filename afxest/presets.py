@@ -36,9 +36,11 @@ class Processor:
 
     @property
     def spec(self) -> ProcessorType:
+        """The catalogue's entry of the type."""
         return PROCESSORS[self.type]
 
     def to_dict(self) -> dict[str, Any]:
+        """The processor as its JSON object: ``type``, then the parameters."""
         return {"type": self.type, **self.params}
 
 
@@ -52,6 +54,7 @@ class Preset:
     task: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The preset as an ``afxest-preset/1`` JSON document (see :func:`dumps_preset`)."""
         return {
             "format": PRESET_FORMAT,
             "task": self.task,
@@ -61,7 +64,8 @@ class Preset:
         }
 
     def check_sample_rate(self, sample_rate: float, where: str) -> None:
-        """Refuse parameters that are invalid at ``sample_rate`` (e.g. cutoff >= Nyquist)."""
+        """Refuses parameters that are invalid at ``sample_rate`` (e.g. cutoff >= Nyquist) with a
+        one-line UserError prefixed by ``where``."""
         items = [(f"effects[{i}]", e) for i, e in enumerate(self.effects)]
         if self.source is not None:
             items.append(("source", self.source))
@@ -73,7 +77,8 @@ class Preset:
 
 
 def parse_preset(doc: Any, where: str) -> Preset:
-    """Validate a decoded JSON document as ``afxest-preset/1``; ``where`` prefixes errors."""
+    """Validates a decoded JSON document as ``afxest-preset/1`` and returns its :class:`Preset`;
+    ``where`` prefixes the one-line UserErrors."""
     if not isinstance(doc, dict):
         raise UserError(f"{where}: a preset must be a JSON object")
     fmt = doc.get("format")
@@ -107,6 +112,8 @@ def parse_preset(doc: Any, where: str) -> Preset:
 
 
 def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate: float) -> Processor:
+    """One effect or source of a preset, checked against the ``allowed`` types and the catalogue
+    at ``sample_rate``; ``where`` prefixes the errors."""
     if not isinstance(doc, dict):
         raise UserError(f"{where}: must be a JSON object")
     kind = doc.get("type")
@@ -131,6 +138,8 @@ def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate
 
 
 def _number(value: Any, where: str) -> float:
+    """``value`` as a finite float; a UserError naming ``where`` for a bool, a non-number or an
+    infinite value."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise UserError(f"{where} must be a number, got {shortened(json.dumps(value))}")
     try:
@@ -143,7 +152,7 @@ def _number(value: Any, where: str) -> float:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file, turning every failure into a one-line UserError."""
+    """Reads a JSON file, turning every failure (a key named twice included) into a one-line UserError."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file")
@@ -170,6 +179,7 @@ class DuplicateKey(ValueError):
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The JSON object of ``pairs``; :class:`DuplicateKey` for a key named twice (an ``object_pairs_hook``)."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -179,7 +189,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def load_preset(path: str | os.PathLike[str], candidate: int = 1) -> Preset:
-    """Load a preset file, or candidate ``candidate`` (1-based rank) of an estimate file."""
+    """Loads a preset file, or candidate ``candidate`` (1-based rank) of an estimate file."""
     doc = read_json(path)
     if isinstance(doc, dict) and doc.get("format") == ESTIMATE_FORMAT:
         candidates = doc.get("candidates")
@@ -204,7 +214,7 @@ def dumps_preset(preset: Preset) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema (draft 2020-12) of ``afxest-preset/1``, generated from the catalogue.
+    """The JSON Schema (draft 2020-12) of ``afxest-preset/1``, generated from the catalogue.
 
     Nyquist bounds depend on the sample rate and are checked by :func:`parse_preset` only.
     """

@@ -52,7 +52,7 @@ class Entry:
 
     @property
     def linear(self) -> bool:
-        """Linear and time-invariant: merged with its neighbours by :func:`apply_chain`."""
+        """Whether the effect is linear and time-invariant (merged with its neighbours by :func:`apply_chain`)."""
         return self.coefficients is not None or self.amplitude is not None
 
 
@@ -98,17 +98,23 @@ def apply_chain(
     clip_gradient: bool = False,
     replace: Mapping[str, EffectFunction] | None = None,
 ) -> Tensor:
-    """Process x (batch, channels, time) by ``effects`` in order, each by its registry entry.
+    """Processes x by ``effects`` in order, each by its registry entry.
 
     Consecutive linear time-invariant effects (:attr:`Entry.linear`) are merged into one
     frequency-domain pass (their responses multiply, :func:`afxest.dsp.filters.apply_biquads`);
     the others run in order between them.
 
-    Args:
-        clip_gradient: render each effect by its ``straight_through`` function where it has one
-            (training: the clipper's output with a smooth clipper's gradient).
-        replace: functions, by type, that render that type instead of its entry for this call
+    Arguments:
+        x: The audio, shaped (batch, channels, time).
+        effects: The chain, (type, {parameter: (batch,) tensor}) pairs in physical units.
+        sample_rate: The sample rate in Hz.
+        clip_gradient: Whether each effect renders by its ``straight_through`` function where it
+            has one (training: the clipper's output with a smooth clipper's gradient).
+        replace: Functions, by type, that render that type instead of its entry for this call
             (a proxy of the compressor, :func:`afxest.engines.render_model`); never merged.
+
+    Returns:
+        The processed audio, shaped like x; ValueError for a source or a type with no entry.
     """
     from afxest.dsp.filters import apply_biquads
 

@@ -47,7 +47,7 @@ class Proposer:
         self.posterior = posterior
 
     def draw(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int], n: int, seed: int) -> Draws:
-        """``n`` candidates for the wet (T,) from its ``use`` windows, seeded by ``seed``, with
+        """Draws ``n`` candidates for the wet (T,) from its ``use`` windows, seeded by ``seed``, with
         their log-density pooled over the windows (with one window, the sampler's own: exact,
         no inversion)."""
         import torch
@@ -60,7 +60,7 @@ class Proposer:
         return Draws(h, z, log_prob, entropy)
 
     def encode(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int]):
-        """Embeddings (len(use), C) in float64 of the usable windows (float32 encoder)."""
+        """Embeds the usable windows: (len(use), C) in float64 (from the float32 encoder)."""
         import torch
 
         out = []
@@ -79,7 +79,7 @@ class Proposer:
         return h[[position[i] for i in use]]
 
     def propose(self, h, n: int, generator) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-        """N candidates z (M, d) in float64 from the mixture of the windows' posteriors, the
+        """Proposes candidates z (M, d) in float64 from the mixture of the windows' posteriors, the
         log-density of each under the posterior of the window that drew it (None without a
         posterior), and the mean entropy estimate (nats) of the proposing windows' posteriors.
 
@@ -105,7 +105,7 @@ class Proposer:
         return np.stack(zs), (np.array(own) if own else None), entropy
 
     def log_prob(self, z: np.ndarray, h) -> np.ndarray:
-        """Mean over windows of ln p(z | window), (M,) float64 (posterior models only)."""
+        """The mean over windows of ln p(z | window), (M,) float64 (posterior models only)."""
         import torch
 
         zt = torch.from_numpy(z)

@@ -23,6 +23,7 @@ class RenderReport:
     clipped_samples: int
 
     def summary(self) -> str:
+        """The line ``afxest render`` prints: the file written, its channels, rate, length and engine."""
         return (
             f"wrote {self.out} ({self.channels} ch, {self.sample_rate} Hz, "
             f"{self.frames / self.sample_rate:.2f} s, {self.engine} engine)"
@@ -38,7 +39,7 @@ def render_file(
     bit_depth: str = "float",
     force: bool = False,
 ) -> RenderReport:
-    """Render ``preset_path`` (a preset, or candidate ``candidate`` of an estimate) to ``out``.
+    """Renders ``preset_path`` (a preset, or candidate ``candidate`` of an estimate) to ``out``.
 
     With a dry file the preset runs at the dry's sample rate and channel count; without one the
     preset's source is synthesised at the preset's sample rate. Everything is checked before any

@@ -35,7 +35,7 @@ NEW_RUN_FILES = ("config.json", "metrics.jsonl")  # all a run that never checkpo
 
 
 def enlarge_malloc_thresholds() -> None:
-    """glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GiB): large audio buffers are then
+    """Sets glibc mallopt(M_MMAP_THRESHOLD, M_TRIM_THRESHOLD = 1 GiB): large audio buffers are then
     reused instead of mapped and unmapped every step (measured: 191-211 ms/step instead of
     218-317 ms for the eq task on 2 cores). No effect elsewhere."""
     try:
@@ -49,7 +49,7 @@ def enlarge_malloc_thresholds() -> None:
 
 
 def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:
-    """Check a run folder for a new run or a resumed one; returns (last.pt, best.pt) paths.
+    """Checks a run folder for a new run or a resumed one; returns (last.pt, best.pt) paths.
 
     A new run needs a new or empty folder (one holding only config.json / metrics.jsonl is a
     run that never checkpointed and may start again); ``resume`` needs its last.pt."""
@@ -91,7 +91,7 @@ class RunFolder:
         self.metrics = out / "metrics.jsonl"
 
     def prepare(self) -> None:
-        """Create the folder; a new run first drops what one that never checkpointed left."""
+        """Creates the folder; a new run first drops what one that never checkpointed left."""
         if not self.writer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -100,32 +100,32 @@ class RunFolder:
                 (self.out / stale).unlink(missing_ok=True)
 
     def write_config(self, resolved: dict[str, Any]) -> None:
-        """``config.json``: the resolved configuration of a new run (a resumed run keeps its own)."""
+        """Writes ``config.json``: the resolved configuration of a new run (a resumed run keeps its own)."""
         if self.writer and not self.resume:
             atomic_write_text(self.out / "config.json", json.dumps(resolved, indent=2) + "\n")
 
     def cut_metrics(self, step: int) -> None:
-        """On resume, drop the metrics lines after ``step`` (the checkpoint's): the resumed run
+        """On resume, drops the metrics lines after ``step`` (the checkpoint's): the resumed run
         writes them again."""
         if self.writer and self.resume and self.metrics.exists():
             kept = [line for line in self.metrics.read_text().splitlines() if step_of(line) <= step]
             atomic_write_text(self.metrics, "".join(line + "\n" for line in kept))
 
     def record(self, entry: dict[str, Any]) -> None:
-        """Append one line to ``metrics.jsonl``."""
+        """Appends one line to ``metrics.jsonl``."""
         if self.writer:
             with open(self.metrics, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")
 
     def save(self, path: Path, payload: Callable[[], dict[str, Any]]) -> None:
-        """Write a checkpoint (``self.last`` or ``self.best``) atomically; ``payload`` is only
+        """Writes a checkpoint (``self.last`` or ``self.best``) atomically; ``payload`` is only
         built by the writer."""
         if self.writer:
             save_checkpoint(path, payload())
 
 
 def check_same_run(path: Path, stored: dict[str, Any], resolved: dict[str, Any], keys: Iterable[str]) -> None:
-    """Refuse to resume the run of checkpoint ``path`` (its resolved configuration ``stored``)
+    """Refuses to resume the run of checkpoint ``path`` (its resolved configuration ``stored``)
     with a ``resolved`` configuration that differs on one of ``keys``: it would not continue
     the same run."""
     for key in keys:
@@ -144,10 +144,11 @@ class Best:
     value: float = math.inf
 
     def stored(self, key: str) -> dict[str, Any]:
-        """As a checkpoint's ``best``: {"step": s, key: value} (None for none yet).
+        """The best figure as a checkpoint's ``best``: {"step": s, key: value} (None for none yet).
 
-        >>> Best().stored("loss"), Best(3, 0.5).stored("objective")
-        ({'step': None, 'loss': None}, {'step': 3, 'objective': 0.5})
+        Example:
+            >>> Best().stored("loss"), Best(3, 0.5).stored("objective")
+            ({'step': None, 'loss': None}, {'step': 3, 'objective': 0.5})
         """
         return {"step": self.step, key: None if math.isinf(self.value) else self.value}
 
@@ -158,7 +159,7 @@ class Best:
 
 
 def restore(state: dict[str, Any], model: Any, optimizer: Any, key: str) -> tuple[int, Best]:
-    """Load a checkpoint's weights and optimiser state into ``model`` and ``optimizer``;
+    """Loads a checkpoint's weights and optimiser state into ``model`` and ``optimizer``;
     returns its step and best figure (stored under ``key``)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -216,8 +217,9 @@ class Cadence:
     def due(self, step: int, every: int) -> bool:
         """Whether something done every ``every`` steps is done after step ``step`` (1-based).
 
-        >>> [s for s in range(1, 8) if Cadence(7, 3, 1).due(s, 3)]
-        [3, 6, 7]
+        Example:
+            >>> [s for s in range(1, 8) if Cadence(7, 3, 1).due(s, 3)]
+            [3, 6, 7]
         """
         return step % every == 0 or step == self.total
 
@@ -233,7 +235,7 @@ def run_loop(
     report: Callable[[int, float, dict[str, float], bool], None],
     after_step: Callable[[int], None] | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """Train from step ``start`` to ``cadence.total``.
+    """Trains from step ``start`` to ``cadence.total``.
 
     After each step: a ``metrics.jsonl`` line (step, loss, seconds since the loop started,
     the loss's terms, and where validated the validation figures and ``constants``); a

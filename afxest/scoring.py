@@ -53,10 +53,17 @@ Rendered = Iterator[tuple[int | None, np.ndarray, float]]
 
 
 def windows_of(frames: int, task) -> list[tuple[int, int]]:
-    """Analysis windows (start, stop) of a signal of ``frames`` samples at the task's rate.
+    """The analysis windows (start, stop) of a signal of ``frames`` samples at the task's rate.
 
     Effect tasks: consecutive clips, the last one extended to the end (so windows cover the
     whole signal; a signal shorter than a clip is one window). Synth tasks: whole clips only.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> windows_of(10, SimpleNamespace(clip_samples=4, has_source=False))
+        [(0, 4), (4, 10)]
+        >>> windows_of(10, SimpleNamespace(clip_samples=4, has_source=True))
+        [(0, 4), (4, 8)]
     """
     clip = task.clip_samples
     if task.has_source:
@@ -80,7 +87,12 @@ def usable_windows(wet: np.ndarray, windows: Windows) -> list[int]:
 
 def scored_windows(use: Sequence[int], limit: int | None = None) -> list[int]:
     """The usable windows candidates are ranked on: all of them, or ``limit`` (default
-    :data:`SCORE_WINDOWS`) spread evenly from the first to the last."""
+    :data:`SCORE_WINDOWS`) spread evenly from the first to the last.
+
+    Example:
+        >>> scored_windows([0, 1, 2, 4, 5, 6, 7, 8, 9, 10], limit=4)
+        [0, 4, 7, 10]
+    """
     limit = SCORE_WINDOWS if limit is None else limit
     if len(use) <= limit:
         return list(use)
@@ -104,7 +116,7 @@ def search_windows(windows: Sequence[tuple[int, int]], use: Sequence[int], n: in
 
 
 def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
-    """Yield each window of every preset's pedalboard rendering of ``dry`` (frames,), (M, T).
+    """Yields each window of every preset's pedalboard rendering of ``dry`` (frames,), (M, T).
 
     One plugin chain per preset streams through the whole signal in blocks of READ_BLOCK from
     the start (state carried over, blocks on pedalboard's own 8192-sample grid), so the windows
@@ -124,7 +136,7 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
 
 
 def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
-    """Yield each window of every preset's pedalboard rendering, (M, T), each rendered afresh
+    """Yields each window of every preset's pedalboard rendering, (M, T), each rendered afresh
     from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
     boards = [board(p) for p in presets]
     preroll = int(round(SCORE_PREROLL_SECONDS * rate))
@@ -166,6 +178,8 @@ class _Sums:
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rendered (M, T), wet (T,))
 
     def add(self, rendered: np.ndarray, target: np.ndarray) -> None:
+        """Queues the candidates' rendering (M, T) of one window and its wet (T,); evaluates the
+        queue first when the window's length differs, and after it when a batch is full."""
         if self.pending and self.pending[0][1].shape != target.shape:
             self.flush()
         self.pending.append((rendered, target))
@@ -173,6 +187,7 @@ class _Sums:
             self.flush()
 
     def flush(self) -> None:
+        """Evaluates every metric on the queued windows and adds it to :attr:`total`."""
         import torch
 
         if not self.pending:
@@ -198,7 +213,7 @@ class Scorer:
 
     def match_metrics(self) -> dict[str, Callable]:
         """What each rendered candidate is measured by against the wet: the task's loss (the
-        ranking), SI-SDR (dB) and the log-mel distance (DAFx 2025 Eq. 16)."""
+        ranking), SI-SDR (dB) and the log-mel distance (DAFx 2025, Eq. 16)."""
         from afxest import losses
 
         if self._metrics is None:
@@ -231,7 +246,7 @@ class Scorer:
         progress: Callable[[float], None] | None = None,
         prerolled: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Mean over the scored windows (:func:`scored_windows` of the usable ones) of each
+        """The mean over the scored windows (:func:`scored_windows` of the usable ones) of each
         metric (y_hat, y) -> (batch,) of each preset, name -> (M,) float64. ``prerolled``:
         render each window from :data:`SCORE_PREROLL_SECONDS` before it, never streaming."""
         streamed = len(use) <= SCORE_WINDOWS and not prerolled  # stream the whole file, exact
@@ -269,11 +284,13 @@ class Scorer:
             yield i, self._ddsp(presets, dry[a:b]), (k + 1) / len(use)
 
     def _synthesise(self, presets: Sequence) -> np.ndarray:
+        """The candidates synthesised by the ddsp engine, (M, clip samples)."""
         from afxest.engines import render_batch
 
         return render_batch(presets, None, self.task.sample_rate, "ddsp", self.task.clip_samples)[:, 0]
 
     def _ddsp(self, presets: Sequence, dry: np.ndarray) -> np.ndarray:
+        """The candidates rendered on one window of the dry (T,) by the ddsp engine from rest, (M, T)."""
         from afxest.engines import render_batch
 
         return render_batch(presets, dry[None], self.task.sample_rate, "ddsp")[:, 0]

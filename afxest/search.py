@@ -1,4 +1,4 @@
-"""Search for the preset that rebuilds the wet when a reference exists (issue 11).
+"""The search for the preset that rebuilds the wet when a reference exists (issue 11).
 
 With a reference (the dry file of an effect task; for a synth task the wet itself), the preset
 wanted is the one whose rendering equals the wet, not a guess. :func:`search` finds it in four
@@ -66,7 +66,7 @@ def design(d: int, n: int, seed: int) -> np.ndarray:
 
 
 def waveform_loss(y_hat, y):
-    """Reconstruction error in dB, (batch,): 10 log10(||y_hat - y||^2 / ||y||^2), over the
+    """The reconstruction error in dB, (batch,): 10 log10(||y_hat - y||^2 / ||y||^2), over the
     last axis and channels; -SDR without the scale invariance (a gain error is an error)."""
     import torch
 
@@ -90,7 +90,8 @@ def search_loss(task_loss: Callable, weight: float | None = None) -> Callable:
 
 class Adam:
     """Adam (Kingma & Ba, ICLR 2015) on one tensor, betas (0.9, 0.999), eps 1e-8: torch.optim's
-    update written out, because importing torch.optim also imports sympy (about a second)."""
+    update written out, because importing torch.optim also imports sympy (about a second).
+    ``param`` is updated in place; ``lr`` may be changed between steps."""
 
     def __init__(self, param, lr: float) -> None:
         import torch
@@ -99,6 +100,7 @@ class Adam:
         self.m, self.v = torch.zeros_like(param), torch.zeros_like(param)
 
     def step(self, grad) -> None:
+        """Takes one step against the gradient ``grad`` of the loss with respect to ``param``."""
         import torch
 
         with torch.no_grad():
@@ -131,15 +133,29 @@ def refine(
     halvings: int = HALVINGS,
     skip: int = 0,
 ) -> Refined:
-    """Inference-time optimisation of K candidates ``z0`` (K, d) in [0, 1]^d.
+    """Refines K candidates by inference-time optimisation (step 3 of the module's pipeline).
 
-    ``render`` maps z (K*R, d) to audio shaped like ``y`` (K*R, 1, T), the target: R excerpts
-    per candidate, in order. The loss of a candidate is the mean of ``loss_fn`` over its R
-    excerpts, after dropping the first ``skip`` samples of each (a pre-roll where the
-    differentiable processors, started from rest, differ from the real ones that ran before).
-    Adam on u = logit(z); the learning rate is halved when no candidate's best loss improved
-    by a relative ``tolerance`` in ``patience`` steps, and the search stops after ``halvings``
-    halvings or ``max_steps`` steps. Returns each candidate's best iterate (step 0 included).
+    Adam on u = logit(z); the learning rate is halved when the candidates' best losses, summed,
+    have not improved by a relative ``tolerance`` in ``patience`` steps, and the search stops
+    after ``halvings`` halvings or ``max_steps`` steps.
+
+    Arguments:
+        render: Maps z (K*R, d) to audio shaped like ``y``, differentiably.
+        loss_fn: The loss (y_hat, y) -> (K*R,).
+        z0: The starts, (K, d) in [0, 1]^d.
+        y: The target (K*R, 1, T): R excerpts per candidate, in order.
+        max_steps: The step cap.
+        lr: The initial learning rate.
+        tolerance: The relative improvement of the summed best losses that counts as progress.
+        patience: The steps without progress before the learning rate is halved.
+        halvings: The halvings without progress after which the search has converged.
+        skip: The samples dropped at the start of each excerpt before the loss (a pre-roll
+            where the differentiable processors, started from rest, differ from the real ones
+            that ran before).
+
+    Returns:
+        Each candidate's best iterate (step 0 included), its loss (the mean of ``loss_fn`` over
+        its R excerpts) and the steps taken.
     """
     import torch
 
@@ -203,11 +219,24 @@ def search(
     max_steps: int | None = None,
     skip: int = 0,
 ) -> Searched:
-    """Steps 1-3 of the module's pipeline: score every proposal (``origin`` -> z (n, d)) with
-    ``cheap_score`` (z -> (n,) losses, lower is better), keep the ``effort.keep`` best and refine
-    them (:func:`refine`) through ``render`` (z (B, d), dry (B, 1, T) or None -> (B, 1, T)) on
-    one candidate's excerpts: the wet ``y`` (R, 1, T) and the dry ``x`` (R, 1, T, or None for a
-    synth), repeated here for each kept candidate. ``max_steps`` overrides the effort's cap."""
+    """Runs steps 1-3 of the module's pipeline: scores every proposal with ``cheap_score``,
+    keeps the ``effort.keep`` best and refines them (:func:`refine`) on one candidate's
+    excerpts, repeated here for each kept candidate.
+
+    Arguments:
+        proposals: The proposals by origin, each z (n, d).
+        cheap_score: Maps z (n, d) to (n,) losses, lower is better.
+        render: Maps z (B, d) and a dry (B, 1, T) or None to audio (B, 1, T), differentiably.
+        loss_fn: The refinement loss (y_hat, y) -> (B,).
+        y: The wet excerpts, (R, 1, T).
+        x: The dry excerpts, (R, 1, T), or None for a synth.
+        effort: How many are kept and the step caps.
+        max_steps: Overrides the effort's step cap.
+        skip: Passed to :func:`refine`.
+
+    Returns:
+        The refined candidates, where they came from and their losses before and after.
+    """
     import torch
 
     origin = [name for name, z in proposals.items() for _ in range(len(z))]
@@ -266,11 +295,12 @@ def long_term_ratio_db(dry: np.ndarray, wet: np.ndarray, n_fft: int = EQ_FIT_FFT
 
 def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarray, sample_rate: float,
                   steps: int = EQ_FIT_STEPS) -> np.ndarray:
-    """Each start ``z0`` (K, d) with its equaliser bands (the leading biquads of ``space``,
-    a :class:`afxest.tasks.Space`) fitted to the long-term spectral ratio: the weighted mean
-    square of 20 log10 |H(f)| + c - ratio_db(f), c a free broadband level (what the compressor
-    and the gain add), by Adam on logit(z) of the bands' parameters. Only the filters' closed
-    form responses are evaluated (no audio), so this costs milliseconds. (K, d) float64."""
+    """Fits the equaliser bands of each start ``z0`` (K, d) (the leading biquads of ``space``,
+    a :class:`afxest.tasks.Space`) to the long-term spectral ratio ``ratio_db`` of
+    :func:`long_term_ratio_db`: the weighted mean square of 20 log10 |H(f)| + c - ratio_db(f),
+    c a free broadband level (what the compressor and the gain add), by Adam on logit(z) of the
+    bands' parameters. Only the filters' closed form responses are evaluated (no audio), so this
+    costs milliseconds. Returns the starts with their bands fitted, (K, d) float64."""
     import torch
 
     from afxest.dsp.filters import frequency_response

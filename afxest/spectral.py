@@ -43,14 +43,19 @@ _LOGSTEP = math.log(6.4) / 27.0
 
 
 def hz_to_mel(hz: Tensor) -> Tensor:
-    """Slaney mel scale: hz / (200/3) below 1 kHz, 15 + ln(hz / 1000) / (ln 6.4 / 27) above."""
+    """The Slaney mel scale: hz / (200/3) below 1 kHz, 15 + ln(hz / 1000) / (ln 6.4 / 27) above.
+
+    Example:
+        >>> hz_to_mel(torch.tensor([500.0, 1000.0, 6400.0]))  # 27 mels per factor 6.4 above 1 kHz
+        tensor([ 7.5000, 15.0000, 42.0000])
+    """
     linear = hz / _F_SP
     log = _MIN_LOG_MEL + torch.log(torch.clamp(hz, min=_MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP
     return torch.where(hz >= _MIN_LOG_HZ, log, linear)
 
 
 def mel_to_hz(mel: Tensor) -> Tensor:
-    """Inverse of :func:`hz_to_mel`."""
+    """The inverse of :func:`hz_to_mel`."""
     linear = mel * _F_SP
     log = _MIN_LOG_HZ * torch.exp(_LOGSTEP * (torch.clamp(mel, min=_MIN_LOG_MEL) - _MIN_LOG_MEL))
     return torch.where(mel >= _MIN_LOG_MEL, log, linear)
@@ -64,7 +69,7 @@ def mel_filterbank(
     fmax: float | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Slaney mel filterbank with Slaney area normalisation, shaped (n_mels, n_fft // 2 + 1).
+    """The Slaney mel filterbank with Slaney area normalisation, shaped (n_mels, n_fft // 2 + 1).
 
     Triangles between n_mels + 2 frequencies f_0..f_{n_mels+1} equally spaced on the Slaney mel
     scale from ``fmin`` to ``fmax`` (default: Nyquist); filter m rises from f_m to f_{m+1} and
@@ -137,7 +142,7 @@ def rfft(x: Tensor, n: int | None = None) -> Tensor:
 
 
 def stft(x: Tensor, window: Tensor, hop_length: int, center: bool = True, n_fft: int | None = None) -> Tensor:
-    """Complex STFT of x (batch, time) -> (batch, frames, n_fft // 2 + 1), n_fft = len(window)
+    """The complex STFT of x (batch, time) -> (batch, frames, n_fft // 2 + 1), n_fft = len(window)
     unless given: a larger ``n_fft`` zero pads each windowed frame, which samples the same
     spectrum on a finer grid (and lets a prime window length use a fast FFT size).
 
@@ -180,6 +185,16 @@ class MelSpectrogram(torch.nn.Module):
     paper used (Sec. 4.3: 64 mels, hop 23 ms; Sec. 4.5: n_fft 4096, hop 1024, 128 mels).
     ``backend="nnaudio"`` runs ``nnAudio.features.MelSpectrogram`` instead (same settings;
     NaN gradients on silence, 68 MB of kernels at n_fft 4096).
+
+    Arguments:
+        sample_rate: The sample rate of the input in Hz.
+        n_fft: The window and FFT length.
+        hop_length: The hop between frames.
+        n_mels: The number of mel bands.
+        power: The exponent of the magnitude (2: the power spectrogram).
+        backend: ``torch`` (this module) or ``nnaudio``.
+        fmin: The lowest frequency of the filterbank in Hz.
+        fmax: The highest, in Hz (None: the Nyquist frequency).
     """
 
     def __init__(
@@ -221,19 +236,20 @@ class MelSpectrogram(torch.nn.Module):
             raise ValueError(f"backend must be 'torch' or 'nnaudio', got {backend!r}")
 
     def forward(self, x: Tensor) -> Tensor:
+        """The mel spectrogram (batch, n_mels, frames) of x (batch, time) or (batch, channels, time)."""
         x = _mono(x)
         if self.nnaudio is not None:
             return self.nnaudio(x)
         return self.from_spectrogram(self.spectrogram(x))
 
     def spectrogram(self, x: Tensor) -> Tensor:
-        """|STFT|^power of x (batch, time) or (batch, channels, time) -> (batch, frames, bins)
+        """The spectrogram |STFT|^power of x (batch, time) or (batch, channels, time) -> (batch, frames, bins)
         (torch backend): the spectrogram :meth:`from_spectrogram` maps onto the mel bands."""
         x = _mono(x)
         return power_spectrogram(stft(x, self.window.to(x.dtype), self.hop_length), self.power)
 
     def from_spectrogram(self, spectrogram: Tensor) -> Tensor:
-        """Mel bands (batch, n_mels, frames) of a spectrogram (batch, frames, bins).
+        """The mel bands (batch, n_mels, frames) of a spectrogram (batch, frames, bins).
 
         The filterbank is sparse (each bin feeds at most two bands: 4 037 of 262 272 weights
         are non-zero at n_fft 4096, 128 mels), so the product is a sparse-dense one, about
@@ -244,6 +260,7 @@ class MelSpectrogram(torch.nn.Module):
         return bands.reshape(self.n_mels, batch, frames).transpose(0, 1)
 
     def _sparse_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The filterbank as a sparse CSR tensor of ``dtype`` on ``device`` (kept for the last pair asked)."""
         key = (dtype, device)
         if self._sparse.get("key") != key:
             # a normal tensor even when first built under inference_mode (scoring), so that a
@@ -255,6 +272,7 @@ class MelSpectrogram(torch.nn.Module):
         return self._sparse["basis"]
 
     def extra_repr(self) -> str:
+        """The settings, as ``print(module)`` shows them."""
         return (
             f"sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop_length={self.hop_length}, "
             f"n_mels={self.n_mels}, power={self.power}, backend={self.backend!r}"
@@ -262,5 +280,5 @@ class MelSpectrogram(torch.nn.Module):
 
 
 def log_mel(x: Tensor, mel: MelSpectrogram) -> Tensor:
-    """ln(Mel{x} + 1): the log-scaled mel spectrogram of DAFx 2025 Eq. 16 (and Sec. 4.3's input)."""
+    """ln(Mel{x} + 1): the log-scaled mel spectrogram of DAFx 2025, Eq. 16 (and Sec. 4.3's input)."""
     return torch.log1p(mel(x))

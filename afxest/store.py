@@ -56,7 +56,8 @@ class LoadedModel:
 
 
 def user_models_dir() -> Path:
-    """``platformdirs.user_data_dir("afxest")/models`` (e.g. ``~/.local/share/afxest/models``)."""
+    """The user model folder, ``platformdirs.user_data_dir("afxest")/models`` (e.g.
+    ``~/.local/share/afxest/models``)."""
     import platformdirs
 
     return Path(platformdirs.user_data_dir("afxest")) / "models"
@@ -87,7 +88,7 @@ def available_models() -> list[ModelFile]:
 
 
 def default_model_name() -> str:
-    """``master`` when such a model exists, else ``eq``."""
+    """The default model's name: ``master`` when such a model exists, else ``eq``."""
     names = {m.name for m in available_models()}
     for name in DEFAULT_MODELS:
         if name in names:
@@ -96,6 +97,7 @@ def default_model_name() -> str:
 
 
 def _looks_like_path(spec: str) -> bool:
+    """Whether ``--model spec`` is a path (it ends in ``.pt`` or holds a path separator), not a name."""
     return spec.endswith(".pt") or "/" in spec or os.sep in spec or (os.altsep or "/") in spec
 
 
@@ -125,13 +127,14 @@ def resolve_model(spec: str | None) -> ModelFile:
 
 
 def load_model(spec: str | None, device: Any = "cpu") -> LoadedModel:
-    """Resolve ``spec`` and load it: one-line UserErrors for unknown names and bad files."""
+    """Resolves ``spec`` (:func:`resolve_model`) and loads it (:func:`load_model_file`): one-line
+    UserErrors for unknown names and bad files."""
     model_file = resolve_model(spec)
     return load_model_file(model_file, device)
 
 
 def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
-    """Load a checkpoint, check it against the current task definition, build its estimator."""
+    """Loads a checkpoint, checks it against the current task definition and builds its estimator."""
     from afxest.checkpoints import load_checkpoint
 
     path = model_file.path
@@ -163,7 +166,7 @@ def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
 
 
 def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Task, estimator and metrics of a loaded checkpoint; UserError if incompatible."""
+    """The task, estimator and metrics of a loaded checkpoint; UserError if incompatible."""
     from afxest.tasks import TASKS, definition_difference
 
     stored = state.get("task")
@@ -195,7 +198,7 @@ INSTALLED_KEYS = ("format", "afxest_version", "task", "estimator", "training", "
 
 
 def install_model(checkpoint: Path, name: str, folder: Path | None = None, force: bool = False) -> Path:
-    """Copy a trained checkpoint into a model folder as ``<name>.pt`` so ``--model name`` finds it.
+    """Copies a trained checkpoint into a model folder as ``<name>.pt`` so ``--model name`` finds it.
 
     The copy keeps what estimation and ``afxest models`` need (task definition, estimator,
     weights, training configuration, step and validation metrics) and drops the optimiser state

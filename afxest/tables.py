@@ -21,9 +21,9 @@ from afxest.catalogue import PROCESSORS
 def number(value: float | None, spec: str = ".4g") -> str:
     """One number as a cell: ``format(value, spec)``, ``-`` for None.
 
-    Args:
-        value: the number, or None where there is none.
-        spec: a format spec; ``""`` prints the number as Python does (the paper's numbers).
+    Arguments:
+        value: The number, or None where there is none.
+        spec: A format spec; ``""`` prints the number as Python does (the paper's numbers).
 
     Example:
         >>> number(0.123456), number(12.3456, ".2f"), number(15.2, ""), number(None)
@@ -131,9 +131,9 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
     (``master``: 21) the table is transposed, one column per candidate (at most 10), so that
     it stays readable in a terminal.
 
-    Args:
-        document: an ``afxest-estimate`` document (:func:`afxest.estimate.estimate_file`).
-        limit: the most candidates shown; a caption counts the others.
+    Arguments:
+        document: An ``afxest-estimate`` document (:func:`afxest.estimate.estimate_file`).
+        limit: The most candidates shown; a caption counts the others.
     """
     from rich import box
     from rich.table import Table
@@ -259,11 +259,12 @@ PAPER_UNIFORM10_SI_SDR = {"eq": 11.8}
 
 
 def _titles(metrics: list[str]) -> list[str]:
+    """The column titles of ``metrics`` (``Mel`` for ``mel``)."""
     return [METRIC_TITLES[m] for m in metrics]
 
 
 def main_table(result) -> list[list[str]]:
-    """Rows (header first) of the main table (DAFx 2025 Table 1/3) of an
+    """Rows (header first) of the main table (DAFx 2025, Table 1/3) of an
     :class:`afxest.evaluate.Evaluation`: ours, the baselines and the paper's."""
     label = {"posterior": "Infer.", "deterministic": "Deter.", "param": "Param."}.get(result.kind, result.kind)
     header = ["", "Entropy (bits/dim)", *_titles(result.metrics)]
@@ -280,7 +281,7 @@ def main_table(result) -> list[list[str]]:
 
 
 def _best_of_rows(result) -> list[list[str]]:
-    """Rows of the best-of-N table (DAFx 2025 Table 2): ours up to the candidates drawn, the
+    """Rows of the best-of-N table (DAFx 2025, Table 2): ours up to the candidates drawn, the
     paper's SI-SDR always, and the uniform baseline."""
     paper_best = PAPER_BEST_OF_SI_SDR.get(result.task, {})
     rows = [["", *_titles(result.metrics), "SI-SDR (paper)"]]
@@ -310,9 +311,9 @@ def report_markdown(result, loaded=None) -> str:
     """report.md of an :class:`afxest.evaluate.Evaluation`: the expectation table, best of N,
     the refined and proxy renders, the parameters and the figures, beside the paper's numbers.
 
-    Args:
-        result: what :func:`afxest.evaluate.evaluate` measured.
-        loaded: the evaluated :class:`afxest.store.LoadedModel` (its name, path and step head
+    Arguments:
+        result: What :func:`afxest.evaluate.evaluate` measured.
+        loaded: The evaluated :class:`afxest.store.LoadedModel` (its name, path and step head
             the report), or None.
     """
     model = "" if loaded is None else f"Model: `{loaded.name}` ({loaded.path}), step {loaded.step}.\n"
@@ -358,8 +359,8 @@ def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
     --also``): the pedalboard renders' expectation and best of N, the proxies' SI-SDR,
     ``--refine``, then the first result's Input and Uniform baselines.
 
-    Args:
-        results: (model name, :class:`afxest.evaluate.Evaluation`) pairs, the first the
+    Arguments:
+        results: The (model name, :class:`afxest.evaluate.Evaluation`) pairs, the first the
             reference of the baselines and columns.
     """
     first = results[0][1]

@@ -39,6 +39,7 @@ class ProcessorSpace:
     fixed: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        """Refuses (ValueError) parameters other than exactly the catalogue type's."""
         names = [r.name for r in self.ranges] + [k for k, _ in self.fixed]
         expected = [p.name for p in PROCESSORS[self.type].params]
         if sorted(names) != sorted(expected):
@@ -46,10 +47,11 @@ class ProcessorSpace:
 
     @property
     def dim(self) -> int:
+        """The number of estimated parameters."""
         return len(self.ranges)
 
     def physical(self, v: Any) -> dict[str, Any]:
-        """Physical values of every parameter from normalised ``v`` (..., dim)."""
+        """The physical values of every parameter from normalised ``v`` (..., dim)."""
         values = {r.name: r.to_physical(v[..., i]) for i, r in enumerate(self.ranges)}
         for name, value in self.fixed:
             values[name] = value
@@ -64,19 +66,26 @@ class Space:
 
     @property
     def dim(self) -> int:
+        """The length d of the normalised vector."""
         return sum(p.dim for p in self.processors)
 
     @property
     def names(self) -> list[str]:
-        """``<index>.<type>.<parameter>`` for each normalised dimension."""
+        """``<index>.<type>.<parameter>`` for each normalised dimension.
+
+        Example:
+            >>> TASKS["fm"].model.names
+            ['0.fm.modulation_index', '0.fm.frequency_ratio']
+        """
         return [f"{i}.{p.type}.{r.name}" for i, p in enumerate(self.processors) for r in p.ranges]
 
     @property
     def ranges(self) -> list[ParamRange]:
+        """The range of each normalised dimension, in order."""
         return [r for p in self.processors for r in p.ranges]
 
     def split(self, v: Any) -> list[tuple[str, dict[str, Any]]]:
-        """(type, physical parameters) of each processor from normalised ``v`` (..., dim)."""
+        """The (type, physical parameters) of each processor from normalised ``v`` (..., dim)."""
         out, start = [], 0
         for p in self.processors:
             out.append((p.type, p.physical(v[..., start : start + p.dim])))
@@ -104,22 +113,23 @@ class TrainingDefaults:
     measured ones). Not part of a task's definition: a trained model's outputs mean the same
     whatever they were (:func:`definition_difference` ignores them).
 
-    ``epoch_items``: the training items of one epoch (``--epochs``; DAFx 2025 Secs. 4.6, 5.5).
+    ``epoch_items``: the training items of one epoch (``--epochs``; DAFx 2025, Secs. 4.6, 5.5).
     """
 
     lr: float
     batch_size: int
     epoch_items: int
     weight_decay: float = 1e-3
-    beta: float = 0.1  # the entropy weight of DAFx 2025 Eq. 7
+    beta: float = 0.1  # the entropy weight of DAFx 2025, Eq. 7
 
     def to_dict(self) -> dict[str, Any]:
         """The values stored beside the definition in a checkpoint's ``task``
         (:data:`STORED_TRAINING_KEYS`; ``epoch_items`` is not: a run stores its
         ``steps_per_epoch``).
 
-        >>> TrainingDefaults(lr=1e-4, batch_size=8, epoch_items=100).to_dict()
-        {'lr': 0.0001, 'batch_size': 8, 'weight_decay': 0.001, 'beta': 0.1}
+        Example:
+            >>> TrainingDefaults(lr=1e-4, batch_size=8, epoch_items=100).to_dict()
+            {'lr': 0.0001, 'batch_size': 8, 'weight_decay': 0.001, 'beta': 0.1}
         """
         return {key: getattr(self, key) for key in STORED_TRAINING_KEYS}
 
@@ -141,6 +151,7 @@ class Task:
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        """Refuses (ValueError) a range whose bounds are not valid values at the task's sample rate."""
         for space in (self.truth, self.model):
             for r in space.ranges:  # the bounds against the catalogue, Nyquist included
                 for bound in (r.lo, r.hi):
@@ -150,10 +161,12 @@ class Task:
 
     @property
     def has_source(self) -> bool:
+        """Whether the truth is synthesised (a source type) rather than a dry signal processed."""
         return any(PROCESSORS[p.type].kind == "source" for p in self.truth.processors)
 
     @property
     def clip_samples(self) -> int:
+        """The clip length in samples."""
         return int(round(self.clip_seconds * self.sample_rate))
 
     def truth_to_model(self, v: Any) -> Any:
@@ -161,7 +174,7 @@ class Task:
 
         Where truth and model share their processors (``fm``): ``v`` itself. Where the model
         has k copies of the truth's one processor (``eq``: two shelves for one), the canonical
-        solution of DAFx Sec. 4.1: every copy takes the truth's parameters, with each gain
+        solution of DAFx 2025, Sec. 4.1: every copy takes the truth's parameters, with each gain
         divided by k, mapped into the model's ranges.
         """
         import torch
@@ -236,17 +249,18 @@ def definition_difference(stored: dict[str, Any], task: Task) -> str | None:
 
 
 def _shelf(gain: float) -> ProcessorSpace:
+    """An eq-task high shelf with its gain in [-gain, gain] dB (DAFx 2025, Eqs. 15a-c)."""
     return ProcessorSpace(
         "high_shelf",
         (
-            ParamRange(CUTOFF, 500.0, 2500.0, "exp"),  # DAFx Eq. 15a
+            ParamRange(CUTOFF, 500.0, 2500.0, "exp"),  # DAFx 2025, Eq. 15a
             ParamRange(FILTER_GAIN, -gain, gain, "affine"),  # Eq. 15b
             ParamRange(Q, 0.1, 3.0, "affine"),  # Eq. 15c
         ),
     )
 
 
-FM_SECONDS = 0.125  # DAFx 2025 Sec. 5.2
+FM_SECONDS = 0.125  # DAFx 2025, Sec. 5.2
 
 _FM = ProcessorSpace(
     "fm",
@@ -302,7 +316,7 @@ TASKS: dict[str, Task] = {
         model=Space((_shelf(10.0), _shelf(10.0))),
         loss="log_mel",
         encoder="convnext",
-        training=TrainingDefaults(lr=5e-5, batch_size=16, epoch_items=40_000),  # DAFx 2025 Sec. 4.6
+        training=TrainingDefaults(lr=5e-5, batch_size=16, epoch_items=40_000),  # DAFx 2025, Sec. 4.6
     ),
     "fm": Task(
         name="fm",
@@ -312,8 +326,8 @@ TASKS: dict[str, Task] = {
         truth=Space((_FM,)),
         model=Space((_FM,)),
         loss="sot_mrstft",
-        encoder="hann_dft_mlp",  # DAFx Sec. 5.3, windowed and normalised (nn/encoders.py)
-        training=TrainingDefaults(lr=1e-4, batch_size=128, epoch_items=100_000),  # DAFx 2025 Sec. 5.5
+        encoder="hann_dft_mlp",  # DAFx 2025, Sec. 5.3, windowed and normalised (nn/encoders.py)
+        training=TrainingDefaults(lr=1e-4, batch_size=128, epoch_items=100_000),  # DAFx 2025, Sec. 5.5
     ),
     "master": Task(
         name="master",
@@ -324,9 +338,9 @@ TASKS: dict[str, Task] = {
         model=_MASTER,  # the same chain, rendered by afxest's differentiable processors
         loss="log_mel",
         encoder="convnext",
-        # batch 16: ICASSP 2024 (Adam, lr 1e-4) and DAFx 2025 Sec. 4.6 (AdamW, lr 5e-5). lr 5e-4:
+        # batch 16: ICASSP 2024 (Adam, lr 1e-4) and DAFx 2025, Sec. 4.6 (AdamW, lr 5e-5). lr 5e-4:
         # measured on the eq task on this project's 2-core CPU, it learns several times faster
-        # than 5e-5 in short runs (docs/master.md). 40 000 items per epoch: DAFx Sec. 4.6.
+        # than 5e-5 in short runs (docs/master.md). 40 000 items per epoch: DAFx 2025, Sec. 4.6.
         # beta 0.003: with 21 parameters, DAFx's 0.1 (and 0.03, which suited eq's 6) kept the
         # posterior near uniform; 0.003 trained the bundled model (docs/models/master.md).
         training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003),
@@ -335,6 +349,7 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
+    """The task ``name``; a one-line UserError listing the tasks for an unknown name."""
     from afxest.errors import UserError
 
     if name not in TASKS:

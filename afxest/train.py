@@ -63,7 +63,8 @@ INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a p
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
                "proxy", "proxy_sha256")
-BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None}  # runs from before --schedule, --proxy
+# what runs from before --schedule and --proxy stored instead of these keys
+BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None}
 
 
 @dataclass
@@ -93,6 +94,7 @@ class TrainConfig:
     schedule: str = "constant"
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict (the start of a run's ``config.json``)."""
         return asdict(self)
 
 
@@ -123,8 +125,8 @@ class Settings:
 
 
 def resolve(config: TrainConfig) -> Settings:
-    """Check the options (one-line UserErrors, in the order the command has always reported
-    them) and fill in the task's training defaults."""
+    """Checks the options (one-line UserErrors, in the order the command has always reported
+    them) and fills in the task's training defaults."""
     task = get_task(config.task)
     if config.estimator not in ESTIMATORS:
         raise UserError(f"unknown estimator {config.estimator!r} ({', '.join(ESTIMATORS)})")
@@ -201,7 +203,7 @@ def ranks_of(config: TrainConfig, settings: Settings) -> Ranks:
 
 
 def run_length(config: TrainConfig, settings: Settings) -> tuple[int, int]:
-    """(total steps, steps per epoch): ``--max-steps``, or ``--epochs`` of the task's
+    """The run's (total steps, steps per epoch): ``--max-steps``, or ``--epochs`` of the task's
     ``epoch_items`` at the run's batch size (rounded up)."""
     steps_per_epoch = max(1, settings.task.training.epoch_items // settings.batch_size)
     if config.max_steps is not None:
@@ -220,8 +222,9 @@ def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> fl
     annealing from ``base`` to 0 over the run, base (1 + cos(pi step / total)) / 2
     (Loshchilov & Hutter, SGDR, 2017, without restarts).
 
-    >>> learning_rate(1e-3, "constant", 5, 10), learning_rate(1e-3, "cosine", 5, 10)
-    (0.001, 0.0005)
+    Example:
+        >>> learning_rate(1e-3, "constant", 5, 10), learning_rate(1e-3, "cosine", 5, 10)
+        (0.001, 0.0005)
     """
     if schedule == "constant":
         return base
@@ -315,6 +318,7 @@ def input_baseline(task: Task, batches: list[Batch], device: Any) -> dict[str, f
 
 
 def _tensor(a: np.ndarray | None, device: Any) -> Tensor | None:
+    """``a`` as a tensor on ``device`` (None stays None: a synth task's dry)."""
     return None if a is None else torch.from_numpy(a).to(device)
 
 
@@ -329,7 +333,7 @@ def new_model(config: TrainConfig, task: Task, device: Any) -> Estimator:
 
 
 def initialise_from(model: Any, path: Path, task: Task, est_config: Any) -> str:
-    """Copy a checkpoint's weights into a new ``model`` (``afxest train --init``): the encoder
+    """Copies a checkpoint's weights into a new ``model`` (``afxest train --init``): the encoder
     always, the head too when it is the same architecture (``param`` and ``deterministic``
     heads are the same network, ``posterior`` heads need the same flows). Returns what was
     copied. A warm start, e.g. the parameter-loss estimator as the starting point of an
@@ -356,7 +360,7 @@ def initialise_from(model: Any, path: Path, task: Task, est_config: Any) -> str:
 
 
 def centre_posterior_on_point(head: Any, weight: Tensor, bias: Tensor, sigma: float = INIT_SIGMA) -> None:
-    """Start a posterior head (DAFx 2025 Sec. 3.2) as a narrow law around a point estimator's
+    """Starts a posterior head (DAFx 2025, Sec. 3.2) as a narrow law around a point estimator's
     z = sigmoid(W h + c): the base Gaussian's mean is W h + c (the logits), its log standard
     deviation the constant ln ``sigma``. The flow layers start near the identity
     (:class:`afxest.nn.flows.ConditionalDSF`), so samples are sigmoid(W h + c + sigma eps),
@@ -371,7 +375,7 @@ def centre_posterior_on_point(head: Any, weight: Tensor, bias: Tensor, sigma: fl
 
 
 def resume(folder: RunFolder, model: Estimator, optimizer: Any, task: Task, resolved: dict[str, Any], device: Any) -> tuple[int, Best]:
-    """Continue the run in ``folder`` (``--resume``): load its ``last.pt`` into ``model`` and
+    """Continues the run in ``folder`` (``--resume``): loads its ``last.pt`` into ``model`` and
     ``optimizer``; returns its step and best validation objective. UserErrors for another task
     definition or estimator, and for a setting that would not continue the same run
     (:data:`RESUME_KEYS`)."""
@@ -384,7 +388,7 @@ def resume(folder: RunFolder, model: Estimator, optimizer: Any, task: Task, reso
 
 
 def data_parallel(model: Estimator, ranks: Ranks) -> tuple[Any, Any]:
-    """(the model, what runs it): the model itself on one process; across ranks, a
+    """The model and what runs it: the model itself on one process; across ranks, a
     DistributedDataParallel wrapper, on CUDA with batch statistics over the global batch
     (SyncBatchNorm, CUDA only in torch)."""
     if ranks.world == 1:
@@ -398,7 +402,7 @@ def data_parallel(model: Estimator, ranks: Ranks) -> tuple[Any, Any]:
 
 
 def join_process_group(ranks: Ranks) -> Ranks:
-    """Start the data-parallel process group (NCCL on this rank's GPU, gloo on CPUs); nothing
+    """Starts the data-parallel process group (NCCL on this rank's GPU, gloo on CPUs); nothing
     on one process. Returns the ranks with their device."""
     if ranks.world == 1:
         return ranks
@@ -418,7 +422,7 @@ def join_process_group(ranks: Ranks) -> Ranks:
 
 @dataclass
 class Objective:
-    """The training objective of a batch (DAFx 2025 Eq. 7 and the papers' baselines).
+    """The training objective of a batch (DAFx 2025, Eq. 7 and the papers' baselines).
 
     With z sampled once per item from the estimator for the wet y, and x the dry:
 
@@ -479,7 +483,7 @@ class Objective:
 
 
 def train_step(model: Any, optimizer: Any, objective: Objective, batch: Batch, device: Any, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
-    """One AdamW step on the objective of a batch (DAFx 2025 Sec. 4.6: AdamW).
+    """One AdamW step on the objective of a batch (DAFx 2025, Sec. 4.6: AdamW).
 
     Arguments:
         model: What runs the estimator (the model, or its data-parallel wrapper).
@@ -573,6 +577,7 @@ class EstimatorRun:
         return value, {k: v.mean().item() for k, v in terms.items()}
 
     def validate(self) -> dict[str, float]:
+        """The validation figures (:func:`validate`), averaged over the ranks."""
         return validate(self.model, self.validation, self.val_batches, self.ranks.device, self.ranks.world, self.forward)
 
     def payload(self, step: int, metrics: dict[str, float], best: Best) -> dict[str, Any]:
@@ -599,7 +604,7 @@ def train(
     config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False,
     after_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Run (or resume) a training run as configured: the steps of the module docstring.
+    """Runs (or resume) a training run as configured: the steps of the module docstring.
 
     Arguments:
         config: The options of ``afxest train``.
@@ -702,6 +707,8 @@ class _Progress:
             self.bar.start()
 
     def update(self, step: int, loss: float, val: float | None) -> None:
+        """Shows step ``step``, its loss and the last validation figure (without a bar: a log
+        line every 10 % of the run)."""
         val_text = "-" if val is None else f"{val:.4f}"
         if self.bar is not None:
             self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", val=val_text)

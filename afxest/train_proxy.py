@@ -59,21 +59,29 @@ class ProxyTrainConfig:
     resume: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict (the start of a run's ``config.json``)."""
         return asdict(self)
 
     def proxy_config(self) -> ProxyConfig:
+        """The proxy's size these options ask for."""
         return ProxyConfig(self.channels, self.kernel_size, self.blocks, self.dilation_growth)
 
 
 def proxy_loss(y_hat: Tensor, y: Tensor, mel_loss: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Training loss per item: L1 relative to the target's mean magnitude + the log-mel loss
-    (DAFx Eq. 16, the estimator's own training loss), (batch,)."""
+    """The training loss per item: L1 relative to the target's mean magnitude + the log-mel loss
+    (DAFx 2025, Eq. 16, the estimator's own training loss), (batch,)."""
     l1 = (y_hat - y).abs().mean(dim=(1, 2)) / (y.abs().mean(dim=(1, 2)) + 1e-8)
     return l1 + mel_loss(y_hat, y)
 
 
 def snr_db(y_hat: Tensor, y: Tensor) -> Tensor:
-    """10 log10(||y||^2 / ||y - y_hat||^2) per item, (batch,); inf where they are equal."""
+    """The SNR 10 log10(||y||^2 / ||y - y_hat||^2) per item, (batch,); inf where they are equal.
+
+    Example:
+        >>> y = torch.ones(1, 1, 4)
+        >>> snr_db(0.9 * y, y), snr_db(y, y)
+        (tensor([20.0000], dtype=torch.float64), tensor([inf], dtype=torch.float64))
+    """
     err = (y.double() - y_hat.double()).square().sum(dim=(1, 2))
     return 10 * torch.log10(y.double().square().sum(dim=(1, 2)) / err)
 
@@ -112,7 +120,7 @@ def data_sources(config: ProxyTrainConfig, task: Task, log: Callable[[str], None
 
 
 def resume(folder: RunFolder, proxy: CompressorProxy, optimizer: Any, resolved: dict[str, Any], device: Any) -> tuple[int, Best]:
-    """Continue the run in ``folder`` (``--resume``) from its ``last.pt``; returns its step and
+    """Continues the run in ``folder`` (``--resume``) from its ``last.pt``; returns its step and
     best validation loss. UserErrors for another kind of checkpoint and for a setting that
     would not continue the same run (:data:`RESUME_KEYS`)."""
     state = torch.load(folder.last, map_location=device, weights_only=True)
@@ -130,7 +138,7 @@ def proxy_tensors(batch: ProxyBatch, device: Any) -> tuple[Tensor, Tensor, list[
 
 
 def validate(proxy: CompressorProxy, batches: list[ProxyBatch], mel: LogMelLoss, device: Any, identity: bool = False) -> dict[str, float]:
-    """Mean loss, median SNR (dB) and mean log-mel distance over the validation items, of
+    """The mean loss, median SNR (dB) and mean log-mel distance over the validation items, of
     the proxy or (``identity``) of the input taken as the output."""
     proxy.eval()
     loss, snr, log_mel = [], [], []
@@ -174,6 +182,7 @@ class ProxyRun:
         return loss.item(), {}
 
     def validate(self) -> dict[str, float]:
+        """The validation figures (:func:`validate`) of the proxy."""
         return validate(self.proxy, self.val_batches, self.mel, self.device)
 
     def payload(self, step: int, metrics: dict[str, float], best: Best) -> dict[str, Any]:
@@ -189,7 +198,7 @@ class ProxyRun:
 def train_proxy(
     config: ProxyTrainConfig, log: Callable[[str], None] = print, after_step: Callable[[int], None] | None = None
 ) -> dict[str, float]:
-    """Train (or resume) a compressor proxy: ``last.pt``, ``best.pt`` (lowest validation
+    """Trains (or resume) a compressor proxy: ``last.pt``, ``best.pt`` (lowest validation
     loss), ``metrics.jsonl`` and ``config.json`` in ``config.out``, as ``afxest train`` writes
     them.
 

@@ -765,3 +765,12 @@ def test_plot_without_matplotlib_exits_2_with_one_line_and_writes_nothing(
     assert code == 2 and out == ""
     assert err.strip().splitlines() == ["afxest: error: --plot needs matplotlib, which is not installed (pip install 'afxest[plots]')"]
     assert snapshot(tmp_path) == before
+
+
+def test_scoring_doctests() -> None:
+    import doctest
+
+    import afxest.scoring
+
+    result = doctest.testmod(afxest.scoring, raise_on_error=False)
+    assert result.failed == 0 and result.attempted > 0

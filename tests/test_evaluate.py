@@ -369,3 +369,12 @@ def test_default_estimate_row_is_the_searched_rank_1_and_beats_the_input(tmp_pat
     sdr = _matrix(rows, "default-estimate", "si_sdr")
     assert result.default_estimate["si_sdr"][0] == pytest.approx(sdr.mean(), rel=1e-12)
     assert "Default estimate, --effort fast (ours)" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import afxest.evaluate
+
+    result = doctest.testmod(afxest.evaluate, raise_on_error=False)
+    assert result.failed == 0 and result.attempted > 0

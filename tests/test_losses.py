@@ -305,3 +305,12 @@ def test_bits_per_dim_uniform_and_gaussian():
     estimate = bits_per_dim(normal.log_prob(z).sum(-1), d).mean().item()
     assert estimate == pytest.approx(0.5 * math.log2(2 * math.pi * math.e * sigma**2), abs=0.01)
     assert bits_per_dim(torch.tensor(-math.log(2) * d * 1.5), d).item() == pytest.approx(1.5)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import afxest.losses
+
+    result = doctest.testmod(afxest.losses, raise_on_error=False)
+    assert result.failed == 0 and result.attempted > 0

@@ -82,3 +82,12 @@ def test_parameter_errors_in_physical_units() -> None:
     assert math.isclose(errors["0.fm.modulation_index"][1].item(), top - index_at(0.75), rel_tol=1e-9)
     assert errors["0.fm.modulation_index"][0].item() == 0.0
     assert TASKS["eq"].parameter_errors(torch.rand(2, 6), torch.rand(2, 3)) == {}
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import afxest.params
+
+    result = doctest.testmod(afxest.params, raise_on_error=False)
+    assert result.failed == 0 and result.attempted > 0

@@ -178,3 +178,13 @@ def test_the_pedalboard_engine_loads_without_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_dsp_doctests() -> None:
+    import doctest
+
+    from afxest.dsp import amplitude, filters, fm
+
+    for module in (amplitude, filters, fm):
+        result = doctest.testmod(module, raise_on_error=False)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -218,3 +218,12 @@ def test_mel_first_used_in_inference_mode_still_differentiates() -> None:
     dense = torch.matmul(mel.mel_basis.float(), mel.spectrogram(x).transpose(1, 2))
     assert torch.allclose(mel(x), dense, rtol=1e-5, atol=1e-6)
     assert torch.isfinite(y.grad).all()
+
+
+def test_doctests() -> None:
+    import doctest
+
+    import afxest.spectral
+
+    result = doctest.testmod(afxest.spectral, raise_on_error=False)
+    assert result.failed == 0 and result.attempted > 0

@@ -444,7 +444,8 @@ def test_doctests() -> None:
     import afxest.runs
     import afxest.tasks
     import afxest.train
+    import afxest.train_proxy
 
-    for module in (afxest.runs, afxest.tasks, afxest.train):
+    for module in (afxest.runs, afxest.tasks, afxest.train, afxest.train_proxy):
         result = doctest.testmod(module, raise_on_error=False)
         assert result.failed == 0 and result.attempted > 0, module.__name__

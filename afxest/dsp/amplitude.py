@@ -13,12 +13,17 @@ from torch import Tensor
 
 
 def db_to_amplitude(db: Tensor) -> Tensor:
-    """10^(dB / 20)."""
+    """The amplitude ratio 10^(db / 20) of a level ``db`` in dB.
+
+    Example:
+        >>> db_to_amplitude(torch.tensor([-6.0, 0.0, 20.0]))
+        tensor([ 0.5012,  1.0000, 10.0000])
+    """
     return torch.pow(10.0, db / 20)
 
 
 def gain(x: Tensor, sample_rate: float, *, gain_db: Tensor) -> Tensor:
-    """y = x 10^(gain_db / 20) (pedalboard.Gain)."""
+    """Applies a gain, y = x 10^(gain_db / 20), as pedalboard's ``Gain`` does."""
     return x * gain_amplitude(sample_rate, gain_db=gain_db)[:, None, None]
 
 
@@ -29,7 +34,7 @@ def gain_amplitude(sample_rate: float, *, gain_db: Tensor) -> Tensor:
 
 
 def hard_clip(x: Tensor, sample_rate: float, *, threshold_db: Tensor) -> Tensor:
-    """y = clip(x, -t, t), t = 10^(threshold_db / 20) (pedalboard.Clipping).
+    """Clips hard, y = clip(x, -t, t) with t = 10^(threshold_db / 20), as pedalboard's ``Clipping`` does.
 
     Exact, but its gradient to the threshold only flows through clipped samples and its
     gradient to x is zero where it clips: use :func:`soft_clip` to train through it.
@@ -39,7 +44,7 @@ def hard_clip(x: Tensor, sample_rate: float, *, threshold_db: Tensor) -> Tensor:
 
 
 def soft_clip(x: Tensor, sample_rate: float, *, threshold_db: Tensor) -> Tensor:
-    """Smooth clipper for training: y = t tanh(x / t), t = 10^(threshold_db / 20).
+    """Clips smoothly, for training: y = t tanh(x / t) with t = 10^(threshold_db / 20).
 
     Equals x to first order for |x| << t, saturates at +-t, and has non-zero gradients to x and
     to the threshold everywhere. An approximation of :func:`hard_clip`, not a match.

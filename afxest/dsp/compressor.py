@@ -33,7 +33,7 @@ _KERNELS: tuple[Callable[..., None], Callable[..., None]] | None = None
 
 
 def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
-    """Compile (or load from numba's on-disk cache) the forward and backward loops."""
+    """Compiles (or loads from numba's on-disk cache) the forward and backward loops."""
     global _KERNELS
     if _KERNELS is not None:
         return _KERNELS
@@ -119,7 +119,7 @@ _SAMPLES_PER_THREAD = 1 << 16
 
 
 def _run_rows(kernel: Callable[..., None], arrays: list[Any]) -> None:
-    """Run a row-independent kernel over slices of rows, one slice per torch CPU thread.
+    """Runs a row-independent kernel over slices of rows, one slice per torch CPU thread.
 
     The kernels release the GIL, so plain Python threads run them in parallel. Threads are
     started per call (about 0.1 ms, against tens of ms of work): nothing survives a fork, and
@@ -192,6 +192,8 @@ class _Compressor(torch.autograd.Function):
 
 
 def _as_param(p: torch.Tensor | float, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """``p`` as a floating tensor shaped (batch,) on ``like``'s device (a float or a 0-d tensor
+    repeated); ValueError, naming ``name``, for another shape."""
     if isinstance(p, torch.Tensor):
         t = p.to(device=like.device)
         if not t.is_floating_point():
@@ -208,7 +210,7 @@ def _as_param(p: torch.Tensor | float, batch: int, like: torch.Tensor, name: str
 
 
 def ballistics_coefficient(time_ms: torch.Tensor, sample_rate: float) -> torch.Tensor:
-    """JUCE BallisticsFilter constant exp(-2 pi 1000 / (sample_rate * time_ms)); 0 below 0.001 ms.
+    """The JUCE BallisticsFilter constant exp(-2 pi 1000 / (sample_rate * time_ms)); 0 below 0.001 ms.
 
     Computed in float64 as JUCE does; differentiable (gradient 0 below 0.001 ms).
     """
@@ -228,26 +230,28 @@ def compressor(
     attack_ms: torch.Tensor | float,
     release_ms: torch.Tensor | float,
 ) -> torch.Tensor:
-    """Hard-knee peak compressor, sample for sample JUCE's ``dsp::Compressor`` (pedalboard's).
-
-    Args:
-        x: audio shaped (batch, channels, time), float32 or float64. Each channel has its own
-            detector (pedalboard does not link channels).
-        sample_rate: sample rate in Hz.
-        threshold_db: threshold in dB, float or tensor shaped (batch,).
-        ratio: compression ratio (pedalboard requires >= 1), float or (batch,).
-        attack_ms, release_ms: ballistics times in ms, float or (batch,); below 0.001 ms the
-            constant is 0 (instant), as in JUCE, and the gradient w.r.t. the time is 0.
-
-    Returns:
-        The compressed audio, shaped and typed like x, differentiable w.r.t. x and all four
-        parameters. In float32 the detector and gain are computed as JUCE computes them, so the
-        output equals pedalboard's up to the last bit of ``pow``.
+    """Compresses x as a hard-knee peak compressor, sample for sample JUCE's ``dsp::Compressor``
+    (pedalboard's ``Compressor``; the recursion is in the module docstring).
 
     The loops run on the CPU (numba, compiled on first use and cached on disk); CUDA tensors
     are copied to the CPU for them and the results copied back. pedalboard floors thresholds
     at -200 dB to a gain of 0 (and outputs NaN for digital silence); that corner is not
     reproduced.
+
+    Arguments:
+        x: The audio, shaped (batch, channels, time), float32 or float64. Each channel has its
+            own detector (pedalboard does not link channels).
+        sample_rate: The sample rate in Hz.
+        threshold_db: The threshold in dB, a float or a tensor shaped (batch,).
+        ratio: The compression ratio (pedalboard requires >= 1), a float or (batch,).
+        attack_ms: The attack time in ms, a float or (batch,); below 0.001 ms the constant is 0
+            (instant), as in JUCE, and the gradient with respect to the time is 0.
+        release_ms: The release time in ms, likewise.
+
+    Returns:
+        The compressed audio, shaped and typed like x, differentiable with respect to x and all
+        four parameters. In float32 the detector and gain are computed as JUCE computes them,
+        so the output equals pedalboard's up to the last bit of ``pow``.
     """
     if x.dim() != 3:
         raise ValueError(f"x must be shaped (batch, channels, time), got {tuple(x.shape)}")

@@ -44,7 +44,7 @@ def _common(
 def peak_coefficients(
     sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """RBJ cookbook peaking EQ, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
+    """The RBJ cookbook coefficients b, a of a peaking EQ, shaped (batch, 3), from parameters shaped (batch,)."""
     cos_w, big_a, alpha = _common(sample_rate, cutoff_frequency_hz, gain_db, q)
     b = (1 + alpha * big_a, -2 * cos_w, 1 - alpha * big_a)
     a = (1 + alpha / big_a, -2 * cos_w, 1 - alpha / big_a)
@@ -54,7 +54,7 @@ def peak_coefficients(
 def _shelf_coefficients(
     s: float, sample_rate: float, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """RBJ cookbook shelf: s = 1 the low shelf, s = -1 the high shelf (the signs of cos flip)."""
+    """The RBJ cookbook shelf coefficients: s = 1 the low shelf, s = -1 the high shelf (the signs of cos flip)."""
     cos_w, big_a, alpha = _common(sample_rate, cutoff_frequency_hz, gain_db, q)
     ap1, am1 = big_a + 1, big_a - 1
     two_sqrt_a_alpha = 2 * torch.sqrt(big_a) * alpha
@@ -74,19 +74,20 @@ def _shelf_coefficients(
 def low_shelf_coefficients(
     sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """RBJ cookbook low shelf, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
+    """The RBJ cookbook coefficients b, a of a low shelf, shaped (batch, 3), from parameters shaped (batch,)."""
     return _shelf_coefficients(1.0, sample_rate, cutoff_frequency_hz, gain_db, q)
 
 
 def high_shelf_coefficients(
     sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """RBJ cookbook high shelf, each parameter shaped (batch,): returns b, a shaped (batch, 3)."""
+    """The RBJ cookbook coefficients b, a of a high shelf, shaped (batch, 3), from parameters shaped (batch,)."""
     return _shelf_coefficients(-1.0, sample_rate, cutoff_frequency_hz, gain_db, q)
 
 
 def frequency_response(b: Tensor, a: Tensor, n_fft: int) -> Tensor:
-    """H(e^{jw}) = B(e^{jw}) / A(e^{jw}) at the n_fft // 2 + 1 bins of an rfft; (batch, bins)."""
+    """The frequency response H(e^{jw}) = B(e^{jw}) / A(e^{jw}) at the n_fft // 2 + 1 bins of an rfft,
+    shaped (batch, bins)."""
     w = torch.arange(n_fft // 2 + 1, device=b.device, dtype=b.dtype) * (2 * math.pi / n_fft)
     z1 = torch.polar(torch.ones_like(w), -w)  # e^{-jw}
     z2 = z1 * z1
@@ -96,7 +97,8 @@ def frequency_response(b: Tensor, a: Tensor, n_fft: int) -> Tensor:
 
 
 def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB) -> int:
-    """Samples until the slowest pole of any denominator in ``a`` (batch, 3) decays by tail_db."""
+    """The number of samples until the slowest pole of any denominator in ``a`` (batch, 3) has
+    decayed by ``tail_db``; ValueError for an unstable biquad."""
     a = a.detach().double().cpu()
     a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
     disc = a1 * a1 - 4 * a0 * a2
@@ -116,7 +118,12 @@ def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB) -> int:
 
 
 def next_fast_len(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n (sizes pocketfft and cuFFT handle fastest)."""
+    """The smallest 2^a 3^b 5^c >= ``n`` (the sizes pocketfft and cuFFT handle fastest).
+
+    Example:
+        >>> next_fast_len(1000), next_fast_len(1025), next_fast_len(16385)
+        (1000, 1080, 16875)
+    """
     best = 1 << max(0, (n - 1).bit_length())
     p5 = 1
     while p5 < best:
@@ -134,13 +141,21 @@ def next_fast_len(n: int) -> int:
 def apply_biquads(
     x: Tensor, coefficients: Sequence[tuple[Tensor, Tensor]], sample_rate: float, scale: Tensor | None = None
 ) -> Tensor:
-    """Filter x (batch, channels, time) by a cascade of biquads, in the frequency domain.
+    """Filters x by a cascade of biquads, in the frequency domain.
 
-    ``coefficients`` is a list of (b, a) pairs shaped (batch, 3); ``scale`` an optional
-    broadband gain shaped (batch,). The signal is processed by overlap-add in blocks of
-    max(``BLOCK``, 2 tail) samples, each zero padded by the tail, so the circular convolution of
-    each block is its linear one: the result equals the recursive filters' output (zero
-    initial state), and cost and memory grow linearly with the signal's length.
+    The signal is processed by overlap-add in blocks of max(``BLOCK``, 2 tail) samples, each
+    zero padded by the tail, so the circular convolution of each block is its linear one: the
+    result equals the recursive filters' output (zero initial state), and cost and memory grow
+    linearly with the signal's length.
+
+    Arguments:
+        x: The audio, shaped (batch, channels, time).
+        coefficients: The biquads, (b, a) pairs shaped (batch, 3), applied in cascade.
+        sample_rate: The sample rate in Hz (it sets the length of the impulse-response tail).
+        scale: An optional broadband gain, shaped (batch,).
+
+    Returns:
+        The filtered audio, shaped like x.
     """
     batch, channels, n = x.shape
     if not coefficients and scale is None:
@@ -171,18 +186,18 @@ def apply_biquads(
 
 
 def peak(x: Tensor, sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor) -> Tensor:
-    """Filter x (batch, channels, time) by an RBJ peaking EQ (pedalboard.PeakFilter)."""
+    """Filters x (batch, channels, time) by an RBJ peaking EQ, as pedalboard's ``PeakFilter`` does."""
     coefficients = peak_coefficients(sample_rate, cutoff_frequency_hz=cutoff_frequency_hz, gain_db=gain_db, q=q)
     return apply_biquads(x, [coefficients], sample_rate)
 
 
 def low_shelf(x: Tensor, sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor) -> Tensor:
-    """Filter x (batch, channels, time) by an RBJ low shelf (pedalboard.LowShelfFilter)."""
+    """Filters x (batch, channels, time) by an RBJ low shelf, as pedalboard's ``LowShelfFilter`` does."""
     coefficients = low_shelf_coefficients(sample_rate, cutoff_frequency_hz=cutoff_frequency_hz, gain_db=gain_db, q=q)
     return apply_biquads(x, [coefficients], sample_rate)
 
 
 def high_shelf(x: Tensor, sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor) -> Tensor:
-    """Filter x (batch, channels, time) by an RBJ high shelf (pedalboard.HighShelfFilter)."""
+    """Filters x (batch, channels, time) by an RBJ high shelf, as pedalboard's ``HighShelfFilter`` does."""
     coefficients = high_shelf_coefficients(sample_rate, cutoff_frequency_hz=cutoff_frequency_hz, gain_db=gain_db, q=q)
     return apply_biquads(x, [coefficients], sample_rate)

@@ -25,11 +25,32 @@ def fm_synth(
     start: int = 0,
     dtype: torch.dtype = torch.float32,
 ) -> Tensor:
-    """Synthesise (batch, 1, frames) from parameters shaped (batch,) (DAFx Eq. 19), from sample
-    ``start`` on (a long sound is synthesised block by block, sample for sample the same).
+    """Synthesises the two-operator FM tone of DAFx 2025, Eq. 19 (see the module docstring) from
+    sample ``start`` on; a long sound synthesised block by block is sample for sample the same.
 
-    The sources' one signature (:mod:`afxest.processors`): the length and the sample rate, then
-    the catalogue's parameters by name (all but ``duration_s``, which ``frames`` replaces)."""
+    This is the sources' one signature (:mod:`afxest.processors`): the length and the sample
+    rate, then the catalogue's parameters by name (all but ``duration_s``, which ``frames``
+    replaces).
+
+    Arguments:
+        frames: The number of samples.
+        sample_rate: The sample rate fs in Hz.
+        carrier_hz: The carrier frequency f_c in Hz, shaped (batch,).
+        amplitude: The carrier amplitude I_c, shaped (batch,).
+        modulation_index: The modulation index I_m in radians, shaped (batch,).
+        frequency_ratio: The ratio f_m / f_c, shaped (batch,).
+        start: The index of the first sample (phase 0 at sample 0).
+        dtype: The dtype of the output (the phases are float64 whatever it is).
+
+    Returns:
+        The audio, shaped (batch, 1, frames).
+
+    Example:
+        >>> one = torch.tensor([1.0])
+        >>> fm_synth(4, 8.0, carrier_hz=one, amplitude=0.5 * one, modulation_index=0 * one,
+        ...          frequency_ratio=2 * one)  # I_m = 0: a sine at f_c = fs / 8
+        tensor([[[0.0000, 0.3536, 0.5000, 0.3536]]])
+    """
     n = torch.arange(start, start + frames, device=carrier_hz.device, dtype=torch.float64)
     t = n / sample_rate
     fc = carrier_hz.double()[:, None]

@@ -1,2 +1,3 @@
-"""Neural-network building blocks: normalizing flows (:mod:`afxest.nn.flows`) and the
-estimator heads that turn an encoder embedding into parameters (:mod:`afxest.nn.heads`)."""
+"""Neural networks: the encoders (:mod:`afxest.nn.encoders`), the normalizing flows
+(:mod:`afxest.nn.flows`) and the heads (:mod:`afxest.nn.heads`) that an estimator
+(:mod:`afxest.nn.estimator`) assembles, and the compressor proxy (:mod:`afxest.nn.proxy`)."""

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 class ConvNeXtBlock1d(nn.Module):
     """Depthwise conv (k = 7) -> LayerNorm -> pointwise expand -> Swish -> pointwise -> layer
-    scale, with a residual connection (ConvNeXt, Liu et al. 2022, in 1-D)."""
+    scale, with a residual connection (ConvNeXt, Liu et al. 2022, in 1-D); ``expansion`` is the
+    width factor of the pointwise layers."""
 
     def __init__(self, channels: int, kernel_size: int = 7, expansion: int = 2) -> None:
         super().__init__()
@@ -26,14 +27,26 @@ class ConvNeXtBlock1d(nn.Module):
         self.project = nn.Linear(expansion * channels, channels)
         self.scale = nn.Parameter(torch.full((channels,), 1e-2))
 
-    def forward(self, x: Tensor) -> Tensor:  # (batch, channels, frames)
+    def forward(self, x: Tensor) -> Tensor:
+        """Applies the block to x (batch, channels, frames); the output has the same shape."""
         y = self.depthwise(x).transpose(1, 2)
         y = self.project(nn.functional.silu(self.expand(self.norm(y))))
         return x + (self.scale * y).transpose(1, 2)
 
 
 class MelConvNeXt(nn.Module):
-    """Log-mel -> 1-D ConvNeXt (3 x 64, 3 x 128 channels) -> time mean -> MLP (BN, Swish)."""
+    """Log-mel -> 1-D ConvNeXt (3 x 64, 3 x 128 channels) -> time mean -> MLP (BN, Swish).
+
+    Arguments:
+        sample_rate: The sample rate of the input in Hz.
+        n_mels: The number of mel bands (the input channels of the first block).
+        n_fft: The STFT size.
+        hop_length: The STFT hop.
+        widths: The channels of each ConvNeXt block; where the width changes, a strided
+            convolution (kernel 2, stride 2) halves the time resolution.
+        embed_dim: The size of the embedding.
+        backend: The mel spectrogram's backend (:class:`afxest.spectral.MelSpectrogram`).
+    """
 
     def __init__(
         self,
@@ -62,7 +75,7 @@ class MelConvNeXt(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, wet: Tensor) -> Tensor:
-        """wet (batch, channels, time) -> embedding (batch, embed_dim)."""
+        """Embeds wet audio (batch, channels, time) as (batch, embed_dim)."""
         features = torch.log(self.mel(wet) + 1e-5)
         h = self.blocks(self.input_norm(features))
         return self.mlp(h.mean(dim=-1))
@@ -70,7 +83,7 @@ class MelConvNeXt(nn.Module):
 
 class DFTMLP(nn.Module):
     """ln(1 + |DFT(w x)|) of the whole sound, batch-normalised per bin -> MLP with Swish
-    (DAFx 2025 Sec. 5.3: "the magnitude of the discrete Fourier transform ... fed into a MLP").
+    (DAFx 2025, Sec. 5.3: "the magnitude of the discrete Fourier transform ... fed into a MLP").
 
     Two choices the paper leaves open, both measured on the fm task (param-loss training,
     batch 128, lr 1e-3, 6 000 steps; frequency-ratio error on tones whose modulation index
@@ -83,10 +96,10 @@ class DFTMLP(nn.Module):
     * a batch norm without affine weights on the 2 757 log-magnitudes (as the mel encoder's
       input norm): each bin enters the MLP with zero mean and unit variance (0.12).
 
-    Args:
-        frames: the clip length in samples (longer input is cut, shorter zero padded).
-        hidden: width of the two hidden layers.
-        embed_dim: size of the embedding given to the head.
+    Arguments:
+        frames: The clip length in samples (longer input is cut, shorter zero padded).
+        hidden: The width of the two hidden layers.
+        embed_dim: The size of the embedding given to the head.
     """
 
     def __init__(self, frames: int, hidden: int = 56, embed_dim: int = 64) -> None:
@@ -106,7 +119,8 @@ class DFTMLP(nn.Module):
         self.embed_dim = embed_dim
 
     def forward(self, wet: Tensor) -> Tensor:
-        """wet (batch, channels, time) -> embedding (batch, embed_dim); mono mix, fixed length."""
+        """Embeds the mono mix of wet audio (batch, channels, time), cut or zero padded to
+        ``frames``, as (batch, embed_dim)."""
         x = wet.mean(dim=1)
         x = nn.functional.pad(x, (0, max(0, self.frames - x.shape[-1])))[..., : self.frames]
         magnitude = torch.fft.rfft(x * self.window.to(x.dtype)).abs()
@@ -114,7 +128,7 @@ class DFTMLP(nn.Module):
 
 
 def build_encoder(task) -> nn.Module:
-    """The encoder a task names (``Task.encoder``)."""
+    """The encoder a task names (``Task.encoder``); ValueError for an unknown name."""
     if task.encoder == "convnext":
         return MelConvNeXt(task.sample_rate)
     if task.encoder == "hann_dft_mlp":

@@ -1,7 +1,7 @@
 """An estimator: a task's encoder and one of three heads (the same backbone for all).
 
 * ``deterministic``: sigmoid output, trained by an audio loss through the differentiable
-  processors (ICASSP 2024; DAFx 2025 Fig. 1);
+  processors (ICASSP 2024; DAFx 2025, Fig. 1);
 * ``param``: the same network trained by mean squared error on normalised parameters (the
   "traditional" baseline);
 * ``posterior``: a diagonal Gaussian -> T conditional deep sigmoidal flows -> sigmoid, trained by
@@ -20,18 +20,25 @@ from afxest.choices import ESTIMATORS
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """Which head, and its size (``flows`` = T DSF layers, ``hidden`` = DSF hidden size)."""
+    """Which head an :class:`Estimator` has (``kind``, one of :data:`afxest.choices.ESTIMATORS`),
+    and its size: ``flows`` the number T of DSF layers, ``hidden`` the sigmoid units per layer."""
 
     kind: str = "posterior"
     flows: int = 1
     hidden: int = 8
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (as checkpoints store them)."""
         return asdict(self)
 
 
 class Estimator(nn.Module):
-    """Encoder + head for a task; ``sample(wet, n)`` gives n normalised parameter vectors."""
+    """Encoder + head for a task; ``sample(wet, n)`` gives n normalised parameter vectors.
+
+    Arguments:
+        task: The task (:class:`afxest.tasks.Task`): its encoder and its model's dimension d.
+        config: The head (:class:`EstimatorConfig`).
+    """
 
     def __init__(self, task, config: EstimatorConfig) -> None:
         from afxest.nn.encoders import build_encoder
@@ -55,9 +62,10 @@ class Estimator(nn.Module):
         return self.sample(wet, n)
 
     def sample(self, wet: Tensor, n: int = 1):
-        """n parameter vectors per item: a ``PosteriorSample`` with z (batch, n, d) in [0, 1]."""
+        """Draws ``n`` normalised parameter vectors per item of wet (batch, channels, time): a
+        :class:`afxest.nn.heads.PosteriorSample` with z (batch, n, d) in [0, 1]."""
         return self.head.sample(self.encoder(wet), n)
 
     def log_prob(self, z: Tensor, wet: Tensor) -> Tensor:
-        """log p(z | wet) (posterior only), z (batch, n, d) -> (batch, n)."""
+        """Evaluates log p(z | wet) (posterior only) for z (batch, n, d), shaped (batch, n)."""
         return self.head.log_prob(z, self.encoder(wet))

@@ -4,7 +4,7 @@ r"""Estimator heads: from an encoder embedding :math:`h` to normalised parameter
 Three estimators share one encoder and differ in the head (and the loss):
 
 * :class:`DeterministicHead`: :math:`z = \sigma(W h + c)`, trained with an audio loss
-  (ICASSP 2024; DAFx 2025 "Deter." baseline, Fig. 1).
+  (ICASSP 2024; the "Deter." baseline of DAFx 2025, Fig. 1).
 * :class:`ParamHead`: the same network, trained with a loss on the parameters themselves.
 * :class:`PosteriorHead`: the distribution :math:`p_\theta(z | y)` of DAFx 2025 (Section 3.2,
   Fig. 2): a diagonal Gaussian whose mean and log standard deviation are linear in
@@ -71,7 +71,9 @@ class Head(Protocol):
 
     def sample(
         self, h: Tensor, n: int = 1, generator: torch.Generator | None = None
-    ) -> PosteriorSample: ...
+    ) -> PosteriorSample:
+        """Draws ``n`` parameter vectors per embedding of ``h`` (see :meth:`PosteriorHead.sample`)."""
+        ...
 
 
 class DeterministicHead(nn.Module):

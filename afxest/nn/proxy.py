@@ -54,7 +54,15 @@ Compressor = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 class ProxyConfig:
     """The TCN's size. Defaults: kernel 13 and dilation growth 10 as the ICASSP 2024 proxy
     (its released configuration: 8 channels, causal); 4 blocks give a receptive field of
-    13 333 samples (0.60 s at 22050 Hz, about 7.5 time constants of a 500 ms JUCE release)."""
+    13 333 samples (0.60 s at 22050 Hz, about 7.5 time constants of a 500 ms JUCE release).
+
+    Attributes:
+        channels: The channels of every block.
+        kernel_size: The kernel K of the dilated convolutions.
+        blocks: The number of blocks.
+        dilation_growth: D: block k has dilation D^k.
+        cond_hidden: The hidden width of the FiLM MLP.
+    """
 
     channels: int = 8
     kernel_size: int = 13
@@ -63,17 +71,24 @@ class ProxyConfig:
     cond_hidden: int = 32
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (as checkpoints store them)."""
         return asdict(self)
 
     @property
     def receptive_field(self) -> int:
-        """Samples of input that one output sample depends on (itself included)."""
+        """The number of input samples that one output sample depends on (itself included)."""
         return 1 + (self.kernel_size - 1) * sum(self.dilation_growth**k for k in range(self.blocks))
 
 
 class CompressorProxy(nn.Module):
     """Causal TCN with FiLM conditioning that maps (x, compressor parameters) to y; see the
-    module docstring. ``ranges`` maps each parameter name to (lo, hi, mapping) (the task's)."""
+    module docstring.
+
+    Arguments:
+        config: The TCN's size.
+        ranges: The task's (lo, hi, mapping) of each of ``COMPRESSOR_PARAMS``, by name (see
+            :func:`compressor_ranges`); they normalise the parameters.
+    """
 
     def __init__(self, config: ProxyConfig, ranges: dict[str, tuple[float, float, str]]) -> None:
         from afxest.catalogue import PROCESSORS
@@ -104,7 +119,7 @@ class CompressorProxy(nn.Module):
         nn.init.constant_(self.output.bias, -1.0)
 
     def normalise(self, threshold_db: Tensor, ratio: Tensor, attack_ms: Tensor, release_ms: Tensor) -> Tensor:
-        """The parameters mapped to [0, 1] by the task's ranges (DAFx Eq. 15), (batch, 4)."""
+        """The parameters mapped to [0, 1] by the task's ranges (DAFx 2025, Eq. 15), (batch, 4)."""
         values = (threshold_db, ratio, attack_ms, release_ms)
         return torch.stack([m.to_normalised(v) for m, v in zip(self._maps, values)], dim=-1)
 
@@ -124,8 +139,8 @@ class CompressorProxy(nn.Module):
     def forward(
         self, x: Tensor, threshold_db: Tensor, ratio: Tensor, attack_ms: Tensor, release_ms: Tensor
     ) -> Tensor:
-        """x (batch, channels, time), parameters (batch,) in physical units -> y like x. Each
-        channel is processed on its own, as pedalboard's Compressor does."""
+        """Compresses x (batch, channels, time) with parameters (batch,) in physical units; y is
+        shaped like x. Each channel is processed on its own, as pedalboard's Compressor does."""
         batch, channels, n = x.shape
         params = [torch.as_tensor(v, dtype=x.dtype, device=x.device).expand(batch)
                   for v in (threshold_db, ratio, attack_ms, release_ms)]
@@ -231,8 +246,9 @@ class ProxyBatch:
 
 
 def make_proxy_batch(task, source, rng: np.random.Generator, size: int, frames: int) -> ProxyBatch:
-    """Dry excerpts through the task's truth chain up to its compressor, then its compressor
-    with parameters uniform in the task's normalised ranges, both by pedalboard."""
+    """Draws ``size`` training items of ``frames`` samples: dry excerpts from ``source`` through
+    the task's truth chain up to its compressor, then its compressor with parameters uniform in
+    the task's normalised ranges, both by pedalboard."""
     from afxest.engines import render
     from afxest.presets import Preset, Processor
 
