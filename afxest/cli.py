@@ -236,12 +236,12 @@ def estimate(
     """Estimate the effect or synth preset behind each wet file: ranked candidates and a summary."""
     import json
 
-    from afxest.estimate import (
-        EstimateOptions, Analyser, check_out_dir, check_stems, inference_threads, pair_inputs, run_batch,
-    )
-    from afxest.estimate import check_request
-    from afxest.store import load_model
+    from afxest.audio import check_out_dir
     from afxest.device import resolve_device
+    from afxest.estimate import (
+        Analyser, EstimateOptions, check_request, check_stems, inference_threads, pair_inputs, run_batch,
+    )
+    from afxest.store import load_model
     from afxest.tables import candidates_table
 
     if audio_all and no_audio:

@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from afxest.audio import OutputSet, atomic_write_text, check_out_dir, make_folder, open_audio, read_blocks, staged_file
+from afxest.audio import OutputSet, atomic_write_text, make_folder, open_audio, read_blocks, staged_file
 from afxest.data import AUDIO_SUFFIXES
 from afxest.engines import board
 from afxest.errors import UserError
