@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from afxest.spectral import MelSpectrogram, log_mel, stft
+from afxest.spectral import MelSpectrogram, energy, log_mel, stft
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -53,7 +53,7 @@ def _per_item(values: Tensor, batch: int, channels: int) -> Tensor:
 def _magnitude(spec: Tensor) -> Tensor:
     """|X| of a complex STFT with a zero (not NaN) gradient where X = 0: sqrt(max(re^2 + im^2,
     1e-30)), which differs from |X| by at most 1e-15 (torch's complex abs is several times slower)."""
-    return (spec.real.square() + spec.imag.square()).clamp(min=1e-30).sqrt()
+    return energy(spec).clamp(min=1e-30).sqrt()
 
 
 # The 5-term flat-top window of Matlab's flattopwin and scipy.signal.windows.flattop

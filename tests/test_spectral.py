@@ -227,3 +227,14 @@ def test_doctests() -> None:
 
     result = doctest.testmod(afxest.spectral, raise_on_error=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_energy_gradient_is_the_finite_difference_one():
+    """|X|^2 with its one-product backward: values as Re^2 + Im^2, gradient by finite differences
+    (torch.autograd.gradcheck, float64, complex input: dL/dRe X + i dL/dIm X)."""
+    from afxest.spectral import energy
+
+    x = torch.randn(3, 5, dtype=torch.complex128, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    assert torch.equal(energy(x), x.real.square() + x.imag.square())
+    assert torch.autograd.gradcheck(energy, (x,))
+    assert torch.autograd.gradgradcheck(energy, (x,))
