@@ -286,22 +286,29 @@ class MelSpectrogram(torch.nn.Module):
         """The mel bands (batch, n_mels, frames) of a spectrogram (batch, frames, bins).
 
         The filterbank is sparse (each bin feeds at most two bands: 4 037 of 262 272 weights
-        are non-zero at n_fft 4096, 128 mels), so the product is a sparse-dense one, about
-        twice as fast on CPU as the dense batched product, forward and backward."""
+        are non-zero at n_fft 4096, 128 mels). On the CPU the product is the spectrogram, as
+        it comes (frames by bins, no transposed copy), times the transposed filterbank as a
+        sparse CSR matrix: forward and backward about 1.5x as fast as the sparse-dense product
+        with the filterbank on the left and 1.5x as fast as the dense product (16 x 108 frames
+        of 2049 bins: 22 ms against 32 and 33). Other devices take the dense product."""
         batch, frames, bins = spectrogram.shape
-        basis = self._sparse_basis(spectrogram.dtype, spectrogram.device)
-        bands = torch.sparse.mm(basis, spectrogram.reshape(batch * frames, bins).T)  # (n_mels, batch * frames)
-        return bands.reshape(self.n_mels, batch, frames).transpose(0, 1)
+        rows = spectrogram.reshape(batch * frames, bins)
+        if spectrogram.device.type == "cpu":
+            bands = rows @ self._sparse_basis_t(spectrogram.dtype, spectrogram.device)
+        else:
+            bands = rows @ self.mel_basis.to(spectrogram.dtype).T
+        return bands.reshape(batch, frames, self.n_mels).transpose(1, 2)
 
-    def _sparse_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """The filterbank as a sparse CSR tensor of ``dtype`` on ``device`` (kept for the last pair asked)."""
+    def _sparse_basis_t(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """The transposed filterbank (bins, n_mels) as a sparse CSR tensor of ``dtype`` on ``device``
+        (kept for the last pair asked)."""
         key = (dtype, device)
         if self._sparse.get("key") != key:
             # a normal tensor even when first built under inference_mode (scoring), so that a
             # later differentiable call (refinement, training) may save it for backward
             with warnings.catch_warnings(), torch.inference_mode(False):
                 warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta": tested here
-                basis = self.mel_basis.to(dtype=dtype, device=device).to_sparse_csr()
+                basis = self.mel_basis.T.to(dtype=dtype, device=device).contiguous().to_sparse_csr()
             self._sparse = {"key": key, "basis": basis}
         return self._sparse["basis"]
 
