@@ -10,8 +10,7 @@ AdamW. Two recipes, alternated step by step so that a busy machine slows both al
 * ``0.1.0``: the training step as afxest 0.1.0 computed it: the exact audio term (time-domain
   render, then the loss), biquads filtered over the whole clip at once (one 116 640-point FFT
   per clip), torch's own rfft backward (a complex FFT), |X|^2 through torch's autograd, dense
-  mel filterbank products, the
-  revisited MR-STFT on its prime FFT sizes;
+  mel filterbank products, the revisited MR-STFT on its prime FFT sizes;
 * ``now``: what ``afxest train`` runs: the fast audio term (``audio_objective(fast=True)``:
   |H|^2 on the loss's STFT for the eq task, fast FFT sizes for fm), overlap-add filtering in
   short blocks, the cheaper rfft backward, the one-product |X|^2 backward, sparse mel products
