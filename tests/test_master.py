@@ -198,6 +198,26 @@ def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_p
     assert not (tmp_path / "y").exists()
 
 
+def test_train_proxy_resume_refuses_a_bad_last_pt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged last.pt, or an estimator's, under ``train-proxy --resume``: exit 2 with one
+    error line (after the run's "data:" line, printed before the checkpoint is read), no
+    traceback, and the folder left as it was."""
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "last.pt").write_bytes(b"not a checkpoint")
+    estimator = tmp_path / "estimator"
+    train(TrainConfig(task="master", out=str(estimator), estimator="param", max_steps=1, **QUICK), log=lambda _: None)
+    before = {p: p.read_bytes() for p in estimator.iterdir()}
+    capsys.readouterr()
+    for folder, reason in ((corrupt, "UnpicklingError"), (estimator, "format afxest-proxy/1 expected")):
+        rc = main(["train-proxy", "--out", str(folder), "--max-steps", "2", "--resume"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 2 and lines[0].startswith("data: "), lines
+        assert lines[1] == f"afxest: error: {folder / 'last.pt'}: not an afxest proxy checkpoint ({reason})", lines
+    assert sorted(corrupt.iterdir()) == [corrupt / "last.pt"] and (corrupt / "last.pt").read_bytes() == b"not a checkpoint"
+    assert {p: p.read_bytes() for p in estimator.iterdir()} == before
+
+
 def test_estimate_and_evaluate_take_a_master_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   tiny_proxy: Path) -> None:
     from afxest.audio import write_audio
