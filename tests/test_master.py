@@ -140,7 +140,8 @@ def tiny_proxy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("proxy", ["neural", "hybrid"])
-def test_training_through_a_proxy_is_recorded(tmp_path: Path, tiny_proxy: Path, proxy: str) -> None:
+def test_training_through_a_proxy_is_recorded(tmp_path: Path, tiny_proxy: Path, proxy: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     import hashlib
 
     out = tmp_path / "run"
@@ -154,7 +155,7 @@ def test_training_through_a_proxy_is_recorded(tmp_path: Path, tiny_proxy: Path, 
     rc = main(["train", "--task", "master", "--estimator", "deterministic", "--out", str(out), "--max-steps", "3",
                "--batch-size", "2", "--val-items", "2", "--val-every", "2", "--checkpoint-every", "1", "--resume",
                "--no-progress"])
-    assert rc == 2
+    assert rc == 2 and "--resume with a different proxy ('dsp'" in capsys.readouterr().err
 
 
 def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_proxy: Path) -> None:

@@ -307,7 +307,9 @@ def test_runs_from_before_schedules_resume_as_constant(tmp_path: Path) -> None:
     state = torch.load(out / "last.pt", weights_only=True)
     del state["training"]["schedule"]  # as written by afxest before --schedule existed
     torch.save(state, out / "last.pt")
-    assert train(TrainConfig(max_steps=2, resume=True, **config), log=quiet).steps == 2
+    steps: list[int] = []
+    assert train(TrainConfig(max_steps=2, resume=True, **config), log=quiet, after_step=steps.append).steps == 2
+    assert steps == [2]  # resumed from step 1, not started again
 
 
 def test_validation_items_do_not_depend_on_the_training_seed(tmp_path: Path) -> None:
