@@ -604,7 +604,7 @@ def train(
     config: TrainConfig, log: Callable[[str], None] = print, progress: bool = False,
     after_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Runs (or resume) a training run as configured: the steps of the module docstring.
+    """Runs (or resumes) a training run as configured: the steps of the module docstring.
 
     Arguments:
         config: The options of ``afxest train``.

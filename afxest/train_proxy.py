@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from afxest import __version__
+from afxest.checkpoints import load_checkpoint
 from afxest.data import DrySource
 from afxest.device import resolve_device
 from afxest.errors import UserError
@@ -121,11 +122,10 @@ def data_sources(config: ProxyTrainConfig, task: Task, log: Callable[[str], None
 
 def resume(folder: RunFolder, proxy: CompressorProxy, optimizer: Any, resolved: dict[str, Any], device: Any) -> tuple[int, Best]:
     """Continues the run in ``folder`` (``--resume``) from its ``last.pt``; returns its step and
-    best validation loss. UserErrors for another kind of checkpoint and for a setting that
-    would not continue the same run (:data:`RESUME_KEYS`)."""
-    state = torch.load(folder.last, map_location=device, weights_only=True)
-    if state.get("format") != PROXY_FORMAT:
-        raise UserError(f"{folder.last}: not an afxest proxy checkpoint")
+    best validation loss. One-line UserErrors for an unreadable file or another kind of
+    checkpoint (:func:`afxest.checkpoints.load_checkpoint`) and for a setting that would not
+    continue the same run (:data:`RESUME_KEYS`)."""
+    state = load_checkpoint(folder.last, device, PROXY_FORMAT, "proxy checkpoint")
     check_same_run(folder.last, state["training"], resolved, RESUME_KEYS)
     return restore(state, proxy, optimizer, "loss")
 
@@ -198,7 +198,7 @@ class ProxyRun:
 def train_proxy(
     config: ProxyTrainConfig, log: Callable[[str], None] = print, after_step: Callable[[int], None] | None = None
 ) -> dict[str, float]:
-    """Trains (or resume) a compressor proxy: ``last.pt``, ``best.pt`` (lowest validation
+    """Trains (or resumes) a compressor proxy: ``last.pt``, ``best.pt`` (lowest validation
     loss), ``metrics.jsonl`` and ``config.json`` in ``config.out``, as ``afxest train`` writes
     them.
 

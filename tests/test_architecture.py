@@ -3,6 +3,8 @@
 The graph is read from the source (every ``import`` and ``from ... import`` statement, those
 inside functions included, since afxest defers heavy imports into the functions that need
 them), so a circle or a forbidden edge fails here before anyone trips over it at run time.
+A dynamic import (``importlib.import_module``, ``__import__``) would hide an edge from the
+reader, so afxest has none.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ MAX_FUNCTION_LINES = 150
 # the modules of the training loops: inference never reaches them
 TRAINING = {"afxest.train", "afxest.train_proxy", "afxest.runs"}
 INFERENCE = {"afxest.estimate", "afxest.evaluate", "afxest.render", "afxest.engines", "afxest.store",
-             "afxest.search", "afxest.figures", "afxest.nn.proxy"}  # nn.proxy: the proxy model, not its training
+             "afxest.search", "afxest.figures", "afxest.scoring", "afxest.propose", "afxest.tables",
+             "afxest.nn.proxy"}  # nn.proxy: the proxy model, not its training
+# the top-level command modules of inference
+INFERENCE_COMMANDS = {"afxest.estimate", "afxest.evaluate", "afxest.search", "afxest.store", "afxest.render",
+                      "afxest.figures", "afxest.tables"}
+# modules both sides use: they reach neither side's command modules
+SHARED = {"afxest.checkpoints", "afxest.objective", "afxest.device"}
 
 
 def module_name(path: Path) -> str:
@@ -88,6 +96,38 @@ def test_inference_does_not_reach_the_training_loops(module):
     graph = import_graph()
     assert module in graph
     assert not reachable(graph, module) & TRAINING, sorted(reachable(graph, module) & TRAINING)
+
+
+@pytest.mark.parametrize("module", sorted(SHARED))
+def test_shared_modules_reach_neither_side(module):
+    graph = import_graph()
+    assert module in graph
+    commands = TRAINING | INFERENCE_COMMANDS
+    assert not reachable(graph, module) & commands, sorted(reachable(graph, module) & commands)
+
+
+def dynamic_imports(tree: ast.Module) -> list[int]:
+    """The lines of ``tree`` that name ``import_module`` or ``__import__`` (a call, or a
+    reference that could become one)."""
+    names = {"import_module", "__import__"}
+    return sorted(
+        node.lineno
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Name) and node.id in names)
+        or (isinstance(node, ast.Attribute) and node.attr in names)
+        or (isinstance(node, ast.alias) and node.name in names)
+    )
+
+
+def test_dynamic_imports_are_seen():
+    tree = ast.parse("import importlib\nfrom importlib import import_module\nimportlib.import_module('afxest.train')\n"
+                     "__import__('afxest.train')\n")
+    assert dynamic_imports(tree) == [2, 3, 4]
+
+
+def test_no_dynamic_import():
+    found = [f"{name}:{line}" for name, tree in modules().items() for line in dynamic_imports(tree)]
+    assert not found, f"dynamic imports hide edges from the import graph: {found}"
 
 
 def test_no_function_is_longer_than_the_limit():

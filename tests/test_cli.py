@@ -597,6 +597,8 @@ def test_engine_pedalboard_explicit(work: Work, capsys) -> None:
     rc, _, err = cli(["render", work.dry, work.preset, "-o", work.out, "--engine", "pedalboard"], capsys)
     assert rc == 0, err
     assert "pedalboard engine" in " ".join(err.split())
+    y, _ = soundfile.read(work.out, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(y.T, reference_render(PRESET, work.dry_audio, SR))
 
 
 # --- stderr hygiene: known bugs --------------------------------------------------------------

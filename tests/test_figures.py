@@ -19,6 +19,7 @@ from afxest.evaluate import evaluate
 from afxest.store import load_model
 from afxest.tasks import TASKS
 from checkpoints import one_step_checkpoint  # tests/checkpoints.py
+from reference import cookbook  # tests/reference.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,6 +54,19 @@ def _png_shape(path: Path) -> tuple[int, ...]:
 
 def _pixels(size: tuple[float, float], dpi: int) -> tuple[int, int]:
     return round(size[1] * dpi), round(size[0] * dpi)
+
+
+def equaliser_reference_db(preset, freqs: np.ndarray) -> np.ndarray:
+    """The summed magnitude response (dB) of a preset's shelves and peaks at ``freqs``: scipy's
+    freqz of the RBJ cookbook coefficients (tests/reference.py)."""
+    import scipy.signal
+
+    total = np.zeros(len(freqs))
+    for e in preset.effects:
+        if e.type in ("low_shelf", "peak", "high_shelf"):
+            b, a = cookbook(e.type, e.params["cutoff_frequency_hz"], e.params["gain_db"], e.params["q"], preset.sample_rate)
+            total += 20 * np.log10(np.abs(scipy.signal.freqz(b, a, worN=freqs, fs=preset.sample_rate)[1]))
+    return total
 
 
 # --- figure data --------------------------------------------------------------------------------
@@ -256,7 +270,7 @@ def test_evaluate_with_an_effort_draws_item_0s_default_estimate(eq_posterior, tm
     assert _png_shape(path)[:2] == (450, 550)
     (fig, rank1), = drawn
     line = fig.axes[0].lines[0]
-    np.testing.assert_allclose(line.get_ydata(), figs.equaliser_db(rank1, np.asarray(line.get_xdata())))
+    np.testing.assert_allclose(line.get_ydata(), equaliser_reference_db(rank1, np.asarray(line.get_xdata())), atol=1e-6)
     assert "test item 0" in fig._suptitle.get_text()
     assert f"![estimate]({figs.EVALUATE_ESTIMATE_PLOT})" in (tmp_path / "eval" / "report.md").read_text()
 
@@ -294,20 +308,6 @@ def test_afxest_imports_and_helps_without_matplotlib():
 # --- the figure of one estimate (`afxest estimate --plot`) ----------------------------------------
 
 
-def _rbj(kind: str, f0: float, gain_db: float, q: float, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """RBJ Audio EQ Cookbook biquads (Q form), written out here as the reference."""
-    a = 10 ** (gain_db / 40)
-    w0 = 2 * np.pi * f0 / rate
-    c, alpha = np.cos(w0), np.sin(w0) / (2 * q)
-    if kind == "peak":
-        return np.array([1 + alpha * a, -2 * c, 1 - alpha * a]), np.array([1 + alpha / a, -2 * c, 1 - alpha / a])
-    s = 1 if kind == "low_shelf" else -1
-    r = 2 * np.sqrt(a) * alpha
-    b = [a * ((a + 1) - s * (a - 1) * c + r), s * 2 * a * ((a - 1) - s * (a + 1) * c), a * ((a + 1) - s * (a - 1) * c - r)]
-    den = [(a + 1) + s * (a - 1) * c + r, -s * 2 * ((a - 1) + s * (a + 1) * c), (a + 1) + s * (a - 1) * c - r]
-    return np.array(b), np.array(den)
-
-
 def _document(presets, name: str = "song.wav") -> dict:
     return {"wet": f"/some/where/{name}", "task": presets[0].task, "model": {"name": "master"},
             "baseline": {"si_sdr": 3.25},
@@ -319,8 +319,6 @@ def test_estimate_plot_draws_rbj_responses_and_compressor_curves(tmp_path):
     responses by scipy's freqz of RBJ coefficients computed here, the band spans all
     candidates, the compressor curves are JUCE's gain law applied to a steady level; the PNG
     decodes at 2 panels x 5.5 x 4.5 inches."""
-    import scipy.signal
-
     task = TASKS["master"]
     rate = task.sample_rate
     z = np.random.default_rng(5).uniform(size=(7, task.model.dim))
@@ -331,19 +329,11 @@ def test_estimate_plot_draws_rbj_responses_and_compressor_curves(tmp_path):
     eq_ax, comp_ax = fig.axes[:2]
     assert "song.wav" in fig._suptitle.get_text() and eq_ax.get_xlabel().startswith("frequency (Hz")
 
-    def reference_db(preset, freqs):
-        total = np.zeros(len(freqs))
-        for e in preset.effects:
-            if e.type in ("low_shelf", "peak", "high_shelf"):
-                b, a = _rbj(e.type, e.params["cutoff_frequency_hz"], e.params["gain_db"], e.params["q"], rate)
-                total += 20 * np.log10(np.abs(scipy.signal.freqz(b, a, worN=freqs, fs=rate)[1]))
-        return total
-
     lines = [line for line in eq_ax.lines]
     assert len(lines) == figs.PLOT_TOP
     freqs = lines[0].get_xdata()
     assert freqs[0] == pytest.approx(20.0) and freqs[-1] < rate / 2
-    curves = np.array([reference_db(p, freqs) for p in presets])
+    curves = np.array([equaliser_reference_db(p, freqs) for p in presets])
     for k in range(figs.PLOT_TOP):
         np.testing.assert_allclose(lines[k].get_ydata(), curves[k], atol=1e-6)
     assert lines[0].get_label() == "rank 1 (draw), SI-SDR 40.0 dB"

@@ -14,38 +14,13 @@ import torch
 
 from afxest.dsp import filters
 from afxest.dsp.filters import apply_biquads, frequency_response, next_fast_len
+from reference import cookbook  # tests/reference.py
 
 PLUGINS = {
     "low_shelf": pedalboard.LowShelfFilter,
     "high_shelf": pedalboard.HighShelfFilter,
     "peak": pedalboard.PeakFilter,
 }
-
-
-def cookbook(kind: str, f0: float, gain_db: float, q: float, fs: float) -> tuple[np.ndarray, np.ndarray]:
-    """RBJ Audio EQ Cookbook, written out term by term as published (reference only)."""
-    A = 10 ** (gain_db / 40)
-    w0 = 2 * math.pi * f0 / fs
-    alpha = math.sin(w0) / (2 * q)
-    c = math.cos(w0)
-    if kind == "peak":
-        b = [1 + alpha * A, -2 * c, 1 - alpha * A]
-        a = [1 + alpha / A, -2 * c, 1 - alpha / A]
-    elif kind == "low_shelf":
-        b = [A * ((A + 1) - (A - 1) * c + 2 * math.sqrt(A) * alpha),
-             2 * A * ((A - 1) - (A + 1) * c),
-             A * ((A + 1) - (A - 1) * c - 2 * math.sqrt(A) * alpha)]
-        a = [(A + 1) + (A - 1) * c + 2 * math.sqrt(A) * alpha,
-             -2 * ((A - 1) + (A + 1) * c),
-             (A + 1) + (A - 1) * c - 2 * math.sqrt(A) * alpha]
-    else:
-        b = [A * ((A + 1) + (A - 1) * c + 2 * math.sqrt(A) * alpha),
-             -2 * A * ((A - 1) + (A + 1) * c),
-             A * ((A + 1) + (A - 1) * c - 2 * math.sqrt(A) * alpha)]
-        a = [(A + 1) - (A - 1) * c + 2 * math.sqrt(A) * alpha,
-             2 * ((A - 1) - (A + 1) * c),
-             (A + 1) - (A - 1) * c - 2 * math.sqrt(A) * alpha]
-    return np.array(b), np.array(a)
 
 
 def t64(*values: float) -> torch.Tensor:

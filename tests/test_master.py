@@ -140,7 +140,8 @@ def tiny_proxy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("proxy", ["neural", "hybrid"])
-def test_training_through_a_proxy_is_recorded(tmp_path: Path, tiny_proxy: Path, proxy: str) -> None:
+def test_training_through_a_proxy_is_recorded(tmp_path: Path, tiny_proxy: Path, proxy: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     import hashlib
 
     out = tmp_path / "run"
@@ -154,7 +155,7 @@ def test_training_through_a_proxy_is_recorded(tmp_path: Path, tiny_proxy: Path, 
     rc = main(["train", "--task", "master", "--estimator", "deterministic", "--out", str(out), "--max-steps", "3",
                "--batch-size", "2", "--val-items", "2", "--val-every", "2", "--checkpoint-every", "1", "--resume",
                "--no-progress"])
-    assert rc == 2
+    assert rc == 2 and "--resume with a different proxy ('dsp'" in capsys.readouterr().err
 
 
 def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_proxy: Path) -> None:
@@ -196,6 +197,26 @@ def test_cli_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_p
         assert rc == 2, args
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "y").exists()
+
+
+def test_train_proxy_resume_refuses_a_bad_last_pt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A damaged last.pt, or an estimator's, under ``train-proxy --resume``: exit 2 with one
+    error line (after the run's "data:" line, printed before the checkpoint is read), no
+    traceback, and the folder left as it was."""
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "last.pt").write_bytes(b"not a checkpoint")
+    estimator = tmp_path / "estimator"
+    train(TrainConfig(task="master", out=str(estimator), estimator="param", max_steps=1, **QUICK), log=lambda _: None)
+    before = {p: p.read_bytes() for p in estimator.iterdir()}
+    capsys.readouterr()
+    for folder, reason in ((corrupt, "UnpicklingError"), (estimator, "format afxest-proxy/1 expected")):
+        rc = main(["train-proxy", "--out", str(folder), "--max-steps", "2", "--resume"])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 2 and lines[0].startswith("data: "), lines
+        assert lines[1] == f"afxest: error: {folder / 'last.pt'}: not an afxest proxy checkpoint ({reason})", lines
+    assert sorted(corrupt.iterdir()) == [corrupt / "last.pt"] and (corrupt / "last.pt").read_bytes() == b"not a checkpoint"
+    assert {p: p.read_bytes() for p in estimator.iterdir()} == before
 
 
 def test_estimate_and_evaluate_take_a_master_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],

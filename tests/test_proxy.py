@@ -173,9 +173,10 @@ def crash_after_step_3(step: int) -> None:
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
-    """A run that crashes after step 3 (its last checkpoint step 2's) resumes from step 2: the
-    metrics line of step 3 is dropped and written again, and the weights end as an
-    uninterrupted run's."""
+    """A run that crashes after step 3 (its last checkpoint step 2's) resumes from step 2: it
+    says so and runs steps 3 and 4 only (a restart from step 0 would rewrite the same seeded
+    weights), the metrics line of step 3 is dropped and written again, and the weights end as
+    an uninterrupted run's."""
     import json
 
     common = dict(batch_size=2, segment_seconds=0.25, channels=2, blocks=2, val_items=2, val_every=2,
@@ -185,7 +186,11 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         train_proxy(ProxyTrainConfig(out=str(tmp_path / "b"), max_steps=4, **common), log=lambda _: None,
                     after_step=crash_after_step_3)
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 2
-    train_proxy(ProxyTrainConfig(out=str(tmp_path / "b"), max_steps=4, resume=True, **common), log=lambda _: None)
+    messages: list[str] = []
+    steps: list[int] = []
+    train_proxy(ProxyTrainConfig(out=str(tmp_path / "b"), max_steps=4, resume=True, **common), log=messages.append,
+                after_step=steps.append)
+    assert f"resuming {tmp_path / 'b'} from step 2" in messages and steps == [3, 4], (messages, steps)
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert a["step"] == b["step"] == 4 and a["best"]["step"] == b["best"]["step"]

@@ -1,5 +1,5 @@
 """afxest.search against independent references: the Sobol net property, closed-form optima,
-and an equaliser fit checked with pedalboard's filter and scipy's freqz."""
+and an equaliser fit checked with pedalboard's filter and scipy's freqz of the RBJ cookbook."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from afxest import search
 from afxest.tasks import TASKS
+from reference import cookbook  # tests/reference.py
 
 
 def test_design_is_a_net_one_point_in_every_cell() -> None:
@@ -58,19 +59,6 @@ def test_search_keeps_the_best_proposals_by_the_cheap_score() -> None:
     assert found.proposals == {"posterior": 2, "design": 2}
 
 
-def _rbj_high_shelf(f0: float, gain_db: float, q: float, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """RBJ cookbook high shelf (Q form), written out here as the reference."""
-    a = 10 ** (gain_db / 40)
-    w0 = 2 * np.pi * f0 / rate
-    alpha = np.sin(w0) / (2 * q)
-    c = np.cos(w0)
-    b = [a * ((a + 1) + (a - 1) * c + 2 * np.sqrt(a) * alpha), -2 * a * ((a - 1) + (a + 1) * c),
-         a * ((a + 1) + (a - 1) * c - 2 * np.sqrt(a) * alpha)]
-    den = [(a + 1) - (a - 1) * c + 2 * np.sqrt(a) * alpha, 2 * ((a - 1) - (a + 1) * c),
-           (a + 1) - (a - 1) * c - 2 * np.sqrt(a) * alpha]
-    return np.array(b), np.array(den)
-
-
 def test_equaliser_fit_matches_the_long_term_ratio_of_a_pedalboard_shelf() -> None:
     """Noise through pedalboard's high shelf (1200 Hz, +8 dB, q 0.7): the eq task's two shelves
     fitted to the long-term spectral ratio have, by scipy's freqz, the shelf's response within
@@ -83,10 +71,10 @@ def test_equaliser_fit_matches_the_long_term_ratio_of_a_pedalboard_shelf() -> No
     z0 = np.full((1, task.model.dim), 0.5)
     z = search.fit_equaliser(task.model, z0, ratio, weight, rate, steps=400)
     freqs = np.linspace(50, 8000, 200)
-    target = 20 * np.log10(np.abs(scipy.signal.freqz(*_rbj_high_shelf(1200.0, 8.0, 0.7, rate), worN=freqs, fs=rate)[1]))
+    target = 20 * np.log10(np.abs(scipy.signal.freqz(*cookbook("high_shelf", 1200.0, 8.0, 0.7, rate), worN=freqs, fs=rate)[1]))
     fitted = np.zeros_like(freqs)
     for kind, p in task.model.split(z[0]):
-        b, a = _rbj_high_shelf(p["cutoff_frequency_hz"], p["gain_db"], p["q"], rate)
+        b, a = cookbook(kind, p["cutoff_frequency_hz"], p["gain_db"], p["q"], rate)
         fitted += 20 * np.log10(np.abs(scipy.signal.freqz(b, a, worN=freqs, fs=rate)[1]))
     offset = np.mean(target - fitted)
     assert np.max(np.abs(fitted + offset - target)) < 0.5

@@ -110,6 +110,9 @@ def test_fm_param_estimator_learns(tmp_path: Path) -> None:
     assert last["val_param_mse"] < first["val_param_mse"]
 
 
+RESUMED = dict(task="fm", estimator="posterior", max_steps=14, batch_size=8, val_items=8, val_every=7,
+               checkpoint_every=3, lr=1e-3)
+
 KILLED_AT = """
 import os, signal
 from afxest.train import TrainConfig, train
@@ -118,20 +121,21 @@ def kill(step):
     if step == 5:  # recorded; its last checkpoint is step 3's
         os.kill(os.getpid(), signal.SIGKILL)
 
-train(TrainConfig(task="fm", out={out!r}, estimator="posterior", max_steps=14, batch_size=8, val_items=8,
-                  val_every=7, checkpoint_every=3, lr=1e-3), log=lambda _: None, after_step=kill)
+train(TrainConfig(out={out!r}, **{config!r}), log=lambda _: None, after_step=kill)
 """
 
 
 def test_resume_after_kill_9_continues_exactly(tmp_path: Path, one_thread: None) -> None:
     """A run killed with SIGKILL after step 5 (no clean-up runs), its last checkpoint step 3's,
-    resumes from step 3: the metrics lines of steps 4 and 5 are dropped and written again, and
-    the losses and final weights are an uninterrupted run's. The kill comes from the run's
-    ``after_step`` hook, so it lands at the same step on any machine. Every part on one thread,
-    this process and the killed one: rounding depends on the thread count, which earlier tests
-    change in this process (estimate runs short files on one thread), and the fm encoder's
-    per-bin input norm amplifies a difference past the tolerance (reproduced: one thread here,
-    two in the child, fails)."""
+    resumes from step 3: it says so and runs steps 4 to 14 only (a run that restarted from
+    step 0, as it would with nothing loaded, rewrites the same seeded losses and weights, so
+    the steps run are what tells), the metrics lines of steps 4 and 5 are dropped and written
+    again, and the losses and final weights are an uninterrupted run's. The kill comes from
+    the run's ``after_step`` hook, so it lands at the same step on any machine. Every part on
+    one thread, this process and the killed one: rounding depends on the thread count, which
+    earlier tests change in this process (estimate runs short files on one thread), and the fm
+    encoder's per-bin input norm amplifies a difference past the tolerance (reproduced: one
+    thread here, two in the child, fails)."""
     args = ["--task", "fm", "--estimator", "posterior", "--max-steps", "14", "--batch-size", "8",
             "--val-items", "8", "--val-every", "7", "--checkpoint-every", "3", "--lr", "1e-3", "--no-progress"]
     # reference: an uninterrupted run
@@ -139,12 +143,16 @@ def test_resume_after_kill_9_continues_exactly(tmp_path: Path, one_thread: None)
     # the same run, killed after step 5, then resumed
     b = tmp_path / "b"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", KILLED_AT.format(out=str(b))], capture_output=True, text=True,
-                            env=env, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT.format(out=str(b), config=RESUMED)], capture_output=True,
+                            text=True, env=env, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert torch.load(b / "last.pt", weights_only=True)["step"] == 3
     assert [e["step"] for e in lines(b / "metrics.jsonl")] == [1, 2, 3, 4, 5]
-    assert main(["train", *args, "--out", str(b), "--resume"]) == 0
+    messages: list[str] = []
+    steps: list[int] = []
+    result = train(TrainConfig(out=str(b), resume=True, **RESUMED), log=messages.append, after_step=steps.append)
+    assert f"resuming {b} from step 3" in messages, messages
+    assert steps == list(range(4, 15)) and result.steps == 14
     # no step lost or repeated in the log, the same losses, and the uninterrupted run's weights
     a_lines, b_lines = lines(tmp_path / "a" / "metrics.jsonl"), lines(b / "metrics.jsonl")
     assert [e["step"] for e in b_lines] == list(range(1, 15))
@@ -299,7 +307,9 @@ def test_runs_from_before_schedules_resume_as_constant(tmp_path: Path) -> None:
     state = torch.load(out / "last.pt", weights_only=True)
     del state["training"]["schedule"]  # as written by afxest before --schedule existed
     torch.save(state, out / "last.pt")
-    assert train(TrainConfig(max_steps=2, resume=True, **config), log=quiet).steps == 2
+    steps: list[int] = []
+    assert train(TrainConfig(max_steps=2, resume=True, **config), log=quiet, after_step=steps.append).steps == 2
+    assert steps == [2]  # resumed from step 1, not started again
 
 
 def test_validation_items_do_not_depend_on_the_training_seed(tmp_path: Path) -> None:
