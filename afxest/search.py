@@ -303,15 +303,13 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
     costs milliseconds. Returns the starts with their bands fitted, (K, d) float64."""
     import torch
 
-    from afxest.dsp.filters import frequency_response
-    from afxest.processors import entry
+    from afxest.processors import entry, power_response
 
     bands, dim = [], 0
     for proc in space.processors:
-        coefficients = entry(proc.type).coefficients
-        if coefficients is None:
+        if entry(proc.type).coefficients is None:
             break
-        bands.append((proc, coefficients, dim))
+        bands.append((proc, dim))
         dim += proc.dim
     if not bands:
         return np.asarray(z0, np.float64).copy()
@@ -322,10 +320,8 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
     optimiser = Adam(u, 0.05)
     for _ in range(steps):
         z = torch.sigmoid(u)
-        response = torch.zeros(z.shape[0], len(ratio_db), dtype=torch.float64)
-        for proc, coefficients, start in bands:
-            b, a = coefficients(sample_rate, **proc.physical(z[:, start : start + proc.dim]))
-            response = response + 20 * torch.log10(frequency_response(b, a, n_fft).abs() + 1e-12)
+        effects = [(proc.type, proc.physical(z[:, start : start + proc.dim])) for proc, start in bands]
+        response = 10 * torch.log10(power_response(effects, sample_rate, n_fft) + 1e-24)  # dB
         residual = target - response
         level = (residual * w).sum(dim=1, keepdim=True)  # the best broadband offset, closed form
         loss = ((residual - level).square() * w).sum(dim=1)
