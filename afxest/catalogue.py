@@ -108,10 +108,16 @@ LABEL_UNITS = {"dBFS": "dB", ":1": "", "rad": ""}
 
 
 def parameter_label(kind: str, index: int, name: str, sep: str = " ", unit: bool = True) -> str:
-    """The label of parameter ``name`` of processor ``index`` (0-based, as a preset's effects
-    and :attr:`afxest.tasks.Space.names` count them; of type ``kind``) in tables and figures:
-    the processor's short name and index, ``sep``, the parameter's short name and, with
-    ``unit`` (physical values; not for normalised ones), its unit.
+    """The label of a parameter in tables and figures: the processor's short name and index,
+    ``sep``, the parameter's short name and, with ``unit``, its unit (:data:`LABEL_UNITS`).
+
+    Arguments:
+        kind: The processor's type.
+        index: The processor's place in its chain, from 0 (as a preset's source then effects,
+            and :attr:`afxest.tasks.Space.names`, count them).
+        name: The parameter's name.
+        sep: What separates the processor from the parameter (a table header: a newline).
+        unit: Whether the unit follows (physical values; not normalised ones).
 
     Example:
         >>> parameter_label("high_shelf", 0, "cutoff_frequency_hz"), parameter_label("compressor", 5, "ratio")

@@ -137,9 +137,17 @@ def require_matplotlib() -> None:
 
 
 def draw(estimator, wet: np.ndarray, n: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Draws ``n`` samples per sound of ``wet`` (batch, 1, frames): z (batch, n, d) and log p(z|y)
-    (batch, n) in nats (None for a deterministic model), from a torch seed taken from
-    ``numpy.random.default_rng(seed)`` (global random state is left untouched)."""
+    """Draws samples of the estimator's output for each sound, global random state untouched.
+
+    Arguments:
+        estimator: The model (:class:`afxest.nn.estimator.Estimator`).
+        wet: The sounds, shaped (batch, 1, frames).
+        n: The samples per sound.
+        seed: The seed of ``numpy.random.default_rng``, which draws the torch seed.
+
+    Returns:
+        z (batch, n, d) and log p(z|y) (batch, n) in nats (None for a deterministic model).
+    """
     import torch
 
     torch_seed = int(np.random.default_rng(list(seed)).integers(0, 2**62))
@@ -151,8 +159,19 @@ def draw(estimator, wet: np.ndarray, n: int, seed: Sequence[int]) -> tuple[np.nd
 
 
 def correlation_samples(estimator, wet: np.ndarray, drawn: np.ndarray, k: int, seed: Sequence[int]) -> np.ndarray:
-    """``k`` samples (k, d) of one item for Fig. 4: the first ``k`` already drawn ones
-    (``drawn`` (n, d)), topped up with new samples when fewer were drawn."""
+    """The samples of one item for Fig. 4: the first ``k`` already drawn ones, topped up with
+    new samples (:func:`draw`) when fewer were drawn.
+
+    Arguments:
+        estimator: The model.
+        wet: The item's wet, shaped (1, 1, frames).
+        drawn: The samples already drawn, (n, d).
+        k: The samples wanted.
+        seed: The seed of the new samples.
+
+    Returns:
+        The samples, (k, d).
+    """
     if len(drawn) >= k:
         return drawn[:k]
     extra, _ = draw(estimator, wet, k - len(drawn), seed)
@@ -229,8 +248,17 @@ def sot_loss(task) -> Callable:
 
 
 def loss_map(task, wet: np.ndarray, grid: int = 64, batch: int = 512) -> np.ndarray:
-    """Figs. 6-7: the SOT loss against ``wet`` (1, frames) of the sound synthesised at each
-    point (v1, v2) = (grid_centres[i], grid_centres[j]) of the grid: (grid, grid), [i, j]."""
+    """Figs. 6-7: the SOT loss against a target of the sound synthesised at each point of a grid.
+
+    Arguments:
+        task: An fm-like task (:func:`is_fm_like`).
+        wet: The target, shaped (1, frames).
+        grid: The points per axis.
+        batch: The sounds synthesised and scored at once.
+
+    Returns:
+        The losses, (grid, grid): [i, j] at (v1, v2) = (grid_centres[i], grid_centres[j]).
+    """
     import torch
 
     c = grid_centres(grid)
@@ -265,7 +293,17 @@ def decile_band(entropy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def entropy_curve(estimator, task, settings: FigureSettings, seed: int) -> EntropyCurve:
     """Fig. 8: synthesises the sounds of a grid of ``index_points`` x ``ratio_points`` (v1, v2)
-    cell centres, draws ``entropy_samples`` samples per sound and estimates its entropy (Eq. 17)."""
+    cell centres, draws ``entropy_samples`` samples per sound and estimates its entropy (Eq. 17).
+
+    Arguments:
+        estimator: A posterior model of ``task``.
+        task: An fm-like task (:func:`is_fm_like`).
+        settings: The grid, batch and samples (:class:`FigureSettings`).
+        seed: The seed of the samples.
+
+    Returns:
+        The curve's data.
+    """
     v1, v2 = grid_centres(settings.index_points), grid_centres(settings.ratio_points)
     points = np.stack(np.meshgrid(v1, v2, indexing="ij"), axis=-1).reshape(-1, 2)
     entropy = np.empty(len(points))
@@ -330,7 +368,16 @@ def _legend(fig, ax, row: bool) -> None:
 
 def plot_correlation(path: Path, matrix: np.ndarray, names: Sequence[str], items: int, samples: int, dpi: int) -> None:
     """Fig. 4: the mean correlation matrix, values printed in the cells (up to
-    ``ANNOTATE_UP_TO`` dimensions; larger matrices get a larger figure and colours only)."""
+    ``ANNOTATE_UP_TO`` dimensions; larger matrices get a larger figure and colours only).
+
+    Arguments:
+        path: The PNG written.
+        matrix: The mean correlation matrix, (d, d) (:func:`mean_correlation`).
+        names: The dimensions' labels (:func:`labels`).
+        items: The items averaged, for the title.
+        samples: The samples per item, for the title.
+        dpi: The PNG's resolution.
+    """
     d = len(names)
     width, height = SIZES["fig4"]
     scale = max(1.0, d / ANNOTATE_UP_TO * 0.75)
@@ -359,8 +406,19 @@ def plot_marginals(
     bins: int,
     dpi: int,
 ) -> None:
-    """Fig. 5: one 2-D histogram per pair of dimensions of the samples z (n, d), with the truth
-    (+) and deterministic estimates (x); the legend says when there is no estimate."""
+    """Fig. 5: one 2-D histogram per pair of dimensions of the samples, with the truth (+) and
+    deterministic estimates (x); the legend says when there is no estimate.
+
+    Arguments:
+        path: The PNG written.
+        z: The samples of one item, (n, d).
+        pairs: The pairs of dimensions, one panel each (:func:`marginal_pairs`).
+        names: The dimensions' labels (:func:`labels`).
+        truth: The truth in model space, (d,), or None.
+        estimates: The (label, z (d,)) of each estimate marked.
+        bins: The histogram bins per axis.
+        dpi: The PNG's resolution.
+    """
     fig = _figure(*marginals_size(len(pairs)))
     axes = fig.subplots(1, len(pairs), squeeze=False)[0]
     for ax, (a, b) in zip(axes, pairs):
@@ -389,7 +447,18 @@ def plot_loss_map(
     dpi: int,
 ) -> None:
     """Figs. 6-7: the loss map over (v1, v2) and, for a posterior model, a histogram of its
-    samples (n, 2) beside it; truth (+) and estimates (x) on both."""
+    samples beside it; truth (+) and estimates (x) on both.
+
+    Arguments:
+        path: The PNG written.
+        losses: The loss map, (grid, grid) (:func:`loss_map`).
+        samples: The posterior's samples, (n, 2), or None (no histogram).
+        truth: The target's (v1, v2).
+        estimates: The (label, z (2,)) of each estimate marked.
+        title: The figure's title.
+        bins: The histogram bins per axis.
+        dpi: The PNG's resolution.
+    """
     width, height = SIZES["fig6"]
     fig = _figure(width if samples is not None else width / 2, height)
     axes = fig.subplots(1, 2 if samples is not None else 1, squeeze=False)[0]
@@ -633,17 +702,27 @@ def estimate_panels(presets: Sequence) -> list[str]:
 
 def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray | None = None,
                   dpi: int = ESTIMATE_DPI):
-    """The figure of one estimate (``presets`` by rank, ``document`` its estimate.json), one
-    panel each of :func:`estimate_panels`:
+    """The figure of one estimate, one panel each of :func:`estimate_panels` (:data:`PANELS`):
 
     * ``eq``: the equaliser's magnitude response of the top :data:`PLOT_TOP` candidates and the
       min-max band over all of them;
     * ``compressor``: the compressor's static curve of the top candidates (and identity);
-    * ``spectrum`` (a synth): the magnitude spectra of the wet ``wet`` (T,) at the task's rate
-      and of rank 1 synthesised.
+    * ``spectrum`` (a synth): the magnitude spectra of the wet at the task's rate and of rank 1
+      synthesised.
 
-    Written atomically as a PNG of ESTIMATE_PANEL x panels inches at ``dpi``; returns the
-    matplotlib Figure (its lines hold the plotted data)."""
+    Written atomically as a PNG of ESTIMATE_PANEL x panels inches.
+
+    Arguments:
+        path: The PNG written.
+        document: The estimate's ``afxest-estimate`` document (its candidates' ranks, origins
+            and matches label the curves).
+        presets: The candidates' presets, by rank.
+        wet: The wet, (T,) at the task's rate (the ``spectrum`` panel), or None.
+        dpi: The PNG's resolution.
+
+    Returns:
+        The matplotlib Figure (its lines hold the plotted data).
+    """
     panels = estimate_panels(presets)
     if not panels:
         raise ValueError("nothing to plot: the estimate has no equaliser, compressor or synth")

@@ -164,9 +164,15 @@ class RunFolder:
 
 
 def check_same_run(path: Path, stored: dict[str, Any], resolved: dict[str, Any], keys: Iterable[str]) -> None:
-    """Refuses to resume the run of checkpoint ``path`` (its resolved configuration ``stored``)
-    with a ``resolved`` configuration that differs on one of ``keys``: it would not continue
-    the same run."""
+    """Refuses (UserError) to resume a run with a configuration that differs on one of ``keys``:
+    it would not continue the same run.
+
+    Arguments:
+        path: The run's checkpoint, named in the message.
+        stored: The run's resolved configuration, as the checkpoint stores it.
+        resolved: The resolved configuration of this invocation.
+        keys: The settings that must not change.
+    """
     for key in keys:
         if stored.get(key) != resolved[key]:
             raise UserError(
@@ -198,17 +204,35 @@ class Best:
 
 
 def restore(state: dict[str, Any], model: Any, optimizer: Any, key: str) -> tuple[int, Best]:
-    """Loads a checkpoint's weights and optimiser state into ``model`` and ``optimizer``;
-    returns its step and best figure (stored under ``key``)."""
+    """Loads a checkpoint's weights and optimiser state into ``model`` and ``optimizer``.
+
+    Arguments:
+        state: The checkpoint (``last.pt``).
+        model: The module its ``model`` weights load into.
+        optimizer: The optimiser its ``optimizer`` state loads into.
+        key: The name of its best figure in ``best`` (:meth:`Best.stored`).
+
+    Returns:
+        The checkpoint's step and best figure.
+    """
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"]), Best.from_stored(state["best"], key)
 
 
 def music_folders(data: str, sample_rate: int, min_seconds: float, empty: Callable[[str, Any], str]) -> dict[str, Any]:
-    """The ``train`` and ``val`` :class:`~afxest.data.MusicFolder` of the music in ``data``,
-    decoded into the cache in that order, keeping tracks of at least ``min_seconds``; a
-    UserError with the message ``empty(split, folder)`` for a split left without a track."""
+    """The ``train`` and ``val`` splits of a folder of music, decoded into the cache in that order.
+
+    Arguments:
+        data: The folder (``--data``).
+        sample_rate: The rate the tracks are decoded at.
+        min_seconds: The shortest track kept.
+        empty: The message of the UserError for a split left without a track, from the split's
+            name and its :class:`~afxest.data.MusicFolder`.
+
+    Returns:
+        The :class:`~afxest.data.MusicFolder` of each split, by name.
+    """
     from afxest.data import MusicFolder
 
     folders = {}

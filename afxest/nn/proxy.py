@@ -247,9 +247,20 @@ class ProxyBatch:
 
 
 def make_proxy_batch(task, source, rng: np.random.Generator, size: int, frames: int) -> ProxyBatch:
-    """Draws ``size`` training items of ``frames`` samples: dry excerpts from ``source`` through
-    the task's truth chain up to its compressor, then its compressor with parameters uniform in
-    the task's normalised ranges, both by pedalboard."""
+    """Draws training items for the proxy: dry excerpts through the task's truth chain up to
+    its compressor, then its compressor with parameters uniform in the task's normalised
+    ranges, both by pedalboard.
+
+    Arguments:
+        task: A task with a compressor in its truth chain (ValueError otherwise).
+        source: Where dry excerpts come from (:class:`afxest.data.DrySource`).
+        rng: The generator of the excerpts and parameters.
+        size: The items.
+        frames: The samples per item.
+
+    Returns:
+        The compressor's inputs and pedalboard's outputs, with the parameters of each item.
+    """
     from afxest.engines import render
     from afxest.presets import Preset, Processor
 
