@@ -32,10 +32,18 @@ def default_engine(preset: Preset) -> str:
 
 
 def render(preset: Preset, dry: np.ndarray | None, sample_rate: int, engine: str) -> np.ndarray:
-    """Applies ``preset`` to ``dry`` (channels, frames), or synthesises its source when ``dry`` is
-    None, at ``sample_rate`` by ``engine``; float32 (channels, frames).
+    """Applies ``preset`` to ``dry``, or synthesises its source when ``dry`` is None.
 
     No normalisation anywhere: the output is exactly what the preset's processors produce.
+
+    Arguments:
+        preset: The preset.
+        dry: The dry audio, shaped (channels, frames), or None for the preset's source.
+        sample_rate: The sample rate in Hz.
+        engine: ``pedalboard`` or ``ddsp`` (:data:`afxest.choices.ENGINES`).
+
+    Returns:
+        The rendering, float32 shaped (channels, frames) (a source: (1, its frames)).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}")
@@ -57,8 +65,17 @@ def source_frames(preset: Preset, sample_rate: int) -> int:
 
 
 def synthesise(preset: Preset, sample_rate: int, start: int = 0, frames: int | None = None) -> np.ndarray:
-    """The preset's source as (1, frames) float32 audio (``frames`` from ``start``; default:
-    the whole sound)."""
+    """The preset's source, synthesised by its registry function.
+
+    Arguments:
+        preset: A preset with a source.
+        sample_rate: The sample rate in Hz.
+        start: The index of the first sample (a block of a long sound).
+        frames: The number of samples; default: the whole sound (:func:`source_frames`).
+
+    Returns:
+        The audio, float32 shaped (1, frames).
+    """
     src = preset.source
     assert src is not None
     frames = source_frames(preset, sample_rate) if frames is None else frames
@@ -191,14 +208,23 @@ def _ddsp_batch(presets: Sequence[Preset], dry: np.ndarray | None, sample_rate: 
 def render_batch(
     presets: Sequence[Preset], dry: np.ndarray | None, sample_rate: int, engine: str, frames: int | None = None
 ) -> np.ndarray:
-    """Renders each of ``presets`` on ``dry`` (channels, T) (None: each preset's source), cut or
-    zero padded to ``frames`` (default: the dry's length, or the first preset's source's):
-    (M, channels, frames) float32.
+    """Renders each of ``presets`` on one dry signal, or each preset's source.
 
     ``pedalboard``: each preset by :func:`render` on its own (a source synthesised per preset),
     sample for sample what ``afxest render`` writes. ``ddsp``: the whole batch in one pass of
     the differentiable processors (a source synthesised for the batch at once); the presets must
     share one chain (the same types in order), and :func:`check_ddsp` is left to the caller.
+
+    Arguments:
+        presets: The M presets.
+        dry: The dry audio, shaped (channels, T), or None for each preset's source.
+        sample_rate: The sample rate in Hz.
+        engine: ``pedalboard`` or ``ddsp``.
+        frames: The length of every rendering, each cut or zero padded to it; default: the
+            dry's length, or the first preset's source's.
+
+    Returns:
+        The renderings, float32 shaped (M, channels, frames).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}")
@@ -238,12 +264,23 @@ def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool =
 
 
 def render_candidates(task: Any, z: np.ndarray, dry: np.ndarray | None, engine: str, compressor=None) -> np.ndarray:
-    """Renders normalised model vectors z (n, d) of ``task`` on ``dry`` (1, T), or the task's
-    synth (dry None), as numpy audio without gradients: (n, 1, frames) float32.
+    """Renders normalised model vectors of ``task`` as numpy audio, without gradients.
 
     ``pedalboard``: each vector's preset by :func:`render_batch` (the real plugins), cut or
     padded to ``task.clip_samples``. ``ddsp``: the batch by :func:`render_model` in z's
-    precision, the clipper exact, ``compressor`` (a proxy) in place of the compressor's function.
+    precision, the clipper exact.
+
+    Arguments:
+        task: The task (:class:`afxest.tasks.Task`) whose model chain ``z`` parameterises.
+        z: The normalised model vectors, shaped (n, d).
+        dry: The dry audio, shaped (1, T), or None for the task's synth.
+        engine: ``pedalboard`` or ``ddsp``.
+        compressor: A proxy in place of the compressor's function (as :func:`render_model`'s;
+            ``ddsp`` only), or None.
+
+    Returns:
+        The renderings, shaped (n, 1, frames): float32 (``ddsp`` with float64 z: float64 where a
+        processor, as the compressor, computes in z's precision).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}")

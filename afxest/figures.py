@@ -25,11 +25,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from afxest.audio import atomic_output
+from afxest.catalogue import parameter_label
+from afxest.engines import render_candidates, synthesise
+from afxest.processors import entry, power_response
 
 FIGURE_STREAM = 2_000_029  # seeds of the samples drawn for the figures only
 MATPLOTLIB_MISSING = "figures skipped: matplotlib is not installed (pip install 'afxest[plots]')"
@@ -134,9 +137,17 @@ def require_matplotlib() -> None:
 
 
 def draw(estimator, wet: np.ndarray, n: int, seed: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Draws ``n`` samples per sound of ``wet`` (batch, 1, frames): z (batch, n, d) and log p(z|y)
-    (batch, n) in nats (None for a deterministic model), from a torch seed taken from
-    ``numpy.random.default_rng(seed)`` (global random state is left untouched)."""
+    """Draws samples of the estimator's output for each sound, global random state untouched.
+
+    Arguments:
+        estimator: The model (:class:`afxest.nn.estimator.Estimator`).
+        wet: The sounds, shaped (batch, 1, frames).
+        n: The samples per sound.
+        seed: The seed of ``numpy.random.default_rng``, which draws the torch seed.
+
+    Returns:
+        z (batch, n, d) and log p(z|y) (batch, n) in nats (None for a deterministic model).
+    """
     import torch
 
     torch_seed = int(np.random.default_rng(list(seed)).integers(0, 2**62))
@@ -148,8 +159,19 @@ def draw(estimator, wet: np.ndarray, n: int, seed: Sequence[int]) -> tuple[np.nd
 
 
 def correlation_samples(estimator, wet: np.ndarray, drawn: np.ndarray, k: int, seed: Sequence[int]) -> np.ndarray:
-    """``k`` samples (k, d) of one item for Fig. 4: the first ``k`` already drawn ones
-    (``drawn`` (n, d)), topped up with new samples when fewer were drawn."""
+    """The samples of one item for Fig. 4: the first ``k`` already drawn ones, topped up with
+    new samples (:func:`draw`) when fewer were drawn.
+
+    Arguments:
+        estimator: The model.
+        wet: The item's wet, shaped (1, 1, frames).
+        drawn: The samples already drawn, (n, d).
+        k: The samples wanted.
+        seed: The seed of the new samples.
+
+    Returns:
+        The samples, (k, d).
+    """
     if len(drawn) >= k:
         return drawn[:k]
     extra, _ = draw(estimator, wet, k - len(drawn), seed)
@@ -182,12 +204,14 @@ def entropy_bits(log_prob: np.ndarray, d: int) -> np.ndarray:
 
 
 def labels(task) -> list[str]:
-    """The short names of the model's dimensions: ``v1, v2`` for one processor (Figs. 6-7), else
-    ``f1, g1, Q1, f2, ...`` (parameter, processor number; Figs. 4-5)."""
+    """The short names of the model's dimensions: ``v1, v2`` for one processor (the paper's
+    names, DAFx 2025, Eq. 20; Figs. 6-7), else the tables' labels without a unit (the values
+    are normalised): ``HS0 f, HS0 g, HS0 Q, HS1 f, ...`` (:func:`afxest.catalogue.parameter_label`;
+    Figs. 4-5)."""
     procs = task.model.processors
     if len(procs) == 1:
         return [f"v{k + 1}" for k in range(task.model.dim)]
-    return [f"{r.param.short}{i + 1}" for i, p in enumerate(procs) for r in p.ranges]
+    return [parameter_label(p.type, i, r.name, unit=False) for i, p in enumerate(procs) for r in p.ranges]
 
 
 def marginal_pairs(task) -> list[tuple[int, int]]:
@@ -216,13 +240,6 @@ def grid_centres(n: int) -> np.ndarray:
     return (np.arange(n) + 0.5) / n
 
 
-def synthesise(task, z: np.ndarray) -> np.ndarray:
-    """The synth of an fm-like task for normalised parameters z (batch, d): (batch, 1, frames)."""
-    from afxest.engines import render_candidates
-
-    return render_candidates(task, np.asarray(z, dtype=np.float64), None, "ddsp")
-
-
 def sot_loss(task) -> Callable:
     """The loss of the maps (Figs. 6-7): SOT in bins, as the ``sot`` metric of evaluate."""
     from afxest.losses import SpectralOTLoss
@@ -231,8 +248,17 @@ def sot_loss(task) -> Callable:
 
 
 def loss_map(task, wet: np.ndarray, grid: int = 64, batch: int = 512) -> np.ndarray:
-    """Figs. 6-7: the SOT loss against ``wet`` (1, frames) of the sound synthesised at each
-    point (v1, v2) = (grid_centres[i], grid_centres[j]) of the grid: (grid, grid), [i, j]."""
+    """Figs. 6-7: the SOT loss against a target of the sound synthesised at each point of a grid.
+
+    Arguments:
+        task: An fm-like task (:func:`is_fm_like`).
+        wet: The target, shaped (1, frames).
+        grid: The points per axis.
+        batch: The sounds synthesised and scored at once.
+
+    Returns:
+        The losses, (grid, grid): [i, j] at (v1, v2) = (grid_centres[i], grid_centres[j]).
+    """
     import torch
 
     c = grid_centres(grid)
@@ -242,7 +268,7 @@ def loss_map(task, wet: np.ndarray, grid: int = 64, batch: int = 512) -> np.ndar
     out = np.empty(len(points))
     with torch.no_grad():
         for start in range(0, len(points), batch):
-            y_hat = torch.from_numpy(synthesise(task, points[start : start + batch]))
+            y_hat = torch.from_numpy(render_candidates(task, points[start : start + batch], None, "ddsp"))
             out[start : start + batch] = loss(y_hat, target.expand_as(y_hat).contiguous()).double().numpy()
     return out.reshape(grid, grid)
 
@@ -267,12 +293,22 @@ def decile_band(entropy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def entropy_curve(estimator, task, settings: FigureSettings, seed: int) -> EntropyCurve:
     """Fig. 8: synthesises the sounds of a grid of ``index_points`` x ``ratio_points`` (v1, v2)
-    cell centres, draws ``entropy_samples`` samples per sound and estimates its entropy (Eq. 17)."""
+    cell centres, draws ``entropy_samples`` samples per sound and estimates its entropy (Eq. 17).
+
+    Arguments:
+        estimator: A posterior model of ``task``.
+        task: An fm-like task (:func:`is_fm_like`).
+        settings: The grid, batch and samples (:class:`FigureSettings`).
+        seed: The seed of the samples.
+
+    Returns:
+        The curve's data.
+    """
     v1, v2 = grid_centres(settings.index_points), grid_centres(settings.ratio_points)
     points = np.stack(np.meshgrid(v1, v2, indexing="ij"), axis=-1).reshape(-1, 2)
     entropy = np.empty(len(points))
     for start in range(0, len(points), settings.batch):
-        wet = synthesise(task, points[start : start + settings.batch])
+        wet = render_candidates(task, points[start : start + settings.batch], None, "ddsp")
         _, log_prob = draw(estimator, wet, settings.entropy_samples, [seed, FIGURE_STREAM, 8, start])
         assert log_prob is not None, "Fig. 8 needs a posterior model"
         entropy[start : start + len(wet)] = entropy_bits(log_prob, task.model.dim)
@@ -332,7 +368,16 @@ def _legend(fig, ax, row: bool) -> None:
 
 def plot_correlation(path: Path, matrix: np.ndarray, names: Sequence[str], items: int, samples: int, dpi: int) -> None:
     """Fig. 4: the mean correlation matrix, values printed in the cells (up to
-    ``ANNOTATE_UP_TO`` dimensions; larger matrices get a larger figure and colours only)."""
+    ``ANNOTATE_UP_TO`` dimensions; larger matrices get a larger figure and colours only).
+
+    Arguments:
+        path: The PNG written.
+        matrix: The mean correlation matrix, (d, d) (:func:`mean_correlation`).
+        names: The dimensions' labels (:func:`labels`).
+        items: The items averaged, for the title.
+        samples: The samples per item, for the title.
+        dpi: The PNG's resolution.
+    """
     d = len(names)
     width, height = SIZES["fig4"]
     scale = max(1.0, d / ANNOTATE_UP_TO * 0.75)
@@ -361,8 +406,19 @@ def plot_marginals(
     bins: int,
     dpi: int,
 ) -> None:
-    """Fig. 5: one 2-D histogram per pair of dimensions of the samples z (n, d), with the truth
-    (+) and deterministic estimates (x); the legend says when there is no estimate."""
+    """Fig. 5: one 2-D histogram per pair of dimensions of the samples, with the truth (+) and
+    deterministic estimates (x); the legend says when there is no estimate.
+
+    Arguments:
+        path: The PNG written.
+        z: The samples of one item, (n, d).
+        pairs: The pairs of dimensions, one panel each (:func:`marginal_pairs`).
+        names: The dimensions' labels (:func:`labels`).
+        truth: The truth in model space, (d,), or None.
+        estimates: The (label, z (d,)) of each estimate marked.
+        bins: The histogram bins per axis.
+        dpi: The PNG's resolution.
+    """
     fig = _figure(*marginals_size(len(pairs)))
     axes = fig.subplots(1, len(pairs), squeeze=False)[0]
     for ax, (a, b) in zip(axes, pairs):
@@ -391,7 +447,18 @@ def plot_loss_map(
     dpi: int,
 ) -> None:
     """Figs. 6-7: the loss map over (v1, v2) and, for a posterior model, a histogram of its
-    samples (n, 2) beside it; truth (+) and estimates (x) on both."""
+    samples beside it; truth (+) and estimates (x) on both.
+
+    Arguments:
+        path: The PNG written.
+        losses: The loss map, (grid, grid) (:func:`loss_map`).
+        samples: The posterior's samples, (n, 2), or None (no histogram).
+        truth: The target's (v1, v2).
+        estimates: The (label, z (2,)) of each estimate marked.
+        title: The figure's title.
+        bins: The histogram bins per axis.
+        dpi: The PNG's resolution.
+    """
     width, height = SIZES["fig6"]
     fig = _figure(width if samples is not None else width / 2, height)
     axes = fig.subplots(1, 2 if samples is not None else 1, squeeze=False)[0]
@@ -463,67 +530,105 @@ def write_figures(
     Returns:
         The figures written, with their captions.
     """
-    task, estimator, kind = loaded.task, loaded.estimator, loaded.kind
-    names = labels(task)
+    run = _Evaluated(loaded, out, compare, settings, seed, log)
     written: list[WrittenFigure] = []
+    if "fig4" in keys and correlation is not None:
+        written.append(_correlation_figure(run, correlation))
+    if "fig5" in keys:
+        written.append(_marginals_figure(run, item_wet, item_v))
+    written += [_loss_map_figure(run, key) for key in ("fig6", "fig7") if key in keys]
+    if "fig8" in keys:
+        written.append(_entropy_figure(run))
+    return written
 
-    def estimates(wet: np.ndarray) -> list[tuple[str, np.ndarray]]:
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """What the figures of one evaluation share: the model (and the one compared), the folder,
+    the settings, the seed and where progress lines go (:func:`write_figures`' arguments)."""
+
+    loaded: Any
+    out: Path
+    compare: Any
+    settings: FigureSettings
+    seed: int
+    log: Callable[[str], None]
+
+    def estimates(self, wet: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """The deterministic estimates marked for the sound ``wet`` (1, 1, frames): the model's
+        own (not a posterior's) and the compared model's, each (label, z (d,))."""
         found = []
-        if kind != "posterior":
-            found.append((f"{kind} estimate (this model)", draw(estimator, wet, 1, [seed])[0][0, 0]))
-        if compare is not None:
-            found.append((f"Deter. ({compare.name})", draw(compare.estimator, wet, 1, [seed])[0][0, 0]))
+        if self.loaded.kind != "posterior":
+            own = draw(self.loaded.estimator, wet, 1, [self.seed])[0][0, 0]
+            found.append((f"{self.loaded.kind} estimate (this model)", own))
+        if self.compare is not None:
+            other = draw(self.compare.estimator, wet, 1, [self.seed])[0][0, 0]
+            found.append((f"Deter. ({self.compare.name})", other))
         return found
 
-    if "fig4" in keys and correlation is not None:
-        matrix = mean_correlation(correlation)
-        plot_correlation(out / FILES["fig4"], matrix, names, len(correlation), correlation.shape[1], settings.dpi)
-        written.append(WrittenFigure("fig4", FILES["fig4"], (
-            f"Fig. 4: mean over the {len(correlation)} items of the Pearson correlation matrix of "
-            f"{correlation.shape[1]} samples per item (normalised parameters)."
-        )))
-    if "fig5" in keys:
-        z, _ = draw(estimator, item_wet, settings.histogram_samples, [seed, FIGURE_STREAM, 5])
-        found = estimates(item_wet)
-        plot_marginals(out / FILES["fig5"], z[0], marginal_pairs(task), names, model_truth(task, item_v), found,
-                       settings.bins, settings.dpi)
-        marks = f"the {found[0][0]} (x)" if found else "no deterministic estimate (give --compare MODEL)"
-        written.append(WrittenFigure("fig5", FILES["fig5"], (
-            f"Fig. 5: 2-D histograms of {settings.histogram_samples} samples for test item 0, the truth "
-            f"in model space (+) and {marks}."
-        )))
-    for key, target, which in (("fig6", LOW_INDEX_TARGET, "low"), ("fig7", HIGH_INDEX_TARGET, "high")):
-        if key not in keys:
-            continue
-        log(f"computing the {settings.grid}x{settings.grid} loss map of Fig. {key[3:]}")
-        v = np.asarray(target, dtype=np.float64)
-        wet = synthesise(task, v[None])
-        losses = loss_map(task, wet[0], settings.grid, settings.batch)
-        index = float(task.model.ranges[0].to_physical(v[0]))
-        ratio = float(task.model.ranges[1].to_physical(v[1]))
-        title = f"Fig. {key[3:]}: {which} modulation index\nv = ({v[0]:g}, {v[1]:g}), I_m = {index:.3g}, f_m/f_c = {ratio:.3g}"
-        samples = None
-        if kind == "posterior":
-            z, log_prob = draw(estimator, wet, settings.histogram_samples, [seed, FIGURE_STREAM, int(key[3:])])
-            samples = z[0]
-            title += f", entropy {float(entropy_bits(log_prob[0], task.model.dim)):.2f} bits/dim"
-        found = estimates(wet)
-        plot_loss_map(out / FILES[key], losses, samples, v, found, title, settings.bins, settings.dpi)
-        what = f" beside a histogram of {settings.histogram_samples} posterior samples" if samples is not None else ""
-        marks = "; x: " + ", ".join(label for label, _ in found) if found else ""
-        written.append(WrittenFigure(key, FILES[key], (
-            f"Fig. {key[3:]}: SOT loss over a {settings.grid}x{settings.grid} grid of (v1, v2) against a target "
-            f"with a {which} modulation index (v = ({v[0]:g}, {v[1]:g}), I_m = {index:.3g}){what}; +: truth{marks}."
-        )))
-    if "fig8" in keys:
-        log(f"computing the entropy of {settings.index_points * settings.ratio_points} sounds for Fig. 8")
-        curve = entropy_curve(estimator, task, settings, seed)
-        plot_entropy_curve(out / FILES["fig8"], curve, settings.dpi)
-        written.append(WrittenFigure("fig8", FILES["fig8"], (
-            f"Fig. 8: entropy (bits/dim, {settings.entropy_samples} samples per sound) against the modulation "
-            f"index I_m: mean over {settings.ratio_points} frequency ratios and its 1st-9th decile band."
-        )))
-    return written
+
+def _correlation_figure(run: _Evaluated, correlation: np.ndarray) -> WrittenFigure:
+    """Fig. 4 from the samples ``correlation`` (items, k, d) gathered during the evaluation."""
+    matrix = mean_correlation(correlation)
+    items, samples = len(correlation), correlation.shape[1]
+    plot_correlation(run.out / FILES["fig4"], matrix, labels(run.loaded.task), items, samples, run.settings.dpi)
+    return WrittenFigure("fig4", FILES["fig4"], (
+        f"Fig. 4: mean over the {items} items of the Pearson correlation matrix of "
+        f"{samples} samples per item (normalised parameters)."
+    ))
+
+
+def _marginals_figure(run: _Evaluated, item_wet: np.ndarray, item_v: np.ndarray) -> WrittenFigure:
+    """Fig. 5 for the test item of wet ``item_wet`` (1, 1, frames) and truth ``item_v``."""
+    task, settings = run.loaded.task, run.settings
+    z, _ = draw(run.loaded.estimator, item_wet, settings.histogram_samples, [run.seed, FIGURE_STREAM, 5])
+    found = run.estimates(item_wet)
+    plot_marginals(run.out / FILES["fig5"], z[0], marginal_pairs(task), labels(task), model_truth(task, item_v), found,
+                   settings.bins, settings.dpi)
+    marks = f"the {found[0][0]} (x)" if found else "no deterministic estimate (give --compare MODEL)"
+    return WrittenFigure("fig5", FILES["fig5"], (
+        f"Fig. 5: 2-D histograms of {settings.histogram_samples} samples for test item 0, the truth "
+        f"in model space (+) and {marks}."
+    ))
+
+
+def _loss_map_figure(run: _Evaluated, key: str) -> WrittenFigure:
+    """Fig. 6 (``key`` ``fig6``: the low-index target) or Fig. 7 (``fig7``: the high-index one)."""
+    task, settings, number = run.loaded.task, run.settings, int(key[3:])
+    target, which = (LOW_INDEX_TARGET, "low") if key == "fig6" else (HIGH_INDEX_TARGET, "high")
+    run.log(f"computing the {settings.grid}x{settings.grid} loss map of Fig. {number}")
+    v = np.asarray(target, dtype=np.float64)
+    wet = render_candidates(task, v[None], None, "ddsp")
+    losses = loss_map(task, wet[0], settings.grid, settings.batch)
+    index = float(task.model.ranges[0].to_physical(v[0]))
+    ratio = float(task.model.ranges[1].to_physical(v[1]))
+    title = (f"Fig. {number}: {which} modulation index\n"
+             f"v = ({v[0]:g}, {v[1]:g}), I_m = {index:.3g}, f_m/f_c = {ratio:.3g}")
+    samples = None
+    if run.loaded.kind == "posterior":
+        z, log_prob = draw(run.loaded.estimator, wet, settings.histogram_samples, [run.seed, FIGURE_STREAM, number])
+        samples = z[0]
+        title += f", entropy {float(entropy_bits(log_prob[0], task.model.dim)):.2f} bits/dim"
+    found = run.estimates(wet)
+    plot_loss_map(run.out / FILES[key], losses, samples, v, found, title, settings.bins, settings.dpi)
+    what = f" beside a histogram of {settings.histogram_samples} posterior samples" if samples is not None else ""
+    marks = "; x: " + ", ".join(label for label, _ in found) if found else ""
+    return WrittenFigure(key, FILES[key], (
+        f"Fig. {number}: SOT loss over a {settings.grid}x{settings.grid} grid of (v1, v2) against a target "
+        f"with a {which} modulation index (v = ({v[0]:g}, {v[1]:g}), I_m = {index:.3g}){what}; +: truth{marks}."
+    ))
+
+
+def _entropy_figure(run: _Evaluated) -> WrittenFigure:
+    """Fig. 8: the entropy curve of a posterior model."""
+    settings = run.settings
+    run.log(f"computing the entropy of {settings.index_points * settings.ratio_points} sounds for Fig. 8")
+    curve = entropy_curve(run.loaded.estimator, run.loaded.task, settings, run.seed)
+    plot_entropy_curve(run.out / FILES["fig8"], curve, settings.dpi)
+    return WrittenFigure("fig8", FILES["fig8"], (
+        f"Fig. 8: entropy (bits/dim, {settings.entropy_samples} samples per sound) against the modulation "
+        f"index I_m: mean over {settings.ratio_points} frequency ratios and its 1st-9th decile band."
+    ))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,24 +652,17 @@ def plot_frequencies(sample_rate: float, n: int = PLOT_POINTS) -> np.ndarray:
 
 def equaliser_db(preset, freqs: np.ndarray) -> np.ndarray | None:
     """The summed magnitude response in dB of the preset's shelves and peaks (the RBJ cookbook
-    coefficients of their registry entries, :mod:`afxest.processors`, as pedalboard's filters
-    compute them) at ``freqs`` (Hz), (len(freqs),) float64; None when the preset has none."""
+    coefficients of their registry entries, as pedalboard's filters compute them;
+    :func:`afxest.processors.power_response`) at ``freqs`` (Hz), (len(freqs),) float64; None
+    when the preset has none."""
     import torch
 
-    from afxest.processors import entry
-
-    total, found = np.zeros(len(freqs)), False
-    z1 = np.exp(-2j * np.pi * np.asarray(freqs, np.float64) / preset.sample_rate)  # e^{-jw}
-    for e in preset.effects:
-        coefficients = entry(e.type).coefficients
-        if coefficients is None:
-            continue
-        p = {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in e.params.items()}
-        b, a = (t[0].numpy() for t in coefficients(preset.sample_rate, **p))
-        h = (b[0] + b[1] * z1 + b[2] * z1**2) / (a[0] + a[1] * z1 + a[2] * z1**2)
-        total += 20 * np.log10(np.abs(h))
-        found = True
-    return total if found else None
+    biquads = [(e.type, {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in e.params.items()})
+               for e in preset.effects if entry(e.type).coefficients is not None]
+    if not biquads:
+        return None
+    power = power_response(biquads, preset.sample_rate, torch.from_numpy(np.asarray(freqs, np.float64)))
+    return 10 * np.log10(power[0].numpy())
 
 
 def compressor_curve_db(preset, levels_db: np.ndarray) -> np.ndarray | None:
@@ -604,68 +702,95 @@ def estimate_panels(presets: Sequence) -> list[str]:
 
 def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray | None = None,
                   dpi: int = ESTIMATE_DPI):
-    """The figure of one estimate (``presets`` by rank, ``document`` its estimate.json):
+    """The figure of one estimate, one panel each of :func:`estimate_panels` (:data:`PANELS`):
 
     * ``eq``: the equaliser's magnitude response of the top :data:`PLOT_TOP` candidates and the
       min-max band over all of them;
     * ``compressor``: the compressor's static curve of the top candidates (and identity);
-    * ``spectrum`` (a synth): the magnitude spectra of the wet ``wet`` (T,) at the task's rate
-      and of rank 1 synthesised.
+    * ``spectrum`` (a synth): the magnitude spectra of the wet at the task's rate and of rank 1
+      synthesised.
 
-    Written atomically as a PNG of ESTIMATE_PANEL x panels inches at ``dpi``; returns the
-    matplotlib Figure (its lines hold the plotted data)."""
+    Written atomically as a PNG of ESTIMATE_PANEL x panels inches.
+
+    Arguments:
+        path: The PNG written.
+        document: The estimate's ``afxest-estimate`` document (its candidates' ranks, origins
+            and matches label the curves).
+        presets: The candidates' presets, by rank.
+        wet: The wet, (T,) at the task's rate (the ``spectrum`` panel), or None.
+        dpi: The PNG's resolution.
+
+    Returns:
+        The matplotlib Figure (its lines hold the plotted data).
+    """
     panels = estimate_panels(presets)
     if not panels:
         raise ValueError("nothing to plot: the estimate has no equaliser, compressor or synth")
     width, height = ESTIMATE_PANEL
     fig = _figure(width * len(panels), height)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    top = list(presets[:PLOT_TOP])
-    labels_ = [_candidate_label(c) for c in document["candidates"][: len(top)]]
+    names = [_candidate_label(c) for c in document["candidates"][:PLOT_TOP]]
     for ax, panel in zip(axes, panels):
-        if panel == "eq":
-            freqs = plot_frequencies(presets[0].sample_rate)
-            curves = np.array([equaliser_db(p, freqs) for p in presets])
-            ax.fill_between(freqs, curves.min(axis=0), curves.max(axis=0), color="0.85",
-                            label=f"min-max of all {len(presets)} candidates")
-            for k, label in enumerate(labels_):
-                ax.plot(freqs, curves[k], lw=2.2 if k == 0 else 1.0, label=label, zorder=3 + len(top) - k)
-            ax.set_xscale("log")
-            ax.set_xlabel("frequency (Hz, log scale)")
-            ax.set_ylabel("magnitude (dB)")
-            ax.set_title("Equaliser response")
-        elif panel == "compressor":
-            levels = np.linspace(*LEVELS_DB, 241)
-            ax.plot(levels, levels, color="0.6", ls="--", lw=1.0, label="no compression")
-            for k, (p, label) in enumerate(zip(top, labels_)):
-                ax.plot(levels, compressor_curve_db(p, levels), lw=2.2 if k == 0 else 1.0, label=label,
-                        zorder=3 + len(top) - k)
-            ax.set_xlabel("input level (dBFS)")
-            ax.set_ylabel("output level (dBFS)")
-            ax.set_title("Compressor static curve (before gain and clipping)")
-            ax.set_aspect("equal")
-        else:
-            from afxest.engines import synthesise
-
-            rate = presets[0].sample_rate
-            estimate = synthesise(presets[0], int(round(rate)))[0]
-            n = min(len(wet), len(estimate))
-            highest = 0.0
-            for x, label, style in ((wet, "wet", dict(lw=1.6, color="0.3")),
-                                    (estimate, labels_[0], dict(lw=1.0, color="tab:red", alpha=0.85))):
-                f, db = spectrum_db(x[:n], rate)
-                ax.plot(f, db, label=label, **style)
-                highest = max(highest, float(f[db > SPECTRUM_FLOOR_DB].max(initial=0.0)))
-            ax.set_xlim(0, min(rate / 2, max(1000.0, 1.2 * highest)))  # up to the last partial shown
-            ax.set_ylim(SPECTRUM_FLOOR_DB, 5)
-            ax.set_xlabel("frequency (Hz)")
-            ax.set_ylabel("magnitude (dB re full-scale sine)")
-            ax.set_title("Magnitude spectra")
+        PANELS[panel](ax, presets, names, wet)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(_estimate_title(document))
     save_png(fig, path, dpi)
     return fig
+
+
+def _equaliser_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None) -> None:
+    """The ``eq`` panel: the responses of the top candidates (labelled ``names``) and the band
+    of all of them."""
+    freqs = plot_frequencies(presets[0].sample_rate)
+    curves = np.array([equaliser_db(p, freqs) for p in presets])
+    top = min(len(presets), PLOT_TOP)
+    ax.fill_between(freqs, curves.min(axis=0), curves.max(axis=0), color="0.85",
+                    label=f"min-max of all {len(presets)} candidates")
+    for k, label in enumerate(names[:top]):
+        ax.plot(freqs, curves[k], lw=2.2 if k == 0 else 1.0, label=label, zorder=3 + top - k)
+    ax.set_xscale("log")
+    ax.set_xlabel("frequency (Hz, log scale)")
+    ax.set_ylabel("magnitude (dB)")
+    ax.set_title("Equaliser response")
+
+
+def _compressor_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None) -> None:
+    """The ``compressor`` panel: the static curves of the top candidates, and identity."""
+    top = presets[:PLOT_TOP]
+    levels = np.linspace(*LEVELS_DB, 241)
+    ax.plot(levels, levels, color="0.6", ls="--", lw=1.0, label="no compression")
+    for k, (p, label) in enumerate(zip(top, names)):
+        ax.plot(levels, compressor_curve_db(p, levels), lw=2.2 if k == 0 else 1.0, label=label,
+                zorder=3 + len(top) - k)
+    ax.set_xlabel("input level (dBFS)")
+    ax.set_ylabel("output level (dBFS)")
+    ax.set_title("Compressor static curve (before gain and clipping)")
+    ax.set_aspect("equal")
+
+
+def _spectrum_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None) -> None:
+    """The ``spectrum`` panel of a synth: the wet's spectrum and rank 1's, synthesised."""
+    rate = presets[0].sample_rate
+    estimate = synthesise(presets[0], int(round(rate)))[0]
+    n = min(len(wet), len(estimate))
+    highest = 0.0
+    for x, label, style in ((wet, "wet", dict(lw=1.6, color="0.3")),
+                            (estimate, names[0], dict(lw=1.0, color="tab:red", alpha=0.85))):
+        f, db = spectrum_db(x[:n], rate)
+        ax.plot(f, db, label=label, **style)
+        highest = max(highest, float(f[db > SPECTRUM_FLOOR_DB].max(initial=0.0)))
+    ax.set_xlim(0, min(rate / 2, max(1000.0, 1.2 * highest)))  # up to the last partial shown
+    ax.set_ylim(SPECTRUM_FLOOR_DB, 5)
+    ax.set_xlabel("frequency (Hz)")
+    ax.set_ylabel("magnitude (dB re full-scale sine)")
+    ax.set_title("Magnitude spectra")
+
+
+# each panel of plot_estimate: (axes, presets by rank, the top candidates' labels, the wet) -> drawn
+PANELS: dict[str, Callable[..., None]] = {
+    "eq": _equaliser_panel, "compressor": _compressor_panel, "spectrum": _spectrum_panel,
+}
 
 
 def _candidate_label(candidate: dict) -> str:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from afxest.engines import render_model
-from afxest.processors import entry
+from afxest.processors import entry, power_response
 
 AudioObjective = Callable[..., Tensor]  # (z, dry, wet, compressor=None) -> (batch,)
 
@@ -55,33 +55,15 @@ def is_lti(task) -> bool:
     return not task.has_source and all(entry(p.type).linear for p in task.model.processors)
 
 
-def power_response(task, z: Tensor, n_fft: int) -> Tensor:
-    """The power response |H(e^{jw})|^2 of an LTI model chain (:func:`is_lti`) at the n_fft // 2 + 1 bins of an
-    rfft, (batch, bins): the product of each biquad's |B/A|^2 (RBJ coefficients, computed in
-    float64) and each gain's amplitude squared."""
-    from afxest.dsp.filters import frequency_response
-
-    response = torch.ones(z.shape[0], n_fft // 2 + 1, dtype=torch.float64, device=z.device)
-    for kind, p in task.model.split(z.double()):
-        e = entry(kind)
-        if e.coefficients is not None:
-            h = frequency_response(*e.coefficients(task.sample_rate, **p), n_fft)
-            response = response * (h.real.square() + h.imag.square())
-        elif e.amplitude is not None:
-            response = response * e.amplitude(task.sample_rate, **p).square()[:, None]
-        else:
-            raise ValueError(f"{kind} is not linear and time-invariant")
-    return response.to(z.dtype)
-
-
 class LTILogMel(torch.nn.Module):
     """DAFx 2025, Eq. 16 for an LTI model chain, with Mel{y_hat} = Mel(|STFT(x)|^2 |H|^2).
 
     Same STFT and mel bands as :class:`afxest.losses.LogMelLoss` (n_fft 4096, hop 1024, 128
     mels): the loss is mean (ln(1 + Mel{y_hat}) - ln(1 + Mel{y}))^2 over mels and frames, with
     the dry's power spectrogram (no gradient) weighted per bin by the chain's |H|^2
-    (:func:`power_response`), the only part that depends on z. ``task`` must have an LTI model
-    chain (:func:`is_lti`) and the log-mel loss (ValueError otherwise).
+    (:func:`afxest.processors.power_response`, computed in float64), the only part that
+    depends on z. ``task`` must have an LTI model chain (:func:`is_lti`) and the log-mel loss
+    (ValueError otherwise).
     """
 
     def __init__(self, task) -> None:
@@ -99,7 +81,8 @@ class LTILogMel(torch.nn.Module):
         with torch.no_grad():
             dry_power = self.mel.spectrogram(dry)
             wet_mel = torch.log1p(self.mel(wet))
-        filtered = dry_power * power_response(self.task, z, self.mel.n_fft)[:, None, :]
+        response = power_response(self.task.model.split(z.double()), self.task.sample_rate, self.mel.n_fft)
+        filtered = dry_power * response.to(z.dtype)[:, None, :]
         diff = torch.log1p(self.mel.from_spectrogram(filtered)) - wet_mel
         return diff.square().mean(dim=(1, 2))
 

@@ -11,7 +11,8 @@ module says how afxest renders it. Every differentiable function has one signatu
 
 A linear time-invariant effect also says what :func:`apply_chain` merges into one
 frequency-domain pass: its biquad ``coefficients`` or its broadband ``amplitude``, each
-``(sample_rate, **params)`` -> (b, a) shaped (batch, 3), or (batch,).
+``(sample_rate, **params)`` -> (b, a) shaped (batch, 3), or (batch,); :func:`power_response`
+is a chain of them in the frequency domain.
 
 The module loads neither torch nor pedalboard: :func:`plugin` imports pedalboard alone (so the
 pedalboard engine starts without torch), :func:`registry` the dsp modules on first use.
@@ -45,7 +46,7 @@ class Entry:
     it has none (the clipper)."""
 
     spec: ProcessorType
-    function: Callable[..., Tensor]
+    function: EffectFunction | SourceFunction
     coefficients: Callable[..., tuple[Tensor, Tensor]] | None = None
     amplitude: Callable[..., Tensor] | None = None
     straight_through: EffectFunction | None = None
@@ -146,3 +147,51 @@ def apply_chain(
             function = e.straight_through if clip_gradient and e.straight_through is not None else e.function
             x = function(flush(x), sample_rate, **p)
     return flush(x)
+
+
+def power_response(effects: Sequence[Effect], sample_rate: float, at: int | Tensor) -> Tensor:
+    """The power response |H(e^{jw})|^2 of a chain of linear time-invariant effects
+    (:attr:`Entry.linear`): the product, in chain order, of each biquad's |B/A|^2 (its
+    registry ``coefficients``) and each broadband gain's ``amplitude`` squared.
+
+    Arguments:
+        effects: The chain, (type, {parameter: (batch,) tensor}) pairs in physical units.
+        sample_rate: The sample rate in Hz.
+        at: Where the response is computed: an FFT size n_fft (the n_fft // 2 + 1 bins of an
+            rfft, :func:`afxest.dsp.filters.frequency_response`) or frequencies in Hz, (bins,).
+
+    Returns:
+        (batch, bins), in the parameters' precision (use float64: the training objective and
+        the equaliser fit do); ValueError for an effect that is not linear and time-invariant.
+    """
+    import torch
+
+    from afxest.dsp.filters import frequency_response
+
+    bins = at // 2 + 1 if isinstance(at, int) else len(at)
+    response: Tensor | None = None
+    for kind, p in effects:
+        e = entry(kind)
+        if e.coefficients is not None:
+            b, a = e.coefficients(sample_rate, **p)
+            h = frequency_response(b, a, at) if isinstance(at, int) else _biquad_at(b, a, at, sample_rate)
+            power = h.real.square() + h.imag.square()
+        elif e.amplitude is not None:
+            power = e.amplitude(sample_rate, **p).square()[:, None]
+        else:
+            raise ValueError(f"{kind} is not linear and time-invariant")
+        response = power if response is None else response * power
+    if response is None:
+        return torch.ones(1, bins, dtype=torch.float64)
+    return response.expand(response.shape[0], bins)
+
+
+def _biquad_at(b: Tensor, a: Tensor, frequencies: Tensor, sample_rate: float) -> Tensor:
+    """H = B(e^{jw}) / A(e^{jw}) of biquads (b, a) (batch, 3) at ``frequencies`` (Hz, (bins,)),
+    w = 2 pi f / sample_rate: (batch, bins) complex."""
+    import torch
+
+    w = frequencies.to(b) * (2 * torch.pi / sample_rate)
+    z1 = torch.polar(torch.ones_like(w), -w)  # e^{-jw}
+    z2 = z1 * z1
+    return (b[:, 0:1] + b[:, 1:2] * z1 + b[:, 2:3] * z2) / (a[:, 0:1] + a[:, 1:2] * z1 + a[:, 2:3] * z2)

@@ -12,7 +12,8 @@
 * The loop (:func:`run_loop`): a step, validation every N steps (keeping ``best.pt``), a line
   of metrics, a checkpoint every N steps.
 
-It imports neither command; both import it.
+The options both commands take (:class:`RunOptions`) are written here too. It imports
+neither command; both import it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
@@ -48,6 +49,44 @@ def enlarge_malloc_thresholds() -> None:
         pass
 
 
+@dataclass(kw_only=True)
+class RunOptions:
+    """The options both training commands take (``afxest train``: :class:`afxest.train.TrainConfig`,
+    ``afxest train-proxy``: :class:`afxest.train_proxy.ProxyTrainConfig`, which add their own).
+
+    Keyword-only, so that a command's own fields, with or without defaults, may follow; each
+    command gives ``val_items`` and ``val_every`` its own default.
+
+    Attributes:
+        out: The run folder (``--out``, :class:`RunFolder`).
+        data: A folder of music (its train/val splits), or None for procedural audio.
+        device: ``auto``, ``cpu`` or ``cuda`` (:func:`afxest.device.resolve_device`).
+        seed: The run's seed (:func:`step_generator`; the validation set's).
+        val_items: The validation items (fixed for a seed).
+        val_every: Validate every N steps (:class:`Cadence`).
+        checkpoint_every: Write ``last.pt`` every N steps.
+        resume: Continue the run in ``out`` from its ``last.pt``.
+
+    Example:
+        >>> RunOptions(out="run", val_items=8, val_every=10).to_dict()  # doctest: +NORMALIZE_WHITESPACE
+        {'out': 'run', 'data': None, 'device': 'auto', 'seed': 0, 'val_items': 8, 'val_every': 10,
+         'checkpoint_every': 50, 'resume': False}
+    """
+
+    out: str
+    data: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    val_items: int
+    val_every: int
+    checkpoint_every: int = 50
+    resume: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as a plain dict (the start of a run's ``config.json``)."""
+        return asdict(self)
+
+
 def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:
     """Checks a run folder for a new run or a resumed one; returns (last.pt, best.pt) paths.
 
@@ -58,7 +97,7 @@ def check_run_folder(out: Path, resume: bool) -> tuple[Path, Path]:
     last_path, best_path = out / "last.pt", out / "best.pt"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; --out needs a folder")
-    check_out_dir(out)  # a missing folder is created, with its parents
+    check_out_dir(out)  # only checks (a missing folder is fine); RunFolder.prepare creates it
     if resume:
         if not last_path.exists():
             raise UserError(f"{out}: nothing to resume (no last.pt)")
@@ -125,9 +164,15 @@ class RunFolder:
 
 
 def check_same_run(path: Path, stored: dict[str, Any], resolved: dict[str, Any], keys: Iterable[str]) -> None:
-    """Refuses to resume the run of checkpoint ``path`` (its resolved configuration ``stored``)
-    with a ``resolved`` configuration that differs on one of ``keys``: it would not continue
-    the same run."""
+    """Refuses (UserError) to resume a run with a configuration that differs on one of ``keys``:
+    it would not continue the same run.
+
+    Arguments:
+        path: The run's checkpoint, named in the message.
+        stored: The run's resolved configuration, as the checkpoint stores it.
+        resolved: The resolved configuration of this invocation.
+        keys: The settings that must not change.
+    """
     for key in keys:
         if stored.get(key) != resolved[key]:
             raise UserError(
@@ -159,17 +204,35 @@ class Best:
 
 
 def restore(state: dict[str, Any], model: Any, optimizer: Any, key: str) -> tuple[int, Best]:
-    """Loads a checkpoint's weights and optimiser state into ``model`` and ``optimizer``;
-    returns its step and best figure (stored under ``key``)."""
+    """Loads a checkpoint's weights and optimiser state into ``model`` and ``optimizer``.
+
+    Arguments:
+        state: The checkpoint (``last.pt``).
+        model: The module its ``model`` weights load into.
+        optimizer: The optimiser its ``optimizer`` state loads into.
+        key: The name of its best figure in ``best`` (:meth:`Best.stored`).
+
+    Returns:
+        The checkpoint's step and best figure.
+    """
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"]), Best.from_stored(state["best"], key)
 
 
 def music_folders(data: str, sample_rate: int, min_seconds: float, empty: Callable[[str, Any], str]) -> dict[str, Any]:
-    """The ``train`` and ``val`` :class:`~afxest.data.MusicFolder` of the music in ``data``,
-    decoded into the cache in that order, keeping tracks of at least ``min_seconds``; a
-    UserError with the message ``empty(split, folder)`` for a split left without a track."""
+    """The ``train`` and ``val`` splits of a folder of music, decoded into the cache in that order.
+
+    Arguments:
+        data: The folder (``--data``).
+        sample_rate: The rate the tracks are decoded at.
+        min_seconds: The shortest track kept.
+        empty: The message of the UserError for a split left without a track, from the split's
+            name and its :class:`~afxest.data.MusicFolder`.
+
+    Returns:
+        The :class:`~afxest.data.MusicFolder` of each split, by name.
+    """
     from afxest.data import MusicFolder
 
     folders = {}

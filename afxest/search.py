@@ -295,23 +295,33 @@ def long_term_ratio_db(dry: np.ndarray, wet: np.ndarray, n_fft: int = EQ_FIT_FFT
 
 def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarray, sample_rate: float,
                   steps: int = EQ_FIT_STEPS) -> np.ndarray:
-    """Fits the equaliser bands of each start ``z0`` (K, d) (the leading biquads of ``space``,
-    a :class:`afxest.tasks.Space`) to the long-term spectral ratio ``ratio_db`` of
-    :func:`long_term_ratio_db`: the weighted mean square of 20 log10 |H(f)| + c - ratio_db(f),
-    c a free broadband level (what the compressor and the gain add), by Adam on logit(z) of the
-    bands' parameters. Only the filters' closed form responses are evaluated (no audio), so this
-    costs milliseconds. Returns the starts with their bands fitted, (K, d) float64."""
+    """Fits the equaliser bands (the leading biquads of ``space``) of each start to a long-term
+    spectral ratio: the weighted mean square of 20 log10 |H(f)| + c - ratio_db(f), c a free
+    broadband level (what the compressor and the gain add), by Adam on logit(z) of the bands'
+    parameters. Only the filters' closed form responses are evaluated
+    (:func:`afxest.processors.power_response`; no audio), so this costs milliseconds.
+
+    Arguments:
+        space: The model chain (:class:`afxest.tasks.Space`).
+        z0: The starts, (K, d) in [0, 1]^d.
+        ratio_db: The wet's long-term spectrum over the dry's, in dB at the bins of an rfft
+            (:func:`long_term_ratio_db`).
+        weight: The weight of each bin.
+        sample_rate: The sample rate in Hz.
+        steps: The Adam steps.
+
+    Returns:
+        The starts with their bands fitted (the other parameters as they were), (K, d) float64.
+    """
     import torch
 
-    from afxest.dsp.filters import frequency_response
-    from afxest.processors import entry
+    from afxest.processors import entry, power_response
 
     bands, dim = [], 0
     for proc in space.processors:
-        coefficients = entry(proc.type).coefficients
-        if coefficients is None:
+        if entry(proc.type).coefficients is None:
             break
-        bands.append((proc, coefficients, dim))
+        bands.append((proc, dim))
         dim += proc.dim
     if not bands:
         return np.asarray(z0, np.float64).copy()
@@ -322,10 +332,8 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
     optimiser = Adam(u, 0.05)
     for _ in range(steps):
         z = torch.sigmoid(u)
-        response = torch.zeros(z.shape[0], len(ratio_db), dtype=torch.float64)
-        for proc, coefficients, start in bands:
-            b, a = coefficients(sample_rate, **proc.physical(z[:, start : start + proc.dim]))
-            response = response + 20 * torch.log10(frequency_response(b, a, n_fft).abs() + 1e-12)
+        effects = [(proc.type, proc.physical(z[:, start : start + proc.dim])) for proc, start in bands]
+        response = 10 * torch.log10(power_response(effects, sample_rate, n_fft) + 1e-24)  # dB
         residual = target - response
         level = (residual * w).sum(dim=1, keepdim=True)  # the best broadband offset, closed form
         loss = ((residual - level).square() * w).sum(dim=1)

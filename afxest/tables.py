@@ -4,15 +4,14 @@ reports (report.md, comparison.md), with the cell formats they share.
 
 Every function here turns results into text or a rich renderable; none computes or writes
 anything. rich is imported inside the functions that build rich tables. The parameter labels
-(``HS0 f Hz``) come from the catalogue's short names (:attr:`afxest.params.Param.short`,
-:attr:`afxest.catalogue.ProcessorType.short`), which the figures use too.
+(``HS0 f Hz``) are :func:`afxest.catalogue.parameter_label`'s, which the figures use too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from afxest.catalogue import PROCESSORS
+from afxest.catalogue import parameter_label
 
 # ---------------------------------------------------------------------------------------------
 # cells and generic tables
@@ -74,26 +73,6 @@ def rich_table(rows: list[list[str]], title: str):
 TRANSPOSE_ABOVE = 8  # more estimated parameters than this: one row per parameter
 MATCH_COLUMNS = {"si_sdr": "SI-SDR dB", "log_mel": "log-mel"}  # each candidate's match to the wet
 MATCH_FORMATS = {"si_sdr": ".2f", "log_mel": ".4g"}
-# units as the candidate table prints them after a parameter's short name, in narrow columns:
-# dBFS as dB, and none for a ratio or the modulation index
-TABLE_UNITS = {"dBFS": "dB", ":1": "", "rad": ""}
-
-
-def parameter_label(kind: str, index: int, name: str, sep: str = " ") -> str:
-    """The label of parameter ``name`` of processor ``index`` (of type ``kind``) in a table of
-    candidates: the processor's short name and index, ``sep``, the parameter's short name and
-    unit.
-
-    Example:
-        >>> parameter_label("high_shelf", 0, "cutoff_frequency_hz"), parameter_label("compressor", 5, "ratio")
-        ('HS0 f Hz', 'comp5 ratio')
-    """
-    processor = PROCESSORS[kind]
-    param = processor.param(name)
-    unit = TABLE_UNITS.get(param.unit, param.unit)
-    return f"{processor.short}{index}{sep}{param.short}" + (f" {unit}" if unit else "")
-
-
 def _processors(preset: dict[str, Any]) -> list[dict[str, Any]]:
     """A preset document's processors in order: its source (if any), then its effects."""
     return ([preset["source"]] if preset["source"] else []) + preset["effects"]
@@ -238,7 +217,13 @@ def models_table(rows: list[dict[str, Any]]):
 # the evaluation reports (``afxest evaluate``: report.md, comparison.md and the summary)
 
 METRIC_TITLES = {"sot": "SOT", "mel": "Mel", "mrstft": "MR-STFT", "si_sdr": "SI-SDR"}
-KIND_LABELS = {"posterior": "posterior", "deterministic": "deterministic (audio loss)", "param": "parameter loss"}
+# each estimator kind: its row in the main table, beside the paper's (Tables 1-3), and its
+# description in the comparison's Estimator column
+KIND_LABELS = {
+    "posterior": ("Infer.", "posterior"),
+    "deterministic": ("Deter.", "deterministic (audio loss)"),
+    "param": ("Param.", "parameter loss"),
+}
 PROXY_TITLES = {"pedalboard": "pedalboard (the real effect)", "dsp": "dsp proxy (afxest's compressor)",
                 "neural": "neural proxy (TCN)"}
 # the paper's numbers (DAFx 2025, Tables 1-3), printed beside ours
@@ -266,7 +251,7 @@ def _titles(metrics: list[str]) -> list[str]:
 def main_table(result) -> list[list[str]]:
     """Rows (header first) of the main table (DAFx 2025, Table 1/3) of an
     :class:`afxest.evaluate.Evaluation`: ours, the baselines and the paper's."""
-    label = {"posterior": "Infer.", "deterministic": "Deter.", "param": "Param."}.get(result.kind, result.kind)
+    label = KIND_LABELS.get(result.kind, (result.kind, result.kind))[0]
     header = ["", "Entropy (bits/dim)", *_titles(result.metrics)]
     rows = [header, [f"{label} (ours)", mean_std(result.entropy), *(mean_std(result.expectation[m]) for m in result.metrics)]]
     if result.default_estimate:
@@ -378,7 +363,8 @@ def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
     rows = [header]
     for name, r in results:
         best = r.best_of[r.samples]
-        row = [f"`{name}`", KIND_LABELS.get(r.kind, r.kind), mean_std(r.entropy), *(mean_std(r.expectation[m]) for m in metrics),
+        row = [f"`{name}`", KIND_LABELS.get(r.kind, (r.kind, r.kind))[1], mean_std(r.entropy),
+               *(mean_std(r.expectation[m]) for m in metrics),
                mean_std(best.get("mel")), mean_std(best.get("si_sdr")),
                *(mean_std(r.proxy_expectation.get(p, {}).get("si_sdr")) for p in proxies)]
         if refine:

@@ -19,7 +19,7 @@ every range is written here once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from afxest.catalogue import (
@@ -83,6 +83,17 @@ class Space:
     def ranges(self) -> list[ParamRange]:
         """The range of each normalised dimension, in order."""
         return [r for p in self.processors for r in p.ranges]
+
+    def position(self, kind: str) -> int | None:
+        """The index of the chain's one processor of type ``kind``; None when it has none, or
+        several (then no one of them is *the* one, as the compressor a proxy stands for).
+
+        Example:
+            >>> TASKS["master"].model.position("compressor"), TASKS["eq"].model.position("compressor")
+            (5, None)
+        """
+        found = [i for i, p in enumerate(self.processors) if p.type == kind]
+        return found[0] if len(found) == 1 else None
 
     def split(self, v: Any) -> list[tuple[str, dict[str, Any]]]:
         """The (type, physical parameters) of each processor from normalised ``v`` (..., dim)."""
@@ -148,7 +159,6 @@ class Task:
     loss: Literal["log_mel", "sot_mrstft"]
     encoder: Literal["convnext", "hann_dft_mlp"]
     training: TrainingDefaults
-    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuses (ValueError) a range whose bounds are not valid values at the task's sample rate."""
@@ -163,6 +173,12 @@ class Task:
     def has_source(self) -> bool:
         """Whether the truth is synthesised (a source type) rather than a dry signal processed."""
         return any(PROCESSORS[p.type].kind == "source" for p in self.truth.processors)
+
+    @property
+    def has_compressor(self) -> bool:
+        """Whether the model chain has a compressor (:meth:`Space.position`): what a proxy
+        replaces in training (``--proxy``) and renders through in ``afxest evaluate``."""
+        return self.model.position("compressor") is not None
 
     @property
     def clip_samples(self) -> int:

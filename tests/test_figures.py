@@ -100,7 +100,7 @@ def test_entropy_bits_and_decile_band_closed_forms():
 
 def test_labels_pairs_and_eq_truth_in_model_space():
     eq, fm = TASKS["eq"], TASKS["fm"]
-    assert figs.labels(eq) == ["f1", "g1", "Q1", "f2", "g2", "Q2"]
+    assert figs.labels(eq) == ["HS0 f", "HS0 g", "HS0 Q", "HS1 f", "HS1 g", "HS1 Q"]  # as Space.names: 0.high_shelf...
     assert figs.marginal_pairs(eq) == [(0, 3), (1, 4), (2, 5)]
     assert figs.labels(fm) == ["v1", "v2"] and figs.marginal_pairs(fm) == [(0, 1)]
     # eq's canonical solution: both shelves at the truth's cutoff and Q, each with half its gain;

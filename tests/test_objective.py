@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from afxest.losses import LogMelLoss
-from afxest.objective import LTILogMel, audio_objective, is_lti, power_response
+from afxest.objective import LTILogMel, audio_objective, is_lti
+from afxest.processors import power_response
 from afxest.tasks import TASKS
 from tests.reference import reference_render
 
@@ -34,8 +35,25 @@ def test_power_response_is_the_squared_magnitude_of_pedalboards_impulse_response
     impulse[0, 0] = 1.0
     expected = np.stack([np.abs(np.fft.rfft(reference_render(_preset(task, zi), impulse, task.sample_rate)[0])) ** 2
                          for zi in z])
-    ours = power_response(task, z.double(), n_fft).numpy()
+    ours = power_response(task.model.split(z.double()), task.sample_rate, n_fft).numpy()
     assert np.allclose(ours, expected, rtol=2e-3, atol=1e-6)
+
+
+def test_power_response_of_gains_is_their_squared_amplitude_and_refuses_a_compressor() -> None:
+    """Two gains (-6 and +2.5 dB): |H|^2 = 10^(-3.5 / 10) at every bin and every frequency; a
+    compressor is not linear and time-invariant."""
+    gains = [("gain", {"gain_db": torch.tensor([-6.0, 0.0], dtype=torch.float64)}),
+             ("gain", {"gain_db": torch.tensor([2.5, 1.0], dtype=torch.float64)})]
+    expected = np.array([10 ** (-3.5 / 10), 10 ** (1.0 / 10)])[:, None]
+    by_bins = power_response(gains, 22050, 16).numpy()
+    at_hz = power_response(gains, 22050, torch.tensor([20.0, 1000.0, 11000.0])).numpy()
+    assert by_bins.shape == (2, 9) and at_hz.shape == (2, 3)
+    np.testing.assert_allclose(by_bins, np.broadcast_to(expected, (2, 9)), rtol=1e-12)
+    np.testing.assert_allclose(at_hz, np.broadcast_to(expected, (2, 3)), rtol=1e-12)
+    compressor = {k: torch.tensor([v]) for k, v in (("threshold_db", -20.0), ("ratio", 4.0), ("attack_ms", 5.0),
+                                                      ("release_ms", 50.0))}
+    with pytest.raises(ValueError, match="not linear"):
+        power_response([*gains, ("compressor", compressor)], 22050, 16)
 
 
 def test_fast_log_mel_of_an_lti_chain_matches_the_loss_of_pedalboards_render() -> None:

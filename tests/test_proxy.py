@@ -40,6 +40,17 @@ def params(batch: int, thr: float = -20.0, ratio: float = 4.0, att: float = 5.0,
     return [torch.full((batch,), v, dtype=torch.float64) for v in (thr, ratio, att, rel)]
 
 
+def test_only_tasks_with_one_compressor_to_estimate_get_a_proxy() -> None:
+    """master's compressor (index 5) has its four ranges as the task writes them (threshold
+    -40..0 dB affine, ratio 1..10 exponential); eq and fm have none, and a proxy is refused."""
+    assert [t.has_compressor for t in (TASKS["master"], TASKS["eq"], TASKS["fm"])] == [True, False, False]
+    assert TASKS["master"].truth.processors[5].type == "compressor"
+    assert RANGES["threshold_db"] == (-40.0, 0.0, "affine") and RANGES["ratio"] == (1.0, 10.0, "exp")
+    for name in ("eq", "fm"):
+        with pytest.raises(UserError, match="has no compressor"):
+            compressor_ranges(TASKS[name])
+
+
 def test_receptive_field_closed_form() -> None:
     assert SMALL.receptive_field == 1 + 2 * (1 + 4 + 16)
     assert ProxyConfig().receptive_field == 1 + 12 * (1 + 10 + 100 + 1000)  # 13 333 samples, 0.6 s

@@ -7,8 +7,8 @@ import io
 
 from rich.console import Console
 
-from afxest import figures, tables
-from afxest.catalogue import PROCESSORS
+from afxest import catalogue, figures, tables
+from afxest.catalogue import PROCESSORS, parameter_label
 from afxest.evaluate import Evaluation
 from afxest.tasks import TASKS
 
@@ -27,8 +27,9 @@ def _candidate(rank: int, effects: list[dict], loss: float, log_prob: float | No
 
 
 def test_doctests() -> None:
-    result = doctest.testmod(tables, raise_on_error=False)
-    assert result.failed == 0 and result.attempted > 0
+    for module in (tables, catalogue):  # catalogue: parameter_label
+        result = doctest.testmod(module, raise_on_error=False)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 def test_candidates_table_is_the_text_users_read() -> None:
@@ -97,10 +98,12 @@ def test_every_parameter_has_one_short_label_in_tables_and_figures() -> None:
         "gain": ["gain0 g dB"], "clipping": ["clip0 thr dB"],
         "fm": ["fm0 f_c Hz", "fm0 amp", "fm0 I_m", "fm0 f_m/f_c", "fm0 dur s"],
     }
-    assert {kind: [tables.parameter_label(kind, 0, p.name) for p in spec.params] for kind, spec in PROCESSORS.items()} == expected
-    assert figures.labels(TASKS["master"]) == [
-        "f1", "g1", "Q1", "f2", "g2", "Q2", "f3", "g3", "Q3", "f4", "g4", "Q4", "f5", "g5", "Q5",
-        "thr6", "ratio6", "att6", "rel6", "g7", "thr8"]
+    assert {kind: [parameter_label(kind, 0, p.name) for p in spec.params] for kind, spec in PROCESSORS.items()} == expected
+    # the figures show normalised values: the same labels, numbered from 0 as Space.names, no unit
+    master = TASKS["master"]
+    assert figures.labels(master) == [
+        "LS0 f", "LS0 g", "LS0 Q", "PK1 f", "PK1 g", "PK1 Q", "PK2 f", "PK2 g", "PK2 Q", "PK3 f", "PK3 g", "PK3 Q",
+        "HS4 f", "HS4 g", "HS4 Q", "comp5 thr", "comp5 ratio", "comp5 att", "comp5 rel", "gain6 g", "clip7 thr"]
 
 
 def test_models_table_is_the_text_users_read() -> None:
@@ -134,6 +137,12 @@ def test_report_tables_are_markdown_beside_the_papers_numbers() -> None:
         "| Infer. T=1 (paper) | -2.43 | 2.12 | 15.2 |\n"
         "| Rand. (paper) | - | 51.6 | 2.13 |\n"
     )
+    posterior = Evaluation(task="fm", kind="posterior", items=2, samples=1, metrics=["sot", "si_sdr"], source="synth")
+    posterior.expectation = result.expectation
+    result.best_of = posterior.best_of = {1: {"si_sdr": (30.0, 1.0)}}
+    rows = tables.comparison_rows([("det.pt", result), ("post.pt", posterior)])
+    assert [row[:2] for row in rows[1:]] == [["`det.pt`", "deterministic (audio loss)"], ["`post.pt`", "posterior"],
+                                             ["Uniform", "-"]]
     assert _text(tables.rich_table([["", "SOT"], ["ours", "1.000 ± 0.125"]], "fm")) == "\n".join([
         "           fm",
         "┏━━━━━━┳━━━━━━━━━━━━━━━┓",

@@ -195,11 +195,12 @@ def compressor_function(kind: str, proxy: CompressorProxy | None, sample_rate: f
 
 
 def compressor_ranges(task) -> dict[str, tuple[float, float, str]]:
-    """The (lo, hi, mapping) of each compressor parameter in ``task``'s truth space."""
-    spaces = [p for p in task.truth.processors if p.type == "compressor"]
-    if len(spaces) != 1 or spaces[0].fixed:
+    """The (lo, hi, mapping) of each compressor parameter in ``task``'s truth space (the proxy
+    learns the truth's compressor, :func:`make_proxy_batch`)."""
+    index = task.truth.position("compressor")
+    if index is None or task.truth.processors[index].fixed:
         raise UserError(f"task {task.name!r} has no compressor with all four parameters to estimate")
-    return {r.name: (r.lo, r.hi, r.mapping) for r in spaces[0].ranges}
+    return {r.name: (r.lo, r.hi, r.mapping) for r in task.truth.processors[index].ranges}
 
 
 def load_proxy(path: Path | str, map_location: Any = "cpu") -> tuple[CompressorProxy, dict[str, Any]]:
@@ -246,14 +247,26 @@ class ProxyBatch:
 
 
 def make_proxy_batch(task, source, rng: np.random.Generator, size: int, frames: int) -> ProxyBatch:
-    """Draws ``size`` training items of ``frames`` samples: dry excerpts from ``source`` through
-    the task's truth chain up to its compressor, then its compressor with parameters uniform in
-    the task's normalised ranges, both by pedalboard."""
+    """Draws training items for the proxy: dry excerpts through the task's truth chain up to
+    its compressor, then its compressor with parameters uniform in the task's normalised
+    ranges, both by pedalboard.
+
+    Arguments:
+        task: A task with a compressor in its truth chain (ValueError otherwise).
+        source: Where dry excerpts come from (:class:`afxest.data.DrySource`).
+        rng: The generator of the excerpts and parameters.
+        size: The items.
+        frames: The samples per item.
+
+    Returns:
+        The compressor's inputs and pedalboard's outputs, with the parameters of each item.
+    """
     from afxest.engines import render
     from afxest.presets import Preset, Processor
 
-    processors = task.truth.processors
-    index = next(i for i, p in enumerate(processors) if p.type == "compressor")
+    index = task.truth.position("compressor")
+    if index is None:
+        raise ValueError(f"task {task.name!r} has no compressor")
     x = np.empty((size, 1, frames), np.float32)
     y = np.empty_like(x)
     params = np.empty((size, len(COMPRESSOR_PARAMS)), np.float64)
