@@ -34,7 +34,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,7 +54,8 @@ from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
 from afxest.nn.proxy import PROXIES, compressor_function, load_task_proxy
 from afxest.objective import AudioObjective, audio_objective, task_loss
 from afxest.runs import (
-    PROCEDURAL, Best, Cadence, RunFolder, check_same_run, music_folders, restore, run_loop, step_generator,
+    PROCEDURAL, Best, Cadence, RunFolder, RunOptions, check_same_run, music_folders, restore, run_loop,
+    step_generator,
 )
 from afxest.tasks import Task, definition_difference, get_task
 
@@ -67,35 +68,26 @@ RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_
 BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None}
 
 
-@dataclass
-class TrainConfig:
-    """Everything ``afxest train`` takes; None means the task's default."""
+@dataclass(kw_only=True)
+class TrainConfig(RunOptions):
+    """Everything ``afxest train`` takes: the run's options (:class:`afxest.runs.RunOptions`) and
+    the estimator's; None means the task's default."""
 
     task: str
-    out: str
     estimator: str = "posterior"
     flows: int = 1
     beta: float | None = None
-    data: str | None = None
     max_steps: int | None = None
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
     weight_decay: float | None = None
-    device: str = "auto"
-    seed: int = 0
     val_items: int = 128
     val_every: int = 200
-    checkpoint_every: int = 50
-    resume: bool = False
     init: str | None = None
     proxy: str = "dsp"
     proxy_model: str | None = None
     schedule: str = "constant"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as a plain dict (the start of a run's ``config.json``)."""
-        return asdict(self)
 
 
 @dataclass
@@ -165,7 +157,7 @@ def load_training_proxy(config: TrainConfig, task: Task, device: Any) -> tuple[A
         raise UserError(f"--proxy {config.proxy} needs --proxy-model (a checkpoint from afxest train-proxy)")
     if config.estimator == "param":
         raise UserError(f"--proxy {config.proxy}: the param estimator trains on parameters, not through the compressor")
-    if not any(p.type == "compressor" for p in task.model.processors):
+    if not task.has_compressor:
         raise UserError(f"--proxy {config.proxy}: the {task.name} task has no compressor")
     proxy = load_task_proxy(config.proxy_model, task, map_location=device)
     return proxy.to(device), file_sha256(Path(config.proxy_model))

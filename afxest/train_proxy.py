@@ -12,7 +12,7 @@ See docs/master.md.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +29,9 @@ from afxest.losses import LogMelLoss
 from afxest.nn.proxy import (
     PROXY_FORMAT, CompressorProxy, ProxyBatch, ProxyConfig, compressor_ranges, make_proxy_batch,
 )
-from afxest.runs import PROCEDURAL, Best, Cadence, RunFolder, check_same_run, music_folders, restore, run_loop, step_generator
+from afxest.runs import (
+    PROCEDURAL, Best, Cadence, RunFolder, RunOptions, check_same_run, music_folders, restore, run_loop, step_generator,
+)
 from afxest.tasks import Task, get_task
 
 # what --resume must find unchanged
@@ -37,13 +39,12 @@ RESUME_KEYS = ("task", "data", "batch_size", "segment_seconds", "lr", "channels"
                "dilation_growth", "seed", "val_items")
 
 
-@dataclass
-class ProxyTrainConfig:
-    """Everything ``afxest train-proxy`` takes."""
+@dataclass(kw_only=True)
+class ProxyTrainConfig(RunOptions):
+    """Everything ``afxest train-proxy`` takes: the run's options (:class:`afxest.runs.RunOptions`)
+    and the proxy's."""
 
-    out: str
     task: str = "master"
-    data: str | None = None
     max_steps: int = 2000
     batch_size: int = 16
     segment_seconds: float = 1.0
@@ -52,16 +53,8 @@ class ProxyTrainConfig:
     kernel_size: int = ProxyConfig.kernel_size
     blocks: int = ProxyConfig.blocks
     dilation_growth: int = ProxyConfig.dilation_growth
-    device: str = "auto"
-    seed: int = 0
     val_items: int = 64
     val_every: int = 100
-    checkpoint_every: int = 50
-    resume: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as a plain dict (the start of a run's ``config.json``)."""
-        return asdict(self)
 
     def proxy_config(self) -> ProxyConfig:
         """The proxy's size these options ask for."""
