@@ -1,9 +1,11 @@
 """Audio files: reading, resampling, channel handling and atomic, non-destructive writing.
 
 Audio arrays are float32 numpy arrays shaped (channels, frames). Reading never clips (float
-files keep values beyond +-1); resampling uses pedalboard's windowed-sinc resampler
-(anti-aliased); writing goes to a temporary file in the target folder, then an atomic rename
-(:func:`atomic_output`, through which every file afxest writes goes).
+files keep values beyond +-1): a whole file (:func:`read_audio`), or mixed to mono and resampled
+block by block (:func:`read_mono`, what ``afxest estimate`` analyses); resampling uses
+pedalboard's windowed-sinc resampler (anti-aliased); writing goes to a temporary file in the
+target folder, then an atomic rename (:func:`atomic_output`, through which every file afxest
+writes goes).
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ class WriteReport:
     clipped_samples: int
 
 
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"}  # what afxest reads from a folder
 MIN_FILE_RATE = 4000  # Hz: a lower rate is refused (a hostile header would make resampling explode)
-READ_FRAMES = 1 << 16  # frames per block when a whole file is read
+# frames per soundfile read: a multiple of pedalboard's internal buffer (8192), so that streamed
+# rendering splits the signal where a one-shot call does (JUCE's filters flush denormal state at
+# buffer ends: other splits differ from one-shot output by ~1e-26 in decaying tails)
+READ_BLOCK = 8 * 8192
 
 
 def open_audio(path: str | os.PathLike[str]):
@@ -134,16 +140,141 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     path = Path(path)
     with open_audio(path) as f:
         sample_rate = int(f.samplerate)
-        blocks = [block.T for block in read_blocks(f, READ_FRAMES, path)]
-    if not blocks:
-        raise UserError(f"{path}: contains no audio")
+        blocks = [block.T for block in read_blocks(f, READ_BLOCK, path)]
+    _refuse_empty(path, len(blocks))
     audio = np.ascontiguousarray(np.concatenate(blocks, axis=1))
-    if not np.isfinite(audio).all():
-        raise UserError(f"{path}: contains non-finite samples (NaN or Inf)")
+    _refuse_non_finite(path, audio)
     return audio, sample_rate
 
 
+def _refuse_empty(path: Path, frames: int) -> None:
+    """Refuses a file that decoded to no frames (``frames`` 0) with a one-line UserError."""
+    if frames == 0:
+        raise UserError(f"{path}: contains no audio")
+
+
+def _refuse_non_finite(path: Path, samples: np.ndarray) -> None:
+    """Refuses a file whose decoded ``samples`` hold a NaN or an Inf with a one-line UserError."""
+    if not np.isfinite(samples).all():
+        raise UserError(f"{path}: contains non-finite samples (NaN or Inf)")
+
+
+@dataclass
+class Signal:
+    """A file read as mono float32 at ``rate`` (:func:`read_mono`), and what it was on disk."""
+
+    path: Path
+    samples: np.ndarray  # (frames,) at ``rate``
+    rate: int
+    file_rate: int
+    channels: int
+    file_frames: int
+
+    @property
+    def seconds(self) -> float:
+        """The file's length in seconds."""
+        return self.file_frames / self.file_rate
+
+
+def read_mono(path: str | os.PathLike[str], rate: int, quality: str) -> Signal:
+    """Reads an audio file block by block, mixed to mono and resampled to ``rate`` as it goes.
+
+    Peak memory is the output (4 bytes per frame at ``rate``) plus one block, whatever the
+    file's length, rate or channel count.
+
+    Arguments:
+        path: The audio file (any format soundfile reads).
+        rate: The sample rate of the result.
+        quality: The resampler's, a key of :data:`RESAMPLER_QUALITY` (as for :func:`resample`).
+
+    Returns:
+        The :class:`Signal`, whose samples equal
+        ``resample(to_mono(read_audio(path)[0]), file_rate, rate, quality)[0]`` (the mix to 1 ulp:
+        a dot product here, a mean there). Raises :class:`~afxest.errors.UserError` as
+        :func:`read_audio` does.
+    """
+    path = Path(path)
+    with open_audio(path) as f:
+        file_rate, channels = int(f.samplerate), int(f.channels)
+        resampler = None if file_rate == rate else _StreamResampler(file_rate, rate, quality)
+        # the header's frame count sizes the buffer, but never beyond what the file's bytes can
+        # hold at one byte per frame (a hostile header cannot make it allocate more)
+        hint = max(READ_BLOCK, min(int(f.frames or 0), path.stat().st_size))
+        out = _Buffer(hint if resampler is None else resampled_frames(hint, file_rate, rate) + 1)
+        total = 0
+        for block in read_blocks(f, READ_BLOCK, path):
+            total += block.shape[0]
+            # the mean of the channels as a matrix-vector product (BLAS; a strided numpy mean is
+            # several times slower); a NaN or Inf in any channel makes the mix non-finite
+            mono = block[:, 0] if channels == 1 else block @ np.full(channels, 1 / channels, np.float32)
+            _refuse_non_finite(path, mono)
+            out.append(mono if resampler is None else resampler.process(mono))
+        _refuse_empty(path, total)
+        frames = total
+        if resampler is not None:
+            out.append(resampler.finish())
+            frames = resampled_frames(total, file_rate, rate)
+    return Signal(path, out.result(frames), rate, file_rate, channels, total)
+
+
+class _Buffer:
+    """A growable float32 array (preallocated from the file's frame count)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = np.empty(max(size, 1), np.float32)
+        self.n = 0
+
+    def append(self, x: np.ndarray) -> None:
+        """Appends ``x`` (1-D), growing the array (at least twice its size) when it is full."""
+        if self.n + x.size > self.data.size:
+            grown = np.empty(max(2 * self.data.size, self.n + x.size), np.float32)
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.data[self.n : self.n + x.size] = x
+        self.n += x.size
+
+    def result(self, frames: int) -> np.ndarray:
+        """The first ``frames`` values (a view: no second copy of a long signal)."""
+        if frames > self.n:  # cannot happen with the resampler's padding; keep the length exact
+            self.append(np.zeros(frames - self.n, np.float32))
+        return self.data[:frames]
+
+
 RESAMPLER_QUALITY = {"best": "WindowedSinc256", "fast": "WindowedSinc32"}
+
+
+def resampled_frames(frames: int, from_rate: float, to_rate: float) -> int:
+    """The length of ``frames`` input frames resampled from ``from_rate`` to ``to_rate``:
+    round(frames * to_rate / from_rate).
+
+    Example:
+        >>> resampled_frames(44100, 44100, 22050), resampled_frames(3, 44100, 22050)
+        (22050, 2)
+    """
+    return int(round(frames * to_rate / from_rate))
+
+
+def _stream_resampler(from_rate: int, to_rate: int, channels: int, quality: str) -> tuple[Any, int, int, int]:
+    """pedalboard's windowed-sinc ``StreamResampler`` (``quality``: a key of
+    :data:`RESAMPLER_QUALITY`) and how to remove its latency exactly.
+
+    The resampler removes round(L * to / from) output samples of its latency L (in input
+    samples) and leaves the fractional part as a sub-sample delay. Prepending k zeros so that
+    (L + k) * to / from is an integer turns the whole delay into whole samples we can drop.
+
+    Returns:
+        The resampler, L, k (the zeros to feed first) and the output samples to drop after them;
+        L + 1 zeros fed last flush the latency.
+    """
+    from pedalboard import Resample
+    from pedalboard.io import StreamResampler
+
+    resampler = StreamResampler(from_rate, to_rate, channels, getattr(Resample.Quality, RESAMPLER_QUALITY[quality]))
+    latency = int(resampler.input_latency)
+    q = from_rate // math.gcd(from_rate, to_rate)
+    k = -latency % q
+    drop = (latency + k) * to_rate // from_rate - math.floor(latency * to_rate / from_rate + 0.5)
+    return resampler, latency, k, drop
 
 
 def resample(audio: np.ndarray, from_rate: float, to_rate: float, quality: str = "best") -> np.ndarray:
@@ -152,30 +283,53 @@ def resample(audio: np.ndarray, from_rate: float, to_rate: float, quality: str =
     ``quality`` "best" uses 256 taps; "fast" 32 taps, 7x faster (used to cache training music,
     where its slightly wider transition band does not matter). The output has
     round(frames * to_rate / from_rate) frames, time-aligned with the input (the resampler's
-    latency is removed).
+    latency is removed: :func:`_stream_resampler`).
     """
     if from_rate == to_rate:
         return audio
-    from pedalboard import Resample
-    from pedalboard.io import StreamResampler
-
     channels, frames = audio.shape
     from_rate, to_rate = int(from_rate), int(to_rate)
-    resampler = StreamResampler(from_rate, to_rate, channels, getattr(Resample.Quality, RESAMPLER_QUALITY[quality]))
-    # The resampler removes round(L * to / from) output samples of its latency L (in input
-    # samples) and leaves the fractional part as a sub-sample delay. Prepending k zeros so that
-    # (L + k) * to / from is an integer turns the whole delay into whole samples we can drop.
-    latency = int(resampler.input_latency)
-    q = from_rate // math.gcd(from_rate, to_rate)
-    k = -latency % q
-    drop = (latency + k) * to_rate // from_rate - math.floor(latency * to_rate / from_rate + 0.5)
+    resampler, latency, k, drop = _stream_resampler(from_rate, to_rate, channels, quality)
     padded = np.concatenate(
         [np.zeros((channels, k), np.float32), audio, np.zeros((channels, latency + 1), np.float32)],
         axis=1,
     )
     out = np.concatenate([resampler.process(np.ascontiguousarray(padded)), resampler.process()], axis=1)
-    n_out = int(round(frames * to_rate / from_rate))
+    n_out = resampled_frames(frames, from_rate, to_rate)
     return np.ascontiguousarray(out[:, drop : drop + n_out])
+
+
+class _StreamResampler:
+    """:func:`resample` of one channel fed block by block, with the same output as on the whole
+    signal (the same latency handling, :func:`_stream_resampler`, streamed)."""
+
+    def __init__(self, from_rate: int, to_rate: int, quality: str) -> None:
+        self.resampler, self.latency, k, self.to_drop = _stream_resampler(from_rate, to_rate, 1, quality)
+        self.head = self._run(np.zeros(k, np.float32))
+
+    def _run(self, x: np.ndarray | None) -> np.ndarray:
+        """The resampler's output for ``x`` (None: its last samples), less the samples still to
+        drop for the latency."""
+        if x is None:
+            y = self.resampler.process()
+        else:
+            y = self.resampler.process(np.ascontiguousarray(x, dtype=np.float32)[None])
+        y = y[0] if y.ndim == 2 else y
+        if self.to_drop:
+            cut = min(self.to_drop, y.shape[0])
+            y, self.to_drop = y[cut:], self.to_drop - cut
+        return y
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """The output for the next block ``x`` (after the leading zeros' output, on the first call)."""
+        head, self.head = self.head, None
+        y = self._run(x)
+        return y if head is None or head.size == 0 else np.concatenate([head, y])
+
+    def finish(self) -> np.ndarray:
+        """The rest of the output: the latency flushed with zeros, then the resampler's last samples."""
+        tail = self._run(np.zeros(self.latency + 1, np.float32))
+        return np.concatenate([tail, self._run(None)])
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
@@ -283,9 +437,21 @@ def write_audio_blocks(
     sample_rate: int,
     bit_depth: str = "float",
 ) -> WriteReport:
-    """:func:`write_audio` for audio that arrives in (channels, frames) blocks: streamed to a
-    temporary file, renamed onto ``path`` when complete. A write that fails (a full disk, an
-    interruption) removes the temporary file and raises UserError (or the interruption)."""
+    """:func:`write_audio` for audio that arrives in blocks: streamed to a temporary file,
+    renamed onto ``path`` when complete. A write that fails (a full disk, an interruption)
+    removes the temporary file and raises UserError (or the interruption); a non-finite block
+    raises RuntimeError (a rendering bug, never written).
+
+    Arguments:
+        path: The output file, ``.wav`` or ``.flac``.
+        blocks: The audio, (channels, frames) blocks, consumed while the file is written.
+        channels: The blocks' channel count.
+        sample_rate: The file's sample rate.
+        bit_depth: ``float`` (32-bit float WAV), ``16`` or ``24`` (PCM, clipped to [-1, 1]).
+
+    Returns:
+        The :class:`WriteReport`: the path and how many samples were clipped.
+    """
     import soundfile
 
     path = Path(path)
@@ -497,7 +663,7 @@ class OutputSet:
         return self.stage / name
 
     def publish(self, marker: str, obsolete: Iterable[Path] = ()) -> list[Path]:
-        """Publishes the staged files (``marker`` last) and remove ``obsolete`` files of an
+        """Publishes the staged files (``marker`` last) and removes ``obsolete`` files of an
         earlier set; returns the published paths."""
         from afxest.interrupt import deferred
 

@@ -1,5 +1,5 @@
 """The named choices of the library (engines, estimators, proxies, schedules, search efforts,
-bit depths), written once here, in a module that imports nothing: the modules that act on a
+bit depths, devices, the audio an estimate writes), written once here, in a module that imports nothing: the modules that act on a
 choice check against these names, and the command line builds its options from them without
 importing numpy or torch.
 """
@@ -13,6 +13,8 @@ BIT_DEPTHS = ("float", "16", "24")  # afxest.audio.write_audio: 32-bit float WAV
 ESTIMATORS = ("posterior", "deterministic", "param")  # afxest.nn.estimator: DAFx 2025, ICASSP 2024, baseline
 PROXIES = ("dsp", "neural", "hybrid")  # afxest.nn.proxy: the compressor in training
 SCHEDULES = ("constant", "cosine")  # afxest train --schedule: the learning rate
+DEVICES = ("auto", "cpu", "cuda")  # afxest.device.resolve_device: auto is cuda when available
+ESTIMATE_AUDIO = ("top", "all", "none")  # afxest.estimate.EstimateOptions.audio: whose audio is written
 
 
 @dataclass(frozen=True)

@@ -7,16 +7,17 @@ bad input exits with code 2 and one line on stderr, an internal failure with cod
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from afxest import __version__
-from afxest.choices import BIT_DEPTHS, EFFORTS, ENGINES, ESTIMATORS, PROXIES, SCHEDULES
+from afxest.choices import BIT_DEPTHS, DEVICES, EFFORTS, ENGINES, ESTIMATORS, PROXIES, SCHEDULES
 from afxest.errors import UserError, shortened
 
 app = typer.Typer(
@@ -29,8 +30,7 @@ app = typer.Typer(
 err = Console(stderr=True, highlight=False)
 SEED_MAX = 2**63 - 1  # seeds are 64-bit signed integers for torch and numpy alike
 MAX_SAMPLES = 1000  # estimate --samples: scoring holds about 1 MB per candidate and 5 s window
-
-
+DEVICE_HELP = "Torch device (auto: cuda when available, else the CPU)."
 
 
 def _choices(name: str, values: Iterable[str]) -> type[Enum]:
@@ -45,6 +45,7 @@ Estimator = _choices("Estimator", ESTIMATORS)
 Schedule = _choices("Schedule", SCHEDULES)
 Proxy = _choices("Proxy", PROXIES)
 Effort = _choices("Effort", EFFORTS)
+Device = _choices("Device", DEVICES)
 
 
 def _say(message: str, warning: bool = False) -> None:
@@ -136,7 +137,7 @@ def train(
     epochs: Annotated[Optional[float], typer.Option(min=0, help="Stop after N epochs (the task's items per epoch, as in the papers).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Global batch size; default: the task's.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate; default: the task's.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (data, parameters, initialisation).")] = 0,
     val_items: Annotated[int, typer.Option(min=1, help="Validation items (fixed for a seed).")] = 128,
     val_every: Annotated[int, typer.Option(min=1, help="Validate every N steps.")] = 200,
@@ -157,7 +158,7 @@ def train(
         TrainConfig(
             task=task, out=str(out), estimator=estimator.value, flows=flows, beta=beta,
             data=None if data is None else str(data), max_steps=max_steps, epochs=epochs,
-            batch_size=batch_size, lr=lr, device=device, seed=seed, val_items=val_items,
+            batch_size=batch_size, lr=lr, device=device.value, seed=seed, val_items=val_items,
             val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
             init=None if init is None else str(init), schedule=schedule.value, proxy=proxy.value,
             proxy_model=None if proxy_model is None else str(proxy_model),
@@ -182,7 +183,7 @@ def train_proxy(
     kernel_size: Annotated[Optional[int], typer.Option(min=2, help="TCN kernel size.", show_default=False)] = None,
     blocks: Annotated[Optional[int], typer.Option(min=1, help="TCN blocks (dilation growth^k in block k).", show_default=False)] = None,
     dilation_growth: Annotated[Optional[int], typer.Option(min=1, help="Dilation factor between blocks.", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
     val_items: Annotated[Optional[int], typer.Option(min=1, help="Validation excerpts (fixed for a seed).", show_default=False)] = None,
     val_every: Annotated[Optional[int], typer.Option(min=1, help="Validate every N steps.", show_default=False)] = None,
@@ -200,7 +201,7 @@ def train_proxy(
         val_items=val_items, val_every=val_every, checkpoint_every=checkpoint_every,
     )
     config = ProxyTrainConfig(
-        out=str(out), data=None if data is None else str(data), device=device, seed=seed, resume=resume,
+        out=str(out), data=None if data is None else str(data), device=device.value, seed=seed, resume=resume,
         **{k: v for k, v in given.items() if v is not None},
     )
     enlarge_malloc_thresholds()
@@ -225,7 +226,7 @@ def estimate(
     effort: Annotated[Effort, typer.Option(help="How hard the search works when a reference exists (docs/estimate.md).")] = Effort.default,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder that receives <wet name>/estimate.json and audio.")] = Path("."),
     json_out: Annotated[bool, typer.Option("--json", help="Print each estimate as one JSON line on stdout.")] = False,
-    device: Annotated[str, typer.Option(help="auto (cuda when available), cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help=DEVICE_HELP)] = Device.auto,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed (the same seed gives the same estimate).")] = 0,
     audio_all: Annotated[bool, typer.Option("--audio-all", help="Write the audio of every candidate, not only the best.")] = False,
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Write no audio.")] = False,
@@ -234,15 +235,12 @@ def estimate(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Estimate the effect or synth preset behind each wet file: ranked candidates and a summary."""
-    import json
-
     from afxest.audio import check_out_dir
     from afxest.device import resolve_device
     from afxest.estimate import (
         Analyser, EstimateOptions, check_request, check_stems, inference_threads, pair_inputs, run_batch,
     )
     from afxest.store import load_model
-    from afxest.tables import candidates_table
 
     if audio_all and no_audio:
         raise UserError("give --audio-all or --no-audio, not both")
@@ -253,7 +251,7 @@ def estimate(
     check_out_dir(out)
     jobs = pair_inputs(wets, dry or [])
     check_stems(jobs)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device.value)
     if torch_device.type == "cpu":
         inference_threads()
     loaded = load_model(model, torch_device)
@@ -264,48 +262,74 @@ def estimate(
     check_request(loaded.task, bool(dry), refine)
     analyser = Analyser(loaded, torch_device)
 
-    bar = None
-    if progress and err.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn("estimating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
-        bar_task = bar.add_task("estimate", total=len(jobs))
-        bar.start()
-
-    def on_result(result) -> None:
-        _print_wide(candidates_table(result.document))
-        for warning in result.warnings:
-            _say(warning, warning=True)
-        audio = sum(1 for c in result.document["candidates"] if c["audio"])
-        also = ([f"{audio} audio file{'s' * (audio > 1)}"] if audio else []) + ([result.document["plot"]] if result.document.get("plot") else [])
-        _say(f"wrote {result.folder / 'estimate.json'}" + (f" and {' and '.join(also)}" if also else ""))
-        if json_out:
-            sys.stdout.write(json.dumps(result.document) + "\n")
-            sys.stdout.flush()
-
-    def on_error(job, exc: BaseException) -> None:
-        if isinstance(exc, UserError):
-            print(f"afxest: error: {exc}", file=sys.stderr)
-        else:
-            print(f"afxest: internal error: {job.wet}: {exc.__class__.__name__}: {exc} (please report it; "
-                  "set AFXEST_DEBUG=1 for a traceback)", file=sys.stderr)
-            import os
-
-            if os.environ.get("AFXEST_DEBUG"):
-                import traceback
-
-                traceback.print_exception(exc)
-
-    try:
-        code = run_batch(
-            jobs, analyser, out, options, on_result, on_error,
-            progress=None if bar is None else (lambda done: bar.update(bar_task, completed=done)),
-        )
-    finally:
-        if bar is not None:
-            bar.stop()
+    with _progress_bar("estimating", len(jobs), progress and err.is_terminal) as update:
+        code = run_batch(jobs, analyser, out, options, lambda result: _print_estimate(result, json_out),
+                         _report_failure, progress=update)
     if code:
         raise typer.Exit(code)
+
+
+def _print_estimate(result, json_out: bool) -> None:
+    """What ``afxest estimate`` says of one estimate (an :class:`afxest.estimate.EstimateResult`):
+    its candidates table, its warnings and the files written on stderr; with ``json_out`` the
+    document as one line on stdout."""
+    import json
+
+    from afxest.tables import candidates_table
+
+    _print_wide(candidates_table(result.document))
+    for warning in result.warnings:
+        _say(warning, warning=True)
+    audio = sum(1 for c in result.document["candidates"] if c["audio"])
+    also = ([f"{audio} audio file{'s' * (audio > 1)}"] if audio else []) + ([result.document["plot"]] if result.document.get("plot") else [])
+    _say(f"wrote {result.folder / 'estimate.json'}" + (f" and {' and '.join(also)}" if also else ""))
+    if json_out:
+        sys.stdout.write(json.dumps(result.document) + "\n")
+        sys.stdout.flush()
+
+
+@contextmanager
+def _progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[float], None] | None]:
+    """A transient rich progress bar on stderr, ``label`` before it, for ``total`` units of
+    work: the block gets the function that sets how many units are done (None when not
+    ``enabled``: no bar)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True)
+    task = bar.add_task(label, total=total)
+    bar.start()
+    try:
+        yield lambda done: bar.update(task, completed=done)
+    finally:
+        bar.stop()
+
+
+def _report_failure(job, exc: BaseException) -> None:
+    """The one line of a wet file that failed in a batch (the batch goes on): bad input as
+    ``afxest: error: ...``, anything else as an internal error naming the file."""
+    if isinstance(exc, UserError):
+        print(f"afxest: error: {exc}", file=sys.stderr)
+    else:
+        _report_internal(exc, f"{job.wet}: ")
+
+
+def _report_internal(exc: BaseException, where: str = "") -> None:
+    """The one line of an internal failure, ``where`` (a file's ``path: ``, or nothing) before the
+    exception, and its traceback when AFXEST_DEBUG is set."""
+    import os
+
+    print(
+        f"afxest: internal error: {where}{exc.__class__.__name__}: {shortened(str(exc))} "
+        "(please report it; set AFXEST_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    if os.environ.get("AFXEST_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
 
 
 @app.command()
@@ -442,17 +466,7 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
-        print(
-            f"afxest: internal error: {exc.__class__.__name__}: {shortened(str(exc))} "
-            "(please report it; set AFXEST_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        import os
-
-        if os.environ.get("AFXEST_DEBUG"):
-            import traceback
-
-            traceback.print_exc()
+        _report_internal(exc)
         return 1
     return result if isinstance(result, int) else 0
 

@@ -16,10 +16,9 @@ from typing import Callable, Literal
 
 import numpy as np
 
-from afxest.audio import atomic_output, read_audio, resample, to_mono
+from afxest.audio import AUDIO_SUFFIXES, atomic_output, read_audio, resample, to_mono
 from afxest.errors import UserError
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff"}
 Split = Literal["train", "val", "test"]
 SPLIT_FRACTIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 SILENCE_RMS = 10 ** (-50 / 20)  # excerpts quieter than -50 dBFS RMS are skipped

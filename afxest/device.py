@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from afxest.choices import DEVICES
 from afxest.errors import UserError
 
 
 def resolve_device(name: str) -> Any:
-    """The ``torch.device`` that ``--device name`` asks for: ``auto`` is CUDA when available,
-    else the CPU; one-line UserErrors for an unknown name and for CUDA without a device."""
+    """The ``torch.device`` that ``--device name`` (a name of :data:`afxest.choices.DEVICES`)
+    asks for: ``auto`` is CUDA when available, else the CPU; one-line UserErrors for an unknown
+    name and for CUDA without a device."""
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    if name not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {name!r} (auto, cpu or cuda)")
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r} ({', '.join(DEVICES[:-1])} or {DEVICES[-1]})")
     return torch.device(name)

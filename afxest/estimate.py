@@ -60,25 +60,27 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from afxest.audio import OutputSet, atomic_write_text, make_folder, open_audio, read_blocks, staged_file
-from afxest.data import AUDIO_SUFFIXES
+from afxest.audio import (
+    AUDIO_SUFFIXES, READ_BLOCK, OutputSet, Signal, atomic_write_text, make_folder, open_audio, read_mono,
+    write_audio_blocks,
+)
+from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
 from afxest.engines import board
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT
 from afxest.propose import Proposer
-from afxest.scoring import READ_BLOCK, Scorer, finite, scored_windows, search_windows, usable_windows, windows_of
+from afxest.scoring import Scorer, finite, scored_windows, search_windows, usable_windows, windows_of
 
 if TYPE_CHECKING:
     from afxest.search import Searched
 
-AUDIO_CHOICES = ("top", "all", "none")
 LENGTH_TOLERANCE_S = 0.005  # wet and dry may differ by this much (the longer one is cut)
 MIN_EFFECT_SECONDS = 0.5  # shortest wet an effect task analyses
 SILENT_PEAK = 10 ** (-90 / 20)  # a wet whose peak is below -90 dBFS is refused as silent
@@ -90,131 +92,6 @@ ANALYSIS_RESAMPLING = "fast"
 # the search refines each window from this long before it (a compressor's envelope and the
 # filters' state settle well within it), so its start matches the wet that ran through them
 SEARCH_PREROLL_SECONDS = 1.0
-ANALYSIS_PROPOSALS = True
-
-
-# ---------------------------------------------------------------------------------------------
-# reading
-
-
-@dataclass
-class Signal:
-    """A file read as mono float32 at ``rate``, and what it was on disk."""
-
-    path: Path
-    samples: np.ndarray  # (frames,) at ``rate``
-    rate: int
-    file_rate: int
-    channels: int
-    file_frames: int
-
-    @property
-    def seconds(self) -> float:
-        """The file's length in seconds."""
-        return self.file_frames / self.file_rate
-
-
-class _StreamResampler:
-    """pedalboard's windowed-sinc resampler fed block by block, with the same output as
-    :func:`afxest.audio.resample` on the whole signal (its latency handling, streamed)."""
-
-    def __init__(self, from_rate: int, to_rate: int, quality: str = ANALYSIS_RESAMPLING) -> None:
-        from pedalboard import Resample
-        from pedalboard.io import StreamResampler
-
-        from afxest.audio import RESAMPLER_QUALITY
-
-        self.from_rate, self.to_rate = from_rate, to_rate
-        quality = getattr(Resample.Quality, RESAMPLER_QUALITY[quality])
-        self.resampler = StreamResampler(from_rate, to_rate, 1, quality)
-        self.latency = int(self.resampler.input_latency)
-        q = from_rate // math.gcd(from_rate, to_rate)
-        k = -self.latency % q
-        self.to_drop = (self.latency + k) * to_rate // from_rate - math.floor(self.latency * to_rate / from_rate + 0.5)
-        self.head = self._run(np.zeros(k, np.float32))
-
-    def _run(self, x: np.ndarray | None) -> np.ndarray:
-        """The resampler's output for ``x`` (None: its last samples), less the samples still to
-        drop for the latency."""
-        if x is None:
-            y = self.resampler.process()
-        else:
-            y = self.resampler.process(np.ascontiguousarray(x, dtype=np.float32)[None])
-        y = y[0] if y.ndim == 2 else y
-        if self.to_drop:
-            cut = min(self.to_drop, y.shape[0])
-            y, self.to_drop = y[cut:], self.to_drop - cut
-        return y
-
-    def process(self, x: np.ndarray) -> np.ndarray:
-        """The output for the next block ``x`` (after the leading zeros' output, on the first call)."""
-        head, self.head = self.head, None
-        y = self._run(x)
-        return y if head is None or head.size == 0 else np.concatenate([head, y])
-
-    def finish(self) -> np.ndarray:
-        """The rest of the output: the latency flushed with zeros, then the resampler's last samples."""
-        tail = self._run(np.zeros(self.latency + 1, np.float32))
-        return np.concatenate([tail, self._run(None)])
-
-    def frames_out(self, frames_in: int) -> int:
-        """The output length of ``frames_in`` input frames, as :func:`afxest.audio.resample` gives it."""
-        return int(round(frames_in * self.to_rate / self.from_rate))
-
-
-class _Buffer:
-    """A growable float32 array (preallocated from the file's frame count)."""
-
-    def __init__(self, size: int) -> None:
-        self.data = np.empty(max(size, 1), np.float32)
-        self.n = 0
-
-    def append(self, x: np.ndarray) -> None:
-        if self.n + x.size > self.data.size:
-            grown = np.empty(max(2 * self.data.size, self.n + x.size), np.float32)
-            grown[: self.n] = self.data[: self.n]
-            self.data = grown
-        self.data[self.n : self.n + x.size] = x
-        self.n += x.size
-
-    def result(self, frames: int) -> np.ndarray:
-        """The first ``frames`` values (a view: no second copy of a long signal)."""
-        if frames > self.n:  # cannot happen with the resampler's padding; keep the length exact
-            self.append(np.zeros(frames - self.n, np.float32))
-        return self.data[:frames]
-
-
-def read_mono(path: str | os.PathLike[str], rate: int, quality: str = ANALYSIS_RESAMPLING) -> Signal:
-    """Reads an audio file block by block, mixed to mono and resampled to ``rate`` as it goes.
-
-    Peak memory is the output (4 bytes per frame at ``rate``) plus one block, whatever the
-    file's length, rate or channel count. The result equals
-    ``afxest.audio.resample(afxest.audio.to_mono(read_audio(path)), file_rate, rate, quality)``.
-    """
-    path = Path(path)
-    with open_audio(path) as f:
-        file_rate, channels = int(f.samplerate), int(f.channels)
-        resampler = None if file_rate == rate else _StreamResampler(file_rate, rate, quality)
-        # the header's frame count sizes the buffer, but never beyond what the file's bytes can
-        # hold at one byte per frame (a hostile header cannot make it allocate more)
-        hint = max(READ_BLOCK, min(int(f.frames or 0), path.stat().st_size))
-        out = _Buffer(hint if resampler is None else resampler.frames_out(hint) + 1)
-        total = 0
-        for block in read_blocks(f, READ_BLOCK, path):
-            total += block.shape[0]
-            # the mean of the channels as a matrix-vector product (BLAS; a strided numpy mean is
-            # several times slower); a NaN or Inf in any channel makes the mix non-finite
-            mono = block[:, 0] if channels == 1 else block @ np.full(channels, 1 / channels, np.float32)
-            if not np.isfinite(mono).all():
-                raise UserError(f"{path}: contains non-finite samples (NaN or Inf)")
-            out.append(mono if resampler is None else resampler.process(mono))
-        if total == 0:
-            raise UserError(f"{path}: contains no audio")
-        frames = total
-        if resampler is not None:
-            out.append(resampler.finish())
-            frames = resampler.frames_out(total)
-    return Signal(path, out.result(frames), rate, file_rate, channels, total)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +105,6 @@ class Job:
     wet: Path
     dry: Path | None
     problem: str | None = None
-
-
 
 
 def pair_inputs(wets: Sequence[Path], drys: Sequence[Path]) -> list[Job]:
@@ -330,9 +205,16 @@ class EstimateOptions:
     refine: int | None = None
     effort: str = "default"
     seed: int = 0
-    audio: str = "top"  # "top", "all" or "none"
+    audio: str = "top"  # whose audio is written: a name of afxest.choices.ESTIMATE_AUDIO
     force: bool = False
     plot: bool = False  # write estimate.png (afxest.figures.plot_estimate) with the estimate
+
+    def __post_init__(self) -> None:
+        """Refuses an unknown engine, effort or audio choice (:class:`afxest.errors.UserError`)."""
+        for what, value, names in (("engine", self.engine, ENGINES), ("effort", self.effort, EFFORTS),
+                                   ("audio choice", self.audio, ESTIMATE_AUDIO)):
+            if value not in names:
+                raise UserError(f"unknown {what} {value!r} ({', '.join(names)})")
 
 
 @dataclass
@@ -399,21 +281,22 @@ class Inputs:
         return None if self.dry is None else self.dry.samples[: self.frames]
 
 
-def read_inputs(wet_path: Path, dry_path: Path | None, task) -> Inputs:
-    """Reads the wet (and dry) as mono at the task's rate (:func:`read_mono`), refusing a silent
+def read_inputs(wet: Path | Signal, dry: Path | Signal | None, task) -> Inputs:
+    """Reads the wet (and dry) as mono at the task's rate (:func:`afxest.audio.read_mono`), or
+    takes them as read (a :class:`~afxest.audio.Signal` at the task's rate), refusing a silent
     wet (peak below :data:`SILENT_PEAK`), a wet and dry whose lengths differ by more than
     :data:`LENGTH_TOLERANCE_S`, and a file too short for the task."""
-    wet = read_mono(wet_path, task.sample_rate)
+    wet = _signal(wet, task)
+    wet_path = wet.path
     if float(np.max(np.abs(wet.samples), initial=0.0)) < SILENT_PEAK:
         raise UserError(f"{wet_path}: is silent (its mono mix peaks below -90 dBFS): nothing to estimate")
     frames = wet.samples.shape[0]
-    dry = None
-    if dry_path is not None:
-        dry = read_mono(dry_path, task.sample_rate)
+    if dry is not None:
+        dry = _signal(dry, task)
         gap = abs(wet.seconds - dry.seconds)
         if gap > LENGTH_TOLERANCE_S:
             raise UserError(
-                f"{wet_path} ({wet.seconds:.3f} s at {wet.file_rate} Hz) and {dry_path} "
+                f"{wet_path} ({wet.seconds:.3f} s at {wet.file_rate} Hz) and {dry.path} "
                 f"({dry.seconds:.3f} s at {dry.file_rate} Hz) differ in length by {gap * 1000:.1f} ms "
                 f"(at most {LENGTH_TOLERANCE_S * 1000:g} ms is accepted): pair each wet with the dry it was made from"
             )
@@ -424,6 +307,11 @@ def read_inputs(wet_path: Path, dry_path: Path | None, task) -> Inputs:
     if not task.has_source and seconds < MIN_EFFECT_SECONDS:
         raise UserError(f"{wet_path}: is {seconds:.3f} s long; at least {MIN_EFFECT_SECONDS:g} s is needed")
     return Inputs(wet, dry, frames)
+
+
+def _signal(source: Path | Signal, task) -> Signal:
+    """``source`` read as mono at the task's rate (:data:`ANALYSIS_RESAMPLING`), or as it is."""
+    return source if isinstance(source, Signal) else read_mono(source, task.sample_rate, ANALYSIS_RESAMPLING)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,15 +367,29 @@ def medoid(z: np.ndarray) -> int:
 
 def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
                      spans: Sequence[tuple[int, int]], effort, seed: int) -> dict[str, np.ndarray]:
-    """Where the search starts (:mod:`afxest.search`, step 1): the model's candidates ``z``; a
-    Sobol design for small tasks; with a dry, ``z`` with its equaliser fitted to the long-term
-    spectral ratio of the wet over the dry on ``spans``."""
+    """Where the search starts (:mod:`afxest.search`, step 1).
+
+    Arguments:
+        task: The model's task.
+        z: The model's candidates, (M, d) normalised.
+        wet: The wet, (T,) at the task's rate.
+        dry: The dry, (T,), or None (a synth task).
+        spans: The (start, stop) of the windows searched on.
+        effort: The search's :class:`afxest.choices.Effort`.
+        seed: The seed of the Sobol design.
+
+    Returns:
+        The proposals (K, d) by origin: ``posterior`` (``z``); ``design``, a Sobol design, for
+        tasks of at most :data:`afxest.search.DESIGN_MAX_DIM` parameters; ``analysis``, with a
+        dry, ``z`` with its equaliser fitted to the long-term spectral ratio of the wet over
+        the dry on ``spans``.
+    """
     from afxest import search as s
 
     proposals = {"posterior": z}
     if task.model.dim <= s.DESIGN_MAX_DIM:
         proposals["design"] = s.design(task.model.dim, effort.design, seed)
-    if dry is not None and ANALYSIS_PROPOSALS:
+    if dry is not None:
         ratio, weight = s.long_term_ratio_db(np.concatenate([dry[a:b] for a, b in spans]),
                                              np.concatenate([wet[a:b] for a, b in spans]))
         proposals["analysis"] = s.fit_equaliser(task.model, z, ratio, weight, task.sample_rate)
@@ -506,17 +408,30 @@ def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], prerol
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
                       windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions):
-    """Runs :func:`afxest.search.search` from the candidates ``z`` (M, d): proposals scored by
-    the real renderer on :func:`~afxest.scoring.search_windows`, the best refined through the
-    differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window); returns
-    its :class:`afxest.search.Searched`."""
+    """Runs :func:`afxest.search.search` from the model's candidates: proposals
+    (:func:`search_proposals`) scored by the real renderer on
+    :func:`~afxest.scoring.search_windows`, the best refined through the differentiable
+    processors (from :data:`SEARCH_PREROLL_SECONDS` before each window).
+
+    Arguments:
+        scorer: The task's :class:`~afxest.scoring.Scorer` (its loss, its device).
+        z: The model's candidates, (M, d) normalised.
+        wet: The wet, (T,) at the task's rate.
+        dry: The dry, (T,), or None (a synth task).
+        windows: Every analysis window (:func:`~afxest.scoring.windows_of`).
+        use: The usable windows (:func:`~afxest.scoring.usable_windows`).
+        options: The request: its effort, step cap (``refine``) and seed.
+
+    Returns:
+        The search's :class:`afxest.search.Searched`.
+    """
     import torch
 
     from afxest import search as s
     from afxest.engines import render_model
 
     task = scorer.task
-    effort = s.EFFORTS[options.effort]
+    effort = EFFORTS[options.effort]
     picks = search_windows(windows, use, effort.windows)
     spans = [windows[i] for i in picks]
     proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed)
@@ -558,8 +473,17 @@ class Analysis:
 
 
 def estimate_document(model, options: EstimateOptions, analysis: Analysis, order: Sequence[int]) -> dict[str, Any]:
-    """The ``afxest-estimate/1`` document of an analysis, candidates in rank ``order`` (their
-    ``audio`` is None until written). ``model``: the loaded model (name, sha256, kind, task)."""
+    """The ``afxest-estimate/1`` document of an analysis, the one place of its shape.
+
+    Arguments:
+        model: The loaded model (its name, sha256, kind and task).
+        options: The request (engine, seed, effort).
+        analysis: What the analysis found.
+        order: The candidates' indices by rank (:meth:`Candidates.order`).
+
+    Returns:
+        The document, candidates by rank, their ``audio`` None until written.
+    """
     task, found, c = model.task, analysis.found, analysis.candidates
     return {
         "format": ESTIMATE_FORMAT,
@@ -641,8 +565,19 @@ class Analyser:
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
     ) -> tuple[dict[str, Any], list, Signal | None]:
-        """The estimate document of one wet file (nothing written), its presets by rank, and the
-        dry as read (for rendering the audio). The request is checked (:func:`check_request`)."""
+        """Estimates one wet file, writing nothing: the request is checked
+        (:func:`check_request`), then analysed (:meth:`analyse`).
+
+        Arguments:
+            wet_path: The wet file.
+            dry_path: Its dry file, or None.
+            options: The request.
+            progress: Called with the fraction done, from 0 to 1.
+
+        Returns:
+            The estimate document, its presets by rank, and the dry as read (for rendering the
+            audio; None without a dry).
+        """
         check_request(self.task, dry_path is not None, options.refine, dry_path)
         return self.analyse(wet_path, dry_path, options, progress)
 
@@ -653,10 +588,28 @@ class Analyser:
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
     ) -> tuple[dict[str, Any], list, Signal | None]:
-        """:meth:`estimate` of a request already checked: read, window, propose, measure,
-        search, rank, and write the document down."""
+        """:meth:`estimate` of a request already checked: the files read (:func:`read_inputs`),
+        then :meth:`analyse_inputs`."""
+        return self.analyse_inputs(read_inputs(wet_path, dry_path, self.task), options, progress)
+
+    def analyse_inputs(
+        self,
+        inputs: Inputs,
+        options: EstimateOptions,
+        progress: Callable[[float], None] | None = None,
+    ) -> tuple[dict[str, Any], list, Signal | None]:
+        """The analysis of inputs already read and checked (:func:`read_inputs`): window,
+        propose, measure, search, rank, and write the document down.
+
+        Arguments:
+            inputs: The wet (and dry) at the task's rate; the document names their paths.
+            options: The request, checked (:func:`check_request`).
+            progress: Called with the fraction done, from 0 to 1.
+
+        Returns:
+            The estimate document (nothing written), its presets by rank, and the dry (or None).
+        """
         task, report = self.task, progress or (lambda _f: None)
-        inputs = read_inputs(wet_path, dry_path, task)
         if self.device.type == "cpu":
             inference_threads(inputs.wet.seconds)
         windows = windows_of(inputs.frames, task)
@@ -684,8 +637,9 @@ class Analyser:
             candidates = self._add_found(candidates, found, draws.h, inputs, windows, use, options.engine)
         order = candidates.order()
         report(1.0)
-        analysis = Analysis(wet_path, dry_path, inputs.frames, windows, use, candidates, ranked_by, draws.entropy,
-                            baseline, found)
+        dry_path = None if inputs.dry is None else inputs.dry.path
+        analysis = Analysis(inputs.wet.path, dry_path, inputs.frames, windows, use, candidates, ranked_by,
+                            draws.entropy, baseline, found)
         return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry
 
     def _measure(self, presets: Sequence, inputs: Inputs, windows, use, engine: str,
@@ -734,8 +688,7 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
     candidates, in physical units, keyed by ``Space.names`` (``<index>.<type>.<parameter>``)."""
     values: dict[str, list[float]] = {name: [] for name in task.model.names}
     for preset in presets:
-        processors = ([preset.source] if preset.source is not None else []) + list(preset.effects)
-        for i, (space, proc) in enumerate(zip(task.model.processors, processors)):
+        for i, (space, proc) in enumerate(zip(task.model.processors, preset.processors)):
             for r in space.ranges:
                 values[f"{i}.{space.type}.{r.name}"].append(proc.params[r.name])
     out = {}
@@ -751,47 +704,54 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
 
 
 def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) -> None:
-    """Writes the candidate's audio: on the dry file at its own rate and channel count, streamed
-    block by block (pedalboard: the plugin chain carries its state, so the file equals
-    ``afxest render DRY ESTIMATE``; ddsp: the analysis windows, each rendered from rest, as
-    scored), or the synthesised source at the task's rate. 32-bit float WAV, written atomically."""
-    import soundfile
+    """Writes a candidate's audio as a 32-bit float WAV, atomically
+    (:func:`afxest.audio.write_audio_blocks`).
 
+    Arguments:
+        preset: The candidate.
+        dry_path: The dry file, rendered at its own rate and channel count block by block
+            (:func:`_rendered_blocks`); None: the synthesised source, at the preset's rate.
+        out: The WAV file written.
+        engine: ``pedalboard`` or ``ddsp``.
+        task: The model's task (its clip length: the ddsp engine renders the analysis windows).
+    """
     from afxest.engines import render
 
-    with staged_file(out) as fh:
-        if dry_path is None:
-            y = render(preset, None, int(round(preset.sample_rate)), engine)
-            with soundfile.SoundFile(fh, "w", int(round(preset.sample_rate)), 1, subtype="FLOAT", format="WAV") as sink:
-                fh.write_frames(sink, y.T)
+    if dry_path is None:
+        rate = int(round(preset.sample_rate))
+        write_audio_blocks(out, [render(preset, None, rate, engine)], 1, rate)
+        return
+    with open_audio(dry_path) as f:
+        rate = int(f.samplerate)
+        write_audio_blocks(out, _rendered_blocks(preset, f, rate, engine, task), int(f.channels), rate)
+
+
+def _rendered_blocks(preset, f, rate: int, engine: str, task) -> Iterator[np.ndarray]:
+    """The preset rendered on the rest of the dry file ``f`` (open, at ``rate``), (channels,
+    frames) a block at a time. pedalboard: :data:`~afxest.audio.READ_BLOCK` frames at a time
+    through one plugin chain that carries its state, so the file equals ``afxest render DRY
+    ESTIMATE``; ddsp: the analysis windows (clips, the last one taking the rest), each rendered
+    from rest, as scored."""
+    from afxest.engines import render
+
+    chain = board(preset) if engine == "pedalboard" else None
+    clip = int(round(task.clip_seconds * rate))
+    while True:
+        if chain is not None:
+            x = f.read(READ_BLOCK, dtype="float32", always_2d=True)
+        else:
+            left = f.frames - f.tell()
+            x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
+        if x.shape[0] == 0:
             return
-        with open_audio(dry_path) as f:
-            rate, channels = int(f.samplerate), int(f.channels)
-            chain = board(preset) if engine == "pedalboard" else None
-            clip = int(round(task.clip_seconds * rate))
-            with soundfile.SoundFile(fh, "w", rate, channels, subtype="FLOAT", format="WAV") as sink:
-                while True:
-                    if chain is not None:
-                        x = f.read(READ_BLOCK, dtype="float32", always_2d=True)
-                    else:  # the analysis windows: clips, the last one taking the rest
-                        left = f.frames - f.tell()
-                        x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
-                    if x.shape[0] == 0:
-                        break
-                    x = np.ascontiguousarray(x.T)
-                    if chain is not None:
-                        y = chain(x, float(rate), reset=False)
-                    else:
-                        y = render(preset, x, rate, "ddsp")
-                    if not np.isfinite(y).all():
-                        raise RuntimeError("rendering produced non-finite audio")
-                    fh.write_frames(sink, y.T)
+        x = np.ascontiguousarray(x.T)
+        yield chain(x, float(rate), reset=False) if chain is not None else render(preset, x, rate, "ddsp")
 
 
 def planned_names(task, options: EstimateOptions) -> list[str]:
     """Every file an estimate with ``options`` may write in its folder: estimate.json, the audio
     of as many candidates as it can have, and the figure."""
-    from afxest.search import DESIGN_MAX_DIM, EFFORTS
+    from afxest.search import DESIGN_MAX_DIM
 
     effort = EFFORTS[options.effort]
     # the search's candidates
@@ -806,9 +766,20 @@ def planned_names(task, options: EstimateOptions) -> list[str]:
 
 
 def audio_ranks(presets: Sequence, dry: Signal | None, job: Job, options: EstimateOptions, task) -> tuple[list[int], list[str]]:
-    """The ranks whose audio is written (``options.audio``; none when there is nothing to render
-    on), and a warning for those a dry file's rate cannot render (a cutoff above its Nyquist
-    frequency), which are left out."""
+    """The ranks whose audio is written, and why some are left out.
+
+    Arguments:
+        presets: The candidates by rank.
+        dry: The dry as read (its file's rate), or None.
+        job: The wet and dry files (the warning names the dry).
+        options: The request (``audio``: ``top``, ``all`` or ``none``).
+        task: The model's task (a synth can be rendered without a dry).
+
+    Returns:
+        The ranks (from 1) of ``options.audio``, none when there is nothing to render on, less
+        those a dry file's rate cannot render (a cutoff above its Nyquist frequency); and the
+        warning about those (none when all can be rendered).
+    """
     can_render = dry is not None or task.has_source
     count = 0 if not can_render else {"top": 1, "all": len(presets), "none": 0}[options.audio]
     ranks = list(range(1, count + 1))
@@ -836,7 +807,7 @@ def estimate_file(
     options: EstimateOptions,
     progress: Callable[[float], None] | None = None,
 ) -> EstimateResult:
-    """Estimates one file and write ``out_dir/<wet stem>/estimate.json`` and its audio.
+    """Estimates one file and writes ``out_dir/<wet stem>/estimate.json`` and its audio.
 
     The request must have passed :func:`check_request` (and, with ``--plot``,
     :func:`afxest.figures.require_matplotlib`), as the command line does once for the batch.
@@ -845,6 +816,16 @@ def estimate_file(
     interrupted or failed run leaves nothing, never audio or a figure (``--plot``) without its
     estimate. A candidate that cannot be rendered at the dry file's own rate (a cutoff above
     its Nyquist frequency) gets no audio and a warning; the estimate is still written.
+
+    Arguments:
+        estimator: The :class:`Analyser` of the loaded model.
+        job: The wet file and its dry file (or None), or why they could not be paired.
+        out_dir: The folder of the estimates.
+        options: The request, checked.
+        progress: Called with the fraction of the analysis done.
+
+    Returns:
+        The :class:`EstimateResult`: the document, the files written and the warnings.
     """
     if job.problem:
         raise UserError(job.problem)
@@ -862,10 +843,21 @@ def estimate_file(
 
 def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: Sequence, ranks: Sequence[int],
                      options: EstimateOptions, task) -> list[Path]:
-    """Writes the audio of ``ranks``, the figure (``options.plot``) and the document (its
-    ``audio`` and ``plot`` entries filled in) into ``folder`` as one
-    :class:`afxest.audio.OutputSet`, replacing an earlier estimate's files; returns the files
-    written. Nothing is left behind on failure."""
+    """Writes an estimate's files into ``folder`` as one :class:`afxest.audio.OutputSet`,
+    replacing an earlier estimate's files; nothing is left behind on failure.
+
+    Arguments:
+        folder: The estimate's folder (``out_dir/<wet stem>``).
+        job: The wet and dry files (the audio is rendered on the dry; a synth's figure shows the wet).
+        document: The estimate document; its candidates' ``audio`` and its ``plot`` are filled in.
+        presets: The candidates by rank.
+        ranks: The ranks (from 1) whose audio is written (:func:`audio_ranks`).
+        options: The request (``engine``, ``plot``).
+        task: The model's task.
+
+    Returns:
+        The files written, estimate.json last.
+    """
     staged = OutputSet(folder)
     try:
         for rank in ranks:
@@ -875,7 +867,7 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
         if options.plot:
             from afxest.figures import ESTIMATE_PLOT, plot_estimate
 
-            wet = None if job.dry is not None else read_mono(job.wet, task.sample_rate).samples
+            wet = None if job.dry is not None else _signal(job.wet, task).samples
             plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet)
             document["plot"] = ESTIMATE_PLOT
         atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
@@ -914,9 +906,19 @@ def run_batch(
     on_error: Callable[[Job, BaseException], None],
     progress: Callable[[float], None] | None = None,
 ) -> int:
-    """Estimates every job; a failure is reported through ``on_error`` and the rest go on.
+    """Estimates every job (:func:`estimate_file`); a failure is reported and the rest go on.
 
-    Returns the exit code: 0 when all succeeded, 1 if any failed internally, else 2.
+    Arguments:
+        jobs: The wet files, paired (:func:`pair_inputs`).
+        estimator: The :class:`Analyser` of the loaded model.
+        out_dir: The folder of the estimates.
+        options: The request, checked.
+        on_result: Called with each estimate written.
+        on_error: Called with each job that failed and its exception (a UserError: bad input).
+        progress: Called with the jobs done so far, fractions included (from 0 to ``len(jobs)``).
+
+    Returns:
+        The exit code: 0 when all succeeded, 1 if any failed internally, else 2.
     """
     code = 0
     for k, job in enumerate(jobs):

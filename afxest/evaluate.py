@@ -50,6 +50,7 @@ import numpy as np
 
 from afxest import figures as figs
 from afxest.audio import atomic_write_text
+from afxest.choices import EFFORTS
 from afxest.errors import UserError
 from afxest.tables import report_markdown
 
@@ -176,24 +177,33 @@ def _render_proxy(task, z: np.ndarray, dry: np.ndarray, compressor) -> np.ndarra
 
 def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples: int, effort: str, seed: int,
                      plot: Path | None = None) -> np.ndarray:
-    """The rank 1 of :meth:`afxest.estimate.Analyser.estimate` for one item (wet (1, T), dry (1, T)
-    or None), with its search at ``effort``, rendered by pedalboard (or the synth): (1, 1, T).
-    With ``plot``, the estimate's figure (:func:`afxest.figures.plot_estimate`) is written there."""
-    import tempfile
+    """The rank 1 of ``afxest estimate`` (:meth:`afxest.estimate.Analyser.analyse_inputs`) for one
+    test item, with its search at ``effort``, rendered by pedalboard (or the synth).
 
-    import soundfile
+    Arguments:
+        analyser: The :class:`afxest.estimate.Analyser` of the evaluated model.
+        wet: The item's wet, (1, T) at the task's rate.
+        dry: Its dry, (1, T), or None (a synth).
+        samples: The candidates drawn from the posterior.
+        effort: The search's effort (a name of :data:`afxest.choices.EFFORTS`).
+        seed: The estimate's seed.
+        plot: Where to write the estimate's figure (:func:`afxest.figures.plot_estimate`), or None.
 
-    from afxest.estimate import EstimateOptions
+    Returns:
+        The rank 1 rendered, (1, 1, T).
+    """
+    from afxest.audio import Signal
+    from afxest.estimate import EstimateOptions, read_inputs
 
     task = analyser.task
-    with tempfile.TemporaryDirectory() as folder:
-        paths = []
-        for name, x in (("wet", wet), ("dry", dry)):
-            if x is not None:
-                paths.append(Path(folder) / f"{name}.wav")
-                soundfile.write(paths[-1], x[0], task.sample_rate, subtype="FLOAT")
-        options = EstimateOptions(samples=samples, effort=effort, seed=seed, audio="none")
-        document, presets, _ = analyser.estimate(paths[0], paths[1] if dry is not None else None, options)
+
+    def signal(name: str, x: np.ndarray) -> Signal:
+        return Signal(Path(name), np.ascontiguousarray(x[0], dtype=np.float32), task.sample_rate, task.sample_rate,
+                      1, x.shape[1])
+
+    inputs = read_inputs(signal("wet", wet), None if dry is None else signal("dry", dry), task)
+    options = EstimateOptions(samples=samples, effort=effort, seed=seed, audio="none")
+    document, presets, _ = analyser.analyse_inputs(inputs, options)
     if plot is not None:
         document["wet"] = "test item 0"
         figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None)
@@ -203,8 +213,7 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
 
 def _values(preset, task) -> list[float]:
     """A preset's estimated parameters in the order of ``task.model.ranges`` (physical units)."""
-    processors = ([preset.source] if preset.source is not None else []) + list(preset.effects)
-    return [proc.params[r.name] for space, proc in zip(task.model.processors, processors) for r in space.ranges]
+    return [proc.params[r.name] for space, proc in zip(task.model.processors, preset.processors) for r in space.ranges]
 
 
 REPORT_FILE = "report.md"
@@ -230,8 +239,6 @@ class EvaluateOptions:
 
     def check(self) -> None:
         """Refuses impossible values (:class:`afxest.errors.UserError`) before anything is read."""
-        from afxest.search import EFFORTS
-
         if self.n < 1:
             raise UserError("--n must be at least 1")
         if self.samples < 1:
@@ -284,8 +291,7 @@ def evaluate(loaded, out: Path, options: EvaluateOptions | None = None, **keywor
     proxy (``afxest train-proxy``) whose renders are scored too (tasks with a compressor; the dsp
     proxy always is). ``effort`` (``fast``, ``default``, ``best``): also the rank 1 of ``afxest
     estimate`` given the dry (or, for a synth, the wet) as its reference, with the search of
-    :mod:`afxest.search` at that effort ("default estimate"; the item's wet and dry are handed
-    over as float WAV files).
+    :mod:`afxest.search` at that effort ("default estimate": :func:`default_estimate`).
 
     The steps: :func:`plan_evaluation` (every check, then the set-up), per item
     :func:`draw_item` and :func:`measure_item`, then :func:`summarise` and :func:`write_outputs`.
@@ -466,10 +472,20 @@ class Measurements:
 
     def measure(self, i: int, kind: str, audio: np.ndarray, wet: np.ndarray, z: np.ndarray | None,
                 entropy: float = math.nan) -> dict[str, np.ndarray]:
-        """Scores the renders ``audio`` (K, 1, T) of item ``i`` against its ``wet`` (1, T) by
-        every metric, keeps them as row ``i`` of ``scores[kind]`` and appends K results.csv rows
-        (``z`` (K, d): each candidate's normalised parameters; None: empty cells; ``entropy``:
-        the item's). Returns metric -> (K,)."""
+        """Scores renders of an item by every metric, keeps them as row ``i`` of
+        ``scores[kind]`` and appends their results.csv rows.
+
+        Arguments:
+            i: The item's index.
+            kind: What was rendered (``model``, ``uniform``, ``default-estimate``, ...).
+            audio: The K renders, (K, 1, T).
+            wet: The item's wet, (1, T).
+            z: Each render's normalised parameters (K, d), or None (empty cells).
+            entropy: The item's entropy estimate, for its rows.
+
+        Returns:
+            Each metric by name, (K,).
+        """
         scores = _score(self.fns, audio, wet)
         table = self.scores.setdefault(kind, {m: np.empty((self.n, len(audio))) for m in self.fns})
         for m in self.fns:

@@ -53,6 +53,12 @@ class Preset:
     source: Processor | None = None
     task: str | None = None
 
+    @property
+    def processors(self) -> tuple[Processor, ...]:
+        """Every processor in signal order: the source (when there is one), then the effects, as
+        a task's model lists them (``task.model.processors``)."""
+        return ((self.source,) if self.source is not None else ()) + self.effects
+
     def to_dict(self) -> dict[str, Any]:
         """The preset as an ``afxest-preset/1`` JSON document (see :func:`dumps_preset`)."""
         return {

@@ -47,9 +47,20 @@ class Proposer:
         self.posterior = posterior
 
     def draw(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int], n: int, seed: int) -> Draws:
-        """Draws ``n`` candidates for the wet (T,) from its ``use`` windows, seeded by ``seed``, with
-        their log-density pooled over the windows (with one window, the sampler's own: exact,
-        no inversion)."""
+        """Draws candidates for the wet from the posteriors of its windows.
+
+        Arguments:
+            wet: The wet, (T,) at the task's rate.
+            windows: Every analysis window (start, stop) (:func:`afxest.scoring.windows_of`).
+            use: The usable windows, which propose (:func:`afxest.scoring.usable_windows`).
+            n: The candidates to draw (a point-estimating model gives one per proposing window).
+            seed: The seed of the draws.
+
+        Returns:
+            The :class:`Draws`: the embeddings, the candidates z (M, d) and their log-density
+            pooled over the windows (with one window, the sampler's own: exact, no inversion),
+            and the mean entropy.
+        """
         import torch
 
         generator = torch.Generator().manual_seed(seed)

@@ -39,11 +39,23 @@ def render_file(
     bit_depth: str = "float",
     force: bool = False,
 ) -> RenderReport:
-    """Renders ``preset_path`` (a preset, or candidate ``candidate`` of an estimate) to ``out``.
+    """Renders a preset (or an estimate's candidate) to an audio file: ``afxest render``.
 
-    With a dry file the preset runs at the dry's sample rate and channel count; without one the
-    preset's source is synthesised at the preset's sample rate. Everything is checked before any
-    work, and ``out`` is written atomically; an input is never overwritten.
+    Everything is checked before any work, and ``out`` is written atomically; an input is never
+    overwritten.
+
+    Arguments:
+        dry: The dry file, the preset run at its sample rate and channel count; None: the
+            preset's source synthesised at the preset's sample rate.
+        preset_path: A preset, or an estimate document.
+        out: The audio file written (``.wav`` or ``.flac``).
+        engine: ``pedalboard`` or ``ddsp``; None: pedalboard when every effect has a plugin.
+        candidate: The rank of the candidate rendered from an estimate document.
+        bit_depth: ``float``, ``16`` or ``24`` (:func:`afxest.audio.write_audio`).
+        force: Whether an existing ``out`` may be replaced.
+
+    Returns:
+        The :class:`RenderReport` of what was written.
     """
     inputs = [p for p in (dry, preset_path) if p is not None]
     check_output_path(out, inputs=inputs, force=force, suffixes={".wav", ".flac"})

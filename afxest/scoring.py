@@ -26,12 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from afxest.audio import READ_BLOCK
 from afxest.engines import board
 
-# frames per soundfile read: a multiple of pedalboard's internal buffer (8192), so that streamed
-# rendering splits the signal where a one-shot call does (JUCE's filters flush denormal state at
-# buffer ends: other splits differ from one-shot output by ~1e-26 in decaying tails)
-READ_BLOCK = 8 * 8192
 QUIET_WINDOW_RMS = 10 ** (-60 / 20)  # windows below -60 dBFS RMS are not analysed
 SCORE_BATCH = 32  # rendered items per loss evaluation
 # Candidates are ranked on at most SCORE_WINDOWS usable windows spread evenly over the file (a
@@ -223,7 +220,9 @@ class Scorer:
 
     def baseline(self, wet: np.ndarray, dry: np.ndarray, windows: Windows, use: Sequence[int],
                  metrics: dict[str, Callable]) -> dict[str, float | None]:
-        """The dry's own distance to the wet (each metric, mean over the scored windows)."""
+        """The dry's own distance to the wet: each of ``metrics`` (by name, fn(y_hat, y) ->
+        (batch,)) of the dry against the wet (both (T,)), the mean over the scored windows of
+        the ``use`` ones of ``windows``; None where it is not finite."""
         import torch
 
         values: dict[str, list[float]] = {name: [] for name in metrics}
@@ -246,9 +245,24 @@ class Scorer:
         progress: Callable[[float], None] | None = None,
         prerolled: bool = False,
     ) -> dict[str, np.ndarray]:
-        """The mean over the scored windows (:func:`scored_windows` of the usable ones) of each
-        metric (y_hat, y) -> (batch,) of each preset, name -> (M,) float64. ``prerolled``:
-        render each window from :data:`SCORE_PREROLL_SECONDS` before it, never streaming."""
+        """Measures presets against the wet: the mean over the scored windows
+        (:func:`scored_windows` of the usable ones) of each metric of each preset.
+
+        Arguments:
+            presets: The M candidates.
+            wet: The wet, (T,) at the task's rate.
+            dry: The dry, (T,), or None for a synth task (the candidates are synthesised).
+            windows: Every analysis window (:func:`windows_of`).
+            use: The usable windows (:func:`usable_windows`), of which the scored ones are measured.
+            engine: The renderer, ``pedalboard`` or ``ddsp``.
+            metrics: Each metric by name, fn(y_hat, y) -> (batch,).
+            progress: Called with the fraction of the rendering done.
+            prerolled: Render each window from :data:`SCORE_PREROLL_SECONDS` before it (pedalboard),
+                never streaming through the whole file.
+
+        Returns:
+            Each metric's mean by name, (M,) float64.
+        """
         streamed = len(use) <= SCORE_WINDOWS and not prerolled  # stream the whole file, exact
         use = scored_windows(use)
         sums = _Sums(metrics, len(presets), self.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import stat
@@ -13,7 +14,7 @@ import soundfile
 from scipy.signal import chirp, correlate, resample_poly
 
 from afxest import audio
-from afxest.audio import check_output_path, read_audio, resample, to_mono, write_audio
+from afxest.audio import check_output_path, read_audio, read_mono, resample, to_mono, write_audio
 from afxest.errors import UserError
 
 
@@ -130,17 +131,16 @@ def test_read_mono_is_one_channel(tmp_path: Path) -> None:
 def test_read_refuses_bad_files(tmp_path: Path, make, message: str) -> None:
     path = tmp_path / "x.wav"
     make(path)
-    with pytest.raises(UserError, match=message) as info:
-        read_audio(path)
-    assert str(path) in str(info.value)
-    assert "\n" not in str(info.value)
+    for read in (read_audio, lambda p: read_mono(p, 8000, "fast")):
+        with pytest.raises(UserError, match=message) as info:
+            read(path)
+        assert str(path) in str(info.value)
+        assert "\n" not in str(info.value)
 
 
 def test_a_decoding_failure_is_the_same_one_line_error_for_every_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from afxest.estimate import read_mono
-
     path = tmp_path / "x.wav"
     soundfile.write(path, np.zeros(100, np.float32), 8000, subtype="FLOAT")
 
@@ -148,10 +148,27 @@ def test_a_decoding_failure_is_the_same_one_line_error_for_every_reader(
         raise RuntimeError("Error : Internal psf_fseek() failed.")
 
     monkeypatch.setattr(soundfile.SoundFile, "read", broken)
-    for read in (read_audio, lambda p: read_mono(p, 8000)):
+    for read in (read_audio, lambda p: read_mono(p, 8000, "fast")):
         with pytest.raises(UserError) as info:
             read(path)
         assert str(info.value) == f"{path}: not a readable audio file (Internal psf_fseek() failed.)"
+
+
+def test_read_mono_streams_like_whole_file_resampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 5000 frames resampled one by one give the whole file's resampling (scipy's
+    polyphase resampler checks that one, above)."""
+    monkeypatch.setattr(audio, "READ_BLOCK", 5000)
+    rng = np.random.default_rng(5)
+    x = (0.2 * rng.standard_normal((3, 3 * 5000 + 123))).astype(np.float32)
+    for (file_rate, rate), quality in itertools.product(((48000, 22050), (16000, 22050), (22050, 22050)), ("fast", "best")):
+        path = tmp_path / f"x{file_rate}.wav"
+        soundfile.write(path, x.T, file_rate, subtype="FLOAT")
+        expected = resample(x.mean(axis=0, keepdims=True), file_rate, rate, quality)[0]
+        signal = read_mono(path, rate, quality)
+        assert (signal.channels, signal.file_rate, signal.file_frames) == (3, file_rate, x.shape[1])
+        assert signal.seconds == x.shape[1] / file_rate
+        # 3 channels: the stream mixes by a dot product with 1/3, the mean here by a sum (1 ulp apart)
+        np.testing.assert_allclose(signal.samples, expected, rtol=0, atol=3e-7)
 
 
 def test_to_mono_averages_channels() -> None:

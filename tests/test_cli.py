@@ -339,6 +339,28 @@ def test_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 # --- internal failures: exit 1, one line, nothing written ------------------------------------
 
 
+@pytest.mark.parametrize("command", [["estimate", "x.wav"], ["train", "--task", "eq", "--out", "r"],
+                                     ["train-proxy", "--out", "r"]])
+def test_an_unknown_device_exits_2_with_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = cli([*command, "--device", "tpu"], capsys)
+    assert rc == 2 and out == ""
+    lines = err_lines(err)
+    assert len(lines) == 1 and "'tpu' is not one of 'auto', 'cpu', 'cuda'" in lines[0], err
+
+
+def test_resolve_device() -> None:
+    import torch
+
+    from afxest.device import resolve_device
+    from afxest.errors import UserError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError) as info:
+        resolve_device("tpu")
+    assert str(info.value) == "unknown device 'tpu' (auto, cpu or cuda)"
+
+
 def test_internal_failure_exits_1(work: Work, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     import afxest.engines
     import afxest.render

@@ -7,8 +7,6 @@ Every test calls :func:`afxest.cli.main` in-process.
 
 from __future__ import annotations
 
-import itertools
-
 import hashlib
 import json
 import math
@@ -22,11 +20,10 @@ import soundfile
 import torch
 
 from afxest import losses
-from afxest.audio import read_audio, resample, to_mono
+from afxest.audio import read_audio, read_mono, resample, to_mono
+from afxest.choices import EFFORTS
 from afxest.cli import main
 from afxest.data import procedural_music
-from afxest.estimate import read_mono
-from afxest.search import EFFORTS
 from afxest.tasks import TASKS
 from afxest.train import TrainConfig, train
 from reference import cookbook, reference_render  # tests/reference.py
@@ -256,6 +253,7 @@ def test_long_stereo_file_is_analysed_in_windows(
     wet_path = write(tmp_path / "long.flac", shelf(dry, rate), rate)  # FLAC: another format
     dry_path = write(tmp_path / "long-dry.wav", dry, rate)
     # several blocks (pedalboard's buffer multiple), in reading and in rendering
+    monkeypatch.setattr("afxest.audio.READ_BLOCK", 5 * 8192)
     monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5 * 8192)
     monkeypatch.setattr("afxest.scoring.READ_BLOCK", 5 * 8192)
     out_dir = tmp_path / "out"
@@ -270,7 +268,7 @@ def test_long_stereo_file_is_analysed_in_windows(
     # reference: whole files decoded, mixed, resampled, rendered by pedalboard at the task's rate
     wet_m = resample(to_mono(read_audio(wet_path)[0]), rate, SR, "fast")[0]
     dry_m = resample(to_mono(read_audio(dry_path)[0]), rate, SR, "fast")[0]
-    np.testing.assert_array_equal(read_mono(wet_path, SR).samples, wet_m)
+    np.testing.assert_array_equal(read_mono(wet_path, SR, "fast").samples, wet_m)
     clip = 5 * SR
     windows = [(0, clip), (clip, 2 * clip), (3 * clip, len(wet_m))]  # (2 clip, 3 clip) is silent
     mel = losses.LogMelLoss(SR)
@@ -285,19 +283,6 @@ def test_long_stereo_file_is_analysed_in_windows(
     written, written_rate = read_audio(out_dir / "long" / "candidate-1.wav")
     assert written_rate == rate and written.shape == dry.shape
     np.testing.assert_array_equal(written, reference_render(doc["candidates"][0]["preset"], dry, rate))
-
-
-def test_read_mono_streams_like_whole_file_resampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5000)
-    rng = np.random.default_rng(5)
-    x = (0.2 * rng.standard_normal((3, 3 * 5000 + 123))).astype(np.float32)
-    for (file_rate, rate), quality in itertools.product(((48000, SR), (16000, SR), (SR, SR)), ("fast", "best")):
-        path = write(tmp_path / f"x{file_rate}.wav", x, file_rate)
-        expected = resample(to_mono(read_audio(path)[0]), file_rate, rate, quality)[0]
-        signal = read_mono(path, rate, quality)
-        assert signal.channels == 3 and signal.file_rate == file_rate and signal.file_frames == x.shape[1]
-        # 3 channels: the stream mixes by a dot product with 1/3, to_mono by a mean (1 ulp apart)
-        np.testing.assert_allclose(signal.samples, expected, rtol=0, atol=3e-7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,9 +526,27 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
     code, out, err = run(capsys, "estimate", wet, other, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
                          "--json", "--samples", 2)
     assert code == 1
-    assert "internal error" in err and "boom" in err
+    assert (f"afxest: internal error: {wet}: RuntimeError: boom (please report it; set AFXEST_DEBUG=1 for a traceback)"
+            in err.splitlines())
     assert [Path(json.loads(line)["wet"]).name for line in out.splitlines()] == ["other.wav"]
     assert not (tmp_path / "song").exists() and (tmp_path / "other" / "estimate.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        ({"audio": "best"}, "unknown audio choice 'best' (top, all, none)"),
+        ({"engine": "vst"}, "unknown engine 'vst' (pedalboard, ddsp)"),
+        ({"effort": "max"}, "unknown effort 'max' (fast, default, best)"),
+    ],
+)
+def test_estimate_options_refuse_unknown_choices(choice: dict[str, str], message: str) -> None:
+    from afxest.errors import UserError
+    from afxest.estimate import EstimateOptions
+
+    with pytest.raises(UserError) as info:
+        EstimateOptions(**choice)
+    assert str(info.value) == message
 
 
 def test_console_script_imports_neither_nnaudio_nor_scipy(

@@ -16,6 +16,7 @@ from afxest.presets import (
     ESTIMATE_FORMAT,
     PRESET_FORMAT,
     Preset,
+    Processor,
     dumps_preset,
     json_schema,
     load_preset,
@@ -190,6 +191,14 @@ def test_valid_preset_parses_to_floats_in_catalogue_order() -> None:
     assert preset.effects[1].params == {"cutoff_frequency_hz": 400.0, "gain_db": -2.5, "q": 1.2}
     assert all(type(v) is float for e in preset.effects for v in e.params.values())
     assert preset.effects[0].spec.plugin == "LowShelfFilter"
+
+
+def test_processors_are_the_source_then_the_effects() -> None:
+    effects = parse_preset(VALID, "test")
+    assert [p.type for p in effects.processors] == [e["type"] for e in VALID["effects"]]
+    fm, gain = Processor("fm", {"modulation_index": 2.0}), Processor("gain", {"gain_db": 6.0})
+    assert Preset(22050, effects=(gain,), source=fm).processors == (fm, gain)
+    assert Preset(22050, source=fm).processors == (fm,)
 
 
 def test_optional_keys() -> None:
