@@ -349,7 +349,7 @@ def compressor_proxies(task, proxy_model: Path | None) -> dict[str, Any]:
     here) for an effect task with a compressor, and ``neural``, the trained proxy loaded from
     ``proxy_model`` (:func:`afxest.nn.proxy.load_task_proxy`) when one is given."""
     proxies: dict[str, Any] = {}
-    if any(p.type == "compressor" for p in task.model.processors) and not task.has_source:
+    if task.has_compressor and not task.has_source:
         proxies["dsp"] = None
     if proxy_model is not None:
         from afxest.nn.proxy import load_task_proxy

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from afxest import choices
 from afxest.choices import Effort
 
 DESIGN_MAX_DIM = 3  # tasks of at most this many parameters get a space-filling design
@@ -43,7 +42,6 @@ PATIENCE = 10  # steps without progress before the learning rate is halved
 HALVINGS = 4  # converged after this many halvings without progress
 LEARNING_RATE = 0.05  # Adam on logit(z)
 EPS = 1e-6  # z is kept in [EPS, 1 - EPS] before the logit
-EFFORTS = choices.EFFORTS  # the efforts by name (written in afxest.choices, which the CLI reads)
 
 
 # A synth's refinement ends spectrally right but can stop a fraction of a bin off (an FM ratio

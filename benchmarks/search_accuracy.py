@@ -25,6 +25,7 @@ import soundfile as sf
 import torch
 
 from afxest import search
+from afxest.choices import EFFORTS
 from afxest.data import DrySource, MusicFolder, make_batch
 from afxest.engines import render
 from afxest.estimate import Analyser, EstimateOptions
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--refine", type=int, default=None)
-    parser.add_argument("--effort", default="default", choices=tuple(search.EFFORTS))
+    parser.add_argument("--effort", default="default", choices=tuple(EFFORTS))
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     for item in args.set:
