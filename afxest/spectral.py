@@ -175,8 +175,7 @@ class _Energy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x)
-        parts = torch.view_as_real(x)
-        return parts[..., 0].square() + parts[..., 1].square()
+        return _squared_magnitude(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
@@ -193,10 +192,13 @@ def energy(x: Tensor) -> Tensor:
         >>> energy(torch.tensor([3 + 4j, 1j])).tolist()
         [25.0, 1.0]
     """
-    if not x.requires_grad:
-        parts = torch.view_as_real(x)
-        return parts[..., 0].square() + parts[..., 1].square()
-    return _Energy.apply(x)
+    return _Energy.apply(x) if x.requires_grad else _squared_magnitude(x)
+
+
+def _squared_magnitude(x: Tensor) -> Tensor:
+    """Re(x)^2 + Im(x)^2, on the (re, im) pairs of a complex tensor."""
+    parts = torch.view_as_real(x)
+    return parts[..., 0].square() + parts[..., 1].square()
 
 
 def power_spectrogram(stft: Tensor, power: float) -> Tensor:

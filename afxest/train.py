@@ -44,14 +44,14 @@ from torch import Tensor
 
 from afxest import __version__
 from afxest.audio import atomic_write_text
-from afxest.choices import SCHEDULES
+from afxest.choices import PROXIES, SCHEDULES
 from afxest.checkpoints import CHECKPOINT_FORMAT, file_sha256, load_checkpoint
 from afxest.data import Batch, DrySource, make_batch
 from afxest.device import resolve_device
 from afxest.errors import UserError
 from afxest.losses import bits_per_dim
 from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
-from afxest.nn.proxy import PROXIES, compressor_function, load_task_proxy
+from afxest.nn.proxy import compressor_function, load_task_proxy
 from afxest.objective import AudioObjective, audio_objective, task_loss
 from afxest.runs import (
     PROCEDURAL, Best, Cadence, RunFolder, RunOptions, check_same_run, music_folders, restore, run_loop,

@@ -39,11 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from afxest import choices
 from afxest.errors import UserError
 
 PROXY_FORMAT = "afxest-proxy/1"
-PROXIES = choices.PROXIES  # the kinds of compressor_function (written in afxest.choices, which the CLI reads)
 COMPRESSOR_PARAMS = ("threshold_db", "ratio", "attack_ms", "release_ms")
 _LEVEL_FLOOR = 1e-5  # -100 dBFS: the level feature's floor (log of silence)
 
@@ -168,7 +166,7 @@ def straight_through(exact: Tensor, surrogate: Tensor) -> Tensor:
 
 
 def compressor_function(kind: str, proxy: CompressorProxy | None, sample_rate: float) -> Compressor | None:
-    """The compressor used in training for a proxy ``kind`` (``PROXIES``): None for ``dsp``
+    """The compressor used in training for a proxy ``kind`` (:data:`afxest.choices.PROXIES`): None for ``dsp``
     (afxest's exact differentiable compressor), the proxy itself for ``neural``, and for
     ``hybrid`` the exact compressor's output with the proxy's gradients."""
     if kind == "dsp":
