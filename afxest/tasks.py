@@ -157,7 +157,7 @@ class Task:
     truth: Space
     model: Space
     loss: Literal["log_mel", "sot_mrstft"]
-    encoder: Literal["convnext", "hann_dft_mlp"]
+    encoder: Literal["convnext", "hann_dft_resmlp"]
     training: TrainingDefaults
 
     def __post_init__(self) -> None:
@@ -342,7 +342,7 @@ TASKS: dict[str, Task] = {
         truth=Space((_FM,)),
         model=Space((_FM,)),
         loss="sot_mrstft",
-        encoder="hann_dft_mlp",  # DAFx 2025, Sec. 5.3, windowed and normalised (nn/encoders.py)
+        encoder="hann_dft_resmlp",  # DAFx 2025, Sec. 5.3, windowed, normalised, wider (nn/encoders.py)
         training=TrainingDefaults(lr=1e-4, batch_size=128, epoch_items=100_000),  # DAFx 2025, Sec. 5.5
     ),
     "master": Task(

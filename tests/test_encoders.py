@@ -34,3 +34,21 @@ def test_dft_mlp_pads_short_and_cuts_long_input() -> None:
     long = torch.randn(2, 1, 1200)
     assert torch.allclose(encoder(short), encoder(padded))
     assert torch.allclose(encoder(long), encoder(long[..., :800]))
+
+
+def test_residual_block_is_swish_of_input_plus_two_layer_branch() -> None:
+    """ResidualBlock(h) = swish(h + W2 swish(W1 h + b1) + b2), written out in numpy."""
+    from afxest.nn.encoders import ResidualBlock
+
+    torch.manual_seed(0)
+    block = ResidualBlock(5)
+    h = torch.randn(3, 5)
+    w1, b1 = (t.detach().double().numpy() for t in (block.inner[0].weight, block.inner[0].bias))
+    w2, b2 = (t.detach().double().numpy() for t in (block.inner[2].weight, block.inner[2].bias))
+
+    def swish(a: np.ndarray) -> np.ndarray:
+        return a / (1 + np.exp(-a))
+
+    x = h.double().numpy()
+    expected = swish(x + swish(x @ w1.T + b1) @ w2.T + b2)
+    np.testing.assert_allclose(block(h).detach().numpy(), expected, rtol=1e-5, atol=1e-6)

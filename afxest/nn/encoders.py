@@ -5,7 +5,7 @@
   3 x 128 channels -> mean over time -> MLP with batch norm and Swish. About 295 k parameters
   with the posterior head, as in the paper.
 * :class:`DFTMLP`: magnitude DFT of the whole (stationary) sound, Hann-windowed and
-  standardised per bin -> MLP with Swish; about 170 k parameters with its head.
+  standardised per bin -> residual MLP with Swish; about 430 k parameters with its head.
 """
 
 from __future__ import annotations
@@ -81,28 +81,46 @@ class MelConvNeXt(nn.Module):
         return self.mlp(h.mean(dim=-1))
 
 
-class DFTMLP(nn.Module):
-    """ln(1 + |DFT(w x)|) of the whole sound, batch-normalised per bin -> MLP with Swish
-    (DAFx 2025, Sec. 5.3: "the magnitude of the discrete Fourier transform ... fed into a MLP").
+class ResidualBlock(nn.Module):
+    """h -> Swish(h + W2 Swish(W1 h)): a two-layer residual block of constant width (He et al.,
+    CVPR 2016, in an MLP)."""
 
-    Two choices the paper leaves open, both measured on the fm task (param-loss training,
-    batch 128, lr 1e-3, 6 000 steps; frequency-ratio error on tones whose modulation index
-    exceeds 1, docs/models/fm.md):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """The block's output, shaped like ``h`` (batch, width)."""
+        return nn.functional.silu(h + self.inner(h))
+
+
+class DFTMLP(nn.Module):
+    """ln(1 + |DFT(w x)|) of the whole sound, batch-normalised per bin -> residual MLP with
+    Swish (DAFx 2025, Sec. 5.3: "the magnitude of the discrete Fourier transform ... fed into a
+    MLP").
+
+    Three choices the paper leaves open, measured on the fm task with the parameter loss
+    (batch 128; docs/models/fm-deterministic.md):
 
     * a Hann window ``w`` (symmetric, over the whole clip): without it a partial that does not
       complete a whole number of periods in the clip leaks into every bin with sidelobes
       falling as 1 / distance, which buries the sidebands that reveal the frequency ratio
-      (mean ratio error 0.55 with a plain DFT, 0.17 windowed);
+      (mean ratio error 0.55 with a plain DFT, 0.17 windowed, 6 000 steps);
     * a batch norm without affine weights on the 2 757 log-magnitudes (as the mel encoder's
-      input norm): each bin enters the MLP with zero mean and unit variance (0.12).
+      input norm): each bin enters the MLP with zero mean and unit variance (0.12);
+    * the width: 128 units and two residual blocks (427 k weights with a point head) rather
+      than the paper's ~170 k (two layers of 56): at the same budget, 40 000 steps, the median
+      ratio error falls from 0.0024 to 0.0015 (normalised) and the SI-SDR of the estimates
+      rises from 18.1 to 21.2 dB; the ratio's precision is what limits SI-SDR on this task.
 
     Arguments:
         frames: The clip length in samples (longer input is cut, shorter zero padded).
-        hidden: The width of the two hidden layers.
+        hidden: The width of the MLP.
+        blocks: The number of residual blocks after the first layer.
         embed_dim: The size of the embedding given to the head.
     """
 
-    def __init__(self, frames: int, hidden: int = 56, embed_dim: int = 64) -> None:
+    def __init__(self, frames: int, hidden: int = 128, blocks: int = 2, embed_dim: int = 64) -> None:
         super().__init__()
         self.frames = frames
         bins = frames // 2 + 1
@@ -111,8 +129,7 @@ class DFTMLP(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(bins, hidden),
             nn.SiLU(),
-            nn.Linear(hidden, hidden),
-            nn.SiLU(),
+            *(ResidualBlock(hidden) for _ in range(blocks)),
             nn.Linear(hidden, embed_dim),
             nn.SiLU(),
         )
@@ -131,6 +148,6 @@ def build_encoder(task) -> nn.Module:
     """The encoder a task names (``Task.encoder``); ValueError for an unknown name."""
     if task.encoder == "convnext":
         return MelConvNeXt(task.sample_rate)
-    if task.encoder == "hann_dft_mlp":
+    if task.encoder == "hann_dft_resmlp":
         return DFTMLP(task.clip_samples)
     raise ValueError(f"unknown encoder {task.encoder!r}")
