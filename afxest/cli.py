@@ -147,6 +147,7 @@ def train(
     schedule: Annotated[Schedule, typer.Option(help="Learning rate: constant, or cosine annealing to 0 at the last step.")] = Schedule.constant,
     proxy: Annotated[Proxy, typer.Option(help="Compressor in training (tasks with one): dsp (exact), neural (a TCN proxy) or hybrid (exact output, the proxy's gradients); see docs/master.md.")] = Proxy.dsp,
     proxy_model: Annotated[Optional[Path], typer.Option(help="Proxy checkpoint from afxest train-proxy (--proxy neural or hybrid).", show_default=False)] = None,
+    excerpt_seconds: Annotated[Optional[float], typer.Option(help="Train on excerpts this long (effect tasks; validation keeps the task's clip); default: the task's clip. See docs/training.md.", show_default=False)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train an estimator (runs data-parallel under torchrun)."""
@@ -161,7 +162,7 @@ def train(
             batch_size=batch_size, lr=lr, device=device.value, seed=seed, val_items=val_items,
             val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
             init=None if init is None else str(init), schedule=schedule.value, proxy=proxy.value,
-            proxy_model=None if proxy_model is None else str(proxy_model),
+            proxy_model=None if proxy_model is None else str(proxy_model), excerpt_seconds=excerpt_seconds,
         ),
         log=_say,
         progress=progress and err.is_terminal,

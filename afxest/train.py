@@ -63,9 +63,9 @@ VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 ru
 INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
-               "proxy", "proxy_sha256")
+               "proxy", "proxy_sha256", "excerpt_seconds")
 # what runs from before --schedule and --proxy stored instead of these keys
-BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None}
+BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None, "excerpt_seconds": None}
 
 
 @dataclass(kw_only=True)
@@ -88,6 +88,7 @@ class TrainConfig(RunOptions):
     proxy: str = "dsp"
     proxy_model: str | None = None
     schedule: str = "constant"
+    excerpt_seconds: float | None = None
 
 
 @dataclass
@@ -140,7 +141,20 @@ def resolve(config: TrainConfig) -> Settings:
         raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
     if config.init is not None and not Path(config.init).is_file():
         raise UserError(f"{config.init}: no such checkpoint")
+    if config.excerpt_seconds is not None:
+        if task.has_source:
+            raise UserError(f"--excerpt-seconds: the {task.name} task synthesises whole {task.clip_seconds:g} s sounds")
+        if not 0.5 <= config.excerpt_seconds <= task.clip_seconds:
+            raise UserError(f"--excerpt-seconds must be between 0.5 and the task's clip, {task.clip_seconds:g} s")
     return settings
+
+
+def excerpt_frames(config: TrainConfig, task: Task) -> int | None:
+    """The training excerpts' length in samples (``--excerpt-seconds``); None: the task's clip.
+    Validation always uses the task's clip."""
+    if config.excerpt_seconds is None:
+        return None
+    return int(round(config.excerpt_seconds * task.sample_rate))
 
 
 def load_training_proxy(config: TrainConfig, task: Task, device: Any) -> tuple[Any, str | None]:
@@ -291,11 +305,13 @@ def validation_batches(task: Task, source: DrySource | None, items: int, size: i
     ]
 
 
-def training_batch(task: Task, source: DrySource | None, seed: int, rank: int, step: int, size: int) -> Batch:
+def training_batch(
+    task: Task, source: DrySource | None, seed: int, rank: int, step: int, size: int, frames: int | None = None
+) -> Batch:
     """The batch of optimiser step ``step`` (0-based) on rank ``rank``: drawn from
     :func:`afxest.runs.step_generator` (seed, rank, step), which also seeds torch's generator
-    for the step's posterior noise."""
-    return make_batch(task, source, step_generator(seed, rank, step), size)
+    for the step's posterior noise; excerpts of ``frames`` samples (default: the task's clip)."""
+    return make_batch(task, source, step_generator(seed, rank, step), size, frames)
 
 
 def input_baseline(task: Task, batches: list[Batch], device: Any) -> dict[str, float]:
@@ -558,7 +574,10 @@ class EstimatorRun:
 
     def step(self, step: int) -> tuple[float, dict[str, float]]:
         """Optimiser step ``step`` (0-based); RuntimeError if the loss is not finite."""
-        batch = training_batch(self.settings.task, self.source, self.config.seed, self.ranks.rank, step, self.ranks.local_batch)
+        batch = training_batch(
+            self.settings.task, self.source, self.config.seed, self.ranks.rank, step, self.ranks.local_batch,
+            excerpt_frames(self.config, self.settings.task),
+        )
         if self.first_batch is None:
             self.first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
         lr = learning_rate(self.settings.lr, self.config.schedule, step, self.total_steps)

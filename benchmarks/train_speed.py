@@ -14,7 +14,10 @@ AdamW. Two recipes, alternated step by step so that a busy machine slows both al
 * ``now``: what ``afxest train`` runs: the fast audio term (``audio_objective(fast=True)``:
   |H|^2 on the loss's STFT for the eq task, fast FFT sizes for fm), overlap-add filtering in
   short blocks, the cheaper rfft backward, the one-product |X|^2 backward, sparse mel products
-  (spectrogram rows times the transposed filterbank).
+  (spectrogram rows times the transposed filterbank);
+* ``2.5s`` (effect tasks): ``now`` on 2.5 s training excerpts (``afxest train --excerpt-seconds
+  2.5``; validation keeps the 5 s clip). An option, not the default: docs/training.md gives
+  what it was measured to cost.
 
 Reported: ms per step (median), of which data, samples per second, the speed-up of ``now``
 over ``0.1.0``, and each step as a ratio against a floor: forward + backward of one
@@ -41,7 +44,8 @@ from afxest.objective import audio_objective
 from afxest.tasks import TASKS
 from afxest.runs import enlarge_malloc_thresholds
 
-RECIPES = ("0.1.0", "now")
+RECIPES = ("0.1.0", "now", "2.5s")
+EXCERPT_SECONDS = 2.5
 
 
 def _magnitude_0_1_0(spec: torch.Tensor) -> torch.Tensor:
@@ -56,7 +60,7 @@ def recipe(name: str) -> Iterator[None]:
     """Inside, the DSP helpers compute as ``name`` did (module attributes swapped back after)."""
     mel = spectral.MelSpectrogram
     saved = filters.BLOCK, spectral.rfft, spectral.energy, losses._magnitude, mel.from_spectrogram
-    if name == "0.1.0":
+    if name == "0.1.0":  # "2.5s" computes as "now"
         filters.BLOCK = 1 << 20
         spectral.rfft = lambda x, n=None: torch.fft.rfft(x, n=n, dim=-1)
         spectral.energy = lambda x: torch.view_as_real(x).square().sum(-1)
@@ -86,15 +90,16 @@ class Stepper:
     def __init__(self, task, kind: str, name: str) -> None:
         torch.manual_seed(0)
         self.task, self.kind, self.name = task, kind, name
+        self.frames = int(EXCERPT_SECONDS * task.sample_rate) if name == "2.5s" else None
         self.model = Estimator(task, EstimatorConfig(kind=kind))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=task.training.lr, weight_decay=task.training.weight_decay)
-        self.audio = audio_objective(task, torch.device("cpu"), fast=name == "now")
+        self.audio = audio_objective(task, torch.device("cpu"), fast=name != "0.1.0")
 
     def __call__(self, source: DrySource | None, rng: np.random.Generator) -> tuple[float, float]:
         task = self.task
         with recipe(self.name):
             t0 = time.perf_counter()
-            batch = make_batch(task, source, rng, task.training.batch_size)
+            batch = make_batch(task, source, rng, task.training.batch_size, self.frames)
             t1 = time.perf_counter()
             wet = torch.from_numpy(batch.wet)
             dry = None if batch.dry is None else torch.from_numpy(batch.dry)
@@ -131,19 +136,20 @@ def main() -> None:
             folder = MusicFolder(args.music, task.sample_rate, "train", min_seconds=task.clip_seconds).prepare()
             source = DrySource(folder, task.sample_rate)
         floor = floor_ms(task.training.batch_size, task.clip_samples, args.steps)
+        recipes = [r for r in RECIPES if r != "2.5s" or not task.has_source]  # a synth renders its clip
         for kind in args.estimators.split(","):
-            steppers = {r: Stepper(task, kind, r) for r in RECIPES}
-            times: dict[str, list[tuple[float, float]]] = {r: [] for r in RECIPES}
+            steppers = {r: Stepper(task, kind, r) for r in recipes}
+            times: dict[str, list[tuple[float, float]]] = {r: [] for r in recipes}
             rng = np.random.default_rng(0)
             for i in range(args.steps + 1):
-                for r in RECIPES:  # alternated: both see the same machine load
+                for r in recipes:  # alternated: all see the same machine load
                     t = steppers[r](source, rng)
                     if i:  # the first step warms up
                         times[r].append(t)
-            ms = {r: 1e3 * float(np.median([t for t, _ in times[r]])) for r in RECIPES}
-            for r in RECIPES:
+            ms = {r: 1e3 * float(np.median([t for t, _ in times[r]])) for r in recipes}
+            for r in recipes:
                 data_ms = 1e3 * float(np.median([d for _, d in times[r]]))
-                speedup = f"{ms['0.1.0'] / ms[r]:>7.2f}x" if r == "now" else f"{'':>8}"
+                speedup = f"{ms['0.1.0'] / ms[r]:>7.2f}x" if r != "0.1.0" else f"{'':>8}"
                 print(f"{name:<6} {kind:<13} {r:<6} {task.training.batch_size:>5} {ms[r]:>8.1f} {data_ms:>8.1f} "
                       f"{task.training.batch_size / ms[r] * 1e3:>9.1f} {ms[r] / floor:>8.2f} {speedup}")
         print(f"{name:<6} floor: {floor:.1f} ms (stft fwd+bwd, batch {task.training.batch_size})")

@@ -459,3 +459,33 @@ def test_doctests() -> None:
     for module in (afxest.runs, afxest.tasks, afxest.train, afxest.train_proxy):
         result = doctest.testmod(module, raise_on_error=False)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_excerpt_seconds_shortens_training_batches_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--excerpt-seconds 1: every training batch holds 1 s excerpts (22 050 samples at eq's
+    rate), every validation batch the task's 5 s clip; the length is recorded for --resume."""
+    import afxest.train as train_module
+
+    lengths: list[tuple[bool, int]] = []
+    real = train_module.make_batch
+
+    def recording(task, source, rng, size, frames=None):
+        batch = real(task, source, rng, size, frames)
+        lengths.append((frames is not None, batch.wet.shape[-1]))
+        return batch
+
+    monkeypatch.setattr(train_module, "make_batch", recording)
+    out = tmp_path / "run"
+    train(TrainConfig(task="eq", out=str(out), max_steps=2, batch_size=2, excerpt_seconds=1.0, **QUICK), log=quiet)
+    assert {n for short, n in lengths if short} == {22050}
+    assert {n for short, n in lengths if not short} == {TASKS["eq"].clip_samples}
+    assert sum(short for short, _ in lengths) == 2  # one training batch per step
+    assert json.loads((out / "config.json").read_text())["excerpt_seconds"] == 1.0
+
+
+def test_excerpt_seconds_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for task, value, message in [("fm", "0.1", "synthesises whole"), ("eq", "0.2", "between 0.5"), ("eq", "6", "between 0.5")]:
+        rc = main(["train", "--task", task, "--out", str(tmp_path / task), "--max-steps", "1", "--excerpt-seconds", value])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / task).exists()
