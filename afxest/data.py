@@ -227,12 +227,12 @@ class Batch:
 
 def make_batch(task, source: DrySource | None, rng: np.random.Generator, size: int, frames: int | None = None) -> Batch:
     """Draws ``size`` items of ``task``: parameters uniform in [0, 1]^d, wet from pedalboard
-    (effect tasks) or from the synth (source tasks); excerpts of ``frames`` samples (default:
-    the task's clip; a synth always renders its clip)."""
+    (effect tasks) or from the synth (source tasks), ``frames`` samples long (default: the
+    task's clip)."""
     from afxest.engines import render
 
     v = rng.random((size, task.truth.dim)).astype(np.float32)  # v describes the wet exactly
-    frames = task.clip_samples if frames is None or task.has_source else frames
+    frames = task.clip_samples if frames is None else frames
     wet = np.empty((size, 1, frames), np.float32)
     dry = None
     if task.has_source:  # a synth (and no effects): synthesise the whole batch at once

@@ -1,11 +1,11 @@
-"""Training throughput per task and estimator: today's recipe against the one of 0.1.0, and
-both against a floor, all measured in the same run.
+"""Training throughput per task and estimator: today's recipes against the one of 0.1.0, and
+all against a floor, all measured in the same run.
 
     python benchmarks/train_speed.py --music DIR [--steps 5] [--tasks eq,fm,master]
 
 A step is what ``afxest train`` does: draw a batch (dry music excerpts and pedalboard, or the
 synth), encode, sample, the audio term of the objective (:mod:`afxest.objective`), backward,
-AdamW. Two recipes, alternated step by step so that a busy machine slows both alike:
+AdamW. Three recipes, alternated step by step so that a busy machine slows them alike:
 
 * ``0.1.0``: the training step as afxest 0.1.0 computed it: the exact audio term (time-domain
   render, then the loss), biquads filtered over the whole clip at once (one 116 640-point FFT
@@ -20,7 +20,7 @@ AdamW. Two recipes, alternated step by step so that a busy machine slows both al
   what it was measured to cost.
 
 Reported: ms per step (median), of which data, samples per second, the speed-up of ``now``
-over ``0.1.0``, and each step as a ratio against a floor: forward + backward of one
+and ``2.5s`` over ``0.1.0``, and each step as a ratio against a floor: forward + backward of one
 torch.stft (n_fft 4096, hop 1024) over the same batch of audio.
 """
 
