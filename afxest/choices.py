@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 ENGINES = ("pedalboard", "ddsp")  # afxest.engines: the real plugins, or afxest's torch processors
 BIT_DEPTHS = ("float", "16", "24")  # afxest.audio.write_audio: 32-bit float WAV, or PCM
-ESTIMATORS = ("posterior", "deterministic", "param")  # afxest.nn.estimator: DAFx 2025, ICASSP 2024, baseline
+ESTIMATORS = ("posterior", "deterministic", "param", "bins")  # afxest.nn.estimator: DAFx 2025, ICASSP 2024, baselines
 PROXIES = ("dsp", "neural", "hybrid")  # afxest.nn.proxy: the compressor in training
 SCHEDULES = ("constant", "cosine")  # afxest train --schedule: the learning rate
 DEVICES = ("auto", "cpu", "cuda")  # afxest.device.resolve_device: auto is cuda when available

@@ -129,7 +129,7 @@ def render(
 def train(
     task: Annotated[str, typer.Option(help="Task to train (see docs/training.md).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Run folder: best.pt, last.pt, metrics.jsonl, config.json.", show_default=False)],
-    estimator: Annotated[Estimator, typer.Option(help="posterior (DAFx 2025), deterministic (ICASSP 2024) or param (parameter-loss baseline).")] = Estimator.posterior,
+    estimator: Annotated[Estimator, typer.Option(help="posterior (DAFx 2025), deterministic (ICASSP 2024), param (parameter-loss baseline) or bins (parameter loss on binned outputs: finer, for fm).")] = Estimator.posterior,
     flows: Annotated[int, typer.Option(min=1, help="Deep sigmoidal flow layers T (posterior).")] = 1,
     beta: Annotated[Optional[float], typer.Option(help="Entropy weight (posterior); default: the task's.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="Folder of music (any format, rate, length); default: procedural audio.")] = None,

@@ -9,6 +9,8 @@
   refused; the weights, optimiser, step and best figure come back from ``last.pt``.
 * Randomness (:func:`step_generator`): every draw of step s comes from a generator seeded by
   the run's seed (and rank) and s, so a resumed run continues exactly as it would have.
+* Prefetching (:class:`Prefetcher`): step s + 1's batch is drawn on a worker thread while step s
+  trains; being a function of s alone, it is the batch a synchronous draw gives.
 * The loop (:func:`run_loop`): a step, validation every N steps (keeping ``best.pt``), a line
   of metrics, a checkpoint every N steps.
 
@@ -23,7 +25,8 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Generic, Iterable, Protocol, TypeVar
 
 import numpy as np
 
@@ -244,15 +247,64 @@ def music_folders(data: str, sample_rate: int, min_seconds: float, empty: Callab
     return folders
 
 
-def step_generator(*key: int) -> np.random.Generator:
+def step_generator(*key: int, seed_torch: bool = True) -> np.random.Generator:
     """The generator of one step's draws, seeded by ``key`` (the run's seed, its rank where it
     has ranks, and the step); torch's global generator (a posterior's noise) is seeded by its
-    first draw. A step's randomness thus depends on ``key`` alone."""
+    first draw. A step's randomness thus depends on ``key`` alone. With ``seed_torch`` False (a
+    batch drawn ahead on another thread, :class:`Prefetcher`, must not reseed the step that is
+    training) the first draw is skipped all the same, so the generator continues alike."""
     import torch
 
     rng = np.random.default_rng(list(key))
-    torch.manual_seed(int(rng.integers(2**62)))
+    first = int(rng.integers(2**62))
+    if seed_torch:
+        torch.manual_seed(first)
     return rng
+
+
+T = TypeVar("T")
+
+
+class Prefetcher(Generic[T]):
+    """Draws step s + 1's batch on one worker thread while step s trains: what a step waits for
+    is then the longer of the two rather than their sum (pedalboard, numpy and torch's kernels
+    release the GIL). ``draw(step)`` must depend on ``step`` alone (:func:`step_generator` with
+    ``seed_torch=False``), so the batches are those a synchronous draw gives, in any order.
+
+    Arguments:
+        draw: The batch of a step (0-based).
+        total: The run's last step + 1 (nothing is drawn ahead beyond it).
+    """
+
+    def __init__(self, draw: Callable[[int], T], total: int) -> None:
+        self.draw, self.total = draw, total
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="afxest-batches")
+        self._ahead: tuple[int, Future[T]] | None = None
+
+    def get(self, step: int) -> T:
+        """The batch of ``step`` (drawn ahead if it was the step after the last one asked for),
+        and starts drawing the next; an error while drawing is raised here."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == step:
+            batch = ahead[1].result()
+        else:
+            if ahead is not None:
+                ahead[1].cancel()
+            batch = self.draw(step)
+        if step + 1 < self.total:
+            self._ahead = (step + 1, self._pool.submit(self.draw, step + 1))
+        return batch
+
+    def wait(self) -> None:
+        """Blocks until the batch being drawn ahead is ready (benchmarks/train_speed.py counts
+        that wait in a step's time)."""
+        if self._ahead is not None:
+            self._ahead[1].result()
+
+    def close(self) -> None:
+        """Stops drawing ahead (a draw under way finishes on its thread; nothing waits for it)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ahead = None
 
 
 class Trainer(Protocol):

@@ -223,6 +223,7 @@ KIND_LABELS = {
     "posterior": ("Infer.", "posterior"),
     "deterministic": ("Deter.", "deterministic (audio loss)"),
     "param": ("Param.", "parameter loss"),
+    "bins": ("Param. bins", "parameter loss on bins (cross-entropy)"),
 }
 PROXY_TITLES = {"pedalboard": "pedalboard (the real effect)", "dsp": "dsp proxy (afxest's compressor)",
                 "neural": "neural proxy (TCN)"}

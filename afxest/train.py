@@ -6,7 +6,9 @@ the wet signal, samples parameters from the head and minimises (:class:`Objectiv
 * ``posterior``: the audio loss of the rendered sample minus beta times the entropy estimate
   (DAFx 2025, Eqs. 7, 13);
 * ``deterministic``: the audio loss of the rendered estimate (ICASSP 2024);
-* ``param``: the mean squared error to the truth mapped into the model's space.
+* ``param``: the mean squared error to the truth mapped into the model's space;
+* ``bins``: the cross-entropy of the head's bins to that truth, blurred
+  (:func:`afxest.nn.heads.bins_cross_entropy`).
 
 A task with a compressor can train through a proxy of it (``--proxy``, ICASSP 2024): ``dsp``
 (afxest's exact differentiable compressor), ``neural`` (a trained TCN proxy,
@@ -51,15 +53,17 @@ from afxest.device import resolve_device
 from afxest.errors import UserError
 from afxest.losses import bits_per_dim
 from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
+from afxest.nn.heads import bins_cross_entropy
 from afxest.nn.proxy import compressor_function, load_task_proxy
 from afxest.objective import AudioObjective, audio_objective, task_loss
 from afxest.runs import (
-    PROCEDURAL, Best, Cadence, RunFolder, RunOptions, check_same_run, music_folders, restore, run_loop,
-    step_generator,
+    PROCEDURAL, Best, Cadence, Prefetcher, RunFolder, RunOptions, check_same_run, music_folders, restore,
+    run_loop, step_generator,
 )
 from afxest.tasks import Task, definition_difference, get_task
 
 VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 run always drew
+PARAMETER_LOSSES = ("param", "bins")  # the estimators trained on the truth, not through the audio
 INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
@@ -169,8 +173,8 @@ def load_training_proxy(config: TrainConfig, task: Task, device: Any) -> tuple[A
         return None, None
     if config.proxy_model is None:
         raise UserError(f"--proxy {config.proxy} needs --proxy-model (a checkpoint from afxest train-proxy)")
-    if config.estimator == "param":
-        raise UserError(f"--proxy {config.proxy}: the param estimator trains on parameters, not through the compressor")
+    if config.estimator in PARAMETER_LOSSES:
+        raise UserError(f"--proxy {config.proxy}: the {config.estimator} estimator trains on parameters, not through the compressor")
     if not task.has_compressor:
         raise UserError(f"--proxy {config.proxy}: the {task.name} task has no compressor")
     proxy = load_task_proxy(config.proxy_model, task, map_location=device)
@@ -310,8 +314,9 @@ def training_batch(
 ) -> Batch:
     """The batch of optimiser step ``step`` (0-based) on rank ``rank``: drawn from
     :func:`afxest.runs.step_generator` (seed, rank, step), which also seeds torch's generator
-    for the step's posterior noise; excerpts of ``frames`` samples (default: the task's clip)."""
-    return make_batch(task, source, step_generator(seed, rank, step), size, frames)
+    for the step's posterior noise (not here: the step does, :meth:`EstimatorRun.step`, while
+    this may run ahead on another thread); excerpts of ``frames`` samples (default: the task's clip)."""
+    return make_batch(task, source, step_generator(seed, rank, step, seed_torch=False), size, frames)
 
 
 def input_baseline(task: Task, batches: list[Batch], device: Any) -> dict[str, float]:
@@ -438,11 +443,12 @@ class Objective:
       of Eqs. 12-14 (nats);
     * ``deterministic``: L = mean_i audio(z_i, x_i, y_i) (ICASSP 2024);
     * ``param``: L = mean_i ||z_i - t_i||^2 / d, t_i the truth in the model's space
-      (:meth:`afxest.tasks.Task.truth_to_model`).
+      (:meth:`afxest.tasks.Task.truth_to_model`);
+    * ``bins``: L = mean_i CE(bins_i, t_i) (:func:`afxest.nn.heads.bins_cross_entropy`).
 
     Arguments:
         task: The task.
-        kind: The estimator (``posterior``, ``deterministic`` or ``param``).
+        kind: The estimator (``posterior``, ``deterministic``, ``param`` or ``bins``).
         beta: The entropy weight (posterior).
         audio: The audio term (z, dry, wet, compressor=None) -> (batch,):
             :func:`afxest.objective.audio_objective`, exact or its fast training form.
@@ -467,17 +473,18 @@ class Objective:
 
         Returns:
             The objective (a scalar) and its per-item terms, (batch,): ``param_mse``,
-            ``audio`` and ``entropy_bits`` (bits per dimension, Eq. 17) where they apply.
+            ``cross_entropy``, ``audio`` and ``entropy_bits`` (bits per dimension, Eq. 17) where they apply.
         """
         wet, dry = _tensor(batch.wet, device), _tensor(batch.dry, device)
         s = model(wet, 1)
         z = s.z[:, 0]
         terms: dict[str, Tensor] = {}
-        if self.kind == "param":
+        if self.kind in PARAMETER_LOSSES:
             target = self.task.truth_to_model(torch.from_numpy(batch.v).to(device))
-            loss = ((z - target) ** 2).mean(dim=-1)
-            terms["param_mse"] = loss
-        if self.kind != "param" or with_audio:
+            terms["param_mse"] = loss = ((z - target) ** 2).mean(dim=-1)
+        if self.kind == "bins":
+            terms["cross_entropy"] = loss = bins_cross_entropy(s.logits, target)
+        if self.kind not in PARAMETER_LOSSES or with_audio:
             terms["audio"] = self.audio(z, dry, wet, compressor=self.compressor)
         if with_audio:  # validation: each parameter's error in its own unit (learning curves)
             for name, error in self.task.parameter_errors(z, torch.from_numpy(batch.v).to(device)).items():
@@ -571,13 +578,20 @@ class EstimatorRun:
     val_batches: list[Batch]
     resolved: dict[str, Any]
     first_batch: str | None = None  # SHA-256 of this rank's first batch (ranks must differ)
+    batches: Prefetcher[Batch] = field(init=False)
+
+    def __post_init__(self) -> None:
+        frames = excerpt_frames(self.config, self.settings.task)
+        self.batches = Prefetcher(
+            lambda step: training_batch(self.settings.task, self.source, self.config.seed, self.ranks.rank, step,
+                                        self.ranks.local_batch, frames),
+            self.total_steps,
+        )
 
     def step(self, step: int) -> tuple[float, dict[str, float]]:
         """Optimiser step ``step`` (0-based); RuntimeError if the loss is not finite."""
-        batch = training_batch(
-            self.settings.task, self.source, self.config.seed, self.ranks.rank, step, self.ranks.local_batch,
-            excerpt_frames(self.config, self.settings.task),
-        )
+        step_generator(self.config.seed, self.ranks.rank, step)  # seeds torch: the posterior's noise
+        batch = self.batches.get(step)
         if self.first_batch is None:
             self.first_batch = hashlib.sha256(batch.wet.tobytes()).hexdigest()
         lr = learning_rate(self.settings.lr, self.config.schedule, step, self.total_steps)
@@ -671,6 +685,7 @@ def train(
             report=lambda s, loss, figures, _: bar.update(s, loss, figures.get("val_audio", figures.get("val_objective"))),
         )
     finally:
+        run.batches.close()
         bar.close()
     if ranks.world > 1:
         _finish_data_parallel(folder.out, ranks.rank, model, run.first_batch)

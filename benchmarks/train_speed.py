@@ -14,12 +14,15 @@ AdamW. Three recipes, alternated step by step so that a busy machine slows them 
 * ``now``: what ``afxest train`` runs: the fast audio term (``audio_objective(fast=True)``:
   |H|^2 on the loss's STFT for the eq task, fast FFT sizes for fm), overlap-add filtering in
   short blocks, the cheaper rfft backward, the one-product |X|^2 backward, sparse mel products
-  (spectrogram rows times the transposed filterbank);
+  (spectrogram rows times the transposed filterbank), and the next batch drawn on a worker
+  thread while the step trains (:class:`afxest.runs.Prefetcher`; a step's time runs until
+  both are done, so nothing it draws ahead overlaps another recipe's step);
 * ``2.5s`` (effect tasks): ``now`` on 2.5 s training excerpts (``afxest train --excerpt-seconds
   2.5``; validation keeps the 5 s clip). An option, not the default: docs/training.md gives
   what it was measured to cost.
 
-Reported: ms per step (median), of which data, samples per second, the speed-up of ``now``
+Reported: ms per step (median), of which data (drawing ahead: the wait for it beyond the
+training), samples per second, the speed-up of ``now``
 and ``2.5s`` over ``0.1.0``, and each step as a ratio against a floor: forward + backward of one
 torch.stft (n_fft 4096, hop 1024) over the same batch of audio.
 """
@@ -42,7 +45,7 @@ from afxest.data import DrySource, MusicFolder, make_batch
 from afxest.nn.estimator import Estimator, EstimatorConfig
 from afxest.objective import audio_objective
 from afxest.tasks import TASKS
-from afxest.runs import enlarge_malloc_thresholds
+from afxest.runs import Prefetcher, enlarge_malloc_thresholds
 
 RECIPES = ("0.1.0", "now", "2.5s")
 EXCERPT_SECONDS = 2.5
@@ -87,19 +90,23 @@ def floor_ms(batch: int, frames: int, repeats: int) -> float:
 class Stepper:
     """One training step of a task, estimator and recipe (its own model and optimiser)."""
 
-    def __init__(self, task, kind: str, name: str) -> None:
+    def __init__(self, task, kind: str, name: str, source: DrySource | None, steps: int) -> None:
         torch.manual_seed(0)
-        self.task, self.kind, self.name = task, kind, name
+        self.task, self.kind, self.name, self.source = task, kind, name, source
         self.frames = int(EXCERPT_SECONDS * task.sample_rate) if name == "2.5s" else None
         self.model = Estimator(task, EstimatorConfig(kind=kind))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=task.training.lr, weight_decay=task.training.weight_decay)
         self.audio = audio_objective(task, torch.device("cpu"), fast=name != "0.1.0")
+        self.batches = Prefetcher(self.draw, steps) if name != "0.1.0" else None
 
-    def __call__(self, source: DrySource | None, rng: np.random.Generator) -> tuple[float, float]:
+    def draw(self, step: int):
+        return make_batch(self.task, self.source, np.random.default_rng([0, step]), self.task.training.batch_size, self.frames)
+
+    def __call__(self, step: int) -> tuple[float, float]:
         task = self.task
         with recipe(self.name):
             t0 = time.perf_counter()
-            batch = make_batch(task, source, rng, task.training.batch_size, self.frames)
+            batch = self.draw(step) if self.batches is None else self.batches.get(step)
             t1 = time.perf_counter()
             wet = torch.from_numpy(batch.wet)
             dry = None if batch.dry is None else torch.from_numpy(batch.dry)
@@ -115,7 +122,10 @@ class Stepper:
             loss.backward()
             self.optimizer.step()
             t2 = time.perf_counter()
-        return t2 - t0, t1 - t0
+            if self.batches is not None:
+                self.batches.wait()
+            t3 = time.perf_counter()
+        return t3 - t0, (t1 - t0) + (t3 - t2)
 
 
 def main() -> None:
@@ -138,14 +148,16 @@ def main() -> None:
         floor = floor_ms(task.training.batch_size, task.clip_samples, args.steps)
         recipes = [r for r in RECIPES if r != "2.5s" or not task.has_source]  # a synth renders its clip
         for kind in args.estimators.split(","):
-            steppers = {r: Stepper(task, kind, r) for r in recipes}
+            steppers = {r: Stepper(task, kind, r, source, args.steps + 1) for r in recipes}
             times: dict[str, list[tuple[float, float]]] = {r: [] for r in recipes}
-            rng = np.random.default_rng(0)
             for i in range(args.steps + 1):
                 for r in recipes:  # alternated: all see the same machine load
-                    t = steppers[r](source, rng)
+                    t = steppers[r](i)
                     if i:  # the first step warms up
                         times[r].append(t)
+            for s in steppers.values():
+                if s.batches is not None:
+                    s.batches.close()
             ms = {r: 1e3 * float(np.median([t for t, _ in times[r]])) for r in recipes}
             for r in recipes:
                 data_ms = 1e3 * float(np.median([d for _, d in times[r]]))

@@ -1,5 +1,7 @@
 """Estimator heads: the posterior's density, samples and entropy against independent
-references (grid integration, histograms, Monte Carlo, 1-D quadrature, finite differences).
+references (grid integration, histograms, Monte Carlo, 1-D quadrature, finite differences);
+the binned head's read-out and loss against closed forms (a sampled Gaussian's centre, Gibbs'
+inequality).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from scipy import integrate, special
 
 import afxest.nn.heads as heads
 from afxest.nn.heads import (
+    BINS,
+    BinnedHead,
     DeterministicHead,
     Head,
     ParamHead,
     PosteriorHead,
     PosteriorSample,
+    bins_cross_entropy,
 )
 
 F64 = torch.float64
@@ -90,7 +95,7 @@ def test_doctests() -> None:
 
 def test_shapes_and_uniform_interface() -> None:
     h = torch.randn(3, 16)
-    for head in (PosteriorHead(16, 4, flows=2), DeterministicHead(16, 4), ParamHead(16, 4)):
+    for head in (PosteriorHead(16, 4, flows=2), DeterministicHead(16, 4), ParamHead(16, 4), BinnedHead(16, 4)):
         assert isinstance(head, Head)
         out = head.sample(h, n=5)
         assert isinstance(out, PosteriorSample)
@@ -280,3 +285,67 @@ def test_float32_samples_saturate_safely() -> None:
     (out.z.sum() + out.entropy.sum() + out.log_prob.sum()).backward()
     assert h.grad is not None and h.grad.isfinite().all()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in head.parameters())
+
+
+def sampled_gaussian_logits(centres: np.ndarray, sigma_bins: float) -> torch.Tensor:
+    """Logits (1, d, BINS) of a Gaussian of ``sigma_bins`` bins around each centre (float64)."""
+    grid = (np.arange(BINS) + 0.5) / BINS
+    logits = -0.5 * ((grid[None] - centres[:, None]) * BINS / sigma_bins) ** 2
+    return torch.from_numpy(logits)[None]
+
+
+@pytest.mark.parametrize("sigma_bins", [0.7, 1.0])
+def test_binned_point_finds_a_gaussian_centre_between_bins(sigma_bins: float) -> None:
+    """The local soft-argmax reads the centre of a sampled Gaussian to 1 % of a bin wherever it
+    lies between two bin centres (a sampled Gaussian's mean equals its centre up to
+    exp(-2 pi^2 sigma^2), Poisson summation): at the width the training targets have (SIGMA = 1
+    bin) and narrower, where the window (4 bins around the mode) cuts tails beyond 3.5 sigma."""
+    rng = np.random.default_rng(0)
+    t = np.concatenate([rng.uniform(0.05, 0.95, 50), [0.5, 0.5 + 0.5 / BINS, 0.25 + 0.37 / BINS]])
+    head = BinnedHead(4, len(t)).double()
+    z = head.point(sampled_gaussian_logits(t, sigma_bins))[0].numpy()
+    np.testing.assert_allclose(z, t, atol=0.01 / BINS)
+
+
+def test_binned_point_stays_in_range_at_the_edges() -> None:
+    """At the range's ends the window is cut: the estimate stays in [0, 1], within one bin."""
+    t = np.array([0.0, 0.2 / BINS, 1.0, 1 - 0.3 / BINS])
+    z = BinnedHead(4, 4).double().point(sampled_gaussian_logits(t, 1.0))[0].numpy()
+    assert ((z > 0) & (z < 1)).all()
+    np.testing.assert_allclose(z, t, atol=1.0 / BINS)
+
+
+def test_binned_point_gradient_by_finite_differences() -> None:
+    """The read-out is differentiable in the logits (the mode's window held fixed)."""
+    torch.manual_seed(0)
+    head = BinnedHead(4, 2).double()
+    logits = sampled_gaussian_logits(np.array([0.3, 0.71]), 1.5) + 0.1 * torch.randn(1, 2, BINS, dtype=F64)
+    assert torch.autograd.gradcheck(head.point, (logits.requires_grad_(),))
+
+
+def test_bins_cross_entropy_is_least_at_the_blurred_truth() -> None:
+    """Gibbs' inequality: the cross-entropy to the blurred truth q is at least q's entropy,
+    with equality at logits = ln q (q computed here with scipy)."""
+    t = np.array([[0.123, 0.9]])
+    grid = (np.arange(BINS) + 0.5) / BINS
+    q = special.softmax(-0.5 * ((grid[None] - t[0][:, None]) * BINS / heads.SIGMA) ** 2, axis=-1)
+    entropy = -(q * np.log(np.maximum(q, 1e-300))).sum(-1).mean()
+    target = torch.from_numpy(t)
+    at_q = bins_cross_entropy(torch.from_numpy(np.log(np.maximum(q, 1e-300)))[None], target)
+    assert at_q.item() == pytest.approx(entropy, rel=1e-9)
+    torch.manual_seed(1)
+    for logits in (torch.randn(1, 2, BINS, dtype=F64), sampled_gaussian_logits(t[0] + 2 / BINS, 1.0)):
+        assert bins_cross_entropy(logits, target).item() > entropy + 0.1
+
+
+def test_minimising_bins_cross_entropy_reads_back_the_truth() -> None:
+    """Free logits trained by gradient descent on the loss decode to the truth (to 5 % of a bin)."""
+    t = torch.tensor([[0.3333, 0.77777]], dtype=F64)
+    head = BinnedHead(4, 2).double()
+    logits = torch.zeros(1, 2, BINS, dtype=F64, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.5)
+    for _ in range(300):
+        optimizer.zero_grad()
+        bins_cross_entropy(logits, t).sum().backward()
+        optimizer.step()
+    np.testing.assert_allclose(head.point(logits.detach())[0].numpy(), t[0].numpy(), atol=0.05 / BINS)

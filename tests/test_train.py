@@ -58,15 +58,16 @@ def test_run_folder_and_weights_only_checkpoints(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("task", ["eq", "fm"])
-@pytest.mark.parametrize("estimator", ["posterior", "deterministic", "param"])
+@pytest.mark.parametrize("estimator", ["posterior", "deterministic", "param", "bins"])
 def test_every_estimator_trains_on_both_tasks(tmp_path: Path, task: str, estimator: str) -> None:
     out = tmp_path / "run"
     train(TrainConfig(task=task, out=str(out), estimator=estimator, max_steps=2, batch_size=2, **QUICK), log=quiet)
     entry = lines(out / "metrics.jsonl")[-1]
     assert math.isfinite(entry["loss"]) and math.isfinite(entry["val_objective"])
-    if estimator == "param":
-        assert entry["loss"] == pytest.approx(entry["param_mse"], rel=1e-6)
-        assert "val_audio" in entry  # audio quality is reported for the baseline too
+    if estimator in ("param", "bins"):
+        term = "param_mse" if estimator == "param" else "cross_entropy"
+        assert entry["loss"] == pytest.approx(entry[term], rel=1e-6)
+        assert "val_audio" in entry and "val_param_mse" in entry  # audio quality is reported for these too
     elif estimator == "posterior":
         # Eq. 7: loss = E[audio] - beta H, H in nats = bits/dim * d * ln 2
         d = TASKS[task].model.dim
@@ -348,13 +349,14 @@ def fm_by_hand(z: np.ndarray, task) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fast", [False, True])
-@pytest.mark.parametrize("kind", ["posterior", "deterministic", "param"])
+@pytest.mark.parametrize("kind", ["posterior", "deterministic", "param", "bins"])
 def test_objective_is_eq7_by_hand(kind: str, fast: bool, one_thread: None) -> None:
     """The objective of a 3-item fm batch (``fast``: the form training steps use, else the
     validation's) against an independent computation on the same draws: the sounds synthesised
     in closed form, the task's loss (spectral OT in bins + revisited MR-STFT) built by hand, and
-    Eq. 7: mean(audio - beta H) (posterior), mean(audio) (deterministic), or the mean squared
-    error to the truth (param; fm's truth is the model's space). Tolerance 1e-3: the sounds
+    Eq. 7: mean(audio - beta H) (posterior), mean(audio) (deterministic), the mean squared
+    error to the truth (param; fm's truth is the model's space), or the cross-entropy of the
+    bins to the truth blurred by a Gaussian of one bin (bins). Tolerance 1e-3: the sounds
     differ by up to 4e-6 (afxest maps the parameters in float32), which moves the spectral OT
     term by up to 2e-4 relative; beta is large enough that its term weighs several per cent."""
     from afxest import losses
@@ -375,6 +377,14 @@ def test_objective_is_eq7_by_hand(kind: str, fast: bool, one_thread: None) -> No
     if kind == "param":
         expected = np.mean((z - batch.v.astype(np.float64)) ** 2)
         assert sorted(terms) == ["param_mse"]
+    elif kind == "bins":
+        from scipy import special
+
+        bins = drawn.logits.shape[-1]
+        centres = (np.arange(bins) + 0.5) / bins
+        q = special.softmax(-0.5 * ((centres - batch.v.astype(np.float64)[..., None]) * bins) ** 2, axis=-1)
+        expected = -np.mean((q * special.log_softmax(drawn.logits.double().numpy(), axis=-1)).sum(-1))
+        assert sorted(terms) == ["cross_entropy", "param_mse"]
     else:
         sot = losses.SpectralOTLoss(task.sample_rate, unit="bins")
         mrstft = losses.MRSTFTRevisitedLoss(fft_sizes=losses.FAST_FFT_SIZES if fast else None)
@@ -489,3 +499,45 @@ def test_excerpt_seconds_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / task).exists()
+
+
+def test_prefetched_batches_are_the_synchronous_draws(one_thread: None) -> None:
+    """Batches drawn ahead on the worker thread equal those drawn in step order without it
+    (also after a jump, as on resume), and drawing ahead leaves torch's generator, which the
+    training step seeds for its posterior noise, as the step seeded it."""
+    from afxest.runs import Prefetcher, step_generator
+
+    task, source = TASKS["eq"], DrySource(None, TASKS["eq"].sample_rate)
+    draw = lambda step: training_batch(task, source, 7, 0, step, 2, 4096)  # noqa: E731
+    prefetcher = Prefetcher(draw, total=9)
+    try:
+        for step in (0, 1, 2, 5, 6, 8):
+            step_generator(7, 0, step)
+            batch = prefetcher.get(step)
+            prefetcher.wait()  # the next batch is drawn by now
+            noise = torch.rand(4)
+            step_generator(7, 0, step)
+            assert torch.equal(noise, torch.rand(4))
+            expected = draw(step)
+            assert np.array_equal(batch.wet, expected.wet) and np.array_equal(batch.dry, expected.dry)
+            assert np.array_equal(batch.v, expected.v)
+        assert prefetcher._ahead is None  # nothing drawn beyond the last step
+    finally:
+        prefetcher.close()
+
+
+def test_prefetcher_raises_a_drawing_error_at_its_step() -> None:
+    from afxest.runs import Prefetcher
+
+    def draw(step: int) -> int:
+        if step == 2:
+            raise OSError("disk gone")
+        return step
+
+    prefetcher = Prefetcher(draw, total=5)
+    try:
+        assert prefetcher.get(0) == 0 and prefetcher.get(1) == 1
+        with pytest.raises(OSError, match="disk gone"):
+            prefetcher.get(2)
+    finally:
+        prefetcher.close()

@@ -1,9 +1,11 @@
-"""An estimator: a task's encoder and one of three heads (the same backbone for all).
+"""An estimator: a task's encoder and one of four heads (the same backbone for all).
 
 * ``deterministic``: sigmoid output, trained by an audio loss through the differentiable
   processors (ICASSP 2024; DAFx 2025, Fig. 1);
 * ``param``: the same network trained by mean squared error on normalised parameters (the
   "traditional" baseline);
+* ``bins``: a categorical law over bins per parameter, trained by cross-entropy to the blurred
+  truth and read out by a local soft-argmax (CREPE's head; a parameter loss, finer than ``param``);
 * ``posterior``: a diagonal Gaussian -> T conditional deep sigmoidal flows -> sigmoid, trained by
   -beta H + E[audio loss] (DAFx 2025, Eqs. 7, 13).
 """
@@ -42,7 +44,7 @@ class Estimator(nn.Module):
 
     def __init__(self, task, config: EstimatorConfig) -> None:
         from afxest.nn.encoders import build_encoder
-        from afxest.nn.heads import DeterministicHead, ParamHead, PosteriorHead
+        from afxest.nn.heads import BinnedHead, DeterministicHead, ParamHead, PosteriorHead
 
         super().__init__()
         if config.kind not in ESTIMATORS:
@@ -54,6 +56,8 @@ class Estimator(nn.Module):
             self.head: nn.Module = PosteriorHead(self.encoder.embed_dim, d, flows=config.flows, hidden=config.hidden)
         elif config.kind == "param":
             self.head = ParamHead(self.encoder.embed_dim, d)
+        elif config.kind == "bins":
+            self.head = BinnedHead(self.encoder.embed_dim, d)
         else:
             self.head = DeterministicHead(self.encoder.embed_dim, d)
 
