@@ -13,6 +13,7 @@ BIT_DEPTHS = ("float", "16", "24")  # afxest.audio.write_audio: 32-bit float WAV
 ESTIMATORS = ("posterior", "deterministic", "param", "bins")  # afxest.nn.estimator: DAFx 2025, ICASSP 2024, baselines
 PROXIES = ("dsp", "neural", "hybrid")  # afxest.nn.proxy: the compressor in training
 SCHEDULES = ("constant", "cosine")  # afxest train --schedule: the learning rate
+OBJECTIVES = ("audio", "likelihood")  # afxest train --objective: a posterior's (DAFx 2025 Eq. 7, or NPE)
 DEVICES = ("auto", "cpu", "cuda")  # afxest.device.resolve_device: auto is cuda when available
 ESTIMATE_AUDIO = ("top", "all", "none")  # afxest.estimate.EstimateOptions.audio: whose audio is written
 

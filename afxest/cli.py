@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from afxest import __version__
-from afxest.choices import BIT_DEPTHS, DEVICES, EFFORTS, ENGINES, ESTIMATORS, PROXIES, SCHEDULES
+from afxest.choices import BIT_DEPTHS, DEVICES, EFFORTS, ENGINES, ESTIMATORS, OBJECTIVES, PROXIES, SCHEDULES
 from afxest.errors import UserError, shortened
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ EstimateEngine = _choices("EstimateEngine", ENGINES)
 BitDepth = _choices("BitDepth", BIT_DEPTHS)
 Estimator = _choices("Estimator", ESTIMATORS)
 Schedule = _choices("Schedule", SCHEDULES)
+Objective = _choices("Objective", OBJECTIVES)
 Proxy = _choices("Proxy", PROXIES)
 Effort = _choices("Effort", EFFORTS)
 Device = _choices("Device", DEVICES)
@@ -148,6 +149,7 @@ def train(
     proxy: Annotated[Proxy, typer.Option(help="Compressor in training (tasks with one): dsp (exact), neural (a TCN proxy) or hybrid (exact output, the proxy's gradients); see docs/master.md.")] = Proxy.dsp,
     proxy_model: Annotated[Optional[Path], typer.Option(help="Proxy checkpoint from afxest train-proxy (--proxy neural or hybrid).", show_default=False)] = None,
     excerpt_seconds: Annotated[Optional[float], typer.Option(help="Train on excerpts this long (effect tasks; validation keeps the task's clip); default: the task's clip. See docs/training.md.", show_default=False)] = None,
+    objective: Annotated[Objective, typer.Option(help="A posterior's loss: audio (DAFx 2025: the expected audio loss minus beta H) or likelihood (-ln p(truth | wet), neural posterior estimation). See docs/training.md.")] = Objective.audio,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train an estimator (runs data-parallel under torchrun)."""
@@ -163,6 +165,7 @@ def train(
             val_every=val_every, checkpoint_every=checkpoint_every, resume=resume,
             init=None if init is None else str(init), schedule=schedule.value, proxy=proxy.value,
             proxy_model=None if proxy_model is None else str(proxy_model), excerpt_seconds=excerpt_seconds,
+            objective=objective.value,
         ),
         log=_say,
         progress=progress and err.is_terminal,

@@ -4,7 +4,8 @@ One step draws a batch of ground truth (dry music -> pedalboard effect, or the s
 the wet signal, samples parameters from the head and minimises (:class:`Objective`):
 
 * ``posterior``: the audio loss of the rendered sample minus beta times the entropy estimate
-  (DAFx 2025, Eqs. 7, 13);
+  (DAFx 2025, Eqs. 7, 13); or, with ``--objective likelihood``, the negative log-density of
+  the truth (neural posterior estimation: Papamakarios & Murray, NeurIPS 2016);
 * ``deterministic``: the audio loss of the rendered estimate (ICASSP 2024);
 * ``param``: the mean squared error to the truth mapped into the model's space;
 * ``bins``: the cross-entropy of the head's bins to that truth, blurred
@@ -46,7 +47,7 @@ from torch import Tensor
 
 from afxest import __version__
 from afxest.audio import atomic_write_text
-from afxest.choices import PROXIES, SCHEDULES
+from afxest.choices import OBJECTIVES, PROXIES, SCHEDULES
 from afxest.checkpoints import CHECKPOINT_FORMAT, file_sha256, load_checkpoint
 from afxest.data import Batch, DrySource, make_batch
 from afxest.device import resolve_device
@@ -67,9 +68,10 @@ PARAMETER_LOSSES = ("param", "bins")  # the estimators trained on the truth, not
 INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
-               "proxy", "proxy_sha256", "excerpt_seconds")
+               "proxy", "proxy_sha256", "excerpt_seconds", "objective")
 # what runs from before --schedule and --proxy stored instead of these keys
-BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None, "excerpt_seconds": None}
+BEFORE_SCHEDULES = {"schedule": "constant", "proxy": "dsp", "proxy_sha256": None, "excerpt_seconds": None,
+                    "objective": "audio"}
 
 
 @dataclass(kw_only=True)
@@ -93,6 +95,7 @@ class TrainConfig(RunOptions):
     proxy_model: str | None = None
     schedule: str = "constant"
     excerpt_seconds: float | None = None
+    objective: str = "audio"
 
 
 @dataclass
@@ -141,6 +144,12 @@ def resolve(config: TrainConfig) -> Settings:
         raise UserError("--flows must be at least 1")
     if config.schedule not in SCHEDULES:
         raise UserError(f"unknown --schedule {config.schedule!r} ({', '.join(SCHEDULES)})")
+    if config.objective not in OBJECTIVES:
+        raise UserError(f"unknown --objective {config.objective!r} ({', '.join(OBJECTIVES)})")
+    if config.objective == "likelihood" and config.estimator != "posterior":
+        raise UserError(f"--objective likelihood is a posterior's; the {config.estimator} estimator has one loss")
+    if config.objective == "likelihood" and config.proxy != "dsp":
+        raise UserError(f"--proxy {config.proxy}: --objective likelihood trains on parameters, not through the compressor")
     if config.init is not None and config.resume:
         raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
     if config.init is not None and not Path(config.init).is_file():
@@ -440,7 +449,8 @@ class Objective:
     With z sampled once per item from the estimator for the wet y, and x the dry:
 
     * ``posterior``: L = mean_i [audio(z_i, x_i, y_i) - beta H_i], H_i the entropy estimate
-      of Eqs. 12-14 (nats);
+      of Eqs. 12-14 (nats); with ``likelihood``, L = -mean_i ln p(t_i | y_i) (nats), t_i the
+      truth in the model's space (neural posterior estimation);
     * ``deterministic``: L = mean_i audio(z_i, x_i, y_i) (ICASSP 2024);
     * ``param``: L = mean_i ||z_i - t_i||^2 / d, t_i the truth in the model's space
       (:meth:`afxest.tasks.Task.truth_to_model`);
@@ -453,6 +463,7 @@ class Objective:
         audio: The audio term (z, dry, wet, compressor=None) -> (batch,):
             :func:`afxest.objective.audio_objective`, exact or its fast training form.
         compressor: A proxy for the dsp compressor in the audio term, or None.
+        likelihood: A posterior trained by the likelihood of the truth (``--objective``).
     """
 
     task: Task
@@ -460,6 +471,7 @@ class Objective:
     beta: float
     audio: AudioObjective
     compressor: Any = None
+    likelihood: bool = False
 
     def __call__(self, model: Any, batch: Batch, device: Any, with_audio: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """The objective of a batch, with one parameter draw per item.
@@ -473,9 +485,11 @@ class Objective:
 
         Returns:
             The objective (a scalar) and its per-item terms, (batch,): ``param_mse``,
-            ``cross_entropy``, ``audio`` and ``entropy_bits`` (bits per dimension, Eq. 17) where they apply.
+            ``cross_entropy``, ``nll``, ``audio`` and ``entropy_bits`` (bits per dimension, Eq. 17) where they apply.
         """
         wet, dry = _tensor(batch.wet, device), _tensor(batch.dry, device)
+        if self.likelihood:
+            return self._likelihood(model, batch, wet, dry, device, with_audio)
         s = model(wet, 1)
         z = s.z[:, 0]
         terms: dict[str, Tensor] = {}
@@ -495,6 +509,21 @@ class Objective:
             loss = terms["audio"] - self.beta * s.entropy
             terms["entropy_bits"] = bits_per_dim(-s.entropy, self.task.model.dim)  # Eq. 17
         return loss.mean(), terms
+
+    def _likelihood(self, model: Any, batch: Batch, wet: Tensor, dry: Tensor | None, device: Any,
+                    with_audio: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """``--objective likelihood``: -ln p(t | y) per item; validation adds one draw's audio
+        term, entropy (bits per dimension) and parameter errors, as the audio objective logs."""
+        target = self.task.truth_to_model(torch.from_numpy(batch.v).to(device))
+        terms = {"nll": -model(wet, 1, at=target.to(wet.dtype).unsqueeze(1))[:, 0]}
+        if with_audio:
+            with torch.no_grad():
+                s = model(wet, 1)
+            terms["audio"] = self.audio(s.z[:, 0], dry, wet, compressor=self.compressor)
+            terms["entropy_bits"] = bits_per_dim(-s.entropy, self.task.model.dim)
+            for name, error in self.task.parameter_errors(s.z[:, 0], torch.from_numpy(batch.v).to(device)).items():
+                terms[f"error.{name}"] = error
+        return terms["nll"].mean(), terms
 
 
 def train_step(model: Any, optimizer: Any, objective: Objective, batch: Batch, device: Any, lr: float) -> tuple[Tensor, dict[str, Tensor]]:
@@ -673,8 +702,10 @@ def train(
     folder.cut_metrics(start)
     run = EstimatorRun(
         config, settings, ranks, length[0], model, forward, optimizer,
-        training=Objective(task, config.estimator, settings.beta, audio_objective(task, device, fast=True), compressor),
-        validation=Objective(task, config.estimator, settings.beta, audio_objective(task, device)),
+        training=Objective(task, config.estimator, settings.beta, audio_objective(task, device, fast=True), compressor,
+                           likelihood=config.objective == "likelihood"),
+        validation=Objective(task, config.estimator, settings.beta, audio_objective(task, device),
+                             likelihood=config.objective == "likelihood"),
         source=train_source, val_batches=val_batches, resolved=resolved,
     )
     bar = _Progress(length[0], start, enabled=progress and ranks.is_main, log=say)

@@ -61,9 +61,10 @@ class Estimator(nn.Module):
         else:
             self.head = DeterministicHead(self.encoder.embed_dim, d)
 
-    def forward(self, wet: Tensor, n: int = 1):
-        """Alias of :meth:`sample` (so data-parallel wrappers see a forward)."""
-        return self.sample(wet, n)
+    def forward(self, wet: Tensor, n: int = 1, at: Tensor | None = None):
+        """:meth:`sample`, or with ``at`` :meth:`log_prob` (so that data-parallel wrappers see
+        either as a forward)."""
+        return self.sample(wet, n) if at is None else self.log_prob(at, wet)
 
     def sample(self, wet: Tensor, n: int = 1):
         """Draws ``n`` normalised parameter vectors per item of wet (batch, channels, time): a
