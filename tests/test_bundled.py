@@ -22,7 +22,7 @@ BUNDLED = {
     "eq": ("eq", "posterior"),
     "eq-deterministic": ("eq", "deterministic"),
     "fm": ("fm", "posterior"),
-    "fm-deterministic": ("fm", "param"),  # the parameter loss scored higher than the audio loss (its card)
+    "fm-deterministic": ("fm", "bins"),  # the binned parameter loss scored highest (its card)
     "master": ("master", "posterior"),
     "master-deterministic": ("master", "deterministic"),
 }
