@@ -18,7 +18,7 @@ from rich.console import Console
 
 from afxest import __version__
 from afxest.choices import BIT_DEPTHS, DEVICES, EFFORTS, ENGINES, ESTIMATORS, OBJECTIVES, PROXIES, SCHEDULES
-from afxest.errors import UserError, shortened
+from afxest.errors import TrainingDiverged, UserError, shortened
 
 app = typer.Typer(
     name="afxest",
@@ -467,6 +467,9 @@ def _run(argv: list[str] | None) -> int:
     except UserError as exc:
         print(f"afxest: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"afxest: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users

@@ -12,6 +12,11 @@ class UserError(Exception):
     """Bad usage or bad input: the message is the single line the user sees."""
 
 
+class TrainingDiverged(Exception):
+    """A training run whose loss stopped being finite: neither bad input nor a bug, so one line
+    on stderr (the message) and exit code 1; the run folder keeps its last checkpoint."""
+
+
 def brief(value: Any) -> str:
     """``repr(value)``, :func:`shortened`, so that a hostile input cannot flood a message."""
     try:

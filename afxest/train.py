@@ -51,7 +51,7 @@ from afxest.choices import OBJECTIVES, PROXIES, SCHEDULES
 from afxest.checkpoints import CHECKPOINT_FORMAT, file_sha256, load_checkpoint
 from afxest.data import Batch, DrySource, make_batch
 from afxest.device import resolve_device
-from afxest.errors import UserError
+from afxest.errors import TrainingDiverged, UserError
 from afxest.losses import bits_per_dim
 from afxest.nn.estimator import ESTIMATORS, Estimator, EstimatorConfig
 from afxest.nn.heads import bins_cross_entropy
@@ -618,7 +618,7 @@ class EstimatorRun:
         )
 
     def step(self, step: int) -> tuple[float, dict[str, float]]:
-        """Optimiser step ``step`` (0-based); RuntimeError if the loss is not finite."""
+        """Optimiser step ``step`` (0-based); TrainingDiverged if the loss is not finite."""
         step_generator(self.config.seed, self.ranks.rank, step)  # seeds torch: the posterior's noise
         batch = self.batches.get(step)
         if self.first_batch is None:
@@ -627,7 +627,10 @@ class EstimatorRun:
         loss, terms = train_step(self.forward, self.optimizer, self.training, batch, self.ranks.device, lr)
         value = loss.item()
         if not math.isfinite(value):
-            raise RuntimeError(f"training diverged at step {step + 1} (loss {value})")
+            raise TrainingDiverged(
+                f"training diverged at step {step + 1} (loss {value}); {self.config.out}/last.pt keeps the last "
+                "checkpoint: start a new run from it (--init) with a lower --lr"
+            )
         return value, {k: v.mean().item() for k, v in terms.items()}
 
     def validate(self) -> dict[str, float]:

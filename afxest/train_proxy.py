@@ -24,7 +24,7 @@ from afxest import __version__
 from afxest.checkpoints import load_checkpoint
 from afxest.data import DrySource
 from afxest.device import resolve_device
-from afxest.errors import UserError
+from afxest.errors import TrainingDiverged, UserError
 from afxest.losses import LogMelLoss
 from afxest.nn.proxy import (
     PROXY_FORMAT, CompressorProxy, ProxyBatch, ProxyConfig, compressor_ranges, make_proxy_batch,
@@ -171,7 +171,10 @@ class ProxyRun:
         loss.backward()
         self.optimizer.step()
         if not math.isfinite(loss.item()):
-            raise RuntimeError(f"proxy training diverged at step {step + 1}")
+            raise TrainingDiverged(
+                f"proxy training diverged at step {step + 1} (loss {loss.item()}); {self.config.out}/last.pt keeps "
+                "the last checkpoint"
+            )
         return loss.item(), {}
 
     def validate(self) -> dict[str, float]:

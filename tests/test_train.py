@@ -591,3 +591,24 @@ def test_objective_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "r").exists()
+
+
+def test_a_diverging_run_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A loss that stops being finite ends the run with one line naming the step and exit code 1
+    (not an internal error: the run folder keeps its last checkpoint)."""
+    real = Objective.__call__
+
+    def inf_at_step_3(self, model, batch, device, with_audio=False):
+        loss, terms = real(self, model, batch, device, with_audio)
+        calls.append(with_audio)
+        return (loss * math.inf if sum(not v for v in calls) == 3 and not with_audio else loss), terms
+
+    calls: list[bool] = []
+    monkeypatch.setattr(Objective, "__call__", inf_at_step_3)
+    out = tmp_path / "run"
+    rc = main(["train", "--task", "fm", "--estimator", "param", "--out", str(out), "--max-steps", "5", "--batch-size", "4",
+               "--val-items", "4", "--val-every", "5", "--checkpoint-every", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err[-1].startswith("afxest: training diverged at step 3") and "internal" not in err[-1]
+    assert load_checkpoint(out / "last.pt")["step"] == 2
