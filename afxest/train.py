@@ -66,6 +66,7 @@ from afxest.tasks import Task, definition_difference, get_task
 VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 run always drew
 PARAMETER_LOSSES = ("param", "bins")  # the estimators trained on the truth, not through the audio
 LIKELIHOOD_MARGIN = 1e-4  # --objective likelihood: the truth kept this far (normalised) from 0 and 1
+LIKELIHOOD_CAP = 1e3  # and an item whose -ln p(t | y) exceeds this (nats) counts as this, without a gradient
 INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
@@ -514,13 +515,20 @@ class Objective:
     def _likelihood(self, model: Any, batch: Batch, wet: Tensor, dry: Tensor | None, device: Any,
                     with_audio: bool) -> tuple[Tensor, dict[str, Tensor]]:
         """``--objective likelihood``: -ln p(t | y) per item, t kept :data:`LIKELIHOOD_MARGIN`
-        from the ends of [0, 1] (a truth within 1e-6 of an end is a logit of 14 or more, whose
-        density gradients bent the flow until its inverse overflowed: measured on fm, where
-        training diverged twice); validation adds one draw's audio term, entropy (bits per
-        dimension) and parameter errors, as the audio objective logs."""
+        from the ends of [0, 1]. An item the flow cannot reach in float32 (its inverse runs off to
+        1e16 and more: -ln p of 1e26 or more, measured on fm, where it made training diverge
+        three times) counts as :data:`LIKELIHOOD_CAP` without a gradient (``unreachable``: the
+        share of such items); the others are evaluated again with their gradients. Validation
+        adds one draw's audio term, entropy (bits per dimension) and parameter errors, as the
+        audio objective logs."""
         target = self.task.truth_to_model(torch.from_numpy(batch.v).to(device))
-        target = target.clamp(LIKELIHOOD_MARGIN, 1 - LIKELIHOOD_MARGIN)
-        terms = {"nll": -model(wet, 1, at=target.to(wet.dtype).unsqueeze(1))[:, 0]}
+        target = target.clamp(LIKELIHOOD_MARGIN, 1 - LIKELIHOOD_MARGIN).to(wet.dtype).unsqueeze(1)
+        with torch.no_grad():
+            reachable = -model(wet, 1, at=target)[:, 0] < LIKELIHOOD_CAP
+        nll = wet.new_full((wet.shape[0],), LIKELIHOOD_CAP)
+        if bool(reachable.any()):
+            nll = nll.masked_scatter(reachable, -model(wet[reachable], 1, at=target[reachable])[:, 0])
+        terms = {"nll": nll, "unreachable": (~reachable).to(wet.dtype)}
         if with_audio:
             with torch.no_grad():
                 s = model(wet, 1)

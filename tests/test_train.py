@@ -557,7 +557,7 @@ def test_likelihood_objective_is_the_truths_negative_log_density(one_thread: Non
     model = Estimator(task, EstimatorConfig(kind="posterior"))
     objective = Objective(task, "posterior", 0.1, audio_objective(task, "cpu"), likelihood=True)
     loss, terms = objective(model, batch, "cpu")
-    assert sorted(terms) == ["nll"]
+    assert sorted(terms) == ["nll", "unreachable"] and not terms["unreachable"].any()
     wet = torch.from_numpy(batch.wet)
     with torch.no_grad():
         h = model.encoder(wet)
@@ -613,3 +613,33 @@ def test_a_diverging_run_says_so_in_one_line(tmp_path: Path, monkeypatch: pytest
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and err[-1].startswith("afxest: training diverged at step 3") and "internal" not in err[-1]
     assert load_checkpoint(out / "last.pt")["step"] == 2
+
+
+def test_likelihood_counts_an_unreachable_truth_as_the_cap(one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An item whose -ln p(t | y) is astronomically large (a flow whose inverse ran off, as
+    measured on fm) counts as LIKELIHOOD_CAP nats without a gradient; the others keep theirs,
+    and every gradient stays finite."""
+    from afxest.nn.estimator import Estimator, EstimatorConfig
+    from afxest.objective import audio_objective
+    from afxest.train import LIKELIHOOD_CAP
+
+    task = TASKS["fm"]
+    batch = make_batch(task, None, np.random.default_rng(4), 3)
+    torch.manual_seed(1)
+    model = Estimator(task, EstimatorConfig(kind="posterior"))
+    real = Estimator.log_prob
+    first_item = torch.from_numpy(batch.wet[0])
+
+    def runaway(self, z, wet):
+        lp = real(self, z, wet)
+        return torch.where((wet[:, None] == first_item).flatten(1).all(-1)[:, None], lp * 1e30 - 1e30, lp)
+
+    monkeypatch.setattr(Estimator, "log_prob", runaway)
+    objective = Objective(task, "posterior", 0.1, audio_objective(task, "cpu"), likelihood=True)
+    loss, terms = objective(model, batch, "cpu")
+    assert terms["unreachable"].tolist() == [1.0, 0.0, 0.0] and terms["nll"][0].item() == LIKELIHOOD_CAP
+    with torch.no_grad():
+        others = -real(model, torch.from_numpy(batch.v).clamp(1e-4, 1 - 1e-4)[1:, None], torch.from_numpy(batch.wet[1:]))[:, 0]
+    assert torch.allclose(terms["nll"][1:], others, rtol=1e-5)
+    loss.backward()
+    assert all(p.grad is None or p.grad.isfinite().all() for p in model.parameters())
