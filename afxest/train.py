@@ -124,6 +124,7 @@ class Settings:
     lr: float
     weight_decay: float
     beta: float
+    excerpt_seconds: float | None  # None: the task's clip
 
 
 def resolve(config: TrainConfig) -> Settings:
@@ -141,6 +142,7 @@ def resolve(config: TrainConfig) -> Settings:
         lr=config.lr if config.lr is not None else defaults.lr,
         weight_decay=config.weight_decay if config.weight_decay is not None else defaults.weight_decay,
         beta=config.beta if config.beta is not None else defaults.beta,
+        excerpt_seconds=_excerpt_seconds(config, task),
     )
     if config.flows < 1:
         raise UserError("--flows must be at least 1")
@@ -156,20 +158,27 @@ def resolve(config: TrainConfig) -> Settings:
         raise UserError("--init starts a new run from a checkpoint's weights; --resume continues one: give one")
     if config.init is not None and not Path(config.init).is_file():
         raise UserError(f"{config.init}: no such checkpoint")
-    if config.excerpt_seconds is not None:
-        if task.has_source:
-            raise UserError(f"--excerpt-seconds: the {task.name} task synthesises whole {task.clip_seconds:g} s sounds")
-        if not 0.5 <= config.excerpt_seconds <= task.clip_seconds:
-            raise UserError(f"--excerpt-seconds must be between 0.5 and the task's clip, {task.clip_seconds:g} s")
     return settings
 
 
-def excerpt_frames(config: TrainConfig, task: Task) -> int | None:
-    """The training excerpts' length in samples (``--excerpt-seconds``); None: the task's clip.
-    Validation always uses the task's clip."""
+def _excerpt_seconds(config: TrainConfig, task: Task) -> float | None:
+    """``--excerpt-seconds``, else the task's default; None for the whole clip (also when the
+    length given is the clip's, so that runs recorded before the default are resumed alike)."""
     if config.excerpt_seconds is None:
+        return task.training.excerpt_seconds
+    if task.has_source:
+        raise UserError(f"--excerpt-seconds: the {task.name} task synthesises whole {task.clip_seconds:g} s sounds")
+    if not 0.5 <= config.excerpt_seconds <= task.clip_seconds:
+        raise UserError(f"--excerpt-seconds must be between 0.5 and the task's clip, {task.clip_seconds:g} s")
+    return None if config.excerpt_seconds == task.clip_seconds else config.excerpt_seconds
+
+
+def excerpt_frames(settings: Settings) -> int | None:
+    """The training excerpts' length in samples (``--excerpt-seconds`` or the task's default);
+    None: the task's clip. Validation always uses the task's clip."""
+    if settings.excerpt_seconds is None:
         return None
-    return int(round(config.excerpt_seconds * task.sample_rate))
+    return int(round(settings.excerpt_seconds * settings.task.sample_rate))
 
 
 def load_training_proxy(config: TrainConfig, task: Task, device: Any) -> tuple[Any, str | None]:
@@ -264,6 +273,7 @@ def resolved_config(
         "lr": settings.lr,
         "weight_decay": settings.weight_decay,
         "beta": settings.beta,
+        "excerpt_seconds": settings.excerpt_seconds,
         "total_steps": total_steps,
         "steps_per_epoch": steps_per_epoch,
         "world_size": ranks.world,
@@ -623,7 +633,7 @@ class EstimatorRun:
     batches: Prefetcher[Batch] = field(init=False)
 
     def __post_init__(self) -> None:
-        frames = excerpt_frames(self.config, self.settings.task)
+        frames = excerpt_frames(self.settings)
         self.batches = Prefetcher(
             lambda step: training_batch(self.settings.task, self.source, self.config.seed, self.ranks.rank, step,
                                         self.ranks.local_batch, frames),

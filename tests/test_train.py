@@ -493,6 +493,32 @@ def test_excerpt_seconds_shortens_training_batches_only(tmp_path: Path, monkeypa
     assert json.loads((out / "config.json").read_text())["excerpt_seconds"] == 1.0
 
 
+def test_eq_trains_on_its_default_excerpts_and_the_whole_clip_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eq's default excerpt is 2.5 s (55 125 samples at 22 050 Hz), recorded as such; asking for
+    the clip (5 s) records None, as runs from before the default did, so they resume alike; master
+    keeps its whole clip."""
+    import afxest.train as train_module
+
+    lengths: list[int] = []
+    real = train_module.make_batch
+
+    def recording(task, source, rng, size, frames=None):
+        batch = real(task, source, rng, size, frames)
+        if frames is not None or size == 2:  # training batches (validation's are of 1 item here)
+            lengths.append(batch.wet.shape[-1])
+        return batch
+
+    monkeypatch.setattr(train_module, "make_batch", recording)
+    quick = {**QUICK, "val_items": 1}
+    for task, extra, frames, recorded in [("eq", {}, 55125, 2.5), ("eq", {"excerpt_seconds": 5.0}, 110250, None),
+                                          ("master", {}, 110250, None)]:
+        lengths.clear()
+        out = tmp_path / f"{task}-{recorded}"
+        train(TrainConfig(task=task, out=str(out), max_steps=1, batch_size=2, **quick, **extra), log=quiet)
+        assert lengths == [frames]
+        assert json.loads((out / "config.json").read_text())["excerpt_seconds"] == recorded
+
+
 def test_excerpt_seconds_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for task, value, message in [("fm", "0.1", "synthesises whole"), ("eq", "0.2", "between 0.5"), ("eq", "6", "between 0.5")]:
         rc = main(["train", "--task", task, "--out", str(tmp_path / task), "--max-steps", "1", "--excerpt-seconds", value])
