@@ -52,6 +52,11 @@ SIGMA = 1.0  # the blur of its training targets, in bins (CREPE: 25 cents on 20-
 WINDOW = 4  # the half-width of its soft-argmax, in bins
 
 
+def bin_centres(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    r"""The centres :math:`c_k = (k + 1/2) / K` of :class:`BinnedHead`'s :data:`BINS` bins."""
+    return (torch.arange(BINS, device=device, dtype=dtype) + 0.5) / BINS
+
+
 @dataclass
 class PosteriorSample:
     r"""Parameters drawn from a head, with their log-density and the entropy estimate.
@@ -171,7 +176,7 @@ class BinnedHead(nn.Module):
         super().__init__()
         self.embed_dim, self.d = embed_dim, d
         self.linear = nn.Linear(embed_dim, d * BINS)
-        self.register_buffer("centres", (torch.arange(BINS) + 0.5) / BINS, persistent=False)
+        self.register_buffer("centres", bin_centres(), persistent=False)
 
     def logits(self, h: Tensor) -> Tensor:
         r"""The bins' logits :math:`\ell`, shaped :math:`(B, d, K)`, for :math:`h` of shape
@@ -215,8 +220,7 @@ def bins_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
     in nats; logits shaped :math:`(B, d, K)`, targets :math:`t` :math:`(B, d)` in
     :math:`[0, 1]`; returns :math:`(B,)`."""
-    centres = (torch.arange(BINS, device=logits.device, dtype=logits.dtype) + 0.5) / BINS
-    distance = (centres - target.unsqueeze(-1).to(logits.dtype)) * (BINS / SIGMA)
+    distance = (bin_centres(logits.device, logits.dtype) - target.unsqueeze(-1).to(logits.dtype)) * (BINS / SIGMA)
     blurred = torch.softmax(-0.5 * distance.square(), dim=-1)
     return -(blurred * torch.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
 
