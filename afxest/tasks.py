@@ -363,7 +363,8 @@ TASKS: dict[str, Task] = {
         # than 5e-5 in short runs (docs/master.md). 40 000 items per epoch: DAFx 2025, Sec. 4.6.
         # beta 0.003: with 21 parameters, DAFx's 0.1 (and 0.03, which suited eq's 6) kept the
         # posterior near uniform; 0.003 trained the bundled model (docs/models/master.md).
-        training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003),
+        # 2.5 s excerpts: 1.8x faster steps for +0.02 +- 0.10 dB of test SI-SDR (docs/training.md)
+        training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003, excerpt_seconds=2.5),
     ),
 }
 

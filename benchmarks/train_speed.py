@@ -19,8 +19,8 @@ AdamW. Three recipes, alternated step by step so that a busy machine slows them 
   both are done, so nothing it draws ahead overlaps another recipe's step);
 * ``now`` draws the task's whole 5 s clip; ``2.5s`` (effect tasks) is ``now`` on 2.5 s
   training excerpts (``afxest train --excerpt-seconds 2.5``; validation keeps the 5 s clip),
-  eq's default in ``afxest train`` and an option for master: docs/training.md gives what it
-  was measured to cost.
+  the default of eq and master in ``afxest train``: docs/training.md gives what it was
+  measured to cost.
 
 Reported: ms per step (median), of which data (drawing ahead: the wait for it beyond the
 training), samples per second, the speed-up of ``now``

@@ -493,10 +493,10 @@ def test_excerpt_seconds_shortens_training_batches_only(tmp_path: Path, monkeypa
     assert json.loads((out / "config.json").read_text())["excerpt_seconds"] == 1.0
 
 
-def test_eq_trains_on_its_default_excerpts_and_the_whole_clip_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_effect_tasks_train_on_their_default_excerpts_and_the_whole_clip_on_request(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """eq's default excerpt is 2.5 s (55 125 samples at 22 050 Hz), recorded as such; asking for
-    the clip (5 s) records None, as runs from before the default did, so they resume alike; master
-    keeps its whole clip."""
+    the clip (5 s) records None, as runs from before the default did, so they resume alike; the
+    same for master."""
     import afxest.train as train_module
 
     lengths: list[int] = []
@@ -511,7 +511,7 @@ def test_eq_trains_on_its_default_excerpts_and_the_whole_clip_on_request(tmp_pat
     monkeypatch.setattr(train_module, "make_batch", recording)
     quick = {**QUICK, "val_items": 1}
     for task, extra, frames, recorded in [("eq", {}, 55125, 2.5), ("eq", {"excerpt_seconds": 5.0}, 110250, None),
-                                          ("master", {}, 110250, None)]:
+                                          ("master", {}, 55125, 2.5), ("master", {"excerpt_seconds": 5.0}, 110250, None)]:
         lengths.clear()
         out = tmp_path / f"{task}-{recorded}"
         train(TrainConfig(task=task, out=str(out), max_steps=1, batch_size=2, **quick, **extra), log=quiet)
