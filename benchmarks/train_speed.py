@@ -22,6 +22,12 @@ AdamW. Three recipes, alternated step by step so that a busy machine slows them 
   the default of eq and master in ``afxest train``: docs/training.md gives what it was
   measured to cost.
 
+Two more rows for fm, whose bundled models no longer train through the audio loss: ``bins`` (the
+``bins`` estimator, a categorical parameter loss: what trains ``fm-deterministic``) against the
+0.1.0 deterministic audio-loss step, and ``likelihood`` (the posterior trained by
+``--objective likelihood``: what trains ``fm``) against the 0.1.0 posterior audio-loss step,
+both computed by :class:`afxest.train.Objective` as ``afxest train`` computes them.
+
 Reported: ms per step (median), of which data (drawing ahead: the wait for it beyond the
 training), samples per second, the speed-up of ``now``
 and ``2.5s`` over ``0.1.0``, and each step as a ratio against a floor: forward + backward of one
@@ -46,9 +52,12 @@ from afxest.data import DrySource, MusicFolder, make_batch
 from afxest.nn.estimator import Estimator, EstimatorConfig
 from afxest.objective import audio_objective
 from afxest.tasks import TASKS
+from afxest.train import Objective
 from afxest.runs import Prefetcher, enlarge_malloc_thresholds
 
 RECIPES = ("0.1.0", "now", "2.5s")
+# an objective without the audio loss, and the 0.1.0 audio-loss step of the same family it replaced
+NO_AUDIO_KINDS = {"bins": ("bins", "deterministic"), "likelihood": ("posterior", "posterior")}
 EXCERPT_SECONDS = 2.5
 
 
@@ -95,9 +104,15 @@ class Stepper:
         torch.manual_seed(0)
         self.task, self.kind, self.name, self.source = task, kind, name, source
         self.frames = int(EXCERPT_SECONDS * task.sample_rate) if name == "2.5s" else None
+        self.audio = audio_objective(task, torch.device("cpu"), fast=name != "0.1.0")
+        self.objective = None  # the 0.1.0-style audio step below
+        if kind in NO_AUDIO_KINDS:
+            now_kind, before_kind = NO_AUDIO_KINDS[kind]
+            if name != "0.1.0":
+                self.objective = Objective(task, now_kind, task.training.beta, self.audio, likelihood=kind == "likelihood")
+            self.kind = kind = now_kind if name != "0.1.0" else before_kind
         self.model = Estimator(task, EstimatorConfig(kind=kind))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=task.training.lr, weight_decay=task.training.weight_decay)
-        self.audio = audio_objective(task, torch.device("cpu"), fast=name != "0.1.0")
         self.batches = Prefetcher(self.draw, steps) if name != "0.1.0" else None
 
     def draw(self, step: int):
@@ -111,8 +126,10 @@ class Stepper:
             t1 = time.perf_counter()
             wet = torch.from_numpy(batch.wet)
             dry = None if batch.dry is None else torch.from_numpy(batch.dry)
-            s = self.model.sample(wet, 1)
-            if self.kind == "param":
+            s = None if self.objective is not None else self.model.sample(wet, 1)
+            if self.objective is not None:
+                loss, _ = self.objective(self.model, batch, torch.device("cpu"))
+            elif self.kind == "param":
                 loss = ((s.z[:, 0] - task.truth_to_model(torch.from_numpy(batch.v))) ** 2).mean()
             else:
                 loss = self.audio(s.z[:, 0], dry, wet)
@@ -134,7 +151,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--music", type=Path, required=True, help="music folder (its train split is used)")
     parser.add_argument("--tasks", default="eq,fm,master")
-    parser.add_argument("--estimators", default="posterior,deterministic,param")
+    parser.add_argument("--estimators", default="posterior,deterministic,param,bins,likelihood",
+                        help="bins and likelihood: synth tasks only (see above)")
     args = parser.parse_args()
     enlarge_malloc_thresholds()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.steps} steps per recipe after one warm-up")
@@ -149,6 +167,8 @@ def main() -> None:
         floor = floor_ms(task.training.batch_size, task.clip_samples, args.steps)
         recipes = [r for r in RECIPES if r != "2.5s" or not task.has_source]  # a synth renders its clip
         for kind in args.estimators.split(","):
+            if kind in NO_AUDIO_KINDS and not task.has_source:
+                continue
             steppers = {r: Stepper(task, kind, r, source, args.steps + 1) for r in recipes}
             times: dict[str, list[tuple[float, float]]] = {r: [] for r in recipes}
             for i in range(args.steps + 1):
