@@ -271,24 +271,32 @@ EQ_FIT_STEPS = 200
 EQ_FIT_FLOOR_DB = 60.0  # bins more than this below the dry's loudest are not fitted
 
 
-def long_term_ratio_db(dry: np.ndarray, wet: np.ndarray, n_fft: int = EQ_FIT_FFT) -> tuple[np.ndarray, np.ndarray]:
-    """The wet's long-term spectrum over the dry's, in dB, at the n_fft // 2 + 1 bins of an rfft,
-    and a weight per bin (1 where the dry has energy within :data:`EQ_FIT_FLOOR_DB` of its
-    loudest bin, else 0). Welch's method (Hann frames, half overlap) on (T,) signals."""
-    def psd(x: np.ndarray) -> np.ndarray:
-        hop = n_fft // 2
-        frames = max(1, 1 + (len(x) - n_fft) // hop)
-        x = np.pad(x, (0, max(0, n_fft - len(x))))
-        idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
-        spec = np.fft.rfft(x[idx] * np.hanning(n_fft)[None], axis=-1)
-        return np.mean(np.abs(spec) ** 2, axis=0) + 1e-20
+def long_term_spectrum_db(x: np.ndarray, n_fft: int = EQ_FIT_FFT) -> np.ndarray:
+    """The long-term power spectrum of x (T,) in dB at the n_fft // 2 + 1 bins of an rfft:
+    Welch's method (Hann frames, half overlap)."""
+    x = np.asarray(x, np.float64)
+    hop = n_fft // 2
+    frames = max(1, 1 + (len(x) - n_fft) // hop)
+    x = np.pad(x, (0, max(0, n_fft - len(x))))
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
+    spec = np.fft.rfft(x[idx] * np.hanning(n_fft)[None], axis=-1)
+    return 10 * np.log10(np.mean(np.abs(spec) ** 2, axis=0) + 1e-20)
 
-    p_dry, p_wet = psd(np.asarray(dry, np.float64)), psd(np.asarray(wet, np.float64))
-    ratio = 10 * np.log10(p_wet / p_dry)
-    dry_db = 10 * np.log10(p_dry)
-    weight = (dry_db > dry_db.max() - EQ_FIT_FLOOR_DB).astype(np.float64)
-    weight[0] = 0.0  # DC says nothing about an equaliser
-    return ratio, weight
+
+def long_term_ratio_db(dry: np.ndarray, wet: np.ndarray, n_fft: int = EQ_FIT_FFT) -> tuple[np.ndarray, np.ndarray]:
+    """The wet's long-term spectrum over the dry's, in dB, at the n_fft // 2 + 1 bins of an rfft
+    (:func:`long_term_spectrum_db`), and a weight per bin (1 where the dry has energy within
+    :data:`EQ_FIT_FLOOR_DB` of its loudest bin, else 0). (T,) signals."""
+    dry_db, wet_db = long_term_spectrum_db(dry, n_fft), long_term_spectrum_db(wet, n_fft)
+    return wet_db - dry_db, equaliser_fit_weight(dry_db)
+
+
+def equaliser_fit_weight(spectrum_db: np.ndarray) -> np.ndarray:
+    """1 at the bins within :data:`EQ_FIT_FLOOR_DB` of the spectrum's loudest, else 0; 0 at DC
+    (which says nothing about an equaliser)."""
+    weight = (spectrum_db > spectrum_db.max() - EQ_FIT_FLOOR_DB).astype(np.float64)
+    weight[0] = 0.0
+    return weight
 
 
 def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarray, sample_rate: float,
