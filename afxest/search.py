@@ -299,13 +299,44 @@ def equaliser_fit_weight(spectrum_db: np.ndarray) -> np.ndarray:
     return weight
 
 
+def equaliser_bands(space) -> list[tuple[Any, int]]:
+    """The equaliser bands of a model chain: its leading biquads, each with the index of its first
+    parameter in the normalised vector."""
+    from afxest.processors import entry
+
+    bands, dim = [], 0
+    for proc in space.processors:
+        if entry(proc.type).coefficients is None:
+            break
+        bands.append((proc, dim))
+        dim += proc.dim
+    return bands
+
+
+def equaliser_fit_error(space, z_bands, ratio_db, weight, sample_rate: float):
+    """What :func:`fit_equaliser` minimises: per row of the bands' normalised settings z_bands
+    (K, bands' dimensions; a float64 tensor), the weighted mean square (dB^2) of
+    20 log10 |H(f)| + c - ratio_db(f), c the best broadband level (closed form). ``ratio_db`` and
+    ``weight`` are float64 tensors at the bins of an rfft. Differentiable in z_bands: (K,)."""
+    import torch
+
+    from afxest.processors import power_response
+
+    effects = [(proc.type, proc.physical(z_bands[:, start : start + proc.dim])) for proc, start in equaliser_bands(space)]
+    response = 10 * torch.log10(power_response(effects, sample_rate, 2 * (len(ratio_db) - 1)) + 1e-24)  # dB
+    w = weight / weight.sum().clamp(min=1.0)
+    residual = ratio_db - response
+    level = (residual * w).sum(dim=1, keepdim=True)
+    return ((residual - level).square() * w).sum(dim=1)
+
+
 def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarray, sample_rate: float,
                   steps: int = EQ_FIT_STEPS) -> np.ndarray:
-    """Fits the equaliser bands (the leading biquads of ``space``) of each start to a long-term
-    spectral ratio: the weighted mean square of 20 log10 |H(f)| + c - ratio_db(f), c a free
-    broadband level (what the compressor and the gain add), by Adam on logit(z) of the bands'
-    parameters. Only the filters' closed form responses are evaluated
-    (:func:`afxest.processors.power_response`; no audio), so this costs milliseconds.
+    """Fits the equaliser bands (:func:`equaliser_bands`) of each start to a long-term spectral
+    ratio, minimising :func:`equaliser_fit_error` (the level c is what the compressor and the gain
+    add) by Adam on logit(z) of the bands' parameters. Only the filters' closed form responses
+    are evaluated (:func:`afxest.processors.power_response`; no audio), so this costs
+    milliseconds.
 
     Arguments:
         space: The model chain (:class:`afxest.tasks.Space`).
@@ -321,28 +352,15 @@ def fit_equaliser(space, z0: np.ndarray, ratio_db: np.ndarray, weight: np.ndarra
     """
     import torch
 
-    from afxest.processors import entry, power_response
-
-    bands, dim = [], 0
-    for proc in space.processors:
-        if entry(proc.type).coefficients is None:
-            break
-        bands.append((proc, dim))
-        dim += proc.dim
+    bands = equaliser_bands(space)
     if not bands:
         return np.asarray(z0, np.float64).copy()
-    target = torch.from_numpy(ratio_db)
-    w = torch.from_numpy(weight / max(weight.sum(), 1.0))
-    n_fft = 2 * (len(ratio_db) - 1)
+    dim = sum(proc.dim for proc, _ in bands)
+    target, w = torch.from_numpy(np.asarray(ratio_db, np.float64)), torch.from_numpy(np.asarray(weight, np.float64))
     u = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)[:, :dim]).clamp(EPS, 1 - EPS)).requires_grad_(True)
     optimiser = Adam(u, 0.05)
     for _ in range(steps):
-        z = torch.sigmoid(u)
-        effects = [(proc.type, proc.physical(z[:, start : start + proc.dim])) for proc, start in bands]
-        response = 10 * torch.log10(power_response(effects, sample_rate, n_fft) + 1e-24)  # dB
-        residual = target - response
-        level = (residual * w).sum(dim=1, keepdim=True)  # the best broadband offset, closed form
-        loss = ((residual - level).square() * w).sum(dim=1)
+        loss = equaliser_fit_error(space, torch.sigmoid(u), target, w, sample_rate)
         (grad,) = torch.autograd.grad(loss.sum(), u)
         optimiser.step(grad)
     out = np.asarray(z0, np.float64).copy()
