@@ -94,8 +94,8 @@ def main() -> None:
         "make-up gain, clipping": [i for i, n in enumerate(names) if ".gain." in n or ".clipping." in n],
         "all but the EQ": list(range(bands_dim, len(names))),
     }
-    threshold = names.index(next(n for n in names if n.endswith(".compressor.threshold_db")))
-    makeup = names.index(next(n for n in names if ".gain." in n))
+    threshold = next(i for i, n in enumerate(names) if n.endswith(".compressor.threshold_db"))
+    makeup = next(i for i, n in enumerate(names) if ".gain." in n)
 
     train = DrySource(MusicFolder(args.music, task.sample_rate, "train", min_seconds=task.clip_seconds).prepare(),
                       task.sample_rate)
