@@ -235,7 +235,8 @@ def render_batch(
     return np.stack([_fit(render(p, dry, sample_rate, "pedalboard"), frames) for p in presets])
 
 
-def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool = True, compressor=None) -> Tensor:
+def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool = True, compressor=None,
+                 sample_rate: int | None = None) -> Tensor:
     """Renders normalised model parameters of ``task`` with the differentiable processors.
 
     Arguments:
@@ -248,6 +249,8 @@ def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool =
         compressor: A proxy (x, threshold_db, ratio, attack_ms, release_ms) -> y
             (:func:`afxest.nn.proxy.compressor_function`) that replaces the compressor entry's
             function for this render.
+        sample_rate: The rate of ``dry`` and of the rendering (default: the task's; a synth
+            renders at the task's).
 
     Returns:
         The rendered audio, shaped like ``dry`` (with a synth: (batch, 1, ``task.clip_samples``)),
@@ -260,7 +263,8 @@ def render_model(task: Any, z: Tensor, dry: Tensor | None, clip_gradient: bool =
     else:
         x, effects = dry, parts
     replace = None if compressor is None else {"compressor": lambda x, sample_rate, **p: compressor(x, **p)}
-    return apply_chain(x, effects, task.sample_rate, clip_gradient=clip_gradient, replace=replace)
+    rate = task.sample_rate if sample_rate is None or task.has_source else sample_rate
+    return apply_chain(x, effects, rate, clip_gradient=clip_gradient, replace=replace)
 
 
 def render_candidates(task: Any, z: np.ndarray, dry: np.ndarray | None, engine: str, compressor=None) -> np.ndarray:

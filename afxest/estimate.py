@@ -56,6 +56,7 @@ goes through the files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -67,22 +68,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from afxest.align import MIN_MATCH, Alignment, align
 from afxest.audio import (
-    AUDIO_SUFFIXES, READ_BLOCK, OutputSet, Signal, atomic_write_text, make_folder, open_audio, read_mono,
-    write_audio_blocks,
+    AUDIO_SUFFIXES, READ_BLOCK, OutputSet, Signal, atomic_write_text, make_folder, open_audio, read_audio, read_mono,
+    resample, resampled_frames, to_mono, write_audio_blocks,
 )
 from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
 from afxest.engines import board
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT
 from afxest.propose import Proposer
-from afxest.scoring import Scorer, finite, scored_windows, search_windows, usable_windows, windows_of
+from afxest.scoring import Scorer, finite, scored_windows, search_windows, span_windows, usable_windows, windows_of
 
 if TYPE_CHECKING:
     from afxest.search import Searched
 
-LENGTH_TOLERANCE_S = 0.005  # wet and dry may differ by this much (the longer one is cut)
-MIN_EFFECT_SECONDS = 0.5  # shortest wet an effect task analyses
+MIN_EFFECT_SECONDS = 0.5  # shortest wet (or overlap of wet and dry) an effect task analyses
 SILENT_PEAK = 10 ** (-90 / 20)  # a wet whose peak is below -90 dBFS is refused as silent
 # The analysis signals (wet and dry at the task's rate) are resampled with pedalboard's 32-tap
 # windowed sinc, 6x faster than the 256-tap one (1.6 s per minute of 44.1 kHz audio): the two
@@ -263,55 +264,160 @@ def check_request(task, dry_given: bool, refine: int | None, dry_path: Path | No
 
 
 @dataclass
+class Recording:
+    """An input held in memory: its name (for messages and the document), its samples
+    (channels, frames) float32 and their rate. :func:`read_inputs` takes one in place of a file."""
+
+    path: Path
+    samples: np.ndarray
+    rate: int
+
+
+@dataclass
+class Reference:
+    """What candidates are measured against, at the rate and with the channels they are rendered
+    with: with a dry file, the wet moved onto the dry's timeline (``wet[:, n]`` is the wet's sample
+    ``n + alignment.offset``, zeros outside ``span``, the overlap), at the dry file's rate; for a
+    synth, the wet itself at the task's rate.
+
+    ``channels``: ``stereo`` (each channel of the pair rendered and measured; any count of two
+    or more), ``mono`` (both files mono), or ``mono mix`` (the channel counts differ, or a
+    synth: the means of the channels are measured)."""
+
+    wet: np.ndarray  # (C, T)
+    dry: np.ndarray | None  # (C, T), or None for a synth
+    rate: int
+    span: tuple[int, int]
+    channels: str
+    alignment: Alignment | None = None
+    wet_frames: int = 0  # the wet file's length at ``rate`` (the written audio's)
+
+
+@dataclass
 class Inputs:
-    """The wet (and dry) as read, and how many frames of them are analysed (the shorter one)."""
+    """The wet as the network analyses it (mono at the task's rate: the overlap with the dry when
+    there is one), the dry file as read (its own rate and channels, (C, T); None without one), the
+    reference candidates are measured against (None blind), and the frames analysed."""
 
     wet: Signal
     dry: Signal | None
     frames: int
+    reference: Reference | None = None
 
     @property
     def wet_x(self) -> np.ndarray:
-        """The analysed part of the wet, (frames,)."""
+        """The analysed part of the wet, (frames,) at the task's rate."""
         return self.wet.samples[: self.frames]
 
-    @property
-    def dry_x(self) -> np.ndarray | None:
-        """The analysed part of the dry, (frames,), or None."""
-        return None if self.dry is None else self.dry.samples[: self.frames]
+
+def read_inputs(wet: Path | Recording, dry: Path | Recording | None, task) -> Inputs:
+    """Reads the wet (and dry) files, or takes them as read (:class:`Recording`), and checks them.
+
+    Without a dry file the wet is read as mono at the task's rate (block by block,
+    :func:`afxest.audio.read_mono`); a synth's reference is that wet. With one, both are read
+    whole at their own rate and channels, the wet resampled to the dry's rate (where candidates
+    are rendered), aligned to it (:func:`afxest.align.align`) and cut to their overlap
+    (:func:`reference_of`); the network analyses the overlap's mono mix at the task's rate.
+
+    Refused (:class:`~afxest.errors.UserError`): a silent wet (peak below :data:`SILENT_PEAK`), a
+    pair that does not match (:data:`afxest.align.MIN_MATCH`), and a wet (or overlap) too short
+    for the task.
+    """
+    if dry is None:
+        signal = _mono_signal(wet, task)
+        _refuse_silent(signal.path, signal.samples)
+        frames = signal.samples.shape[0]
+        _check_length(signal.path, frames, task.sample_rate, task)
+        reference = None
+        if task.has_source:
+            reference = Reference(signal.samples[None, :frames], None, task.sample_rate, (0, frames), "mono mix")
+        return Inputs(signal, None, frames, reference)
+    wet_rec, dry_rec = _recording(wet), _recording(dry)
+    _refuse_silent(wet_rec.path, wet_rec.samples)
+    reference = reference_of(wet_rec, dry_rec, task.sample_rate)
+    a, b = reference.span
+    _check_length(wet_rec.path, b - a, reference.rate, task, overlap=True)
+    mono = resample(to_mono(reference.wet[:, a:b]), reference.rate, task.sample_rate, ANALYSIS_RESAMPLING)[0]
+    channels, frames = wet_rec.samples.shape
+    signal = Signal(wet_rec.path, np.ascontiguousarray(mono), task.sample_rate, wet_rec.rate, channels, frames)
+    dry_signal = Signal(dry_rec.path, dry_rec.samples, dry_rec.rate, dry_rec.rate, *dry_rec.samples.shape)
+    return Inputs(signal, dry_signal, mono.shape[0], reference)
 
 
-def read_inputs(wet: Path | Signal, dry: Path | Signal | None, task) -> Inputs:
-    """Reads the wet (and dry) as mono at the task's rate (:func:`afxest.audio.read_mono`), or
-    takes them as read (a :class:`~afxest.audio.Signal` at the task's rate), refusing a silent
-    wet (peak below :data:`SILENT_PEAK`), a wet and dry whose lengths differ by more than
-    :data:`LENGTH_TOLERANCE_S`, and a file too short for the task."""
-    wet = _signal(wet, task)
-    wet_path = wet.path
-    if float(np.max(np.abs(wet.samples), initial=0.0)) < SILENT_PEAK:
-        raise UserError(f"{wet_path}: is silent (its mono mix peaks below -90 dBFS): nothing to estimate")
-    frames = wet.samples.shape[0]
-    if dry is not None:
-        dry = _signal(dry, task)
-        gap = abs(wet.seconds - dry.seconds)
-        if gap > LENGTH_TOLERANCE_S:
-            raise UserError(
-                f"{wet_path} ({wet.seconds:.3f} s at {wet.file_rate} Hz) and {dry.path} "
-                f"({dry.seconds:.3f} s at {dry.file_rate} Hz) differ in length by {gap * 1000:.1f} ms "
-                f"(at most {LENGTH_TOLERANCE_S * 1000:g} ms is accepted): pair each wet with the dry it was made from"
-            )
-        frames = min(frames, dry.samples.shape[0])
-    seconds = frames / task.sample_rate
-    if task.has_source and frames < task.clip_samples:
-        raise UserError(f"{wet_path}: is {seconds:.3f} s long; the {task.name} model needs at least {task.clip_seconds:g} s")
+def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
+    """The :class:`Reference` of a wet and its dry: both at the dry's rate (the rate the
+    candidates are rendered at; a dry below ``task_rate``, the task's, whose ranges may not fit
+    under its Nyquist frequency, is measured at ``task_rate``), resampled where needed (256-tap
+    windowed sinc), aligned on their mono mixes, the wet moved onto the dry's timeline and cut
+    to the overlap. A silent dry, and a pair whose match is below
+    :data:`afxest.align.MIN_MATCH`, are refused: the wet was not made from this dry."""
+    rate = max(dry.rate, task_rate)
+    x = wet.samples if wet.rate == rate else resample(wet.samples, wet.rate, rate, "best")
+    d = dry.samples if dry.rate == rate else resample(dry.samples, dry.rate, rate, "best")
+    if float(np.max(np.abs(to_mono(dry.samples)), initial=0.0)) < SILENT_PEAK:
+        raise UserError(f"{dry.path}: is silent (its mono mix peaks below -90 dBFS): {wet.path} cannot have been made from it")
+    found = align(to_mono(d)[0], to_mono(x)[0], rate)
+    if found.match < MIN_MATCH:
+        raise UserError(
+            f"{wet.path} does not match {dry.path} (alignment match {found.match:.3f}, at least {MIN_MATCH:g} for a "
+            "wet made from its dry): pair each wet with the dry it was made from"
+        )
+    if x.shape[0] == d.shape[0]:
+        mode = "stereo" if d.shape[0] > 1 else "mono"
+    else:
+        x, d, mode = to_mono(x), to_mono(d), "mono mix"
+    a, b = found.overlap(d.shape[1], x.shape[1])
+    placed = np.zeros(d.shape, np.float32)
+    if b > a:
+        placed[:, a:b] = x[:, a + found.offset : b + found.offset]
+    return Reference(placed, np.ascontiguousarray(d, dtype=np.float32), rate, (a, max(a, b)), mode, found, x.shape[1])
+
+
+def shifted(reference: Reference, k: int) -> Reference:
+    """The reference with the wet ``k`` samples later than it was aligned (its alignment's offset
+    plus k): the overlap shrinks by |k| at one edge (those samples of the wet are not held)."""
+    a, b = reference.span
+    start, stop = max(a, a - k), min(b, b - k)
+    wet = np.zeros_like(reference.wet)
+    wet[:, start:stop] = reference.wet[:, start + k : stop + k]
+    found = reference.alignment
+    assert found is not None
+    moved = Alignment(found.offset + k, found.match, found.rate)
+    return dataclasses.replace(reference, wet=wet, span=(start, stop), alignment=moved)
+
+
+def _recording(source: Path | Recording) -> Recording:
+    """``source`` as read (:func:`afxest.audio.read_audio`), or as it is."""
+    if isinstance(source, Recording):
+        return source
+    samples, rate = read_audio(source)
+    return Recording(Path(source), samples, rate)
+
+
+def _mono_signal(source: Path | Recording, task) -> Signal:
+    """``source`` as mono at the task's rate (:data:`ANALYSIS_RESAMPLING`): a file read block by
+    block (:func:`afxest.audio.read_mono`), or a :class:`Recording` mixed and resampled."""
+    if not isinstance(source, Recording):
+        return read_mono(source, task.sample_rate, ANALYSIS_RESAMPLING)
+    mono = resample(to_mono(source.samples), source.rate, task.sample_rate, ANALYSIS_RESAMPLING)[0]
+    return Signal(source.path, np.ascontiguousarray(mono), task.sample_rate, source.rate, *source.samples.shape)
+
+
+def _refuse_silent(path: Path, samples: np.ndarray) -> None:
+    """Refuses a wet whose mono mix peaks below :data:`SILENT_PEAK`."""
+    mono = samples if samples.ndim == 1 else samples.mean(axis=0)
+    if float(np.max(np.abs(mono), initial=0.0)) < SILENT_PEAK:
+        raise UserError(f"{path}: is silent (its mono mix peaks below -90 dBFS): nothing to estimate")
+
+
+def _check_length(path: Path, frames: int, rate: int, task, overlap: bool = False) -> None:
+    """Refuses a wet (or an ``overlap`` of wet and dry) of ``frames`` at ``rate`` too short for the task."""
+    what = "overlaps its dry file for" if overlap else "is"
+    seconds = frames / rate
+    if task.has_source and frames < round(task.clip_seconds * rate):
+        raise UserError(f"{path}: {what} {seconds:.3f} s; the {task.name} model needs at least {task.clip_seconds:g} s")
     if not task.has_source and seconds < MIN_EFFECT_SECONDS:
-        raise UserError(f"{wet_path}: is {seconds:.3f} s long; at least {MIN_EFFECT_SECONDS:g} s is needed")
-    return Inputs(wet, dry, frames)
-
-
-def _signal(source: Path | Signal, task) -> Signal:
-    """``source`` read as mono at the task's rate (:data:`ANALYSIS_RESAMPLING`), or as it is."""
-    return source if isinstance(source, Signal) else read_mono(source, task.sample_rate, ANALYSIS_RESAMPLING)
+        raise UserError(f"{path}: {what} {seconds:.3f} s; at least {MIN_EFFECT_SECONDS:g} s is needed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,9 +455,9 @@ class Candidates:
         return list(range(m))
 
 
-def presets_of(task, z: np.ndarray) -> list:
-    """The task's presets of normalised parameters z (M, d)."""
-    return [task.model.preset(v, task.name, task.sample_rate) for v in z]
+def presets_of(task, z: np.ndarray, rate: int | None = None) -> list:
+    """The task's presets of normalised parameters z (M, d), for audio at ``rate`` (default: the task's)."""
+    return [task.model.preset(v, task.name, task.sample_rate if rate is None else rate) for v in z]
 
 
 def medoid(z: np.ndarray) -> int:
@@ -366,23 +472,24 @@ def medoid(z: np.ndarray) -> int:
 
 
 def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
-                     spans: Sequence[tuple[int, int]], effort, seed: int) -> dict[str, np.ndarray]:
+                     spans: Sequence[tuple[int, int]], effort, seed: int, rate: int) -> dict[str, np.ndarray]:
     """Where the search starts (:mod:`afxest.search`, step 1).
 
     Arguments:
         task: The model's task.
         z: The model's candidates, (M, d) normalised.
-        wet: The wet, (T,) at the task's rate.
-        dry: The dry, (T,), or None (a synth task).
+        wet: The wet, (C, T) at ``rate``.
+        dry: The dry, (C, T), or None (a synth task).
         spans: The (start, stop) of the windows searched on.
         effort: The search's :class:`afxest.choices.Effort`.
         seed: The seed of the Sobol design.
+        rate: The sample rate of wet and dry.
 
     Returns:
         The proposals (K, d) by origin: ``posterior`` (``z``); ``design``, a Sobol design, for
         tasks of at most :data:`afxest.search.DESIGN_MAX_DIM` parameters; ``analysis``, with a
         dry, ``z`` with its equaliser fitted to the long-term spectral ratio of the wet over
-        the dry on ``spans``.
+        the dry on ``spans`` (their mono mixes).
     """
     from afxest import search as s
 
@@ -390,37 +497,45 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
     if task.model.dim <= s.DESIGN_MAX_DIM:
         proposals["design"] = s.design(task.model.dim, effort.design, seed)
     if dry is not None:
-        ratio, weight = s.long_term_ratio_db(np.concatenate([dry[a:b] for a, b in spans]),
-                                             np.concatenate([wet[a:b] for a, b in spans]))
-        proposals["analysis"] = s.fit_equaliser(task.model, z, ratio, weight, task.sample_rate)
+        ratio, weight = s.long_term_ratio_db(np.concatenate([dry[:, a:b].mean(axis=0) for a, b in spans]),
+                                             np.concatenate([wet[:, a:b].mean(axis=0) for a, b in spans]))
+        proposals["analysis"] = s.fit_equaliser(task.model, z, ratio, weight, rate)
     return proposals
 
 
-def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], preroll: int, device: Any):
-    """The ``spans`` of ``signal`` (T,), each from ``preroll`` samples before its start (zeros
-    before the signal's start), as a tensor (R, 1, preroll + window) on ``device``."""
+def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], preroll: int, length: int, device: Any):
+    """One excerpt of ``signal`` (C, T) per span: its first ``length`` samples (at most the
+    span's), from ``preroll`` samples before its start (zeros before the signal's start), of
+    channel j mod C for the j-th span, as a tensor (R, 1, preroll + length) on ``device``.
+
+    One channel per span: the processors treat channels alike and apart (a compressor detector
+    per channel), so a stereo pair's channels are two more excerpts of the same chain, and
+    taking them in turn keeps the refinement's cost that of a mono pair."""
     import torch
 
-    padded = np.concatenate([np.zeros(preroll, np.float32), signal])
-    rows = [padded[a : b + preroll] for a, b in spans]
+    padded = np.concatenate([np.zeros((signal.shape[0], preroll), np.float32), signal], axis=1)
+    length = min([length] + [b - a for a, b in spans])
+    rows = [padded[j % signal.shape[0], a : a + preroll + length] for j, (a, _) in enumerate(spans)]
     return torch.from_numpy(np.stack(rows)[:, None]).to(device)
 
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
-                      windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions):
+                      windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions,
+                      delay: bool = False):
     """Runs :func:`afxest.search.search` from the model's candidates: proposals
     (:func:`search_proposals`) scored by the real renderer on
     :func:`~afxest.scoring.search_windows`, the best refined through the differentiable
     processors (from :data:`SEARCH_PREROLL_SECONDS` before each window).
 
     Arguments:
-        scorer: The task's :class:`~afxest.scoring.Scorer` (its loss, its device).
+        scorer: The task's :class:`~afxest.scoring.Scorer` (its loss, its device, its rate).
         z: The model's candidates, (M, d) normalised.
-        wet: The wet, (T,) at the task's rate.
-        dry: The dry, (T,), or None (a synth task).
+        wet: The wet, (C, T) at the scorer's rate.
+        dry: The dry, (C, T), or None (a synth task).
         windows: Every analysis window (:func:`~afxest.scoring.windows_of`).
         use: The usable windows (:func:`~afxest.scoring.usable_windows`).
         options: The request: its effort, step cap (``refine``) and seed.
+        delay: Refine a delay between each rendering and the wet too (:func:`afxest.search.refine`).
 
     Returns:
         The search's :class:`afxest.search.Searched`.
@@ -430,25 +545,28 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     from afxest import search as s
     from afxest.engines import render_model
 
-    task = scorer.task
+    task, rate = scorer.task, scorer.rate
     effort = EFFORTS[options.effort]
     picks = search_windows(windows, use, effort.windows)
     spans = [windows[i] for i in picks]
-    proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed)
+    proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed, rate)
 
     def cheap(zs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return scorer.measure(presets_of(task, zs), wet, dry, windows, picks, "pedalboard", {"loss": scorer.loss_fn},
-                                  prerolled=True)["loss"]
+            return scorer.measure(presets_of(task, zs, rate), wet, dry, windows, picks, "pedalboard",
+                                  {"loss": scorer.loss_fn}, prerolled=True)["loss"]
 
     # excerpts from a pre-roll before each window (zeros before the file's start: the real
-    # renders started from rest there too); none when every window starts the file
-    preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * task.sample_rate))
+    # renders started from rest there too); none when every window starts the file. As many
+    # samples as the network's windows at any rate (5 s at 22 050 Hz, 2.5 s at 44.1 kHz): the
+    # refinement's cost does not grow with the rate
+    preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * rate))
+    length = task.clip_samples
     return s.search(
-        proposals, cheap, lambda zs, x: render_model(task, zs, x), s.search_loss(scorer.loss_fn),
-        search_excerpts(wet, spans, preroll, scorer.device),
-        None if dry is None else search_excerpts(dry, spans, preroll, scorer.device), effort,
-        max_steps=options.refine or None, skip=preroll,
+        proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
+        search_excerpts(wet, spans, preroll, length, scorer.device),
+        None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
+        max_steps=options.refine or None, skip=preroll, delay=delay,
     )
 
 
@@ -462,14 +580,33 @@ class Analysis:
 
     wet_path: Path
     dry_path: Path | None
-    frames: int
-    windows: list[tuple[int, int]]
-    use: list[int]  # the usable windows
+    frames: int  # analysed by the network, at the task's rate
+    windows: list[tuple[int, int]]  # the network's
+    use: list[int]  # the usable windows (the network's)
     candidates: Candidates
     ranked_by: str | None  # the task's loss, "log_prob", or None (one point estimate)
     entropy: float | None  # nats, mean over the proposing windows
     baseline: dict[str, float | None] | None  # the dry's own match to the wet
     found: Searched | None = None  # the search's result, None without a search
+    reference: Reference | None = None  # what candidates were measured against (None blind)
+    scored: int = 0  # the windows they were measured on
+
+
+def alignment_entry(reference: Reference | None) -> dict[str, Any] | None:
+    """The document's ``alignment``: where the wet lies against its dry (None without a dry)."""
+    if reference is None or reference.alignment is None:
+        return None
+    found, rate = reference.alignment, reference.rate
+    a, b = reference.span
+    return {
+        "offset_samples": found.offset,
+        "offset_seconds": found.offset / rate,
+        "sample_rate": rate,
+        "match": found.match,
+        "overlap": {"wet_start_seconds": (a + found.offset) / rate, "dry_start_seconds": a / rate,
+                    "seconds": (b - a) / rate},
+        "wet_frames": reference.wet_frames,
+    }
 
 
 def estimate_document(model, options: EstimateOptions, analysis: Analysis, order: Sequence[int]) -> dict[str, Any]:
@@ -491,7 +628,9 @@ def estimate_document(model, options: EstimateOptions, analysis: Analysis, order
         "model": {"name": model.name, "sha256": model.sha256},
         "wet": str(analysis.wet_path),
         "dry": None if analysis.dry_path is None else str(analysis.dry_path),
-        "sample_rate": task.sample_rate,
+        "sample_rate": task.sample_rate if analysis.reference is None else analysis.reference.rate,
+        "channels": {"analysed": "mono mix", "scored": None if analysis.reference is None else analysis.reference.channels},
+        "alignment": alignment_entry(analysis.reference),
         "ranked_by": analysis.ranked_by,
         "entropy_bits_per_dim": None if analysis.entropy is None else finite(analysis.entropy / (task.model.dim * math.log(2))),
         "candidates": [_candidate_entry(c, k, rank) for rank, k in enumerate(order, start=1)],
@@ -505,7 +644,7 @@ def estimate_document(model, options: EstimateOptions, analysis: Analysis, order
             "window_seconds": task.clip_seconds,
             "windows": len(analysis.windows),
             "windows_used": len(analysis.use),
-            "windows_scored": len(scored_windows(analysis.use)) if c.losses is not None else 0,
+            "windows_scored": analysis.scored if c.losses is not None else 0,
             "refine_steps": found.steps if found is not None else 0,
             "search": None if found is None else {
                 "effort": options.effort,
@@ -541,8 +680,8 @@ def _candidate_entry(candidates: Candidates, k: int, rank: int) -> dict[str, Any
 class Analyser:
     """A loaded model ready to estimate files: ``afxest estimate`` without the command line.
 
-    The model side (:class:`afxest.propose.Proposer`) proposes candidates; the scorer
-    (:class:`afxest.scoring.Scorer`) measures them against the wet.
+    The model side (:class:`afxest.propose.Proposer`) proposes candidates; a scorer
+    (:class:`afxest.scoring.Scorer`, one per sample rate met) measures them against the wet.
 
     Arguments:
         model: The loaded model (:class:`afxest.store.LoadedModel`).
@@ -556,7 +695,13 @@ class Analyser:
         self.task = model.task
         self.device = torch.device(device)
         self.proposer = Proposer(model.estimator, model.kind == "posterior", self.device)
-        self.scorer = Scorer(self.task, self.device)
+        self._scorers: dict[int, Scorer] = {}
+
+    def scorer(self, rate: int) -> Scorer:
+        """The :class:`~afxest.scoring.Scorer` of audio at ``rate`` (made once per rate)."""
+        if rate not in self._scorers:
+            self._scorers[rate] = Scorer(self.task, self.device, rate)
+        return self._scorers[rate]
 
     def estimate(
         self,
@@ -617,13 +762,16 @@ class Analyser:
         report(0.05)
         draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed)
         report(0.15)
-        candidates = Candidates(draws.z, presets_of(task, draws.z), draws.log_prob)
-        reference = inputs.dry is not None or task.has_source
-        searching = reference and options.refine != 0
-        baseline, found = None, None
-        if reference:
+        ref = inputs.reference
+        rate = task.sample_rate if ref is None else ref.rate
+        candidates = Candidates(draws.z, presets_of(task, draws.z, rate), draws.log_prob)
+        searching = ref is not None and options.refine != 0
+        baseline, found, scored = None, None, 0
+        if ref is not None:
             ranked_by = task.loss
-            candidates.matches, baseline = self._measure(candidates.presets, inputs, windows, use, options.engine,
+            at = Measured(self.scorer(ref.rate), ref, *reference_windows(task, ref), options.engine)
+            scored = len(scored_windows(at.use))
+            candidates.matches, baseline = self._measure(candidates.presets, at,
                                                          lambda f: report(0.15 + (0.2 if searching else 0.85) * f))
         elif self.proposer.posterior:
             ranked_by = "log_prob"
@@ -631,56 +779,140 @@ class Analyser:
             ranked_by = None
             if len(candidates.z) > 1:
                 z = candidates.z[[medoid(candidates.z)]]
-                candidates = Candidates(z, presets_of(task, z), candidates.log_prob)
+                candidates = Candidates(z, presets_of(task, z, rate), candidates.log_prob)
         if searching:
-            found = search_candidates(self.scorer, candidates.z, inputs.wet_x, inputs.dry_x, windows, use, options)
-            candidates = self._add_found(candidates, found, draws.h, inputs, windows, use, options.engine)
+            found, moved, candidates = self._search(candidates, at, options, draws.h)
+            if moved is not at:  # the search moved the wet: the dry's own match is measured there
+                at, ref = moved, moved.reference
+                baseline = self._baseline(at)
         order = candidates.order()
         report(1.0)
         dry_path = None if inputs.dry is None else inputs.dry.path
         analysis = Analysis(inputs.wet.path, dry_path, inputs.frames, windows, use, candidates, ranked_by,
-                            draws.entropy, baseline, found)
+                            draws.entropy, baseline, found, ref, scored)
         return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry
 
-    def _measure(self, presets: Sequence, inputs: Inputs, windows, use, engine: str,
+    def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h):
+        """The search (:func:`search_candidates`) and its candidates added (:meth:`_add_found`).
+
+        With a dry, the search runs twice. First its refinement also fits a delay between each
+        rendering and the wet (:func:`afxest.search.refine`): when the best refined candidate's
+        is half a sample or more, the alignment was off by a whole sample (the processing's
+        phase can move the cross-correlation's peak: :mod:`afxest.align`), and the wet is moved
+        by it and every candidate measured again there. Then the search runs again from the
+        refined candidates, without a delay (the renderer has none): they converge within a few
+        dozen steps.
+
+        Returns:
+            The search's result, where the candidates were measured, and all the candidates.
+        """
+        import torch
+
+        if at.reference.alignment is None:  # a synth: nothing to align
+            found = search_candidates(at.scorer, candidates.z, at.reference.wet, None, at.windows, at.use, options)
+            return found, at, self._add_found(candidates, found, h, at)
+        ref = at.reference
+        first = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, delay=True)
+        assert first.delay is not None
+        k = int(np.round(first.delay[int(np.argmin(first.loss_after))]))
+        if k != 0:
+            moved = shifted(ref, k)
+            at = Measured(at.scorer, moved, *reference_windows(self.task, moved), at.engine)
+            with torch.inference_mode():
+                candidates.matches = at.measure(candidates.presets)
+        ref = at.reference
+        found = search_candidates(at.scorer, first.z, ref.wet, ref.dry, at.windows, at.use, options)
+        found.steps += first.steps
+        return found, at, self._add_found(candidates, found, h, at)
+
+    def _measure(self, presets: Sequence, at: Measured,
                  progress: Callable[[float], None]) -> tuple[dict[str, np.ndarray], dict[str, float | None] | None]:
         """Each metric of :meth:`afxest.scoring.Scorer.match_metrics` of the presets against the
         wet, (M,) each, and the baseline (the dry's own match; None for a synth)."""
         import torch
 
-        metrics = self.scorer.match_metrics()
         with torch.inference_mode():
-            matches = self.scorer.measure(presets, inputs.wet_x, inputs.dry_x, windows, use, engine, metrics, progress)
-            if inputs.dry is None:
-                return matches, None
-            return matches, self.scorer.baseline(inputs.wet_x, inputs.dry_x, windows, use, metrics)
+            matches = at.measure(presets, progress)
+        return matches, self._baseline(at)
 
-    def _add_found(self, candidates: Candidates, found, h, inputs: Inputs, windows, use, engine: str) -> Candidates:
-        """The candidates followed by the search's, measured like them, each with its record."""
+    @staticmethod
+    def _baseline(at: Measured) -> dict[str, float | None] | None:
+        """The dry's own match to the wet (None for a synth), by each metric of
+        :meth:`afxest.scoring.Scorer.match_metrics`."""
         import torch
 
-        presets = presets_of(self.task, found.z)
+        ref = at.reference
+        if ref.dry is None:
+            return None
         with torch.inference_mode():
-            new = self.scorer.measure(presets, inputs.wet_x, inputs.dry_x, windows, use, engine,
-                                      self.scorer.match_metrics())
-            new_lp = self.proposer.log_prob(found.z, h) if self.proposer.posterior else None
+            return at.scorer.baseline(ref.wet, ref.dry, at.windows, at.use, at.scorer.match_metrics())
+
+    def _add_found(self, candidates: Candidates, found, h, at: Measured) -> Candidates:
+        """The candidates followed by the search's, measured like them, each with its record.
+
+        Each search candidate is measured twice, as refined and as it started (its proposal),
+        and reported as the better of the two: a refinement that the real renderer scores worse
+        than its start is not kept (``applied`` false in its record)."""
+        import torch
+
+        k = len(found.z)
+        rate = at.scorer.rate
+        both = presets_of(self.task, np.concatenate([found.z, found.start]), rate)
+        with torch.inference_mode():
+            measured = at.measure(both)
+        refined_better = measured["loss"][:k] <= measured["loss"][k:]
+        pick = np.where(refined_better, np.arange(k), np.arange(k, 2 * k))
+        z = np.concatenate([found.z, found.start])[pick]
+        new = {name: v[pick] for name, v in measured.items()}
+        with torch.inference_mode():
+            new_lp = self.proposer.log_prob(z, h) if self.proposer.posterior else None
         m = len(candidates.z)
         refinement = dict(candidates.refinement)
-        for j in range(len(found.z)):
+        for j in range(k):
             refinement[m + j] = {
                 "steps": found.steps,
                 "loss_before": finite(found.loss_before[j]),
                 "loss_after": finite(new["loss"][j]),
-                "applied": True,
+                "loss_refined": finite(measured["loss"][j]),
+                "applied": bool(refined_better[j]),
                 "proposal": found.origin[j],
             }
         return Candidates(
-            np.concatenate([candidates.z, found.z]),
-            candidates.presets + presets,
+            np.concatenate([candidates.z, z]),
+            candidates.presets + [both[i] for i in pick],
             None if candidates.log_prob is None else np.concatenate([candidates.log_prob, new_lp]),
-            {k: np.concatenate([v, new[k]]) for k, v in candidates.matches.items()},
+            {name: np.concatenate([v, new[name]]) for name, v in candidates.matches.items()},
             refinement,
         )
+
+
+@dataclass
+class Measured:
+    """Where candidates are measured: a scorer at the reference's rate, the reference, its
+    windows and the usable ones, and the engine that renders them."""
+
+    scorer: Scorer
+    reference: Reference
+    windows: list[tuple[int, int]]
+    use: list[int]
+    engine: str
+
+    def measure(self, presets: Sequence, progress: Callable[[float], None] | None = None) -> dict[str, np.ndarray]:
+        """Each metric of :meth:`~afxest.scoring.Scorer.match_metrics` of ``presets`` against the wet, (M,) each."""
+        ref = self.reference
+        return self.scorer.measure(presets, ref.wet, ref.dry, self.windows, self.use, self.engine,
+                                   self.scorer.match_metrics(), progress)
+
+
+def reference_windows(task, reference: Reference) -> tuple[list[tuple[int, int]], list[int]]:
+    """The windows candidates are measured on against ``reference`` and the usable ones: a
+    synth's clips (:func:`~afxest.scoring.windows_of`), or windows of the task's clip length at
+    the reference's rate over the overlap of wet and dry (:func:`~afxest.scoring.span_windows`)."""
+    if task.has_source:
+        windows = windows_of(reference.span[1], task)
+    else:
+        windows = span_windows(*reference.span, int(round(task.clip_seconds * reference.rate)))
+    return windows, usable_windows(reference.wet, windows)
 
 
 def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
@@ -703,7 +935,8 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
 # writing
 
 
-def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) -> None:
+def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task,
+                   placement: tuple[int, int] | None = None) -> None:
     """Writes a candidate's audio as a 32-bit float WAV, atomically
     (:func:`afxest.audio.write_audio_blocks`).
 
@@ -714,6 +947,10 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
         out: The WAV file written.
         engine: ``pedalboard`` or ``ddsp``.
         task: The model's task (its clip length: the ddsp engine renders the analysis windows).
+        placement: (offset, frames, rate): the rendering moved onto the wet's timeline,
+            ``offset`` samples at ``rate`` late (zeros first; negative: its start dropped) and cut
+            or padded to ``frames`` samples at ``rate`` (:func:`placed`, at the dry file's rate);
+            None: as rendered.
     """
     from afxest.engines import render
 
@@ -723,7 +960,43 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task) 
         return
     with open_audio(dry_path) as f:
         rate = int(f.samplerate)
-        write_audio_blocks(out, _rendered_blocks(preset, f, rate, engine, task), int(f.channels), rate)
+        blocks = _rendered_blocks(preset, f, rate, engine, task)
+        if placement is not None:
+            offset, frames, at = placement
+            blocks = placed(blocks, resampled_frames(offset, at, rate), resampled_frames(frames, at, rate), int(f.channels))
+        write_audio_blocks(out, blocks, int(f.channels), rate)
+
+
+def placed(blocks: Iterator[np.ndarray], offset: int, frames: int, channels: int) -> Iterator[np.ndarray]:
+    """The signal of ``blocks`` ((channels, n) each) moved ``offset`` samples later (a negative
+    offset drops its first -offset samples) and cut or zero padded to ``frames``: output sample m
+    is input sample m - offset, or 0 where there is none.
+
+    Example:
+        >>> x = np.arange(1, 6, dtype=np.float32)[None]
+        >>> np.concatenate(list(placed(iter([x[:, :2], x[:, 2:]]), 2, 6, 1)), axis=1)
+        array([[0., 0., 1., 2., 3., 4.]], dtype=float32)
+        >>> np.concatenate(list(placed(iter([x]), -3, 4, 1)), axis=1)
+        array([[4., 5., 0., 0.]], dtype=float32)
+    """
+    done = 0  # output samples yielded
+    if offset > 0:
+        lead = np.zeros((channels, min(offset, frames)), np.float32)
+        done = lead.shape[1]
+        yield lead
+    skip = max(0, -offset)
+    for block in blocks:
+        if done >= frames:
+            return
+        if skip:
+            cut = min(skip, block.shape[1])
+            block, skip = block[:, cut:], skip - cut
+        block = block[:, : frames - done]
+        if block.shape[1]:
+            done += block.shape[1]
+            yield block
+    if done < frames:
+        yield np.zeros((channels, frames - done), np.float32)
 
 
 def _rendered_blocks(preset, f, rate: int, engine: str, task) -> Iterator[np.ndarray]:
@@ -860,14 +1133,15 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
     """
     staged = OutputSet(folder)
     try:
+        placement = estimate_placement(document)
         for rank in ranks:
-            render_to_file(presets[rank - 1], job.dry, staged.path(_audio_name(rank)), options.engine, task)
+            render_to_file(presets[rank - 1], job.dry, staged.path(_audio_name(rank)), options.engine, task, placement)
             document["candidates"][rank - 1]["audio"] = _audio_name(rank)
         document["plot"] = None
         if options.plot:
             from afxest.figures import ESTIMATE_PLOT, plot_estimate
 
-            wet = None if job.dry is not None else _signal(job.wet, task).samples
+            wet = None if job.dry is not None else _mono_signal(job.wet, task).samples
             plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet)
             document["plot"] = ESTIMATE_PLOT
         atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
@@ -880,16 +1154,23 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
         raise
 
 
+def estimate_placement(document: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(offset, frames, rate) that put a rendering of the dry onto the wet's timeline
+    (:func:`render_to_file`), from an estimate document's ``alignment``; None without one."""
+    alignment = document.get("alignment")
+    if not alignment:
+        return None
+    return int(alignment["offset_samples"]), int(alignment["wet_frames"]), int(alignment["sample_rate"])
+
+
 def meaningless_ranking(document: dict[str, Any], job: Job, dry: Signal | None) -> list[str]:
     """A warning when ranking by reconstruction cannot mean anything: the wet file is its own
-    dry file, the dry is silent, or every candidate has the same loss."""
+    dry file, or every candidate has the same loss (a silent dry is refused before)."""
     losses = [c["loss"] for c in document["candidates"]]
     if dry is None or any(v is None for v in losses):
         return []
     if os.path.samefile(job.dry, job.wet):
         reason = "the wet file is also the dry file, so no effect separates them"
-    elif float(np.max(np.abs(dry.samples), initial=0.0)) < SILENT_PEAK:
-        reason = "the dry file is silent, so every candidate renders silence"
     elif len(losses) > 1 and max(losses) - min(losses) <= 1e-6 * max(1.0, abs(max(losses))):
         reason = "every candidate has the same loss"
     else:

@@ -192,14 +192,12 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
     Returns:
         The rank 1 rendered, (1, 1, T).
     """
-    from afxest.audio import Signal
-    from afxest.estimate import EstimateOptions, read_inputs
+    from afxest.estimate import EstimateOptions, Recording, read_inputs
 
     task = analyser.task
 
-    def signal(name: str, x: np.ndarray) -> Signal:
-        return Signal(Path(name), np.ascontiguousarray(x[0], dtype=np.float32), task.sample_rate, task.sample_rate,
-                      1, x.shape[1])
+    def signal(name: str, x: np.ndarray) -> Recording:
+        return Recording(Path(name), np.ascontiguousarray(x, dtype=np.float32), task.sample_rate)
 
     inputs = read_inputs(signal("wet", wet), None if dry is None else signal("dry", dry), task)
     options = EstimateOptions(samples=samples, effort=effort, seed=seed, audio="none")

@@ -31,8 +31,9 @@ from afxest.processors import entry, power_response
 AudioObjective = Callable[..., Tensor]  # (z, dry, wet, compressor=None) -> (batch,)
 
 
-def task_loss(task, device: Any, fast: bool = False):
-    """The task's audio loss as a callable (y_hat, y) -> per-item values (batch,).
+def task_loss(task, device: Any, fast: bool = False, sample_rate: int | None = None):
+    """The task's audio loss as a callable (y_hat, y) -> per-item values (batch,), for audio at
+    ``sample_rate`` (default: the task's).
 
     ``fast``: the variant training steps use where one exists: the revisited MR-STFT with its
     prime windows zero padded to fast FFT sizes (:data:`afxest.losses.FAST_FFT_SIZES`; within
@@ -41,7 +42,7 @@ def task_loss(task, device: Any, fast: bool = False):
     from afxest import losses
 
     if task.loss == "log_mel":
-        return losses.LogMelLoss(task.sample_rate).to(device)
+        return losses.LogMelLoss(task.sample_rate if sample_rate is None else sample_rate).to(device)
     if task.loss == "sot_mrstft":
         sot = losses.SpectralOTLoss(task.sample_rate, unit="bins").to(device)
         mrstft = losses.MRSTFTRevisitedLoss(fft_sizes=losses.FAST_FFT_SIZES if fast else None).to(device)

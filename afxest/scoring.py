@@ -3,11 +3,15 @@
 An estimate analyses the wet in windows of the task's clip length (:func:`windows_of`), skips
 the quiet ones (:func:`usable_windows`), ranks candidates on at most :data:`SCORE_WINDOWS` of
 the rest spread over the file (:func:`scored_windows`) and searches on a few of equal length
-(:func:`search_windows`).
+(:func:`search_windows`). The network's windows are at the task's rate; with a dry file the
+candidates are measured at the rate they are rendered at (the dry file's), on windows of the
+same length within the overlap of wet and dry (:func:`span_windows`).
 
 :class:`Scorer` renders candidates on those windows and measures them against the wet with the
 task's loss (the ranking), SI-SDR and the log-mel distance (DAFx 2025, Eq. 16), each the mean
-over the scored windows. One renderer per case, each a generator of rendered windows:
+over the scored windows and the channels (a stereo pair is rendered and measured in stereo:
+each channel has its own compressor detector, as in pedalboard). Signals are (channels,
+frames). One renderer per case, each a generator of rendered windows:
 
 * a synth task: the synthesised candidates, the same for every window (:meth:`Scorer._synthesise`);
 * pedalboard, streamed: one plugin chain per candidate through the whole dry
@@ -39,9 +43,9 @@ SCORE_BATCH = 32  # rendered items per loss evaluation
 SCORE_WINDOWS = 12
 SCORE_PREROLL_SECONDS = 5.0
 
-Windows = Sequence[tuple[int, int]]  # (start, stop) of each window, in samples at the task's rate
+Windows = Sequence[tuple[int, int]]  # (start, stop) of each window, in samples
 # what a renderer yields: the window's index (None: rendered on the way, not scored), the
-# candidates' rendering of it (M, T), and the fraction of the rendering done
+# candidates' rendering of it (M, C, T), and the fraction of the rendering done
 Rendered = Iterator[tuple[int | None, np.ndarray, float]]
 
 
@@ -71,10 +75,26 @@ def windows_of(frames: int, task) -> list[tuple[int, int]]:
     return windows
 
 
+def span_windows(start: int, stop: int, clip: int) -> list[tuple[int, int]]:
+    """Consecutive windows of ``clip`` samples from ``start``, the last extended to ``stop`` (one
+    window when the span is shorter than two clips): the windows of :func:`windows_of` for an
+    effect task, moved to the span.
+
+    Example:
+        >>> span_windows(3, 13, 4)
+        [(3, 7), (7, 13)]
+    """
+    n = max(1, (stop - start) // clip)
+    windows = [(start + i * clip, start + (i + 1) * clip) for i in range(n)]
+    windows[-1] = (windows[-1][0], stop)
+    return windows
+
+
 def usable_windows(wet: np.ndarray, windows: Windows) -> list[int]:
-    """The windows analysed: those whose RMS (float64) is at least :data:`QUIET_WINDOW_RMS`,
-    and the loudest one in any case, in order."""
-    rms = np.array([np.sqrt(np.mean(np.square(wet[a:b], dtype=np.float64))) for a, b in windows])
+    """The windows analysed: those whose RMS (float64, over the channels of a (channels, frames)
+    wet or of a (frames,) one) is at least :data:`QUIET_WINDOW_RMS`, and the loudest one in any
+    case, in order."""
+    rms = np.array([np.sqrt(np.mean(np.square(wet[..., a:b], dtype=np.float64))) for a, b in windows])
     usable = [i for i, r in enumerate(rms) if r >= QUIET_WINDOW_RMS]
     loudest = int(np.argmax(rms))
     if loudest not in usable:
@@ -113,7 +133,7 @@ def search_windows(windows: Sequence[tuple[int, int]], use: Sequence[int], n: in
 
 
 def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
-    """Yields each window of every preset's pedalboard rendering of ``dry`` (frames,), (M, T).
+    """Yields each window of every preset's pedalboard rendering of ``dry`` (C, frames), (M, C, T).
 
     One plugin chain per preset streams through the whole signal in blocks of READ_BLOCK from
     the start (state carried over, blocks on pedalboard's own 8192-sample grid), so the windows
@@ -121,26 +141,26 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
     be consecutive; at most a window and a block per preset are held."""
     boards = [board(p) for p in presets]
     done, start = 0, 0  # rendered up to `done`; `held` starts at `start`
-    held = np.zeros((len(boards), 0), np.float32)
+    held = np.zeros((len(boards), dry.shape[0], 0), np.float32)
     for a, b in windows:
         while done < b:
-            x = dry[None, done : min(done + READ_BLOCK, dry.shape[0])]
-            block = np.stack([chain(x, float(rate), reset=False)[0] for chain in boards])
-            held = np.concatenate([held, block], axis=1)
+            x = np.ascontiguousarray(dry[:, done : min(done + READ_BLOCK, dry.shape[1])])
+            block = np.stack([chain(x, float(rate), reset=False) for chain in boards])
+            held = np.concatenate([held, block], axis=2)
             done += x.shape[1]
-        yield held[:, a - start : b - start]
-        held, start = held[:, b - start :], b
+        yield held[..., a - start : b - start]
+        held, start = held[..., b - start :], b
 
 
 def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
-    """Yields each window of every preset's pedalboard rendering, (M, T), each rendered afresh
-    from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
+    """Yields each window of every preset's pedalboard rendering of ``dry`` (C, frames), (M, C, T),
+    each rendered afresh from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
     boards = [board(p) for p in presets]
     preroll = int(round(SCORE_PREROLL_SECONDS * rate))
     for a, b in windows:
         start = max(0, a - preroll)
-        x = dry[None, start:b]
-        yield np.stack([chain(x, float(rate))[0, a - start :] for chain in boards])
+        x = np.ascontiguousarray(dry[:, start:b])
+        yield np.stack([chain(x, float(rate))[:, a - start :] for chain in boards])
 
 
 def _streamed(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:
@@ -167,15 +187,16 @@ def finite(x: float | None) -> float | None:
 
 class _Sums:
     """Sums over windows of each metric (y_hat, y) -> (batch,) of M candidates, (M,) float64,
-    evaluated :data:`SCORE_BATCH` rendered items at a time (windows of one length per batch)."""
+    evaluated :data:`SCORE_BATCH` rendered items at a time (windows of one length per batch;
+    a metric of (batch, channels, T) is the mean over the channels)."""
 
     def __init__(self, metrics: dict[str, Callable], m: int, device: Any) -> None:
         self.metrics, self.m, self.device = metrics, m, device
         self.total = {name: np.zeros(m) for name in metrics}
-        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rendered (M, T), wet (T,))
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (rendered (M, C, T), wet (C, T))
 
     def add(self, rendered: np.ndarray, target: np.ndarray) -> None:
-        """Queues the candidates' rendering (M, T) of one window and its wet (T,); evaluates the
+        """Queues the candidates' rendering (M, C, T) of one window and its wet (C, T); evaluates the
         queue first when the window's length differs, and after it when a batch is full."""
         if self.pending and self.pending[0][1].shape != target.shape:
             self.flush()
@@ -190,22 +211,24 @@ class _Sums:
         if not self.pending:
             return
         m, pending = self.m, self.pending
-        y_hat = torch.from_numpy(np.concatenate([r for r, _ in pending])[:, None]).to(self.device)
-        y = torch.from_numpy(np.stack([w for _, w in pending for _ in range(m)])[:, None]).to(self.device)
+        y_hat = torch.from_numpy(np.ascontiguousarray(np.concatenate([r for r, _ in pending]))).to(self.device)
+        y = torch.from_numpy(np.stack([w for _, w in pending for _ in range(m)])).to(self.device)
         for name, fn in self.metrics.items():
             self.total[name] += fn(y_hat, y).double().cpu().numpy().reshape(len(pending), m).sum(axis=0)
         pending.clear()
 
 
 class Scorer:
-    """Candidates of one task rendered on the windows of a dry (or synthesised) and measured
-    against the wet, on ``device``: the task's loss is :attr:`loss_fn`."""
+    """Candidates of one task rendered on the windows of a dry (or synthesised) at ``rate``
+    (default: the task's) and measured against the wet, on ``device``: the task's loss at that
+    rate is :attr:`loss_fn`."""
 
-    def __init__(self, task, device: Any) -> None:
+    def __init__(self, task, device: Any, rate: int | None = None) -> None:
         from afxest.objective import task_loss
 
         self.task, self.device = task, device
-        self.loss_fn = task_loss(task, device)
+        self.rate = task.sample_rate if rate is None else int(rate)
+        self.loss_fn = task_loss(task, device, sample_rate=self.rate)
         self._metrics: dict[str, Callable] | None = None
 
     def match_metrics(self) -> dict[str, Callable]:
@@ -214,21 +237,21 @@ class Scorer:
         from afxest import losses
 
         if self._metrics is None:
-            mel = self.loss_fn if self.task.loss == "log_mel" else losses.LogMelLoss(self.task.sample_rate).to(self.device)
+            mel = self.loss_fn if self.task.loss == "log_mel" else losses.LogMelLoss(self.rate).to(self.device)
             self._metrics = {"loss": self.loss_fn, "si_sdr": losses.si_sdr, "log_mel": mel}
         return self._metrics
 
     def baseline(self, wet: np.ndarray, dry: np.ndarray, windows: Windows, use: Sequence[int],
                  metrics: dict[str, Callable]) -> dict[str, float | None]:
         """The dry's own distance to the wet: each of ``metrics`` (by name, fn(y_hat, y) ->
-        (batch,)) of the dry against the wet (both (T,)), the mean over the scored windows of
+        (batch,)) of the dry against the wet (both (C, T)), the mean over the scored windows of
         the ``use`` ones of ``windows``; None where it is not finite."""
         import torch
 
         values: dict[str, list[float]] = {name: [] for name in metrics}
         for i in scored_windows(use):
             a, b = windows[i]
-            pair = [torch.from_numpy(np.ascontiguousarray(x[a:b]))[None, None].to(self.device) for x in (dry, wet)]
+            pair = [torch.from_numpy(np.ascontiguousarray(x[:, a:b]))[None].to(self.device) for x in (dry, wet)]
             for name, fn in metrics.items():
                 values[name].append(float(fn(*pair)[0]))
         return {name: finite(float(np.mean(v))) for name, v in values.items()}
@@ -250,8 +273,8 @@ class Scorer:
 
         Arguments:
             presets: The M candidates.
-            wet: The wet, (T,) at the task's rate.
-            dry: The dry, (T,), or None for a synth task (the candidates are synthesised).
+            wet: The wet, (C, T) at :attr:`rate`.
+            dry: The dry, (C, T), or None for a synth task (the candidates are synthesised).
             windows: Every analysis window (:func:`windows_of`).
             use: The usable windows (:func:`usable_windows`), of which the scored ones are measured.
             engine: The renderer, ``pedalboard`` or ``ddsp``.
@@ -269,7 +292,7 @@ class Scorer:
         for i, rendered, done in self._renderings(presets, dry, windows, use, engine, streamed):
             if i is not None:
                 a, b = windows[i]
-                sums.add(rendered, wet[a:b])
+                sums.add(rendered, wet[:, a:b])
             if progress:
                 progress(done)
         sums.flush()
@@ -278,7 +301,7 @@ class Scorer:
     def _renderings(self, presets: Sequence, dry: np.ndarray | None, windows: Windows, use: Sequence[int],
                     engine: str, streamed: bool) -> Rendered:
         """The candidates rendered on the ``use`` windows by the renderer of this case."""
-        rate = self.task.sample_rate
+        rate = self.rate
         if dry is None:  # synth task: every window is one clip; the candidates do not change
             return self._synthesised(presets, use)
         if engine == "pedalboard" and streamed:
@@ -295,16 +318,16 @@ class Scorer:
     def _differentiable(self, presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int]) -> Rendered:
         for k, i in enumerate(use):
             a, b = windows[i]
-            yield i, self._ddsp(presets, dry[a:b]), (k + 1) / len(use)
+            yield i, self._ddsp(presets, dry[:, a:b]), (k + 1) / len(use)
 
     def _synthesise(self, presets: Sequence) -> np.ndarray:
-        """The candidates synthesised by the ddsp engine, (M, clip samples)."""
+        """The candidates synthesised by the ddsp engine, (M, 1, clip samples)."""
         from afxest.engines import render_batch
 
-        return render_batch(presets, None, self.task.sample_rate, "ddsp", self.task.clip_samples)[:, 0]
+        return render_batch(presets, None, self.task.sample_rate, "ddsp", self.task.clip_samples)
 
     def _ddsp(self, presets: Sequence, dry: np.ndarray) -> np.ndarray:
-        """The candidates rendered on one window of the dry (T,) by the ddsp engine from rest, (M, T)."""
+        """The candidates rendered on one window of the dry (C, T) by the ddsp engine from rest, (M, C, T)."""
         from afxest.engines import render_batch
 
-        return render_batch(presets, dry[None], self.task.sample_rate, "ddsp")[:, 0]
+        return render_batch(presets, dry, self.rate, "ddsp")

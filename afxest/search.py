@@ -19,7 +19,10 @@ steps, each a plain function of arrays:
    losses alone flatten out near the answer (a log-mel distance of 1e-4 is still only ~20 dB
    SI-SDR), the waveform error keeps a useful gradient down to 50 dB and more because the
    differentiable processors equal the real ones sample for sample (docs/effects.md);
-4. a **final score** of every candidate by the caller, with the renderer the user chose.
+4. a **final score** of every candidate by the caller, with the renderer the user chose, of
+   both its start and its refined iterate: the better one is kept, so the search never reports
+   a candidate worse by the real renderer than the proposal it started from (the refinement's
+   loss is the differentiable processors' plus the waveform term, not the ranking's).
 
 The choices (learning rate, halving schedule, loss) are the ones measured best on the
 validation split (docs/estimate.md, "Search").
@@ -112,11 +115,29 @@ class Adam:
 
 @dataclass
 class Refined:
-    """Each candidate's best iterate (K, d) float64, its loss (K,) and the steps taken."""
+    """Each candidate's best iterate (K, d) float64, its loss (K,), the steps taken, and with
+    ``delay`` its delay (K,) in samples."""
 
     z: np.ndarray
     loss: np.ndarray
     steps: int
+    delay: np.ndarray | None = None
+
+
+MAX_DELAY = 4.0  # samples: the largest delay the refinement may put between a rendering and the wet
+
+
+def delayed(y, tau):
+    """y (B, C, T) delayed by tau (B,) samples, fractions included: a linear phase
+    exp(-2 pi i f tau) on its rfft (zero padded to a power of two of at least T + 2 MAX_DELAY,
+    so the circular shift wraps into the padding). Differentiable in y and tau."""
+    import torch
+
+    t = y.shape[-1]
+    n = 1 << int(math.ceil(math.log2(t + 2 * MAX_DELAY + 1)))
+    f = torch.fft.rfftfreq(n, device=y.device, dtype=torch.float32)
+    shift = torch.polar(torch.ones_like(f)[None, :], -2 * math.pi * f[None, :] * tau[:, None].float())
+    return torch.fft.irfft(torch.fft.rfft(y, n) * shift[:, None, :], n)[..., :t]
 
 
 def refine(
@@ -130,12 +151,15 @@ def refine(
     patience: int = PATIENCE,
     halvings: int = HALVINGS,
     skip: int = 0,
+    delay: bool = False,
 ) -> Refined:
     """Refines K candidates by inference-time optimisation (step 3 of the module's pipeline).
 
     Adam on u = logit(z); the learning rate is halved when the candidates' best losses, summed,
     have not improved by a relative ``tolerance`` in ``patience`` steps, and the search stops
-    after ``halvings`` halvings or ``max_steps`` steps.
+    after ``halvings`` halvings or ``max_steps`` steps. With ``delay``, each candidate also has a
+    delay tau = MAX_DELAY tanh(v) samples (v from 0, in the same Adam) applied to its rendering
+    (:func:`delayed`): how far the wet still lies from where it was aligned.
 
     Arguments:
         render: Maps z (K*R, d) to audio shaped like ``y``, differentiably.
@@ -150,24 +174,30 @@ def refine(
         skip: The samples dropped at the start of each excerpt before the loss (a pre-roll
             where the differentiable processors, started from rest, differ from the real ones
             that ran before).
+        delay: Refine a delay of each candidate's rendering too.
 
     Returns:
         Each candidate's best iterate (step 0 included), its loss (the mean of ``loss_fn`` over
-        its R excerpts) and the steps taken.
+        its R excerpts), the steps taken and, with ``delay``, its delay.
     """
     import torch
 
-    k = z0.shape[0]
+    k, d = z0.shape
     r = y.shape[0] // k
     u0 = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS)).float().to(y.device)
+    if delay:
+        u0 = torch.cat([u0, torch.zeros((k, 1), dtype=u0.dtype, device=u0.device)], dim=1)
     u = u0.clone().requires_grad_(True)
     optimiser = Adam(u, lr)
     best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
     target = y[..., skip:]
     reference, stall, halved, step = math.inf, 0, 0, 0
     for step in range(max_steps + 1):
-        z = torch.sigmoid(u).repeat_interleave(r, dim=0)
-        loss = loss_fn(render(z)[..., skip:], target).view(k, r).mean(dim=1)
+        z = torch.sigmoid(u[:, :d]).repeat_interleave(r, dim=0)
+        y_hat = render(z)
+        if delay:
+            y_hat = delayed(y_hat, MAX_DELAY * torch.tanh(u[:, d]).repeat_interleave(r, dim=0))
+        loss = loss_fn(y_hat[..., skip:], target).view(k, r).mean(dim=1)
         with torch.no_grad():
             better = loss < best
             best = torch.where(better, loss.detach(), best)
@@ -186,17 +216,19 @@ def refine(
             break
         (grad,) = torch.autograd.grad(loss.sum(), u)
         optimiser.step(grad)
-    z_best = torch.sigmoid(best_u.double()).clamp(0.0, 1.0).cpu().numpy()
-    return Refined(z_best, best.double().cpu().numpy(), step)
+    z_best = torch.sigmoid(best_u[:, :d].double()).clamp(0.0, 1.0).cpu().numpy()
+    tau = (MAX_DELAY * torch.tanh(best_u[:, d].double())).cpu().numpy() if delay else None
+    return Refined(z_best, best.double().cpu().numpy(), step, tau)
 
 
 @dataclass
 class Searched:
-    """The search's candidates: z (K, d) float64, where each came from (``posterior``,
-    ``design`` or ``analysis``), its cheap score before and its loss after refinement, and the
-    steps each refinement took."""
+    """The search's candidates: z (K, d) float64 refined from ``start`` (K, d), where each came
+    from (``posterior``, ``design`` or ``analysis``), its cheap score before and its loss after
+    refinement, and the steps each refinement took."""
 
     z: np.ndarray
+    start: np.ndarray
     origin: list[str]
     loss_before: np.ndarray
     loss_after: np.ndarray
@@ -204,6 +236,7 @@ class Searched:
     proposals: dict[str, int]  # origin -> how many were scored
     windows: int  # excerpts refined on
     step_cap: int
+    delay: np.ndarray | None = None  # each refined candidate's delay (samples), when refined
 
 
 def search(
@@ -216,6 +249,7 @@ def search(
     effort: Effort,
     max_steps: int | None = None,
     skip: int = 0,
+    delay: bool = False,
 ) -> Searched:
     """Runs steps 1-3 of the module's pipeline: scores every proposal with ``cheap_score``,
     keeps the ``effort.keep`` best and refines them (:func:`refine`) on one candidate's
@@ -226,11 +260,14 @@ def search(
         cheap_score: Maps z (n, d) to (n,) losses, lower is better.
         render: Maps z (B, d) and a dry (B, 1, T) or None to audio (B, 1, T), differentiably.
         loss_fn: The refinement loss (y_hat, y) -> (B,).
-        y: The wet excerpts, (R, 1, T).
+        y: The wet excerpts, (R, 1, T) (each channel of a stereo excerpt a row of its own: the
+            processors treat channels alike and apart).
         x: The dry excerpts, (R, 1, T), or None for a synth.
         effort: How many are kept and the step caps.
         max_steps: Overrides the effort's step cap.
         skip: Passed to :func:`refine`.
+        delay: Passed to :func:`refine` (an effect task's search, where the wet may still lie a
+            few samples from where it was aligned).
 
     Returns:
         The refined candidates, where they came from and their losses before and after.
@@ -250,7 +287,7 @@ def search(
     x_k = None if x is None else x.repeat(k, 1, 1)
     with torch.enable_grad():
         refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
-                         HALVINGS, skip)
+                         HALVINGS, skip, delay)
         if x is None and effort.polish_steps:  # a synth: its rendering is exact, polish on the waveform
             polish = min(effort.polish_steps, steps)
             polished = refine(lambda z: render(z, None), waveform_loss, refined.z, y_k, polish, POLISH_LEARNING_RATE,
@@ -258,8 +295,8 @@ def search(
             scored = refine(lambda z: render(z, None), loss_fn, polished.z, y_k, 0, skip=skip)  # step 0: its loss
             refined = Refined(polished.z, scored.loss, refined.steps + polished.steps)
     return Searched(
-        refined.z, [origin[i] for i in order], scores[order], refined.loss, refined.steps,
-        {name: len(z) for name, z in proposals.items()}, y.shape[0], steps,
+        refined.z, z0, [origin[i] for i in order], scores[order], refined.loss, refined.steps,
+        {name: len(z) for name, z in proposals.items()}, y.shape[0], steps, refined.delay,
     )
 
 
