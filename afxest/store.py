@@ -140,17 +140,7 @@ def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
     path = model_file.path
     state = load_checkpoint(path, map_location="cpu")
     info = describe_checkpoint(state, path)
-    from afxest.nn.estimator import Estimator, EstimatorConfig
-
-    try:
-        config = EstimatorConfig(**state["estimator"])
-        estimator = Estimator(info["task_obj"], config)
-        estimator.load_state_dict(state["model"])
-    except Exception as err:  # noqa: BLE001 - any mismatch means the file is not for this version
-        raise UserError(
-            f"{path}: incompatible model (its weights do not fit this afxest's "
-            f"{info['estimator'].get('kind')!s} estimator: {err.__class__.__name__})"
-        ) from None
+    estimator, config = build_estimator(state, info, path)
     estimator.eval().to(device)
     return LoadedModel(
         name=model_file.name,
@@ -194,6 +184,23 @@ def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
     }
 
 
+def build_estimator(state: dict[str, Any], info: dict[str, Any], path: Path):
+    """The checkpoint's estimator with its weights loaded, and its configuration; UserError if
+    the weights do not fit the stored estimator configuration. ``info``: :func:`describe_checkpoint`."""
+    from afxest.nn.estimator import Estimator, EstimatorConfig
+
+    try:
+        config = EstimatorConfig(**state["estimator"])
+        estimator = Estimator(info["task_obj"], config)
+        estimator.load_state_dict(state["model"])
+    except Exception as err:  # noqa: BLE001 - any mismatch means the file is not for this version
+        raise UserError(
+            f"{path}: incompatible model (its weights do not fit this afxest's "
+            f"{info['estimator'].get('kind')!s} estimator: {err.__class__.__name__})"
+        ) from None
+    return estimator, config
+
+
 INSTALLED_KEYS = ("format", "afxest_version", "task", "estimator", "training", "model", "step", "best", "metrics")
 
 
@@ -213,7 +220,9 @@ def install_model(checkpoint: Path, name: str, folder: Path | None = None, force
     if not name or not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise UserError(f"{name!r}: a model name is letters, digits, '-', '_' and '.' (not first)")
     state = load_checkpoint(Path(checkpoint))
-    describe_checkpoint(state, Path(checkpoint))  # refuses checkpoints this afxest cannot run
+    # refuses checkpoints this afxest cannot run: another task definition, or weights that do
+    # not fit the stored estimator
+    build_estimator(state, describe_checkpoint(state, Path(checkpoint)), Path(checkpoint))
     folder = user_models_dir() if folder is None else Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{name}.pt"

@@ -254,8 +254,13 @@ def test_estimate_and_evaluate_take_a_master_model(tmp_path: Path, capsys: pytes
     values = [(e["type"], k, v) for e in preset["effects"] for k, v in e.items() if k != "type"]
     for (kind, name, value), (k2, n2, lo, hi, _) in zip(values, ISSUE_RANGES):
         assert (kind, name) == (k2, n2) and lo - 1e-6 <= value <= hi + 1e-6
-    # the preset is usable by pedalboard as it stands
-    assert reference_render(preset, dry, SR).shape == dry.shape
+    # the preset is usable by pedalboard as it stands: candidate-1.wav is rank 1's preset applied
+    # by pedalboard's plugins, built here from the JSON values, to the (mono, task-rate) dry
+    import soundfile
+
+    written, rate = soundfile.read(out / "wet" / "candidate-1.wav", dtype="float32", always_2d=True)
+    assert rate == SR and doc["candidates"][0]["audio"] == "candidate-1.wav"
+    np.testing.assert_allclose(written.T, reference_render(preset, dry, SR), atol=1e-6)
 
     capsys.readouterr()
     assert main(["evaluate", "--model", str(run / "best.pt"), "--n", "2", "--out", str(tmp_path / "ev"),

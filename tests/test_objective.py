@@ -10,7 +10,7 @@ from afxest.losses import LogMelLoss
 from afxest.objective import LTILogMel, audio_objective, is_lti
 from afxest.processors import power_response
 from afxest.tasks import TASKS
-from tests.reference import reference_render
+from reference import reference_render
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,7 @@ import torch
 
 from afxest.catalogue import EFFECT_TYPES, PROCESSORS, SOURCE_TYPES
 from afxest.processors import apply_chain, entry, plugin, registry
-from tests.reference import PLUGINS, reference_render
+from reference import PLUGINS, reference_render
 
 SR = 22050
 

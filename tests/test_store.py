@@ -82,8 +82,10 @@ def test_names_resolve_in_user_then_bundled_folders(checkpoint: Path, folders: t
     assert store.resolve_model("fm").path == mine  # a user model shadows a bundled one
     assert store.resolve_model("eq") == store.ModelFile("eq", bundled / "eq.pt", "bundled")
     assert [(m.name, m.origin) for m in store.available_models()] == [("fm", "user"), ("eq", "bundled")]
-    assert shipped.exists()
-    assert store.load_model("fm").name == "fm"
+    assert store.load_model("fm").path == mine
+    mine.unlink()  # without the user's model, the bundled one of that name is found again
+    assert store.resolve_model("fm") == store.ModelFile("fm", shipped, "bundled")
+    assert store.load_model("fm").path == shipped
 
 
 def test_default_is_master_when_present_else_eq(checkpoint: Path, folders: tuple[Path, Path]) -> None:
@@ -192,3 +194,40 @@ def test_models_install_keeps_the_model_and_drops_the_optimiser(
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert main(["models", "--install", str(checkpoint), "--name", "mine", "--force"]) == 0
+
+
+def test_models_install_refuses_checkpoints_this_afxest_cannot_run(
+    checkpoint: Path, folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/estimate.md: ``--install`` checks that this afxest can run the checkpoint. A foreign
+    file, a checkpoint of another task definition, of an unknown task, or whose weights do not
+    fit its estimator: exit 2, one line saying why, and nothing installed (an existing model of
+    that name kept as it was)."""
+    user, _ = folders
+    state = torch.load(checkpoint, weights_only=True)
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    torch.save({"format": "something-else"}, tmp_path / "foreign.pt")
+    torch.save({**state, "task": {**state["task"], "sample_rate": 48000}}, tmp_path / "changed-task.pt")
+    torch.save({**state, "task": {**state["task"], "name": "reverb"}}, tmp_path / "unknown-task.pt")
+    torch.save({**state, "estimator": {**state["estimator"], "flows": 3}}, tmp_path / "wrong-weights.pt")
+    torch.save({k: v for k, v in state.items() if k != "model"}, tmp_path / "no-weights.pt")
+    cases = {
+        "garbage.pt": "not an afxest checkpoint",
+        "foreign.pt": "not an afxest checkpoint",
+        "changed-task.pt": "incompatible model: it was trained for a different 'fm' task definition ('sample_rate'",
+        "unknown-task.pt": "task 'reverb' is unknown",
+        "wrong-weights.pt": "incompatible model (its weights do not fit",
+        "no-weights.pt": "incompatible model",
+    }
+    for name, message in cases.items():
+        capsys.readouterr()
+        assert main(["models", "--install", str(tmp_path / name), "--name", "new"]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (name, err)
+    assert not user.exists() or list(user.iterdir()) == []
+    # the same refusal leaves an installed model of that name untouched, --force or not
+    assert main(["models", "--install", str(checkpoint), "--name", "new"]) == 0
+    before = (user / "new.pt").read_bytes()
+    for name in cases:
+        assert main(["models", "--install", str(tmp_path / name), "--name", "new", "--force"]) == 2, name
+    assert (user / "new.pt").read_bytes() == before and [p.name for p in user.iterdir()] == ["new.pt"]
