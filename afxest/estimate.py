@@ -93,6 +93,9 @@ ANALYSIS_RESAMPLING = "fast"
 # the search refines each window from this long before it (a compressor's envelope and the
 # filters' state settle well within it), so its start matches the wet that ran through them
 SEARCH_PREROLL_SECONDS = 1.0
+# steps of the probe that refines a delay before the search (Analyser._search): on 8 val pairs
+# at 44.1 kHz, 64 samples late, the cross-correlation alone put 2 a sample off, the probe 1
+PROBE_STEPS = 150
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,7 +524,7 @@ def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], prerol
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
                       windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions,
-                      delay: bool = False):
+                      effort=None, proposals: dict[str, np.ndarray] | None = None, delay: bool = False):
     """Runs :func:`afxest.search.search` from the model's candidates: proposals
     (:func:`search_proposals`) scored by the real renderer on
     :func:`~afxest.scoring.search_windows`, the best refined through the differentiable
@@ -535,6 +538,8 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
         windows: Every analysis window (:func:`~afxest.scoring.windows_of`).
         use: The usable windows (:func:`~afxest.scoring.usable_windows`).
         options: The request: its effort, step cap (``refine``) and seed.
+        effort: The search's :class:`afxest.choices.Effort` (default: the request's).
+        proposals: Where the search starts (default: :func:`search_proposals` of ``z``).
         delay: Refine a delay between each rendering and the wet too (:func:`afxest.search.refine`).
 
     Returns:
@@ -546,10 +551,11 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     from afxest.engines import render_model
 
     task, rate = scorer.task, scorer.rate
-    effort = EFFORTS[options.effort]
+    effort = EFFORTS[options.effort] if effort is None else effort
     picks = search_windows(windows, use, effort.windows)
     spans = [windows[i] for i in picks]
-    proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed, rate)
+    if proposals is None:
+        proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed, rate)
 
     def cheap(zs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -566,7 +572,7 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
         proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
         search_excerpts(wet, spans, preroll, length, scorer.device),
         None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
-        max_steps=options.refine or None, skip=preroll, delay=delay,
+        max_steps=None if delay else options.refine or None, skip=preroll, delay=delay,
     )
 
 
@@ -795,34 +801,41 @@ class Analyser:
     def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h):
         """The search (:func:`search_candidates`) and its candidates added (:meth:`_add_found`).
 
-        With a dry, the search runs twice. First its refinement also fits a delay between each
-        rendering and the wet (:func:`afxest.search.refine`): when the best refined candidate's
-        is half a sample or more, the alignment was off by a whole sample (the processing's
-        phase can move the cross-correlation's peak: :mod:`afxest.align`), and the wet is moved
-        by it and every candidate measured again there. Then the search runs again from the
-        refined candidates, without a delay (the renderer has none): they converge within a few
-        dozen steps.
+        With a dry, a probe comes first: the best proposal refined on one window for
+        :data:`PROBE_STEPS` steps with a delay between its rendering and the wet
+        (:func:`afxest.search.refine`). When its delay is half a sample or more, the alignment
+        was off by a whole sample or more (the processing's phase can move the
+        cross-correlation's peak: :mod:`afxest.align`): the wet is moved by it and every
+        candidate measured again there. The search proper then runs from the proposals and the
+        probe's candidate, without a delay (the renderer has none).
 
         Returns:
             The search's result, where the candidates were measured, and all the candidates.
         """
         import torch
 
-        if at.reference.alignment is None:  # a synth: nothing to align
-            found = search_candidates(at.scorer, candidates.z, at.reference.wet, None, at.windows, at.use, options)
-            return found, at, self._add_found(candidates, found, h, at)
         ref = at.reference
-        first = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, delay=True)
-        assert first.delay is not None
-        k = int(np.round(first.delay[int(np.argmin(first.loss_after))]))
+        if ref.alignment is None:  # a synth: nothing to align
+            found = search_candidates(at.scorer, candidates.z, ref.wet, None, at.windows, at.use, options)
+            return found, at, self._add_found(candidates, found, h, at)
+        effort = EFFORTS[options.effort]
+        picks = search_windows(at.windows, at.use, effort.windows)
+        proposals = search_proposals(self.task, candidates.z, ref.wet, ref.dry, [at.windows[i] for i in picks], effort,
+                                     options.seed, at.scorer.rate)
+        probe_effort = dataclasses.replace(effort, keep=1, windows=1, max_steps=PROBE_STEPS)
+        probe = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, probe_effort,
+                                  proposals, delay=True)
+        assert probe.delay is not None
+        k = int(np.round(probe.delay[0]))
         if k != 0:
             moved = shifted(ref, k)
             at = Measured(at.scorer, moved, *reference_windows(self.task, moved), at.engine)
             with torch.inference_mode():
                 candidates.matches = at.measure(candidates.presets)
-        ref = at.reference
-        found = search_candidates(at.scorer, first.z, ref.wet, ref.dry, at.windows, at.use, options)
-        found.steps += first.steps
+            ref = moved
+        found = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, effort,
+                                  {**proposals, "probe": probe.z})
+        found.steps += probe.steps
         return found, at, self._add_found(candidates, found, h, at)
 
     def _measure(self, presets: Sequence, at: Measured,
