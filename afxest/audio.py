@@ -332,6 +332,38 @@ class _StreamResampler:
         return np.concatenate([tail, self._run(None)])
 
 
+def placed(blocks: Iterator[np.ndarray], offset: int, frames: int, channels: int) -> Iterator[np.ndarray]:
+    """The signal of ``blocks`` ((channels, n) each) moved ``offset`` samples later (a negative
+    offset drops its first -offset samples) and cut or zero padded to ``frames``: output sample m
+    is input sample m - offset, or 0 where there is none.
+
+    Example:
+        >>> x = np.arange(1, 6, dtype=np.float32)[None]
+        >>> np.concatenate(list(placed(iter([x[:, :2], x[:, 2:]]), 2, 6, 1)), axis=1)
+        array([[0., 0., 1., 2., 3., 4.]], dtype=float32)
+        >>> np.concatenate(list(placed(iter([x]), -3, 4, 1)), axis=1)
+        array([[4., 5., 0., 0.]], dtype=float32)
+    """
+    done = 0  # output samples yielded
+    if offset > 0:
+        lead = np.zeros((channels, min(offset, frames)), np.float32)
+        done = lead.shape[1]
+        yield lead
+    skip = max(0, -offset)
+    for block in blocks:
+        if done >= frames:
+            return
+        if skip:
+            cut = min(skip, block.shape[1])
+            block, skip = block[:, cut:], skip - cut
+        block = block[:, : frames - done]
+        if block.shape[1]:
+            done += block.shape[1]
+            yield block
+    if done < frames:
+        yield np.zeros((channels, frames - done), np.float32)
+
+
 def to_mono(audio: np.ndarray) -> np.ndarray:
     """Mixes (channels, frames) down to (1, frames) by averaging channels (the mid signal)."""
     return audio.mean(axis=0, keepdims=True)

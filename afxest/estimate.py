@@ -70,13 +70,13 @@ import numpy as np
 
 from afxest.align import MIN_MATCH, Alignment, align
 from afxest.audio import (
-    AUDIO_SUFFIXES, READ_BLOCK, OutputSet, Signal, atomic_write_text, make_folder, open_audio, read_audio, read_mono,
-    resample, resampled_frames, to_mono, write_audio_blocks,
+    AUDIO_SUFFIXES, READ_BLOCK, OutputSet, Signal, atomic_write_text, make_folder, open_audio, placed, read_audio,
+    read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
 )
 from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
 from afxest.engines import board
 from afxest.errors import UserError
-from afxest.presets import ESTIMATE_FORMAT
+from afxest.presets import ESTIMATE_FORMAT, estimate_placement
 from afxest.propose import Proposer
 from afxest.scoring import Scorer, finite, scored_windows, search_windows, span_windows, usable_windows, windows_of
 
@@ -962,7 +962,7 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task,
         task: The model's task (its clip length: the ddsp engine renders the analysis windows).
         placement: (offset, frames, rate): the rendering moved onto the wet's timeline,
             ``offset`` samples at ``rate`` late (zeros first; negative: its start dropped) and cut
-            or padded to ``frames`` samples at ``rate`` (:func:`placed`, at the dry file's rate);
+            or padded to ``frames`` samples at ``rate`` (:func:`afxest.audio.placed`, at the dry file's rate);
             None: as rendered.
     """
     from afxest.engines import render
@@ -978,38 +978,6 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task,
             offset, frames, at = placement
             blocks = placed(blocks, resampled_frames(offset, at, rate), resampled_frames(frames, at, rate), int(f.channels))
         write_audio_blocks(out, blocks, int(f.channels), rate)
-
-
-def placed(blocks: Iterator[np.ndarray], offset: int, frames: int, channels: int) -> Iterator[np.ndarray]:
-    """The signal of ``blocks`` ((channels, n) each) moved ``offset`` samples later (a negative
-    offset drops its first -offset samples) and cut or zero padded to ``frames``: output sample m
-    is input sample m - offset, or 0 where there is none.
-
-    Example:
-        >>> x = np.arange(1, 6, dtype=np.float32)[None]
-        >>> np.concatenate(list(placed(iter([x[:, :2], x[:, 2:]]), 2, 6, 1)), axis=1)
-        array([[0., 0., 1., 2., 3., 4.]], dtype=float32)
-        >>> np.concatenate(list(placed(iter([x]), -3, 4, 1)), axis=1)
-        array([[4., 5., 0., 0.]], dtype=float32)
-    """
-    done = 0  # output samples yielded
-    if offset > 0:
-        lead = np.zeros((channels, min(offset, frames)), np.float32)
-        done = lead.shape[1]
-        yield lead
-    skip = max(0, -offset)
-    for block in blocks:
-        if done >= frames:
-            return
-        if skip:
-            cut = min(skip, block.shape[1])
-            block, skip = block[:, cut:], skip - cut
-        block = block[:, : frames - done]
-        if block.shape[1]:
-            done += block.shape[1]
-            yield block
-    if done < frames:
-        yield np.zeros((channels, frames - done), np.float32)
 
 
 def _rendered_blocks(preset, f, rate: int, engine: str, task) -> Iterator[np.ndarray]:
@@ -1165,15 +1133,6 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
     except BaseException:
         staged.discard()
         raise
-
-
-def estimate_placement(document: dict[str, Any]) -> tuple[int, int, int] | None:
-    """(offset, frames, rate) that put a rendering of the dry onto the wet's timeline
-    (:func:`render_to_file`), from an estimate document's ``alignment``; None without one."""
-    alignment = document.get("alignment")
-    if not alignment:
-        return None
-    return int(alignment["offset_samples"]), int(alignment["wet_frames"]), int(alignment["sample_rate"])
 
 
 def meaningless_ranking(document: dict[str, Any], job: Job, dry: Signal | None) -> list[str]:

@@ -214,6 +214,22 @@ def load_preset(path: str | os.PathLike[str], candidate: int = 1) -> Preset:
     return parse_preset(doc, str(path))
 
 
+def estimate_placement(document: Any) -> tuple[int, int, int] | None:
+    """(offset, frames, rate) that put a rendering of an estimate's dry onto its wet's timeline
+    (:func:`afxest.audio.placed`: ``offset`` samples late, ``frames`` long, both at ``rate``),
+    from an ``afxest-estimate/1`` document's ``alignment``; None for any other document."""
+    if not isinstance(document, dict) or document.get("format") != ESTIMATE_FORMAT:
+        return None
+    alignment = document.get("alignment")
+    if not isinstance(alignment, dict):
+        return None
+    try:
+        values = tuple(int(alignment[key]) for key in ("offset_samples", "wet_frames", "sample_rate"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return values if values[1] >= 0 and values[2] > 0 else None  # type: ignore[return-value]
+
+
 def dumps_preset(preset: Preset) -> str:
     """The preset as pretty-printed JSON text (with a trailing newline)."""
     return json.dumps(preset.to_dict(), indent=2) + "\n"

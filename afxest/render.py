@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from afxest.audio import check_output_path, check_output_size, read_audio, write_audio, write_audio_blocks
+import numpy as np
+
+from afxest.audio import (
+    check_output_path, check_output_size, placed, read_audio, resampled_frames, write_audio, write_audio_blocks,
+)
 from afxest.engines import check_ddsp, default_engine, render, render_source_blocks, source_frames
 from afxest.errors import UserError
-from afxest.presets import load_preset
+from afxest.presets import estimate_placement, load_preset, read_json
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,22 @@ class RenderReport:
         )
 
 
+def estimate_alignment(preset_path: Path, dry: Path, rate: int) -> tuple[int, int] | None:
+    """(offset, frames) at ``rate`` that put a rendering of ``dry`` on the wet's timeline, when
+    ``preset_path`` is an estimate document made from that very dry file (its ``dry`` names the
+    same file) with an ``alignment`` (:func:`afxest.presets.estimate_placement`); else None: a
+    preset applied to another dry file is rendered as it is."""
+    document = read_json(preset_path)
+    placement = estimate_placement(document)
+    named = document.get("dry") if isinstance(document, dict) else None
+    if placement is None or not isinstance(named, str) or not Path(named).exists():
+        return None
+    if not os.path.samefile(named, dry):
+        return None
+    offset, frames, at = placement
+    return resampled_frames(offset, at, rate), resampled_frames(frames, at, rate)
+
+
 def render_file(
     dry: Path | None,
     preset_path: Path,
@@ -46,7 +67,10 @@ def render_file(
 
     Arguments:
         dry: The dry file, the preset run at its sample rate and channel count; None: the
-            preset's source synthesised at the preset's sample rate.
+            preset's source synthesised at the preset's sample rate. When it is the very dry
+            file an estimate document was made from, the rendering is put on the wet's timeline
+            as the estimate aligned them (:func:`estimate_alignment`), as estimate's own
+            ``candidate-K.wav``.
         preset_path: A preset, or an estimate document.
         out: The audio file written (``.wav`` or ``.flac``).
         engine: ``pedalboard`` or ``ddsp``; None: pedalboard when every effect has a plugin.
@@ -73,6 +97,9 @@ def render_file(
         audio, sample_rate = read_audio(dry)
         channels, frames = audio.shape
         preset.check_sample_rate(sample_rate, f"{preset_path} at {dry}'s {sample_rate} Hz")
+        placement = estimate_alignment(preset_path, dry, sample_rate)
+        if placement is not None:
+            frames = placement[1]
     check_output_size(out, frames, channels, bit_depth)
     engine = engine or default_engine(preset)
     if engine == "pedalboard" and not all(e.spec.plugin for e in preset.effects):
@@ -85,7 +112,10 @@ def render_file(
     if audio is None:  # a synth: streamed, never held whole
         report = write_audio_blocks(out, render_source_blocks(preset, sample_rate, engine), 1, sample_rate, bit_depth)
     else:
-        report = write_audio(out, render(preset, audio, sample_rate, engine), sample_rate, bit_depth)
+        y = render(preset, audio, sample_rate, engine)
+        if placement is not None:
+            y = np.concatenate(list(placed(iter([y]), *placement, channels)), axis=1)
+        report = write_audio(out, y, sample_rate, bit_depth)
     return RenderReport(
         out=report.path,
         engine=engine,

@@ -1,0 +1,190 @@
+"""Pairs as users have them (issue 21): a wet late or early against its dry, of another length,
+in stereo, at another rate, or made from another song. Checked against references built here:
+known shifts, pedalboard plugins from the JSON values, scipy's biquad responses, the losses
+recomputed on the overlap."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pedalboard
+import pytest
+import soundfile
+import torch
+from scipy import signal
+
+from afxest import losses
+from afxest.align import MIN_MATCH, align, minimum_phase
+from afxest.audio import read_audio
+from afxest.cli import main
+from afxest.data import procedural_music
+from reference import cookbook, reference_render  # tests/reference.py
+
+RATE = 44100
+
+
+def music(seconds: float, rate: int = RATE, seed: int = 0) -> np.ndarray:
+    return procedural_music(np.random.default_rng(seed), int(round(seconds * rate)), rate)
+
+
+def master(x: np.ndarray, rate: int = RATE) -> np.ndarray:
+    """A mastering chain of the kind the master task draws: shelves, a peak, a compressor, gain."""
+    board = pedalboard.Pedalboard([
+        pedalboard.LowShelfFilter(cutoff_frequency_hz=120.0, gain_db=6.0, q=0.8),
+        pedalboard.PeakFilter(cutoff_frequency_hz=900.0, gain_db=-5.0, q=1.5),
+        pedalboard.HighShelfFilter(cutoff_frequency_hz=5000.0, gain_db=7.0, q=0.9),
+        pedalboard.Compressor(threshold_db=-24.0, ratio=4.0, attack_ms=5.0, release_ms=120.0),
+        pedalboard.Gain(gain_db=6.0),
+    ])
+    return board(np.atleast_2d(x).astype(np.float32), float(rate))
+
+
+def late(y: np.ndarray, offset: int, extra: int = 0) -> np.ndarray:
+    """y (C, T) ``offset`` samples late (zeros first; negative: its start cut), then ``extra``
+    samples longer (zeros after; negative: its end cut)."""
+    y = np.concatenate([np.zeros((y.shape[0], offset), np.float32), y], 1) if offset >= 0 else y[:, -offset:]
+    return np.concatenate([y, np.zeros((y.shape[0], extra), np.float32)], 1) if extra >= 0 else y[:, :extra]
+
+
+def write(path: Path, audio: np.ndarray, rate: int = RATE) -> Path:
+    soundfile.write(path, np.atleast_2d(audio).T, rate, subtype="FLOAT")
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("rate, offset", [(44100, 1), (44100, -777), (48000, 50_000), (48000, -50_000), (22050, 64)])
+def test_align_finds_whole_sample_offsets_through_a_mastering_chain(rate: int, offset: int) -> None:
+    x = music(8.0, rate)
+    wet = late(master(x, rate), offset)[0]
+    found = align(x, wet, rate)
+    assert found.offset == offset and found.rate == rate
+    assert found.match > 0.5
+
+
+def test_a_pure_delay_matches_fully_and_unrelated_signals_do_not() -> None:
+    x = music(6.0)
+    assert align(x, late(x[None], 300)[0], RATE).match == pytest.approx(1.0, abs=1e-6)
+    for other in (music(6.0, seed=5), 0.1 * np.random.default_rng(3).standard_normal(6 * RATE).astype(np.float32)):
+        assert align(x, other, RATE).match < MIN_MATCH
+
+
+def test_minimum_phase_of_a_biquads_magnitude_is_its_response() -> None:
+    """RBJ shelves and peaks are minimum phase: the phase rebuilt from the magnitude alone is
+    scipy's frequency response of the same biquads."""
+    n = 8192
+    w = np.linspace(0, np.pi, n // 2 + 1)
+    response = np.ones(n // 2 + 1, complex)
+    for kind, f0, gain, q in (("low_shelf", 200.0, 6.0, 0.7), ("peak", 1500.0, -8.0, 2.0), ("high_shelf", 6000.0, 5.0, 0.8)):
+        b, a = cookbook(kind, f0, gain, q, RATE)
+        response *= signal.freqz(b, a, worN=w)[1]
+    rebuilt = minimum_phase(np.log(np.abs(response)))
+    np.testing.assert_allclose(rebuilt, response, atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def late_stereo_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """6 s of stereo at 44.1 kHz (channels that differ) and its master, 300 samples late and
+    0.8 s longer."""
+    root = tmp_path_factory.mktemp("late")
+    dry = np.stack([music(6.0, seed=1), music(6.0, seed=2)])
+    wet = late(master(dry), 300, int(0.8 * RATE))
+    return write(root / "song.wav", wet), write(root / "song-dry.wav", dry), wet, dry
+
+
+def test_a_late_longer_stereo_wet_is_aligned_scored_in_stereo_and_rendered_on_its_timeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], late_stereo_pair, one_thread: None
+) -> None:
+    wet_path, dry_path, wet, dry = late_stereo_pair
+    out = tmp_path / "out"
+    code, text, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", "eq", "--samples", 3,
+                          "--refine", 0, "--audio-all", "-o", out, "--json")
+    assert code == 0, err
+    doc = json.loads(text)
+    assert doc["sample_rate"] == RATE and doc["channels"] == {"analysed": "mono mix", "scored": "stereo"}
+    alignment = doc["alignment"]
+    assert alignment["offset_samples"] == 300 and alignment["offset_seconds"] == pytest.approx(300 / RATE)
+    assert alignment["overlap"]["seconds"] == pytest.approx(6.0) and alignment["wet_frames"] == wet.shape[1]
+    # each loss: the log-mel at 44.1 kHz of the stereo rendering against the wet made from the dry
+    # (the 6 s overlap: one window), the mean over both channels
+    target = torch.from_numpy(np.ascontiguousarray(wet[:, 300 : 300 + dry.shape[1]]))[None]
+    for c in doc["candidates"]:
+        rendered = reference_render(c["preset"], dry, RATE)
+        assert c["loss"] == pytest.approx(losses.LogMelLoss(RATE)(torch.from_numpy(rendered)[None], target).item(),
+                                          rel=1e-4)
+        # the audio lines up with the wet (same length, 300 zeros first): a user can null-test it
+        written, rate = read_audio(out / "song" / f"candidate-{c['rank']}.wav")
+        assert rate == RATE
+        np.testing.assert_array_equal(written, late(rendered, 300, wet.shape[1] - 300 - dry.shape[1]))
+    # afxest render of the estimate on its own dry file gives the same file; on another, the preset as it is
+    code, _, err = run(capsys, "render", dry_path, out / "song" / "estimate.json", "-o", tmp_path / "again.wav")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_audio(tmp_path / "again.wav")[0], read_audio(out / "song" / "candidate-1.wav")[0])
+    other = write(tmp_path / "other.wav", dry[:, : 3 * RATE])
+    code, _, err = run(capsys, "render", other, out / "song" / "estimate.json", "-o", tmp_path / "other-out.wav")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_audio(tmp_path / "other-out.wav")[0],
+                                  reference_render(doc["candidates"][0]["preset"], dry[:, : 3 * RATE], RATE))
+
+
+def test_an_early_shorter_mono_wet_is_estimated_on_the_overlap(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    """The wet starts 0.7 s into the dry (its start trimmed) and ends 0.5 s before it: the dry is
+    rendered from its start (the processors' state as it was) and scored on the overlap."""
+    dry = music(6.0)[None]
+    shift = int(0.7 * RATE)
+    wet = late(master(dry), -shift, -int(0.5 * RATE))
+    wet_path, dry_path = write(tmp_path / "w.wav", wet), write(tmp_path / "d.wav", dry)
+    code, text, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", "eq", "--samples", 2, "--refine", 0,
+                          "--no-audio", "-o", tmp_path / "out", "--json")
+    assert code == 0, err
+    doc = json.loads(text)
+    assert doc["alignment"]["offset_samples"] == -shift and doc["channels"]["scored"] == "mono"
+    assert doc["alignment"]["overlap"]["dry_start_seconds"] == pytest.approx(0.7, abs=1 / RATE)
+    assert doc["analysis"]["seconds"] == pytest.approx(wet.shape[1] / RATE, abs=1e-3)
+    rendered = reference_render(doc["candidates"][0]["preset"], dry, RATE)[:, shift : shift + wet.shape[1]]
+    expected = losses.LogMelLoss(RATE)(torch.from_numpy(rendered)[None], torch.from_numpy(wet)[None]).item()
+    assert doc["candidates"][0]["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_refinement_worse_than_its_start_is_not_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    """A refinement that ends far from the wet (here: every refined setting pushed to the edge of
+    its range) loses to its start by the real renderer, and the start is reported."""
+    import afxest.search
+
+    real = afxest.search.refine
+
+    def astray(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if not (args[10:] or [kwargs.get("delay", False)])[0]:  # the search proper, not the probe
+            out.z[:] = 1.0
+        return out
+
+    monkeypatch.setattr(afxest.search, "refine", astray)
+    dry = music(5.0, 22050)[None]
+    shelf = pedalboard.Pedalboard([pedalboard.HighShelfFilter(cutoff_frequency_hz=1500.0, gain_db=8.0, q=0.8)])
+    wet_path = write(tmp_path / "w.wav", shelf(dry, 22050.0), 22050)
+    dry_path = write(tmp_path / "d.wav", dry, 22050)
+    code, text, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", "eq", "--samples", 2,
+                          "--refine", 5, "--no-audio", "-o", tmp_path / "out", "--json")
+    assert code == 0, err
+    searched = [c for c in json.loads(text)["candidates"] if "refinement" in c]
+    assert searched
+    for c in searched:
+        record = c["refinement"]
+        assert record["applied"] is False and record["loss_refined"] > c["loss"]
+        assert all(e["gain_db"] < 10.0 for e in c["preset"]["effects"])  # not the pushed settings
+        rendered = reference_render(c["preset"], dry, 22050)
+        expected = losses.LogMelLoss(22050)(torch.from_numpy(rendered)[None], torch.from_numpy(read_audio(wet_path)[0])[None])
+        assert c["loss"] == pytest.approx(expected.item(), rel=1e-4)
