@@ -869,30 +869,32 @@ class Analyser:
         import torch
 
         k = len(found.z)
-        rate = at.scorer.rate
-        both = presets_of(self.task, np.concatenate([found.z, found.start]), rate)
+        both = presets_of(self.task, np.concatenate([found.z, found.start]), at.scorer.rate)
         with torch.inference_mode():
             measured = at.measure(both)
         refined_better = measured["loss"][:k] <= measured["loss"][k:]
-        pick = np.where(refined_better, np.arange(k), np.arange(k, 2 * k))
-        z = np.concatenate([found.z, found.start])[pick]
-        new = {name: v[pick] for name, v in measured.items()}
+        pick = [j if refined_better[j] else k + j for j in range(k)]
+        z_both = np.concatenate([found.z, found.start])
+        # searches that end on the same setting give one candidate
+        kept = [j for j in range(k) if not any(np.array_equal(z_both[pick[j]], z_both[pick[i]]) for i in range(j))]
+        z = z_both[[pick[j] for j in kept]]
+        new = {name: v[[pick[j] for j in kept]] for name, v in measured.items()}
         with torch.inference_mode():
             new_lp = self.proposer.log_prob(z, h) if self.proposer.posterior else None
         m = len(candidates.z)
         refinement = dict(candidates.refinement)
-        for j in range(k):
-            refinement[m + j] = {
+        for i, j in enumerate(kept):
+            refinement[m + i] = {
                 "steps": found.steps,
                 "loss_before": finite(found.loss_before[j]),
-                "loss_after": finite(new["loss"][j]),
+                "loss_after": finite(measured["loss"][pick[j]]),
                 "loss_refined": finite(measured["loss"][j]),
                 "applied": bool(refined_better[j]),
                 "proposal": found.origin[j],
             }
         return Candidates(
             np.concatenate([candidates.z, z]),
-            candidates.presets + [both[i] for i in pick],
+            candidates.presets + [both[pick[j]] for j in kept],
             None if candidates.log_prob is None else np.concatenate([candidates.log_prob, new_lp]),
             {name: np.concatenate([v, new[name]]) for name, v in candidates.matches.items()},
             refinement,
