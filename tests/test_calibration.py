@@ -193,3 +193,85 @@ def test_eq_identifiable_quantities():
     assert draws[0, 0] == pytest.approx([1000**0.8 * 2000**0.2, 6.0, 0.8 * 1 + 0.2 * 2])
     assert draws[0, 1] == pytest.approx(truths[0])  # the canonical solution gives the truth back
     assert "sum" in notes[1] and "geometric" in notes[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# afxest evaluate: the calibration of a posterior model, recomputed from its own draws
+
+
+@pytest.fixture(scope="module")
+def fm_calibrated(tmp_path_factory):
+    from checkpoints import one_step_checkpoint  # tests/checkpoints.py
+
+    from afxest.evaluate import evaluate
+    from afxest.store import load_model
+
+    root = tmp_path_factory.mktemp("fm-calibration")
+    loaded = load_model(str(one_step_checkpoint(root / "run", "fm")))
+    result = evaluate(loaded, root / "eval", n=12, samples=3, seed=2, calibration_draws=20, log=lambda _m: None)
+    return loaded, result, root / "eval"
+
+
+def _calibration_csv(folder):
+    import csv
+
+    with open(folder / "calibration.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_ranks_are_the_truths_among_the_models_draws(fm_calibrated):
+    from afxest.data import make_batch
+    from afxest.evaluate import CALIBRATION_STREAM, ITEM_STREAM
+    from afxest.figures import draw
+
+    loaded, result, folder = fm_calibrated
+    rows = _calibration_csv(folder)
+    names = loaded.task.model.names
+    assert len(rows) == 12 * len(names) and {r["draws"] for r in rows} == {"20"}
+    for i in range(12):  # each item again, from its own seed, and the model's draws of the calibration stream
+        v = make_batch(loaded.task, None, np.random.default_rng([2, ITEM_STREAM, i]), 1).v[0].astype(np.float64)
+        wet = make_batch(loaded.task, None, np.random.default_rng([2, ITEM_STREAM, i]), 1).wet
+        z, _ = draw(loaded.estimator, wet, 20, [2, CALIBRATION_STREAM, i])
+        for j, name in enumerate(names):
+            row = rows[i * len(names) + j]
+            assert (int(row["item"]), row["quantity"]) == (i, name)
+            assert float(row["truth"]) == pytest.approx(v[j])
+            assert int(row["rank"]) == int((z[0, :, j] < v[j]).sum())
+    # the summary is the share of those ranks in the interval
+    r = np.array([int(row["rank"]) for row in rows]).reshape(12, len(names))
+    for level in cal.LEVELS:
+        inside = (r >= 20 * (1 - level) / 2) & (r <= 20 * (1 + level) / 2)
+        assert np.allclose(result.calibration.coverage[level], inside.mean(axis=0))
+    assert np.allclose(result.calibration.outside, ((r == 0) | (r == 20)).mean(axis=0))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_reports_and_draws_the_calibration(fm_calibrated, tmp_path):
+    from afxest.evaluate import evaluate
+
+    loaded, result, folder = fm_calibrated
+    report = (folder / "report.md").read_text()
+    section = report.split("## Calibration\n", 1)[1]
+    assert "| Calibrated posterior | 52 % | 90 % | 10 % |" in section  # 11/21, 19/21, 2/21 ranks of 20 draws
+    for name in loaded.task.model.names:
+        assert f"| {name} |" in section
+    if result.calibration_figures:  # matplotlib installed
+        for figure in result.calibration_figures:
+            assert (folder / figure.file).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({figure.file})" in section
+    # the calibration draws have their own seeds: results.csv is the same without them
+    again = evaluate(loaded, tmp_path / "none", n=12, samples=3, seed=2, calibration_draws=0, log=lambda _m: None,
+                     figures=False)
+    assert again.calibration is None and not (tmp_path / "none" / "calibration.csv").exists()
+    assert "## Calibration" not in (tmp_path / "none" / "report.md").read_text()
+    assert (tmp_path / "none" / "results.csv").read_text() == (folder / "results.csv").read_text()
+
+
+def test_calibration_draws_option_is_checked():
+    from afxest.errors import UserError
+    from afxest.evaluate import EvaluateOptions
+
+    with pytest.raises(UserError, match="calibration-draws"):
+        EvaluateOptions(calibration_draws=1).check()
+    EvaluateOptions(calibration_draws=0).check()
