@@ -302,10 +302,10 @@ def identifiable(task: Any, z: np.ndarray, v: np.ndarray) -> tuple[list[str], np
         truths.append(tr.to_physical(v[:, j]))
         if tr.name == "gain_db":
             draws.append(sum(mr.to_physical(c[..., j]) for c in copies))
-            notes.append(f"sum of the {k} {kind}s' gains")
+            notes.append(f"sum of the gains of the model's {k} {kind} processors")
         else:
             mean = sum(w * c[..., j] for w, c in zip(weights, copies))  # in the model range's normalised space
             draws.append(mr.to_physical(mean))
             how = "geometric mean" if mr.mapping == "exp" else "mean"
-            notes.append(f"|gain|-weighted {how} of the {k} {kind}s' {tr.name}")
+            notes.append(f"|gain|-weighted {how} of the {tr.name} of the model's {k} {kind} processors")
     return names, np.stack(draws, axis=-1), np.stack(truths, axis=-1), notes
