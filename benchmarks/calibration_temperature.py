@@ -10,8 +10,8 @@ A posterior model's base Gaussian N(mu(h), sigma(h)^2) gets its standard deviati
 1. Fit, on the validation split (items drawn like ``afxest evaluate``'s, from the validation
    tracks): for each T of ``--grid`` the calibration of ``--draws`` draws per item
    (:mod:`afxest.calibration`; items of seed + 1, so a synth's differ from the test's); the chosen global T is the one whose mean 90 % coverage is
-   nearest 90 %. With ``--per-parameter`` (tasks whose truth is the model: fm, master), each
-   base dimension's T is then refined by a few multiplicative steps
+   nearest 90 %. With ``--per-parameter``, each base dimension's T (eq: both shelves' dimensions
+   of a parameter by the coverage of the quantity they form) is then refined by a few multiplicative steps
    ``T_j *= z(0.95) / z((1 + c_j) / 2)`` (c_j its 90 % coverage, z the standard normal quantile:
    the widening a Gaussian error would need).
 2. Test, on the test split (exactly ``afxest evaluate``'s items and seeds): T = 1 (today's
@@ -117,11 +117,12 @@ def fit(loaded, data, n: int, seed: int, grid, draws: int, per_parameter: bool, 
         log(f"val T={t:g}: " + ", ".join(f"{k} {v:.3f}" for k, v in c.mean().items()))
     best = min(rows, key=lambda r: abs(r[1]["coverage_90"] - 0.9))[0]
     vector = np.full(d, best)
-    if per_parameter and task.truth.processors == task.model.processors:
+    if per_parameter:
         z90 = statistics.NormalDist().inv_cdf(0.95)
+        which = quantity_of(task)
         for step in range(6):
             c = calibrate_items(loaded, hs, truths, seeds, vector, draws)
-            cover = np.clip(c.coverage[0.9], 0.05, 0.995)
+            cover = np.clip(c.coverage[0.9][which], 0.05, 0.995)
             vector = vector * z90 / np.array([statistics.NormalDist().inv_cdf((1 + x) / 2) for x in cover])
             vector = np.clip(vector, 0.25, 50.0)
             log(f"val per-parameter step {step}: mean 90 % coverage {c.coverage[0.9].mean():.3f}, "
@@ -134,6 +135,14 @@ def fit(loaded, data, n: int, seed: int, grid, draws: int, per_parameter: bool, 
     return {"grid": [{"T": t, **m} for t, m in rows], "global": best,
             "per_parameter": None if vector is None else vector.tolist(),
             "levels": interval_levels(final)}
+
+
+def quantity_of(task) -> np.ndarray:
+    """The calibrated quantity (:func:`afxest.calibration.identifiable`) each model dimension
+    feeds: itself, or (eq) the same parameter of the truth's one processor."""
+    if task.truth.processors == task.model.processors:
+        return np.arange(task.model.dim)
+    return np.arange(task.model.dim) % task.truth.dim
 
 
 def interval_levels(c) -> dict[str, list[float]]:
@@ -219,6 +228,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
     parser.add_argument("--per-parameter", action="store_true")
+    parser.add_argument("--test-grid", action="store_true", help="test every T of --grid, not only the fitted one")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -231,8 +241,9 @@ def main(argv=None) -> int:
     d = loaded.task.model.dim
     fitted = fit(loaded, args.data, args.fit_n, args.seed, args.grid, args.draws, args.per_parameter, log)
     configs = {"T = 1 (today)": np.ones(d)}
-    if fitted["global"] != 1:
-        configs[f"T = {fitted['global']:g} (global)"] = np.full(d, fitted["global"])
+    for t in args.grid if args.test_grid else [fitted["global"]]:
+        if t != 1:
+            configs[f"T = {t:g}" + (" (global, fitted)" if t == fitted["global"] else "")] = np.full(d, t)
     if fitted["per_parameter"] is not None:
         configs["per-parameter T"] = np.array(fitted["per_parameter"])
     tested = test(loaded, args.data, args.test_n, args.seed, configs, args.draws, log, fitted["levels"])
