@@ -22,6 +22,9 @@ A posterior model's base Gaussian N(mu(h), sigma(h)^2) gets its standard deviati
    CANVI, Patel et al. 2024): per quantity and level, the smallest central level of the draws
    whose interval held that share of the validation truths; the test coverage at those levels.
    This changes which interval is reported, not the draws (nor the SI-SDR).
+4. With ``--estimate-n K``: on the first K test items, the rank 1 of ``afxest estimate`` given
+   the dry (its search at ``--effort``, proposals drawn from the tempered posterior), SI-SDR
+   against the wet, for T = 1 and the last configuration (``afxest evaluate --effort``'s row).
 
 Prints markdown tables; ``--out`` writes the numbers as JSON.
 """
@@ -218,6 +221,30 @@ def test(loaded, data, n: int, seed: int, configs: dict[str, np.ndarray], draws:
     return out
 
 
+def estimate_items(loaded, data, n: int, seed: int, configs: dict[str, np.ndarray], effort: str, log):
+    """Step 4: the default estimate's rank 1 SI-SDR on the first n test items per configuration."""
+    from afxest.estimate import Analyser
+    from afxest.evaluate import default_estimate
+
+    task, head = loaded.task, loaded.estimator.head
+    analyser = Analyser(loaded)
+    source = source_of(task, data, "test")
+    found = {k: np.empty(n) for k in configs}
+    for i in range(n):
+        item = draw_item(task, source, seed, i)
+        for k, temperature in configs.items():
+            with tempered(head, temperature):
+                rendered = default_estimate(analyser, item.wet, item.dry, BEST_OF, effort, seed)
+            y_hat = torch.from_numpy(np.ascontiguousarray(rendered, dtype=np.float32))
+            y = torch.from_numpy(np.ascontiguousarray(item.wet, dtype=np.float32))[None]
+            found[k][i] = float(si_sdr(y_hat, y)[0])
+        log(f"estimate {i + 1}/{n}: " + ", ".join(f"{v[i]:.2f}" for v in found.values()))
+    first = found[list(configs)[0]]
+    return {k: {"mean": float(v.mean()), "std": float(v.std()),
+                "vs_T1": [float((v - first).mean()), float((v - first).std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0]}
+            for k, v in found.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
@@ -230,6 +257,8 @@ def main(argv=None) -> int:
     parser.add_argument("--per-parameter", action="store_true")
     parser.add_argument("--test-grid", action="store_true", help="test every T of --grid, not only the fitted one")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--estimate-n", type=int, default=0, help="test items of the default estimate (0: none)")
+    parser.add_argument("--effort", default="default")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -255,6 +284,15 @@ def main(argv=None) -> int:
         print(f"| {k} | {100 * r['coverage_50']:.0f} % | {100 * r['coverage_90']:.0f} % | {100 * r['outside']:.1f} % "
               f"| {r['in_band']}/{r['quantities']} | {r['best10_si_sdr'][0]:.2f} ± {r['best10_si_sdr'][1]:.2f} "
               f"| {r['best10_vs_T1'][0]:+.2f} ± {r['best10_vs_T1'][1]:.2f} |")
+    if args.estimate_n:
+        last = list(configs)[-1]
+        estimated = estimate_items(loaded, args.data, args.estimate_n, args.seed, {k: configs[k] for k in (list(configs)[0], last)},
+                                   args.effort, log)
+        for k, r in estimated.items():
+            tested[k]["default_estimate_si_sdr"] = r
+        print(f"\ndefault estimate with the dry (--effort {args.effort}), rank 1 SI-SDR, first {args.estimate_n} test items:\n")
+        for k, r in estimated.items():
+            print(f"- {k}: {r['mean']:.2f} ± {r['std']:.2f} dB; vs T = 1 {r['vs_T1'][0]:+.2f} ± {r['vs_T1'][1]:.2f}")
     if args.out:
         args.out.write_text(json.dumps({"model": loaded.name, "fit": fitted, "test": tested}, indent=1))
     return 0
