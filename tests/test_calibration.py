@@ -275,3 +275,22 @@ def test_calibration_draws_option_is_checked():
     with pytest.raises(UserError, match="calibration-draws"):
         EvaluateOptions(calibration_draws=1).check()
     EvaluateOptions(calibration_draws=0).check()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_evaluate_calibrates_eq_on_its_identifiable_quantities(tmp_path):
+    from checkpoints import one_step_checkpoint  # tests/checkpoints.py
+
+    from afxest.evaluate import evaluate
+    from afxest.store import load_model
+
+    loaded = load_model(str(one_step_checkpoint(tmp_path / "run", "eq")))
+    result = evaluate(loaded, tmp_path / "eval", n=2, samples=2, seed=1, calibration_draws=8, log=lambda _m: None,
+                      figures=False)
+    c = result.calibration
+    assert c.names == TASKS["eq"].truth.names and c.draws == 8 and c.ranks.shape == (2, 3)
+    section = (tmp_path / "eval" / "report.md").read_text().split("## Calibration\n", 1)[1]
+    assert "sum of the gains of the model's 2 high_shelf processors" in section
+    rows = _calibration_csv(tmp_path / "eval")
+    gains = [float(r["truth"]) for r in rows if r["quantity"] == "0.high_shelf.gain_db"]
+    assert len(gains) == 2 and all(-20 <= g <= 20 for g in gains)  # physical dB of the one true shelf
