@@ -344,7 +344,8 @@ def proxies_markdown(result) -> str:
 def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
     """Rows (header first) of models evaluated on the same items side by side (``afxest evaluate
     --also``): the pedalboard renders' expectation and best of N, the proxies' SI-SDR,
-    ``--refine``, then the first result's Input and Uniform baselines.
+    ``--refine``, the posteriors' mean calibration, then the first result's Input and Uniform
+    baselines.
 
     Arguments:
         results: The (model name, :class:`afxest.evaluate.Evaluation`) pairs, the first the
@@ -362,6 +363,9 @@ def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
         header += [f"SI-SDR, --refine {refine}", f"SI-SDR, best of {top}, --refine {refine}"]
     if first.effort:
         header += [f"SI-SDR, default estimate (--effort {first.effort})"]
+    calibrated = any(getattr(r, "calibration", None) is not None for _, r in results)
+    if calibrated:
+        header += ["Truth in 50 % / 90 % of draws (mean)", "Truth outside all draws (mean)"]
     rows = [header]
     for name, r in results:
         best = r.best_of[r.samples]
@@ -374,6 +378,10 @@ def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
             row += [mean_std(r.refined_expectation.get("si_sdr")), mean_std(refined_best.get("si_sdr"))]
         if first.effort:
             row += [mean_std(r.default_estimate.get("si_sdr"))]
+        if calibrated:
+            c = getattr(r, "calibration", None)
+            row += ["-", "-"] if c is None else [f"{percent(c.coverage[0.5].mean())} / {percent(c.coverage[0.9].mean())}",
+                                                 percent(c.outside.mean())]
         rows.append(row)
     filler = ["-"] * (len(header) - 3 - len(metrics))
     if first.input_baseline is not None:

@@ -294,3 +294,26 @@ def test_evaluate_calibrates_eq_on_its_identifiable_quantities(tmp_path):
     rows = _calibration_csv(tmp_path / "eval")
     gains = [float(r["truth"]) for r in rows if r["quantity"] == "0.high_shelf.gain_db"]
     assert len(gains) == 2 and all(-20 <= g <= 20 for g in gains)  # physical dB of the one true shelf
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_comparison_shows_each_posteriors_mean_calibration(fm_calibrated, tmp_path, capsys):
+    from checkpoints import one_step_checkpoint  # tests/checkpoints.py
+
+    from afxest.cli import main
+
+    loaded, _, _ = fm_calibrated
+    param = one_step_checkpoint(tmp_path / "param", "fm", "param")
+    out = tmp_path / "cmp"
+    assert main(["evaluate", "--model", str(loaded.path), "--also", str(param), "--n", "12", "--samples", "3",
+                 "--seed", "2", "--calibration-draws", "20", "--out", str(out), "--no-figures"]) == 0
+    assert "calibration: the truth against 20 posterior draws" in capsys.readouterr().err
+    r = np.array([int(row["rank"]) for row in _calibration_csv(out)]).reshape(12, 2)
+    c50 = ((r >= 5) & (r <= 15)).mean()
+    c90 = ((r >= 1) & (r <= 19)).mean()
+    outside = ((r == 0) | (r == 20)).mean()
+    lines = [line for line in (out / "comparison.md").read_text().splitlines() if line.startswith("| `")]
+    posterior = [c.strip() for c in lines[0].strip("|").split("|")]
+    other = [c.strip() for c in lines[1].strip("|").split("|")]
+    assert posterior[-2:] == [f"{100 * c50:.0f} % / {100 * c90:.0f} %", f"{100 * outside:.0f} %"]
+    assert other[-2:] == ["-", "-"]  # a parameter model has no draws to calibrate
