@@ -76,7 +76,7 @@ CURVE_LEVELS = tuple(np.round(np.linspace(0.0, 1.0, 21), 10))
 BANDS = {0.5: (0.40, 0.60), 0.9: (0.85, 0.95)}
 #: The largest share of truths outside all draws the targets allow (calibrated: 2 / (N + 1)).
 OUTSIDE_MAX = 0.06
-#: The bins of the rank histogram (Talts et al. suggest about items / 20; at most N + 1).
+#: The bins of the rank histogram (at most N + 1; 5 or 6 ranks each for N = 100).
 HISTOGRAM_BINS = 20
 
 
