@@ -227,14 +227,16 @@ def estimate_items(loaded, data, n: int, seed: int, configs: dict[str, np.ndarra
     from afxest.evaluate import default_estimate
 
     task, head = loaded.task, loaded.estimator.head
-    analyser = Analyser(loaded)
+    analysers = {}
+    for k, temperature in configs.items():  # the proposer copies the head when it is made: temper it first
+        with tempered(head, temperature):
+            analysers[k] = Analyser(loaded)
     source = source_of(task, data, "test")
     found = {k: np.empty(n) for k in configs}
     for i in range(n):
         item = draw_item(task, source, seed, i)
-        for k, temperature in configs.items():
-            with tempered(head, temperature):
-                rendered = default_estimate(analyser, item.wet, item.dry, BEST_OF, effort, seed)
+        for k in configs:
+            rendered = default_estimate(analysers[k], item.wet, item.dry, BEST_OF, effort, seed)
             y_hat = torch.from_numpy(np.ascontiguousarray(rendered, dtype=np.float32))
             y = torch.from_numpy(np.ascontiguousarray(item.wet, dtype=np.float32))[None]
             found[k][i] = float(si_sdr(y_hat, y)[0])
@@ -259,6 +261,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--estimate-n", type=int, default=0, help="test items of the default estimate (0: none)")
     parser.add_argument("--effort", default="default")
+    parser.add_argument("--fit-from", type=Path, help="take the fitted T from an earlier --out JSON (no fitting)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -268,7 +271,10 @@ def main(argv=None) -> int:
     loaded = load_model(args.model)
     loaded.estimator.to("cpu").eval()
     d = loaded.task.model.dim
-    fitted = fit(loaded, args.data, args.fit_n, args.seed, args.grid, args.draws, args.per_parameter, log)
+    if args.fit_from:
+        fitted = json.loads(args.fit_from.read_text())["fit"]
+    else:
+        fitted = fit(loaded, args.data, args.fit_n, args.seed, args.grid, args.draws, args.per_parameter, log)
     configs = {"T = 1 (today)": np.ones(d)}
     for t in args.grid if args.test_grid else [fitted["global"]]:
         if t != 1:
