@@ -16,6 +16,7 @@ SCHEDULES = ("constant", "cosine")  # afxest train --schedule: the learning rate
 OBJECTIVES = ("audio", "likelihood")  # afxest train --objective: a posterior's (DAFx 2025 Eq. 7, or NPE)
 DEVICES = ("auto", "cpu", "cuda")  # afxest.device.resolve_device: auto is cuda when available
 ESTIMATE_AUDIO = ("top", "all", "none")  # afxest.estimate.EstimateOptions.audio: whose audio is written
+CALIBRATION_DRAWS = 100  # afxest evaluate --calibration-draws: posterior draws per item (afxest.calibration)
 
 
 @dataclass(frozen=True)

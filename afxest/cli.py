@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from afxest import __version__
-from afxest.choices import BIT_DEPTHS, DEVICES, EFFORTS, ENGINES, ESTIMATORS, OBJECTIVES, PROXIES, SCHEDULES
+from afxest.choices import BIT_DEPTHS, CALIBRATION_DRAWS, DEVICES, EFFORTS, ENGINES, ESTIMATORS, OBJECTIVES, PROXIES, SCHEDULES
 from afxest.errors import TrainingDiverged, UserError, shortened
 
 app = typer.Typer(
@@ -385,6 +385,7 @@ def evaluate(
     proxy_model: Annotated[Optional[Path], typer.Option(help="Compressor proxy checkpoint (afxest train-proxy) whose renders of the candidates are scored too (tasks with a compressor).", show_default=False)] = None,
     effort: Annotated[Optional[Effort], typer.Option(help="Also score rank 1 of afxest estimate with the reference (its search at this effort): the 'Default estimate' row.", show_default=False)] = None,
     also: Annotated[Optional[list[str]], typer.Option(help="Another model of the same task to evaluate on the same items (repeatable): its report goes to OUT/NAME, the side-by-side table to OUT/comparison.md.", show_default=False)] = None,
+    calibration_draws: Annotated[int, typer.Option(min=0, max=MAX_SAMPLES, help="Posterior draws per item for the calibration (coverage of the draws' intervals, SBC ranks; 0: none).")] = CALIBRATION_DRAWS,
 ) -> None:
     """Evaluate a model on the test split as in DAFx 2025 (Tables 1-3, Figs. 4-8): report.md, results.csv, PNGs."""
     from dataclasses import replace
@@ -392,7 +393,7 @@ def evaluate(
     from afxest.audio import atomic_write_text
     from afxest.evaluate import EvaluateOptions, check_comparable, evaluate as run_evaluation, report_folder_name
     from afxest.store import load_model
-    from afxest.tables import comparison_markdown, comparison_rows, main_table, rich_table
+    from afxest.tables import calibration_rows, comparison_markdown, comparison_rows, main_table, rich_table
 
     loaded = load_model(model)
     reference = None if compare is None else load_model(compare)
@@ -404,6 +405,7 @@ def evaluate(
     options = EvaluateOptions(
         data=data, n=n, samples=samples, seed=seed, force=force, log=_say, figures=figures, compare=reference,
         refine=refine, proxy_model=proxy_model, effort=None if effort is None else effort.value,
+        calibration_draws=calibration_draws,
     )
     result = run_evaluation(loaded, out, options)
     results = [(loaded.name, result)]
@@ -412,9 +414,14 @@ def evaluate(
         _say(f"evaluating {other.name} on the same items")
         results.append((other.name, run_evaluation(other, out / report_folder_name(other.name), others_options)))
     _print_wide(rich_table(main_table(result), f"{result.task} ({result.kind}), {result.items} items: mean ± std"))
-    _say(f"wrote {out / 'report.md'} and {out / 'results.csv'}")
-    if result.figures:
-        _say(f"wrote {len(result.figures)} figure(s): {', '.join(f.file for f in result.figures)}")
+    if result.calibration is not None:
+        _print_wide(rich_table(calibration_rows(result), (
+            f"calibration: the truth against {result.calibration.draws} posterior draws, {result.items} items")))
+    extra = f", {out / 'calibration.csv'}" if result.calibration is not None else ""
+    _say(f"wrote {out / 'report.md'}{extra} and {out / 'results.csv'}")
+    written = [*result.figures, *result.calibration_figures]
+    if written:
+        _say(f"wrote {len(written)} figure(s): {', '.join(f.file for f in written)}")
     if others:
         text = comparison_markdown(results)
         atomic_write_text(comparison, text)

@@ -23,6 +23,11 @@ the MR-STFT loss, SI-SDR and, for ``fm``, the SOT loss. Reported (DAFx 2025, Tab
   logit(z) through the differentiable processors, the learning rate halved when the loss
   stalls, the task's training loss against the wet, the dry known), then rendered with
   pedalboard and scored like the others;
+* posterior models: their calibration (:mod:`afxest.calibration`; Talts et al. 2018, Hermans
+  et al. 2022): per parameter, how often the central 50 % and 90 % intervals of
+  ``calibration_draws`` extra draws hold the truth (drawn from the task's own prior), how often
+  the truth lies outside all of them, the SBC rank histogram and the expected-coverage curve;
+  for ``eq`` on the quantities the wet determines (:func:`afxest.calibration.identifiable`);
 * tasks with a compressor (``master``, ICASSP 2024): the model's candidates also rendered
   through the differentiable processors with each compressor proxy (``dsp``: afxest's
   compressor; ``neural``: a trained TCN given as ``proxy_model``), scored against the wet like
@@ -50,13 +55,14 @@ import numpy as np
 
 from afxest import figures as figs
 from afxest.audio import atomic_write_text
-from afxest.choices import EFFORTS
+from afxest.choices import CALIBRATION_DRAWS, EFFORTS
 from afxest.errors import UserError
 from afxest.tables import report_markdown
 
 ITEM_STREAM = 2_000_003
 ENTROPY_STREAM = 2_000_011  # seeds of the extra draws for the marginal entropies
 ENTROPY_SAMPLES = 1000
+CALIBRATION_STREAM = 2_000_017  # seeds of the extra draws of the calibration
 ENTROPY_BINS = 100
 BEST_OF = (1, 2, 3, 4, 5, 10)
 UNIFORM_CANDIDATES = 10
@@ -102,6 +108,8 @@ class Evaluation:
     best_of_rows: tuple[int, ...] = BEST_OF
     uniform_candidates: int = UNIFORM_CANDIDATES
     entropy_samples: int = ENTROPY_SAMPLES
+    calibration: Any = None  # :class:`afxest.calibration.Calibration` of a posterior, or None
+    calibration_figures: list[figs.WrittenFigure] = field(default_factory=list)  # its rank histograms, coverage
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -216,6 +224,7 @@ def _values(preset, task) -> list[float]:
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.csv"
+CALIBRATION_FILE = "calibration.csv"
 
 
 @dataclass(frozen=True)
@@ -234,6 +243,7 @@ class EvaluateOptions:
     refine: int = 0  # step cap of the refinement of every candidate (0: none)
     proxy_model: Path | None = None  # a trained compressor proxy whose renders are scored too
     effort: str | None = None  # the default estimate's search effort (None: no such row)
+    calibration_draws: int = CALIBRATION_DRAWS  # posterior draws per item of the calibration (0: none)
 
     def check(self) -> None:
         """Refuses impossible values (:class:`afxest.errors.UserError`) before anything is read."""
@@ -243,6 +253,8 @@ class EvaluateOptions:
             raise UserError("--samples must be at least 1")
         if self.refine < 0:
             raise UserError("--refine must be at least 0")
+        if self.calibration_draws < 0 or self.calibration_draws == 1:
+            raise UserError("--calibration-draws must be 0 (none) or at least 2")
         if self.effort is not None and self.effort not in EFFORTS:
             raise UserError(f"unknown effort {self.effort!r} ({', '.join(EFFORTS)})")
 
@@ -326,8 +338,10 @@ def plan_evaluation(loaded, out: Path, options: EvaluateOptions) -> Plan:
     check_compare(loaded, options.compare)
     proxies = compressor_proxies(task, options.proxy_model)
     figure_keys, figures_note, estimate_plot = figure_plan(task, kind, out, options)
+    calibration_files = [out / CALIBRATION_FILE, *(out / f for f in figs.CALIBRATION_FILES.values())] \
+        if kind == "posterior" and options.calibration_draws else []
     refuse_existing([out / REPORT_FILE, out / RESULTS_FILE, *(out / figs.FILES[k] for k in figure_keys),
-                     *([estimate_plot] if estimate_plot else [])], options.force)
+                     *([estimate_plot] if estimate_plot else []), *calibration_files], options.force)
     model = loaded.estimator.to("cpu").eval()
     if options.compare is not None:
         options.compare.estimator.to("cpu").eval()
@@ -451,6 +465,11 @@ class Measurements:
     rows: list[list[Any]] = field(default_factory=list)
     item_wet: np.ndarray | None = None  # item 0's wet (1, 1, T) and truth, for Fig. 5
     item_v: np.ndarray | None = None
+    # the calibration: its quantities' names and notes, draws (items, N, q) and truths (items, q)
+    calibration_names: list[str] = field(default_factory=list)
+    calibration_notes: list[str] = field(default_factory=list)
+    calibration_draws: np.ndarray | None = None
+    calibration_truth: np.ndarray | None = None
 
     @classmethod
     def start(cls, plan: Plan) -> Measurements:
@@ -549,7 +568,24 @@ def model_candidates(plan: Plan, m: Measurements, item: Item) -> np.ndarray:
     if plan.kind == "posterior":
         extra, _ = figs.draw(model, item.batch.wet, ENTROPY_SAMPLES, [seed, ENTROPY_STREAM, i])
         m.param_entropy[i] = marginal_entropy_bits(extra[0])
+        if plan.options.calibration_draws:
+            calibration_item(plan, m, item)
     return z
+
+
+def calibration_item(plan: Plan, m: Measurements, item: Item) -> None:
+    """The calibration's draws of one item (:data:`CALIBRATION_DRAWS` by default, their own
+    seed) and its truth, as the quantities :func:`afxest.calibration.identifiable` defines."""
+    from afxest.calibration import identifiable
+
+    n, i = plan.options.calibration_draws, item.index
+    z, _ = figs.draw(plan.model, item.batch.wet, n, [plan.options.seed, CALIBRATION_STREAM, i])
+    names, draws, truth, notes = identifiable(plan.task, z, item.batch.v[:1].astype(np.float64))
+    if m.calibration_draws is None:
+        m.calibration_names, m.calibration_notes = names, notes
+        m.calibration_draws = np.empty((m.n, n, len(names)))
+        m.calibration_truth = np.empty((m.n, len(names)))
+    m.calibration_draws[i], m.calibration_truth[i] = draws[0], truth[0]
 
 
 def proxy_agreement(fns: dict[str, Callable], through: np.ndarray, rendered: np.ndarray) -> float:
@@ -618,6 +654,11 @@ def summarise(plan: Plan, m: Measurements) -> Evaluation:
     if kind == "posterior":
         result.param_spread = {name: _mean_std(m.param_spread[:, j]) for j, name in enumerate(names)}
         result.param_entropy = {name: _mean_std(m.param_entropy[:, j]) for j, name in enumerate(names)}
+    if m.calibration_draws is not None:
+        from afxest.calibration import calibrate
+
+        result.calibration = calibrate(m.calibration_draws, m.calibration_truth, m.calibration_names,
+                                       m.calibration_notes, rng=np.random.default_rng([plan.options.seed, CALIBRATION_STREAM]))
     if plan.options.refine:
         result.refine_steps = plan.options.refine
         result.refined_expectation = _expectation(s["refined"])
@@ -645,11 +686,27 @@ def results_csv(m: Measurements, names: list[str]) -> str:
     return buf.getvalue()
 
 
+def calibration_csv(m: Measurements, calibration) -> str:
+    """calibration.csv: per item and calibrated quantity, the truth and its rank among the draws
+    (:func:`afxest.calibration.ranks`), with the number of draws."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["item", "quantity", "truth", "rank", "draws"])
+    r = calibration.ranks
+    for i in range(m.n):
+        for j, name in enumerate(m.calibration_names):
+            writer.writerow([i, name, repr(float(m.calibration_truth[i, j])), int(r[i, j]), calibration.draws])
+    return buf.getvalue()
+
+
 def write_outputs(plan: Plan, m: Measurements, result: Evaluation) -> None:
-    """Writes results.csv, the figures (recorded in ``result``) and report.md into ``plan.out``."""
+    """Writes results.csv, calibration.csv (a posterior), the figures (recorded in ``result``)
+    and report.md into ``plan.out``."""
     out, options, task = plan.out, plan.options, plan.task
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / RESULTS_FILE, results_csv(m, task.model.names))
+    if result.calibration is not None:
+        atomic_write_text(out / CALIBRATION_FILE, calibration_csv(m, result.calibration))
     if plan.figure_keys:
         options.log(f"drawing {len(plan.figure_keys)} figure(s)")
         result.figures = figs.write_figures(
@@ -657,6 +714,8 @@ def write_outputs(plan: Plan, m: Measurements, result: Evaluation) -> None:
             settings=options.figure_settings, seed=options.seed, log=options.log,
         )
         result.figures_note = figs.not_applicable_note(task, plan.kind)
+    if result.calibration is not None and options.figures and figs.matplotlib_available():
+        result.calibration_figures = figs.write_calibration_figures(out, result.calibration, task.name, options.figure_settings.dpi)
     if plan.estimate_plot is not None:
         result.figures.append(figs.WrittenFigure("estimate", plan.estimate_plot.name, (
             f"The default estimate (--effort {options.effort}) of test item 0, as `afxest estimate --plot` draws it: "

@@ -18,6 +18,10 @@ no global backend switch), so afxest imports and runs without it.
   histogram of posterior samples for that target.
 * Fig. 8 (fm, posterior): the conditional entropy (bits/dim, Eq. 17) against the modulation
   index I_m (Eq. 20a): the mean over frequency ratios and the band of its 1st-9th deciles.
+* Calibration (posterior models; :mod:`afxest.calibration`, not in the paper): the SBC rank
+  histogram of each calibrated quantity with the 99 % band of a calibrated posterior (Talts et
+  al. 2018), and the expected-coverage curve of each against the credible level (Hermans et
+  al. 2022).
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ FILES = {
     "fig6": "fig6-loss-map-low-index.png",
     "fig7": "fig7-loss-map-high-index.png",
     "fig8": "fig8-entropy-vs-index.png",
+}
+
+CALIBRATION_FILES = {
+    "ranks": "calibration-ranks.png",
+    "coverage": "calibration-coverage.png",
 }
 
 # Figs. 6-7: the normalised (v1, v2) of the targets with a low and a high modulation index
@@ -629,6 +638,101 @@ def _entropy_figure(run: _Evaluated) -> WrittenFigure:
         f"Fig. 8: entropy (bits/dim, {settings.entropy_samples} samples per sound) against the modulation "
         f"index I_m: mean over {settings.ratio_points} frequency ratios and its 1st-9th decile band."
     ))
+
+
+# ---------------------------------------------------------------------------------------------
+# the calibration of a posterior (issue 22)
+
+
+def calibration_labels(names: Sequence[str]) -> list[str]:
+    """Short labels of calibrated quantities named ``<index>.<type>.<parameter>`` (as
+    :attr:`afxest.tasks.Space.names`): ``HS0 f``; other names as they are.
+
+    Example:
+        >>> calibration_labels(["0.high_shelf.gain_db", "other"])
+        ['HS0 g', 'other']
+    """
+    found = []
+    for name in names:
+        parts = name.split(".")
+        try:
+            found.append(parameter_label(parts[1], int(parts[0]), parts[2], unit=False))
+        except (IndexError, KeyError, ValueError):
+            found.append(name)
+    return found
+
+
+def plot_rank_histograms(path: Path, calibration, title: str, dpi: int) -> None:
+    """The SBC rank histogram of each quantity of a :class:`afxest.calibration.Calibration`, one
+    panel each, over the 99 % band of a calibrated posterior's counts."""
+    from afxest.calibration import histogram_band
+
+    hist = calibration.histogram
+    bins, d = hist.shape
+    expected, lower, upper = histogram_band(calibration.items, calibration.draws, bins)
+    columns = min(d, 6)
+    rows = math.ceil(d / columns)
+    fig = _figure(2.2 * columns + 0.4, 1.8 * rows + 0.8)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    edges = np.arange(bins + 1)
+    for j, (ax, label) in enumerate(zip(axes, calibration_labels(calibration.names))):
+        ax.fill_between(edges, np.append(lower, lower[-1]), np.append(upper, upper[-1]), step="post", color="0.85",
+                        label="99 % of a calibrated posterior")
+        ax.stairs(expected, edges, color="0.5", linestyle="--")
+        ax.stairs(hist[:, j], edges, color="C0", linewidth=1.5)
+        ax.set_title(f"{label}: {100 * calibration.outside[j]:.0f} % outside", fontsize=9)
+        ax.set_xticks([0, bins / 2, bins], ["0", f"{calibration.draws // 2}", f"{calibration.draws}"], fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes[d:]:
+        ax.set_visible(False)
+    fig.supxlabel("rank of the truth among the draws (U: too narrow; hump: too wide; slope: biased)", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    save_png(fig, path, dpi)
+
+
+def plot_coverage_curve(path: Path, calibration, title: str, dpi: int) -> None:
+    """The expected-coverage curve of each quantity of a :class:`afxest.calibration.Calibration`
+    and their mean, against the credible level: the diagonal is calibrated."""
+    from afxest.calibration import nominal_coverage
+
+    fig = _figure(*SIZES["fig8"])
+    ax = fig.add_subplot()
+    levels = calibration.levels
+    nominal = [nominal_coverage(calibration.draws, float(a)) for a in levels]
+    ax.plot(levels, nominal, color="0.4", linestyle="--", label="calibrated")
+    for j in range(calibration.curve.shape[1]):
+        ax.plot(levels, calibration.curve[:, j], color="C0", alpha=0.25, linewidth=0.8,
+                label="each quantity" if j == 0 else None)
+    ax.plot(levels, calibration.curve.mean(axis=1), color="C3", linewidth=2, label="mean over quantities")
+    worst = int(np.argmin(calibration.coverage[max(calibration.coverage)]))
+    ax.plot(levels, calibration.curve[:, worst], color="C1", linewidth=1.2,
+            label=f"least covered: {calibration_labels(calibration.names)[worst]}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("credible level of the central interval")
+    ax.set_ylabel("share of truths inside")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    save_png(fig, path, dpi)
+
+
+def write_calibration_figures(out: Path, calibration, task: str, dpi: int = 100) -> list[WrittenFigure]:
+    """Writes the rank-histogram and expected-coverage figures of a calibration into ``out``."""
+    what = f"{calibration.items} test items, {calibration.draws} draws each"
+    plot_rank_histograms(out / CALIBRATION_FILES["ranks"], calibration, f"{task}: SBC rank histograms ({what})", dpi)
+    plot_coverage_curve(out / CALIBRATION_FILES["coverage"], calibration, f"{task}: expected coverage ({what})", dpi)
+    return [
+        WrittenFigure("ranks", CALIBRATION_FILES["ranks"], (
+            f"Calibration: the rank of the truth among {calibration.draws} draws for each quantity over "
+            f"{calibration.items} test items (simulation-based calibration, Talts et al. 2018), over the 99 % band "
+            "a calibrated posterior's histogram stays in (grey); a U shape says the draws are too narrow, a hump "
+            "too wide, a slope biased.")),
+        WrittenFigure("coverage", CALIBRATION_FILES["coverage"], (
+            "Calibration: the share of truths inside each quantity's central interval of the draws against the "
+            "interval's credible level (expected coverage, Hermans et al. 2022): on the diagonal when calibrated, "
+            "below it when over-confident, above it when conservative.")),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

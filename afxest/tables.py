@@ -316,6 +316,7 @@ def report_markdown(result, loaded=None) -> str:
         proxies_markdown(result),
         "\nLower is better for every metric except SI-SDR (dB). Per-candidate values: `results.csv`.\n",
         parameters_markdown(result),
+        calibration_markdown(result),
         figures_markdown(result),
     ])
 
@@ -343,7 +344,8 @@ def proxies_markdown(result) -> str:
 def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
     """Rows (header first) of models evaluated on the same items side by side (``afxest evaluate
     --also``): the pedalboard renders' expectation and best of N, the proxies' SI-SDR,
-    ``--refine``, then the first result's Input and Uniform baselines.
+    ``--refine``, the posteriors' mean calibration, then the first result's Input and Uniform
+    baselines.
 
     Arguments:
         results: The (model name, :class:`afxest.evaluate.Evaluation`) pairs, the first the
@@ -361,6 +363,9 @@ def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
         header += [f"SI-SDR, --refine {refine}", f"SI-SDR, best of {top}, --refine {refine}"]
     if first.effort:
         header += [f"SI-SDR, default estimate (--effort {first.effort})"]
+    calibrated = any(getattr(r, "calibration", None) is not None for _, r in results)
+    if calibrated:
+        header += ["Truth in 50 % / 90 % of draws (mean)", "Truth outside all draws (mean)"]
     rows = [header]
     for name, r in results:
         best = r.best_of[r.samples]
@@ -373,6 +378,10 @@ def comparison_rows(results: list[tuple[str, Any]]) -> list[list[str]]:
             row += [mean_std(r.refined_expectation.get("si_sdr")), mean_std(refined_best.get("si_sdr"))]
         if first.effort:
             row += [mean_std(r.default_estimate.get("si_sdr"))]
+        if calibrated:
+            c = getattr(r, "calibration", None)
+            row += ["-", "-"] if c is None else [f"{percent(c.coverage[0.5].mean())} / {percent(c.coverage[0.9].mean())}",
+                                                 percent(c.outside.mean())]
         rows.append(row)
     filler = ["-"] * (len(header) - 3 - len(metrics))
     if first.input_baseline is not None:
@@ -436,6 +445,66 @@ def parameters_markdown(result) -> str:
             row += [mean_std(result.param_spread[name]), mean_std(result.param_entropy[name], 2)]
         rows.append(row)
     return "".join(text) + "\n\n" + markdown(rows)
+
+
+def percent(share: float) -> str:
+    """A share as a whole percentage.
+
+    Example:
+        >>> percent(0.3149), percent(0.9)
+        ('31 %', '90 %')
+    """
+    return f"{100 * share:.0f} %"
+
+
+def calibration_rows(result) -> list[list[str]]:
+    """Rows (header first) of a posterior's calibration (:class:`afxest.calibration.Calibration`):
+    per quantity the coverage of the central 50 % and 90 % intervals of the draws, the share of
+    truths outside all of them and the verdict against the bands; then the mean and what a
+    calibrated posterior gives."""
+    c = result.calibration
+    levels = sorted(c.coverage)
+    header = ["Quantity", *(f"{round(100 * a)} % interval holds the truth" for a in levels),
+              f"Truth outside all {c.draws} draws", "Verdict"]
+    rows = [header]
+    for j, name in enumerate(c.names):
+        rows.append([name, *(percent(c.coverage[a][j]) for a in levels), percent(c.outside[j]), c.verdict(j)])
+    rows.append(["Mean over quantities", *(percent(c.coverage[a].mean()) for a in levels), percent(c.outside.mean()), ""])
+    rows.append(["Calibrated posterior", *(percent(c.nominal[a]) for a in levels), percent(c.outside_nominal), ""])
+    return rows
+
+
+def calibration_markdown(result) -> str:
+    """The report's calibration section (posterior models): what is measured and
+    :func:`calibration_rows`, with how each quantity is formed where it is not a model
+    parameter (eq)."""
+    c = getattr(result, "calibration", None)
+    if c is None:
+        return ""
+    from afxest.calibration import BANDS, OUTSIDE_MAX
+
+    bands = ", ".join(f"{round(100 * a)} %: {percent(lo)}-{percent(hi)}" for a, (lo, hi) in sorted(BANDS.items()))
+    text = [
+        "\n## Calibration\n\n",
+        f"For each of the {c.items} test items, whose truth is drawn from the task's own prior, {c.draws} more "
+        "draws of the posterior; per quantity, how often the truth lies in the central 50 % and 90 % of the "
+        "draws, and outside all of them (simulation-based calibration, Talts et al. 2018; expected coverage, "
+        "Hermans et al. 2022). A calibrated posterior gives the last row; less coverage is over-confident "
+        f"(the draws too narrow), more is under-confident. Verdict against the bands {bands} "
+        f"(issue 22; the share outside all draws should stay at most {percent(OUTSIDE_MAX)}). "
+        f"With {c.items} items, one coverage figure has a standard error of about "
+        f"{percent((0.09 / c.items) ** 0.5)} at 90 %. Ranks per item: `calibration.csv`.\n\n",
+    ]
+    notes = [(name, note) for name, note in zip(c.names, c.notes) if note]
+    if notes:
+        text.append("The model estimates more processors than made the truth, so single model parameters have no "
+                    "truth; what the wet determines is calibrated instead: "
+                    + "; ".join(f"`{name}`: the {note}" for name, note in notes)
+                    + ". A cutoff or Q of a shelf with no gain is not determined by any audio.\n\n")
+    text.append(markdown(calibration_rows(result)))
+    for figure in getattr(result, "calibration_figures", []):
+        text.append(f"\n{figure.caption}\n\n![{figure.key}]({figure.file})\n")
+    return "".join(text)
 
 
 def figures_markdown(result) -> str:
