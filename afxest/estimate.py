@@ -567,12 +567,12 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     # samples as the network's windows at any rate (5 s at 22 050 Hz, 2.5 s at 44.1 kHz): the
     # refinement's cost does not grow with the rate
     preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * rate))
-    length = task.clip_samples
+    length = s.EXCERPT_FRAMES or task.clip_samples
     return s.search(
         proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
         search_excerpts(wet, spans, preroll, length, scorer.device),
         None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
-        max_steps=None if delay else options.refine or None, skip=preroll, delay=delay,
+        max_steps=options.refine or None, skip=preroll, delay=delay,
     )
 
 
@@ -657,6 +657,8 @@ def estimate_document(model, options: EstimateOptions, analysis: Analysis, order
                 "proposals": found.proposals,
                 "windows": found.windows,
                 "step_cap": found.step_cap,
+                "refined": len(found.z),
+                "probe": found.probe,
             },
         },
     }
@@ -822,7 +824,7 @@ class Analyser:
         picks = search_windows(at.windows, at.use, effort.windows)
         proposals = search_proposals(self.task, candidates.z, ref.wet, ref.dry, [at.windows[i] for i in picks], effort,
                                      options.seed, at.scorer.rate)
-        probe_effort = dataclasses.replace(effort, keep=1, windows=1, max_steps=PROBE_STEPS)
+        probe_effort = dataclasses.replace(effort, keep=1, windows=1, max_steps=min(PROBE_STEPS, options.refine or PROBE_STEPS))
         probe = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, probe_effort,
                                   proposals, delay=True)
         assert probe.delay is not None
@@ -835,7 +837,7 @@ class Analyser:
             ref = moved
         found = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, effort,
                                   {**proposals, "probe": probe.z})
-        found.steps += probe.steps
+        found.probe = {"steps": probe.steps, "delay_samples": float(probe.delay[0]), "moved_samples": k}
         return found, at, self._add_found(candidates, found, h, at)
 
     def _measure(self, presets: Sequence, at: Measured,

@@ -40,6 +40,7 @@ import numpy as np
 from afxest.choices import Effort
 
 DESIGN_MAX_DIM = 3  # tasks of at most this many parameters get a space-filling design
+EXCERPT_FRAMES = 0  # samples of each excerpt refined on; 0: as many as the network's windows
 TOLERANCE = 1e-3  # relative improvement of the best loss that counts as progress
 PATIENCE = 10  # steps without progress before the learning rate is halved
 HALVINGS = 4  # converged after this many halvings without progress
@@ -237,6 +238,7 @@ class Searched:
     windows: int  # excerpts refined on
     step_cap: int
     delay: np.ndarray | None = None  # each refined candidate's delay (samples), when refined
+    probe: dict[str, Any] | None = None  # the caller's record of a probe before the search
 
 
 def search(

@@ -169,10 +169,11 @@ def users_pairs(args) -> None:
             pair = [torch.from_numpy(np.ascontiguousarray(x))[None] for x in (y_hat, target, inp)]
             row = [float(si_sdr(pair[0], pair[1])), float(si_sdr(pair[2], pair[1])), seconds]
             rows.append(row)
-            al = document["alignment"]
+            al = document.get("alignment") or {"offset_samples": None, "match": float("nan")}  # afxest < issue 21: none
+            scored = document.get("channels", {}).get("scored")
             origin = document["candidates"][0].get("refinement", {}).get("proposal", "posterior")
             print(f"item {i}: SI-SDR {row[0]:7.2f} dB  input {row[1]:6.2f} dB  {seconds:5.1f} s  offset found "
-                  f"{al['offset_samples']} (match {al['match']:.2f})  {document['channels']['scored']} at "
+                  f"{al['offset_samples']} (match {al['match']:.2f})  {scored} at "
                   f"{document['sample_rate']} Hz  from {origin}", flush=True)
     a = np.array(rows)
     print(f"{task.name} {args.split} n={len(a)} rate={args.rate} stereo={args.stereo} offset={args.offset} "

@@ -131,8 +131,10 @@ def test_top_candidate_rerenders_and_its_loss_is_the_reported_one(
     assert doc["entropy_bits_per_dim"] <= 0  # a density on [0, 1]^d
     candidates = doc["candidates"]
     # the 6 draws and the search's candidates (a reference exists: the search is on)
-    assert [c["rank"] for c in candidates] == list(range(1, 7 + EFFORTS["default"].keep))
-    assert sum("refinement" in c for c in candidates) == EFFORTS["default"].keep
+    # the draws and at most `keep` search candidates (searches ending on one setting give one)
+    assert 7 <= len(candidates) <= 6 + EFFORTS["default"].keep
+    assert [c["rank"] for c in candidates] == list(range(1, len(candidates) + 1))
+    assert 1 <= sum("refinement" in c for c in candidates) <= EFFORTS["default"].keep
     assert [c["loss"] for c in candidates] == sorted(c["loss"] for c in candidates)
     assert candidates[0]["audio"] == "candidate-1.wav" and all(c["audio"] is None for c in candidates[1:])
     assert sorted(p.name for p in (tmp_path / "song").iterdir()) == ["candidate-1.wav", "estimate.json"]
@@ -204,10 +206,11 @@ def test_search_adds_refined_candidates_and_refine_0_turns_it_off(
     assert code == 0, err
     refined = json.loads(out)
     records = [c for c in refined["candidates"] if "refinement" in c]
-    assert len(records) == EFFORTS["default"].keep
+    assert 1 <= len(records) <= EFFORTS["default"].keep
+    assert refined["analysis"]["search"]["probe"]["steps"] <= 8
     for c in records:
         r = c["refinement"]
-        assert r["steps"] <= 8 and r["loss_after"] == c["loss"] and r["proposal"] in ("posterior", "analysis")
+        assert r["steps"] <= 8 and r["loss_after"] == c["loss"] and r["proposal"] in ("posterior", "analysis", "probe")
     drawn = [c for c in refined["candidates"] if "refinement" not in c]
     assert [c["preset"] for c in drawn] == [c["preset"] for c in plain["candidates"]]
     assert refined["candidates"][0]["loss"] <= plain["candidates"][0]["loss"]

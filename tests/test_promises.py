@@ -223,22 +223,30 @@ def short_eq_pair(folder: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("effort, cap", [("fast", 100), ("default", 300), ("best", 1000)])
-def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, effort: str, cap: int) -> None:
-    """--effort without --refine: the refinement's step cap is 100 / 300 / 1000. On this
-    0.5 s eq pair the refinement has not converged by 300 steps (fast and default stop at
-    their caps) and converges before 1000 (best stops on its own, past 300)."""
+def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, effort: str, cap: int) -> None:
+    """--effort without --refine: the search's refinement runs with a step cap of 100 / 300 /
+    1000 (the probe before it with 150: docs/estimate.md), and the steps it reports are within
+    it. (Whether a refinement reaches its cap depends on the pair; `afxest.search.refine`'s own
+    tests check that it stops there.)"""
+    import afxest.search
+
+    real, caps = afxest.search.refine, []
+
+    def recording(render, loss_fn, z0, y, max_steps, *args, **kwargs):
+        caps.append((max_steps, (args[5:] or [kwargs.get("delay", False)])[0]))
+        return real(render, loss_fn, z0, y, max_steps, *args, **kwargs)
+
+    monkeypatch.setattr(afxest.search, "refine", recording)
     wet, dry = short_eq_pair(tmp_path)
     rc, err = estimate(capsys, wet, "--dry", dry, "--model", "eq", "--effort", effort, "--samples", 2,
                        "-o", tmp_path / "out", "--no-audio")
     assert rc == 0, err
+    assert caps == [(150, True), (cap, False)]  # the probe, then the search proper
     doc = strict_json(tmp_path / "out" / "wet" / "estimate.json")
     analysis = doc["analysis"]
     assert analysis["search"]["effort"] == effort and analysis["search"]["step_cap"] == cap
     steps = analysis["refine_steps"]
-    if cap < 1000:
-        assert steps == cap
-    else:
-        assert 300 < steps <= cap
+    assert 0 < steps <= cap and analysis["search"]["probe"]["steps"] <= 150
     assert {c["refinement"]["steps"] for c in doc["candidates"] if "refinement" in c} == {steps}
 
 
@@ -262,7 +270,8 @@ def test_effort_sets_the_windows_and_the_proposals_refined_of_an_effect_task(tmp
     search = doc["analysis"]["search"]
     assert search["effort"] == effort and search["windows"] == windows
     assert "design" not in search["proposals"] and search["proposals"]["posterior"] == 2
-    assert sum("refinement" in c for c in doc["candidates"]) == kept
+    assert search["refined"] == kept
+    assert 1 <= sum("refinement" in c for c in doc["candidates"]) <= kept  # searches ending alike give one
 
 
 # --- non-finite numbers, and a ranking that means nothing ----------------------------------------
