@@ -491,8 +491,9 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
     Returns:
         The proposals (K, d) by origin: ``posterior`` (``z``); ``design``, a Sobol design, for
         tasks of at most :data:`afxest.search.DESIGN_MAX_DIM` parameters; ``analysis``, with a
-        dry, ``z`` with its equaliser fitted to the long-term spectral ratio of the wet over
-        the dry on ``spans`` (their mono mixes).
+        dry, as many equalisers fitted to the long-term spectral ratio of the wet over the dry
+        on ``spans`` (their mono mixes), from ``z`` and from spread starts
+        (:func:`afxest.search.equaliser_proposals`).
     """
     from afxest import search as s
 
@@ -502,7 +503,7 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
     if dry is not None:
         ratio, weight = s.long_term_ratio_db(np.concatenate([dry[:, a:b].mean(axis=0) for a, b in spans]),
                                              np.concatenate([wet[:, a:b].mean(axis=0) for a, b in spans]))
-        proposals["analysis"] = s.fit_equaliser(task.model, z, ratio, weight, rate)
+        proposals["analysis"] = s.equaliser_proposals(task.model, z, ratio, weight, rate, seed=seed)
     return proposals
 
 
