@@ -183,7 +183,7 @@ def test_seed_makes_estimates_reproducible(
     docs = []
     for k, seed in enumerate((3, 3, 4)):
         code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
-                             "--json", "--no-audio", "--seed", seed, "--samples", 4, "--force")
+                             "--json", "--no-audio", "--seed", seed, "--samples", 4, "--force", "--effort", "fast")
         assert code == 0, err
         docs.append(json.loads(out))
     assert docs[0] == docs[1]
@@ -470,7 +470,7 @@ def test_existing_estimate_needs_force(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
 ) -> None:
     wet, dry = pair
-    args = ["estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--samples", 2]
+    args = ["estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--samples", 2, "--refine", 0]
     assert run(capsys, *args)[0] == 0
     before = snapshot(tmp_path)
     code, _, err = run(capsys, *args)

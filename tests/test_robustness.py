@@ -270,7 +270,7 @@ def test_row1_a_full_disk_during_estimate_exits_2_and_leaves_nothing(capsys, tmp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(afxest.audio, "_write_bytes", full)
-    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--samples", 2, "-o", tmp_path / "out")
+    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--refine", 0, "--samples", 2, "-o", tmp_path / "out")
     assert code == 2, err
     assert err.strip().splitlines()[-1].endswith("candidate-1.wav: cannot write (No space left on device)"), err
     assert "Traceback" not in err and files(tmp_path / "out") == []
@@ -284,7 +284,7 @@ def test_row9_candidates_beyond_the_drys_nyquist_get_no_audio_and_the_estimate_i
     low = noise(5.0, 4000, seed=1)
     dry = wav(tmp_path / "dry.wav", low, rate=4000)
     wet = wav(tmp_path / "song.wav", 0.5 * resample(low[None], 4000, SR)[0])  # made from the dry, at 22.05 kHz
-    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--samples", 10, "--audio-all",
+    code, _, err = run(capsys, "estimate", wet, "--dry", dry, "--model", eq_model, "--refine", 0, "--samples", 40, "--audio-all",
                        "-o", tmp_path / "new" / "nested")  # a missing output folder is created
     assert code == 0, err
     document = json.loads((tmp_path / "new" / "nested" / "song" / "estimate.json").read_text())
@@ -301,7 +301,7 @@ def test_row9_candidates_beyond_the_drys_nyquist_get_no_audio_and_the_estimate_i
 def test_row16_a_ranking_that_means_nothing_says_why(capsys, tmp_path: Path, eq_model: Path) -> None:
     """The wet given as its own dry (a silent dry is refused: tests/test_estimate.py)."""
     wet = wav(tmp_path / "song.wav", noise(5.0))
-    code, _, err = run(capsys, "estimate", wet, "--dry", wet, "--model", eq_model, "--samples", 3, "-o", tmp_path / "out")
+    code, _, err = run(capsys, "estimate", wet, "--dry", wet, "--model", eq_model, "--refine", 0, "--samples", 3, "-o", tmp_path / "out")
     assert code == 0, err
     assert f"warning: {wet}: the ranking by log_mel means nothing: the wet file is also the dry file" in err
 
