@@ -85,6 +85,9 @@ if TYPE_CHECKING:
 
 MIN_EFFECT_SECONDS = 0.5  # shortest wet (or overlap of wet and dry) an effect task analyses
 SILENT_PEAK = 10 ** (-90 / 20)  # a wet whose peak is below -90 dBFS is refused as silent
+# a float wet whose peak is above +120 dBFS is refused: the network's float32 spectrogram of it
+# overflows (its power passes 3.4e38 near 1e17) and no recording is made at that level
+LOUD_PEAK = 10 ** (120 / 20)
 # The analysis signals (wet and dry at the task's rate) are resampled with pedalboard's 32-tap
 # windowed sinc, 6x faster than the 256-tap one (1.6 s per minute of 44.1 kHz audio): the two
 # differ by ~46 dB SNR on music and ~1e-6 in log-mel distance, 4 orders below the losses that
@@ -407,10 +410,14 @@ def _mono_signal(source: Path | Recording, task) -> Signal:
 
 
 def _refuse_silent(path: Path, samples: np.ndarray) -> None:
-    """Refuses a wet whose mono mix peaks below :data:`SILENT_PEAK`."""
+    """Refuses a wet whose mono mix peaks below :data:`SILENT_PEAK`, or above :data:`LOUD_PEAK`."""
     mono = samples if samples.ndim == 1 else samples.mean(axis=0)
-    if float(np.max(np.abs(mono), initial=0.0)) < SILENT_PEAK:
+    peak = float(np.max(np.abs(mono), initial=0.0))
+    if peak < SILENT_PEAK:
         raise UserError(f"{path}: is silent (its mono mix peaks below -90 dBFS): nothing to estimate")
+    if peak > LOUD_PEAK:
+        raise UserError(f"{path}: peaks at {20 * np.log10(peak):.0f} dBFS, above +120 dBFS: scale the file to a "
+                        "recording's level")
 
 
 def _check_length(path: Path, frames: int, rate: int, task, overlap: bool = False) -> None:

@@ -300,16 +300,16 @@ def test_non_finite_numbers_are_written_as_null(tmp_path: Path, capsys) -> None:
         assert isinstance(c["log_prob"], float) and math.isfinite(c["log_prob"])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25: a wet whose power overflows float32 gives NaN presets and "
-                   "summary, written as NaN tokens (not JSON): the fix belongs in afxest/estimate.py")
 def test_non_finite_estimates_are_not_written_as_nan(tmp_path: Path, capsys) -> None:
+    """A wet whose power overflows float32 (amplitude 1e20, +400 dBFS) gave NaN presets once,
+    written as NaN tokens: it is refused now (above +120 dBFS), one line, exit 2."""
     dry = (0.3 * np.random.default_rng(0).standard_normal(EQ_RATE)).astype(np.float32)
     write(tmp_path / "dry.wav", dry, EQ_RATE)
     write(tmp_path / "wet.wav", dry * np.float32(1e20), EQ_RATE)
-    rc, _ = estimate(capsys, tmp_path / "wet.wav", "--dry", tmp_path / "dry.wav", "--model", "eq", "--refine", 0,
-                     "--samples", 2, "-o", tmp_path / "out", "--no-audio")
-    # refused as bad input, or written as strict JSON
-    assert rc == 2 or strict_json(tmp_path / "out" / "wet" / "estimate.json")
+    rc, err = estimate(capsys, tmp_path / "wet.wav", "--dry", tmp_path / "dry.wav", "--model", "eq", "--refine", 0,
+                       "--samples", 2, "-o", tmp_path / "out", "--no-audio")
+    assert rc == 2 and not (tmp_path / "out" / "wet").exists()
+    assert len(err.strip().splitlines()) == 1 and "above +120 dBFS" in err, err
 
 
 def test_warns_when_every_candidate_has_the_same_loss(tmp_path: Path, capsys) -> None:
