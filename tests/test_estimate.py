@@ -338,7 +338,8 @@ def test_synth_task_ranks_against_the_wet_itself(
 ) -> None:
     frames = int(0.3 * FM_SR)  # two 125 ms windows (the rest is unused)
     wet = write(tmp_path / "tone.wav", fm_tone(2.0, 3.0, frames), FM_SR)
-    code, out, err = run(capsys, "estimate", wet, "--model", models["fm"], "-o", tmp_path, "--json", "--samples", 4, "--audio-all")
+    code, out, err = run(capsys, "estimate", wet, "--model", models["fm"], "-o", tmp_path, "--json", "--samples", 4, "--audio-all",
+                         "--effort", "fast")
     assert code == 0, err
     doc = json.loads(out)
     assert doc["ranked_by"] == "sot_mrstft" and doc["analysis"]["windows"] == 2
