@@ -161,10 +161,11 @@ def _refuse_non_finite(path: Path, samples: np.ndarray) -> None:
 
 @dataclass
 class Signal:
-    """A file read as mono float32 at ``rate`` (:func:`read_mono`), and what it was on disk."""
+    """A file read as mono float32 at ``rate`` (:func:`read_mono`), or as it is, and what it was on
+    disk."""
 
     path: Path
-    samples: np.ndarray  # (frames,) at ``rate``
+    samples: np.ndarray  # (frames,) at ``rate`` (mono), or (channels, frames) as read
     rate: int
     file_rate: int
     channels: int

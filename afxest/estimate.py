@@ -331,7 +331,7 @@ def read_inputs(wet: Path | Recording, dry: Path | Recording | None, task) -> In
     """
     if dry is None:
         signal = _mono_signal(wet, task)
-        _refuse_silent(signal.path, signal.samples)
+        _refuse_level(signal.path, signal.samples)
         frames = signal.samples.shape[0]
         _check_length(signal.path, frames, task.sample_rate, task)
         reference = None
@@ -339,7 +339,7 @@ def read_inputs(wet: Path | Recording, dry: Path | Recording | None, task) -> In
             reference = Reference(signal.samples[None, :frames], None, task.sample_rate, (0, frames), "mono mix")
         return Inputs(signal, None, frames, reference)
     wet_rec, dry_rec = _recording(wet), _recording(dry)
-    _refuse_silent(wet_rec.path, wet_rec.samples)
+    _refuse_level(wet_rec.path, wet_rec.samples)
     reference = reference_of(wet_rec, dry_rec, task.sample_rate)
     a, b = reference.span
     _check_length(wet_rec.path, b - a, reference.rate, task, overlap=True)
@@ -360,9 +360,10 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     rate = max(dry.rate, task_rate)
     x = wet.samples if wet.rate == rate else resample(wet.samples, wet.rate, rate, "best")
     d = dry.samples if dry.rate == rate else resample(dry.samples, dry.rate, rate, "best")
-    if float(np.max(np.abs(to_mono(dry.samples)), initial=0.0)) < SILENT_PEAK:
+    dry_mono = to_mono(d)[0]
+    if float(np.max(np.abs(dry_mono), initial=0.0)) < SILENT_PEAK:
         raise UserError(f"{dry.path}: is silent (its mono mix peaks below -90 dBFS): {wet.path} cannot have been made from it")
-    found = align(to_mono(d)[0], to_mono(x)[0], rate)
+    found = align(dry_mono, to_mono(x)[0], rate)
     if found.match < MIN_MATCH:
         raise UserError(
             f"{wet.path} does not match {dry.path} (alignment match {found.match:.3f}, at least {MIN_MATCH:g} for a "
@@ -409,7 +410,7 @@ def _mono_signal(source: Path | Recording, task) -> Signal:
     return Signal(source.path, np.ascontiguousarray(mono), task.sample_rate, source.rate, *source.samples.shape)
 
 
-def _refuse_silent(path: Path, samples: np.ndarray) -> None:
+def _refuse_level(path: Path, samples: np.ndarray) -> None:
     """Refuses a wet whose mono mix peaks below :data:`SILENT_PEAK`, or above :data:`LOUD_PEAK`."""
     mono = samples if samples.ndim == 1 else samples.mean(axis=0)
     peak = float(np.max(np.abs(mono), initial=0.0))
