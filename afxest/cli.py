@@ -236,6 +236,7 @@ def estimate(
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Write no audio.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing estimates.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Also write estimate.png: the equaliser responses and compressor curves of the top candidates, or a synth's spectra (needs matplotlib: the plots extra).")] = False,
+    correction: Annotated[bool, typer.Option("--correction/--no-correction", help="With a dry file: correct the best candidate by a graphic equaliser and a limiter where the task's chain cannot hold the wet (docs/estimate.md); --no-correction gives the task's chain alone.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Estimate the effect or synth preset behind each wet file: ranked candidates and a summary."""
@@ -261,7 +262,7 @@ def estimate(
     loaded = load_model(model, torch_device)
     options = EstimateOptions(
         samples=samples, engine=engine.value, refine=refine, effort=effort.value, seed=seed,
-        audio="all" if audio_all else "none" if no_audio else "top", force=force, plot=plot,
+        audio="all" if audio_all else "none" if no_audio else "top", force=force, plot=plot, correction=correction,
     )
     check_request(loaded.task, bool(dry), refine)
     analyser = Analyser(loaded, torch_device)

@@ -215,6 +215,8 @@ class EstimateOptions:
     audio: str = "top"  # whose audio is written: a name of afxest.choices.ESTIMATE_AUDIO
     force: bool = False
     plot: bool = False  # write estimate.png (afxest.figures.plot_estimate) with the estimate
+    # with a reference: the best candidate corrected (afxest.correct) where the chain cannot hold the wet
+    correction: bool = True
 
     def __post_init__(self) -> None:
         """Refuses an unknown engine, effort or audio choice (:class:`afxest.errors.UserError`)."""
@@ -447,6 +449,7 @@ class Candidates:
     log_prob: np.ndarray | None
     matches: dict[str, np.ndarray] = field(default_factory=dict)
     refinement: dict[int, dict[str, Any]] = field(default_factory=dict)
+    correction: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def losses(self) -> np.ndarray | None:
@@ -696,6 +699,9 @@ def _candidate_entry(candidates: Candidates, k: int, rank: int) -> dict[str, Any
             entry[name] = finite(float(candidates.matches[name][k]))
     if k in candidates.refinement:
         entry["refinement"] = candidates.refinement[k]
+    if k in candidates.correction:
+        record = candidates.correction[k]
+        entry["correction"] = {key: value for key, value in record.items() if key != "of"}
     return entry
 
 
@@ -811,6 +817,8 @@ class Analyser:
             if moved is not at:  # the search moved the wet: the dry's own match is measured there
                 at, ref = moved, moved.reference
                 baseline = self._baseline(at)
+        if searching and options.correction and not task.has_source and baseline is not None:
+            self._correct(candidates, at, baseline.get("loss"))
         order = candidates.order()
         report(1.0)
         dry_path = None if inputs.dry is None else inputs.dry.path
@@ -861,6 +869,57 @@ class Analyser:
                                   {**proposals, "probe": probe.z} if k else proposals, scored={} if k else scored)
         found.probe = {"steps": probe.steps, "delay_samples": float(probe.delay[0]), "moved_samples": k}
         return found, at, self._add_found(candidates, found, h, at)
+
+    def _correct(self, candidates: Candidates, at: Measured, input_loss: float | None) -> None:
+        """The best candidate corrected (:func:`afxest.correct.correct`, on the scored windows,
+        each rendered by pedalboard from :data:`SEARCH_PREROLL_SECONDS` before it) and, where the
+        correction holds effects, added as a candidate of its own, measured like the others.
+        Nothing is corrected where the best candidate's loss is within
+        :data:`afxest.correct.HELD_BELOW` of the dry's own (``input_loss``): the chain holds the wet."""
+        import torch
+
+        from afxest.correct import HELD_BELOW, correct
+        from afxest.engines import board
+        from afxest.presets import Processor, Preset
+
+        best = candidates.order()[0]
+        if input_loss is None or not candidates.losses[best] > HELD_BELOW * input_loss:
+            return
+        base, ref, rate = candidates.presets[best], at.reference, at.scorer.rate
+        preroll = int(round(SEARCH_PREROLL_SECONDS * rate))
+        spans = [at.windows[i] for i in scored_windows(at.use)]
+        starts = [max(0, a - preroll) for a, _ in spans]
+
+        def render(effects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+            chain = board(Preset(rate, tuple(Processor(e["type"], {k: v for k, v in e.items() if k != "type"})
+                                               for e in effects)))
+            return [chain(np.ascontiguousarray(ref.dry[:, s:b]), float(rate))[:, a - s :]
+                    for s, (a, b) in zip(starts, spans)]
+
+        def loss(rendered: list[np.ndarray]) -> float:
+            with torch.inference_mode():
+                return float(np.mean([float(at.scorer.loss_fn(torch.from_numpy(y)[None], torch.from_numpy(
+                    np.ascontiguousarray(ref.wet[:, a:b]))[None])) for y, (a, b) in zip(rendered, spans)]))
+
+        found = correct([e.to_dict() for e in base.effects], render, [ref.wet[:, a:b] for a, b in spans], loss, rate)
+        if not found.effects:
+            return
+        added = tuple(Processor(e["type"], {k: float(v) for k, v in e.items() if k != "type"}) for e in found.effects)
+        corrected = dataclasses.replace(base, effects=base.effects + added)
+        with torch.inference_mode():
+            measured = at.measure([corrected])
+        k = len(candidates.z)
+        candidates.z = np.concatenate([candidates.z, candidates.z[best : best + 1]])
+        candidates.presets.append(corrected)
+        if candidates.log_prob is not None:
+            candidates.log_prob = np.concatenate([candidates.log_prob, candidates.log_prob[best : best + 1]])
+        candidates.matches = {name: np.concatenate([v, measured[name]]) for name, v in candidates.matches.items()}
+        if best in candidates.refinement:
+            candidates.refinement[k] = candidates.refinement[best]
+        candidates.correction[k] = {
+            "of": best, "effects_from": len(base.effects), "equaliser": found.equaliser, "limiter": found.limiter,
+            "loss_before": finite(float(candidates.losses[best])), "loss_fitted": finite(found.loss_after),
+        }
 
     def _measure(self, presets: Sequence, at: Measured,
                  progress: Callable[[float], None]) -> tuple[dict[str, np.ndarray], dict[str, float | None] | None]:

@@ -79,9 +79,18 @@ def _processors(preset: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _origin(candidate: dict[str, Any]) -> str:
-    """Where a candidate came from: a posterior draw, or the search (from which proposal)."""
+    """Where a candidate came from: a posterior draw, or the search (from which proposal), and
+    what the correction stage added after the task's chain (afxest/correct.py)."""
     proposal = candidate.get("refinement", {}).get("proposal")
-    return "draw" if proposal is None else f"search ({proposal})"
+    origin = "draw" if proposal is None else f"search ({proposal})"
+    record = candidate.get("correction")
+    if record is None:
+        return origin
+    added = candidate["preset"]["effects"][record["effects_from"] :]
+    peaks = [e["gain_db"] for e in added if e["type"] == "peak"]
+    parts = [f"EQ {len(peaks)} bands {min(peaks):+.1f}..{max(peaks):+.1f} dB"] if peaks else []
+    parts += [f"limiter {e['threshold_db']:g} dB" for e in added if e["type"] == "limiter"]
+    return f"{origin} + correction: {', '.join(parts)}"
 
 
 def _title(document: dict[str, Any]):
