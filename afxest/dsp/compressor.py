@@ -22,10 +22,12 @@ input. See docs/compressor.md.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Callable
 
 import torch
+
+from afxest.dsp.loops import cpu as _cpu
+from afxest.dsp.loops import run_rows as _run_rows
 
 __all__ = ["compressor", "ballistics_coefficient"]
 
@@ -109,47 +111,6 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
 
     _KERNELS = (forward, backward)
     return _KERNELS
-
-
-def _cpu(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return t.detach().to(device="cpu", dtype=dtype).contiguous()
-
-
-_SAMPLES_PER_THREAD = 1 << 16
-
-
-def _run_rows(kernel: Callable[..., None], arrays: list[Any]) -> None:
-    """Runs a row-independent kernel over slices of rows, one slice per torch CPU thread.
-
-    The kernels release the GIL, so plain Python threads run them in parallel. Threads are
-    started per call (about 0.1 ms, against tens of ms of work): nothing survives a fork, and
-    no second OpenMP runtime competes with torch's.
-    """
-    rows, n = arrays[0].shape
-    workers = min(torch.get_num_threads(), rows, -(-rows * n // _SAMPLES_PER_THREAD))
-    if workers <= 1:
-        kernel(*arrays)
-        return
-    bounds = [rows * k // workers for k in range(workers + 1)]
-    errors: list[BaseException] = []
-
-    def work(lo: int, hi: int) -> None:
-        try:
-            kernel(*[a[lo:hi] for a in arrays])
-        except BaseException as exc:  # re-raised in the calling thread
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=work, args=(lo, hi), daemon=True)
-        for lo, hi in zip(bounds[1:-1], bounds[2:])
-    ]
-    for th in threads:
-        th.start()
-    work(bounds[0], bounds[1])
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
 
 
 class _Compressor(torch.autograd.Function):
