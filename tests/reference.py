@@ -16,6 +16,8 @@ PLUGINS = {
     "compressor": pedalboard.Compressor,
     "gain": pedalboard.Gain,
     "clipping": pedalboard.Clipping,
+    "delay": pedalboard.Delay,
+    "reverb": pedalboard.Reverb,
 }
 
 

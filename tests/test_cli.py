@@ -181,8 +181,8 @@ def _wrong_format(w: Work):
 
 
 def _unknown_effect(w: Work):
-    p = w.preset_with(lambda d: d["effects"].insert(1, {"type": "reverb", "room_size": 0.5}))
-    return [w.dry, p, "-o", w.out], "effects[1]: unknown type 'reverb'"
+    p = w.preset_with(lambda d: d["effects"].insert(1, {"type": "chorus", "rate_hz": 0.5}))
+    return [w.dry, p, "-o", w.out], "effects[1]: unknown type 'chorus'"
 
 
 def _out_of_range(w: Work):
