@@ -615,6 +615,26 @@ def test_ddsp_engine_agrees_with_pedalboard(work: Work, capsys) -> None:
     assert snr > 60.0  # measured 99 dB
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_delay_and_reverb_render_by_both_engines_as_pedalboard(work: Work, capsys, channels: int) -> None:
+    doc = {**PRESET, "sample_rate": 44100, "effects": [
+        {"type": "peak", "cutoff_frequency_hz": 900.0, "gain_db": 3.0, "q": 1.0},
+        {"type": "delay", "delay_seconds": 0.0731, "feedback": 0.45, "mix": 0.35},
+        {"type": "reverb", "room_size": 0.8, "damping": 0.3, "wet_level": 0.3, "dry_level": 0.8, "width": 0.9},
+    ]}
+    preset = write_json(work.indir / "time.json", doc)
+    dry = noise(channels, 0.6, 44100, seed=8)
+    path = write_wav(work.indir / "dry.wav", dry, 44100)
+    ref = reference_render(doc, dry, 44100)
+    for engine in ("pedalboard", "ddsp"):
+        rc, _, err = cli(["render", path, preset, "-o", work.out, "--engine", engine, "--force"], capsys)
+        assert rc == 0, err
+        y, sr = soundfile.read(work.out, dtype="float32", always_2d=True)
+        assert sr == 44100 and y.shape == (dry.shape[1], channels)
+        snr = 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / max(np.sum((y.T - ref) ** 2.0), 1e-300))
+        assert snr > (1000 if engine == "pedalboard" else 60.0), engine  # ddsp: the peak's float32 rounding
+
+
 def test_engine_pedalboard_explicit(work: Work, capsys) -> None:
     rc, _, err = cli(["render", work.dry, work.preset, "-o", work.out, "--engine", "pedalboard"], capsys)
     assert rc == 0, err
