@@ -102,3 +102,10 @@ def test_cuda_matches_cpu() -> None:
         outs.append([y.cpu(), xx.grad.cpu(), pp[1].grad.cpu(), pp[2].grad.cpu()])
     for a, b in zip(*outs):
         assert torch.allclose(a, b)
+
+
+def test_python_floats_are_shared_by_the_batch() -> None:
+    x = torch.from_numpy(time_effect_signals(22050, 0.3)["music"])[None].expand(2, -1, -1)
+    floats = delay(x, 22050, delay_seconds=0.1, feedback=0.5, mix=0.4)
+    tensors = delay(x, 22050, delay_seconds=torch.full((2,), 0.1), feedback=torch.full((2,), 0.5), mix=torch.full((2,), 0.4))
+    assert torch.equal(floats, tensors)

@@ -117,3 +117,10 @@ def test_cuda_matches_cpu() -> None:
         outs.append([y.cpu(), xx.grad.cpu(), *[q.grad.cpu() for q in params]])
     for a, b in zip(*outs):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_python_floats_are_shared_by_the_batch() -> None:
+    x = torch.from_numpy(time_effect_signals(22050, 0.3)["music"])[None].expand(2, -1, -1)
+    floats = reverb(x, 22050, **dict(zip(NAMES, GRID[3])))
+    tensors = reverb(x, 22050, **{k: torch.full((2,), v) for k, v in zip(NAMES, GRID[3])})
+    assert torch.equal(floats, tensors)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import torch
 
+from afxest.dsp.loops import as_param as _as_param
 from afxest.dsp.loops import cpu as _cpu
 from afxest.dsp.loops import run_rows as _run_rows
 
@@ -150,24 +151,6 @@ class _Compressor(torch.autograd.Function):
         _run_rows(bwd, [*arrays, *params, grad_x.numpy(), grad_p.numpy()])
         g = grad_p.to(device=threshold.device, dtype=threshold.dtype)
         return grad_x.to(ctx.device), g[:, 0], None, g[:, 1], g[:, 2], g[:, 3]
-
-
-def _as_param(p: torch.Tensor | float, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
-    """``p`` as a floating tensor shaped (batch,) on ``like``'s device (a float or a 0-d tensor
-    repeated); ValueError, naming ``name``, for another shape."""
-    if isinstance(p, torch.Tensor):
-        t = p.to(device=like.device)
-        if not t.is_floating_point():
-            t = t.to(like.dtype)
-    else:
-        t = torch.tensor(float(p), dtype=like.dtype, device=like.device)
-    if t.dim() == 0:
-        t = t.expand(batch)
-    if t.shape != (batch,):
-        raise ValueError(
-            f"{name} must be a float or a tensor shaped ({batch},), got {tuple(t.shape)}"
-        )
-    return t
 
 
 def ballistics_coefficient(time_ms: torch.Tensor, sample_rate: float) -> torch.Tensor:

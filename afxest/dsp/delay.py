@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from afxest.dsp.loops import cpu, run_rows
+from afxest.dsp.loops import as_param, cpu, run_rows
 
 __all__ = ["delay", "delay_samples"]
 
@@ -126,7 +126,9 @@ class _Delay(torch.autograd.Function):
         return grad_x.to(ctx.device), None, g[:, 0], g[:, 1], g[:, 2]
 
 
-def delay(x: Tensor, sample_rate: float, *, delay_seconds: Tensor, feedback: Tensor, mix: Tensor) -> Tensor:
+def delay(
+    x: Tensor, sample_rate: float, *, delay_seconds: Tensor | float, feedback: Tensor | float, mix: Tensor | float
+) -> Tensor:
     """Delays x with feedback and mixes it with x, as pedalboard's ``Delay`` does (the
     recursion and its corner cases are in the module docstring).
 
@@ -136,9 +138,11 @@ def delay(x: Tensor, sample_rate: float, *, delay_seconds: Tensor, feedback: Ten
         x: The audio, shaped (batch, channels, time), float32 or float64; each channel has its
             own line.
         sample_rate: The sample rate in Hz.
-        delay_seconds: The delay in seconds, (batch,) (pedalboard: 0 to 30).
-        feedback: The gain fed back into the line, (batch,) (0 to 1).
-        mix: The wet gain; the dry gain is 1 - mix, (batch,) (0 to 1).
+        delay_seconds: The delay in seconds (pedalboard: 0 to 30).
+        feedback: The gain fed back into the line (0 to 1).
+        mix: The wet gain; the dry gain is 1 - mix (0 to 1).
+
+        Each parameter is a tensor shaped (batch,) or a float shared by the batch.
 
     Returns:
         The audio shaped and typed like x, differentiable with respect to x, the feedback and
@@ -152,8 +156,10 @@ def delay(x: Tensor, sample_rate: float, *, delay_seconds: Tensor, feedback: Ten
     def per_row(p: Tensor) -> Tensor:
         return p[:, None].expand(batch, channels).reshape(rows)
 
-    wet = mix.to(x.dtype)
-    d = delay_samples(delay_seconds, sample_rate)
-    y = _Delay.apply(x.reshape(rows, n), per_row(d), per_row(feedback.to(x.dtype)), per_row(wet), per_row(1 - wet))
-    bypass = (delay_seconds.detach().to(torch.float32) == 0).to(x.device)[:, None, None]
+    seconds = as_param(delay_seconds, batch, x, "delay_seconds")
+    wet = as_param(mix, batch, x, "mix").to(x.dtype)
+    fb = as_param(feedback, batch, x, "feedback").to(x.dtype)
+    d = delay_samples(seconds, sample_rate)
+    y = _Delay.apply(x.reshape(rows, n), per_row(d), per_row(fb), per_row(wet), per_row(1 - wet))
+    bypass = (seconds.detach().to(torch.float32) == 0)[:, None, None]
     return torch.where(bypass, x, y.reshape(batch, channels, n))

@@ -21,6 +21,24 @@ def cpu(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return t.detach().to(device="cpu", dtype=dtype).contiguous()
 
 
+def as_param(p: torch.Tensor | float, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
+    """``p`` as a floating tensor shaped (batch,) on ``like``'s device (a float or a 0-d tensor
+    repeated); ValueError, naming ``name``, for another shape."""
+    if isinstance(p, torch.Tensor):
+        t = p.to(device=like.device)
+        if not t.is_floating_point():
+            t = t.to(like.dtype)
+    else:
+        t = torch.tensor(float(p), dtype=like.dtype, device=like.device)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(
+            f"{name} must be a float or a tensor shaped ({batch},), got {tuple(t.shape)}"
+        )
+    return t
+
+
 def run_rows(kernel: Callable[..., None], arrays: list[Any]) -> None:
     """Runs a row-independent kernel over slices of rows, one slice per torch CPU thread.
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from afxest.dsp.loops import cpu, run_rows
+from afxest.dsp.loops import as_param, cpu, run_rows
 
 __all__ = ["reverb", "tunings"]
 
@@ -222,11 +222,11 @@ def reverb(
     x: Tensor,
     sample_rate: float,
     *,
-    room_size: Tensor,
-    damping: Tensor,
-    wet_level: Tensor,
-    dry_level: Tensor,
-    width: Tensor,
+    room_size: Tensor | float,
+    damping: Tensor | float,
+    wet_level: Tensor | float,
+    dry_level: Tensor | float,
+    width: Tensor | float,
 ) -> Tensor:
     """Reverberates x as pedalboard's ``Reverb`` does, freeze mode off (the design is in the
     module docstring).
@@ -237,11 +237,14 @@ def reverb(
         x: The audio, shaped (batch, channels, time), float32 or float64: one channel (mono) or
             two (stereo); pedalboard returns any other count unchanged, and so does this.
         sample_rate: The sample rate in Hz (it sets the combs' and all-passes' lengths).
-        room_size: 0 to 1, the combs' feedback 0.7 + 0.28 room_size, (batch,).
-        damping: 0 to 1, the combs' low-pass coefficient 0.4 damping, (batch,).
-        wet_level: 0 to 1, the reverberation's gain (times 3), (batch,).
-        dry_level: 0 to 1, the input's gain (times 2), (batch,).
-        width: 0 to 1, how much each wet channel keeps its own side, (batch,).
+        room_size: 0 to 1, the combs' feedback 0.7 + 0.28 room_size.
+        damping: 0 to 1, the combs' low-pass coefficient 0.4 damping.
+        wet_level: 0 to 1, the reverberation's gain (times 3).
+        dry_level: 0 to 1, the input's gain (times 2).
+        width: 0 to 1, how much each wet channel keeps its own side.
+
+        Each parameter is a tensor shaped (batch,) or a float shared by the batch (a task's
+        fixed width).
 
     Returns:
         The audio shaped and typed like x, differentiable with respect to x and the five
@@ -250,18 +253,20 @@ def reverb(
     batch, channels, n = x.shape
     if channels not in (1, 2) or n == 0 or batch == 0:
         return x * 1.0
-    dtype = x.dtype
 
-    def gain(p: Tensor) -> Tensor:
-        return p.to(device=x.device, dtype=dtype)[:, None]
+    def param(p: Tensor | float, name: str) -> Tensor:
+        return as_param(p, batch, x, name).to(x.dtype)
+
+    def gain(p: Tensor | float, name: str) -> Tensor:
+        return param(p, name)[:, None]
 
     # JUCE's gains and coefficients, in the sample type
-    damp = damping.to(device=x.device, dtype=dtype) * DAMP_SCALE
-    feedback = room_size.to(device=x.device, dtype=dtype) * ROOM_SCALE + ROOM_OFFSET
-    wet = gain(wet_level) * WET_SCALE
-    dry = gain(dry_level) * DRY_SCALE
-    wet1 = 0.5 * wet * (1.0 + gain(width))
-    wet2 = 0.5 * wet * (1.0 - gain(width))
+    damp = param(damping, "damping") * DAMP_SCALE
+    feedback = param(room_size, "room_size") * ROOM_SCALE + ROOM_OFFSET
+    wet = gain(wet_level, "wet_level") * WET_SCALE
+    dry = gain(dry_level, "dry_level") * DRY_SCALE
+    wet1 = 0.5 * wet * (1.0 + gain(width, "width"))
+    wet2 = 0.5 * wet * (1.0 - gain(width, "width"))
     s = (x[:, 0] + x[:, 1] if channels == 2 else x[:, 0]) * INPUT_GAIN
     tank = _Tank.apply(s, damp, feedback, channels, float(sample_rate))
     if channels == 1:
