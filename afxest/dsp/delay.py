@@ -22,6 +22,7 @@ The delay time is a whole number of samples: its gradient is 0.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Callable
 
 import torch
@@ -49,14 +50,9 @@ def delay_samples(delay_seconds: Tensor, sample_rate: float) -> Tensor:
     return torch.where(d > 0, d, torch.full_like(d, line))
 
 
-_KERNELS: tuple[Callable[..., None], Callable[..., None]] | None = None
-
-
+@cache
 def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     """Compiles (or loads from numba's on-disk cache) the forward and backward loops."""
-    global _KERNELS
-    if _KERNELS is not None:
-        return _KERNELS
     import numba
     import numpy as np
 
@@ -93,8 +89,7 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
             grad_p[r, 1] = g_wet
             grad_p[r, 2] = g_dry
 
-    _KERNELS = (forward, backward)
-    return _KERNELS
+    return forward, backward
 
 
 class _Delay(torch.autograd.Function):

@@ -39,6 +39,7 @@ and per all-pass lam_t[n] = g[n + M] + lam_t[n + M] / 2, dL/du[n] = lam_t[n] - g
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, Callable
 
 import numpy as np
@@ -55,9 +56,6 @@ STEREO_SPREAD = 23  # samples added to every right-channel tuning, at 44100 Hz
 INPUT_GAIN = 0.015
 WET_SCALE, DRY_SCALE = 3.0, 2.0
 DAMP_SCALE, ROOM_SCALE, ROOM_OFFSET = 0.4, 0.28, 0.7
-
-_KERNELS: tuple[Callable[..., None], Callable[..., None]] | None = None
-
 
 def tunings(sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
     """The comb and all-pass lengths in samples at ``sample_rate``, int64 shaped (2, 8) and
@@ -76,11 +74,9 @@ def tunings(sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
     return scaled(COMB_TUNINGS), scaled(ALLPASS_TUNINGS)
 
 
+@cache
 def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     """Compiles (or loads from numba's on-disk cache) the forward and backward loops."""
-    global _KERNELS
-    if _KERNELS is not None:
-        return _KERNELS
     import numba
 
     @numba.njit(cache=True, nogil=True)
@@ -180,8 +176,7 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
             grad_p[r, 0] = g_d
             grad_p[r, 1] = g_fb
 
-    _KERNELS = (forward, backward)
-    return _KERNELS
+    return forward, backward
 
 
 class _Tank(torch.autograd.Function):
