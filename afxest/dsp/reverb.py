@@ -82,12 +82,14 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     @numba.njit(cache=True, nogil=True)
     def forward(s, combs, allpasses, damp, feedback, wet, states):
         # s (rows, n): the scaled input; wet (rows, channels, n): out; states (rows, n,
-        # channels, 8): each comb's l, kept for the backward loop. JUCE's float arithmetic in
+        # channels, 8): each comb's l, kept for the backward loop (or (rows, 1, channels, 8),
+        # overwritten, when no gradient is wanted). JUCE's float arithmetic in
         # the arrays' dtype, (x + 0.1) - 0.1 where JUCE undenormalises. The combs of both
         # channels advance together, sample by sample, so that their recursions overlap; each
         # line is zero padded in front by the longest delay, so that no read needs a branch.
         rows, channels, n = wet.shape
         count = combs.shape[2]
+        keep = 1 if states.shape[1] == n else 0
         pad = max(combs.max(), allpasses.max())
         zero = s.dtype.type(0.0)
         tenth = s.dtype.type(0.1)
@@ -112,7 +114,7 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
                         v = x + l * fb
                         line[pad + i] = (v + tenth) - tenth
                         last[q] = l
-                        states[r, i, c, j] = l
+                        states[r, i * keep, c, j] = l
                         acc += o
                     wet[r, c, i] = acc
             line = lines[0]
@@ -191,7 +193,10 @@ class _Tank(torch.autograd.Function):
         combs, allpasses = (np.ascontiguousarray(np.broadcast_to(t[:channels], (rows, *t[:channels].shape)))
                             for t in tunings(sample_rate))
         wet = torch.empty((rows, channels, n), dtype=sc.dtype)
-        states = torch.empty((rows, n, channels, combs.shape[2]), dtype=sc.dtype)
+        # the combs' states, for the backward loop: 64 bytes a sample in float32, none kept
+        # when nothing needs a gradient (a render)
+        kept = n if any(ctx.needs_input_grad) else 1
+        states = torch.empty((rows, kept, channels, combs.shape[2]), dtype=sc.dtype)
         params = [cpu(p, sc.dtype).numpy() for p in (damp, feedback)]
         run_rows(fwd, [sc.numpy(), combs, allpasses, *params, wet.numpy(), states.numpy()])
         ctx.save_for_backward(sc, states, damp, feedback)
