@@ -109,3 +109,36 @@ def test_python_floats_are_shared_by_the_batch() -> None:
     floats = delay(x, 22050, delay_seconds=0.1, feedback=0.5, mix=0.4)
     tensors = delay(x, 22050, delay_seconds=torch.full((2,), 0.1), feedback=torch.full((2,), 0.5), mix=torch.full((2,), 0.4))
     assert torch.equal(floats, tensors)
+
+
+def interpolated_delay(x: np.ndarray, d: int, fraction: float, feedback: float, mix: float) -> np.ndarray:
+    """A feedback delay line read at D + fraction by linear interpolation (float64 reference)."""
+    v = np.zeros_like(x)
+    y = np.zeros_like(x)
+    for i in range(x.shape[-1]):
+        now = v[..., i - d] if i >= d else 0.0
+        before = v[..., i - d - 1] if i >= d + 1 else 0.0
+        w = (1 - fraction) * now + fraction * before
+        v[..., i] = x[..., i] + feedback * w
+        y[..., i] = (1 - mix) * x[..., i] + mix * w
+    return y
+
+
+def test_straight_through_keeps_the_output_and_gives_the_interpolated_lines_time_gradient() -> None:
+    from afxest.dsp.delay import straight_through_delay
+
+    sr, d = 8000, 37
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 2, 400, generator=gen, dtype=torch.float64)
+    weights = torch.randn(1, 2, 400, generator=gen, dtype=torch.float64)
+    seconds = torch.tensor([(d + 0.5) / sr], dtype=torch.float64, requires_grad=True)
+    y = straight_through_delay(x, sr, delay_seconds=seconds, feedback=0.6, mix=0.4)
+    assert torch.equal(y, delay(x, sr, delay_seconds=seconds, feedback=0.6, mix=0.4))
+    (y * weights).sum().backward()
+
+    def loss(fraction: float) -> float:
+        return float(np.sum(interpolated_delay(x[0].numpy(), d, fraction, 0.6, 0.4) * weights[0].numpy()))
+
+    assert loss(0.0) == pytest.approx(float((y * weights).sum().detach()), rel=1e-12)
+    step = 1e-7
+    assert seconds.grad.item() / sr == pytest.approx((loss(step) - loss(0.0)) / step, rel=1e-5)

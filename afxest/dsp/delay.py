@@ -17,7 +17,8 @@ Forward and backward each run as one compiled loop over the samples (numba, impo
 use, as the compressor's): the forward in x's dtype with pedalboard's float arithmetic, so that
 in float32 it equals pedalboard's output bit for bit; the backward as the adjoint recursion,
 lam_v[n] = lam_w[n + D], lam_w[n] = mix dL/dy[n] + feedback lam_v[n], accumulated in float64.
-The delay time is a whole number of samples: its gradient is 0.
+The delay time is a whole number of samples: its gradient is 0, and
+:func:`straight_through_delay` gives it a surrogate one for training.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import Tensor
 
 from afxest.dsp.loops import as_param, cpu, run_rows
 
-__all__ = ["delay", "delay_samples"]
+__all__ = ["delay", "delay_samples", "straight_through_delay"]
 
 MAXIMUM_SECONDS = 30  # pedalboard's MAXIMUM_DELAY_TIME_SECONDS
 
@@ -69,35 +70,44 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
 
     @numba.njit(cache=True, nogil=True)
     def backward(grad_y, x, v, d, feedback, wet, dry, grad_x, grad_p):
-        # adjoint of `forward` in float64; grad_p[r] = dL/d(feedback, wet, dry) of row r
+        # adjoint of `forward` in float64; grad_p[r] = dL/d(feedback, wet, dry, D) of row r,
+        # D's as if the line read v[n - D - e] = (1 - e) v[n - D] + e v[n - D - 1], at e = 0+
         rows, n = x.shape
         buf = np.zeros(n)
         for r in range(rows):
             dr = d[r]
             fb, wr, dg = float(feedback[r]), float(wet[r]), float(dry[r])
-            g_fb = g_wet = g_dry = 0.0
+            g_fb = g_wet = g_dry = g_d = 0.0
             for i in range(n - 1, -1, -1):
                 gy = float(grad_y[r, i])
                 lam_v = buf[i + dr] if i + dr < n else 0.0  # lam_w[i + D]
                 w = float(v[r, i - dr]) if i >= dr else 0.0
-                buf[i] = wr * gy + fb * lam_v  # lam_w[i]
+                before = float(v[r, i - dr - 1]) if i > dr else 0.0
+                lam_w = wr * gy + fb * lam_v
+                buf[i] = lam_w
                 grad_x[r, i] = dg * gy + lam_v
                 g_fb += lam_v * w
                 g_wet += gy * w
                 g_dry += gy * float(x[r, i])
+                g_d += lam_w * (before - w)
             grad_p[r, 0] = g_fb
             grad_p[r, 1] = g_wet
             grad_p[r, 2] = g_dry
+            grad_p[r, 3] = g_d
 
     return forward, backward
 
 
 class _Delay(torch.autograd.Function):
     """Rows (rows, time); per row: the delay D (int64, not differentiated), feedback, wet and
-    dry gains."""
+    dry gains, and the delay in seconds, which gets the surrogate gradient of
+    :func:`straight_through_delay` when ``surrogate`` is set, else none."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, d: Tensor, feedback: Tensor, wet: Tensor, dry: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, d: Tensor, feedback: Tensor, wet: Tensor, dry: Tensor, seconds: Tensor,
+        sample_rate: float, surrogate: bool,
+    ) -> Tensor:
         fwd, _ = _kernels()
         xc = cpu(x)
         y, v = torch.empty_like(xc), torch.empty_like(xc)
@@ -105,7 +115,8 @@ class _Delay(torch.autograd.Function):
         d = cpu(d)
         run_rows(fwd, [xc.numpy(), d.numpy(), *params, y.numpy(), v.numpy()])
         ctx.save_for_backward(xc, v, d, feedback, wet, dry)
-        ctx.device = x.device
+        ctx.device, ctx.sample_rate, ctx.surrogate = x.device, sample_rate, surrogate
+        ctx.seconds_like = (seconds.dtype, seconds.device)
         return y.to(x.device)
 
     @staticmethod
@@ -113,12 +124,34 @@ class _Delay(torch.autograd.Function):
         xc, v, d, feedback, wet, dry = ctx.saved_tensors
         _, bwd = _kernels()
         grad_x = torch.empty_like(xc)
-        grad_p = torch.empty((xc.shape[0], 3), dtype=torch.float64)
+        grad_p = torch.empty((xc.shape[0], 4), dtype=torch.float64)
         params = [cpu(p, xc.dtype).numpy() for p in (feedback, wet, dry)]
         arrays = [cpu(grad_y, xc.dtype).numpy(), xc.numpy(), v.numpy(), d.numpy()]
         run_rows(bwd, [*arrays, *params, grad_x.numpy(), grad_p.numpy()])
         g = grad_p.to(device=feedback.device, dtype=feedback.dtype)
-        return grad_x.to(ctx.device), None, g[:, 0], g[:, 1], g[:, 2]
+        dtype, device = ctx.seconds_like
+        grad_seconds = (grad_p[:, 3] * ctx.sample_rate).to(dtype=dtype, device=device) if ctx.surrogate else None
+        return grad_x.to(ctx.device), None, g[:, 0], g[:, 1], g[:, 2], grad_seconds, None, None
+
+
+def _render(x: Tensor, sample_rate: float, params: dict[str, Tensor | float], surrogate: bool) -> Tensor:
+    """:func:`delay`, with the surrogate gradient to the delay time when ``surrogate``."""
+    batch, channels, n = x.shape
+    if n == 0 or channels == 0 or batch == 0:
+        return x * 1.0
+    rows = batch * channels
+
+    def per_row(p: Tensor) -> Tensor:
+        return p[:, None].expand(batch, channels).reshape(rows)
+
+    seconds = as_param(params["delay_seconds"], batch, x, "delay_seconds")
+    wet = as_param(params["mix"], batch, x, "mix").to(x.dtype)
+    fb = as_param(params["feedback"], batch, x, "feedback").to(x.dtype)
+    d = delay_samples(seconds, sample_rate)
+    y = _Delay.apply(x.reshape(rows, n), per_row(d), per_row(fb), per_row(wet), per_row(1 - wet), per_row(seconds),
+                     float(sample_rate), surrogate)
+    bypass = (seconds.detach().to(torch.float32) == 0)[:, None, None]
+    return torch.where(bypass, x, y.reshape(batch, channels, n))
 
 
 def delay(
@@ -141,20 +174,21 @@ def delay(
 
     Returns:
         The audio shaped and typed like x, differentiable with respect to x, the feedback and
-        the mix. In float32 it equals pedalboard's output bit for bit.
+        the mix (the delay time, a whole number of samples, has none: see
+        :func:`straight_through_delay`). In float32 it equals pedalboard's output bit for bit.
     """
-    batch, channels, n = x.shape
-    if n == 0 or channels == 0 or batch == 0:
-        return x * 1.0
-    rows = batch * channels
+    return _render(x, sample_rate, {"delay_seconds": delay_seconds, "feedback": feedback, "mix": mix}, False)
 
-    def per_row(p: Tensor) -> Tensor:
-        return p[:, None].expand(batch, channels).reshape(rows)
 
-    seconds = as_param(delay_seconds, batch, x, "delay_seconds")
-    wet = as_param(mix, batch, x, "mix").to(x.dtype)
-    fb = as_param(feedback, batch, x, "feedback").to(x.dtype)
-    d = delay_samples(seconds, sample_rate)
-    y = _Delay.apply(x.reshape(rows, n), per_row(d), per_row(fb), per_row(wet), per_row(1 - wet))
-    bypass = (seconds.detach().to(torch.float32) == 0)[:, None, None]
-    return torch.where(bypass, x, y.reshape(batch, channels, n))
+def straight_through_delay(
+    x: Tensor, sample_rate: float, *, delay_seconds: Tensor | float, feedback: Tensor | float, mix: Tensor | float
+) -> Tensor:
+    """:func:`delay`'s output, with a surrogate gradient to the delay time, for training and
+    refinement (the clipper's straight-through idea, afxest.dsp.amplitude).
+
+    The gradient is that of a delay line read by linear interpolation, v[n - D - e] =
+    (1 - e) v[n - D] + e v[n - D - 1], at e = 0+ (the right derivative at the whole delay),
+    times the sample rate: sample_rate * sum_n lam_w[n] (v[n - D - 1] - v[n - D]), lam_w the
+    adjoint of the line's output. The other gradients are :func:`delay`'s.
+    """
+    return _render(x, sample_rate, {"delay_seconds": delay_seconds, "feedback": feedback, "mix": mix}, True)
