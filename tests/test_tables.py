@@ -153,3 +153,17 @@ def test_report_tables_are_markdown_beside_the_papers_numbers() -> None:
         "│ ours │ 1.000 ± 0.125 │",
         "└──────┴───────────────┘",
     ])
+
+
+def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
+    """The "from" cell of a corrected candidate says what the correction added after the task's
+    chain: the equaliser's band count and gain range, and the limiter's threshold."""
+    effects = [{"type": "high_shelf", "cutoff_frequency_hz": 2000.0, "gain_db": 3.0, "q": 0.7},
+               {"type": "peak", "cutoff_frequency_hz": 100.0, "gain_db": -1.0, "q": 4.0},
+               {"type": "peak", "cutoff_frequency_hz": 112.2, "gain_db": 2.0, "q": 4.0},
+               {"type": "gain", "gain_db": 0.5}, {"type": "limiter", "threshold_db": -3.0, "release_ms": 50.0},
+               {"type": "gain", "gain_db": -1.0}]
+    candidate = {"preset": {"effects": effects}, "refinement": {"proposal": "analysis"},
+                 "correction": {"effects_from": 1}}
+    assert tables._origin(candidate) == "search (analysis) + correction: EQ 2 bands -1.0..+2.0 dB, limiter -3 dB"
+    assert tables._origin({"preset": {"effects": effects[:1]}}) == "draw"
