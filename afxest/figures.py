@@ -26,6 +26,8 @@ no global backend switch), so afxest imports and runs without it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -836,6 +838,8 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
     names = [_candidate_label(c) for c in document["candidates"][:PLOT_TOP]]
     for ax, panel in zip(axes, panels):
         PANELS[panel](ax, presets, names, wet)
+        if panel == "eq":
+            _correction_curve(ax, document["candidates"][0], presets[0])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(_estimate_title(document))
@@ -857,6 +861,19 @@ def _equaliser_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarra
     ax.set_xlabel("frequency (Hz, log scale)")
     ax.set_ylabel("magnitude (dB)")
     ax.set_title("Equaliser response")
+
+
+def _correction_curve(ax, candidate: dict, preset) -> None:
+    """Rank 1's correction alone (its effects from ``correction.effects_from``: the graphic
+    equaliser of afxest/correct.py), dashed on the ``eq`` panel, where rank 1 is corrected."""
+    record = candidate.get("correction")
+    if record is None:
+        return
+    correction = dataclasses.replace(preset, effects=preset.effects[record["effects_from"] :])
+    freqs = plot_frequencies(preset.sample_rate)
+    curve = equaliser_db(correction, freqs)
+    if curve is not None:
+        ax.plot(freqs, curve, color="black", ls="--", lw=1.2, label="rank 1's correction (after the chain)", zorder=20)
 
 
 def _compressor_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None) -> None:

@@ -353,6 +353,30 @@ def test_estimate_plot_draws_rbj_responses_and_compressor_curves(tmp_path):
         np.testing.assert_allclose(line.get_ydata(), 20 * np.log10(envelope * gain), atol=1e-9)
 
 
+def test_estimate_plot_draws_rank_1s_correction_alone(tmp_path):
+    """A corrected rank 1 (its effects from ``correction.effects_from``): the equaliser panel
+    also draws the correction's response alone, dashed: scipy's freqz of its peaks; rank 1's
+    own curve is the whole chain's, correction included."""
+    import dataclasses
+
+    from afxest.presets import Processor
+
+    task = TASKS["master"]
+    base = task.model.preset(np.full(task.model.dim, 0.4), task.name, task.sample_rate)
+    peaks = tuple(Processor("peak", {"cutoff_frequency_hz": f, "gain_db": g, "q": 4.0})
+                  for f, g in ((150.0, 2.0), (1200.0, -3.0), (5000.0, 1.5)))
+    corrected = dataclasses.replace(base, effects=base.effects + peaks)
+    document = _document([corrected, base])
+    document["candidates"][0]["correction"] = {"effects_from": len(base.effects)}
+    fig = figs.plot_estimate(tmp_path / figs.ESTIMATE_PLOT, document, [corrected, base], dpi=30)
+    eq_ax = fig.axes[0]
+    (dashed,) = [line for line in eq_ax.lines if line.get_linestyle() == "--"]
+    freqs = dashed.get_xdata()
+    only = dataclasses.replace(base, effects=peaks)
+    np.testing.assert_allclose(dashed.get_ydata(), equaliser_reference_db(only, freqs), atol=1e-6)
+    np.testing.assert_allclose(eq_ax.lines[0].get_ydata(), equaliser_reference_db(corrected, freqs), atol=1e-6)
+
+
 def test_estimate_plot_of_a_synth_shows_the_spectra_of_wet_and_rank_1(tmp_path):
     """fm: a full-scale 110 Hz sine (and rank 1 at I = 0.0025, nearly one) peaks within a bin of
     110 Hz at 0 dB in both spectra, less the Hann window's scalloping loss (110 Hz is a quarter
