@@ -655,10 +655,12 @@ def summarise(plan: Plan, m: Measurements) -> Evaluation:
         result.param_spread = {name: _mean_std(m.param_spread[:, j]) for j, name in enumerate(names)}
         result.param_entropy = {name: _mean_std(m.param_entropy[:, j]) for j, name in enumerate(names)}
     if m.calibration_draws is not None:
-        from afxest.calibration import calibrate
+        from afxest.calibration import LEVELS, calibrate
 
+        stored = plan.loaded.calibration  # the model's recalibrated interval levels (afxest.temper), if any
         result.calibration = calibrate(m.calibration_draws, m.calibration_truth, m.calibration_names,
-                                       m.calibration_notes, rng=np.random.default_rng([plan.options.seed, CALIBRATION_STREAM]))
+                                       m.calibration_notes, rng=np.random.default_rng([plan.options.seed, CALIBRATION_STREAM]),
+                                       interval_levels=None if stored is None else {a: stored.level(a) for a in LEVELS})
     if plan.options.refine:
         result.refine_steps = plan.options.refine
         result.refined_expectation = _expectation(s["refined"])

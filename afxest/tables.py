@@ -303,6 +303,11 @@ def report_markdown(result, loaded=None) -> str:
             the report), or None.
     """
     model = "" if loaded is None else f"Model: `{loaded.name}` ({loaded.path}), step {loaded.step}.\n"
+    if getattr(loaded, "calibration", None) is not None:
+        t = loaded.calibration.temperature
+        model += (f"Calibrated (docs/evaluate.md): its draws come from the base Gaussian at its fitted temperatures "
+                  f"(T = {min(t):.2g} to {max(t):.2g}, fitted on {loaded.calibration.fitted.get('items', '?')} "
+                  "validation items), candidates included.\n")
     return "".join([
         f"# Evaluation: {result.task} ({result.kind})\n\n",
         model,
@@ -501,6 +506,12 @@ def calibration_markdown(result) -> str:
                     "truth; what the wet determines is calibrated instead: "
                     + "; ".join(f"`{name}`: the {note}" for name, note in notes)
                     + ". A cutoff or Q of a shelf with no gain is not determined by any audio.\n\n")
+    if c.interval_levels is not None:
+        at = c.interval_levels[max(c.interval_levels)]
+        text.append(f"The model is calibrated: the coverage columns are those of the intervals it reports, each "
+                    f"parameter's central interval of the draws at the level fitted on validation "
+                    f"({round(100 * max(c.interval_levels))} %: {percent(at.min())} to {percent(at.max())} of the draws); "
+                    "the share outside all draws and the figures are the draws' own.\n\n")
     text.append(markdown(calibration_rows(result)))
     for figure in getattr(result, "calibration_figures", []):
         text.append(f"\n{figure.caption}\n\n![{figure.key}]({figure.file})\n")
