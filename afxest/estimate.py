@@ -99,6 +99,14 @@ SEARCH_PREROLL_SECONDS = 1.0
 # steps of the probe that refines a delay before the search (Analyser._search): on 8 val pairs
 # at 44.1 kHz, 64 samples late, the cross-correlation alone put 2 a sample off, the probe 1
 PROBE_STEPS = 150
+# the reported intervals (interval_entry): their credible level, the posterior draws they are
+# read from (their own seed stream), and the share of a parameter's normalised range above
+# which the wet leaves it undetermined (issue 22: wider than half the range)
+CREDIBLE = 0.9
+INTERVAL_DRAWS = 1000
+INTERVAL_STREAM = 3_000_017
+PLOT_DRAWS = 200  # of those draws, the presets whose curves --plot spreads (afxest.figures.plot_estimate)
+UNDETERMINED_ABOVE = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,6 +613,7 @@ class Analysis:
     found: Searched | None = None  # the search's result, None without a search
     reference: Reference | None = None  # what candidates were measured against (None blind)
     scored: int = 0  # the windows they were measured on
+    intervals: dict[str, Any] | None = None  # the document's ``intervals`` (interval_entry)
 
 
 def alignment_entry(reference: Reference | None) -> dict[str, Any] | None:
@@ -651,6 +660,7 @@ def estimate_document(model, options: EstimateOptions, analysis: Analysis, order
         "candidates": [_candidate_entry(c, k, rank) for rank, k in enumerate(order, start=1)],
         "baseline": analysis.baseline,
         "summary": summary([c.presets[k] for k in order], task),
+        "intervals": analysis.intervals,
         "analysis": {
             "estimator": model.kind,
             "engine": options.engine if analysis.dry_path is not None else None,
@@ -726,7 +736,7 @@ class Analyser:
         dry_path: Path | None,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, list | None]:
         """Estimates one wet file, writing nothing: the request is checked
         (:func:`check_request`), then analysed (:meth:`analyse`).
 
@@ -737,8 +747,9 @@ class Analyser:
             progress: Called with the fraction done, from 0 to 1.
 
         Returns:
-            The estimate document, its presets by rank, and the dry as read (for rendering the
-            audio; None without a dry).
+            The estimate document, its presets by rank, the dry as read (for rendering the
+            audio; None without a dry), and the presets of :data:`PLOT_DRAWS` draws of the
+            calibrated posterior (None for a point estimator).
         """
         check_request(self.task, dry_path is not None, options.refine, dry_path)
         return self.analyse(wet_path, dry_path, options, progress)
@@ -749,7 +760,7 @@ class Analyser:
         dry_path: Path | None,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, list | None]:
         """:meth:`estimate` of a request already checked: the files read (:func:`read_inputs`),
         then :meth:`analyse_inputs`."""
         return self.analyse_inputs(read_inputs(wet_path, dry_path, self.task), options, progress)
@@ -759,7 +770,7 @@ class Analyser:
         inputs: Inputs,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, list | None]:
         """The analysis of inputs already read and checked (:func:`read_inputs`): window,
         propose, measure, search, rank, and write the document down.
 
@@ -769,7 +780,9 @@ class Analyser:
             progress: Called with the fraction done, from 0 to 1.
 
         Returns:
-            The estimate document (nothing written), its presets by rank, and the dry (or None).
+            The estimate document (nothing written), its presets by rank, the dry (or None),
+            and the presets of the first :data:`PLOT_DRAWS` draws of the calibrated posterior
+            behind its intervals (None for a point estimator).
         """
         task, report = self.task, progress or (lambda _f: None)
         if self.device.type == "cpu":
@@ -777,12 +790,16 @@ class Analyser:
         windows = windows_of(inputs.frames, task)
         use = usable_windows(inputs.wet_x, windows)
         report(0.05)
-        draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed)
-        report(0.15)
         ref = inputs.reference
+        searching = ref is not None and options.refine != 0
+        # a search starts from the untempered posterior's draws; without one the calibrated
+        # posterior's draws are the answer (afxest.temper)
+        draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed, calibrated=not searching)
+        spread = self._spread(draws.h, options.seed)
+        intervals = None if spread is None else interval_entry(task, spread, self.model.calibration if self.proposer.calibrated else None)
+        report(0.15)
         rate = task.sample_rate if ref is None else ref.rate
         candidates = Candidates(draws.z, presets_of(task, draws.z, rate), draws.log_prob)
-        searching = ref is not None and options.refine != 0
         baseline, found, scored = None, None, 0
         if ref is not None:
             ranked_by = task.loss
@@ -806,8 +823,17 @@ class Analyser:
         report(1.0)
         dry_path = None if inputs.dry is None else inputs.dry.path
         analysis = Analysis(inputs.wet.path, dry_path, inputs.frames, windows, use, candidates, ranked_by,
-                            draws.entropy, baseline, found, ref, scored)
-        return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry
+                            draws.entropy, baseline, found, ref, scored, intervals)
+        spread_presets = None if spread is None else presets_of(task, spread[:PLOT_DRAWS], rate)
+        return (estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry,
+                spread_presets)
+
+    def _spread(self, h, seed: int) -> np.ndarray | None:
+        """:data:`INTERVAL_DRAWS` draws (N, d) of the calibrated posterior, their own seed: what
+        the reported intervals and the plot's bands are read from; None for a point estimator."""
+        if not self.proposer.posterior:
+            return None
+        return self.proposer.spread(h, INTERVAL_DRAWS, int(np.random.default_rng([seed, INTERVAL_STREAM]).integers(0, 2**62)))
 
     def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h):
         """The search (:func:`search_candidates`) and its candidates added (:meth:`_add_found`).
@@ -894,7 +920,7 @@ class Analyser:
         z = z_both[[pick[j] for j in kept]]
         new = {name: v[[pick[j] for j in kept]] for name, v in measured.items()}
         with torch.inference_mode():
-            new_lp = self.proposer.log_prob(z, h) if self.proposer.posterior else None
+            new_lp = self.proposer.log_prob(z, h, calibrated=False) if self.proposer.posterior else None
         m = len(candidates.z)
         refinement = dict(candidates.refinement)
         for i, j in enumerate(kept):
@@ -958,6 +984,31 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
         q05, q50, q95 = np.quantile(a, [0.05, 0.5, 0.95])
         out[name] = {"mean": float(a.mean()), "std": float(a.std()), "q05": float(q05), "q50": float(q50), "q95": float(q95)}
     return out
+
+
+def interval_entry(task, z: np.ndarray, calibration=None) -> dict[str, Any]:
+    """The document's ``intervals``: each estimated parameter's :data:`CREDIBLE` interval from
+    draws z (N, d) of the posterior, in physical units, and whether the wet leaves it
+    undetermined (the interval spans more than :data:`UNDETERMINED_ABOVE` of the parameter's
+    range, in the normalised units the prior is uniform in).
+
+    The interval is the central one of the draws (:func:`afxest.temper.central_interval`) at the
+    model's recalibrated level of each parameter (``calibration``, :mod:`afxest.temper`), or at
+    :data:`CREDIBLE` itself without one (then it is the draws' interval, not a calibrated one).
+    """
+    from afxest.temper import central_interval
+
+    level = np.full(task.model.dim, CREDIBLE) if calibration is None else calibration.level(CREDIBLE)
+    low, high = central_interval(z, level)
+    parameters = {}
+    for j, (name, r) in enumerate(zip(task.model.names, task.model.ranges)):
+        width = float(high[j] - low[j])
+        parameters[name] = {"low": float(r.to_physical(low[j])), "high": float(r.to_physical(high[j])),
+                            "unit": r.param.unit, "width": width, "level": float(level[j]),
+                            "undetermined": width > UNDETERMINED_ABOVE}
+    return {"credible": CREDIBLE, "draws": int(z.shape[0]), "calibrated": calibration is not None,
+            "undetermined_above": UNDETERMINED_ABOVE, "parameters": parameters,
+            "undetermined": [name for name, v in parameters.items() if v["undetermined"]]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1103,16 +1154,16 @@ def estimate_file(
     names = planned_names(estimator.task, options)
     earlier = [p.name for p in _set_files(folder) if p.name not in names]
     _check_outputs(folder, names + earlier, [p for p in (job.wet, job.dry) if p is not None], options.force)
-    document, presets, dry = estimator.analyse(job.wet, job.dry, options, progress)
+    document, presets, dry, spread = estimator.analyse(job.wet, job.dry, options, progress)
     warnings = meaningless_ranking(document, job, dry)
     ranks, unrendered = audio_ranks(presets, dry, job, options, estimator.task)
     make_folder(out_dir)
-    written = publish_estimate(folder, job, document, presets, ranks, options, estimator.task)
+    written = publish_estimate(folder, job, document, presets, ranks, options, estimator.task, spread)
     return EstimateResult(job.wet, folder, document, written, warnings + unrendered)
 
 
 def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: Sequence, ranks: Sequence[int],
-                     options: EstimateOptions, task) -> list[Path]:
+                     options: EstimateOptions, task, spread: Sequence | None = None) -> list[Path]:
     """Writes an estimate's files into ``folder`` as one :class:`afxest.audio.OutputSet`,
     replacing an earlier estimate's files; nothing is left behind on failure.
 
@@ -1124,6 +1175,7 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
         ranks: The ranks (from 1) whose audio is written (:func:`audio_ranks`).
         options: The request (``engine``, ``plot``).
         task: The model's task.
+        spread: Presets of posterior draws whose spread the figure shows (``plot``), or None.
 
     Returns:
         The files written, estimate.json last.
@@ -1139,7 +1191,7 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
             from afxest.figures import ESTIMATE_PLOT, plot_estimate
 
             wet = None if job.dry is not None else _mono_signal(job.wet, task).samples
-            plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet)
+            plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet, spread=spread)
             document["plot"] = ESTIMATE_PLOT
         atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
         # --force replaces the whole estimate: audio of an earlier run's ranks this run did not

@@ -209,10 +209,10 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
 
     inputs = read_inputs(signal("wet", wet), None if dry is None else signal("dry", dry), task)
     options = EstimateOptions(samples=samples, effort=effort, seed=seed, audio="none")
-    document, presets, _ = analyser.analyse_inputs(inputs, options)
+    document, presets, _, spread = analyser.analyse_inputs(inputs, options)
     if plot is not None:
         document["wet"] = "test item 0"
-        figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None)
+        figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None, spread=spread)
     z = np.array([[r.to_normalised(v) for r, v in zip(task.model.ranges, _values(presets[0], task))]])
     return _render_all(task, z, dry)
 

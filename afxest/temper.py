@@ -39,7 +39,7 @@ import numpy as np
 from afxest import calibration as cal
 from afxest.errors import UserError
 
-__all__ = ["FIT_SEED_OFFSET", "GRID", "ModelCalibration", "apply", "fit", "interval_levels", "read", "write"]
+__all__ = ["FIT_SEED_OFFSET", "GRID", "ModelCalibration", "apply", "central_interval", "fit", "interval_levels", "read", "write"]
 
 #: The validation items come from seed + 1 (a synth task has no split of its sources: its
 #: validation items must differ from the test's by their seed).
@@ -232,3 +232,19 @@ def write(path: Path, calibration: ModelCalibration | None, out: Path | None = N
     dest = Path(path) if out is None else Path(out)
     save_checkpoint(dest, state)
     return dest
+
+
+def central_interval(z: np.ndarray, level: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """The central ``level`` interval of draws z (N, d), per parameter: the ``(1 - level) / 2``
+    and ``(1 + level) / 2`` quantiles of each column (numpy's linear interpolation between order
+    statistics), ``level`` one for all or (d,).
+
+    Example:
+        >>> central_interval(np.linspace(0.0, 1.0, 101)[:, None], 0.9)
+        (array([0.05]), array([0.95]))
+    """
+    z = np.asarray(z, dtype=np.float64)
+    level = np.broadcast_to(np.asarray(level, dtype=np.float64), (z.shape[1],))
+    low = np.array([np.quantile(z[:, j], (1 - a) / 2) for j, a in enumerate(level)])
+    high = np.array([np.quantile(z[:, j], (1 + a) / 2) for j, a in enumerate(level)])
+    return low, high
