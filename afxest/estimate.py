@@ -103,7 +103,7 @@ PROBE_STEPS = 150
 # read from (their own seed stream), and the share of a parameter's normalised range above
 # which the wet leaves it undetermined (issue 22: wider than half the range)
 CREDIBLE = 0.9
-INTERVAL_DRAWS = 1000
+INTERVAL_DRAWS = 500  # 0.05 s of float64 sampling for master (1000: 0.2 s; blind costs 1.4x `import torch`)
 INTERVAL_STREAM = 3_000_017
 PLOT_DRAWS = 200  # of those draws, the presets whose curves --plot spreads (afxest.figures.plot_estimate)
 UNDETERMINED_ABOVE = 0.5
@@ -736,7 +736,7 @@ class Analyser:
         dry_path: Path | None,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None, list | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, np.ndarray | None]:
         """Estimates one wet file, writing nothing: the request is checked
         (:func:`check_request`), then analysed (:meth:`analyse`).
 
@@ -748,8 +748,8 @@ class Analyser:
 
         Returns:
             The estimate document, its presets by rank, the dry as read (for rendering the
-            audio; None without a dry), and the presets of :data:`PLOT_DRAWS` draws of the
-            calibrated posterior (None for a point estimator).
+            audio; None without a dry), and the :data:`INTERVAL_DRAWS` draws (N, d) of the
+            calibrated posterior behind its intervals (None for a point estimator).
         """
         check_request(self.task, dry_path is not None, options.refine, dry_path)
         return self.analyse(wet_path, dry_path, options, progress)
@@ -760,7 +760,7 @@ class Analyser:
         dry_path: Path | None,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None, list | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, np.ndarray | None]:
         """:meth:`estimate` of a request already checked: the files read (:func:`read_inputs`),
         then :meth:`analyse_inputs`."""
         return self.analyse_inputs(read_inputs(wet_path, dry_path, self.task), options, progress)
@@ -770,7 +770,7 @@ class Analyser:
         inputs: Inputs,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None, list | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, np.ndarray | None]:
         """The analysis of inputs already read and checked (:func:`read_inputs`): window,
         propose, measure, search, rank, and write the document down.
 
@@ -781,8 +781,8 @@ class Analyser:
 
         Returns:
             The estimate document (nothing written), its presets by rank, the dry (or None),
-            and the presets of the first :data:`PLOT_DRAWS` draws of the calibrated posterior
-            behind its intervals (None for a point estimator).
+            and the draws (N, d) of the calibrated posterior behind its intervals (None for a
+            point estimator).
         """
         task, report = self.task, progress or (lambda _f: None)
         if self.device.type == "cpu":
@@ -824,9 +824,7 @@ class Analyser:
         dry_path = None if inputs.dry is None else inputs.dry.path
         analysis = Analysis(inputs.wet.path, dry_path, inputs.frames, windows, use, candidates, ranked_by,
                             draws.entropy, baseline, found, ref, scored, intervals)
-        spread_presets = None if spread is None else presets_of(task, spread[:PLOT_DRAWS], rate)
-        return (estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry,
-                spread_presets)
+        return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry, spread
 
     def _spread(self, h, seed: int) -> np.ndarray | None:
         """:data:`INTERVAL_DRAWS` draws (N, d) of the calibrated posterior, their own seed: what
@@ -984,6 +982,12 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
         q05, q50, q95 = np.quantile(a, [0.05, 0.5, 0.95])
         out[name] = {"mean": float(a.mean()), "std": float(a.std()), "q05": float(q05), "q50": float(q50), "q95": float(q95)}
     return out
+
+
+def plot_spread(task, spread: np.ndarray | None, document: dict[str, Any]) -> list | None:
+    """The presets (at the document's rate) of the first :data:`PLOT_DRAWS` posterior draws,
+    whose curves ``--plot`` spreads; None without draws."""
+    return None if spread is None else presets_of(task, spread[:PLOT_DRAWS], document["sample_rate"])
 
 
 def interval_entry(task, z: np.ndarray, calibration=None) -> dict[str, Any]:
@@ -1163,7 +1167,7 @@ def estimate_file(
 
 
 def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: Sequence, ranks: Sequence[int],
-                     options: EstimateOptions, task, spread: Sequence | None = None) -> list[Path]:
+                     options: EstimateOptions, task, spread: np.ndarray | None = None) -> list[Path]:
     """Writes an estimate's files into ``folder`` as one :class:`afxest.audio.OutputSet`,
     replacing an earlier estimate's files; nothing is left behind on failure.
 
@@ -1175,7 +1179,7 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
         ranks: The ranks (from 1) whose audio is written (:func:`audio_ranks`).
         options: The request (``engine``, ``plot``).
         task: The model's task.
-        spread: Presets of posterior draws whose spread the figure shows (``plot``), or None.
+        spread: The posterior draws (N, d) whose spread the figure shows (``plot``), or None.
 
     Returns:
         The files written, estimate.json last.
@@ -1191,7 +1195,7 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
             from afxest.figures import ESTIMATE_PLOT, plot_estimate
 
             wet = None if job.dry is not None else _mono_signal(job.wet, task).samples
-            plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet, spread=spread)
+            plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet, spread=plot_spread(task, spread, document))
             document["plot"] = ESTIMATE_PLOT
         atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
         # --force replaces the whole estimate: audio of an earlier run's ranks this run did not

@@ -200,7 +200,7 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
     Returns:
         The rank 1 rendered, (1, 1, T).
     """
-    from afxest.estimate import EstimateOptions, Recording, read_inputs
+    from afxest.estimate import EstimateOptions, Recording, plot_spread, read_inputs
 
     task = analyser.task
 
@@ -212,7 +212,8 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
     document, presets, _, spread = analyser.analyse_inputs(inputs, options)
     if plot is not None:
         document["wet"] = "test item 0"
-        figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None, spread=spread)
+        figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None,
+                           spread=plot_spread(task, spread, document))
     z = np.array([[r.to_normalised(v) for r, v in zip(task.model.ranges, _values(presets[0], task))]])
     return _render_all(task, z, dry)
 

@@ -831,7 +831,7 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
 
     Returns:
         The matplotlib Figure (its lines hold the plotted data; the spread band is its axes'
-        first collection, the median its first line after the candidates).
+        only collection, the median their last line).
     """
     panels = estimate_panels(presets)
     if not panels:
@@ -849,11 +849,11 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
     return fig
 
 
-def _spread_band(ax, x: np.ndarray, curves: np.ndarray, top: int) -> None:
+def _spread_band(ax, x: np.ndarray, curves: np.ndarray) -> None:
     """The central :data:`SPREAD_LEVEL` of the draws' curves (draws, len(x)) at each x, and
-    their median (a dashed line after the top candidates' ``top`` lines)."""
+    their median (a dashed line), beneath the candidates' lines drawn before."""
     low, median, high = np.quantile(curves, [(1 - SPREAD_LEVEL) / 2, 0.5, (1 + SPREAD_LEVEL) / 2], axis=0)
-    ax.fill_between(x, low, high, color="0.82",
+    ax.fill_between(x, low, high, color="0.82", zorder=1,
                     label=f"central {round(100 * SPREAD_LEVEL)} % of {len(curves)} posterior draws")
     ax.plot(x, median, color="0.35", ls="--", lw=1.0, label="median of the draws", zorder=2)
 
@@ -865,13 +865,13 @@ def _equaliser_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarra
     freqs = plot_frequencies(presets[0].sample_rate)
     curves = np.array([equaliser_db(p, freqs) for p in presets])
     top = min(len(presets), PLOT_TOP)
-    if spread:
-        _spread_band(ax, freqs, np.array([equaliser_db(p, freqs) for p in spread]), top)
-    else:
+    if not spread:
         ax.fill_between(freqs, curves.min(axis=0), curves.max(axis=0), color="0.85",
                         label=f"min-max of all {len(presets)} candidates")
     for k, label in enumerate(names[:top]):
         ax.plot(freqs, curves[k], lw=2.2 if k == 0 else 1.0, label=label, zorder=3 + top - k)
+    if spread:
+        _spread_band(ax, freqs, np.array([equaliser_db(p, freqs) for p in spread]))
     ax.set_xscale("log")
     ax.set_xlabel("frequency (Hz, log scale)")
     ax.set_ylabel("magnitude (dB)")
@@ -885,11 +885,11 @@ def _compressor_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarr
     top = presets[:PLOT_TOP]
     levels = np.linspace(*LEVELS_DB, 241)
     ax.plot(levels, levels, color="0.6", ls="--", lw=1.0, label="no compression")
-    if spread:
-        _spread_band(ax, levels, np.array([compressor_curve_db(p, levels) for p in spread]), len(top))
     for k, (p, label) in enumerate(zip(top, names)):
         ax.plot(levels, compressor_curve_db(p, levels), lw=2.2 if k == 0 else 1.0, label=label,
                 zorder=3 + len(top) - k)
+    if spread:
+        _spread_band(ax, levels, np.array([compressor_curve_db(p, levels) for p in spread]))
     ax.set_xlabel("input level (dBFS)")
     ax.set_ylabel("output level (dBFS)")
     ax.set_title("Compressor static curve (before gain and clipping)")

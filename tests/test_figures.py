@@ -384,7 +384,7 @@ def test_estimate_plot_spreads_the_curves_of_the_posterior_draws(tmp_path):
     fig = figs.plot_estimate(tmp_path / figs.ESTIMATE_PLOT, _document(presets), presets, dpi=30, spread=spread)
     eq_ax, comp_ax = fig.axes[:2]
     (band,) = eq_ax.collections
-    median, *candidates = eq_ax.lines
+    *candidates, median = eq_ax.lines
     assert len(candidates) == 3 and "40 posterior draws" in band.get_label()
     freqs = np.asarray(median.get_xdata())
     curves = np.array([equaliser_reference_db(p, freqs) for p in spread])
@@ -395,7 +395,7 @@ def test_estimate_plot_spreads_the_curves_of_the_posterior_draws(tmp_path):
         k = int(np.argmin(np.abs(freqs - f)))
         assert min(abs(y - lower[k]), abs(y - upper[k])) < 1e-6
     (comp_band,) = comp_ax.collections
-    identity, comp_median, *_ = comp_ax.lines
+    identity, *_, comp_median = comp_ax.lines
     level = np.asarray(comp_median.get_xdata())
     outs = []
     for p in spread:
