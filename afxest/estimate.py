@@ -792,9 +792,9 @@ class Analyser:
         report(0.05)
         ref = inputs.reference
         searching = ref is not None and options.refine != 0
-        # a search starts from the untempered posterior's draws; without one the calibrated
-        # posterior's draws are the answer (afxest.temper)
-        draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed, calibrated=not searching)
+        # the candidates are the untempered posterior's draws; the calibrated one gives the
+        # intervals (afxest.temper says why)
+        draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed)
         spread = self._spread(draws.h, options.seed)
         intervals = None if spread is None else interval_entry(task, spread, self.model.calibration if self.proposer.calibrated else None)
         report(0.15)
@@ -918,7 +918,7 @@ class Analyser:
         z = z_both[[pick[j] for j in kept]]
         new = {name: v[[pick[j] for j in kept]] for name, v in measured.items()}
         with torch.inference_mode():
-            new_lp = self.proposer.log_prob(z, h, calibrated=False) if self.proposer.posterior else None
+            new_lp = self.proposer.log_prob(z, h) if self.proposer.posterior else None
         m = len(candidates.z)
         refinement = dict(candidates.refinement)
         for i, j in enumerate(kept):

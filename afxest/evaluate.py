@@ -47,6 +47,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -307,14 +308,20 @@ def evaluate(loaded, out: Path, options: EvaluateOptions | None = None, **keywor
     The steps: :func:`plan_evaluation` (every check, then the set-up), per item
     :func:`draw_item` and :func:`measure_item`, then :func:`summarise` and :func:`write_outputs`.
     """
+    from afxest.temper import tempered
+
     options = replace(options or EvaluateOptions(), **keywords)
     plan = plan_evaluation(loaded, Path(out), options)
     measured = Measurements.start(plan)
     n = options.n
-    for i in range(n):
-        measure_item(plan, measured, draw_item(plan.task, plan.source, options.seed, i))
-        if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
-            options.log(f"evaluated {i + 1}/{n} items")
+    head = plan.model.head if plan.kind == "posterior" else None
+    # the candidates (and figures) are the untempered model's, as afxest estimate's; only the
+    # calibration's draws are the calibrated posterior's (calibration_item)
+    with tempered(head, None) if head is not None else nullcontext():
+        for i in range(n):
+            measure_item(plan, measured, draw_item(plan.task, plan.source, options.seed, i))
+            if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
+                options.log(f"evaluated {i + 1}/{n} items")
     result = summarise(plan, measured)
     write_outputs(plan, measured, result)
     return result
@@ -576,11 +583,16 @@ def model_candidates(plan: Plan, m: Measurements, item: Item) -> np.ndarray:
 
 def calibration_item(plan: Plan, m: Measurements, item: Item) -> None:
     """The calibration's draws of one item (:data:`CALIBRATION_DRAWS` by default, their own
-    seed) and its truth, as the quantities :func:`afxest.calibration.identifiable` defines."""
+    seed; from the calibrated posterior where the model has a calibration) and its truth, as the
+    quantities :func:`afxest.calibration.identifiable` defines."""
     from afxest.calibration import identifiable
 
+    from afxest.temper import tempered
+
     n, i = plan.options.calibration_draws, item.index
-    z, _ = figs.draw(plan.model, item.batch.wet, n, [plan.options.seed, CALIBRATION_STREAM, i])
+    stored = plan.loaded.calibration
+    with tempered(plan.model.head, None if stored is None else stored.temperature):
+        z, _ = figs.draw(plan.model, item.batch.wet, n, [plan.options.seed, CALIBRATION_STREAM, i])
     names, draws, truth, notes = identifiable(plan.task, z, item.batch.v[:1].astype(np.float64))
     if m.calibration_draws is None:
         m.calibration_names, m.calibration_notes = names, notes

@@ -7,10 +7,10 @@ constant (:meth:`Proposer.log_prob`; the estimate module's docstring says why). 
 tiny: sampling and log-densities run on a float64 copy of it on the CPU, so values near the
 edges of [0, 1] are not rounded onto them, and results do not depend on the device.
 
-A calibrated model (:mod:`afxest.temper`) has two such copies: the calibrated one, whose draws
-are the blind answer and give the reported intervals (:meth:`Proposer.spread`), and the
-untempered one, whose draws start a search (``calibrated=False``): widened proposals cost the
-search dearly (docs/evaluate.md).
+A calibrated model (:mod:`afxest.temper`) has two such copies: the untempered one proposes
+the candidates (:meth:`Proposer.draw`) and scores them (:meth:`Proposer.log_prob`), the
+calibrated one gives the draws behind the reported intervals (:meth:`Proposer.spread`): widened
+candidates cost the blind answer and the search dearly (docs/evaluate.md).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Proposer:
         self.device = device
         self.net = estimator.to(device).eval()
         self.head = copy.deepcopy(self.net.head).to("cpu", torch.float64).eval()  # as loaded: calibrated, if it is
-        self.raw = self.head  # untempered: the search's proposals
+        self.raw = self.head  # untempered: the candidates
         if posterior and not bool((self.head.temperature == 1).all()):
             self.raw = copy.deepcopy(self.head)
             apply(self.raw, None)
@@ -62,8 +62,7 @@ class Proposer:
         """Whether the model has a calibration (its calibrated head differs from the raw one)."""
         return self.raw is not self.head
 
-    def draw(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int], n: int, seed: int,
-             calibrated: bool = True) -> Draws:
+    def draw(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int], n: int, seed: int) -> Draws:
         """Draws candidates for the wet from the posteriors of its windows.
 
         Arguments:
@@ -72,8 +71,6 @@ class Proposer:
             use: The usable windows, which propose (:func:`afxest.scoring.usable_windows`).
             n: The candidates to draw (a point-estimating model gives one per proposing window).
             seed: The seed of the draws.
-            calibrated: Draw from the calibrated posterior (False: the untempered one, whose
-                draws a search starts from; the same where the model has no calibration).
 
         Returns:
             The :class:`Draws`: the embeddings, the candidates z (M, d) and their log-density
@@ -85,8 +82,8 @@ class Proposer:
         generator = torch.Generator().manual_seed(seed)
         with torch.inference_mode():
             h = self.encode(wet, windows, use)
-            z, own_log_prob, entropy = self.propose(h, n, generator, calibrated)
-            log_prob = own_log_prob if len(use) == 1 or own_log_prob is None else self.log_prob(z, h, calibrated)
+            z, own_log_prob, entropy = self.propose(h, n, generator)
+            log_prob = own_log_prob if len(use) == 1 or own_log_prob is None else self.log_prob(z, h)
         return Draws(h, z, log_prob, entropy)
 
     def spread(self, h, n: int, seed: int) -> np.ndarray:
@@ -117,9 +114,9 @@ class Proposer:
         position = {w: k for k, w in enumerate(order)}
         return h[[position[i] for i in use]]
 
-    def propose(self, h, n: int, generator, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    def propose(self, h, n: int, generator, calibrated: bool = False) -> tuple[np.ndarray, np.ndarray | None, float | None]:
         """Proposes candidates z (M, d) in float64 from the mixture of the windows' posteriors (the
-        calibrated ones, or the untempered), the log-density of each under the posterior of the
+        untempered ones, or the calibrated), the log-density of each under the posterior of the
         window that drew it (None without a posterior), and the mean entropy estimate (nats) of
         the proposing windows' posteriors.
 
@@ -145,16 +142,15 @@ class Proposer:
         entropy = sum(entropies) / len(entropies) if entropies else None
         return np.stack(zs), (np.array(own) if own else None), entropy
 
-    def log_prob(self, z: np.ndarray, h, calibrated: bool = True) -> np.ndarray:
+    def log_prob(self, z: np.ndarray, h) -> np.ndarray:
         """The mean over windows of ln p(z | window), (M,) float64 (posterior models only), under
-        the calibrated posteriors or the untempered ones."""
+        the untempered posteriors (whose draws the candidates are)."""
         import torch
 
-        head = self.head if calibrated else self.raw
         zt = torch.from_numpy(z)
         total = torch.zeros(z.shape[0], dtype=torch.float64)
         chunk = max(1, 4096 // max(1, z.shape[0]))
         for s in range(0, h.shape[0], chunk):
             hs = h[s : s + chunk]
-            total += head.log_prob(zt.expand(hs.shape[0], *zt.shape), hs).sum(dim=0)
+            total += self.raw.log_prob(zt.expand(hs.shape[0], *zt.shape), hs).sum(dim=0)
         return (total / h.shape[0]).numpy().astype(np.float64)

@@ -353,9 +353,9 @@ def report_markdown(result, loaded=None) -> str:
     model = "" if loaded is None else f"Model: `{loaded.name}` ({loaded.path}), step {loaded.step}.\n"
     if getattr(loaded, "calibration", None) is not None:
         t = loaded.calibration.temperature
-        model += (f"Calibrated (docs/evaluate.md): its draws come from the base Gaussian at its fitted temperatures "
-                  f"(T = {min(t):.2g} to {max(t):.2g}, fitted on {loaded.calibration.fitted.get('items', '?')} "
-                  "validation items), candidates included.\n")
+        model += (f"Calibrated (docs/evaluate.md): its calibration draws come from the base Gaussian at its fitted "
+                  f"temperatures (T = {min(t):.2g} to {max(t):.2g}, fitted on {loaded.calibration.fitted.get('items', '?')} "
+                  "validation items); its candidates, as `afxest estimate`'s, are the untempered model's.\n")
     return "".join([
         f"# Evaluation: {result.task} ({result.kind})\n\n",
         model,

@@ -182,13 +182,17 @@ def _z(doc: dict, origin: str = "draw") -> np.ndarray:
     return np.array(rows)
 
 
-def test_estimate_draws_and_intervals_follow_the_temperature(fm_model: Path, tmp_path: Path, tone: Path, capsys) -> None:
-    """Without a search (--refine 0) the candidates are the calibrated posterior's: T = 0.001
-    collapses them and the intervals (none undetermined), T = 50 saturates the sigmoid and every
-    parameter's interval spans its range (all undetermined)."""
+def test_intervals_follow_the_temperature_and_the_candidates_do_not(fm_model: Path, tmp_path: Path, tone: Path,
+                                                                      capsys) -> None:
+    """Without a search (--refine 0): T = 0.001 collapses the intervals (none undetermined), T =
+    50 saturates the sigmoid and every parameter's interval spans its range (all undetermined);
+    the candidates and their log-densities are the uncalibrated model's, to the bit."""
     task = TASKS["fm"]
+    plain = _estimate(capsys, fm_model, tone, tmp_path / "p", "--refine", 0)
     sharp = _estimate(capsys, _calibrated(fm_model, tmp_path, 0.001), tone, tmp_path / "a", "--refine", 0)
-    assert _z(sharp).std(axis=0).max() < 1e-3
+    assert [c["preset"] for c in sharp["candidates"]] == [c["preset"] for c in plain["candidates"]]
+    assert [c["log_prob"] for c in sharp["candidates"]] == [c["log_prob"] for c in plain["candidates"]]
+    assert _z(plain).std(axis=0).max() > 1e-3  # draws at T = 0.001 would not spread
     assert sharp["intervals"]["undetermined"] == [] and sharp["intervals"]["calibrated"] is True
     assert all(v["width"] < 1e-2 for v in sharp["intervals"]["parameters"].values())
     wide = _estimate(capsys, _calibrated(fm_model, tmp_path, 50.0), tone, tmp_path / "b", "--refine", 0)
@@ -216,3 +220,20 @@ def test_doctests() -> None:
 
     result = doctest.testmod(temper, raise_on_error=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_evaluate_scores_untempered_candidates_and_calibrated_draws(fm_model: Path, tmp_path: Path) -> None:
+    """evaluate on a model calibrated at T = 0.001: results.csv (the candidates) equals the
+    uncalibrated model's to the bit, while the calibration's draws collapse: nearly every truth
+    falls outside all of them; the model's own head is back at its temperature afterwards."""
+    from afxest.evaluate import evaluate
+
+    runs = {}
+    for name, path in (("plain", fm_model), ("sharp", _calibrated(fm_model, tmp_path, 0.001))):
+        loaded = load_model_file(ModelFile(name, path, "path"))
+        result = evaluate(loaded, tmp_path / name, n=12, samples=3, calibration_draws=20, figures=False,
+                          log=lambda _m: None)
+        runs[name] = (result, (tmp_path / name / "results.csv").read_text())
+        assert torch.equal(loaded.estimator.head.temperature, torch.full((2,), 0.001 if name == "sharp" else 1.0))
+    assert runs["sharp"][1] == runs["plain"][1]
+    assert runs["sharp"][0].calibration.outside.min() > 0.8 > runs["plain"][0].calibration.outside.max()
