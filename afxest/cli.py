@@ -337,11 +337,12 @@ def _report_internal(exc: BaseException, where: str = "") -> None:
 
 
 def _calibrate_model(spec: str, data: Path | None, fit_n: int, draws: int, out: Path | None) -> None:
-    """``afxest models --calibrate``: fits the calibration (:func:`afxest.temper.fit`) and writes it."""
+    """``afxest models --calibrate``: fits the calibration (:func:`afxest.fit_calibration.fit`) and writes it."""
     import torch
 
     from afxest.store import load_model
-    from afxest.temper import fit, write
+    from afxest.fit_calibration import fit
+    from afxest.temper import write
 
     if data is not None and not data.is_dir():
         raise UserError(f"{data}: no such folder")

@@ -5,7 +5,7 @@ retraining lever (issue 22) without touching the test split.
         --data /work/music --n 128 [--draws 100] [--seed 0] [--untempered]
 
 Every model sees the same items: drawn as ``afxest models --calibrate`` draws them
-(:mod:`afxest.temper`: the validation split of ``--data``, seed + 1), with the same base noise.
+(:mod:`afxest.fit_calibration`: the validation split of ``--data``, seed + 1), with the same base noise.
 Per model: the calibration of the quantities the wet determines (:func:`afxest.calibration.identifiable`;
 eq: the summed gain, the |gain|-weighted cutoff and Q) from ``--draws`` draws per item, and the
 SI-SDR of 10 candidates rendered by pedalboard (the first: the expectation; the best of 10),
@@ -27,7 +27,8 @@ from afxest import calibration as cal
 from afxest.evaluate import CALIBRATION_STREAM, _render_all, draw_item
 from afxest.losses import si_sdr
 from afxest.store import load_model
-from afxest.temper import FIT_SEED_OFFSET, apply
+from afxest.fit_calibration import FIT_SEED_OFFSET
+from afxest.temper import apply
 
 CANDIDATES = 10
 

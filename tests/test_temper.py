@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from afxest import temper
+from afxest import fit_calibration, temper
 from afxest.calibration import calibrate
 from afxest.cli import main
 from afxest.errors import UserError
@@ -88,11 +88,11 @@ def test_fit_widens_an_over_confident_posterior_to_the_closed_form() -> None:
     fixed = _fixed_head(task.model.dim, 0.0, 0.5, estimator.encoder.embed_dim)
     estimator.head.load_state_dict(fixed.state_dict())
     loaded = LoadedModel("fixed", Path("fixed.pt"), "", task, estimator, "posterior", 0)
-    found = temper.fit(loaded, None, n=512, draws=100)
+    found = fit_calibration.fit(loaded, None, n=512, draws=100)
     expected = 2.944 / 1.645 / 0.5
     np.testing.assert_allclose(found.temperature, expected, rtol=0.15)
     assert all(0.8 <= a <= 0.97 for a in found.level(0.9))
-    assert found.fitted["items"] == 512 and found.fitted["seed"] == temper.FIT_SEED_OFFSET
+    assert found.fitted["items"] == 512 and found.fitted["seed"] == fit_calibration.FIT_SEED_OFFSET
 
 
 def test_interval_entry_is_the_central_interval_in_physical_units() -> None:
