@@ -237,3 +237,19 @@ def test_evaluate_scores_untempered_candidates_and_calibrated_draws(fm_model: Pa
         assert torch.equal(loaded.estimator.head.temperature, torch.full((2,), 0.001 if name == "sharp" else 1.0))
     assert runs["sharp"][1] == runs["plain"][1]
     assert runs["sharp"][0].calibration.outside.min() > 0.8 > runs["plain"][0].calibration.outside.max()
+
+
+def test_calibrate_refuses_what_it_cannot_calibrate_and_writes_nothing(tmp_path: Path, capsys, one_thread) -> None:
+    """eq (two shelves for one: no per-parameter truth) and a deterministic model: one line on
+    stderr, exit 2, the checkpoint unchanged and no --out written."""
+    import hashlib
+
+    for task, estimator, why in (("eq", "posterior", "not what its wet determines"),
+                                 ("fm", "deterministic", "only a posterior model can be calibrated")):
+        model = one_step_checkpoint(tmp_path / f"{task}-{estimator}", task, estimator)
+        before = hashlib.sha256(model.read_bytes()).hexdigest()
+        capsys.readouterr()
+        code = main(["models", "--calibrate", str(model), "--fit-n", "16", "--out", str(tmp_path / "out.pt")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and why in err[0], err
+        assert hashlib.sha256(model.read_bytes()).hexdigest() == before and not (tmp_path / "out.pt").exists()
