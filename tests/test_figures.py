@@ -394,3 +394,37 @@ def test_estimate_plot_of_a_synth_shows_the_spectra_of_wet_and_rank_1(tmp_path):
         f, db = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
         assert f[np.argmax(db)] == pytest.approx(110, abs=1 / preset.source.params["duration_s"])
         assert db.max() == pytest.approx(20 * np.log10(np.sinc(0.25) / (1 - 1 / 16)), abs=0.02)
+
+
+def test_estimate_plot_spreads_the_curves_of_the_posterior_draws(tmp_path):
+    """With the draws (``spread``): the equaliser panel's band is, at each frequency, the 5th to
+    95th percentile of the draws' responses (scipy's RBJ responses computed here) and the dashed
+    line their median; the compressor panel's the same of the JUCE gain law."""
+    task = TASKS["master"]
+    rate = task.sample_rate
+    rng = np.random.default_rng(7)
+    presets = [task.model.preset(v, task.name, rate) for v in rng.uniform(size=(3, task.model.dim))]
+    spread = [task.model.preset(v, task.name, rate) for v in rng.uniform(size=(40, task.model.dim))]
+    fig = figs.plot_estimate(tmp_path / figs.ESTIMATE_PLOT, _document(presets), presets, dpi=30, spread=spread)
+    eq_ax, comp_ax = fig.axes[:2]
+    (band,) = eq_ax.collections
+    *candidates, median = eq_ax.lines
+    assert len(candidates) == 3 and "40 posterior draws" in band.get_label()
+    freqs = np.asarray(median.get_xdata())
+    curves = np.array([equaliser_reference_db(p, freqs) for p in spread])
+    np.testing.assert_allclose(median.get_ydata(), np.median(curves, axis=0), atol=1e-6)
+    vertices = band.get_paths()[0].vertices
+    lower, upper = np.percentile(curves, 5, axis=0), np.percentile(curves, 95, axis=0)
+    for f, y in vertices[:: max(1, len(vertices) // 50)]:
+        k = int(np.argmin(np.abs(freqs - f)))
+        assert min(abs(y - lower[k]), abs(y - upper[k])) < 1e-6
+    (comp_band,) = comp_ax.collections
+    identity, *_, comp_median = comp_ax.lines
+    level = np.asarray(comp_median.get_xdata())
+    outs = []
+    for p in spread:
+        c = next(e.params for e in p.effects if e.type == "compressor")
+        envelope, threshold = 10 ** (level / 20), 10 ** (c["threshold_db"] / 20)
+        gain = np.where(envelope < threshold, 1.0, (envelope / threshold) ** (1 / c["ratio"] - 1))
+        outs.append(20 * np.log10(envelope * gain))
+    np.testing.assert_allclose(comp_median.get_ydata(), np.median(outs, axis=0), atol=1e-9)
