@@ -1,30 +1,51 @@
 """How far ``afxest estimate WET --dry DRY`` gets on mastering chains that pedalboard did not make.
 
-    python benchmarks/foreign_chains.py --data /work/music --split test --n 16 --out /tmp/foreign
-        [--seed 0] [--no-estimate] [-- EXTRA ESTIMATE OPTIONS]
+    python benchmarks/foreign_chains.py --data /work/music --split test --n 12 --out /tmp/foreign
+        [--family cookbook|match-limit|compander] [--rate HZ] [--stereo] [--seed 0]
+        [--no-estimate] [-- EXTRA ESTIMATE OPTIONS]
 
-Item i (its own generator ``default_rng([seed, STREAM, i])``): a 5 s excerpt of the split's
-music at 22050 Hz mono (the master task's rate) and a chain of the master task's kind, its
-settings drawn uniformly in the ``master`` task's normalised ranges (afxest/tasks.py) but
-rendered by the implementation written here, independently of pedalboard and of afxest:
+Item i: a 5 s excerpt of a track of the split drawn from ``default_rng([seed, STREAM, i])`` as
+``benchmarks/search_accuracy.py``'s pairs as users have them draw one (``users_pair``: read at
+the file's rate and channels; ``--stereo``: tracks whose channels differ, kept in stereo, else
+their mono mix), resampled to ``--rate`` (default: the master task's, 22050 Hz). Every family
+gets the same excerpts; its settings come from ``default_rng([seed, STREAM, i, family])``.
+The wet is rendered by a family written in ``benchmarks/foreign_families.py`` (numpy / scipy,
+independently of pedalboard and of afxest):
 
-* EQ: a low shelf, three peaks and a high shelf from the RBJ Audio EQ Cookbook in float64
-  second-order sections (``scipy.signal.sosfilt``), with the cookbook's *other* width
-  conventions: the shelves by their slope S = q / 1.5 (S = 1: the steepest monotonic shelf;
-  pedalboard reads q as a Q), the peaks by their bandwidth BW = 1 / q octaves (digital form,
-  alpha = sin w0 sinh(ln 2 / 2 BW w0 / sin w0); pedalboard: alpha = sin w0 / (2 Q));
-* compressor: feed-forward, RMS level detector (one-pole mean square, 5 ms), a soft knee of
-  6 dB (quadratic), the gain reduction smoothed in dB by attack and release one-poles
-  (Giannoulis, Massberg & Reiss, JAES 2012; pedalboard: peak detector, hard knee, smoothing of
-  the level);
-* make-up gain, then a tanh soft clipper c tanh(x / c) with c the clipping level (pedalboard:
-  a hard clipper).
+* ``cookbook`` (the default, the first family): the master task's chain, its settings drawn
+  uniformly in the master task's normalised ranges (afxest/tasks.py): RBJ cookbook biquads with
+  the cookbook's other width conventions (shelves by slope S = q / 1.5, peaks by bandwidth
+  1 / q octaves), a feed-forward RMS compressor (5 ms) with a 6 dB soft knee and its gain
+  smoothed in dB (Giannoulis, Massberg & Reiss, JAES 2012), make-up gain, a tanh clipper;
+  each channel on its own;
+* ``match-limit``: a matching equaliser, as a reference-matching mastering tool makes one: the
+  ratio of another track's long-term average spectrum (four 5 s excerpts of another track of
+  the split, their mono mix) to the dry's, both smoothed to 1 / b octave (b uniform in [6,
+  12]), clamped to +-12 dB, power-neutral on the dry; a linear-phase FIR of about 0.19 s
+  (4095 taps at 22050 Hz, 8191 at 44.1 kHz; windowed frequency sampling), its latency
+  compensated. Linear phase because mastering matching equalisers work in linear phase (no
+  phase distortion of the master), which is also the harder case here: no minimum-phase
+  biquad chain has its phase. Then a gain that puts the peak ``drive`` dB (uniform in [4, 10])
+  over the ceiling, and a lookahead brickwall limiter (sample peak, channels linked): ceiling
+  uniform in [-1, -0.3] dBFS, lookahead uniform in [1.5, 5] ms, release log-uniform in [20,
+  300] ms;
+* ``compander``: a low shelf (40-250 Hz, +-6 dB, slope S in [0.3, 1]), three peaks (80-8000
+  Hz, +-8 dB, Q in [0.4, 3]) and a high shelf (2-8 kHz, +-6 dB, S in [0.3, 1]) made from
+  RBJ's analog prototypes by the matched-z transform (frequencies log-uniform, the rest
+  uniform); then a compander, channels linked, on an RMS level (5-30 ms) with gain smoothing
+  (attack 1-20 ms, release 50-300 ms), whose static curve has four segments relative to the
+  EQ'd excerpt's RMS level L: downward expansion 1:1.5 to 1:3 below L - [20, 30] dB (6 dB
+  knee), 1:1, compression 1.5:1 to 4:1 above L - [2, 10] dB with a wide knee (10-20 dB), and
+  5:1 to 20:1 above L + [0, 6] dB (4 dB knee); make-up gain: the curve's reduction at L plus
+  [0, 3] dB.
 
-The dry and wet are written as float WAV files to ``OUT/items``; unless ``--no-estimate``, each
-is estimated as a user would, in process: ``afxest estimate WET --dry DRY -o OUT/estimates
---no-audio`` (default settings), and rank 1's log-mel distance to the wet (DAFx 2025 Eq. 16,
-from estimate.json: pedalboard's render of rank 1) is compared with the dry's own (the Input
-baseline of the document). Printed: one line per item, then means and the ratio of means.
+The dry, the wet and the settings (``-truth.json``) are written to ``OUT/items``; unless
+``--no-estimate``, each pair is estimated as a user would, in process: ``afxest estimate WET
+--dry DRY -o OUT/estimates --no-audio`` (default settings), and rank 1's log-mel distance to
+the wet (DAFx 2025 Eq. 16) and SI-SDR (from estimate.json: pedalboard's render of rank 1 on
+the dry, at the pair's rate and channels) are compared with the dry's own (the document's
+Input baseline). Printed: one line per item, then means, the ratio of means and the median of
+the per-item ratios.
 """
 
 from __future__ import annotations
@@ -39,112 +60,120 @@ import numpy as np
 import scipy.signal
 import soundfile as sf
 
+import foreign_families as ff
 from afxest.data import MusicFolder
 from afxest.tasks import TASKS
+from search_accuracy import PAIR_SECONDS, users_pair
 
 STREAM = 2_000_041  # seeds of the foreign-chain items
-SECONDS = 5.0
-KNEE_DB = 6.0
-RMS_MS = 5.0
+FAMILIES = ("cookbook", "match-limit", "compander")
+REFERENCE_EXCERPTS = 4  # 5 s excerpts of the other track whose spectrum match-limit follows
+MATCH_MAX_DB = 12.0
 
 
-def rbj_sos(kind: str, f0: float, gain_db: float, width: float, rate: float) -> np.ndarray:
-    """One RBJ cookbook biquad as a normalised second-order section (1, 6): ``width`` is the
-    shelf slope S for shelves and the bandwidth in octaves for a peak."""
-    a = 10 ** (gain_db / 40)
-    w0 = 2 * math.pi * f0 / rate
-    cos_w, sin_w = math.cos(w0), math.sin(w0)
-    if kind == "peak":
-        alpha = sin_w * math.sinh(math.log(2) / 2 * width * w0 / sin_w)
-        b = [1 + alpha * a, -2 * cos_w, 1 - alpha * a]
-        den = [1 + alpha / a, -2 * cos_w, 1 - alpha / a]
-    else:
-        alpha = sin_w / 2 * math.sqrt((a + 1 / a) * (1 / width - 1) + 2)
-        r = 2 * math.sqrt(a) * alpha
-        if kind == "low_shelf":
-            b = [a * ((a + 1) - (a - 1) * cos_w + r), 2 * a * ((a - 1) - (a + 1) * cos_w), a * ((a + 1) - (a - 1) * cos_w - r)]
-            den = [(a + 1) + (a - 1) * cos_w + r, -2 * ((a - 1) + (a + 1) * cos_w), (a + 1) + (a - 1) * cos_w - r]
-        else:
-            b = [a * ((a + 1) + (a - 1) * cos_w + r), -2 * a * ((a - 1) + (a + 1) * cos_w), a * ((a + 1) + (a - 1) * cos_w - r)]
-            den = [(a + 1) - (a - 1) * cos_w + r, 2 * ((a - 1) - (a + 1) * cos_w), (a + 1) - (a - 1) * cos_w - r]
-    return np.array([b + den]) / den[0]
+def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A draw log-uniform in [lo, hi]."""
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def one_pole(time_ms: float, rate: float) -> float:
-    """The coefficient of a one-pole smoother with time constant ``time_ms``."""
-    return math.exp(-1000.0 / (time_ms * rate))
+def cookbook_item(dry: np.ndarray, rate: int, rng: np.random.Generator, reference) -> tuple[np.ndarray, dict]:
+    """The cookbook family (module docstring): the wet and its settings."""
+    task = TASKS["master"]
+    preset = task.model.preset(rng.uniform(size=task.model.dim), task.name, rate)
+    return ff.cookbook_chain(dry, preset, rate), preset.to_dict()
 
 
-def rms_soft_knee_compressor(x: np.ndarray, threshold_db: float, ratio: float, attack_ms: float, release_ms: float,
-                             rate: float) -> np.ndarray:
-    """Feed-forward compressor: RMS level in dB, a quadratic soft knee of KNEE_DB, the gain
-    reduction smoothed by attack / release one-poles in dB (Giannoulis et al. 2012, Eqs. 4, 17)."""
-    c = one_pole(RMS_MS, rate)
-    power = scipy.signal.lfilter([1 - c], [1, -c], x * x)
-    level = 10 * np.log10(power + 1e-12)
-    over = level - threshold_db
-    slope = 1 / ratio - 1
-    target = np.where(2 * over < -KNEE_DB, 0.0,
-                      np.where(2 * np.abs(over) <= KNEE_DB, slope * (over + KNEE_DB / 2) ** 2 / (2 * KNEE_DB), slope * over))
-    c_att, c_rel = one_pole(attack_ms, rate), one_pole(release_ms, rate)
-    gain = np.empty_like(target)
-    g = 0.0
-    for n, t in enumerate(target.tolist()):
-        k = c_att if t < g else c_rel  # more reduction: attack
-        g = k * g + (1 - k) * t
-        gain[n] = g
-    return x * 10 ** (gain / 20)
+def match_limit_item(dry: np.ndarray, rate: int, rng: np.random.Generator, reference) -> tuple[np.ndarray, dict]:
+    """The match-limit family (module docstring): the wet and its settings."""
+    nfft = 2 ** round(math.log2(0.186 * rate))
+    freqs, source = ff.ltas(dry, nfft, rate)
+    path, excerpts = reference(rng)
+    target = np.mean([ff.ltas(x, nfft, rate)[1] for x in excerpts], axis=0)
+    s = {"reference_track": path.name, "smoothing_octaves": 1 / rng.uniform(6, 12), "max_db": MATCH_MAX_DB,
+         "taps": nfft - 1, "drive_db": rng.uniform(4, 10), "ceiling_db": rng.uniform(-1, -0.3),
+         "lookahead_ms": rng.uniform(1.5, 5), "release_ms": log_uniform(rng, 20, 300)}
+    curve = ff.match_curve_db(source, target, freqs, s["smoothing_octaves"], MATCH_MAX_DB)
+    y = ff.apply_fir(dry, ff.matching_fir(curve, freqs, s["taps"], rate))
+    s["input_gain_db"] = s["ceiling_db"] + s["drive_db"] - 20 * math.log10(np.abs(y).max())
+    s["curve_db_min_max"] = [float(curve.min()), float(curve.max())]
+    y = y * 10 ** (s["input_gain_db"] / 20)
+    return ff.brickwall_limiter(y, s["ceiling_db"], s["release_ms"], s["lookahead_ms"], rate), s
 
 
-def foreign_chain(x: np.ndarray, preset, rate: float) -> np.ndarray:
-    """The master task's chain (its processors in order) rendered by this module's
-    implementation; ``preset`` gives the settings in physical units. (T,) float64."""
-    y = np.asarray(x, np.float64)
-    for e in preset.effects:
-        p = e.params
-        if e.type in ("low_shelf", "high_shelf"):
-            y = scipy.signal.sosfilt(rbj_sos(e.type, p["cutoff_frequency_hz"], p["gain_db"], p["q"] / 1.5, rate), y)
-        elif e.type == "peak":
-            y = scipy.signal.sosfilt(rbj_sos("peak", p["cutoff_frequency_hz"], p["gain_db"], 1 / p["q"], rate), y)
-        elif e.type == "compressor":
-            y = rms_soft_knee_compressor(y, p["threshold_db"], p["ratio"], p["attack_ms"], p["release_ms"], rate)
-        elif e.type == "gain":
-            y = y * 10 ** (p["gain_db"] / 20)
-        elif e.type == "clipping":
-            c = 10 ** (p["threshold_db"] / 20)
-            y = c * np.tanh(y / c)
-        else:
-            raise ValueError(f"no foreign implementation of {e.type}")
-    return y
+def compander_item(dry: np.ndarray, rate: int, rng: np.random.Generator, reference) -> tuple[np.ndarray, dict]:
+    """The compander family (module docstring): the wet and its settings."""
+    bands = [("low_shelf", log_uniform(rng, 40, 250), rng.uniform(-6, 6), rng.uniform(0.3, 1.0))]
+    bands += [("peak", log_uniform(rng, 80, 8000), rng.uniform(-8, 8), rng.uniform(0.4, 3.0)) for _ in range(3)]
+    bands += [("high_shelf", log_uniform(rng, 2000, 8000), rng.uniform(-6, 6), rng.uniform(0.3, 1.0))]
+    y = np.asarray(dry, np.float64)
+    for kind, f0, gain_db, width in bands:
+        q = width if kind == "peak" else ff.shelf_q(gain_db, width)
+        y = scipy.signal.sosfilt(ff.matched_z_sos(kind, f0, gain_db, q, rate), y)
+    level = 10 * math.log10(np.mean(y * y))
+    curve = ff.Curve(thresholds=(level - rng.uniform(20, 30), level - rng.uniform(2, 10), level + rng.uniform(0, 6)),
+                     slopes=(rng.uniform(1.5, 3), 1.0, 1 / rng.uniform(1.5, 4), 1 / rng.uniform(5, 20)),
+                     knees=(6.0, rng.uniform(10, 20), 4.0))
+    s = {"bands": [{"type": k, "frequency_hz": f, "gain_db": g, ("q" if k == "peak" else "slope"): w}
+                   for k, f, g, w in bands],
+         "curve": {"thresholds_db": curve.thresholds, "slopes": curve.slopes, "knees_db": curve.knees},
+         "rms_ms": rng.uniform(5, 30), "attack_ms": rng.uniform(1, 20), "release_ms": rng.uniform(50, 300),
+         "makeup_db": level - float(curve(level)) + rng.uniform(0, 3)}
+    y = ff.compander(y, curve, s["rms_ms"], s["attack_ms"], s["release_ms"], rate)
+    return y * 10 ** (s["makeup_db"] / 20), s
+
+
+ITEMS = {"cookbook": cookbook_item, "match-limit": match_limit_item, "compander": compander_item}
+
+
+def stereo_tracks(files: list[Path]) -> list[Path]:
+    """The tracks whose channels differ (``users_pair``'s stereo test on their first 30 s), so
+    that a stereo excerpt of each exists."""
+    kept = []
+    for path in files:
+        x, rate = sf.read(str(path), frames=int(30 * sf.info(str(path)).samplerate), dtype="float32", always_2d=True)
+        if x.shape[1] >= 2 and np.sqrt(np.mean(np.square(x[:, 0] - x[:, 1]))) >= 0.05 * np.sqrt(np.mean(np.square(x))):
+            kept.append(path)
+    return kept
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--family", default="cookbook", choices=FAMILIES)
+    parser.add_argument("--rate", type=int, default=TASKS["master"].sample_rate, help="pairs at this rate (Hz)")
+    parser.add_argument("--stereo", action="store_true", help="stereo pairs (tracks whose channels differ)")
+    parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-estimate", action="store_true")
     parser.add_argument("extra", nargs="*", help="further options of afxest estimate (after --)")
     args = parser.parse_args()
-    task = TASKS["master"]
-    rate = task.sample_rate
-    folder = MusicFolder(args.data, rate, args.split, min_seconds=SECONDS).prepare()
+    rate, family = args.rate, FAMILIES.index(args.family)
+    files = [p for p in MusicFolder(args.data, rate, args.split).files if sf.info(str(p)).duration >= PAIR_SECONDS]
+    files = stereo_tracks(files) if args.stereo else files
     items = args.out / "items"
     items.mkdir(parents=True, exist_ok=True)
     pairs = []
     for i in range(args.n):
         rng = np.random.default_rng([args.seed, STREAM, i])
-        dry = folder.excerpt(rng, int(SECONDS * rate)).astype(np.float64)
-        preset = task.model.preset(rng.uniform(size=task.model.dim), task.name, rate)
-        wet = foreign_chain(dry, preset, rate)
-        wet_path, dry_path = items / f"item{i:03d}-wet.wav", items / f"item{i:03d}-dry.wav"
-        sf.write(wet_path, wet.astype(np.float32), rate, subtype="FLOAT")
-        sf.write(dry_path, dry.astype(np.float32), rate, subtype="FLOAT")
-        (items / f"item{i:03d}-truth.json").write_text(json.dumps(preset.to_dict(), indent=2) + "\n")
-        pairs.append((wet_path, dry_path))
-    print(f"wrote {len(pairs)} items to {items}", flush=True)
+        k = int(rng.integers(len(files)))
+        dry = users_pair([files[k]], rng, rate, args.stereo)[0].astype(np.float64)
+        others = files[:k] + files[k + 1 :]
+
+        def reference(r: np.random.Generator) -> tuple[Path, list[np.ndarray]]:
+            """Another track of the split and REFERENCE_EXCERPTS mono excerpts of it."""
+            path = others[int(r.integers(len(others)))]
+            return path, [users_pair([path], r, rate, False)[0][0] for _ in range(REFERENCE_EXCERPTS)]
+
+        wet, truth = ITEMS[args.family](dry, rate, np.random.default_rng([args.seed, STREAM, i, family]), reference)
+        stem = f"item{i:03d}"
+        sf.write(items / f"{stem}-wet.wav", wet.T.astype(np.float32), rate, subtype="FLOAT")
+        sf.write(items / f"{stem}-dry.wav", dry.T.astype(np.float32), rate, subtype="FLOAT")
+        truth = {"family": args.family, "dry_track": files[k].name, "settings": truth}
+        (items / f"{stem}-truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+        pairs.append((items / f"{stem}-wet.wav", items / f"{stem}-dry.wav"))
+    print(f"wrote {len(pairs)} {args.family} items to {items}", flush=True)
     if args.no_estimate:
         return
     from afxest.cli import main as afxest
@@ -163,11 +192,14 @@ def main() -> None:
               f"SI-SDR {rows[-1][2]:.2f} dB, Input {rows[-1][3]:.2f} dB; from {origin}", flush=True)
     a = np.array(rows)
     ratios = a[:, 0] / a[:, 1]
-    print(f"master, foreign chains, {args.split} n={len(a)} seed={args.seed} options={args.extra}")
+    print(f"master, foreign family {args.family}, {args.split} n={len(a)} rate={rate} stereo={args.stereo} "
+          f"seed={args.seed} options={args.extra}")
     print(f"  log-mel rank 1: mean {a[:, 0].mean():.4g}, median {np.median(a[:, 0]):.4g}; Input: mean {a[:, 1].mean():.4g}; "
-          f"ratio of means {a[:, 0].mean() / a[:, 1].mean():.3g}; per-item ratio median {np.median(ratios):.3g}, "
-          f"max {ratios.max():.3g}, items at or below 1/20: {int((ratios <= 0.05).sum())}/{len(a)}")
-    print(f"  SI-SDR rank 1: mean {a[:, 2].mean():.2f} dB, median {np.median(a[:, 2]):.2f}; Input {a[:, 3].mean():.2f} dB")
+          f"ratio of means {a[:, 0].mean() / a[:, 1].mean():.3g} (1/{a[:, 1].mean() / a[:, 0].mean():.0f}); "
+          f"per-item ratio median {np.median(ratios):.3g} (1/{1 / np.median(ratios):.0f}), max {ratios.max():.3g}, "
+          f"items at or below 1/20: {int((ratios <= 0.05).sum())}/{len(a)}")
+    print(f"  SI-SDR rank 1: mean {a[:, 2].mean():.2f} dB, median {np.median(a[:, 2]):.2f}; "
+          f"Input: mean {a[:, 3].mean():.2f} dB, median {np.median(a[:, 3]):.2f}")
 
 
 if __name__ == "__main__":
