@@ -577,7 +577,7 @@ def test_console_script_imports_neither_nnaudio_nor_scipy(
     code = (
         "import sys; from afxest.cli import main; "
         f"rc = main(['estimate', {str(wet)!r}, '--dry', {str(dry)!r}, '--model', {str(models['eq'])!r}, "
-        f"'-o', {str(tmp_path)!r}, '--samples', '3', '--no-progress']); "
+        f"'-o', {str(tmp_path)!r}, '--samples', '3', '--refine', '10', '--no-progress']); "  # a short search: the same imports
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'nnAudio', 'sympy')); "
         "print(rc, heavy)"
     )
