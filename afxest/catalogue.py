@@ -42,6 +42,12 @@ CLIP_THRESHOLD = Param(
     "threshold_db", "dBFS", "hard clipping level, 10^(threshold_db / 20)", short="thr",
     minimum=_DB_FLOOR, maximum=_DB_LIMIT, minimum_inclusive=False,
 )
+# JUCE's limiter brings its threshold to 0 dBFS by a gain of 10^(-threshold_db / 20), which it
+# floors to 0 at -100 dB: thresholds must stay below +100 dB, where the engines agree
+LIMIT_THRESHOLD = Param(
+    "threshold_db", "dBFS", "limiter threshold: peaks held there, then the threshold brought to 0 dBFS", short="thr",
+    minimum=_DB_FLOOR, maximum=24.0, minimum_inclusive=False,
+)
 CARRIER = Param(
     "carrier_hz", "Hz", "carrier frequency f_c (DAFx Eq. 19)", short="f_c",
     minimum=0.0, minimum_inclusive=False, below_nyquist=True,
@@ -94,6 +100,9 @@ PROCESSORS: dict[str, ProcessorType] = {
         ProcessorType("gain", "effect", (GAIN,), "Gain", "broadband gain", "gain"),
         ProcessorType("clipping", "effect", (CLIP_THRESHOLD,), "Clipping",
                       "hard clipper at 10^(threshold_db / 20)", "clip"),
+        ProcessorType("limiter", "effect", (LIMIT_THRESHOLD, RELEASE), "Limiter",
+                      "JUCE limiter: two compressors (the second 1000:1 at the threshold), make-up gain to 0 dBFS, "
+                      "hard clip at 0 dBFS", "lim"),
         ProcessorType("fm", "source", (CARRIER, AMPLITUDE, MOD_INDEX, FREQ_RATIO, DURATION), None,
                       "two-operator FM synth, y = I_c sin(2 pi f_c t + I_m sin(2 pi f_m t))", "fm"),
     )

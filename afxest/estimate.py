@@ -533,7 +533,8 @@ def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], prerol
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
                       windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions,
-                      effort=None, proposals: dict[str, np.ndarray] | None = None, delay: bool = False):
+                      effort=None, proposals: dict[str, np.ndarray] | None = None, delay: bool = False,
+                      scored: dict[bytes, float] | None = None):
     """Runs :func:`afxest.search.search` from the model's candidates: proposals
     (:func:`search_proposals`) scored by the real renderer on
     :func:`~afxest.scoring.search_windows`, the best refined through the differentiable
@@ -550,6 +551,8 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
         effort: The search's :class:`afxest.choices.Effort` (default: the request's).
         proposals: Where the search starts (default: :func:`search_proposals` of ``z``).
         delay: Refine a delay between each rendering and the wet too (:func:`afxest.search.refine`).
+        scored: The cheap scores already measured against this wet, by z's bytes: read and
+            filled, so a second search from the same proposals renders none of them again.
 
     Returns:
         The search's :class:`afxest.search.Searched`.
@@ -566,10 +569,16 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     if proposals is None:
         proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed, rate)
 
+    known = {} if scored is None else scored
+
     def cheap(zs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return scorer.measure(presets_of(task, zs, rate), wet, dry, windows, picks, "pedalboard",
-                                  {"loss": scorer.loss_fn}, prerolled=True)["loss"]
+        new = [i for i, zi in enumerate(zs) if zi.tobytes() not in known]
+        if new:
+            with torch.inference_mode():
+                losses = scorer.measure(presets_of(task, zs[new], rate), wet, dry, windows, picks, "pedalboard",
+                                        {"loss": scorer.loss_fn}, prerolled=True)["loss"]
+            known.update((zs[i].tobytes(), float(v)) for i, v in zip(new, losses))
+        return np.array([known[zi.tobytes()] for zi in zs])
 
     # excerpts from a pre-roll before each window (zeros before the file's start: the real
     # renders started from rest there too); none when every window starts the file. As many
@@ -834,8 +843,9 @@ class Analyser:
         proposals = search_proposals(self.task, candidates.z, ref.wet, ref.dry, [at.windows[i] for i in picks], effort,
                                      options.seed, at.scorer.rate)
         probe_effort = dataclasses.replace(effort, keep=1, windows=1, max_steps=min(PROBE_STEPS, options.refine or PROBE_STEPS))
+        scored: dict[bytes, float] = {}  # the proposals' cheap scores, shared by the probe and the search
         probe = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, probe_effort,
-                                  proposals, delay=True)
+                                  proposals, delay=True, scored=scored)
         assert probe.delay is not None
         k = int(np.round(probe.delay[0]))
         if k != 0:
@@ -848,7 +858,7 @@ class Analyser:
         # the best proposal partly refined, and would take a kept place from another basin (on
         # 32 test pairs at 22 050 Hz, three items lost 10-30 dB to it)
         found = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, effort,
-                                  {**proposals, "probe": probe.z} if k else proposals)
+                                  {**proposals, "probe": probe.z} if k else proposals, scored={} if k else scored)
         found.probe = {"steps": probe.steps, "delay_samples": float(probe.delay[0]), "moved_samples": k}
         return found, at, self._add_found(candidates, found, h, at)
 

@@ -68,6 +68,7 @@ def registry() -> dict[str, Entry]:
         Entry(PROCESSORS["peak"], filters.peak, coefficients=filters.peak_coefficients),
         Entry(PROCESSORS["compressor"], compressor.compressor),
         Entry(PROCESSORS["gain"], amplitude.gain, amplitude=amplitude.gain_amplitude),
+        Entry(PROCESSORS["limiter"], compressor.limiter),
         Entry(PROCESSORS["clipping"], amplitude.hard_clip, straight_through=amplitude.straight_through_clip),
         Entry(PROCESSORS["fm"], fm.fm_synth),
     )

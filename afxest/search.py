@@ -81,13 +81,33 @@ def waveform_loss(y_hat, y):
 WAVEFORM_WEIGHT = 0.01  # dB of waveform error per unit of the task's loss
 
 
+def against(loss_fn: Callable, y) -> Callable:
+    """``loss_fn`` (y_hat, y) with y fixed, as a function of y_hat: its own ``against(y)`` where
+    it has one (the target's features computed once), else a closure."""
+    fixed = getattr(loss_fn, "against", None)
+    return fixed(y) if fixed is not None else (lambda y_hat: loss_fn(y_hat, y))
+
+
+class SearchLoss:
+    """The refinement loss: the task's loss plus ``weight`` x :func:`waveform_loss` (dB)."""
+
+    def __init__(self, task_loss: Callable, weight: float) -> None:
+        self.task_loss, self.weight = task_loss, weight
+
+    def __call__(self, y_hat, y):
+        return self.task_loss(y_hat, y) + self.weight * waveform_loss(y_hat, y)
+
+    def against(self, y) -> Callable:
+        """The loss against a fixed wet ``y`` (:func:`against`)."""
+        task_loss = against(self.task_loss, y)
+        return lambda y_hat: task_loss(y_hat) + self.weight * waveform_loss(y_hat, y)
+
+
 def search_loss(task_loss: Callable, weight: float | None = None) -> Callable:
-    """The refinement loss: the task's loss plus ``weight`` (default :data:`WAVEFORM_WEIGHT`)
-    x :func:`waveform_loss` (dB)."""
+    """The refinement loss (:class:`SearchLoss`), ``weight`` by default :data:`WAVEFORM_WEIGHT`;
+    the task's loss alone at weight 0."""
     weight = WAVEFORM_WEIGHT if weight is None else weight
-    if weight == 0:
-        return task_loss
-    return lambda y_hat, y: task_loss(y_hat, y) + weight * waveform_loss(y_hat, y)
+    return task_loss if weight == 0 else SearchLoss(task_loss, weight)
 
 
 class Adam:
@@ -130,12 +150,14 @@ MAX_DELAY = 4.0  # samples: the largest delay the refinement may put between a r
 
 def delayed(y, tau):
     """y (B, C, T) delayed by tau (B,) samples, fractions included: a linear phase
-    exp(-2 pi i f tau) on its rfft (zero padded to a power of two of at least T + 2 MAX_DELAY,
+    exp(-2 pi i f tau) on its rfft (zero padded to a fast size of at least T + 2 MAX_DELAY + 1,
     so the circular shift wraps into the padding). Differentiable in y and tau."""
     import torch
 
+    from afxest.dsp.filters import next_fast_len
+
     t = y.shape[-1]
-    n = 1 << int(math.ceil(math.log2(t + 2 * MAX_DELAY + 1)))
+    n = next_fast_len(t + int(2 * MAX_DELAY) + 1)
     f = torch.fft.rfftfreq(n, device=y.device, dtype=torch.float32)
     shift = torch.polar(torch.ones_like(f)[None, :], -2 * math.pi * f[None, :] * tau[:, None].float())
     return torch.fft.irfft(torch.fft.rfft(y, n) * shift[:, None, :], n)[..., :t]
@@ -191,14 +213,14 @@ def refine(
     u = u0.clone().requires_grad_(True)
     optimiser = Adam(u, lr)
     best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
-    target = y[..., skip:]
+    loss_to = against(loss_fn, y[..., skip:])
     reference, stall, halved, step = math.inf, 0, 0, 0
     for step in range(max_steps + 1):
         z = torch.sigmoid(u[:, :d]).repeat_interleave(r, dim=0)
         y_hat = render(z)
         if delay:
             y_hat = delayed(y_hat, MAX_DELAY * torch.tanh(u[:, d]).repeat_interleave(r, dim=0))
-        loss = loss_fn(y_hat[..., skip:], target).view(k, r).mean(dim=1)
+        loss = loss_to(y_hat[..., skip:]).view(k, r).mean(dim=1)
         with torch.no_grad():
             better = loss < best
             best = torch.where(better, loss.detach(), best)

@@ -10,7 +10,8 @@ synth tone for ``fm``), written as float WAV files at the task's rate, and estim
 :meth:`afxest.estimate.Analyser.estimate` as ``afxest estimate WET --dry DRY`` does. Rank 1's
 preset is rendered by pedalboard on the dry (or synthesised) and compared with the wet:
 SI-SDR (dB) and log-mel distance (DAFx 2025 Eq. 16), with the dry's own as the Input
-baseline. ``--set`` overrides a constant of :mod:`afxest.search` (tuning on the val split).
+baseline. ``--set`` overrides a constant of :mod:`afxest.search` (``NAME``) or of another
+module of afxest (``estimate.NAME``), for tuning on the val split.
 Printed: one line per item, then mean, median and the share of items at or above the target.
 
 Pairs as users have them (effect tasks; any of the options below): item i is then drawn from
@@ -27,6 +28,7 @@ pedalboard on the dry at that rate and compared with the part of the wet made fr
 from __future__ import annotations
 
 import argparse
+import importlib
 import tempfile
 import time
 from pathlib import Path
@@ -63,11 +65,13 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0, help="the wet this many samples late (negative: early)")
     parser.add_argument("--length", type=float, default=0.0, help="the wet this many seconds longer (negative: shorter)")
     args = parser.parse_args()
+    for item in args.set:  # NAME (afxest.search's) or MODULE.NAME (afxest.MODULE's)
+        name, value = item.split("=", 1)
+        module = importlib.import_module(f"afxest.{name.rpartition('.')[0] or 'search'}")
+        name = name.rpartition(".")[2]
+        setattr(module, name, type(getattr(module, name))(value))
     if args.rate or args.stereo or args.offset or args.length:
         return users_pairs(args)
-    for item in args.set:
-        name, value = item.split("=", 1)
-        setattr(search, name, type(getattr(search, name))(value))
     torch.set_num_threads(1)
     loaded = load_model(args.model, torch.device("cpu"))
     task = loaded.task
@@ -103,6 +107,8 @@ def main() -> None:
             row.append(seconds)
             rows.append(row)
             origin = document["candidates"][0].get("refinement", {}).get("proposal", "posterior")
+            probe = ((document["analysis"].get("search") or {}).get("probe") or {}).get("delay_samples")
+            origin += "" if probe is None else f" (probe delay {probe:+.2f})"
             print(f"item {i}: SI-SDR {row[0]:7.2f} dB  log-mel {row[1]:.3g}  input {row[2]:6.2f} dB {row[3]:.3g}  "
                   f"{seconds:5.1f} s  steps {document['analysis']['refine_steps']}  from {origin}", flush=True)
     a = np.array(rows)
@@ -172,6 +178,8 @@ def users_pairs(args) -> None:
             al = document.get("alignment") or {"offset_samples": None, "match": float("nan")}  # afxest < issue 21: none
             scored = document.get("channels", {}).get("scored")
             origin = document["candidates"][0].get("refinement", {}).get("proposal", "posterior")
+            probe = ((document["analysis"].get("search") or {}).get("probe") or {}).get("delay_samples")
+            origin += "" if probe is None else f" (probe delay {probe:+.2f})"
             print(f"item {i}: SI-SDR {row[0]:7.2f} dB  input {row[1]:6.2f} dB  {seconds:5.1f} s  offset found "
                   f"{al['offset_samples']} (match {al['match']:.2f})  {scored} at "
                   f"{document['sample_rate']} Hz  from {origin}", flush=True)

@@ -16,6 +16,7 @@ PLUGINS = {
     "compressor": pedalboard.Compressor,
     "gain": pedalboard.Gain,
     "clipping": pedalboard.Clipping,
+    "limiter": pedalboard.Limiter,
 }
 
 

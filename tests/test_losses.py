@@ -96,6 +96,22 @@ def test_log_mel_loss_matches_numpy(music_like):
     assert np.allclose(loss(y_hat.float(), y.float()).numpy(), expected, rtol=1e-4)
 
 
+def test_log_mel_loss_against_a_fixed_target_matches_numpy(music_like):
+    """``LogMelLoss.against(y)`` (the target's spectrogram computed once, for a search) gives
+    the numpy reference's values and the plain loss's gradient, on (batch, channels, time) too."""
+    y_hat, y = music_like
+    loss = LogMelLoss(SR_EQ)
+    fixed = loss.against(y)
+    assert np.allclose(fixed(y_hat).numpy(), np_log_mel_loss(y_hat.numpy(), y.numpy()), rtol=1e-6)
+    stereo_hat = torch.stack([y_hat, y_hat.flip(0)], 1).requires_grad_(True)
+    stereo = torch.stack([y, y.flip(0)], 1)
+    (g_fixed,) = torch.autograd.grad(loss.against(stereo)(stereo_hat).sum(), stereo_hat)
+    (g_plain,) = torch.autograd.grad(loss(stereo_hat, stereo).sum(), stereo_hat)
+    assert torch.allclose(g_fixed, g_plain, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError):
+        fixed(y_hat[:, :100])
+
+
 def test_log_mel_loss_per_channel_mean(music_like):
     y_hat, y = music_like
     mel = MelSpectrogram(SR_EQ, 1024, 256, 64)

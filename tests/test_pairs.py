@@ -188,3 +188,31 @@ def test_a_refinement_worse_than_its_start_is_not_kept(
         rendered = reference_render(c["preset"], dry, 22050)
         expected = losses.LogMelLoss(22050)(torch.from_numpy(rendered)[None], torch.from_numpy(read_audio(wet_path)[0])[None])
         assert c["loss"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_the_probe_and_the_search_score_each_proposal_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    """The proposals' cheap scores (real renders on the search's windows) are measured once and
+    shared by the probe and the search that follows it on the same wet."""
+    from afxest.scoring import Scorer
+
+    real, scored = Scorer.measure, []
+
+    def counting(self, presets, *args, prerolled: bool = False, **kwargs):
+        if prerolled:  # the search's cheap scoring
+            scored.extend(json.dumps(p.to_dict() if hasattr(p, "to_dict") else p, sort_keys=True, default=str)
+                          for p in presets)
+        return real(self, presets, *args, prerolled=prerolled, **kwargs)
+
+    monkeypatch.setattr(Scorer, "measure", counting)
+    dry = music(5.0, 22050)[None]
+    shelf = pedalboard.Pedalboard([pedalboard.HighShelfFilter(cutoff_frequency_hz=1500.0, gain_db=8.0, q=0.8)])
+    wet_path = write(tmp_path / "w.wav", shelf(dry, 22050.0), 22050)
+    dry_path = write(tmp_path / "d.wav", dry, 22050)
+    code, text, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", "eq", "--samples", 4,
+                          "--refine", 3, "--no-audio", "-o", tmp_path / "out", "--json")
+    assert code == 0, err
+    search = json.loads(text)["analysis"]["search"]
+    assert search["probe"]["moved_samples"] == 0
+    assert len(scored) == len(set(scored)) == sum(search["proposals"].values())

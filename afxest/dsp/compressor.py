@@ -284,3 +284,32 @@ def compressor(
         per_row(c_rel),
     )
     return y.reshape(batch, channels, n)
+
+
+# JUCE's dsp::Limiter (pedalboard's ``Limiter``), juce_Limiter.cpp: a fixed first stage, then a
+# second whose threshold and release are the limiter's, a make-up gain that brings the threshold
+# to 0 dBFS, and a hard clip at 0 dBFS
+LIMITER_FIRST_STAGE = {"threshold_db": -10.0, "ratio": 4.0, "attack_ms": 2.0, "release_ms": 200.0}
+LIMITER_RATIO = 1000.0
+LIMITER_ATTACK_MS = 0.001
+
+
+def limiter(x: torch.Tensor, sample_rate: float, *, threshold_db: torch.Tensor, release_ms: torch.Tensor) -> torch.Tensor:
+    """Limits x as JUCE's ``dsp::Limiter`` (pedalboard's ``Limiter``): :func:`compressor` at
+    -10 dB, 4:1, 2 ms / 200 ms; then :func:`compressor` at ``threshold_db``, 1000:1, 0.001 ms /
+    ``release_ms``; then the gain 10^(10 (1 - 1/4) / 40) 10^(-threshold_db / 20) (the first
+    stage's gain reduction at 0 dBFS made up, the threshold brought to 0 dBFS), then a hard clip
+    at +-1.
+
+    Arguments:
+        x: The audio, shaped (batch, channels, time); each channel limited on its own.
+        sample_rate: The sample rate in Hz.
+        threshold_db: The threshold in dB, (batch,).
+        release_ms: The second stage's release time in ms, (batch,).
+    """
+    y = compressor(x, sample_rate, **LIMITER_FIRST_STAGE)
+    y = compressor(y, sample_rate, threshold_db=threshold_db, ratio=LIMITER_RATIO, attack_ms=LIMITER_ATTACK_MS,
+                   release_ms=release_ms)
+    ratio_inverse = 1.0 / LIMITER_FIRST_STAGE["ratio"]
+    make_up_db = 10.0 * (1.0 - ratio_inverse) / 2 - _as_param(threshold_db, x.shape[0], x, "threshold_db")
+    return (y * torch.pow(10.0, make_up_db / 20)[:, None, None]).clamp(-1.0, 1.0)
