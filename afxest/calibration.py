@@ -211,6 +211,9 @@ class Calibration:
     curve: np.ndarray  # (levels, d) coverage
     notes: list[str] = field(default_factory=list)  # how each quantity is formed (eq), or ""
     ranks: np.ndarray | None = None  # (items, d): each truth's rank among its draws
+    # level -> (d,) the central level of the draws reported as that interval (a model's
+    # recalibrated levels, afxest.temper), or None: the level itself
+    interval_levels: dict[float, np.ndarray] | None = None
 
     @property
     def outside_nominal(self) -> float:
@@ -234,7 +237,8 @@ class Calibration:
 
 def calibrate(draws: np.ndarray, truth: np.ndarray, names: Sequence[str], notes: Sequence[str] | None = None,
               levels: Sequence[float] = LEVELS, bins: int = HISTOGRAM_BINS,
-              rng: np.random.Generator | None = None) -> Calibration:
+              rng: np.random.Generator | None = None,
+              interval_levels: dict[float, np.ndarray] | None = None) -> Calibration:
     """Every diagnostic of the module from the draws (items, N, d) and truths (items, d).
 
     Arguments:
@@ -245,12 +249,23 @@ def calibrate(draws: np.ndarray, truth: np.ndarray, names: Sequence[str], notes:
         levels: The credible levels of the coverage table.
         bins: The rank histogram's bins (at most N + 1).
         rng: The generator of the tie breaks (:func:`ranks`).
+        interval_levels: Per credible level, the central level of the draws (d,) that a
+            calibrated model reports as that interval (:mod:`afxest.temper`): the coverage
+            table is then that of the reported intervals. The rank histogram and the curve are
+            the draws' own.
     """
     n_draws = np.asarray(draws).shape[1]
     r = ranks(draws, truth, rng)
+
+    def covered(a: float) -> np.ndarray:
+        if interval_levels is None:
+            return central_coverage(r, n_draws, a)
+        at = np.asarray(interval_levels[a], dtype=np.float64)
+        return np.array([central_coverage(r[:, j:j + 1], n_draws, float(at[j]))[0] for j in range(r.shape[1])])
+
     return Calibration(
         names=list(names), items=len(r), draws=n_draws,
-        coverage={a: central_coverage(r, n_draws, a) for a in levels},
+        coverage={a: covered(a) for a in levels},
         nominal={a: nominal_coverage(n_draws, a) for a in levels},
         outside=outside_share(r, n_draws),
         histogram=rank_histogram(r, n_draws, min(bins, n_draws + 1)),
@@ -258,6 +273,7 @@ def calibrate(draws: np.ndarray, truth: np.ndarray, names: Sequence[str], notes:
         curve=coverage_curve(r, n_draws),
         notes=list(notes) if notes is not None else [""] * len(names),
         ranks=r,
+        interval_levels=None if interval_levels is None else {a: np.asarray(interval_levels[a], dtype=np.float64) for a in levels},
     )
 
 

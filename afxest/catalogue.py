@@ -60,6 +60,20 @@ FREQ_RATIO = Param(
     "frequency_ratio", "", "modulator to carrier frequency ratio f_m / f_c (DAFx Eq. 20b)", short="f_m/f_c",
     minimum=0.0, minimum_inclusive=False, maximum=1e3,
 )
+# pedalboard's Delay and Reverb take every parameter but the delay time in [0, 1]
+DELAY_SECONDS = Param(
+    "delay_seconds", "s", "echo delay, trunc(float32(delay_seconds) * sample_rate) samples", short="t",
+    minimum=0.0, maximum=30.0,
+)
+FEEDBACK = Param("feedback", "", "gain of the echo fed back into the delay line", short="fb", minimum=0.0, maximum=1.0)
+MIX = Param("mix", "", "gain of the echoes; the input's is 1 - mix", short="mix", minimum=0.0, maximum=1.0)
+ROOM_SIZE = Param("room_size", "", "combs' feedback 0.7 + 0.28 room_size", short="room", minimum=0.0, maximum=1.0)
+DAMPING = Param("damping", "", "combs' one-pole low-pass coefficient 0.4 damping", short="damp",
+                minimum=0.0, maximum=1.0)
+WET_LEVEL = Param("wet_level", "", "gain of the reverberation, times 3", short="wet", minimum=0.0, maximum=1.0)
+DRY_LEVEL = Param("dry_level", "", "gain of the input, times 2", short="dry", minimum=0.0, maximum=1.0)
+WIDTH = Param("width", "", "stereo width: each wet channel's own side (1 + width) / 2, the other's (1 - width) / 2",
+              short="width", minimum=0.0, maximum=1.0)
 DURATION = Param(
     "duration_s", "s", "length of the synthesised sound", short="dur",
     minimum=0.0, minimum_inclusive=False, maximum=3600.0, one_sample=True,
@@ -103,6 +117,10 @@ PROCESSORS: dict[str, ProcessorType] = {
         ProcessorType("limiter", "effect", (LIMIT_THRESHOLD, RELEASE), "Limiter",
                       "JUCE limiter: two compressors (the second 1000:1 at the threshold), make-up gain to 0 dBFS, "
                       "hard clip at 0 dBFS", "lim"),
+        ProcessorType("delay", "effect", (DELAY_SECONDS, FEEDBACK, MIX), "Delay",
+                      "feedback delay line (JUCE DelayLine, no interpolation) mixed with the input", "dly"),
+        ProcessorType("reverb", "effect", (ROOM_SIZE, DAMPING, WET_LEVEL, DRY_LEVEL, WIDTH), "Reverb",
+                      "Freeverb (JUCE Reverb): 8 damped combs and 4 all-passes per channel, freeze mode off", "rev"),
         ProcessorType("fm", "source", (CARRIER, AMPLITUDE, MOD_INDEX, FREQ_RATIO, DURATION), None,
                       "two-operator FM synth, y = I_c sin(2 pi f_c t + I_m sin(2 pi f_m t))", "fm"),
     )

@@ -237,6 +237,7 @@ def estimate(
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Write no audio.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing estimates.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Also write estimate.png: the equaliser responses and compressor curves of the top candidates, or a synth's spectra (needs matplotlib: the plots extra).")] = False,
+    correction: Annotated[bool, typer.Option("--correction/--no-correction", help="With a dry file: correct the best candidate by a graphic equaliser and a limiter where the task's chain cannot hold the wet (docs/estimate.md); --no-correction gives the task's chain alone.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Estimate the effect or synth preset behind each wet file: ranked candidates and a summary."""
@@ -262,7 +263,7 @@ def estimate(
     loaded = load_model(model, torch_device)
     options = EstimateOptions(
         samples=samples, engine=engine.value, refine=refine, effort=effort.value, seed=seed,
-        audio="all" if audio_all else "none" if no_audio else "top", force=force, plot=plot,
+        audio="all" if audio_all else "none" if no_audio else "top", force=force, plot=plot, correction=correction,
     )
     check_request(loaded.task, bool(dry), refine)
     analyser = Analyser(loaded, torch_device)
@@ -337,15 +338,38 @@ def _report_internal(exc: BaseException, where: str = "") -> None:
         traceback.print_exception(exc)
 
 
+def _calibrate_model(spec: str, data: Path | None, fit_n: int, draws: int, out: Path | None) -> None:
+    """``afxest models --calibrate``: fits the calibration (:func:`afxest.fit_calibration.fit`) and writes it."""
+    import torch
+
+    from afxest.store import load_model
+    from afxest.fit_calibration import fit
+    from afxest.temper import write
+
+    if data is not None and not data.is_dir():
+        raise UserError(f"{data}: no such folder")
+    torch.set_num_threads(1)
+    loaded = load_model(spec)
+    found = fit(loaded, data, fit_n, draws, log=lambda m: _say(m))
+    dest = write(loaded.path, found, out)
+    t = ", ".join(f"{v:.3g}" for v in found.temperature)
+    _say(f"calibrated {loaded.name}: temperature {t}; written to {dest}")
+
+
 @app.command()
 def models(
     json_out: Annotated[bool, typer.Option("--json", help="Print the list as JSON on stdout.")] = False,
     install: Annotated[Optional[Path], typer.Option(help="Install this checkpoint (run/best.pt) as a user model named --name.", show_default=False)] = None,
     name: Annotated[Optional[str], typer.Option(help="Name for --install (then --model NAME finds it).", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="With --install: replace a user model of that name.")] = False,
+    calibrate: Annotated[Optional[str], typer.Option(help="Fit this posterior model's calibration (a temperature per parameter and its interval levels) on the validation split and store it in its file (or --out).", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(help="With --calibrate: the music folder whose validation split it is fitted on (default: procedural music; a synth needs none).", show_default=False)] = None,
+    fit_n: Annotated[int, typer.Option(min=16, help="With --calibrate: validation items.")] = 256,
+    draws: Annotated[int, typer.Option(min=20, max=MAX_SAMPLES, help="With --calibrate: posterior draws per item.")] = 100,
+    out: Annotated[Optional[Path], typer.Option(help="With --calibrate: write the calibrated checkpoint here instead of into the model's file.", show_default=False)] = None,
 ) -> None:
-    """List the bundled and user models (name, task, estimator, size, validation metrics), or
-    install a trained checkpoint under a name."""
+    """List the bundled and user models (name, task, estimator, size, validation metrics),
+    install a trained checkpoint under a name, or calibrate a posterior model."""
     import json
 
     from afxest.store import bundled_models_dir, install_model, list_models, user_models_dir
@@ -353,6 +377,11 @@ def models(
 
     if (install is None) != (name is None):
         raise UserError("--install CHECKPOINT and --name NAME go together")
+    if calibrate is not None:
+        if install is not None:
+            raise UserError("--calibrate and --install go apart")
+        _calibrate_model(calibrate, data, fit_n, draws, out)
+        return
     if install is not None:
         dest = install_model(install, name, force=force)
         _say(f"installed {install} as model {name!r}: {dest}")

@@ -99,6 +99,14 @@ SEARCH_PREROLL_SECONDS = 1.0
 # steps of the probe that refines a delay before the search (Analyser._search): on 8 val pairs
 # at 44.1 kHz, 64 samples late, the cross-correlation alone put 2 a sample off, the probe 1
 PROBE_STEPS = 150
+# the reported intervals (interval_entry): their credible level, the posterior draws they are
+# read from (their own seed stream), and the share of a parameter's normalised range above
+# which the wet leaves it undetermined (issue 22: wider than half the range)
+CREDIBLE = 0.9
+INTERVAL_DRAWS = 500  # 0.05 s of float64 sampling for master (1000: 0.2 s; blind costs 1.4x `import torch`)
+INTERVAL_STREAM = 3_000_017
+PLOT_DRAWS = 200  # of those draws, the presets whose curves --plot spreads (afxest.figures.plot_estimate)
+UNDETERMINED_ABOVE = 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +223,8 @@ class EstimateOptions:
     audio: str = "top"  # whose audio is written: a name of afxest.choices.ESTIMATE_AUDIO
     force: bool = False
     plot: bool = False  # write estimate.png (afxest.figures.plot_estimate) with the estimate
+    # with a reference: the best candidate corrected (afxest.correct) where the chain cannot hold the wet
+    correction: bool = True
 
     def __post_init__(self) -> None:
         """Refuses an unknown engine, effort or audio choice (:class:`afxest.errors.UserError`)."""
@@ -447,6 +457,7 @@ class Candidates:
     log_prob: np.ndarray | None
     matches: dict[str, np.ndarray] = field(default_factory=dict)
     refinement: dict[int, dict[str, Any]] = field(default_factory=dict)
+    correction: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def losses(self) -> np.ndarray | None:
@@ -614,6 +625,7 @@ class Analysis:
     found: Searched | None = None  # the search's result, None without a search
     reference: Reference | None = None  # what candidates were measured against (None blind)
     scored: int = 0  # the windows they were measured on
+    intervals: dict[str, Any] | None = None  # the document's ``intervals`` (interval_entry)
 
 
 def alignment_entry(reference: Reference | None) -> dict[str, Any] | None:
@@ -660,6 +672,7 @@ def estimate_document(model, options: EstimateOptions, analysis: Analysis, order
         "candidates": [_candidate_entry(c, k, rank) for rank, k in enumerate(order, start=1)],
         "baseline": analysis.baseline,
         "summary": summary([c.presets[k] for k in order], task),
+        "intervals": analysis.intervals,
         "analysis": {
             "estimator": model.kind,
             "engine": options.engine if analysis.dry_path is not None else None,
@@ -696,6 +709,9 @@ def _candidate_entry(candidates: Candidates, k: int, rank: int) -> dict[str, Any
             entry[name] = finite(float(candidates.matches[name][k]))
     if k in candidates.refinement:
         entry["refinement"] = candidates.refinement[k]
+    if k in candidates.correction:
+        record = candidates.correction[k]
+        entry["correction"] = {key: value for key, value in record.items() if key != "of"}
     return entry
 
 
@@ -735,7 +751,7 @@ class Analyser:
         dry_path: Path | None,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, np.ndarray | None]:
         """Estimates one wet file, writing nothing: the request is checked
         (:func:`check_request`), then analysed (:meth:`analyse`).
 
@@ -746,8 +762,9 @@ class Analyser:
             progress: Called with the fraction done, from 0 to 1.
 
         Returns:
-            The estimate document, its presets by rank, and the dry as read (for rendering the
-            audio; None without a dry).
+            The estimate document, its presets by rank, the dry as read (for rendering the
+            audio; None without a dry), and the :data:`INTERVAL_DRAWS` draws (N, d) of the
+            calibrated posterior behind its intervals (None for a point estimator).
         """
         check_request(self.task, dry_path is not None, options.refine, dry_path)
         return self.analyse(wet_path, dry_path, options, progress)
@@ -758,7 +775,7 @@ class Analyser:
         dry_path: Path | None,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, np.ndarray | None]:
         """:meth:`estimate` of a request already checked: the files read (:func:`read_inputs`),
         then :meth:`analyse_inputs`."""
         return self.analyse_inputs(read_inputs(wet_path, dry_path, self.task), options, progress)
@@ -768,7 +785,7 @@ class Analyser:
         inputs: Inputs,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
-    ) -> tuple[dict[str, Any], list, Signal | None]:
+    ) -> tuple[dict[str, Any], list, Signal | None, np.ndarray | None]:
         """The analysis of inputs already read and checked (:func:`read_inputs`): window,
         propose, measure, search, rank, and write the document down.
 
@@ -778,7 +795,9 @@ class Analyser:
             progress: Called with the fraction done, from 0 to 1.
 
         Returns:
-            The estimate document (nothing written), its presets by rank, and the dry (or None).
+            The estimate document (nothing written), its presets by rank, the dry (or None),
+            and the draws (N, d) of the calibrated posterior behind its intervals (None for a
+            point estimator).
         """
         task, report = self.task, progress or (lambda _f: None)
         if self.device.type == "cpu":
@@ -786,12 +805,16 @@ class Analyser:
         windows = windows_of(inputs.frames, task)
         use = usable_windows(inputs.wet_x, windows)
         report(0.05)
-        draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed)
-        report(0.15)
         ref = inputs.reference
+        searching = ref is not None and options.refine != 0
+        # the candidates are the untempered posterior's draws; the calibrated one gives the
+        # intervals (afxest.temper says why)
+        draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed)
+        spread = self._spread(draws.h, options.seed)
+        intervals = None if spread is None else interval_entry(task, spread, self.model.calibration if self.proposer.calibrated else None)
+        report(0.15)
         rate = task.sample_rate if ref is None else ref.rate
         candidates = Candidates(draws.z, presets_of(task, draws.z, rate), draws.log_prob)
-        searching = ref is not None and options.refine != 0
         baseline, found, scored = None, None, 0
         if ref is not None:
             ranked_by = task.loss
@@ -811,12 +834,21 @@ class Analyser:
             if moved is not at:  # the search moved the wet: the dry's own match is measured there
                 at, ref = moved, moved.reference
                 baseline = self._baseline(at)
+        if searching and options.correction and not task.has_source and baseline is not None:
+            self._correct(candidates, at, baseline.get("loss"))
         order = candidates.order()
         report(1.0)
         dry_path = None if inputs.dry is None else inputs.dry.path
         analysis = Analysis(inputs.wet.path, dry_path, inputs.frames, windows, use, candidates, ranked_by,
-                            draws.entropy, baseline, found, ref, scored)
-        return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry
+                            draws.entropy, baseline, found, ref, scored, intervals)
+        return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry, spread
+
+    def _spread(self, h, seed: int) -> np.ndarray | None:
+        """:data:`INTERVAL_DRAWS` draws (N, d) of the calibrated posterior, their own seed: what
+        the reported intervals and the plot's bands are read from; None for a point estimator."""
+        if not self.proposer.posterior:
+            return None
+        return self.proposer.spread(h, INTERVAL_DRAWS, int(np.random.default_rng([seed, INTERVAL_STREAM]).integers(0, 2**62)))
 
     def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h):
         """The search (:func:`search_candidates`) and its candidates added (:meth:`_add_found`).
@@ -861,6 +893,57 @@ class Analyser:
                                   {**proposals, "probe": probe.z} if k else proposals, scored={} if k else scored)
         found.probe = {"steps": probe.steps, "delay_samples": float(probe.delay[0]), "moved_samples": k}
         return found, at, self._add_found(candidates, found, h, at)
+
+    def _correct(self, candidates: Candidates, at: Measured, input_loss: float | None) -> None:
+        """The best candidate corrected (:func:`afxest.correct.correct`, on the scored windows,
+        each rendered by pedalboard from :data:`SEARCH_PREROLL_SECONDS` before it) and, where the
+        correction holds effects, added as a candidate of its own, measured like the others.
+        Nothing is corrected where the best candidate's loss is within
+        :data:`afxest.correct.HELD_BELOW` of the dry's own (``input_loss``): the chain holds the wet."""
+        import torch
+
+        from afxest.correct import HELD_BELOW, correct
+        from afxest.engines import board
+        from afxest.presets import Processor, Preset
+
+        best = candidates.order()[0]
+        if input_loss is None or not candidates.losses[best] > HELD_BELOW * input_loss:
+            return
+        base, ref, rate = candidates.presets[best], at.reference, at.scorer.rate
+        preroll = int(round(SEARCH_PREROLL_SECONDS * rate))
+        spans = [at.windows[i] for i in scored_windows(at.use)]
+        starts = [max(0, a - preroll) for a, _ in spans]
+
+        def render(effects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
+            chain = board(Preset(rate, tuple(Processor(e["type"], {k: v for k, v in e.items() if k != "type"})
+                                               for e in effects)))
+            return [chain(np.ascontiguousarray(ref.dry[:, s:b]), float(rate))[:, a - s :]
+                    for s, (a, b) in zip(starts, spans)]
+
+        def loss(rendered: list[np.ndarray]) -> float:
+            with torch.inference_mode():
+                return float(np.mean([float(at.scorer.loss_fn(torch.from_numpy(y)[None], torch.from_numpy(
+                    np.ascontiguousarray(ref.wet[:, a:b]))[None])) for y, (a, b) in zip(rendered, spans)]))
+
+        found = correct([e.to_dict() for e in base.effects], render, [ref.wet[:, a:b] for a, b in spans], loss, rate)
+        if not found.effects:
+            return
+        added = tuple(Processor(e["type"], {k: float(v) for k, v in e.items() if k != "type"}) for e in found.effects)
+        corrected = dataclasses.replace(base, effects=base.effects + added)
+        with torch.inference_mode():
+            measured = at.measure([corrected])
+        k = len(candidates.z)
+        candidates.z = np.concatenate([candidates.z, candidates.z[best : best + 1]])
+        candidates.presets.append(corrected)
+        if candidates.log_prob is not None:
+            candidates.log_prob = np.concatenate([candidates.log_prob, candidates.log_prob[best : best + 1]])
+        candidates.matches = {name: np.concatenate([v, measured[name]]) for name, v in candidates.matches.items()}
+        if best in candidates.refinement:
+            candidates.refinement[k] = candidates.refinement[best]
+        candidates.correction[k] = {
+            "of": best, "effects_from": len(base.effects), "equaliser": found.equaliser, "limiter": found.limiter,
+            "loss_before": finite(float(candidates.losses[best])), "loss_fitted": finite(found.loss_after),
+        }
 
     def _measure(self, presets: Sequence, at: Measured,
                  progress: Callable[[float], None]) -> tuple[dict[str, np.ndarray], dict[str, float | None] | None]:
@@ -968,6 +1051,37 @@ def summary(presets: Sequence, task) -> dict[str, dict[str, float]]:
         q05, q50, q95 = np.quantile(a, [0.05, 0.5, 0.95])
         out[name] = {"mean": float(a.mean()), "std": float(a.std()), "q05": float(q05), "q50": float(q50), "q95": float(q95)}
     return out
+
+
+def plot_spread(task, spread: np.ndarray | None, document: dict[str, Any]) -> list | None:
+    """The presets (at the document's rate) of the first :data:`PLOT_DRAWS` posterior draws,
+    whose curves ``--plot`` spreads; None without draws."""
+    return None if spread is None else presets_of(task, spread[:PLOT_DRAWS], document["sample_rate"])
+
+
+def interval_entry(task, z: np.ndarray, calibration=None) -> dict[str, Any]:
+    """The document's ``intervals``: each estimated parameter's :data:`CREDIBLE` interval from
+    draws z (N, d) of the posterior, in physical units, and whether the wet leaves it
+    undetermined (the interval spans more than :data:`UNDETERMINED_ABOVE` of the parameter's
+    range, in the normalised units the prior is uniform in).
+
+    The interval is the central one of the draws (:func:`afxest.temper.central_interval`) at the
+    model's recalibrated level of each parameter (``calibration``, :mod:`afxest.temper`), or at
+    :data:`CREDIBLE` itself without one (then it is the draws' interval, not a calibrated one).
+    """
+    from afxest.temper import central_interval
+
+    level = np.full(task.model.dim, CREDIBLE) if calibration is None else calibration.level(CREDIBLE)
+    low, high = central_interval(z, level)
+    parameters = {}
+    for j, (name, r) in enumerate(zip(task.model.names, task.model.ranges)):
+        width = float(high[j] - low[j])
+        parameters[name] = {"low": float(r.to_physical(low[j])), "high": float(r.to_physical(high[j])),
+                            "unit": r.param.unit, "width": width, "level": float(level[j]),
+                            "undetermined": width > UNDETERMINED_ABOVE}
+    return {"credible": CREDIBLE, "draws": int(z.shape[0]), "calibrated": calibration is not None,
+            "undetermined_above": UNDETERMINED_ABOVE, "parameters": parameters,
+            "undetermined": [name for name, v in parameters.items() if v["undetermined"]]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1113,16 +1227,16 @@ def estimate_file(
     names = planned_names(estimator.task, options)
     earlier = [p.name for p in _set_files(folder) if p.name not in names]
     _check_outputs(folder, names + earlier, [p for p in (job.wet, job.dry) if p is not None], options.force)
-    document, presets, dry = estimator.analyse(job.wet, job.dry, options, progress)
+    document, presets, dry, spread = estimator.analyse(job.wet, job.dry, options, progress)
     warnings = meaningless_ranking(document, job, dry)
     ranks, unrendered = audio_ranks(presets, dry, job, options, estimator.task)
     make_folder(out_dir)
-    written = publish_estimate(folder, job, document, presets, ranks, options, estimator.task)
+    written = publish_estimate(folder, job, document, presets, ranks, options, estimator.task, spread)
     return EstimateResult(job.wet, folder, document, written, warnings + unrendered)
 
 
 def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: Sequence, ranks: Sequence[int],
-                     options: EstimateOptions, task) -> list[Path]:
+                     options: EstimateOptions, task, spread: np.ndarray | None = None) -> list[Path]:
     """Writes an estimate's files into ``folder`` as one :class:`afxest.audio.OutputSet`,
     replacing an earlier estimate's files; nothing is left behind on failure.
 
@@ -1134,6 +1248,7 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
         ranks: The ranks (from 1) whose audio is written (:func:`audio_ranks`).
         options: The request (``engine``, ``plot``).
         task: The model's task.
+        spread: The posterior draws (N, d) whose spread the figure shows (``plot``), or None.
 
     Returns:
         The files written, estimate.json last.
@@ -1149,7 +1264,7 @@ def publish_estimate(folder: Path, job: Job, document: dict[str, Any], presets: 
             from afxest.figures import ESTIMATE_PLOT, plot_estimate
 
             wet = None if job.dry is not None else _mono_signal(job.wet, task).samples
-            plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet)
+            plot_estimate(staged.path(ESTIMATE_PLOT), document, presets, wet, spread=plot_spread(task, spread, document))
             document["plot"] = ESTIMATE_PLOT
         atomic_write_text(staged.path("estimate.json"), json.dumps(document, indent=2) + "\n")
         # --force replaces the whole estimate: audio of an earlier run's ranks this run did not

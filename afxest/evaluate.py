@@ -47,6 +47,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -200,7 +201,7 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
     Returns:
         The rank 1 rendered, (1, 1, T).
     """
-    from afxest.estimate import EstimateOptions, Recording, read_inputs
+    from afxest.estimate import EstimateOptions, Recording, plot_spread, read_inputs
 
     task = analyser.task
 
@@ -209,10 +210,11 @@ def default_estimate(analyser, wet: np.ndarray, dry: np.ndarray | None, samples:
 
     inputs = read_inputs(signal("wet", wet), None if dry is None else signal("dry", dry), task)
     options = EstimateOptions(samples=samples, effort=effort, seed=seed, audio="none")
-    document, presets, _ = analyser.analyse_inputs(inputs, options)
+    document, presets, _, spread = analyser.analyse_inputs(inputs, options)
     if plot is not None:
         document["wet"] = "test item 0"
-        figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None)
+        figs.plot_estimate(plot, document, presets, wet[0] if dry is None else None,
+                           spread=plot_spread(task, spread, document))
     z = np.array([[r.to_normalised(v) for r, v in zip(task.model.ranges, _values(presets[0], task))]])
     return _render_all(task, z, dry)
 
@@ -306,14 +308,20 @@ def evaluate(loaded, out: Path, options: EvaluateOptions | None = None, **keywor
     The steps: :func:`plan_evaluation` (every check, then the set-up), per item
     :func:`draw_item` and :func:`measure_item`, then :func:`summarise` and :func:`write_outputs`.
     """
+    from afxest.temper import tempered
+
     options = replace(options or EvaluateOptions(), **keywords)
     plan = plan_evaluation(loaded, Path(out), options)
     measured = Measurements.start(plan)
     n = options.n
-    for i in range(n):
-        measure_item(plan, measured, draw_item(plan.task, plan.source, options.seed, i))
-        if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
-            options.log(f"evaluated {i + 1}/{n} items")
+    head = plan.model.head if plan.kind == "posterior" else None
+    # the candidates (and figures) are the untempered model's, as afxest estimate's; only the
+    # calibration's draws are the calibrated posterior's (calibration_item)
+    with tempered(head, None) if head is not None else nullcontext():
+        for i in range(n):
+            measure_item(plan, measured, draw_item(plan.task, plan.source, options.seed, i))
+            if n >= 20 and (i + 1) % max(1, n // 10) == 0 and i + 1 < n:
+                options.log(f"evaluated {i + 1}/{n} items")
     result = summarise(plan, measured)
     write_outputs(plan, measured, result)
     return result
@@ -575,11 +583,16 @@ def model_candidates(plan: Plan, m: Measurements, item: Item) -> np.ndarray:
 
 def calibration_item(plan: Plan, m: Measurements, item: Item) -> None:
     """The calibration's draws of one item (:data:`CALIBRATION_DRAWS` by default, their own
-    seed) and its truth, as the quantities :func:`afxest.calibration.identifiable` defines."""
+    seed; from the calibrated posterior where the model has a calibration) and its truth, as the
+    quantities :func:`afxest.calibration.identifiable` defines."""
     from afxest.calibration import identifiable
 
+    from afxest.temper import tempered
+
     n, i = plan.options.calibration_draws, item.index
-    z, _ = figs.draw(plan.model, item.batch.wet, n, [plan.options.seed, CALIBRATION_STREAM, i])
+    stored = plan.loaded.calibration
+    with tempered(plan.model.head, None if stored is None else stored.temperature):
+        z, _ = figs.draw(plan.model, item.batch.wet, n, [plan.options.seed, CALIBRATION_STREAM, i])
     names, draws, truth, notes = identifiable(plan.task, z, item.batch.v[:1].astype(np.float64))
     if m.calibration_draws is None:
         m.calibration_names, m.calibration_notes = names, notes
@@ -655,10 +668,12 @@ def summarise(plan: Plan, m: Measurements) -> Evaluation:
         result.param_spread = {name: _mean_std(m.param_spread[:, j]) for j, name in enumerate(names)}
         result.param_entropy = {name: _mean_std(m.param_entropy[:, j]) for j, name in enumerate(names)}
     if m.calibration_draws is not None:
-        from afxest.calibration import calibrate
+        from afxest.calibration import LEVELS, calibrate
 
+        stored = plan.loaded.calibration  # the model's recalibrated interval levels (afxest.temper), if any
         result.calibration = calibrate(m.calibration_draws, m.calibration_truth, m.calibration_names,
-                                       m.calibration_notes, rng=np.random.default_rng([plan.options.seed, CALIBRATION_STREAM]))
+                                       m.calibration_notes, rng=np.random.default_rng([plan.options.seed, CALIBRATION_STREAM]),
+                                       interval_levels=None if stored is None else {a: stored.level(a) for a in LEVELS})
     if plan.options.refine:
         result.refine_steps = plan.options.refine
         result.refined_expectation = _expectation(s["refined"])

@@ -26,6 +26,8 @@ no global backend switch), so afxest imports and runs without it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -747,6 +749,7 @@ PLOT_POINTS = 400  # frequencies (log-spaced) of the equaliser curves
 PLOT_LOWEST_HZ = 20.0
 SPECTRUM_FLOOR_DB = -100.0  # the synth spectra's lowest level shown
 LEVELS_DB = (-60.0, 0.0)  # input levels of the compressor's static curve (dBFS)
+SPREAD_LEVEL = 0.9  # the band of the posterior draws' curves: their central 90 % at each point
 
 
 def plot_frequencies(sample_rate: float, n: int = PLOT_POINTS) -> np.ndarray:
@@ -805,12 +808,15 @@ def estimate_panels(presets: Sequence) -> list[str]:
 
 
 def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray | None = None,
-                  dpi: int = ESTIMATE_DPI):
+                  dpi: int = ESTIMATE_DPI, spread: Sequence | None = None):
     """The figure of one estimate, one panel each of :func:`estimate_panels` (:data:`PANELS`):
 
-    * ``eq``: the equaliser's magnitude response of the top :data:`PLOT_TOP` candidates and the
-      min-max band over all of them;
-    * ``compressor``: the compressor's static curve of the top candidates (and identity);
+    * ``eq``: the equaliser's magnitude response of the top :data:`PLOT_TOP` candidates, over
+      the spread of the posterior's draws (``spread``: at each frequency, the central
+      :data:`SPREAD_LEVEL` of the draws' responses, and their median), or without draws the
+      min-max band over all candidates;
+    * ``compressor``: the compressor's static curve of the top candidates (and identity), over
+      the same spread of the draws' curves;
     * ``spectrum`` (a synth): the magnitude spectra of the wet at the task's rate and of rank 1
       synthesised.
 
@@ -823,9 +829,11 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
         presets: The candidates' presets, by rank.
         wet: The wet, (T,) at the task's rate (the ``spectrum`` panel), or None.
         dpi: The PNG's resolution.
+        spread: Presets of draws of the (calibrated) posterior, or None.
 
     Returns:
-        The matplotlib Figure (its lines hold the plotted data).
+        The matplotlib Figure (its lines hold the plotted data; the spread band is its axes'
+        only collection, the median their last line).
     """
     panels = estimate_panels(presets)
     if not panels:
@@ -835,7 +843,9 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     names = [_candidate_label(c) for c in document["candidates"][:PLOT_TOP]]
     for ax, panel in zip(axes, panels):
-        PANELS[panel](ax, presets, names, wet)
+        PANELS[panel](ax, presets, names, wet, spread)
+        if panel == "eq":
+            _correction_curve(ax, document["candidates"][0], presets[0])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(_estimate_title(document))
@@ -843,37 +853,68 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
     return fig
 
 
-def _equaliser_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None) -> None:
-    """The ``eq`` panel: the responses of the top candidates (labelled ``names``) and the band
-    of all of them."""
+def _spread_band(ax, x: np.ndarray, curves: np.ndarray) -> None:
+    """The central :data:`SPREAD_LEVEL` of the draws' curves (draws, len(x)) at each x, and
+    their median (a dashed line), beneath the candidates' lines drawn before."""
+    low, median, high = np.quantile(curves, [(1 - SPREAD_LEVEL) / 2, 0.5, (1 + SPREAD_LEVEL) / 2], axis=0)
+    ax.fill_between(x, low, high, color="0.82", zorder=1,
+                    label=f"central {round(100 * SPREAD_LEVEL)} % of {len(curves)} posterior draws")
+    ax.plot(x, median, color="0.35", ls="--", lw=1.0, label="median of the draws", zorder=2)
+
+
+def _equaliser_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None,
+                     spread: Sequence | None = None) -> None:
+    """The ``eq`` panel: the responses of the top candidates (labelled ``names``) over the
+    spread of the draws' responses (without draws: the min-max band of all candidates)."""
     freqs = plot_frequencies(presets[0].sample_rate)
     curves = np.array([equaliser_db(p, freqs) for p in presets])
     top = min(len(presets), PLOT_TOP)
-    ax.fill_between(freqs, curves.min(axis=0), curves.max(axis=0), color="0.85",
-                    label=f"min-max of all {len(presets)} candidates")
+    if not spread:
+        ax.fill_between(freqs, curves.min(axis=0), curves.max(axis=0), color="0.85",
+                        label=f"min-max of all {len(presets)} candidates")
     for k, label in enumerate(names[:top]):
         ax.plot(freqs, curves[k], lw=2.2 if k == 0 else 1.0, label=label, zorder=3 + top - k)
+    if spread:
+        _spread_band(ax, freqs, np.array([equaliser_db(p, freqs) for p in spread]))
     ax.set_xscale("log")
     ax.set_xlabel("frequency (Hz, log scale)")
     ax.set_ylabel("magnitude (dB)")
     ax.set_title("Equaliser response")
 
 
-def _compressor_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None) -> None:
-    """The ``compressor`` panel: the static curves of the top candidates, and identity."""
+def _correction_curve(ax, candidate: dict, preset) -> None:
+    """Rank 1's correction alone (its effects from ``correction.effects_from``: the graphic
+    equaliser of afxest/correct.py), dashed on the ``eq`` panel, where rank 1 is corrected."""
+    record = candidate.get("correction")
+    if record is None:
+        return
+    correction = dataclasses.replace(preset, effects=preset.effects[record["effects_from"] :])
+    freqs = plot_frequencies(preset.sample_rate)
+    curve = equaliser_db(correction, freqs)
+    if curve is not None:
+        ax.plot(freqs, curve, color="black", ls="--", lw=1.2, label="rank 1's correction (after the chain)", zorder=20)
+
+
+def _compressor_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None,
+                      spread: Sequence | None = None) -> None:
+    """The ``compressor`` panel: the static curves of the top candidates, and identity, over the
+    spread of the draws' curves."""
     top = presets[:PLOT_TOP]
     levels = np.linspace(*LEVELS_DB, 241)
     ax.plot(levels, levels, color="0.6", ls="--", lw=1.0, label="no compression")
     for k, (p, label) in enumerate(zip(top, names)):
         ax.plot(levels, compressor_curve_db(p, levels), lw=2.2 if k == 0 else 1.0, label=label,
                 zorder=3 + len(top) - k)
+    if spread:
+        _spread_band(ax, levels, np.array([compressor_curve_db(p, levels) for p in spread]))
     ax.set_xlabel("input level (dBFS)")
     ax.set_ylabel("output level (dBFS)")
     ax.set_title("Compressor static curve (before gain and clipping)")
     ax.set_aspect("equal")
 
 
-def _spectrum_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None) -> None:
+def _spectrum_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None,
+                    spread: Sequence | None = None) -> None:
     """The ``spectrum`` panel of a synth: the wet's spectrum and rank 1's, synthesised."""
     rate = presets[0].sample_rate
     estimate = synthesise(presets[0], int(round(rate)))[0]
@@ -891,7 +932,8 @@ def _spectrum_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray
     ax.set_title("Magnitude spectra")
 
 
-# each panel of plot_estimate: (axes, presets by rank, the top candidates' labels, the wet) -> drawn
+# each panel of plot_estimate: (axes, presets by rank, the top candidates' labels, the wet,
+# presets of posterior draws or None) -> drawn
 PANELS: dict[str, Callable[..., None]] = {
     "eq": _equaliser_panel, "compressor": _compressor_panel, "spectrum": _spectrum_panel,
 }

@@ -60,7 +60,7 @@ class Entry:
 @cache
 def registry() -> dict[str, Entry]:
     """Every catalogue type's :class:`Entry`, by type name (the dsp modules imported on first call)."""
-    from afxest.dsp import amplitude, compressor, filters, fm
+    from afxest.dsp import amplitude, compressor, delay, filters, fm, reverb
 
     entries = (
         Entry(PROCESSORS["low_shelf"], filters.low_shelf, coefficients=filters.low_shelf_coefficients),
@@ -70,6 +70,10 @@ def registry() -> dict[str, Entry]:
         Entry(PROCESSORS["gain"], amplitude.gain, amplitude=amplitude.gain_amplitude),
         Entry(PROCESSORS["limiter"], compressor.limiter),
         Entry(PROCESSORS["clipping"], amplitude.hard_clip, straight_through=amplitude.straight_through_clip),
+        # delay.straight_through_delay is not its straight-through variant: in a 300-step check
+        # on the mix task its time gradient made the delay times worse (docs/effects.md)
+        Entry(PROCESSORS["delay"], delay.delay),
+        Entry(PROCESSORS["reverb"], reverb.reverb),
         Entry(PROCESSORS["fm"], fm.fm_synth),
     )
     return {e.spec.name: e for e in entries}

@@ -6,6 +6,11 @@ mean over windows of ln p(z | window), the product-of-experts posterior's log-de
 constant (:meth:`Proposer.log_prob`; the estimate module's docstring says why). The head is
 tiny: sampling and log-densities run on a float64 copy of it on the CPU, so values near the
 edges of [0, 1] are not rounded onto them, and results do not depend on the device.
+
+A calibrated model (:mod:`afxest.temper`) has two such copies: the untempered one proposes
+the candidates (:meth:`Proposer.draw`) and scores them (:meth:`Proposer.log_prob`), the
+calibrated one gives the draws behind the reported intervals (:meth:`Proposer.spread`): widened
+candidates cost the blind answer and the search dearly (docs/evaluate.md).
 """
 
 from __future__ import annotations
@@ -41,10 +46,21 @@ class Proposer:
 
         import torch
 
+        from afxest.temper import apply
+
         self.device = device
         self.net = estimator.to(device).eval()
-        self.head = copy.deepcopy(self.net.head).to("cpu", torch.float64).eval()
+        self.head = copy.deepcopy(self.net.head).to("cpu", torch.float64).eval()  # as loaded: calibrated, if it is
+        self.raw = self.head  # untempered: the candidates
+        if posterior and not bool((self.head.temperature == 1).all()):
+            self.raw = copy.deepcopy(self.head)
+            apply(self.raw, None)
         self.posterior = posterior
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the model has a calibration (its calibrated head differs from the raw one)."""
+        return self.raw is not self.head
 
     def draw(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int], n: int, seed: int) -> Draws:
         """Draws candidates for the wet from the posteriors of its windows.
@@ -70,6 +86,15 @@ class Proposer:
             log_prob = own_log_prob if len(use) == 1 or own_log_prob is None else self.log_prob(z, h)
         return Draws(h, z, log_prob, entropy)
 
+    def spread(self, h, n: int, seed: int) -> np.ndarray:
+        """``n`` draws (n, d) float64 of the calibrated posterior (the mixture of the windows'
+        posteriors, as :meth:`propose`) for the embeddings ``h`` of :meth:`draw`: what the
+        reported intervals are read from (posterior models only)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.propose(h, n, torch.Generator().manual_seed(seed), True)[0]
+
     def encode(self, wet: np.ndarray, windows: Sequence[tuple[int, int]], use: Sequence[int]):
         """Embeds the usable windows: (len(use), C) in float64 (from the float32 encoder)."""
         import torch
@@ -89,19 +114,21 @@ class Proposer:
         position = {w: k for k, w in enumerate(order)}
         return h[[position[i] for i in use]]
 
-    def propose(self, h, n: int, generator) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-        """Proposes candidates z (M, d) in float64 from the mixture of the windows' posteriors, the
-        log-density of each under the posterior of the window that drew it (None without a
-        posterior), and the mean entropy estimate (nats) of the proposing windows' posteriors.
+    def propose(self, h, n: int, generator, calibrated: bool = False) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+        """Proposes candidates z (M, d) in float64 from the mixture of the windows' posteriors (the
+        untempered ones, or the calibrated), the log-density of each under the posterior of the
+        window that drew it (None without a posterior), and the mean entropy estimate (nats) of
+        the proposing windows' posteriors.
 
         Candidate i comes from usable window (i U) // N; a point-estimating model gives one
         candidate per proposing window (identical ones merged)."""
         u = h.shape[0]
         owners = [(i * u) // n for i in range(n)]
         zs, own, entropies = [], [], []
+        head = self.head if calibrated else self.raw
         for w in sorted(set(owners)):
             k = owners.count(w) if self.posterior else 1
-            s = self.head.sample(h[w : w + 1], k, generator=generator)
+            s = head.sample(h[w : w + 1], k, generator=generator)
             zs.extend(s.z[0].cpu().numpy().astype(np.float64))
             if s.log_prob is not None:
                 own.extend(s.log_prob[0].cpu().numpy().astype(np.float64))
@@ -116,7 +143,8 @@ class Proposer:
         return np.stack(zs), (np.array(own) if own else None), entropy
 
     def log_prob(self, z: np.ndarray, h) -> np.ndarray:
-        """The mean over windows of ln p(z | window), (M,) float64 (posterior models only)."""
+        """The mean over windows of ln p(z | window), (M,) float64 (posterior models only), under
+        the untempered posteriors (whose draws the candidates are)."""
         import torch
 
         zt = torch.from_numpy(z)
@@ -124,5 +152,5 @@ class Proposer:
         chunk = max(1, 4096 // max(1, z.shape[0]))
         for s in range(0, h.shape[0], chunk):
             hs = h[s : s + chunk]
-            total += self.head.log_prob(zt.expand(hs.shape[0], *zt.shape), hs).sum(dim=0)
+            total += self.raw.log_prob(zt.expand(hs.shape[0], *zt.shape), hs).sum(dim=0)
         return (total / h.shape[0]).numpy().astype(np.float64)

@@ -15,7 +15,9 @@ name and estimator configuration stored in it, and refuses a checkpoint whose st
 definition differs from the current one (other ranges, rate, clip length, loss or encoder would
 make its outputs mean something else; :func:`afxest.tasks.definition_difference`). The training
 defaults stored beside it (learning rate, batch size, weight decay, beta) are not compared: they
-do not change what a trained model's outputs mean.
+do not change what a trained model's outputs mean. A posterior checkpoint may hold its
+calibration (key ``calibration``, :mod:`afxest.temper`, written by ``afxest models
+--calibrate``): the loaded head then draws at its fitted temperatures.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class LoadedModel:
     flows: int
     step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    calibration: Any = None  # :class:`afxest.temper.ModelCalibration`, or None (uncalibrated)
 
 
 def user_models_dir() -> Path:
@@ -141,6 +144,11 @@ def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
     state = load_checkpoint(path, map_location="cpu")
     info = describe_checkpoint(state, path)
     estimator, config = build_estimator(state, info, path)
+    calibration = read_calibration(state, info, config, path)
+    if calibration is not None:
+        from afxest.temper import apply
+
+        apply(estimator.head, calibration.temperature)
     estimator.eval().to(device)
     return LoadedModel(
         name=model_file.name,
@@ -152,7 +160,18 @@ def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
         flows=config.flows,
         step=info["step"],
         metrics=info["metrics"],
+        calibration=calibration,
     )
+
+
+def read_calibration(state: dict[str, Any], info: dict[str, Any], config, path: Path):
+    """The checkpoint's calibration (:func:`afxest.temper.read`), None without one; UserError
+    when a model that is not a posterior has one or it does not fit the model."""
+    from afxest.temper import read
+
+    if state.get("calibration") is not None and config.kind != "posterior":
+        raise UserError(f"{path}: a {config.kind} model with a calibration (only posteriors have one)")
+    return read(state, info["task_obj"].model.dim, path)
 
 
 def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -201,14 +220,15 @@ def build_estimator(state: dict[str, Any], info: dict[str, Any], path: Path):
     return estimator, config
 
 
-INSTALLED_KEYS = ("format", "afxest_version", "task", "estimator", "training", "model", "step", "best", "metrics")
+INSTALLED_KEYS = ("format", "afxest_version", "task", "estimator", "training", "model", "step", "best", "metrics",
+                  "calibration")
 
 
 def install_model(checkpoint: Path, name: str, folder: Path | None = None, force: bool = False) -> Path:
     """Copies a trained checkpoint into a model folder as ``<name>.pt`` so ``--model name`` finds it.
 
     The copy keeps what estimation and ``afxest models`` need (task definition, estimator,
-    weights, training configuration, step and validation metrics) and drops the optimiser state
+    weights, training configuration, step, validation metrics and calibration) and drops the optimiser state
     (two thirds of a checkpoint's size). ``folder`` defaults to the user model folder; the
     bundled models in ``models/`` were installed with this function. Written atomically.
     """
@@ -260,6 +280,7 @@ def list_models() -> list[dict[str, Any]]:
                 flows=est.get("flows"),
                 step=info["step"],
                 metrics=info["metrics"],
+                calibrated=state.get("calibration") is not None,
             )
         rows.append(row)
     return rows

@@ -79,9 +79,18 @@ def _processors(preset: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _origin(candidate: dict[str, Any]) -> str:
-    """Where a candidate came from: a posterior draw, or the search (from which proposal)."""
+    """Where a candidate came from: a posterior draw, or the search (from which proposal), and
+    what the correction stage added after the task's chain (afxest/correct.py)."""
     proposal = candidate.get("refinement", {}).get("proposal")
-    return "draw" if proposal is None else f"search ({proposal})"
+    origin = "draw" if proposal is None else f"search ({proposal})"
+    record = candidate.get("correction")
+    if record is None:
+        return origin
+    added = candidate["preset"]["effects"][record["effects_from"] :]
+    peaks = [e["gain_db"] for e in added if e["type"] == "peak"]
+    parts = [f"EQ {len(peaks)} bands {min(peaks):+.1f}..{max(peaks):+.1f} dB"] if peaks else []
+    parts += [f"limiter {e['threshold_db']:g} dB" for e in added if e["type"] == "limiter"]
+    return f"{origin} + correction: {', '.join(parts)}"
 
 
 def _title(document: dict[str, Any]):
@@ -129,8 +138,11 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
     refined = any("refinement" in c for c in candidates)
     table = Table(title=_title(document), title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   padding=(0, 0, 0, 1))
+    intervals = _intervals_by_column(document, procs, columns)
     if len(columns) > TRANSPOSE_ABOVE:
-        return _transposed(table, candidates[: min(limit, 10)], len(candidates), procs, columns, refined)
+        table = _transposed(table, candidates[: min(limit, 10)], len(candidates), procs, columns, refined, intervals,
+                            _interval_label(document) if intervals else "")
+        return _with_undetermined(table, document)
     table.add_column("rank", justify="right")
     if refined:
         table.add_column("from", justify="left")
@@ -155,32 +167,77 @@ def candidates_table(document: dict[str, Any], limit: int = 20):
         row.append(number(c["log_prob"], ".2f"))
         row += [number(values[i][k]) for i, k in columns]
         table.add_row(*(Text(v) for v in row))
+    if intervals:
+        lead = 3 + refined * 2 + len(matched)  # rank, (from), loss, (before), matches, log p
+        table.add_row(_interval_label(document), *([""] * (lead - 1)), *(Text(intervals.get(c, "")) for c in columns))
     if len(candidates) > limit:
         table.caption = f"... and {len(candidates) - limit} more in the estimate file"
+    return _with_undetermined(table, document)
+
+
+def _interval_label(document: dict[str, Any]) -> str:
+    """The label of the interval row or column: its level, and whether the model is calibrated."""
+    found = document["intervals"]
+    return f"{round(100 * found['credible'])} % interval" + ("" if found["calibrated"] else " (uncalibrated)")
+
+
+def _intervals_by_column(document: dict[str, Any], procs: list[dict[str, Any]],
+                         columns: list[tuple[int, str]]) -> dict[tuple[int, str], str]:
+    """Each column's interval as ``low..high`` (``!`` after it where undetermined); empty
+    without intervals (a point-estimating model, or an older document)."""
+    found = (document.get("intervals") or {}).get("parameters")
+    if not found:
+        return {}
+    out = {}
+    for i, k in columns:
+        entry = found.get(f"{i}.{procs[i]['type']}.{k}")
+        if entry is not None:
+            out[(i, k)] = f"{number(entry['low'])}..{number(entry['high'])}" + (" !" if entry["undetermined"] else "")
+    return out
+
+
+def _with_undetermined(table, document: dict[str, Any]):
+    """The table with a caption naming the parameters the wet leaves undetermined."""
+    found = document.get("intervals") or {}
+    names = found.get("undetermined")
+    if names:
+        share = percent(found["undetermined_above"])
+        note = (f"! undetermined by the wet (interval wider than {share} of the range): "
+                + ", ".join(_short_name(n) for n in names))
+        table.caption = note if not table.caption else f"{table.caption}\n{note}"
     return table
 
 
+def _short_name(name: str) -> str:
+    """``<index>.<type>.<parameter>`` as a parameter label (:func:`afxest.catalogue.parameter_label`)."""
+    index, kind, param = name.split(".", 2)
+    return parameter_label(kind, int(index), param, " ")
+
+
 def _transposed(table, shown: list[dict[str, Any]], total: int, procs: list[dict[str, Any]],
-                columns: list[tuple[int, str]], refined: bool):
+                columns: list[tuple[int, str]], refined: bool, intervals: dict[tuple[int, str], str], label: str):
     """:func:`candidates_table` with one row per value and one column per candidate (``procs``:
-    the first candidate's processors, for the labels)."""
+    the first candidate's processors, for the labels), and a last column of the intervals."""
     from rich.text import Text
 
     table.add_column("rank", justify="left")
     for c in shown:
         table.add_column(str(c["rank"]), justify="right")
+    if intervals:
+        table.add_column(label, justify="right")
     if refined:
         table.add_row("from", *(_origin(c) for c in shown))
     table.add_row("loss", *(number(c["loss"]) for c in shown))
     if refined:
         table.add_row("before", *(number(c.get("refinement", {}).get("loss_before")) for c in shown))
-    for k, label in MATCH_COLUMNS.items():
+    for k, title in MATCH_COLUMNS.items():
         if any(c.get(k) is not None for c in shown):
-            table.add_row(label, *(number(c.get(k), MATCH_FORMATS[k]) for c in shown))
+            table.add_row(title, *(number(c.get(k), MATCH_FORMATS[k]) for c in shown))
     table.add_row("log p", *(number(c["log_prob"], ".2f") for c in shown))
     for i, k in columns:
         table.add_row(Text(parameter_label(procs[i]["type"], i, k)),
-                      *(Text(number(_processors(c["preset"])[i][k])) for c in shown))
+                      *(Text(number(_processors(c["preset"])[i][k])) for c in shown),
+                      *([Text(intervals.get((i, k), ""))] if intervals else []))
     if total > len(shown):
         table.caption = f"... and {total - len(shown)} more in the estimate file"
     return table
@@ -303,6 +360,11 @@ def report_markdown(result, loaded=None) -> str:
             the report), or None.
     """
     model = "" if loaded is None else f"Model: `{loaded.name}` ({loaded.path}), step {loaded.step}.\n"
+    if getattr(loaded, "calibration", None) is not None:
+        t = loaded.calibration.temperature
+        model += (f"Calibrated (docs/evaluate.md): its calibration draws come from the base Gaussian at its fitted "
+                  f"temperatures (T = {min(t):.2g} to {max(t):.2g}, fitted on {loaded.calibration.fitted.get('items', '?')} "
+                  "validation items); its candidates, as `afxest estimate`'s, are the untempered model's.\n")
     return "".join([
         f"# Evaluation: {result.task} ({result.kind})\n\n",
         model,
@@ -501,6 +563,12 @@ def calibration_markdown(result) -> str:
                     "truth; what the wet determines is calibrated instead: "
                     + "; ".join(f"`{name}`: the {note}" for name, note in notes)
                     + ". A cutoff or Q of a shelf with no gain is not determined by any audio.\n\n")
+    if c.interval_levels is not None:
+        at = c.interval_levels[max(c.interval_levels)]
+        text.append(f"The model is calibrated: the coverage columns are those of the intervals it reports, each "
+                    f"parameter's central interval of the draws at the level fitted on validation "
+                    f"({round(100 * max(c.interval_levels))} %: {percent(at.min())} to {percent(at.max())} of the draws); "
+                    "the share outside all draws and the figures are the draws' own.\n\n")
     text.append(markdown(calibration_rows(result)))
     for figure in getattr(result, "calibration_figures", []):
         text.append(f"\n{figure.caption}\n\n![{figure.key}]({figure.file})\n")

@@ -14,6 +14,8 @@ every range is written here once.
 * ``master`` (ICASSP 2024; issue 5): a mastering chain, low shelf -> 3 peaks -> high shelf ->
   compressor -> make-up gain -> clipping, rendered by pedalboard; the model drives the same
   chain of afxest's differentiable processors (docs/master.md).
+* ``mix`` (issue 24): a mixing chain, low shelf -> 2 peaks -> high shelf -> compressor -> delay
+  -> reverb, rendered by pedalboard; the model drives the same chain.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from afxest.catalogue import (
-    ATTACK, CLIP_THRESHOLD, CUTOFF, FILTER_GAIN, FREQ_RATIO, GAIN, MOD_INDEX, PROCESSORS, Q, RATIO,
-    RELEASE, THRESHOLD,
+    ATTACK, CLIP_THRESHOLD, CUTOFF, DAMPING, DELAY_SECONDS, DRY_LEVEL, FEEDBACK, FILTER_GAIN, FREQ_RATIO, GAIN,
+    MIX, MOD_INDEX, PROCESSORS, Q, RATIO, RELEASE, ROOM_SIZE, THRESHOLD, WET_LEVEL,
 )
 from afxest.params import ParamRange
 from afxest.presets import Preset, Processor
@@ -302,6 +304,16 @@ def _band(kind: str, lo_hz: float, hi_hz: float, q_lo: float, q_hi: float) -> Pr
     )
 
 
+_COMPRESSOR = ProcessorSpace(
+    "compressor",
+    (
+        ParamRange(THRESHOLD, -40.0, 0.0, "affine"),
+        ParamRange(RATIO, 1.0, 10.0, "exp"),
+        ParamRange(ATTACK, 0.5, 50.0, "exp"),
+        ParamRange(RELEASE, 10.0, 500.0, "exp"),
+    ),
+)
+
 # Issue 5 (after ICASSP 2024's mastering chain): exponential maps for Hz, ms and ratio
 _MASTER = Space(
     (
@@ -310,17 +322,39 @@ _MASTER = Space(
         _band("peak", 500.0, 4000.0, 0.3, 3.0),
         _band("peak", 2000.0, 10000.0, 0.3, 3.0),
         _band("high_shelf", 2000.0, 10000.0, 0.5, 1.5),
-        ProcessorSpace(
-            "compressor",
-            (
-                ParamRange(THRESHOLD, -40.0, 0.0, "affine"),
-                ParamRange(RATIO, 1.0, 10.0, "exp"),
-                ParamRange(ATTACK, 0.5, 50.0, "exp"),
-                ParamRange(RELEASE, 10.0, 500.0, "exp"),
-            ),
-        ),
+        _COMPRESSOR,
         ProcessorSpace("gain", (ParamRange(GAIN, 0.0, 12.0, "affine"),)),  # make-up gain
         ProcessorSpace("clipping", (ParamRange(CLIP_THRESHOLD, -12.0, 0.0, "affine"),)),
+    )
+)
+
+# Issue 24: the master task's EQ bands and compressor, then a delay and a reverb; frequencies and
+# times exponential (log-uniform), the rest affine; the reverb's width fixed at 1
+_MIX = Space(
+    (
+        _band("low_shelf", 30.0, 200.0, 0.5, 1.5),
+        _band("peak", 100.0, 1000.0, 0.3, 3.0),
+        _band("peak", 1000.0, 8000.0, 0.3, 3.0),
+        _band("high_shelf", 2000.0, 10000.0, 0.5, 1.5),
+        _COMPRESSOR,
+        ProcessorSpace(
+            "delay",
+            (
+                ParamRange(DELAY_SECONDS, 0.05, 0.8, "exp"),
+                ParamRange(FEEDBACK, 0.0, 0.6, "affine"),
+                ParamRange(MIX, 0.0, 0.5, "affine"),
+            ),
+        ),
+        ProcessorSpace(
+            "reverb",
+            (
+                ParamRange(ROOM_SIZE, 0.0, 1.0, "affine"),
+                ParamRange(DAMPING, 0.0, 1.0, "affine"),
+                ParamRange(WET_LEVEL, 0.0, 0.5, "affine"),
+                ParamRange(DRY_LEVEL, 0.5, 1.0, "affine"),
+            ),
+            fixed=(("width", 1.0),),
+        ),
     )
 )
 
@@ -365,6 +399,19 @@ TASKS: dict[str, Task] = {
         # posterior near uniform; 0.003 trained the bundled model (docs/models/master.md).
         # 2.5 s excerpts: 1.8x faster steps for +0.02 +- 0.10 dB of test SI-SDR (docs/training.md)
         training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003, excerpt_seconds=2.5),
+    ),
+    "mix": Task(
+        name="mix",
+        description="mixing chain: low shelf, 2 peaks, high shelf, compressor, delay, reverb (issue 24)",
+        sample_rate=22050,
+        clip_seconds=5.0,
+        truth=_MIX,
+        model=_MIX,  # the same chain, rendered by afxest's differentiable processors
+        loss="log_mel",
+        encoder="convnext",
+        # the master task's values (23 parameters here, 21 there), not yet measured on this
+        # task; whole clips: an excerpt would cut the echoes and tails of up to several seconds
+        training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003),
     ),
 }
 

@@ -4,8 +4,10 @@
         --fit-n 256 --test-n 512 [--grid 1 1.5 2 3 4 6] [--per-parameter] [--out temps.json]
 
 A posterior model's base Gaussian N(mu(h), sigma(h)^2) gets its standard deviation scaled by T
-(its ln sigma shifted by ln T; with ``--per-parameter`` one T per base dimension), which widens
-(T > 1) or narrows the draws after the flows. Nothing is retrained and no weight file changes.
+(:attr:`afxest.nn.heads.PosteriorHead.temperature`; with ``--per-parameter`` one T per base
+dimension), which widens (T > 1) or narrows the draws after the flows. Nothing is retrained and
+no weight file changes; a calibration the model ships with (:mod:`afxest.temper`) is set aside:
+T = 1 is the untempered model. ``afxest models --calibrate`` is the shipped form of this fit.
 
 1. Fit, on the validation split (items drawn like ``afxest evaluate``'s, from the validation
    tracks): for each T of ``--grid`` the calibration of ``--draws`` draws per item
@@ -23,8 +25,10 @@ A posterior model's base Gaussian N(mu(h), sigma(h)^2) gets its standard deviati
    whose interval held that share of the validation truths; the test coverage at those levels.
    This changes which interval is reported, not the draws (nor the SI-SDR).
 4. With ``--estimate-n K``: on the first K test items, the rank 1 of ``afxest estimate`` given
-   the dry (its search at ``--effort``, proposals drawn from the tempered posterior), SI-SDR
-   against the wet, for T = 1 and the last configuration (``afxest evaluate --effort``'s row).
+   the dry (its search at ``--effort``), SI-SDR against the wet, for T = 1 and the last
+   configuration (``afxest evaluate --effort``'s row). Since the calibration shipped, a
+   search's proposals are the untempered posterior's whatever the temperature (the measured
+   -8 dB of tempered proposals is why), so both rows now draw the same proposals.
 
 Prints markdown tables; ``--out`` writes the numbers as JSON.
 """
@@ -47,6 +51,7 @@ from afxest import calibration as cal
 from afxest.evaluate import CALIBRATION_STREAM, ITEM_STREAM, _render_all, draw_item
 from afxest.losses import si_sdr
 from afxest.store import load_model
+from afxest.temper import apply, interval_levels
 
 BEST_OF = 10
 FIT_SEED_OFFSET = 1  # the validation items come from seed + 1 (a synth task has no split of drys)
@@ -54,16 +59,12 @@ FIT_SEED_OFFSET = 1  # the validation items come from seed + 1 (a synth task has
 
 @contextmanager
 def tempered(head, temperature: np.ndarray):
-    """The head with its base std scaled by ``temperature`` (d,) (ln sigma's bias shifted)."""
-    d = head.d
-    shift = torch.as_tensor(np.log(temperature), dtype=head.base.bias.dtype)
-    with torch.no_grad():
-        head.base.bias[d:] += shift
+    """The head at ``temperature`` (d,) (:func:`afxest.temper.apply`), back at 1 afterwards."""
+    apply(head, temperature)
     try:
         yield head
     finally:
-        with torch.no_grad():
-            head.base.bias[d:] -= shift
+        apply(head, None)
 
 
 def source_of(task, data: Path | None, split: str):
@@ -146,22 +147,6 @@ def quantity_of(task) -> np.ndarray:
     if task.truth.processors == task.model.processors:
         return np.arange(task.model.dim)
     return np.arange(task.model.dim) % task.truth.dim
-
-
-def interval_levels(c) -> dict[str, list[float]]:
-    """Per level of :data:`afxest.calibration.LEVELS` and quantity, the smallest central level
-    of the draws whose interval held at least that share of the validation truths (a split-
-    conformal recalibration of the intervals, not of the draws; 1 where none does)."""
-    grid = np.linspace(0.0, 1.0, 401)
-    found = {}
-    for level in cal.LEVELS:
-        per = []
-        for j in range(c.ranks.shape[1]):
-            cover = np.array([cal.central_coverage(c.ranks[:, j:j + 1], c.draws, a)[0] for a in grid])
-            ok = np.nonzero(cover >= level)[0]
-            per.append(float(grid[ok[0]]) if len(ok) else 1.0)
-        found[str(level)] = per
-    return found
 
 
 def test(loaded, data, n: int, seed: int, configs: dict[str, np.ndarray], draws: int, log, levels=None):
@@ -270,6 +255,7 @@ def main(argv=None) -> int:
 
     loaded = load_model(args.model)
     loaded.estimator.to("cpu").eval()
+    apply(loaded.estimator.head, None)  # T = 1 is the untempered model, whatever calibration it ships with
     d = loaded.task.model.dim
     if args.fit_from:
         fitted = json.loads(args.fit_from.read_text())["fit"]

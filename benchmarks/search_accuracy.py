@@ -92,7 +92,7 @@ def main() -> None:
                 dry_path = Path(tmp) / f"dry{i}.wav"
                 sf.write(dry_path, batch.dry[0, 0], task.sample_rate, subtype="FLOAT")
             t0 = time.perf_counter()
-            document, presets, _ = analyser.estimate(wet_path, dry_path, options)
+            document, presets, _, _ = analyser.estimate(wet_path, dry_path, options)
             seconds = time.perf_counter() - t0
             dry = None if batch.dry is None else batch.dry[0]
             y_hat = render(presets[0], dry, task.sample_rate, "pedalboard")[:, : task.clip_samples]
@@ -166,7 +166,7 @@ def users_pairs(args) -> None:
             sf.write(wet_path, wet.T, rate, subtype="FLOAT")
             sf.write(dry_path, dry.T, rate, subtype="FLOAT")
             t0 = time.perf_counter()
-            document, presets, _ = analyser.estimate(wet_path, dry_path, options)
+            document, presets, _, _ = analyser.estimate(wet_path, dry_path, options)
             seconds = time.perf_counter() - t0
             # the wet made from the dry: truth[:, n] is wet[:, n + d] where both exist
             a, b = max(0, -d), min(truth.shape[1], wet.shape[1] - d)

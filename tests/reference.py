@@ -17,6 +17,8 @@ PLUGINS = {
     "gain": pedalboard.Gain,
     "clipping": pedalboard.Clipping,
     "limiter": pedalboard.Limiter,
+    "delay": pedalboard.Delay,
+    "reverb": pedalboard.Reverb,
 }
 
 
@@ -52,3 +54,23 @@ def cookbook(kind: str, f0: float, gain_db: float, q: float, fs: float) -> tuple
              2 * ((A - 1) - (A + 1) * c),
              (A + 1) - (A - 1) * c - 2 * math.sqrt(A) * alpha]
     return np.array(b), np.array(a)
+
+
+def time_effect_signals(sample_rate: int, seconds: float = 1.5, seed: int = 0) -> dict[str, np.ndarray]:
+    """Stereo float32 test inputs for the delay and the reverb: ``music`` (decaying harmonic notes
+    panned apart, with noise) and ``impulse`` (a unit impulse on the left, a smaller one later
+    on the right)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    notes = [sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 6)) * np.exp(-6 * (t % p)) for f, p in ((196.0, 0.4), (330.0, 0.25))]
+    music = 0.3 * np.stack(notes) + 0.02 * rng.standard_normal((2, t.size))
+    impulse = np.zeros((2, t.size))
+    impulse[0, 0], impulse[1, 331] = 1.0, 0.5
+    return {"music": music.astype(np.float32), "impulse": impulse.astype(np.float32)}
+
+
+def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """10 log10(|reference|^2 / |estimate - reference|^2) in float64; inf when they are equal."""
+    reference, estimate = np.asarray(reference, np.float64), np.asarray(estimate, np.float64)
+    err = float(np.sum((estimate - reference) ** 2))
+    return math.inf if err == 0 else 10 * math.log10(float(np.sum(reference**2)) / err)

@@ -21,7 +21,7 @@ import soundfile
 import afxest
 import afxest.examples
 from afxest.cli import main
-from reference import reference_render  # tests/reference.py
+from reference import reference_render, snr_db  # tests/reference.py
 
 EXAMPLES = Path(afxest.examples.__file__).parent
 SR = 22050
@@ -181,8 +181,8 @@ def _wrong_format(w: Work):
 
 
 def _unknown_effect(w: Work):
-    p = w.preset_with(lambda d: d["effects"].insert(1, {"type": "reverb", "room_size": 0.5}))
-    return [w.dry, p, "-o", w.out], "effects[1]: unknown type 'reverb'"
+    p = w.preset_with(lambda d: d["effects"].insert(1, {"type": "chorus", "rate_hz": 0.5}))
+    return [w.dry, p, "-o", w.out], "effects[1]: unknown type 'chorus'"
 
 
 def _out_of_range(w: Work):
@@ -613,6 +613,28 @@ def test_ddsp_engine_agrees_with_pedalboard(work: Work, capsys) -> None:
     ref = reference_render(doc, dry, SR)
     snr = 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((y.T - ref) ** 2.0))
     assert snr > 60.0  # measured 99 dB
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_delay_and_reverb_render_by_both_engines_as_pedalboard(work: Work, capsys, channels: int) -> None:
+    doc = {**PRESET, "sample_rate": 44100, "effects": [
+        {"type": "peak", "cutoff_frequency_hz": 900.0, "gain_db": 3.0, "q": 1.0},
+        {"type": "delay", "delay_seconds": 0.0731, "feedback": 0.45, "mix": 0.35},
+        {"type": "reverb", "room_size": 0.8, "damping": 0.3, "wet_level": 0.3, "dry_level": 0.8, "width": 0.9},
+    ]}
+    preset = write_json(work.indir / "time.json", doc)
+    dry = noise(channels, 0.6, 44100, seed=8)
+    path = write_wav(work.indir / "dry.wav", dry, 44100)
+    ref = reference_render(doc, dry, 44100)
+    for engine in ("pedalboard", "ddsp"):
+        rc, _, err = cli(["render", path, preset, "-o", work.out, "--engine", engine, "--force"], capsys)
+        assert rc == 0, err
+        y, sr = soundfile.read(work.out, dtype="float32", always_2d=True)
+        assert sr == 44100 and y.shape == (dry.shape[1], channels)
+        if engine == "pedalboard":
+            np.testing.assert_array_equal(y.T, ref)
+        else:
+            assert snr_db(ref, y.T) > 60.0  # the peak's float32 rounding; delay and reverb are exact
 
 
 def test_engine_pedalboard_explicit(work: Work, capsys) -> None:

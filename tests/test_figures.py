@@ -360,6 +360,30 @@ def test_estimate_plot_draws_rbj_responses_and_compressor_curves(tmp_path):
         np.testing.assert_allclose(line.get_ydata(), 20 * np.log10(envelope * gain), atol=1e-9)
 
 
+def test_estimate_plot_draws_rank_1s_correction_alone(tmp_path):
+    """A corrected rank 1 (its effects from ``correction.effects_from``): the equaliser panel
+    also draws the correction's response alone, dashed: scipy's freqz of its peaks; rank 1's
+    own curve is the whole chain's, correction included."""
+    import dataclasses
+
+    from afxest.presets import Processor
+
+    task = TASKS["master"]
+    base = task.model.preset(np.full(task.model.dim, 0.4), task.name, task.sample_rate)
+    peaks = tuple(Processor("peak", {"cutoff_frequency_hz": f, "gain_db": g, "q": 4.0})
+                  for f, g in ((150.0, 2.0), (1200.0, -3.0), (5000.0, 1.5)))
+    corrected = dataclasses.replace(base, effects=base.effects + peaks)
+    document = _document([corrected, base])
+    document["candidates"][0]["correction"] = {"effects_from": len(base.effects)}
+    fig = figs.plot_estimate(tmp_path / figs.ESTIMATE_PLOT, document, [corrected, base], dpi=30)
+    eq_ax = fig.axes[0]
+    (dashed,) = [line for line in eq_ax.lines if line.get_linestyle() == "--"]
+    freqs = dashed.get_xdata()
+    only = dataclasses.replace(base, effects=peaks)
+    np.testing.assert_allclose(dashed.get_ydata(), equaliser_reference_db(only, freqs), atol=1e-6)
+    np.testing.assert_allclose(eq_ax.lines[0].get_ydata(), equaliser_reference_db(corrected, freqs), atol=1e-6)
+
+
 def test_estimate_plot_of_a_synth_shows_the_spectra_of_wet_and_rank_1(tmp_path):
     """fm: a full-scale 110 Hz sine (and rank 1 at I = 0.0025, nearly one) peaks within a bin of
     110 Hz at 0 dB in both spectra, less the Hann window's scalloping loss (110 Hz is a quarter
@@ -377,3 +401,37 @@ def test_estimate_plot_of_a_synth_shows_the_spectra_of_wet_and_rank_1(tmp_path):
         f, db = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
         assert f[np.argmax(db)] == pytest.approx(110, abs=1 / preset.source.params["duration_s"])
         assert db.max() == pytest.approx(20 * np.log10(np.sinc(0.25) / (1 - 1 / 16)), abs=0.02)
+
+
+def test_estimate_plot_spreads_the_curves_of_the_posterior_draws(tmp_path):
+    """With the draws (``spread``): the equaliser panel's band is, at each frequency, the 5th to
+    95th percentile of the draws' responses (scipy's RBJ responses computed here) and the dashed
+    line their median; the compressor panel's the same of the JUCE gain law."""
+    task = TASKS["master"]
+    rate = task.sample_rate
+    rng = np.random.default_rng(7)
+    presets = [task.model.preset(v, task.name, rate) for v in rng.uniform(size=(3, task.model.dim))]
+    spread = [task.model.preset(v, task.name, rate) for v in rng.uniform(size=(40, task.model.dim))]
+    fig = figs.plot_estimate(tmp_path / figs.ESTIMATE_PLOT, _document(presets), presets, dpi=30, spread=spread)
+    eq_ax, comp_ax = fig.axes[:2]
+    (band,) = eq_ax.collections
+    *candidates, median = eq_ax.lines
+    assert len(candidates) == 3 and "40 posterior draws" in band.get_label()
+    freqs = np.asarray(median.get_xdata())
+    curves = np.array([equaliser_reference_db(p, freqs) for p in spread])
+    np.testing.assert_allclose(median.get_ydata(), np.median(curves, axis=0), atol=1e-6)
+    vertices = band.get_paths()[0].vertices
+    lower, upper = np.percentile(curves, 5, axis=0), np.percentile(curves, 95, axis=0)
+    for f, y in vertices[:: max(1, len(vertices) // 50)]:
+        k = int(np.argmin(np.abs(freqs - f)))
+        assert min(abs(y - lower[k]), abs(y - upper[k])) < 1e-6
+    (comp_band,) = comp_ax.collections
+    identity, *_, comp_median = comp_ax.lines
+    level = np.asarray(comp_median.get_xdata())
+    outs = []
+    for p in spread:
+        c = next(e.params for e in p.effects if e.type == "compressor")
+        envelope, threshold = 10 ** (level / 20), 10 ** (c["threshold_db"] / 20)
+        gain = np.where(envelope < threshold, 1.0, (envelope / threshold) ** (1 / c["ratio"] - 1))
+        outs.append(20 * np.log10(envelope * gain))
+    np.testing.assert_allclose(comp_median.get_ydata(), np.median(outs, axis=0), atol=1e-9)

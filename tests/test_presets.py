@@ -78,8 +78,8 @@ INVALID = [
     ("sample-rate-string", VALID, lambda d: d.update(sample_rate="44100"), ["sample_rate must be a number"]),
     ("effects-not-list", VALID, lambda d: d.update(effects={"type": "gain"}), ["effects must be a list"]),
     ("effect-not-object", VALID, lambda d: d["effects"].__setitem__(2, 5), ["effects[2]", "must be a JSON object"]),
-    ("unknown-type", VALID, lambda d: d["effects"][1].update(type="reverb"),
-     ["effects[1]", "unknown type 'reverb'"]),
+    ("unknown-type", VALID, lambda d: d["effects"][1].update(type="chorus"),
+     ["effects[1]", "unknown type 'chorus'"]),
     ("type-missing", VALID, lambda d: d["effects"][4].pop("type"), ["effects[4]", "unknown type None"]),
     ("source-type-as-effect", VALID, lambda d: d["effects"].append(copy.deepcopy(FM["source"])),
      ["effects[6]", "unknown type 'fm'"]),
@@ -365,7 +365,7 @@ def test_schema_is_well_formed() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["properties"]["format"] == {"const": PRESET_FORMAT}
     refs = [s["$ref"] for s in schema["properties"]["effects"]["items"]["oneOf"]]
-    assert refs == [f"#/$defs/{n}" for n in ("low_shelf", "high_shelf", "peak", "compressor", "gain", "clipping", "limiter")]
+    assert refs == [f"#/$defs/{n}" for n in ("low_shelf", "high_shelf", "peak", "compressor", "gain", "clipping", "limiter", "delay", "reverb")]
     for name, spec in schema["$defs"].items():
         assert spec["properties"]["type"] == {"const": name}
         assert spec["required"][0] == "type"

@@ -27,11 +27,14 @@ SETTINGS = {
     "gain": {"gain_db": 4.5},
     "clipping": {"threshold_db": -8.0},
     "limiter": {"threshold_db": -9.0, "release_ms": 60.0},
+    "delay": {"delay_seconds": 0.12, "feedback": 0.4, "mix": 0.3},
+    "reverb": {"room_size": 0.7, "damping": 0.3, "wet_level": 0.3, "dry_level": 0.8, "width": 1.0},
 }
 # the tolerances of the processors' own tests: biquads >= 50 dB SNR against pedalboard's float32
-# recursions (test_filters.py), the compressor, gain and clipper within 1e-6 (test_compressor.py,
-# test_amplitude.py); the limiter (two compressors and a make-up gain of its threshold's, here
-# +10.9 dB, in float32) >= 110 dB SNR (measured 117-139 dB in float64 on tones and noise)
+# recursions (test_filters.py), the compressor, gain, clipper, delay and reverb within 1e-6
+# (test_compressor.py, test_amplitude.py, test_delay.py, test_reverb.py); the limiter (two
+# compressors and a make-up gain of its threshold's, here +10.9 dB, in float32) >= 110 dB SNR
+# (measured 117-139 dB in float64 on tones and noise)
 MIN_SNR_DB = {"low_shelf": 50.0, "high_shelf": 50.0, "peak": 50.0, "limiter": 110.0}
 MAX_ERROR = 1e-6
 
@@ -134,7 +137,7 @@ def test_straight_through_variants_keep_the_output_and_give_a_gradient() -> None
 
 
 def test_a_chain_of_every_effect_matches_pedalboard() -> None:
-    kinds = ["low_shelf", "peak", "gain", "compressor", "high_shelf", "gain", "clipping", "limiter"]
+    kinds = ["low_shelf", "peak", "gain", "compressor", "high_shelf", "gain", "clipping", "limiter", "delay", "reverb"]
     assert set(kinds) == set(EFFECT_TYPES)
     x = music_like()
     preset = {"effects": [{"type": k, **SETTINGS[k]} for k in kinds]}
@@ -171,8 +174,8 @@ def test_sources_synthesise_their_closed_form() -> None:
 
 
 def test_unknown_types_and_sources_in_a_chain_are_refused() -> None:
-    with pytest.raises(ValueError, match="reverb"):
-        entry("reverb")
+    with pytest.raises(ValueError, match="chorus"):
+        entry("chorus")
     with pytest.raises(ValueError, match="fm"):
         plugin("fm", {})
     with pytest.raises(ValueError, match="source"):
@@ -194,8 +197,8 @@ def test_the_pedalboard_engine_loads_without_torch() -> None:
 def test_dsp_doctests() -> None:
     import doctest
 
-    from afxest.dsp import amplitude, filters, fm
+    from afxest.dsp import amplitude, delay, filters, fm, reverb
 
-    for module in (amplitude, filters, fm):
+    for module in (amplitude, delay, filters, fm, reverb):
         result = doctest.testmod(module, raise_on_error=False)
         assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -96,6 +96,8 @@ def test_every_parameter_has_one_short_label_in_tables_and_figures() -> None:
         "peak": ["PK0 f Hz", "PK0 g dB", "PK0 Q"],
         "compressor": ["comp0 thr dB", "comp0 ratio", "comp0 att ms", "comp0 rel ms"],
         "gain": ["gain0 g dB"], "clipping": ["clip0 thr dB"], "limiter": ["lim0 thr dB", "lim0 rel ms"],
+        "delay": ["dly0 t s", "dly0 fb", "dly0 mix"],
+        "reverb": ["rev0 room", "rev0 damp", "rev0 wet", "rev0 dry", "rev0 width"],
         "fm": ["fm0 f_c Hz", "fm0 amp", "fm0 I_m", "fm0 f_m/f_c", "fm0 dur s"],
     }
     assert {kind: [parameter_label(kind, 0, p.name) for p in spec.params] for kind, spec in PROCESSORS.items()} == expected
@@ -151,3 +153,52 @@ def test_report_tables_are_markdown_beside_the_papers_numbers() -> None:
         "│ ours │ 1.000 ± 0.125 │",
         "└──────┴───────────────┘",
     ])
+
+
+def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
+    """The "from" cell of a corrected candidate says what the correction added after the task's
+    chain: the equaliser's band count and gain range, and the limiter's threshold."""
+    effects = [{"type": "high_shelf", "cutoff_frequency_hz": 2000.0, "gain_db": 3.0, "q": 0.7},
+               {"type": "peak", "cutoff_frequency_hz": 100.0, "gain_db": -1.0, "q": 4.0},
+               {"type": "peak", "cutoff_frequency_hz": 112.2, "gain_db": 2.0, "q": 4.0},
+               {"type": "gain", "gain_db": 0.5}, {"type": "limiter", "threshold_db": -3.0, "release_ms": 50.0},
+               {"type": "gain", "gain_db": -1.0}]
+    candidate = {"preset": {"effects": effects}, "refinement": {"proposal": "analysis"},
+                 "correction": {"effects_from": 1}}
+    assert tables._origin(candidate) == "search (analysis) + correction: EQ 2 bands -1.0..+2.0 dB, limiter -3 dB"
+    assert tables._origin({"preset": {"effects": effects[:1]}}) == "draw"
+
+
+def test_intervals_stand_beside_the_candidates_and_undetermined_ones_are_named() -> None:
+    """eq (columns): a row of each parameter's interval, ``!`` after an undetermined one and a
+    caption naming it; master (rows): a last column of the intervals."""
+    shelf = {"type": "high_shelf", "cutoff_frequency_hz": 1000.0, "gain_db": 3.0, "q": 0.7}
+    intervals = {"credible": 0.9, "draws": 1000, "calibrated": False, "undetermined_above": 0.5, "undetermined": [
+        "0.high_shelf.cutoff_frequency_hz"], "parameters": {
+        "0.high_shelf.cutoff_frequency_hz": {"low": 500.0, "high": 2000.0, "undetermined": True},
+        "0.high_shelf.gain_db": {"low": 2.5, "high": 3.5, "undetermined": False}}}
+    document = {"wet": "s.wav", "model": {"name": "eq"}, "task": "eq", "analysis": {"estimator": "posterior"},
+                "ranked_by": "log_prob", "summary": {"0.high_shelf.cutoff_frequency_hz": {}, "0.high_shelf.gain_db": {}},
+                "intervals": intervals, "candidates": [_candidate(1, [shelf], None, -1.0, None, None)]}
+    assert _text(tables.candidates_table(document), width=120) == "\n".join([
+        "s.wav: 1 candidate from model eq (eq, posterior), ranked by",  # title and caption wrap to the table
+        "log_prob",
+        "                                                   HS0       HS0",
+        "                        rank  loss  log p         f Hz      g dB",
+        "─" * 64,
+        "                           1     -  -1.00         1000         3",
+        "90 % interval (uncalibrated)               500..2000 !  2.5..3.5",
+        "   ! undetermined by the wet (interval wider than 50 % of the",
+        "                        range): HS0 f Hz",
+    ])
+    effects = [{"type": "peak", "cutoff_frequency_hz": 500.0 + k, "gain_db": 2.0, "q": 1.0} for k in range(3)]
+    names = [f"{i}.peak.{p}" for i in range(3) for p in ("cutoff_frequency_hz", "gain_db", "q")]
+    intervals = {"credible": 0.9, "draws": 1000, "calibrated": True, "undetermined_above": 0.5, "undetermined": [],
+                 "parameters": {n: {"low": 1.0, "high": 2.0, "undetermined": False} for n in names}}
+    document = {"wet": "m.wav", "model": {"name": "m"}, "task": "master", "ranked_by": "log_prob",
+                "summary": {n: {} for n in names}, "intervals": intervals,
+                "candidates": [_candidate(1, effects, None, -1.0, None, None)]}
+    lines = _text(tables.candidates_table(document), width=120).splitlines()
+    head = next(k for k, line in enumerate(lines) if line.startswith("rank"))  # below the wrapped title
+    assert lines[head].split() == ["rank", "1", "90", "%", "interval"]
+    assert lines[head + 4].split() == ["PK0", "f", "Hz", "500", "1..2"] and len(lines) == head + 4 + len(names)

@@ -22,10 +22,13 @@ input. See docs/compressor.md.
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Callable
 
 import torch
+
+from afxest.dsp.loops import as_param as _as_param
+from afxest.dsp.loops import cpu as _cpu
+from afxest.dsp.loops import run_rows as _run_rows
 
 __all__ = ["compressor", "ballistics_coefficient"]
 
@@ -111,47 +114,6 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     return _KERNELS
 
 
-def _cpu(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    return t.detach().to(device="cpu", dtype=dtype).contiguous()
-
-
-_SAMPLES_PER_THREAD = 1 << 16
-
-
-def _run_rows(kernel: Callable[..., None], arrays: list[Any]) -> None:
-    """Runs a row-independent kernel over slices of rows, one slice per torch CPU thread.
-
-    The kernels release the GIL, so plain Python threads run them in parallel. Threads are
-    started per call (about 0.1 ms, against tens of ms of work): nothing survives a fork, and
-    no second OpenMP runtime competes with torch's.
-    """
-    rows, n = arrays[0].shape
-    workers = min(torch.get_num_threads(), rows, -(-rows * n // _SAMPLES_PER_THREAD))
-    if workers <= 1:
-        kernel(*arrays)
-        return
-    bounds = [rows * k // workers for k in range(workers + 1)]
-    errors: list[BaseException] = []
-
-    def work(lo: int, hi: int) -> None:
-        try:
-            kernel(*[a[lo:hi] for a in arrays])
-        except BaseException as exc:  # re-raised in the calling thread
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=work, args=(lo, hi), daemon=True)
-        for lo, hi in zip(bounds[1:-1], bounds[2:])
-    ]
-    for th in threads:
-        th.start()
-    work(bounds[0], bounds[1])
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-
-
 class _Compressor(torch.autograd.Function):
     """Rows (rows, time); per row: threshold T (linear) and 1/T (as JUCE stores it, not
     differentiated: the gradient w.r.t. T covers both), exponent 1/ratio - 1, c_att, c_rel."""
@@ -189,24 +151,6 @@ class _Compressor(torch.autograd.Function):
         _run_rows(bwd, [*arrays, *params, grad_x.numpy(), grad_p.numpy()])
         g = grad_p.to(device=threshold.device, dtype=threshold.dtype)
         return grad_x.to(ctx.device), g[:, 0], None, g[:, 1], g[:, 2], g[:, 3]
-
-
-def _as_param(p: torch.Tensor | float, batch: int, like: torch.Tensor, name: str) -> torch.Tensor:
-    """``p`` as a floating tensor shaped (batch,) on ``like``'s device (a float or a 0-d tensor
-    repeated); ValueError, naming ``name``, for another shape."""
-    if isinstance(p, torch.Tensor):
-        t = p.to(device=like.device)
-        if not t.is_floating_point():
-            t = t.to(like.dtype)
-    else:
-        t = torch.tensor(float(p), dtype=like.dtype, device=like.device)
-    if t.dim() == 0:
-        t = t.expand(batch)
-    if t.shape != (batch,):
-        raise ValueError(
-            f"{name} must be a float or a tensor shaped ({batch},), got {tuple(t.shape)}"
-        )
-    return t
 
 
 def ballistics_coefficient(time_ms: torch.Tensor, sample_rate: float) -> torch.Tensor:

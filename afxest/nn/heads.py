@@ -274,12 +274,16 @@ class PosteriorHead(nn.Module):
             for t in range(flows)
         )
         self.sigmoid = SigmoidBijection()
+        # a temperature per base dimension (:mod:`afxest.temper`): the base std times T. Not
+        # part of the weights (not in the state dict): 1 in training, set from a checkpoint's
+        # calibration when a model is loaded
+        self.register_buffer("temperature", torch.ones(d), persistent=False)
 
     def gaussian(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        r"""Returns the base distribution's mean :math:`\mu` and :math:`\ln\sigma`, each with
-        shape :math:`(B, d)`."""
+        r"""Returns the base distribution's mean :math:`\mu` and :math:`\ln\sigma + \ln T`
+        (:attr:`temperature` T, 1 unless calibrated), each with shape :math:`(B, d)`."""
         mu, log_sigma = self.base(h).chunk(2, dim=-1)
-        return mu, log_sigma
+        return mu, log_sigma + self.temperature.log()
 
     def transform(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         r"""Pushes :math:`z_0` of shape :math:`(B, N, d)` through the flows and the sigmoid.

@@ -1,0 +1,233 @@
+"""The correction stage of an estimate with a reference (issue 23): what the task's chain
+cannot hold of a wet that another tool made, added after it as effects pedalboard renders.
+
+A task's chain has a few equaliser bands and one compressor curve; a user's master may carry an
+equaliser with far more detail (a matching EQ) and a brickwall limiter. After the search, the
+best candidate is corrected in two steps, each measured on the scored windows against the wet
+and kept only where it lowers the task's loss:
+
+1. **Graphic equaliser.** The long-term spectra (Welch) of the wet and of the candidate's
+   rendering give the residual ratio in dB, gathered into log-spaced bands. It is fitted by
+   fixed-frequency ``peak`` filters a sixth of an octave apart (from :data:`LOWEST_CENTRE_HZ`
+   up to :data:`HIGHEST_CENTRE` of Nyquist) and a broadband ``gain``: their gains by damped
+   Gauss-Newton (Levenberg-Marquardt) on sum_j (ratio_j - sum_i |H_i(f_j)|_dB - g_0)^2 + lambda
+   sum_i g_i^2, the ridge keeping bands the music leaves empty at 0 dB.
+2. **Limiter.** Where the wet sits at a ceiling (a share of its samples within
+   :data:`CEILING_DB` of its peak, as a brickwall limiter leaves; music does not), pedalboard's
+   ``Limiter`` on a grid of input levels, thresholds and releases (:func:`limiter_step`), each
+   followed by the ``gain`` that best matches the wet's level (least squares), keeping the best.
+
+The corrected preset is the task's effects followed by the correction's, one ``afxest-preset/1``
+document; :func:`correct` says where the correction starts. A candidate the chain already
+holds (its loss below :data:`HELD_BELOW` of the dry's own) is not corrected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+LOWEST_CENTRE_HZ = 25.0
+HIGHEST_CENTRE = 0.9  # of Nyquist: the highest band's centre stays below this
+BANDS_PER_OCTAVE = 6
+BAND_Q = 4.0  # RBJ Q of each band (neighbours overlap, so the sum is smooth)
+BAND_LIMIT_DB = 18.0  # each band's gain is kept within +-this
+FIT_POINTS = 256  # log-spaced bands of the residual ratio the fit works on
+FIT_ITERATIONS = 20
+RIDGE = 1e-3  # lambda: dB^2 of misfit per dB^2 of band gain
+SPECTRUM_FFT = 4096
+SPECTRUM_FLOOR_DB = 60.0  # bins this far below the rendering's loudest are not fitted
+CEILING_DB = 0.5  # a wet with CEILING_SHARE of its samples within this of its peak sits at a ceiling
+CEILING_SHARE = 1e-3
+LIMITER_INPUT_PEAKS_DB = (-9.0, -6.0, -3.0, 0.0, 3.0)  # the limiter's input peak (the first stage acts from -10 dBFS)
+LIMITER_REDUCTIONS_DB = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 10.0)  # its threshold this far below that peak
+LIMITER_RELEASES_MS = (10.0, 50.0, 200.0)
+MIN_IMPROVEMENT = 0.1  # a step is kept where it lowers the loss by at least this share
+# a candidate whose loss is below this share of the dry's own is held by the task's chain: it is
+# not corrected (the README's pedalboard-made master: rank 1 at 1/8 600 of its Input, 40 dB)
+HELD_BELOW = 1 / 200
+
+
+def band_centres(sample_rate: float) -> np.ndarray:
+    """The graphic equaliser's centres (Hz): 1000 * 2^(k / n), n :data:`BANDS_PER_OCTAVE`, from
+    :data:`LOWEST_CENTRE_HZ` to :data:`HIGHEST_CENTRE` of Nyquist (and at most 20 kHz)."""
+    n = BANDS_PER_OCTAVE
+    top = min(20000.0, HIGHEST_CENTRE * sample_rate / 2)
+    k = np.arange(np.ceil(n * np.log2(LOWEST_CENTRE_HZ / 1000)), np.floor(n * np.log2(top / 1000)) + 1)
+    return 1000.0 * 2.0 ** (k / n)
+
+
+def spectrum_db(x: np.ndarray, n_fft: int = SPECTRUM_FFT) -> np.ndarray:
+    """The long-term power spectrum (dB) of x (C, T), the mean over channels of Welch's
+    estimate (Hann frames, half overlap) at the n_fft // 2 + 1 bins of an rfft."""
+    from afxest.search import long_term_spectrum_db
+
+    power = np.mean([10 ** (long_term_spectrum_db(c, n_fft) / 10) for c in np.atleast_2d(x)], axis=0)
+    return 10 * np.log10(power + 1e-20)
+
+
+def residual_bands(rendered: np.ndarray, wet: np.ndarray, sample_rate: float,
+                   points: int = FIT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """The wet's long-term spectrum over the rendering's (dB), (C, T) each, gathered into
+    ``points`` log-spaced bands where the rendering has energy (within
+    :data:`SPECTRUM_FLOOR_DB` of its loudest bin): their frequencies (Hz) and ratios (dB)."""
+    from afxest.search import log_bands
+
+    rendered_db, wet_db = spectrum_db(rendered), spectrum_db(wet)
+    weight = (rendered_db > rendered_db.max() - SPECTRUM_FLOOR_DB).astype(np.float64)
+    weight[0] = 0.0
+    freqs, ratio, _ = log_bands(wet_db - rendered_db, weight, sample_rate, points)
+    return freqs, ratio
+
+
+def band_responses_db(gains: np.ndarray, centres: np.ndarray, freqs: np.ndarray, sample_rate: float) -> np.ndarray:
+    """Each ``peak`` band's response in dB at ``freqs``, 20 log10 |H_i(f_j)|, (B, len(freqs)):
+    the bands at ``centres`` with ``gains`` (dB, (B,)) and Q :data:`BAND_Q`, by the processors'
+    own RBJ coefficients (:func:`afxest.dsp.filters.peak_coefficients`)."""
+    import torch
+
+    from afxest.dsp.filters import peak_coefficients
+    from afxest.processors import _biquad_at
+
+    f64 = torch.float64
+    b, a = peak_coefficients(sample_rate, cutoff_frequency_hz=torch.as_tensor(centres, dtype=f64),
+                             gain_db=torch.as_tensor(gains, dtype=f64), q=torch.full((len(centres),), BAND_Q, dtype=f64))
+    h = _biquad_at(b, a, torch.as_tensor(freqs, dtype=f64), sample_rate)
+    return (10 * torch.log10(h.real.square() + h.imag.square())).numpy()
+
+
+def fit_bands(freqs: np.ndarray, ratio_db: np.ndarray, sample_rate: float) -> tuple[np.ndarray, float]:
+    """The graphic equaliser fitted to a residual ratio (module docstring, step 1): each band's
+    gain (dB, at :func:`band_centres`) and the broadband gain g_0 (dB).
+
+    Each band's response depends on its own gain only, so the Jacobian's columns are the bands'
+    responses differentiated one by one, all at once by a forward difference."""
+    centres = band_centres(sample_rate)
+    b = len(centres)
+    scale = 1 / np.sqrt(len(freqs))
+
+    def residual(gains: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+        responses = band_responses_db(gains, centres, freqs, sample_rate)
+        misfit = (ratio_db - responses.sum(axis=0) - level) * scale
+        return np.concatenate([misfit, np.sqrt(RIDGE) * gains]), responses
+
+    gains, level = np.zeros(b), float(np.mean(ratio_db))
+    r, responses = residual(gains, level)
+    cost, damping, h = float(r @ r), 1e-2, 1e-4
+    for _ in range(FIT_ITERATIONS):
+        slopes = (band_responses_db(gains + h, centres, freqs, sample_rate) - responses) / h  # (B, P)
+        jac = np.zeros((r.size, b + 1))
+        jac[: len(freqs), :b] = -slopes.T * scale
+        jac[: len(freqs), b] = -scale
+        jac[len(freqs) :, :b] = np.sqrt(RIDGE) * np.eye(b)
+        normal = jac.T @ jac
+        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal) + 1e-12), -jac.T @ r)
+        trial = np.clip(gains + step[:b], -BAND_LIMIT_DB, BAND_LIMIT_DB)
+        r_trial, responses_trial = residual(trial, level + step[b])
+        if float(r_trial @ r_trial) < cost:
+            gains, level, r, responses = trial, level + step[b], r_trial, responses_trial
+            cost, damping = float(r @ r), damping / 3
+        else:
+            damping *= 4
+    return gains, level
+
+
+@dataclass
+class Correction:
+    """A candidate's correction: the effects added after the task's (``afxest-preset/1``
+    effect dicts), what each step found, and the loss before and after."""
+
+    effects: list[dict[str, Any]]
+    equaliser: bool
+    limiter: bool
+    loss_before: float
+    loss_after: float
+
+
+def correct(
+    effects: Sequence[dict[str, Any]],
+    render: Callable[[Sequence[dict[str, Any]]], list[np.ndarray]],
+    wet: Sequence[np.ndarray],
+    loss: Callable[[list[np.ndarray]], float],
+    sample_rate: float,
+) -> Correction:
+    """Corrects a candidate's chain (module docstring) on excerpts of the wet.
+
+    Arguments:
+        effects: The candidate's effects (dicts of an ``afxest-preset/1`` document).
+        render: Renders a chain (its effect dicts) on the dry's excerpts: one (C, T) per excerpt,
+            aligned with ``wet``.
+        wet: The wet's excerpts, (C, T) each.
+        loss: The task's loss of renderings (one per excerpt) against the wet's, lower is better.
+        sample_rate: Their rate.
+
+    Returns:
+        The correction (no effects where neither step lowered the loss by
+        :data:`MIN_IMPROVEMENT`).
+    """
+    rendered = render(effects)
+    before = best = loss(rendered)
+    added: list[dict[str, Any]] = []
+    freqs, ratio = residual_bands(np.concatenate(rendered, axis=1), np.concatenate(wet, axis=1), sample_rate)
+    gains, level = fit_bands(freqs, ratio, sample_rate)
+    graphic = [{"type": "peak", "cutoff_frequency_hz": float(c), "gain_db": float(g), "q": BAND_Q}
+               for c, g in zip(band_centres(sample_rate), gains)] + [{"type": "gain", "gain_db": level}]
+    trial = render([*effects, *graphic])
+    trial_loss = loss(trial)
+    if trial_loss < (1 - MIN_IMPROVEMENT) * best:
+        added, rendered, best = graphic, trial, trial_loss
+    limited = limiter_step(rendered, wet, loss, best, sample_rate)
+    if limited is not None:
+        drive, limit, out, best = limited
+        if added:  # the equaliser's broadband gain drives the limiter
+            added[-1] = {"type": "gain", "gain_db": added[-1]["gain_db"] + drive}
+        else:
+            added = [{"type": "gain", "gain_db": drive}]
+        added += [limit, {"type": "gain", "gain_db": out}]
+    return Correction(added, bool(added) and added[0]["type"] == "peak", limited is not None, before, best)
+
+
+def at_ceiling(x: np.ndarray) -> bool:
+    """Whether x sits at a ceiling: :data:`CEILING_SHARE` of its samples or more within
+    :data:`CEILING_DB` of its peak."""
+    peak = float(np.max(np.abs(x)))
+    return peak > 0 and float(np.mean(np.abs(x) >= peak * 10 ** (-CEILING_DB / 20))) >= CEILING_SHARE
+
+
+def limiter_step(rendered: list[np.ndarray], wet: Sequence[np.ndarray], loss: Callable[[list[np.ndarray]], float],
+                 best: float, sample_rate: float) -> tuple[float, dict[str, Any], float, float] | None:
+    """Step 2 of the module docstring on renderings of the chain so far: where the wet sits at a
+    ceiling, pedalboard's ``Limiter`` fed the renderings at a peak level of
+    :data:`LIMITER_INPUT_PEAKS_DB` (a drive, in dB), reducing their peaks by
+    :data:`LIMITER_REDUCTIONS_DB` (its threshold that far below them), with each release of
+    :data:`LIMITER_RELEASES_MS`, then the output gain that best matches the wet (least squares).
+
+    Returns:
+        The drive (dB), the ``limiter`` effect, the output gain (dB) and their loss, or None
+        where the wet sits at no ceiling or nothing lowers ``best`` by :data:`MIN_IMPROVEMENT`.
+    """
+    import pedalboard
+
+    if not at_ceiling(np.concatenate(wet, axis=1)):
+        return None
+    peak_db = 20 * np.log10(max(max(float(np.max(np.abs(r))) for r in rendered), 1e-12))
+    found = None
+    for input_peak in LIMITER_INPUT_PEAKS_DB:
+        drive = input_peak - peak_db
+        fed = [np.ascontiguousarray(r * 10 ** (drive / 20), dtype=np.float32) for r in rendered]
+        for reduction in LIMITER_REDUCTIONS_DB:
+            for release in LIMITER_RELEASES_MS:
+                limit = pedalboard.Limiter(threshold_db=input_peak - reduction, release_ms=release)
+                y = [limit(r, float(sample_rate)) for r in fed]
+                scale = sum(float(np.vdot(a, w)) for a, w in zip(y, wet)) / max(sum(float(np.vdot(a, a)) for a in y), 1e-30)
+                if scale <= 0:
+                    continue
+                trial = loss([a * scale for a in y])
+                if trial < (1 - MIN_IMPROVEMENT) * best:
+                    best = trial
+                    found = (float(drive), {"type": "limiter", "threshold_db": input_peak - reduction, "release_ms": release},
+                             float(20 * np.log10(scale)), trial)
+    return found

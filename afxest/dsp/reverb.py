@@ -1,0 +1,276 @@
+"""Differentiable Freeverb that reproduces pedalboard's ``Reverb``.
+
+pedalboard's ``Reverb`` is JUCE's ``juce::Reverb`` (juce_audio_basics/utilities/juce_Reverb.h),
+Jezar's Freeverb design. For a stereo input (L, R), per sample n:
+
+    s[n] = (L[n] + R[n]) * 0.015                      (fixed input gain; mono: s = x * 0.015)
+    per output channel c, eight parallel combs j, each with its own line v and state l:
+        o[n] = v[n - N_cj]                            (0 before the first write)
+        l[n] = o[n] (1 - damp) + l[n - 1] damp        (one-pole low-pass in the loop)
+        v[n] = s[n] + l[n] feedback
+    S_c[n] = sum_j o_j[n], then four series all-passes k (Freeverb's, gain 1/2):
+        b[n] = t[n - M_ck],  t[n] = u[n] + b[n] / 2,  u'[n] = b[n] - u[n]
+    L' = W_L wet1 + W_R wet2 + L dry,   R' = W_R wet1 + W_L wet2 + R dry
+
+with damp = 0.4 damping, feedback = 0.7 + 0.28 room_size, wet = 3 wet_level, dry = 2 dry_level,
+wet1 = wet (1 + width) / 2 and wet2 = wet (1 - width) / 2, all formed in float32. The tunings
+at 44100 Hz are combs 1116, 1188, 1277, 1356, 1422, 1491, 1557, 1617 and all-passes 556, 441,
+341, 225 samples, the right channel's each 23 samples longer (the stereo spread), scaled to
+the rate as (int(sample_rate) * tuning) // 44100. A mono input runs the left channel's combs
+and all-passes alone, y = W_L wet1 + x dry; pedalboard passes any other channel count through
+unchanged. JUCE snaps each stored state to float32's grid near 0.1 ((x + 0.1) - 0.1, its
+anti-denormal step on Intel CPUs); the forward loop does the same.
+
+JUCE smooths damp, feedback and the gains over 10 ms, but a new plugin is prepared at its first
+render, which sets each smoother to its target: a pedalboard render starts at its parameters,
+and with constant parameters the reverb is linear and time-invariant.
+
+Forward and backward each run as one compiled loop over the samples of each comb and all-pass
+(numba, imported on first use): the forward in x's dtype with JUCE's float arithmetic, so that
+in float32 it equals pedalboard's output bit for bit; the backward as the adjoint recursions,
+in float64. Per comb, backwards in time:
+
+    lam_v[n] = lam_o[n + N],  lam_l[n] = feedback lam_v[n] + damp lam_l[n + 1],
+    lam_o[n] = dL/dS[n] + (1 - damp) lam_l[n],
+    dL/dfeedback = sum lam_v[n] l[n],  dL/ddamp = sum lam_l[n] (l[n - 1] - o[n]),
+
+and per all-pass lam_t[n] = g[n + M] + lam_t[n + M] / 2, dL/du[n] = lam_t[n] - g[n].
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from afxest.dsp.loops import as_param, cpu, run_rows
+
+__all__ = ["reverb", "tunings"]
+
+COMB_TUNINGS = (1116, 1188, 1277, 1356, 1422, 1491, 1557, 1617)  # samples at 44100 Hz
+ALLPASS_TUNINGS = (556, 441, 341, 225)
+STEREO_SPREAD = 23  # samples added to every right-channel tuning, at 44100 Hz
+INPUT_GAIN = 0.015
+WET_SCALE, DRY_SCALE = 3.0, 2.0
+DAMP_SCALE, ROOM_SCALE, ROOM_OFFSET = 0.4, 0.28, 0.7
+
+def tunings(sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """The comb and all-pass lengths in samples at ``sample_rate``, int64 shaped (2, 8) and
+    (2, 4), left channel first: (int(sample_rate) * tuning) // 44100, as JUCE scales them.
+
+    Example:
+        >>> combs, allpasses = tunings(22050)
+        >>> combs[:, 0].tolist(), allpasses[:, 3].tolist()
+        ([558, 569], [112, 124])
+    """
+    rate = int(sample_rate)
+
+    def scaled(values: tuple[int, ...]) -> np.ndarray:
+        return np.array([[rate * t // 44100 for t in values], [rate * (t + STEREO_SPREAD) // 44100 for t in values]])
+
+    return scaled(COMB_TUNINGS), scaled(ALLPASS_TUNINGS)
+
+
+@cache
+def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
+    """Compiles (or loads from numba's on-disk cache) the forward and backward loops."""
+    import numba
+
+    @numba.njit(cache=True, nogil=True)
+    def forward(s, combs, allpasses, damp, feedback, wet, states):
+        # s (rows, n): the scaled input; wet (rows, channels, n): out; states (rows, n,
+        # channels, 8): each comb's l, kept for the backward loop (or (rows, 1, channels, 8),
+        # overwritten, when no gradient is wanted). JUCE's float arithmetic in
+        # the arrays' dtype, (x + 0.1) - 0.1 where JUCE undenormalises. The combs of both
+        # channels advance together, sample by sample, so that their recursions overlap; each
+        # line is zero padded in front by the longest delay, so that no read needs a branch.
+        rows, channels, n = wet.shape
+        count = combs.shape[2]
+        keep = 1 if states.shape[1] == n else 0
+        pad = max(combs.max(), allpasses.max())
+        zero = s.dtype.type(0.0)
+        tenth = s.dtype.type(0.1)
+        half = s.dtype.type(0.5)
+        lines = np.zeros((channels * count, pad + n), s.dtype)
+        last = np.zeros(channels * count, s.dtype)
+        for r in range(rows):
+            d = damp[r]
+            one_minus_d = s.dtype.type(1.0) - d
+            fb = feedback[r]
+            last[:] = zero
+            for i in range(n):
+                x = s[r, i]
+                for c in range(channels):
+                    acc = zero
+                    for j in range(count):
+                        q = c * count + j
+                        line = lines[q]
+                        o = line[pad + i - combs[r, c, j]]
+                        l = o * one_minus_d + last[q] * d
+                        l = (l + tenth) - tenth
+                        v = x + l * fb
+                        line[pad + i] = (v + tenth) - tenth
+                        last[q] = l
+                        states[r, i * keep, c, j] = l
+                        acc += o
+                    wet[r, c, i] = acc
+            line = lines[0]
+            for c in range(channels):
+                out = wet[r, c]
+                for k in range(allpasses.shape[2]):
+                    at = pad - allpasses[r, c, k]
+                    for i in range(n):
+                        b = line[at + i]
+                        t = out[i] + b * half
+                        line[pad + i] = (t + tenth) - tenth
+                        out[i] = b - out[i]
+
+    @numba.njit(cache=True, nogil=True)
+    def backward(grad_wet, s, states, combs, allpasses, damp, feedback, grad_s, grad_p):
+        # adjoint of `forward` in float64; grad_p[r] = dL/d(damp, feedback) of row r. Each
+        # adjoint line is zero padded at its end by the longest delay.
+        rows, channels, n = grad_wet.shape
+        count = combs.shape[2]
+        pad = max(combs.max(), allpasses.max())
+        g = np.empty((channels, n))
+        gin = np.empty(n)
+        lam = np.zeros(n + pad)
+        lam_o = np.zeros((channels * count, n + pad))
+        lam_l = np.zeros(channels * count)
+        for r in range(rows):
+            d = float(damp[r])
+            fb = float(feedback[r])
+            g_d = 0.0
+            g_fb = 0.0
+            for c in range(channels):
+                for i in range(n):
+                    g[c, i] = grad_wet[r, c, i]
+                for k in range(allpasses.shape[2] - 1, -1, -1):
+                    size = allpasses[r, c, k]
+                    gc = g[c]
+                    for i in range(n - 1, -1, -1):
+                        at = i + size
+                        lt = (gc[at] if at < n else 0.0) + 0.5 * lam[at]
+                        lam[i] = lt
+                        gin[i] = lt - gc[i]
+                    gc[:] = gin
+            lam_l[:] = 0.0
+            for i in range(n - 1, -1, -1):
+                gs = 0.0
+                for c in range(channels):
+                    for j in range(count):
+                        q = c * count + j
+                        size = combs[r, c, j]
+                        lam_v = lam_o[q, i + size]
+                        ll = fb * lam_v + d * lam_l[q]
+                        lam_l[q] = ll
+                        lam_o[q, i] = g[c, i] + (1.0 - d) * ll
+                        l = float(states[r, i, c, j])
+                        o = float(s[r, i - size]) + fb * float(states[r, i - size, c, j]) if i >= size else 0.0
+                        l_prev = float(states[r, i - 1, c, j]) if i > 0 else 0.0
+                        gs += lam_v
+                        g_fb += lam_v * l
+                        g_d += ll * (l_prev - o)
+                grad_s[r, i] = gs
+            grad_p[r, 0] = g_d
+            grad_p[r, 1] = g_fb
+
+    return forward, backward
+
+
+class _Tank(torch.autograd.Function):
+    """The combs and all-passes: rows of scaled input s (rows, time) -> the wet channels
+    (rows, channels, time); per row: damp and feedback."""
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor, damp: Tensor, feedback: Tensor, channels: int, sample_rate: float) -> Tensor:  # type: ignore[override]
+        fwd, _ = _kernels()
+        sc = cpu(s)
+        rows, n = sc.shape
+        combs, allpasses = (np.ascontiguousarray(np.broadcast_to(t[:channels], (rows, *t[:channels].shape)))
+                            for t in tunings(sample_rate))
+        wet = torch.empty((rows, channels, n), dtype=sc.dtype)
+        # the combs' states, for the backward loop: 64 bytes a sample in float32, none kept
+        # when nothing needs a gradient (a render)
+        kept = n if any(ctx.needs_input_grad) else 1
+        states = torch.empty((rows, kept, channels, combs.shape[2]), dtype=sc.dtype)
+        params = [cpu(p, sc.dtype).numpy() for p in (damp, feedback)]
+        run_rows(fwd, [sc.numpy(), combs, allpasses, *params, wet.numpy(), states.numpy()])
+        ctx.save_for_backward(sc, states, damp, feedback)
+        ctx.tunings = (combs, allpasses)
+        ctx.device = s.device
+        return wet.to(s.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad_wet: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        sc, states, damp, feedback = ctx.saved_tensors
+        combs, allpasses = ctx.tunings
+        _, bwd = _kernels()
+        grad_s = torch.empty(sc.shape, dtype=torch.float64)
+        grad_p = torch.empty((sc.shape[0], 2), dtype=torch.float64)
+        params = [cpu(p, sc.dtype).numpy() for p in (damp, feedback)]
+        arrays = [cpu(grad_wet, sc.dtype).numpy(), sc.numpy(), states.numpy(), combs, allpasses]
+        run_rows(bwd, [*arrays, *params, grad_s.numpy(), grad_p.numpy()])
+        g = grad_p.to(device=damp.device, dtype=damp.dtype)
+        return grad_s.to(device=ctx.device, dtype=sc.dtype), g[:, 0], g[:, 1], None, None
+
+
+def reverb(
+    x: Tensor,
+    sample_rate: float,
+    *,
+    room_size: Tensor | float,
+    damping: Tensor | float,
+    wet_level: Tensor | float,
+    dry_level: Tensor | float,
+    width: Tensor | float,
+) -> Tensor:
+    """Reverberates x as pedalboard's ``Reverb`` does, freeze mode off (the design is in the
+    module docstring).
+
+    The loops run on the CPU; CUDA tensors are copied to the CPU for them and back.
+
+    Arguments:
+        x: The audio, shaped (batch, channels, time), float32 or float64: one channel (mono) or
+            two (stereo); pedalboard returns any other count unchanged, and so does this.
+        sample_rate: The sample rate in Hz (it sets the combs' and all-passes' lengths).
+        room_size: 0 to 1, the combs' feedback 0.7 + 0.28 room_size.
+        damping: 0 to 1, the combs' low-pass coefficient 0.4 damping.
+        wet_level: 0 to 1, the reverberation's gain (times 3).
+        dry_level: 0 to 1, the input's gain (times 2).
+        width: 0 to 1, how much each wet channel keeps its own side.
+
+        Each parameter is a tensor shaped (batch,) or a float shared by the batch (a task's
+        fixed width).
+
+    Returns:
+        The audio shaped and typed like x, differentiable with respect to x and the five
+        parameters. In float32 it equals pedalboard's output bit for bit.
+    """
+    batch, channels, n = x.shape
+    if channels not in (1, 2) or n == 0 or batch == 0:
+        return x * 1.0
+
+    def param(p: Tensor | float, name: str) -> Tensor:
+        return as_param(p, batch, x, name).to(x.dtype)
+
+    def gain(p: Tensor | float, name: str) -> Tensor:
+        return param(p, name)[:, None]
+
+    # JUCE's gains and coefficients, in the sample type
+    damp = param(damping, "damping") * DAMP_SCALE
+    feedback = param(room_size, "room_size") * ROOM_SCALE + ROOM_OFFSET
+    wet = gain(wet_level, "wet_level") * WET_SCALE
+    dry = gain(dry_level, "dry_level") * DRY_SCALE
+    wet1 = 0.5 * wet * (1.0 + gain(width, "width"))
+    wet2 = 0.5 * wet * (1.0 - gain(width, "width"))
+    s = (x[:, 0] + x[:, 1] if channels == 2 else x[:, 0]) * INPUT_GAIN
+    tank = _Tank.apply(s, damp, feedback, channels, float(sample_rate))
+    if channels == 1:
+        return (tank[:, 0] * wet1 + x[:, 0] * dry)[:, None]
+    left = tank[:, 0] * wet1 + tank[:, 1] * wet2 + x[:, 0] * dry
+    right = tank[:, 1] * wet1 + tank[:, 0] * wet2 + x[:, 1] * dry
+    return torch.stack([left, right], dim=1)
