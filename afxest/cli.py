@@ -6,6 +6,7 @@ bad input exits with code 2 and one line on stderr, an internal failure with cod
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -482,10 +483,17 @@ def _interrupted(exc: BaseException) -> int:
     return code
 
 
+@functools.cache
+def _command() -> typer.core.TyperGroup:
+    """The click command of :data:`app`, built once per process: Typer builds it anew from the
+    functions' signatures on every call (about 35 ms), which in-process callers (the tests) repeat."""
+    return typer.main.get_command(app)
+
+
 def _run(argv: list[str] | None) -> int:
     """Runs the app on ``argv`` and returns the exit code: 2 and one line for bad usage or input,
     1 for an internal failure (with a traceback when AFXEST_DEBUG is set)."""
-    command = typer.main.get_command(app)
+    command = _command()
     try:
         result = command.main(args=argv, prog_name="afxest", standalone_mode=False)
     except typer.Exit as exc:  # typer turns a KeyboardInterrupt into Exit(130)

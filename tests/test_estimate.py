@@ -119,7 +119,9 @@ def test_top_candidate_rerenders_and_its_loss_is_the_reported_one(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], models: dict[str, Path], pair: tuple[Path, Path]
 ) -> None:
     wet, dry = pair
-    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 6)
+    # --refine 10: a short search (its steps are not this test's subject), with the default keep
+    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 6,
+                         "--refine", 10)
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 1  # stdout: one JSON document per input and nothing else
@@ -183,7 +185,8 @@ def test_seed_makes_estimates_reproducible(
     docs = []
     for k, seed in enumerate((3, 3, 4)):
         code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
-                             "--json", "--no-audio", "--seed", seed, "--samples", 4, "--force", "--effort", "fast")
+                             "--json", "--no-audio", "--seed", seed, "--samples", 4, "--force", "--effort", "fast",
+                             "--refine", 10)  # the search is seeded too: a short one shows it
         assert code == 0, err
         docs.append(json.loads(out))
     assert docs[0] == docs[1]
@@ -230,7 +233,7 @@ def test_ddsp_engine_scores_with_the_differentiable_processors(
 
     wet, dry = pair
     code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json",
-                         "--samples", 3, "--engine", "ddsp")
+                         "--samples", 3, "--engine", "ddsp", "--refine", 10)
     assert code == 0, err
     doc = json.loads(out)
     assert doc["analysis"]["engine"] == "ddsp"
@@ -396,7 +399,7 @@ def test_batch_goes_on_after_a_bad_file(
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     code, out, err = run(capsys, "estimate", wets[0], bad, wets[1], "--dry", dry_dir, "--model", models["eq"],
-                         "-o", out_dir, "--json", "--samples", 2)
+                         "-o", out_dir, "--json", "--samples", 2, "--refine", 0)
     assert code == 2
     docs = [json.loads(line) for line in out.splitlines()]
     assert [Path(d["wet"]).name for d in docs] == ["t0.wav", "t1.wav"]
@@ -539,7 +542,7 @@ def test_an_internal_failure_in_one_file_exits_1_and_the_batch_goes_on(
 
     monkeypatch.setattr(afxest.scoring.Scorer, "measure", failing)
     code, out, err = run(capsys, "estimate", wet, other, "--dry", dry, "--model", models["eq"], "-o", tmp_path,
-                         "--json", "--samples", 2)
+                         "--json", "--samples", 2, "--refine", 0)
     assert code == 1
     assert (f"afxest: internal error: {wet}: RuntimeError: boom (please report it; set AFXEST_DEBUG=1 for a traceback)"
             in err.splitlines())
@@ -574,7 +577,7 @@ def test_console_script_imports_neither_nnaudio_nor_scipy(
     code = (
         "import sys; from afxest.cli import main; "
         f"rc = main(['estimate', {str(wet)!r}, '--dry', {str(dry)!r}, '--model', {str(models['eq'])!r}, "
-        f"'-o', {str(tmp_path)!r}, '--samples', '3', '--no-progress']); "
+        f"'-o', {str(tmp_path)!r}, '--samples', '3', '--refine', '10', '--no-progress']); "  # a short search: the same imports
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'nnAudio', 'sympy')); "
         "print(rc, heavy)"
     )
@@ -686,9 +689,12 @@ def test_long_files_are_ranked_on_spread_prerolled_windows(
     x = music(20.0)  # four 5 s windows, all usable
     dry = write(tmp_path / "d.wav", x, SR)
     wet = write(tmp_path / "w.wav", shelf(x, SR), SR)
-    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 3)
+    # a short search: its candidates are scored (and checked) like the draws
+    code, out, err = run(capsys, "estimate", wet, "--dry", dry, "--model", models["eq"], "-o", tmp_path, "--json", "--samples", 3,
+                         "--effort", "fast", "--refine", 10)
     assert code == 0, err
     doc = json.loads(out)
+    assert any("refinement" in c for c in doc["candidates"])
     assert doc["analysis"]["windows_used"] == 4 and doc["analysis"]["windows_scored"] == 2
     loss = losses.LogMelLoss(SR)
     wet_x = torch.from_numpy(read_audio(wet)[0][0])

@@ -260,6 +260,13 @@ def test_eq_posterior_writes_figs_4_and_5(eq_posterior, tmp_path):
 def test_evaluate_with_an_effort_draws_item_0s_default_estimate(eq_posterior, tmp_path, monkeypatch):
     """evaluate --effort with figures: item 0's default estimate drawn by plot_estimate (eq:
     one panel at 100 dpi), its rank-1 curve that of the rank-1 preset, linked in the report."""
+    import dataclasses
+
+    from afxest.choices import EFFORTS
+
+    # the search's length is not this test's subject: a 10-step probe and search
+    monkeypatch.setattr("afxest.estimate.PROBE_STEPS", 10)
+    monkeypatch.setitem(EFFORTS, "fast", dataclasses.replace(EFFORTS["fast"], max_steps=10))
     drawn = []
     original = figs.plot_estimate
     monkeypatch.setattr(figs, "plot_estimate", lambda *a, **k: drawn.append((original(*a, **k), a[2][0])))

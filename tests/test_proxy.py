@@ -157,14 +157,16 @@ def _errors(proxy: CompressorProxy | None, seed: int = 11, items: int = 6) -> tu
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("proxy") / "run"
-    train_proxy(ProxyTrainConfig(out=str(out), max_steps=300, batch_size=4, segment_seconds=0.5, channels=4,
-                                 lr=3e-3, val_items=4, val_every=100, checkpoint_every=100), log=lambda _: None)
+    # 150 steps: the errors' ratios below end at 0.25-0.32 (L1) and 0.15-0.21 (log-mel) over
+    # seeds 0-4, against the 0.6 and 0.5 asserted (300 steps: 0.21 and 0.11, at twice the time)
+    train_proxy(ProxyTrainConfig(out=str(out), max_steps=150, batch_size=4, segment_seconds=0.5, channels=4,
+                                 lr=3e-3, val_items=4, val_every=50, checkpoint_every=50), log=lambda _: None)
     return out
 
 
 def test_training_learns_pedalboards_compressor(trained: Path) -> None:
     proxy, state = load_proxy(trained / "best.pt")
-    assert state["step"] in (100, 200, 300)
+    assert state["step"] in (50, 100, 150)
     torch.manual_seed(0)  # an untrained proxy, initialised as train_proxy does
     untrained = CompressorProxy(proxy.config, RANGES)
     l1_id, mel_id = _errors(None)

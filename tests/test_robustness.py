@@ -307,8 +307,10 @@ def test_row16_a_ranking_that_means_nothing_says_why(capsys, tmp_path: Path, eq_
 
 
 def test_train_out_is_created_with_its_parents(tmp_path: Path) -> None:
+    from afxest.train import TrainConfig, train
+
     out = tmp_path / "runs" / "eq" / "first"
-    one_step_checkpoint(out, "eq")
+    train(TrainConfig(task="eq", max_steps=1, batch_size=2, val_items=2, val_every=1, out=str(out)), log=lambda _m: None)
     assert (out / "last.pt").exists()
 
 
