@@ -156,6 +156,13 @@ def test_an_early_shorter_mono_wet_is_estimated_on_the_overlap(
     assert doc["candidates"][0]["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+def shelf_pair(folder: Path) -> tuple[np.ndarray, Path, Path]:
+    """A 5 s mono pair at 22050 Hz, the wet a high shelf of pedalboard's: the dry (1, T) and the two files."""
+    dry = music(5.0, 22050)[None]
+    shelf = pedalboard.Pedalboard([pedalboard.HighShelfFilter(cutoff_frequency_hz=1500.0, gain_db=8.0, q=0.8)])
+    return dry, write(folder / "w.wav", shelf(dry, 22050.0), 22050), write(folder / "d.wav", dry, 22050)
+
+
 def test_a_refinement_worse_than_its_start_is_not_kept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, one_thread: None
 ) -> None:
@@ -172,10 +179,7 @@ def test_a_refinement_worse_than_its_start_is_not_kept(
         return out
 
     monkeypatch.setattr(afxest.search, "refine", astray)
-    dry = music(5.0, 22050)[None]
-    shelf = pedalboard.Pedalboard([pedalboard.HighShelfFilter(cutoff_frequency_hz=1500.0, gain_db=8.0, q=0.8)])
-    wet_path = write(tmp_path / "w.wav", shelf(dry, 22050.0), 22050)
-    dry_path = write(tmp_path / "d.wav", dry, 22050)
+    dry, wet_path, dry_path = shelf_pair(tmp_path)
     code, text, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", "eq", "--samples", 2,
                           "--refine", 5, "--no-audio", "-o", tmp_path / "out", "--json")
     assert code == 0, err
@@ -206,10 +210,7 @@ def test_the_probe_and_the_search_score_each_proposal_once(
         return real(self, presets, *args, prerolled=prerolled, **kwargs)
 
     monkeypatch.setattr(Scorer, "measure", counting)
-    dry = music(5.0, 22050)[None]
-    shelf = pedalboard.Pedalboard([pedalboard.HighShelfFilter(cutoff_frequency_hz=1500.0, gain_db=8.0, q=0.8)])
-    wet_path = write(tmp_path / "w.wav", shelf(dry, 22050.0), 22050)
-    dry_path = write(tmp_path / "d.wav", dry, 22050)
+    _, wet_path, dry_path = shelf_pair(tmp_path)
     code, text, err = run(capsys, "estimate", wet_path, "--dry", dry_path, "--model", "eq", "--samples", 4,
                           "--refine", 3, "--no-audio", "-o", tmp_path / "out", "--json")
     assert code == 0, err
