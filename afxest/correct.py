@@ -35,11 +35,8 @@ HIGHEST_CENTRE = 0.9  # of Nyquist: the highest band's centre stays below this
 BANDS_PER_OCTAVE = 6
 BAND_Q = 4.0  # RBJ Q of each band (neighbours overlap, so the sum is smooth)
 BAND_LIMIT_DB = 18.0  # each band's gain is kept within +-this
-FIT_POINTS = 256  # log-spaced bands of the residual ratio the fit works on
 FIT_ITERATIONS = 20
 RIDGE = 1e-3  # lambda: dB^2 of misfit per dB^2 of band gain
-SPECTRUM_FFT = 4096
-SPECTRUM_FLOOR_DB = 60.0  # bins this far below the rendering's loudest are not fitted
 CEILING_DB = 0.5  # a wet with CEILING_SHARE of its samples within this of its peak sits at a ceiling
 CEILING_SHARE = 1e-3
 LIMITER_INPUT_PEAKS_DB = (-9.0, -6.0, -3.0, 0.0, 3.0)  # the limiter's input peak (the first stage acts from -10 dBFS)
@@ -60,26 +57,23 @@ def band_centres(sample_rate: float) -> np.ndarray:
     return 1000.0 * 2.0 ** (k / n)
 
 
-def spectrum_db(x: np.ndarray, n_fft: int = SPECTRUM_FFT) -> np.ndarray:
-    """The long-term power spectrum (dB) of x (C, T), the mean over channels of Welch's
-    estimate (Hann frames, half overlap) at the n_fft // 2 + 1 bins of an rfft."""
+def spectrum_db(x: np.ndarray) -> np.ndarray:
+    """The long-term power spectrum (dB) of x (C, T): the mean over channels of
+    :func:`afxest.search.long_term_spectrum_db` (Welch's estimate, the equaliser fit's FFT size)."""
     from afxest.search import long_term_spectrum_db
 
-    power = np.mean([10 ** (long_term_spectrum_db(c, n_fft) / 10) for c in np.atleast_2d(x)], axis=0)
+    power = np.mean([10 ** (long_term_spectrum_db(c) / 10) for c in np.atleast_2d(x)], axis=0)
     return 10 * np.log10(power + 1e-20)
 
 
-def residual_bands(rendered: np.ndarray, wet: np.ndarray, sample_rate: float,
-                   points: int = FIT_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """The wet's long-term spectrum over the rendering's (dB), (C, T) each, gathered into
-    ``points`` log-spaced bands where the rendering has energy (within
-    :data:`SPECTRUM_FLOOR_DB` of its loudest bin): their frequencies (Hz) and ratios (dB)."""
-    from afxest.search import log_bands
+def residual_bands(rendered: np.ndarray, wet: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """The wet's long-term spectrum over the rendering's (dB), (C, T) each, gathered into the
+    equaliser fit's log-spaced bands (:func:`afxest.search.log_bands`) where the rendering has
+    energy (:func:`afxest.search.equaliser_fit_weight`): their frequencies (Hz) and ratios (dB)."""
+    from afxest.search import equaliser_fit_weight, log_bands
 
     rendered_db, wet_db = spectrum_db(rendered), spectrum_db(wet)
-    weight = (rendered_db > rendered_db.max() - SPECTRUM_FLOOR_DB).astype(np.float64)
-    weight[0] = 0.0
-    freqs, ratio, _ = log_bands(wet_db - rendered_db, weight, sample_rate, points)
+    freqs, ratio, _ = log_bands(wet_db - rendered_db, equaliser_fit_weight(rendered_db), sample_rate)
     return freqs, ratio
 
 

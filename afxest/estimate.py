@@ -710,8 +710,7 @@ def _candidate_entry(candidates: Candidates, k: int, rank: int) -> dict[str, Any
     if k in candidates.refinement:
         entry["refinement"] = candidates.refinement[k]
     if k in candidates.correction:
-        record = candidates.correction[k]
-        entry["correction"] = {key: value for key, value in record.items() if key != "of"}
+        entry["correction"] = candidates.correction[k]
     return entry
 
 
@@ -914,22 +913,26 @@ class Analyser:
         spans = [at.windows[i] for i in scored_windows(at.use)]
         starts = [max(0, a - preroll) for a, _ in spans]
 
+        wet = [np.ascontiguousarray(ref.wet[:, a:b]) for a, b in spans]
+        targets = [torch.from_numpy(w)[None] for w in wet]
+
+        def processors(effects: Sequence[dict[str, Any]]) -> tuple[Processor, ...]:
+            return tuple(Processor(e["type"], {k: float(v) for k, v in e.items() if k != "type"}) for e in effects)
+
         def render(effects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
-            chain = board(Preset(rate, tuple(Processor(e["type"], {k: v for k, v in e.items() if k != "type"})
-                                               for e in effects)))
+            chain = board(Preset(rate, processors(effects)))
             return [chain(np.ascontiguousarray(ref.dry[:, s:b]), float(rate))[:, a - s :]
                     for s, (a, b) in zip(starts, spans)]
 
         def loss(rendered: list[np.ndarray]) -> float:
             with torch.inference_mode():
-                return float(np.mean([float(at.scorer.loss_fn(torch.from_numpy(y)[None], torch.from_numpy(
-                    np.ascontiguousarray(ref.wet[:, a:b]))[None])) for y, (a, b) in zip(rendered, spans)]))
+                return float(np.mean([float(at.scorer.loss_fn(torch.from_numpy(y)[None], t))
+                                      for y, t in zip(rendered, targets)]))
 
-        found = correct([e.to_dict() for e in base.effects], render, [ref.wet[:, a:b] for a, b in spans], loss, rate)
+        found = correct([e.to_dict() for e in base.effects], render, wet, loss, rate)
         if not found.effects:
             return
-        added = tuple(Processor(e["type"], {k: float(v) for k, v in e.items() if k != "type"}) for e in found.effects)
-        corrected = dataclasses.replace(base, effects=base.effects + added)
+        corrected = dataclasses.replace(base, effects=base.effects + processors(found.effects))
         with torch.inference_mode():
             measured = at.measure([corrected])
         k = len(candidates.z)
@@ -941,7 +944,7 @@ class Analyser:
         if best in candidates.refinement:
             candidates.refinement[k] = candidates.refinement[best]
         candidates.correction[k] = {
-            "of": best, "effects_from": len(base.effects), "equaliser": found.equaliser, "limiter": found.limiter,
+            "effects_from": len(base.effects), "equaliser": found.equaliser, "limiter": found.limiter,
             "loss_before": finite(float(candidates.losses[best])), "loss_fitted": finite(found.loss_after),
         }
 

@@ -119,13 +119,11 @@ class LogMelLoss(torch.nn.Module):
     def against(self, y: Tensor) -> Callable[[Tensor], Tensor]:
         """The loss against a fixed ``y``, as a function of y_hat (shaped like y): y's log-mel
         spectrogram computed once, for a search that scores many renderings against one wet."""
-        b, c = (y.shape[0], 1) if y.dim() == 2 else y.shape[:2]
-        reference = log_mel(y.reshape(b * c, -1), self.mel).detach()
+        _, folded, b, c = _channels_as_batch(y, y)
+        reference = log_mel(folded, self.mel).detach()
 
         def loss(y_hat: Tensor) -> Tensor:
-            if y_hat.shape != y.shape:
-                raise ValueError(f"y_hat and y must have the same shape, got {tuple(y_hat.shape)} and {tuple(y.shape)}")
-            diff = log_mel(y_hat.reshape(b * c, -1), self.mel) - reference
+            diff = log_mel(_channels_as_batch(y_hat, y)[0], self.mel) - reference
             return _per_item(diff.square().mean(dim=(1, 2)), b, c)
 
         return loss
