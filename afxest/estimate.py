@@ -1063,28 +1063,38 @@ def plot_spread(task, spread: np.ndarray | None, document: dict[str, Any]) -> li
 
 
 def interval_entry(task, z: np.ndarray, calibration=None) -> dict[str, Any]:
-    """The document's ``intervals``: each estimated parameter's :data:`CREDIBLE` interval from
-    draws z (N, d) of the posterior, in physical units, and whether the wet leaves it
-    undetermined (the interval spans more than :data:`UNDETERMINED_ABOVE` of the parameter's
+    """The document's ``intervals``: the :data:`CREDIBLE` interval of each quantity the wet
+    determines, from draws z (N, d) of the posterior, in physical units, and whether the wet
+    leaves it undetermined (the interval spans more than :data:`UNDETERMINED_ABOVE` of its
     range, in the normalised units the prior is uniform in).
 
-    The interval is the central one of the draws (:func:`afxest.temper.central_interval`) at the
-    model's recalibrated level of each parameter (``calibration``, :mod:`afxest.temper`), or at
-    :data:`CREDIBLE` itself without one (then it is the draws' interval, not a calibrated one).
+    The quantities (:func:`afxest.calibration.quantities`) are the model's parameters (key
+    ``parameters``), or where the model has several copies of the truth's one processor (``eq``:
+    two shelves for one) the summed gain and the shared cutoff and Q (key ``quantities``, each
+    with the ``note`` saying how it is formed). The interval is the central one of the draws
+    (:func:`afxest.temper.central_interval`) at the model's recalibrated level of each quantity
+    (``calibration``, :mod:`afxest.temper`), or at :data:`CREDIBLE` itself without one (then it
+    is the draws' interval, not a calibrated one).
     """
+    from afxest.calibration import quantities, quantity_ranges
     from afxest.temper import central_interval
 
-    level = np.full(task.model.dim, CREDIBLE) if calibration is None else calibration.level(CREDIBLE)
-    low, high = central_interval(z, level)
-    parameters = {}
-    for j, (name, r) in enumerate(zip(task.model.names, task.model.ranges)):
+    names, q, notes = quantities(task, z)
+    ranges = quantity_ranges(task)
+    per_parameter = task.truth.processors == task.model.processors
+    if not per_parameter:  # physical units: into each range's normalised units, as the prior's
+        q = np.stack([r.to_normalised(q[:, j]) for j, r in enumerate(ranges)], axis=-1)
+    level = np.full(len(names), CREDIBLE) if calibration is None else calibration.level(CREDIBLE)
+    low, high = central_interval(q, level)
+    entries = {}
+    for j, (name, r) in enumerate(zip(names, ranges)):
         width = float(high[j] - low[j])
-        parameters[name] = {"low": float(r.to_physical(low[j])), "high": float(r.to_physical(high[j])),
-                            "unit": r.param.unit, "width": width, "level": float(level[j]),
-                            "undetermined": width > UNDETERMINED_ABOVE}
+        entries[name] = {"low": float(r.to_physical(low[j])), "high": float(r.to_physical(high[j])),
+                         "unit": r.param.unit, "width": width, "level": float(level[j]),
+                         "undetermined": width > UNDETERMINED_ABOVE, **({} if per_parameter else {"note": notes[j]})}
     return {"credible": CREDIBLE, "draws": int(z.shape[0]), "calibrated": calibration is not None,
-            "undetermined_above": UNDETERMINED_ABOVE, "parameters": parameters,
-            "undetermined": [name for name, v in parameters.items() if v["undetermined"]]}
+            "undetermined_above": UNDETERMINED_ABOVE, "parameters" if per_parameter else "quantities": entries,
+            "undetermined": [name for name, v in entries.items() if v["undetermined"]]}
 
 
 # ---------------------------------------------------------------------------------------------
