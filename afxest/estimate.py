@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from afxest.align import MIN_MATCH, Alignment, align
+from afxest.align import MIN_COHERENCE, Alignment, align
 from afxest.audio import (
     AUDIO_SUFFIXES, READ_BLOCK, OutputSet, Signal, atomic_write_text, make_folder, open_audio, placed, read_audio,
     read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
@@ -336,7 +336,7 @@ def read_inputs(wet: Path | Recording, dry: Path | Recording | None, task) -> In
     (:func:`reference_of`); the network analyses the overlap's mono mix at the task's rate.
 
     Refused (:class:`~afxest.errors.UserError`): a silent wet (peak below :data:`SILENT_PEAK`), a
-    pair that does not match (:data:`afxest.align.MIN_MATCH`), and a wet (or overlap) too short
+    pair that does not match (:data:`afxest.align.MIN_COHERENCE`), and a wet (or overlap) too short
     for the task.
     """
     if dry is None:
@@ -365,8 +365,8 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     candidates are rendered at; a dry below ``task_rate``, the task's, whose ranges may not fit
     under its Nyquist frequency, is measured at ``task_rate``), resampled where needed (256-tap
     windowed sinc), aligned on their mono mixes, the wet moved onto the dry's timeline and cut
-    to the overlap. A silent dry, and a pair whose match is below
-    :data:`afxest.align.MIN_MATCH`, are refused: the wet was not made from this dry."""
+    to the overlap. A silent dry, and a pair whose aligned coherence is below
+    :data:`afxest.align.MIN_COHERENCE`, are refused: the wet was not made from this dry."""
     rate = max(dry.rate, task_rate)
     x = wet.samples if wet.rate == rate else resample(wet.samples, wet.rate, rate, "best")
     d = dry.samples if dry.rate == rate else resample(dry.samples, dry.rate, rate, "best")
@@ -374,10 +374,10 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     if float(np.max(np.abs(dry_mono), initial=0.0)) < SILENT_PEAK:
         raise UserError(f"{dry.path}: is silent (its mono mix peaks below -90 dBFS): {wet.path} cannot have been made from it")
     found = align(dry_mono, to_mono(x)[0], rate)
-    if found.match < MIN_MATCH:
+    if found.coherence < MIN_COHERENCE:
         raise UserError(
-            f"{wet.path} does not match {dry.path} (alignment match {found.match:.3f}, at least {MIN_MATCH:g} for a "
-            "wet made from its dry): pair each wet with the dry it was made from"
+            f"{wet.path} does not match {dry.path} (coherence {found.coherence:.3f} where they align best, at least "
+            f"{MIN_COHERENCE:g} for a wet made from its dry): pair each wet with the dry it was made from"
         )
     if x.shape[0] == d.shape[0]:
         mode = "stereo" if d.shape[0] > 1 else "mono"
@@ -399,7 +399,7 @@ def shifted(reference: Reference, k: int) -> Reference:
     wet[:, start:stop] = reference.wet[:, start + k : stop + k]
     found = reference.alignment
     assert found is not None
-    moved = Alignment(found.offset + k, found.match, found.rate)
+    moved = dataclasses.replace(found, offset=found.offset + k)
     return dataclasses.replace(reference, wet=wet, span=(start, stop), alignment=moved)
 
 
@@ -639,6 +639,7 @@ def alignment_entry(reference: Reference | None) -> dict[str, Any] | None:
         "offset_seconds": found.offset / rate,
         "sample_rate": rate,
         "match": found.match,
+        "coherence": found.coherence,
         "overlap": {"wet_start_seconds": (a + found.offset) / rate, "dry_start_seconds": a / rate,
                     "seconds": (b - a) / rate},
         "wet_frames": reference.wet_frames,
