@@ -482,9 +482,19 @@ def presets_of(task, z: np.ndarray, rate: int | None = None) -> list:
     return [task.model.preset(v, task.name, task.sample_rate if rate is None else rate) for v in z]
 
 
+def distinct(z: np.ndarray) -> np.ndarray:
+    """The rows of z (M, d) without repeats, in their first order: several windows' point
+    estimates, of which those that agree need ranking once."""
+    unique: dict[bytes, np.ndarray] = {}
+    for row in z:
+        unique.setdefault(row.tobytes(), row)
+    return np.stack(list(unique.values()))
+
+
 def medoid(z: np.ndarray) -> int:
     """The index of the point of z (M, d) with the least summed L1 distance to the others:
-    of several windows' point estimates, the one kept when nothing can rank them."""
+    of several windows' point estimates (each window's, those that agree each counted), the
+    one kept when nothing can rank them."""
     distances = np.abs(z[:, None, :] - z[None, :, :]).sum(axis=(1, 2))
     return int(np.argmin(distances))
 
@@ -814,7 +824,8 @@ class Analyser:
         intervals = None if spread is None else interval_entry(task, spread, self.model.calibration if self.proposer.calibrated else None)
         report(0.15)
         rate = task.sample_rate if ref is None else ref.rate
-        candidates = Candidates(draws.z, presets_of(task, draws.z, rate), draws.log_prob)
+        z = draws.z if self.proposer.posterior or ref is None else distinct(draws.z)
+        candidates = Candidates(z, presets_of(task, z, rate), draws.log_prob)
         baseline, found, scored = None, None, 0
         if ref is not None:
             ranked_by = task.loss
