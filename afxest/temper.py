@@ -13,7 +13,9 @@ Two corrections, neither of which retrains or changes a weight:
   :math:`z_q` the standard normal quantile (the widening a Gaussian error would need). Where the
   model's parameters are not what the wet determines (``eq``: two shelves for one), the
   coverage is that of the quantity the parameter feeds (:func:`afxest.calibration.quantities`:
-  the summed gain, the shared cutoff and Q).
+  the summed gain, the shared cutoff and Q). Then a quantity whose truths still fall outside
+  all draws too often (:data:`afxest.fit_calibration.OUTSIDE_BELOW`) is widened further, a few
+  15 % steps: its tails must reach the truth, and the levels below keep its intervals' coverage.
 * **Recalibrated interval levels** (split-conformal, in the spirit of CANVI, Patel et al. 2024):
   per quantity the wet determines (the model's parameters; ``eq``'s summed gain, cutoff and Q)
   and credible level :math:`\alpha` (50 %, 90 %), the smallest central level of the

@@ -95,6 +95,24 @@ def test_fit_widens_an_over_confident_posterior_to_the_closed_form() -> None:
     assert found.fitted["items"] == 512 and found.fitted["seed"] == fit_calibration.FIT_SEED_OFFSET
 
 
+def test_fit_widens_tails_that_miss_the_truth_and_recalibrates_the_levels(monkeypatch) -> None:
+    """The head of the test above, with the tails rule asking that no validation truth fall
+    outside all draws: the temperature rises past the coverage fit's (3.58) until the draws'
+    extremes reach the truths' (the outermost of 128 uniform truths lies about 1/256 from an
+    edge, logit 5.5; the largest of 100 draws is about 2.5 sigma T: T of 4.4 or more), so the
+    tempered draws over-cover and the level reported as 90 % is recalibrated below 0.9 to keep
+    the interval's coverage."""
+    monkeypatch.setattr(fit_calibration, "OUTSIDE_BELOW", 0.0)
+    task = TASKS["fm"]
+    estimator = Estimator(task, EstimatorConfig(kind="posterior", flows=0)).eval()
+    fixed = _fixed_head(task.model.dim, 0.0, 0.5, estimator.encoder.embed_dim)
+    estimator.head.load_state_dict(fixed.state_dict())
+    loaded = LoadedModel("fixed", Path("fixed.pt"), "", task, estimator, "posterior", 0)
+    found = fit_calibration.fit(loaded, None, n=128, draws=100)
+    assert min(found.temperature) > 4.2 and found.fitted["coverage_draws"]["outside"] == 0.0
+    assert found.fitted["coverage_draws"]["coverage_90"] > 0.93 and max(found.level(0.9)) < 0.88
+
+
 def test_interval_entry_is_the_central_interval_in_physical_units() -> None:
     """Draws spread evenly over [0, 1] (1001 points): the 90 % interval is the 51st and 951st
     order statistics (0.05 and 0.95), mapped by each range's own formula (exponential: lo
