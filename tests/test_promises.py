@@ -18,6 +18,7 @@ import pedalboard
 import pytest
 import soundfile
 
+from afxest import temper
 from afxest.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,7 +148,7 @@ def test_blind_draws_are_spread_over_windows_and_log_prob_is_their_mean(
     the windows of pattern "+-+-" that boost the highs by 15 dB, 3 from those of "++--" (one
     draw per window in turn would give 3 and 4; the loudest window alone 6 and 0). Pooling:
     each candidate's log_prob is the mean over the 4 windows of ln p(z | window), recomputed
-    here from the model's per-window densities."""
+    here from the model's per-window densities (untempered, as the candidates are drawn)."""
     import copy
 
     import torch
@@ -168,6 +169,7 @@ def test_blind_draws_are_spread_over_windows_and_log_prob_is_their_mean(
     # pooling: the mean over windows of the per-window log-densities (float64, as documented)
     model = load_model("eq")
     head = copy.deepcopy(model.estimator.head).to(torch.float64).eval()
+    temper.apply(head, None)  # the candidates' densities are the untempered posterior's (afxest.temper)
     h = window_embeddings(model, wet, 4)
     z = torch.from_numpy(np.stack([eq_normalised(c["preset"]) for c in doc["candidates"]]))
     with torch.inference_mode():
