@@ -26,6 +26,7 @@ deconvolution's on every item of mix >= 0.02.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,15 +90,17 @@ class Echo:
     strength: float
 
 
-def impulse_response(dry: np.ndarray, wet: np.ndarray, length: int) -> np.ndarray:
-    """The first ``length`` lags of the impulse response from dry to wet (T,) by regularised
-    deconvolution over 2T points: IFFT(Y X* / (|X|^2 + lambda)), lambda :data:`REGULARISATION`
-    times the mean of |X|^2."""
-    dry, wet = np.asarray(dry, np.float64), np.asarray(wet, np.float64)
-    n = 2 * len(dry)
-    x, y = np.fft.rfft(dry, n), np.fft.rfft(wet, n)
-    power = np.abs(x) ** 2
-    return np.fft.irfft(y * np.conj(x) / (power + REGULARISATION * power.mean() + 1e-30), n)[:length]
+def impulse_response(dry: Sequence[np.ndarray], wet: Sequence[np.ndarray], length: int) -> np.ndarray:
+    """The first ``length`` lags of the impulse response from dry to wet, from one or several
+    pairs of segments (each (T_s,), a pair of equal length) by regularised deconvolution over 2T
+    points (T the longest segment): IFFT(sum_s Y_s X_s* / (sum_s |X_s|^2 + lambda)), lambda
+    :data:`REGULARISATION` times the mean of sum_s |X_s|^2."""
+    n = 2 * max(len(x) for x in dry)
+    cross, power = 0.0, 0.0
+    for x_s, y_s in zip(dry, wet):
+        x, y = np.fft.rfft(np.asarray(x_s, np.float64), n), np.fft.rfft(np.asarray(y_s, np.float64), n)
+        cross, power = cross + y * np.conj(x), power + np.abs(x) ** 2
+    return np.fft.irfft(cross / (power + REGULARISATION * np.mean(power) + 1e-30), n)[:length]
 
 
 def tap(h: np.ndarray, lag: int, width: int) -> float:
@@ -110,19 +113,23 @@ def tap(h: np.ndarray, lag: int, width: int) -> float:
     return float(segment @ kernel / max(kernel @ kernel, 1e-30))
 
 
-def measure_delay(dry: np.ndarray, wet: np.ndarray, sample_rate: float, lo_seconds: float, hi_seconds: float) -> Echo:
-    """The delay that best explains the wet (T,) from the dry (T,): the largest tap of their
-    impulse response (:func:`impulse_response`) at lags in [lo_seconds, hi_seconds], and the
-    feedback and mix from the taps' ratios (module docstring). The other effects of a chain
-    around the delay (equaliser, compressor, reverb) are common to every tap."""
-    n = len(dry)
-    lo, hi = max(1, int(lo_seconds * sample_rate)), min(n - 1, int(np.ceil(hi_seconds * sample_rate)))
+def measure_delay(dry: Sequence[np.ndarray], wet: Sequence[np.ndarray], sample_rate: float, lo_seconds: float,
+                  hi_seconds: float) -> Echo:
+    """The delay that best explains the wet from the dry (one or several pairs of segments, as
+    :func:`impulse_response` takes them): the largest tap of their impulse response at lags in
+    [lo_seconds, hi_seconds], and the feedback and mix from the taps' ratios (module docstring).
+    The other effects of a chain around the delay (equaliser, compressor, reverb) are common to
+    every tap."""
+    n = max(len(x) for x in dry)
+    lo, hi = max(1, int(lo_seconds * sample_rate)), min(n - 1, int(np.ceil(hi_seconds * sample_rate)) + 1)
     h = impulse_response(dry, wet, n)
-    envelope = torch.from_numpy(np.abs(h))
-    d = int(local_peaks(envelope, lo, hi, 1, max(1, int(GUARD_SECONDS * sample_rate)))[0])
+    d = int(local_peaks(torch.from_numpy(np.abs(h)), lo, hi, 1, max(1, int(GUARD_SECONDS * sample_rate)))[0])
     width = max(1, min(d // 2, int(TAP_SECONDS * sample_rate)))
-    r = tap(h, d, width)
-    ratio = tap(h, 2 * d, width) / r if r > 0 else 0.0
+    # the wet of a segment holds the echoes at lag k of only the first T - k samples of its dry:
+    # a tap reads low by (T - k) / T, its share of the dry's energy were it spread evenly
+    seen = [(n - k) / n if k < n else 0.0 for k in (d, 2 * d)]
+    r = tap(h, d, width) / seen[0]
+    ratio = tap(h, 2 * d, width) / seen[1] / r if r > 0 and seen[1] > 0 else 0.0
     return Echo(
         samples=d,
         seconds=(d + 0.5) / sample_rate,

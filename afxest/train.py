@@ -227,7 +227,7 @@ def ranks_of(config: TrainConfig, settings: Settings) -> Ranks:
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} must be divisible by the {world} data-parallel ranks")
     local_batch = batch_size // world
-    if local_batch < 2 and settings.task.encoder == "convnext":
+    if local_batch < 2 and settings.task.encoder.startswith("convnext"):
         raise UserError(f"--batch-size {batch_size} gives {local_batch} item per rank; batch norm needs at least 2")
     return Ranks(world, rank, device, local_batch)
 
