@@ -16,8 +16,14 @@ no energy (below :data:`PHAT_FLOOR_DB` of the cross-spectrum's peak, such as the
 above a resampled signal's old Nyquist frequency) carry no phase and are left out.
 
 The peak's height, normalised by the number of bins that take part, is :attr:`Alignment.match`:
-1 for a pure delay of a linear filter, about 1/sqrt(bins) for unrelated signals (a dry from
-another song, noise). Below :data:`MIN_MATCH` the pair is refused.
+1 for a pure delay of a linear filter, small for unrelated signals (a dry from another song,
+noise), but the largest of many lags: a dry of another song peaked at 0.054, above a heavily
+compressed pair's 0.30 less than an order of magnitude away. Whether the pair matches is judged
+at the offset found, by the magnitude-squared coherence of the aligned signals
+(:func:`coherence`, :attr:`Alignment.coherence`): near 1 where the wet is the dry through
+effects that vary slowly against a frame (an equaliser, a compressor, a limiter, a clipper's
+sparse distortion, a lossy codec), about 1/frames for unrelated signals. Below
+:data:`MIN_COHERENCE` the pair is refused.
 
 The whitened peak lies at the delay plus the filters' phase-weighted group delay, a sample or
 two late for the minimum-phase biquads of an equaliser (measured: 2 of 40 random mastering
@@ -40,10 +46,14 @@ import numpy as np
 MAX_OFFSET_SECONDS = 30.0  # the wet may be this much late or early against the dry
 EXCERPT_SECONDS = 30.0  # the wet's excerpt correlated against the dry (its loudest stretch)
 PHAT_FLOOR_DB = 100.0  # cross-spectrum bins this far below its peak carry no phase
-# Test pairs made with the master and eq tasks' chains (benchmarks/search_accuracy.py, 32 each
-# at 22.05 and 44.1 kHz, mono and stereo) matched at 0.30 or more; another song and noise at
-# about 0.01 (tests/test_pairs.py).
-MIN_MATCH = 0.05
+# The aligned pair's coherence (Alignment.coherence) below which it is refused. Measured (24 val
+# pairs of the master task's chains at 22.05 kHz; 12 each of benchmarks/foreign_chains.py's
+# match-limit and compander families at 22.05 kHz, also through pedalboard's MP3Compressor at its
+# lowest quality): 0.77 or more; 24 pairs of 5 s excerpts of two val songs: at most 0.085 (median
+# 0.014); the README's master example with the render example's dry (another excerpt): 0.015.
+MIN_COHERENCE = 0.3
+COHERENCE_FFT = 4096  # the longest frame of the coherence's Welch estimate
+COHERENCE_FRAMES = 8  # shorter frames where the overlap holds fewer of the longest
 ONSET_REACH = 8  # samples either side of the first GCC-PHAT peak searched for the corrected one
 ONSET_FFT = 4096  # frames of the power spectra whose ratio estimates the chain's magnitude
 # bins where the dry is this far below its loudest carry no estimate of the chain (where a
@@ -58,11 +68,13 @@ class Alignment:
 
     ``offset``: whole samples by which the wet is late (``wet[n + offset]`` is the processed
     ``dry[n]``; negative: early); ``match``: the normalised GCC-PHAT peak (module docstring),
-    in [0, 1]; ``rate``: the sample rate of ``offset``."""
+    in [0, 1]; ``rate``: the sample rate of ``offset``; ``coherence``: the aligned signals'
+    coherence (:func:`coherence`), in [0, 1], what says whether the pair matches."""
 
     offset: int
     match: float
     rate: int
+    coherence: float = 0.0
 
     def overlap(self, dry_frames: int, wet_frames: int) -> tuple[int, int]:
         """The overlap (start, stop) on the dry's timeline: the dry samples n whose wet sample
@@ -119,7 +131,46 @@ def align(dry: np.ndarray, wet: np.ndarray, rate: int, max_offset_seconds: float
     k = int(np.argmax(r))
     # e[t] = g[t + j] = dry[s0 + t + j] = wet[a + t], so wet[n + offset] = dry[n] for offset a - s0 - j
     coarse = a - s0 - (k - (e.shape[0] - 1))
-    return Alignment(coarse + chain_phase_offset(dry, wet, coarse, a, excerpt), float(np.clip(r[k], 0.0, 1.0)), rate)
+    offset = coarse + chain_phase_offset(dry, wet, coarse, a, excerpt)
+    start, stop = max(a, offset), min(a + excerpt, dry.shape[0] + offset)  # the excerpt's wet with a dry
+    found = coherence(dry[start - offset : stop - offset], wet[start:stop]) if stop > start else 0.0
+    return Alignment(offset, float(np.clip(r[k], 0.0, 1.0)), rate, found)
+
+
+def coherence(x: np.ndarray, y: np.ndarray) -> float:
+    r"""How much of y (T,) is a slowly varying linear filtering of x (T,): the magnitude-squared
+    coherence :math:`C(f) = |S_{xy}(f)|^2 / (S_{xx}(f) S_{yy}(f))` (Welch's averaged
+    periodograms over Hann frames of :data:`COHERENCE_FFT` samples, or shorter so that at least
+    :data:`COHERENCE_FRAMES` fit, hop half a frame; Carter, Knapp & Nuttall, IEEE Trans. Audio
+    Electroacoust. 21(4), 1973), averaged over the bins where x has energy (within 60 dB of its
+    loudest) weighted by :math:`\sqrt{S_{xx} S_{yy}}`. 1 for a linear filter; for independent
+    signals its expectation is about 1/frames. 0 when fewer than two frames fit.
+
+    Example:
+        >>> x = np.random.default_rng(0).standard_normal(44100)
+        >>> round(coherence(x, 0.5 * x), 6), coherence(x, np.random.default_rng(1).standard_normal(44100)) < 0.1
+        (1.0, True)
+    """
+    n = COHERENCE_FFT
+    while n > 64 and x.shape[0] < n * (COHERENCE_FRAMES + 1) // 2:
+        n //= 2
+    hop = n // 2
+    frames = (x.shape[0] - n) // hop + 1
+    if frames < 2:
+        return 0.0
+    window = np.hanning(n)
+    index = np.arange(frames)[:, None] * hop + np.arange(n)[None]
+    spectra_x = np.fft.rfft(window * x.astype(np.float64)[index])
+    spectra_y = np.fft.rfft(window * y.astype(np.float64)[index])
+    sxy = np.mean(np.conj(spectra_x) * spectra_y, axis=0)
+    sxx = np.mean(np.abs(spectra_x) ** 2, axis=0)
+    syy = np.mean(np.abs(spectra_y) ** 2, axis=0)
+    used = sxx > sxx.max() * 1e-6
+    if not used.any() or not np.any(syy[used] > 0):
+        return 0.0
+    weight = np.sqrt(sxx[used] * syy[used])
+    c = np.abs(sxy[used]) ** 2 / np.maximum(sxx[used] * syy[used], 1e-300)
+    return float(np.sum(c * weight) / np.sum(weight))
 
 
 def minimum_phase(log_magnitude: np.ndarray) -> np.ndarray:

@@ -283,24 +283,41 @@ def identifiable(task: Any, z: np.ndarray, v: np.ndarray) -> tuple[list[str], np
 
     Where truth and model are the same processors (``fm``, ``master``): every model parameter,
     z and v as they are (normalised units). Where the model has k copies of the truth's one
-    processor (``eq``): one quantity per truth parameter, in physical units: a gain is the sum
-    of the copies' gains; any other parameter the mean of the copies' values weighted by their
-    |gain| (equal weights without a gain, or where every gain is 0), taken in the normalised
-    space of its range (so a geometric mean for an exponential range such as a cutoff).
+    processor (``eq``): one quantity per truth parameter, in physical units
+    (:func:`quantities`), and the truths in the same units.
 
     Returns:
         The names (the truth's :attr:`afxest.tasks.Space.names`), the draws (items, N, q), the
         truths (items, q) and a note per quantity saying how it is formed ("" where it is a
         model parameter).
     """
-    z, v = np.asarray(z, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    names, draws, notes = quantities(task, z)
+    if task.truth.processors == task.model.processors:
+        return names, draws, v, notes
+    truths = [r.to_physical(v[:, j]) for j, r in enumerate(task.truth.processors[0].ranges)]
+    return names, draws, np.stack(truths, axis=-1), notes
+
+
+def quantities(task: Any, z: np.ndarray) -> tuple[list[str], np.ndarray, list[str]]:
+    """What the wet determines, from normalised draws z (..., d_model): the names, the draws
+    (..., q) and a note per quantity.
+
+    Where truth and model are the same processors: the model parameters themselves (z as it
+    is, normalised; notes ""). Where the model has k copies of the truth's one processor
+    (``eq``): per truth parameter, in physical units, the sum of the copies' gains for a gain,
+    and for any other parameter the mean of the copies' values weighted by their |gain| (equal
+    weights without a gain, or where every gain is 0), taken in the normalised space of its
+    range (so a geometric mean for an exponential range such as a cutoff).
+    """
+    z = np.asarray(z, dtype=np.float64)
     truth, model = task.truth.processors, task.model.processors
     if truth == model:
-        return list(task.model.names), z, v, [""] * task.model.dim
+        return list(task.model.names), z, [""] * task.model.dim
     if len(truth) != 1 or any(p.type != truth[0].type or p.ranges != model[0].ranges for p in model):
         raise ValueError(f"{task.name}: no identifiable quantities defined for this truth and model")
     k, width = len(model), model[0].dim
-    copies = [z[..., c * width:(c + 1) * width] for c in range(k)]  # each (items, N, width)
+    copies = [z[..., c * width:(c + 1) * width] for c in range(k)]  # each (..., width)
     model_ranges = model[0].ranges
     gains = [j for j, r in enumerate(model_ranges) if r.name == "gain_db"]
     if gains:
@@ -310,12 +327,11 @@ def identifiable(task: Any, z: np.ndarray, v: np.ndarray) -> tuple[list[str], np
     else:
         weights = np.ones((k, *z.shape[:-1]))
     weights = weights / weights.sum(axis=0, keepdims=True)
-    names, draws, truths, notes = list(task.truth.names), [], [], []
+    draws, notes = [], []
     kind = truth[0].type
     for j, (tr, mr) in enumerate(zip(truth[0].ranges, model_ranges)):
         if tr.name != mr.name:
             raise ValueError(f"{task.name}: truth and model parameters differ ({tr.name}, {mr.name})")
-        truths.append(tr.to_physical(v[:, j]))
         if tr.name == "gain_db":
             draws.append(sum(mr.to_physical(c[..., j]) for c in copies))
             notes.append(f"sum of the gains of the model's {k} {kind} processors")
@@ -324,4 +340,26 @@ def identifiable(task: Any, z: np.ndarray, v: np.ndarray) -> tuple[list[str], np
             draws.append(mr.to_physical(mean))
             how = "geometric mean" if mr.mapping == "exp" else "mean"
             notes.append(f"|gain|-weighted {how} of the {tr.name} of the model's {k} {kind} processors")
-    return names, np.stack(draws, axis=-1), np.stack(truths, axis=-1), notes
+    return list(task.truth.names), np.stack(draws, axis=-1), notes
+
+
+def quantity_ranges(task: Any) -> list[Any]:
+    """The range of each quantity :func:`quantities` gives (the model's or the truth's
+    :class:`afxest.params.ParamRange`): what its normalised width is measured in."""
+    return list(task.model.ranges if task.truth.processors == task.model.processors else task.truth.ranges)
+
+
+def quantity_of(task: Any) -> np.ndarray:
+    """The quantity of :func:`quantities` each model parameter feeds, (d_model,) indices: the
+    parameter itself where truth and model are the same processors, and the truth parameter
+    of the same name for each of ``eq``'s copies.
+
+    Example:
+        >>> from afxest.tasks import TASKS
+        >>> quantity_of(TASKS["eq"]).tolist()
+        [0, 1, 2, 0, 1, 2]
+    """
+    if task.truth.processors == task.model.processors:
+        return np.arange(task.model.dim)
+    width = task.model.processors[0].dim
+    return np.arange(task.model.dim) % width

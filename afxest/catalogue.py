@@ -134,14 +134,15 @@ SOURCE_TYPES = tuple(n for n, t in PROCESSORS.items() if t.kind == "source")
 LABEL_UNITS = {"dBFS": "dB", ":1": "", "rad": ""}
 
 
-def parameter_label(kind: str, index: int, name: str, sep: str = " ", unit: bool = True) -> str:
+def parameter_label(kind: str, index: int | None, name: str, sep: str = " ", unit: bool = True) -> str:
     """The label of a parameter in tables and figures: the processor's short name and index,
     ``sep``, the parameter's short name and, with ``unit``, its unit (:data:`LABEL_UNITS`).
 
     Arguments:
         kind: The processor's type.
         index: The processor's place in its chain, from 0 (as a preset's source then effects,
-            and :attr:`afxest.tasks.Space.names`, count them).
+            and :attr:`afxest.tasks.Space.names`, count them); None for several processors of
+            the type together (``eq``'s summed shelf gain).
         name: The parameter's name.
         sep: What separates the processor from the parameter (a table header: a newline).
         unit: Whether the unit follows (physical values; not normalised ones).
@@ -149,10 +150,10 @@ def parameter_label(kind: str, index: int, name: str, sep: str = " ", unit: bool
     Example:
         >>> parameter_label("high_shelf", 0, "cutoff_frequency_hz"), parameter_label("compressor", 5, "ratio")
         ('HS0 f Hz', 'comp5 ratio')
-        >>> parameter_label("compressor", 5, "threshold_db", unit=False)
-        'comp5 thr'
+        >>> parameter_label("compressor", 5, "threshold_db", unit=False), parameter_label("high_shelf", None, "gain_db")
+        ('comp5 thr', 'HS g dB')
     """
     processor = PROCESSORS[kind]
     param = processor.param(name)
     shown = LABEL_UNITS.get(param.unit, param.unit) if unit else ""
-    return f"{processor.short}{index}{sep}{param.short}" + (f" {shown}" if shown else "")
+    return f"{processor.short}{'' if index is None else index}{sep}{param.short}" + (f" {shown}" if shown else "")

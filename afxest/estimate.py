@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from afxest.align import MIN_MATCH, Alignment, align
+from afxest.align import MIN_COHERENCE, Alignment, align
 from afxest.audio import (
     AUDIO_SUFFIXES, READ_BLOCK, OutputSet, Signal, atomic_write_text, make_folder, open_audio, placed, read_audio,
     read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
@@ -336,7 +336,7 @@ def read_inputs(wet: Path | Recording, dry: Path | Recording | None, task) -> In
     (:func:`reference_of`); the network analyses the overlap's mono mix at the task's rate.
 
     Refused (:class:`~afxest.errors.UserError`): a silent wet (peak below :data:`SILENT_PEAK`), a
-    pair that does not match (:data:`afxest.align.MIN_MATCH`), and a wet (or overlap) too short
+    pair that does not match (:data:`afxest.align.MIN_COHERENCE`), and a wet (or overlap) too short
     for the task.
     """
     if dry is None:
@@ -365,8 +365,8 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     candidates are rendered at; a dry below ``task_rate``, the task's, whose ranges may not fit
     under its Nyquist frequency, is measured at ``task_rate``), resampled where needed (256-tap
     windowed sinc), aligned on their mono mixes, the wet moved onto the dry's timeline and cut
-    to the overlap. A silent dry, and a pair whose match is below
-    :data:`afxest.align.MIN_MATCH`, are refused: the wet was not made from this dry."""
+    to the overlap. A silent dry, and a pair whose aligned coherence is below
+    :data:`afxest.align.MIN_COHERENCE`, are refused: the wet was not made from this dry."""
     rate = max(dry.rate, task_rate)
     x = wet.samples if wet.rate == rate else resample(wet.samples, wet.rate, rate, "best")
     d = dry.samples if dry.rate == rate else resample(dry.samples, dry.rate, rate, "best")
@@ -374,10 +374,10 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     if float(np.max(np.abs(dry_mono), initial=0.0)) < SILENT_PEAK:
         raise UserError(f"{dry.path}: is silent (its mono mix peaks below -90 dBFS): {wet.path} cannot have been made from it")
     found = align(dry_mono, to_mono(x)[0], rate)
-    if found.match < MIN_MATCH:
+    if found.coherence < MIN_COHERENCE:
         raise UserError(
-            f"{wet.path} does not match {dry.path} (alignment match {found.match:.3f}, at least {MIN_MATCH:g} for a "
-            "wet made from its dry): pair each wet with the dry it was made from"
+            f"{wet.path} does not match {dry.path} (coherence {found.coherence:.3f} where they align best, at least "
+            f"{MIN_COHERENCE:g} for a wet made from its dry): pair each wet with the dry it was made from"
         )
     if x.shape[0] == d.shape[0]:
         mode = "stereo" if d.shape[0] > 1 else "mono"
@@ -399,7 +399,7 @@ def shifted(reference: Reference, k: int) -> Reference:
     wet[:, start:stop] = reference.wet[:, start + k : stop + k]
     found = reference.alignment
     assert found is not None
-    moved = Alignment(found.offset + k, found.match, found.rate)
+    moved = dataclasses.replace(found, offset=found.offset + k)
     return dataclasses.replace(reference, wet=wet, span=(start, stop), alignment=moved)
 
 
@@ -482,9 +482,19 @@ def presets_of(task, z: np.ndarray, rate: int | None = None) -> list:
     return [task.model.preset(v, task.name, task.sample_rate if rate is None else rate) for v in z]
 
 
+def distinct(z: np.ndarray) -> np.ndarray:
+    """The rows of z (M, d) without repeats, in their first order: several windows' point
+    estimates, of which those that agree need ranking once."""
+    unique: dict[bytes, np.ndarray] = {}
+    for row in z:
+        unique.setdefault(row.tobytes(), row)
+    return np.stack(list(unique.values()))
+
+
 def medoid(z: np.ndarray) -> int:
     """The index of the point of z (M, d) with the least summed L1 distance to the others:
-    of several windows' point estimates, the one kept when nothing can rank them."""
+    of several windows' point estimates (each window's, those that agree each counted), the
+    one kept when nothing can rank them."""
     distances = np.abs(z[:, None, :] - z[None, :, :]).sum(axis=(1, 2))
     return int(np.argmin(distances))
 
@@ -644,6 +654,7 @@ def alignment_entry(reference: Reference | None) -> dict[str, Any] | None:
         "offset_seconds": found.offset / rate,
         "sample_rate": rate,
         "match": found.match,
+        "coherence": found.coherence,
         "overlap": {"wet_start_seconds": (a + found.offset) / rate, "dry_start_seconds": a / rate,
                     "seconds": (b - a) / rate},
         "wet_frames": reference.wet_frames,
@@ -818,7 +829,8 @@ class Analyser:
         intervals = None if spread is None else interval_entry(task, spread, self.model.calibration if self.proposer.calibrated else None)
         report(0.15)
         rate = task.sample_rate if ref is None else ref.rate
-        candidates = Candidates(draws.z, presets_of(task, draws.z, rate), draws.log_prob)
+        z = draws.z if self.proposer.posterior or ref is None else distinct(draws.z)
+        candidates = Candidates(z, presets_of(task, z, rate), draws.log_prob)
         baseline, found, scored = None, None, 0
         if ref is not None:
             ranked_by = task.loss
@@ -1068,28 +1080,38 @@ def plot_spread(task, spread: np.ndarray | None, document: dict[str, Any]) -> li
 
 
 def interval_entry(task, z: np.ndarray, calibration=None) -> dict[str, Any]:
-    """The document's ``intervals``: each estimated parameter's :data:`CREDIBLE` interval from
-    draws z (N, d) of the posterior, in physical units, and whether the wet leaves it
-    undetermined (the interval spans more than :data:`UNDETERMINED_ABOVE` of the parameter's
+    """The document's ``intervals``: the :data:`CREDIBLE` interval of each quantity the wet
+    determines, from draws z (N, d) of the posterior, in physical units, and whether the wet
+    leaves it undetermined (the interval spans more than :data:`UNDETERMINED_ABOVE` of its
     range, in the normalised units the prior is uniform in).
 
-    The interval is the central one of the draws (:func:`afxest.temper.central_interval`) at the
-    model's recalibrated level of each parameter (``calibration``, :mod:`afxest.temper`), or at
-    :data:`CREDIBLE` itself without one (then it is the draws' interval, not a calibrated one).
+    The quantities (:func:`afxest.calibration.quantities`) are the model's parameters (key
+    ``parameters``), or where the model has several copies of the truth's one processor (``eq``:
+    two shelves for one) the summed gain and the shared cutoff and Q (key ``quantities``, each
+    with the ``note`` saying how it is formed). The interval is the central one of the draws
+    (:func:`afxest.temper.central_interval`) at the model's recalibrated level of each quantity
+    (``calibration``, :mod:`afxest.temper`), or at :data:`CREDIBLE` itself without one (then it
+    is the draws' interval, not a calibrated one).
     """
+    from afxest.calibration import quantities, quantity_ranges
     from afxest.temper import central_interval
 
-    level = np.full(task.model.dim, CREDIBLE) if calibration is None else calibration.level(CREDIBLE)
-    low, high = central_interval(z, level)
-    parameters = {}
-    for j, (name, r) in enumerate(zip(task.model.names, task.model.ranges)):
+    names, q, notes = quantities(task, z)
+    ranges = quantity_ranges(task)
+    per_parameter = task.truth.processors == task.model.processors
+    if not per_parameter:  # physical units: into each range's normalised units, as the prior's
+        q = np.stack([r.to_normalised(q[:, j]) for j, r in enumerate(ranges)], axis=-1)
+    level = np.full(len(names), CREDIBLE) if calibration is None else calibration.level(CREDIBLE)
+    low, high = central_interval(q, level)
+    entries = {}
+    for j, (name, r) in enumerate(zip(names, ranges)):
         width = float(high[j] - low[j])
-        parameters[name] = {"low": float(r.to_physical(low[j])), "high": float(r.to_physical(high[j])),
-                            "unit": r.param.unit, "width": width, "level": float(level[j]),
-                            "undetermined": width > UNDETERMINED_ABOVE}
+        entries[name] = {"low": float(r.to_physical(low[j])), "high": float(r.to_physical(high[j])),
+                         "unit": r.param.unit, "width": width, "level": float(level[j]),
+                         "undetermined": width > UNDETERMINED_ABOVE, **({} if per_parameter else {"note": notes[j]})}
     return {"credible": CREDIBLE, "draws": int(z.shape[0]), "calibrated": calibration is not None,
-            "undetermined_above": UNDETERMINED_ABOVE, "parameters": parameters,
-            "undetermined": [name for name, v in parameters.items() if v["undetermined"]]}
+            "undetermined_above": UNDETERMINED_ABOVE, "parameters" if per_parameter else "quantities": entries,
+            "undetermined": [name for name, v in entries.items() if v["undetermined"]]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,8 +87,9 @@ def fit(loaded, data: Path | None, n: int = 256, draws: int = 100, seed: int = 0
     """Fits a posterior model's calibration on ``n`` validation items (module docstring).
 
     Arguments:
-        loaded: The loaded model (:class:`afxest.store.LoadedModel`), a posterior whose
-            parameters are what the wet determines (its task's truth and model processors agree).
+        loaded: The loaded model (:class:`afxest.store.LoadedModel`), a posterior. Where its
+            parameters are not what the wet determines (``eq``), the coverage of the quantity
+            each one feeds (:func:`afxest.calibration.quantity_of`) steers its temperature.
         data: The music folder (its validation split), or None (procedural music; a synth needs none).
         n: The validation items.
         draws: The posterior draws per item.
@@ -101,9 +102,6 @@ def fit(loaded, data: Path | None, n: int = 256, draws: int = 100, seed: int = 0
     task = loaded.task
     if loaded.kind != "posterior":
         raise UserError(f"{loaded.name}: only a posterior model can be calibrated (this one is {loaded.kind})")
-    if task.truth.processors != task.model.processors:
-        raise UserError(f"{loaded.name}: the {task.name} task's parameters are not what its wet determines; "
-                        "it has no per-parameter calibration")
     fit_seed = seed + FIT_SEED_OFFSET
     items = _validation_items(loaded, data, n, fit_seed)
     d = task.model.dim
@@ -113,10 +111,12 @@ def fit(loaded, data: Path | None, n: int = 256, draws: int = 100, seed: int = 0
         log(f"validation, T = {t:g} for all: mean 90 % coverage {coverage[t]:.3f}")
     temperature = np.full(d, min(GRID, key=lambda t: abs(coverage[t] - 0.9)))
     normal = statistics.NormalDist()
+    quantity = cal.quantity_of(task)  # the quantity whose coverage steers each parameter's T
     for step in range(STEPS):
         c = _calibration_at(loaded, items, temperature, draws)
         cover = np.clip(c.coverage[0.9], 0.05, 0.995)
-        temperature = temperature * normal.inv_cdf(0.95) / np.array([normal.inv_cdf((1 + x) / 2) for x in cover])
+        widen = normal.inv_cdf(0.95) / np.array([normal.inv_cdf((1 + x) / 2) for x in cover])
+        temperature = temperature * widen[quantity]
         temperature = np.clip(temperature, T_MIN, T_MAX)
         log(f"validation, per-parameter step {step + 1}: 90 % coverage mean {c.coverage[0.9].mean():.3f}, "
             f"least {c.coverage[0.9].min():.3f}")

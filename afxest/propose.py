@@ -121,7 +121,8 @@ class Proposer:
         the proposing windows' posteriors.
 
         Candidate i comes from usable window (i U) // N; a point-estimating model gives one
-        candidate per proposing window (identical ones merged)."""
+        candidate per proposing window (windows that agree give the same one several times:
+        :func:`afxest.estimate.medoid` counts each)."""
         u = h.shape[0]
         owners = [(i * u) // n for i in range(n)]
         zs, own, entropies = [], [], []
@@ -134,11 +135,6 @@ class Proposer:
                 own.extend(s.log_prob[0].cpu().numpy().astype(np.float64))
             if s.entropy is not None:
                 entropies.append(float(s.entropy[0]))
-        if not self.posterior:  # point estimates of several windows may coincide
-            unique: dict[bytes, np.ndarray] = {}
-            for z in zs:
-                unique.setdefault(z.tobytes(), z)
-            zs = list(unique.values())
         entropy = sum(entropies) / len(entropies) if entropies else None
         return np.stack(zs), (np.array(own) if own else None), entropy
 

@@ -167,11 +167,13 @@ def load_model_file(model_file: ModelFile, device: Any = "cpu") -> LoadedModel:
 def read_calibration(state: dict[str, Any], info: dict[str, Any], config, path: Path):
     """The checkpoint's calibration (:func:`afxest.temper.read`), None without one; UserError
     when a model that is not a posterior has one or it does not fit the model."""
+    from afxest.calibration import quantity_ranges
     from afxest.temper import read
 
     if state.get("calibration") is not None and config.kind != "posterior":
         raise UserError(f"{path}: a {config.kind} model with a calibration (only posteriors have one)")
-    return read(state, info["task_obj"].model.dim, path)
+    task = info["task_obj"]
+    return read(state, task.model.dim, len(quantity_ranges(task)), path)
 
 
 def describe_checkpoint(state: dict[str, Any], path: Path) -> dict[str, Any]:

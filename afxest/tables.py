@@ -197,15 +197,32 @@ def _intervals_by_column(document: dict[str, Any], procs: list[dict[str, Any]],
 
 
 def _with_undetermined(table, document: dict[str, Any]):
-    """The table with a caption naming the parameters the wet leaves undetermined."""
+    """The table with a caption giving the intervals of what the wet determines where those are
+    not the columns' parameters (``eq``: the shelves' summed gain, shared cutoff and Q), and
+    naming the parameters the wet leaves undetermined."""
     found = document.get("intervals") or {}
+    quantities = found.get("quantities")
+    if quantities:
+        shown = "; ".join(f"{_quantity_label(n)} {number(e['low'])}..{number(e['high'])}"
+                          + (" !" if e["undetermined"] else "") for n, e in quantities.items())
+        note = (f"{_interval_label(document)} of what the wet determines (gains summed over the processors, "
+                f"the rest their |gain|-weighted means): {shown}")
+        table.caption = note if not table.caption else f"{table.caption}\n{note}"
     names = found.get("undetermined")
     if names:
         share = percent(found["undetermined_above"])
         note = (f"! undetermined by the wet (interval wider than {share} of the range): "
-                + ", ".join(_short_name(n) for n in names))
+                + ", ".join(_quantity_label(n) if quantities else _short_name(n) for n in names))
         table.caption = note if not table.caption else f"{table.caption}\n{note}"
     return table
+
+
+def _quantity_label(name: str) -> str:
+    """A quantity of several processors together (``<index>.<type>.<parameter>`` of the truth's
+    one processor) as a label: the processors' short name without an index, the parameter's
+    short name and unit, e.g. ``HS g dB``."""
+    _index, kind, param = name.split(".", 2)
+    return parameter_label(kind, None, param)
 
 
 def _short_name(name: str) -> str:

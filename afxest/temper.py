@@ -10,11 +10,15 @@ Two corrections, neither of which retrains or changes a weight:
   (:mod:`afxest.calibration`): first one T for all from a grid (the one whose mean 90 % coverage
   is nearest 90 %), then a few multiplicative steps per parameter,
   :math:`T_j \leftarrow T_j\, z_{0.95} / z_{(1 + c_j)/2}` with :math:`c_j` its 90 % coverage and
-  :math:`z_q` the standard normal quantile (the widening a Gaussian error would need).
+  :math:`z_q` the standard normal quantile (the widening a Gaussian error would need). Where the
+  model's parameters are not what the wet determines (``eq``: two shelves for one), the
+  coverage is that of the quantity the parameter feeds (:func:`afxest.calibration.quantities`:
+  the summed gain, the shared cutoff and Q).
 * **Recalibrated interval levels** (split-conformal, in the spirit of CANVI, Patel et al. 2024):
-  per parameter and credible level :math:`\alpha` (50 %, 90 %), the smallest central level of the
+  per quantity the wet determines (the model's parameters; ``eq``'s summed gain, cutoff and Q)
+  and credible level :math:`\alpha` (50 %, 90 %), the smallest central level of the
   tempered draws whose interval held at least :math:`\alpha` of the validation truths. The
-  reported 90 % interval of parameter :math:`j` is the central ``levels[0.9][j]`` interval of the
+  reported 90 % interval of quantity :math:`j` is the central ``levels[0.9][j]`` interval of the
   draws. This changes which interval is reported, not the draws.
 
 Where it applies: every interval ``afxest estimate`` reports (and ``--plot``'s spread), and
@@ -53,7 +57,9 @@ class ModelCalibration:
     Attributes:
         temperature: T per model parameter (d,).
         levels: Per credible level (``"0.5"``, ``"0.9"``), the central level of the tempered
-            draws that is reported as that interval, per parameter (d,).
+            draws that is reported as that interval, per quantity the wet determines (q,:
+            :func:`afxest.calibration.quantities`; the model's parameters, q = d, but for
+            ``eq``).
         fitted: How it was fitted: split, items, draws, seed, data, and the validation coverage.
     """
 
@@ -62,7 +68,7 @@ class ModelCalibration:
     fitted: dict[str, Any] = field(default_factory=dict)
 
     def level(self, credible: float) -> np.ndarray:
-        """The central levels of the draws reported as the ``credible`` interval, (d,)."""
+        """The central levels of the draws reported as the ``credible`` interval, (q,)."""
         return np.asarray(self.levels[str(credible)], dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,9 +76,9 @@ class ModelCalibration:
         return asdict(self)
 
 
-def read(state: dict[str, Any], d: int, path: Path) -> ModelCalibration | None:
+def read(state: dict[str, Any], d: int, q: int, path: Path) -> ModelCalibration | None:
     """The calibration stored in a loaded checkpoint, None without one; UserError when it does
-    not fit a model of ``d`` parameters."""
+    not fit a model of ``d`` parameters whose wet determines ``q`` quantities."""
     stored = state.get("calibration")
     if stored is None:
         return None
@@ -82,9 +88,9 @@ def read(state: dict[str, Any], d: int, path: Path) -> ModelCalibration | None:
                                  dict(stored.get("fitted", {})))
     except (KeyError, TypeError, ValueError, AttributeError):
         raise UserError(f"{path}: unreadable calibration in the checkpoint (refit it: afxest models --calibrate)") from None
-    sizes = {len(found.temperature), *(len(v) for v in found.levels.values())}
+    sizes = {len(v) for v in found.levels.values()}
     wanted = {str(a) for a in cal.LEVELS}
-    if sizes != {d} or not wanted <= set(found.levels) or not all(t > 0 and np.isfinite(t) for t in found.temperature):
+    if len(found.temperature) != d or sizes != {q} or not wanted <= set(found.levels) or not all(t > 0 and np.isfinite(t) for t in found.temperature):
         raise UserError(f"{path}: its calibration does not fit its {d} parameters (refit it: afxest models --calibrate)")
     return found
 

@@ -77,7 +77,8 @@ def test_plain_pytest_collects_the_suite() -> None:
     script = Path(sys.executable).parent / "pytest"
     assert script.exists(), f"pytest script not installed next to {sys.executable}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([str(script), "--collect-only", "-q", "-p", "no:cacheprovider"], cwd=REPO, env=env,
+    # -n 0: collected in this one process, not by pytest-xdist's workers (pyproject's -n auto)
+    result = subprocess.run([str(script), "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     last = result.stdout.strip().splitlines()[-1]

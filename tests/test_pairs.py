@@ -17,7 +17,7 @@ import torch
 from scipy import signal
 
 from afxest import losses
-from afxest.align import MIN_MATCH, align, minimum_phase
+from afxest.align import MIN_COHERENCE, align, coherence, minimum_phase
 from afxest.audio import read_audio
 from afxest.cli import main
 from afxest.data import procedural_music
@@ -67,14 +67,34 @@ def test_align_finds_whole_sample_offsets_through_a_mastering_chain(rate: int, o
     wet = late(master(x, rate), offset)[0]
     found = align(x, wet, rate)
     assert found.offset == offset and found.rate == rate
-    assert found.match > 0.5
+    assert found.match > 0.5 and found.coherence > 2 * MIN_COHERENCE
 
 
 def test_a_pure_delay_matches_fully_and_unrelated_signals_do_not() -> None:
     x = music(6.0)
-    assert align(x, late(x[None], 300)[0], RATE).match == pytest.approx(1.0, abs=1e-6)
+    found = align(x, late(x[None], 300)[0], RATE)
+    assert found.match == pytest.approx(1.0, abs=1e-6) and found.coherence == pytest.approx(1.0, abs=1e-9)
     for other in (music(6.0, seed=5), 0.1 * np.random.default_rng(3).standard_normal(6 * RATE).astype(np.float32)):
-        assert align(x, other, RATE).match < MIN_MATCH
+        assert align(x, other, RATE).coherence < MIN_COHERENCE / 3
+
+
+def test_coherence_is_scipys_and_a_limited_mp3_still_matches() -> None:
+    """The coherence's spectrum is scipy.signal.coherence's (Welch, Hann, half overlap); a wet
+    through the mastering chain, a hard limit and pedalboard's MP3 encoder at its lowest quality
+    still coheres with its dry far above the refusal line."""
+    x = music(6.0)
+    wet = master(x)[0]
+    f, c = signal.coherence(x.astype(np.float64), wet.astype(np.float64), nperseg=4096, noverlap=2048,
+                            window="hann", detrend=False)
+    _, sxx = signal.welch(x.astype(np.float64), nperseg=4096, noverlap=2048, window="hann", detrend=False)
+    _, syy = signal.welch(wet.astype(np.float64), nperseg=4096, noverlap=2048, window="hann", detrend=False)
+    used = sxx > sxx.max() * 1e-6
+    weight = np.sqrt(sxx * syy)[used]
+    assert coherence(x, wet) == pytest.approx(float(np.sum(c[used] * weight) / np.sum(weight)), abs=2e-3)
+    limited = pedalboard.Pedalboard([pedalboard.Gain(gain_db=12.0), pedalboard.Limiter(threshold_db=-1.0),
+                                     pedalboard.MP3Compressor(vbr_quality=9.0)])(master(x), float(RATE))[0]
+    found = align(x, limited, RATE)
+    assert found.coherence > 2 * MIN_COHERENCE
 
 
 def test_minimum_phase_of_a_biquads_magnitude_is_its_response() -> None:
@@ -217,3 +237,17 @@ def test_the_probe_and_the_search_score_each_proposal_once(
     search = json.loads(text)["analysis"]["search"]
     assert search["probe"]["moved_samples"] == 0
     assert len(scored) == len(set(scored)) == sum(search["proposals"].values())
+
+
+def test_the_master_example_with_another_excerpts_dry_is_refused(tmp_path: Path, capsys) -> None:
+    """The README's master example given the render example's dry (another excerpt, whose
+    GCC-PHAT peak, 0.054, passed the old line of 0.05): one line on stderr, exit 2, nothing
+    written."""
+    from afxest.examples import __file__ as examples_init
+
+    examples = Path(examples_init).parent
+    code, out, err = run(capsys, "estimate", examples / "master-wet.flac", "--dry", examples / "dry.flac",
+                         "-o", tmp_path / "out", "--no-progress")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "does not match" in lines[0] and "coherence" in lines[0], err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))

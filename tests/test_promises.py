@@ -112,9 +112,6 @@ def test_blind_point_estimator_keeps_the_medoid_of_the_windows_estimates(tmp_pat
     assert np.abs(long - alone[medoid]).max() < 1e-4, (long, alone)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 25: identical point estimates of several windows are merged "
-                   "before the medoid is taken (afxest/propose.py, afxest/estimate.py), so windows that "
-                   "agree count once: docs/estimate.md promises the medoid of the windows' estimates")
 def test_blind_medoid_counts_windows_that_agree(tmp_path: Path, capsys) -> None:
     """Windows B, A, A, C (A twice, the same samples): A's estimate has the least summed
     distance to the windows' estimates under any metric (triangle inequality)."""

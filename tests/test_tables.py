@@ -169,6 +169,29 @@ def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
     assert tables._origin({"preset": {"effects": effects[:1]}}) == "draw"
 
 
+def test_eq_intervals_of_the_shelves_together_are_a_caption() -> None:
+    """eq's intervals are of the two shelves together (summed gain, shared cutoff): no interval
+    row under the per-shelf columns, a caption giving each with its unit, ``!`` after an
+    undetermined one."""
+    shelves = [{"type": "high_shelf", "cutoff_frequency_hz": 1000.0, "gain_db": g, "q": 0.7} for g in (3.0, 1.0)]
+    intervals = {"credible": 0.9, "draws": 500, "calibrated": True, "undetermined_above": 0.5,
+                 "undetermined": ["0.high_shelf.q"], "quantities": {
+                     "0.high_shelf.cutoff_frequency_hz": {"low": 900.0, "high": 1200.0, "unit": "Hz", "undetermined": False},
+                     "0.high_shelf.gain_db": {"low": 3.5, "high": 4.5, "unit": "dB", "undetermined": False},
+                     "0.high_shelf.q": {"low": 0.2, "high": 2.9, "unit": "", "undetermined": True}}}
+    names = [f"{i}.high_shelf.{p}" for i in range(2) for p in ("cutoff_frequency_hz", "gain_db", "q")]
+    document = {"wet": "s.wav", "model": {"name": "eq"}, "task": "eq", "analysis": {"estimator": "posterior"},
+                "ranked_by": "log_prob", "summary": {n: {} for n in names}, "intervals": intervals,
+                "candidates": [_candidate(1, shelves, None, -1.0, None, None)]}
+    text = _text(tables.candidates_table(document), width=200)
+    assert "interval" not in text.split("90 %")[0] and text.count("90 %") == 1  # no interval row
+    flat = " ".join(text.split())
+    assert flat.endswith(
+        "90 % interval of what the wet determines (gains summed over the processors, the rest their |gain|-weighted "
+        "means): HS f Hz 900..1200; HS g dB 3.5..4.5; HS Q 0.2..2.9 ! ! undetermined by the wet (interval wider "
+        "than 50 % of the range): HS Q"), flat
+
+
 def test_intervals_stand_beside_the_candidates_and_undetermined_ones_are_named() -> None:
     """eq (columns): a row of each parameter's interval, ``!`` after an undetermined one and a
     caption naming it; master (rows): a last column of the intervals."""

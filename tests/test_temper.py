@@ -128,6 +128,29 @@ def test_interval_entry_reads_the_models_recalibrated_levels() -> None:
     assert entry["calibrated"] is True
 
 
+def test_eq_intervals_are_of_what_the_wet_determines() -> None:
+    """eq (two shelves for one): 1001 draws whose first shelf's gain runs over its range (-10..10
+    dB) and the second's stays at +5 dB: the summed gain's 90 % interval is the 51st and 951st
+    order statistics of -5..15 dB (closed form), 18 dB wide, 0.45 of the truth's 40 dB range
+    (determined; 0.9 of one shelf's 20 dB); both shelves at the same cutoff and Q give those,
+    whatever their weights (Q over 0.54 of its range: undetermined); the quantities carry
+    their notes and nothing is keyed per shelf."""
+    task = TASKS["eq"]
+    u = np.linspace(0.0, 1.0, 1001)
+    q_norm = 0.2 + 0.6 * u[::-1]
+    z = np.stack([np.full_like(u, 0.5), u, q_norm, np.full_like(u, 0.5), np.full_like(u, 0.75), q_norm], axis=-1)
+    entry = interval_entry(task, z)
+    assert "parameters" not in entry and list(entry["quantities"]) == task.truth.names
+    gain = entry["quantities"]["0.high_shelf.gain_db"]
+    assert gain["low"] == pytest.approx(20 * u[50] - 5) and gain["high"] == pytest.approx(20 * u[950] - 5)
+    assert gain["width"] == pytest.approx(18 / 40) and not gain["undetermined"] and "sum" in gain["note"]
+    cutoff = entry["quantities"]["0.high_shelf.cutoff_frequency_hz"]
+    assert cutoff["low"] == pytest.approx(math.sqrt(500 * 2500)) == pytest.approx(cutoff["high"])
+    q = entry["quantities"]["0.high_shelf.q"]
+    assert q["low"] == pytest.approx(0.1 + 2.9 * (0.2 + 0.6 * u[50])) and q["high"] == pytest.approx(0.1 + 2.9 * (0.2 + 0.6 * u[950]))
+    assert q["width"] == pytest.approx(0.54) and entry["undetermined"] == ["0.high_shelf.q"]
+
+
 # --- stored in the checkpoint, applied by the store and by estimate --------------------------------
 
 
@@ -240,12 +263,11 @@ def test_evaluate_scores_untempered_candidates_and_calibrated_draws(fm_model: Pa
 
 
 def test_calibrate_refuses_what_it_cannot_calibrate_and_writes_nothing(tmp_path: Path, capsys, one_thread) -> None:
-    """eq (two shelves for one: no per-parameter truth) and a deterministic model: one line on
-    stderr, exit 2, the checkpoint unchanged and no --out written."""
+    """A deterministic model: one line on stderr, exit 2, the checkpoint unchanged and no --out
+    written."""
     import hashlib
 
-    for task, estimator, why in (("eq", "posterior", "not what its wet determines"),
-                                 ("fm", "deterministic", "only a posterior model can be calibrated")):
+    for task, estimator, why in (("fm", "deterministic", "only a posterior model can be calibrated"),):
         model = one_step_checkpoint(tmp_path / f"{task}-{estimator}", task, estimator)
         before = hashlib.sha256(model.read_bytes()).hexdigest()
         capsys.readouterr()
@@ -253,3 +275,31 @@ def test_calibrate_refuses_what_it_cannot_calibrate_and_writes_nothing(tmp_path:
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and why in err[0], err
         assert hashlib.sha256(model.read_bytes()).hexdigest() == before and not (tmp_path / "out.pt").exists()
+
+
+def test_eq_is_calibrated_on_what_its_wet_determines(tmp_path: Path, capsys, one_thread) -> None:
+    """``models --calibrate`` on an eq posterior (two shelves for one): one temperature per
+    model parameter, the two shelves' copies of a quantity steered together (equal), interval
+    levels for the 3 quantities; an estimate with it reports those quantities, calibrated, with
+    their notes."""
+    import soundfile
+
+    model = one_step_checkpoint(tmp_path / "eq", "eq")
+    out = tmp_path / "eq-calibrated.pt"
+    assert main(["models", "--calibrate", str(model), "--fit-n", "16", "--draws", "20", "--out", str(out)]) == 0
+    found = load_model_file(ModelFile("c", out, "path")).calibration
+    t = np.array(found.temperature)
+    assert t.shape == (6,) and np.array_equal(t[:3], t[3:]) and not np.all(t == 1.0)
+    assert all(len(found.levels[k]) == 3 for k in ("0.5", "0.9"))
+    rng = np.random.default_rng(0)
+    wet = tmp_path / "noise.wav"
+    soundfile.write(wet, (0.1 * rng.standard_normal(22050 * 5)).astype(np.float32), 22050, subtype="FLOAT")
+    capsys.readouterr()
+    code = main([str(a) for a in ("estimate", wet, "--model", out, "-o", tmp_path / "e", "--samples", 4,
+                                  "--no-audio", "--refine", 0, "--no-progress")])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "e" / "noise" / "estimate.json").read_text())
+    quantities = doc["intervals"]["quantities"]
+    assert doc["intervals"]["calibrated"] and list(quantities) == TASKS["eq"].truth.names
+    assert [q["level"] for q in quantities.values()] == found.levels["0.9"]
+    assert all(q["note"] for q in quantities.values())
