@@ -45,7 +45,8 @@ class EchoFeatures(nn.Module):
     Why: the log-mel frames (23 ms) cannot place an echo of 50-800 ms to the 5 % the issue asks,
     and a network trained by the likelihood with them alone did not learn the delay time at
     all in 600 steps, while the cepstrum's largest peak is the delay to a sample wherever the
-    mix is 0.2 or more (measured: docs/training.md, "mix").
+    mix is 0.2 or more (measured: docs/training.md, "Measured: the mix task's objective and
+    encoder").
 
     Arguments:
         sample_rate: The rate of the input in Hz.
