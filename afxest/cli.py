@@ -150,7 +150,7 @@ def train(
     proxy: Annotated[Proxy, typer.Option(help="Compressor in training (tasks with one): dsp (exact), neural (a TCN proxy) or hybrid (exact output, the proxy's gradients); see docs/master.md.")] = Proxy.dsp,
     proxy_model: Annotated[Optional[Path], typer.Option(help="Proxy checkpoint from afxest train-proxy (--proxy neural or hybrid).", show_default=False)] = None,
     excerpt_seconds: Annotated[Optional[float], typer.Option(help="Train on excerpts this long (effect tasks; validation keeps the task's clip); default: the task's (2.5 s for eq and master). See docs/training.md.", show_default=False)] = None,
-    objective: Annotated[Objective, typer.Option(help="A posterior's loss: audio (DAFx 2025: the expected audio loss minus beta H) or likelihood (-ln p(truth | wet), neural posterior estimation). See docs/training.md.")] = Objective.audio,
+    objective: Annotated[Objective, typer.Option(help="A posterior's loss: audio (DAFx 2025: the expected audio loss minus beta H) likelihood (-ln p(truth | wet), neural posterior estimation) or hybrid (the first plus a weight times the second). See docs/training.md.")] = Objective.audio,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train an estimator (runs data-parallel under torchrun)."""

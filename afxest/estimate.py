@@ -522,7 +522,8 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
         tasks of at most :data:`afxest.search.DESIGN_MAX_DIM` parameters; ``analysis``, with a
         dry, as many equalisers fitted to the long-term spectral ratio of the wet over the dry
         on ``spans`` (their mono mixes), from ``z`` and from spread starts
-        (:func:`afxest.search.equaliser_proposals`).
+        (:func:`afxest.search.equaliser_proposals`); ``echo``, with a dry and a delay in the
+        chain, those with the delay measured on the spans (:func:`afxest.search.delay_proposals`).
     """
     from afxest import search as s
 
@@ -530,9 +531,13 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
     if task.model.dim <= s.DESIGN_MAX_DIM:
         proposals["design"] = s.design(task.model.dim, effort.design, seed)
     if dry is not None:
-        ratio, weight = s.long_term_ratio_db(np.concatenate([dry[:, a:b].mean(axis=0) for a, b in spans]),
-                                             np.concatenate([wet[:, a:b].mean(axis=0) for a, b in spans]))
+        dry_spans = [dry[:, a:b].mean(axis=0) for a, b in spans]
+        wet_spans = [wet[:, a:b].mean(axis=0) for a, b in spans]
+        ratio, weight = s.long_term_ratio_db(np.concatenate(dry_spans), np.concatenate(wet_spans))
         proposals["analysis"] = s.equaliser_proposals(task.model, z, ratio, weight, rate, seed=seed)
+        echo = s.delay_proposals(task.model, proposals["analysis"], dry_spans, wet_spans, rate)
+        if echo is not None:
+            proposals["echo"] = echo
     return proposals
 
 

@@ -31,7 +31,7 @@ validation split (docs/estimate.md, "Search").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,7 +247,7 @@ def refine(
 @dataclass
 class Searched:
     """The search's candidates: z (K, d) float64 refined from ``start`` (K, d), where each came
-    from (``posterior``, ``design`` or ``analysis``), its cheap score before and its loss after
+    from (``posterior``, ``design``, ``analysis`` or ``echo``), its cheap score before and its loss after
     refinement, and the steps each refinement took."""
 
     z: np.ndarray
@@ -477,3 +477,27 @@ def equaliser_proposals(space, z: np.ndarray, ratio_db: np.ndarray, weight: np.n
     error = equaliser_fit_error(space, torch.from_numpy(fitted[:, :dim]), torch.from_numpy(ratio), torch.from_numpy(w),
                                 sample_rate, torch.from_numpy(freqs))
     return fitted[np.argsort(error.detach().numpy(), kind="stable")[: len(z)]]
+
+
+def delay_proposals(space, z: np.ndarray, dry: Sequence[np.ndarray], wet: Sequence[np.ndarray],
+                    sample_rate: float) -> np.ndarray | None:
+    """The search's ``echo`` proposals: the candidates z (M, d) with their delay's time, feedback
+    and mix set to those measured from the dry/wet pairs of segments (mono, (T_s,) each) by
+    :func:`afxest.echoes.measure_delay` in the delay's range of times; None for a chain without
+    one delay. The refinement cannot move a delay time (a whole number of samples: no
+    gradient), so a candidate must start on it (issue 24)."""
+    from afxest.echoes import measure_delay
+
+    at = space.position("delay")
+    if at is None:
+        return None
+    processor = space.processors[at]
+    start = sum(p.dim for p in space.processors[:at])
+    ranges = {r.name: (start + i, r) for i, r in enumerate(processor.ranges)}
+    times = ranges["delay_seconds"][1]
+    echo = measure_delay(dry, wet, sample_rate, times.lo, times.hi)
+    measured = {"delay_seconds": echo.seconds, "feedback": echo.feedback, "mix": echo.mix}
+    out = np.asarray(z, np.float64).copy()
+    for name, (column, r) in ranges.items():
+        out[:, column] = np.clip(r.to_normalised(measured[name]), 0.0, 1.0)
+    return out

@@ -161,7 +161,7 @@ class Task:
     truth: Space
     model: Space
     loss: Literal["log_mel", "sot_mrstft"]
-    encoder: Literal["convnext", "hann_dft_resmlp"]
+    encoder: Literal["convnext", "convnext_echo", "hann_dft_resmlp"]
     training: TrainingDefaults
 
     def __post_init__(self) -> None:
@@ -408,7 +408,7 @@ TASKS: dict[str, Task] = {
         truth=_MIX,
         model=_MIX,  # the same chain, rendered by afxest's differentiable processors
         loss="log_mel",
-        encoder="convnext",
+        encoder="convnext_echo",  # the log-mel frames cannot place an echo: cepstral peaks beside them
         # the master task's values (23 parameters here, 21 there), not yet measured on this
         # task; whole clips: an excerpt would cut the echoes and tails of up to several seconds
         training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003),

@@ -5,7 +5,8 @@ the wet signal, samples parameters from the head and minimises (:class:`Objectiv
 
 * ``posterior``: the audio loss of the rendered sample minus beta times the entropy estimate
   (DAFx 2025, Eqs. 7, 13); or, with ``--objective likelihood``, the negative log-density of
-  the truth (neural posterior estimation: Papamakarios & Murray, NeurIPS 2016);
+  the truth (neural posterior estimation: Papamakarios & Murray, NeurIPS 2016); or, with
+  ``--objective hybrid``, the first plus :data:`HYBRID_WEIGHT` times the second;
 * ``deterministic``: the audio loss of the rendered estimate (ICASSP 2024);
 * ``param``: the mean squared error to the truth mapped into the model's space;
 * ``bins``: the cross-entropy of the head's bins to that truth, blurred
@@ -67,6 +68,11 @@ VALIDATION_SEED = 0  # seeds the validation items and samples: those a seed-0 ru
 PARAMETER_LOSSES = ("param", "bins")  # the estimators trained on the truth, not through the audio
 LIKELIHOOD_MARGIN = 1e-4  # --objective likelihood: the truth kept this far (normalised) from 0 and 1
 LIKELIHOOD_CAP = 1e3  # and an item whose -ln p(t | y) exceeds this (nats) counts as this, without a gradient
+# --objective hybrid: audio - beta H + w (-ln p(t | y)). Where the audio gives a parameter no
+# gradient (a delay time: whole samples) the base Gaussian's sigma settles where
+# w (1 - e^2 / sigma^2) = beta, sigma^2 = e^2 w / (w - beta): w must exceed beta (0.003 on mix)
+# well, or the entropy widens such a posterior without end; 0.05 leaves it 6 % wide in variance
+HYBRID_WEIGHT = 0.05
 INIT_SIGMA = 0.02  # the base Gaussian's standard deviation (logit units) of a posterior centred on a point estimate
 # what --resume must find unchanged (total_steps too under a schedule: its shape depends on the run's length)
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "beta", "data", "val_items", "world_size", "schedule",
@@ -150,8 +156,8 @@ def resolve(config: TrainConfig) -> Settings:
         raise UserError(f"unknown --schedule {config.schedule!r} ({', '.join(SCHEDULES)})")
     if config.objective not in OBJECTIVES:
         raise UserError(f"unknown --objective {config.objective!r} ({', '.join(OBJECTIVES)})")
-    if config.objective == "likelihood" and config.estimator != "posterior":
-        raise UserError(f"--objective likelihood is a posterior's; the {config.estimator} estimator has one loss")
+    if config.objective != "audio" and config.estimator != "posterior":
+        raise UserError(f"--objective {config.objective} is a posterior's; the {config.estimator} estimator has one loss")
     if config.objective == "likelihood" and config.proxy != "dsp":
         raise UserError(f"--proxy {config.proxy}: --objective likelihood trains on parameters, not through the compressor")
     if config.init is not None and config.resume:
@@ -227,7 +233,7 @@ def ranks_of(config: TrainConfig, settings: Settings) -> Ranks:
     if batch_size % world:
         raise UserError(f"--batch-size {batch_size} must be divisible by the {world} data-parallel ranks")
     local_batch = batch_size // world
-    if local_batch < 2 and settings.task.encoder == "convnext":
+    if local_batch < 2 and settings.task.encoder.startswith("convnext"):
         raise UserError(f"--batch-size {batch_size} gives {local_batch} item per rank; batch norm needs at least 2")
     return Ranks(world, rank, device, local_batch)
 
@@ -462,7 +468,8 @@ class Objective:
 
     * ``posterior``: L = mean_i [audio(z_i, x_i, y_i) - beta H_i], H_i the entropy estimate
       of Eqs. 12-14 (nats); with ``likelihood``, L = -mean_i ln p(t_i | y_i) (nats), t_i the
-      truth in the model's space (neural posterior estimation);
+      truth in the model's space (neural posterior estimation); with ``hybrid`` w > 0, the
+      first plus w times the second;
     * ``deterministic``: L = mean_i audio(z_i, x_i, y_i) (ICASSP 2024);
     * ``param``: L = mean_i ||z_i - t_i||^2 / d, t_i the truth in the model's space
       (:meth:`afxest.tasks.Task.truth_to_model`);
@@ -476,6 +483,8 @@ class Objective:
             :func:`afxest.objective.audio_objective`, exact or its fast training form.
         compressor: A proxy for the dsp compressor in the audio term, or None.
         likelihood: A posterior trained by the likelihood of the truth (``--objective``).
+        hybrid: The weight w of the likelihood beside the audio objective (``--objective
+            hybrid``: :data:`HYBRID_WEIGHT`); 0: none.
     """
 
     task: Task
@@ -484,6 +493,7 @@ class Objective:
     audio: AudioObjective
     compressor: Any = None
     likelihood: bool = False
+    hybrid: float = 0.0
 
     def __call__(self, model: Any, batch: Batch, device: Any, with_audio: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
         """The objective of a batch, with one parameter draw per item.
@@ -520,17 +530,17 @@ class Objective:
         elif self.kind == "posterior":
             loss = terms["audio"] - self.beta * s.entropy
             terms["entropy_bits"] = bits_per_dim(-s.entropy, self.task.model.dim)  # Eq. 17
+            if self.hybrid:
+                terms.update(self._nll(model, batch, wet, device))
+                loss = loss + self.hybrid * terms["nll"]
         return loss.mean(), terms
 
-    def _likelihood(self, model: Any, batch: Batch, wet: Tensor, dry: Tensor | None, device: Any,
-                    with_audio: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        """``--objective likelihood``: -ln p(t | y) per item, t kept :data:`LIKELIHOOD_MARGIN`
-        from the ends of [0, 1]. An item the flow cannot reach in float32 (its inverse runs off to
-        1e16 and more: -ln p of 1e26 or more, measured on fm, where it made training diverge
-        three times) counts as :data:`LIKELIHOOD_CAP` without a gradient (``unreachable``: the
-        share of such items); the others are evaluated again with their gradients. Validation
-        adds one draw's audio term, entropy (bits per dimension) and parameter errors, as the
-        audio objective logs."""
+    def _nll(self, model: Any, batch: Batch, wet: Tensor, device: Any) -> dict[str, Tensor]:
+        """-ln p(t | y) per item (``nll``), t kept :data:`LIKELIHOOD_MARGIN` from the ends of
+        [0, 1], and ``unreachable``: 1 for an item the flow cannot reach in float32 (its inverse
+        runs off to 1e16 and more: -ln p of 1e26 or more, measured on fm, where it made training
+        diverge three times), which counts as :data:`LIKELIHOOD_CAP` without a gradient; the
+        others are evaluated again with their gradients."""
         target = self.task.truth_to_model(torch.from_numpy(batch.v).to(device))
         target = target.clamp(LIKELIHOOD_MARGIN, 1 - LIKELIHOOD_MARGIN).to(wet.dtype).unsqueeze(1)
         with torch.no_grad():
@@ -538,7 +548,13 @@ class Objective:
         nll = wet.new_full((wet.shape[0],), LIKELIHOOD_CAP)
         if bool(reachable.any()):
             nll = nll.masked_scatter(reachable, -model(wet[reachable], 1, at=target[reachable])[:, 0])
-        terms = {"nll": nll, "unreachable": (~reachable).to(wet.dtype)}
+        return {"nll": nll, "unreachable": (~reachable).to(wet.dtype)}
+
+    def _likelihood(self, model: Any, batch: Batch, wet: Tensor, dry: Tensor | None, device: Any,
+                    with_audio: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """``--objective likelihood``: the mean of :meth:`_nll`. Validation adds one draw's audio
+        term, entropy (bits per dimension) and parameter errors, as the audio objective logs."""
+        terms = self._nll(model, batch, wet, device)
         if with_audio:
             with torch.no_grad():
                 s = model(wet, 1)
@@ -729,9 +745,11 @@ def train(
     run = EstimatorRun(
         config, settings, ranks, length[0], model, forward, optimizer,
         training=Objective(task, config.estimator, settings.beta, audio_objective(task, device, fast=True), compressor,
-                           likelihood=config.objective == "likelihood"),
+                           likelihood=config.objective == "likelihood",
+                           hybrid=HYBRID_WEIGHT if config.objective == "hybrid" else 0.0),
         validation=Objective(task, config.estimator, settings.beta, audio_objective(task, device),
-                             likelihood=config.objective == "likelihood"),
+                             likelihood=config.objective == "likelihood",
+                             hybrid=HYBRID_WEIGHT if config.objective == "hybrid" else 0.0),
         source=train_source, val_batches=val_batches, resolved=resolved,
     )
     bar = _Progress(length[0], start, enabled=progress and ranks.is_main, log=say)

@@ -52,3 +52,30 @@ def test_residual_block_is_swish_of_input_plus_two_layer_branch() -> None:
     x = h.double().numpy()
     expected = swish(x + swish(x @ w1.T + b1) @ w2.T + b2)
     np.testing.assert_allclose(block(h).detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mix_encoder_reads_pedalboards_delay_as_the_normalised_delay_time() -> None:
+    """The mix task's encoder (convnext_echo): its first cepstral peak's features are, for wets
+    of a pedalboard Delay on noise, the delay time normalised in the task's own range (the
+    issue's 0.05-0.8 s, log-uniform: ln(t / 0.05) / ln 16 at the middle of the sample pedalboard
+    delays by) and its logit; the embedding carries them after the MLP's output."""
+    import math
+
+    import pedalboard
+
+    from afxest.nn.encoders import build_encoder
+    from afxest.tasks import TASKS
+
+    sr = 22050
+    encoder = build_encoder(TASKS["mix"]).eval()  # batch norm at its initial statistics: the identity
+    rng = np.random.default_rng(1)
+    times = [0.07, 0.31, 0.74]
+    wets = [pedalboard.Delay(delay_seconds=t, feedback=0.3, mix=0.4)((0.1 * rng.standard_normal((1, 3 * sr))).astype(np.float32), sr)
+            for t in times]
+    with torch.no_grad():
+        embedding = encoder(torch.from_numpy(np.stack(wets)))
+    features = embedding[:, -encoder.echo.size :].numpy()
+    expected = np.array([math.log((math.floor(np.float32(t) * sr) + 0.5) / sr / 0.05) / math.log(16) for t in times])
+    np.testing.assert_allclose(features[:, 0], expected, atol=1e-4)
+    np.testing.assert_allclose(features[:, 1], np.log(expected / (1 - expected)), atol=1e-3)
+    assert embedding.shape == (3, 128 + 15)

@@ -595,6 +595,31 @@ def test_likelihood_objective_is_the_truths_negative_log_density(one_thread: Non
     assert {"nll", "audio", "entropy_bits", "error.0.fm.frequency_ratio"} <= set(terms)
 
 
+def test_hybrid_objective_is_the_audio_objective_plus_weighted_likelihood() -> None:
+    """--objective hybrid: per item, the audio objective's loss (the same draw: the same seed)
+    plus HYBRID_WEIGHT times the likelihood objective's -ln p(t | y)."""
+    from afxest.nn.estimator import Estimator, EstimatorConfig
+    from afxest.objective import audio_objective
+    from afxest.train import HYBRID_WEIGHT
+
+    task = TASKS["fm"]
+    batch = make_batch(task, None, np.random.default_rng(4), 3)
+    torch.manual_seed(1)
+    model = Estimator(task, EstimatorConfig(kind="posterior"))
+    model.eval()  # batch norm by its running statistics: the three calls see the same network
+
+    def run(**kind):
+        torch.manual_seed(5)
+        return Objective(task, "posterior", 0.1, audio_objective(task, "cpu"), **kind)(model, batch, "cpu")
+
+    audio, _ = run()
+    likelihood, _ = run(likelihood=True)
+    hybrid, terms = run(hybrid=HYBRID_WEIGHT)
+    assert {"audio", "entropy_bits", "nll", "unreachable"} <= set(terms)
+    assert hybrid.item() == pytest.approx(audio.item() + HYBRID_WEIGHT * likelihood.item(), rel=1e-5)
+    assert abs(hybrid.item() - audio.item()) > 1e-4 * abs(audio.item())  # the likelihood shows beyond the tolerance
+
+
 def test_fm_posterior_learns_by_likelihood(tmp_path: Path) -> None:
     """The likelihood objective trains a posterior: within 80 steps the best validation NLL
     (validated every 20 steps; at lr 3e-3 it moves by nats between validations) falls more
@@ -614,9 +639,10 @@ def test_fm_posterior_learns_by_likelihood(tmp_path: Path) -> None:
 
 
 def test_objective_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for extra, message in [(["--estimator", "param"], "is a posterior's"),
-                           (["--estimator", "bins"], "is a posterior's")]:
-        rc = main(["train", "--task", "fm", "--out", str(tmp_path / "r"), "--max-steps", "1", "--objective", "likelihood", *extra])
+    for objective, extra, message in [("likelihood", ["--estimator", "param"], "is a posterior's"),
+                                      ("likelihood", ["--estimator", "bins"], "is a posterior's"),
+                                      ("hybrid", ["--estimator", "deterministic"], "is a posterior's")]:
+        rc = main(["train", "--task", "fm", "--out", str(tmp_path / "r"), "--max-steps", "1", "--objective", objective, *extra])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "r").exists()
