@@ -15,7 +15,7 @@ and kept only where it lowers the task's loss:
    far longer than a task's ranges hold (releases of 1-3 s: docs/estimate.md).
 1. **Graphic equaliser.** The long-term spectra (Welch) of the wet and of the candidate's
    rendering give the residual ratio in dB, gathered into log-spaced bands. It is fitted by
-   fixed-frequency ``peak`` filters a sixth of an octave apart (from :data:`LOWEST_CENTRE_HZ`
+   fixed-frequency ``peak`` filters a 24th of an octave apart (from :data:`LOWEST_CENTRE_HZ`
    up to :data:`HIGHEST_CENTRE` of Nyquist) and a broadband ``gain``: their gains by damped
    Gauss-Newton (Levenberg-Marquardt) on sum_j (ratio_j - sum_i |H_i(f_j)|_dB - g_0)^2 + lambda
    sum_i g_i^2, the ridge keeping bands the music leaves empty at 0 dB.
@@ -40,8 +40,8 @@ import numpy as np
 
 LOWEST_CENTRE_HZ = 25.0
 HIGHEST_CENTRE = 0.9  # of Nyquist: the highest band's centre stays below this
-BANDS_PER_OCTAVE = 6
-BAND_Q = 4.0  # RBJ Q of each band (neighbours overlap, so the sum is smooth)
+BANDS_PER_OCTAVE = 24  # a matching equaliser's 1/6-1/12-octave detail: 6, 12, 16, 24 measured (docs/estimate.md)
+BAND_Q = 16.0  # RBJ Q of each band (neighbours overlap, so the sum is smooth)
 BAND_LIMIT_DB = 18.0  # each band's gain is kept within +-this
 FIT_ITERATIONS = 20
 RIDGE = 1e-3  # lambda: dB^2 of misfit per dB^2 of band gain
