@@ -137,7 +137,7 @@ def test_a_master_the_chain_cannot_hold_is_corrected_and_the_answer_renders_in_p
     doc = estimate(capsys, *common, "-o", tmp_path / "a")
     top = doc["candidates"][0]
     record = top["correction"]
-    assert record["equaliser"]
+    assert record["equaliser"] and not record["dynamics"] and "task_effects" not in record  # eq: no compressor
     effects = top["preset"]["effects"]
     assert [e["type"] for e in effects[: record["effects_from"]]] == ["high_shelf", "high_shelf"]
     added = [e["type"] for e in effects[record["effects_from"] :]]
