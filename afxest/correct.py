@@ -3,12 +3,19 @@ cannot hold of a wet that another tool made, added after it as effects pedalboar
 
 A task's chain has a few equaliser bands and one compressor curve; a user's master may carry an
 equaliser with far more detail (a matching EQ) and a brickwall limiter. After the search, the
-best candidate is corrected in two steps, each measured on the scored windows against the wet
+best candidate is corrected in three steps, each measured on the scored windows against the wet
 and kept only where it lowers the task's loss:
 
+0. **Dynamics.** The chain's compressor refitted on pedalboard's rendering of the chain against
+   the wet (:func:`dynamics_step`): its threshold, ratio, attack and release by Nelder-Mead,
+   the time constants free of the task's ranges (within :data:`ATTACK_MS` and
+   :data:`RELEASE_MS`), the output level matched to the wet's RMS by a ``gain`` after the chain.
+   A compander whose curve has several segments and a soft knee, on an RMS detector with its
+   gain smoothed in dB, is matched by JUCE's hard-knee peak compressor only with time constants
+   far longer than a task's ranges hold (releases of 1-3 s: docs/estimate.md).
 1. **Graphic equaliser.** The long-term spectra (Welch) of the wet and of the candidate's
    rendering give the residual ratio in dB, gathered into log-spaced bands. It is fitted by
-   fixed-frequency ``peak`` filters a sixth of an octave apart (from :data:`LOWEST_CENTRE_HZ`
+   fixed-frequency ``peak`` filters a 24th of an octave apart (from :data:`LOWEST_CENTRE_HZ`
    up to :data:`HIGHEST_CENTRE` of Nyquist) and a broadband ``gain``: their gains by damped
    Gauss-Newton (Levenberg-Marquardt) on sum_j (ratio_j - sum_i |H_i(f_j)|_dB - g_0)^2 + lambda
    sum_i g_i^2, the ridge keeping bands the music leaves empty at 0 dB.
@@ -17,8 +24,9 @@ and kept only where it lowers the task's loss:
    ``Limiter`` on a grid of input levels, thresholds and releases (:func:`limiter_step`), each
    followed by the ``gain`` that best matches the wet's level (least squares), keeping the best.
 
-The corrected preset is the task's effects followed by the correction's, one ``afxest-preset/1``
-document; :func:`correct` says where the correction starts. A candidate the chain already
+The corrected preset is the task's effects (its compressor refitted where step 0 was kept)
+followed by the correction's, one ``afxest-preset/1`` document; :func:`correct` says where the
+correction starts and which of the task's effects it refitted. A candidate the chain already
 holds (its loss below :data:`HELD_BELOW` of the dry's own) is not corrected.
 """
 
@@ -32,8 +40,8 @@ import numpy as np
 
 LOWEST_CENTRE_HZ = 25.0
 HIGHEST_CENTRE = 0.9  # of Nyquist: the highest band's centre stays below this
-BANDS_PER_OCTAVE = 6
-BAND_Q = 4.0  # RBJ Q of each band (neighbours overlap, so the sum is smooth)
+BANDS_PER_OCTAVE = 24  # a matching equaliser's 1/6-1/12-octave detail: 6, 12, 16, 24 measured (docs/estimate.md)
+BAND_Q = 16.0  # RBJ Q of each band (neighbours overlap, so the sum is smooth)
 BAND_LIMIT_DB = 18.0  # each band's gain is kept within +-this
 FIT_ITERATIONS = 20
 RIDGE = 1e-3  # lambda: dB^2 of misfit per dB^2 of band gain
@@ -42,6 +50,10 @@ CEILING_SHARE = 1e-3
 LIMITER_INPUT_PEAKS_DB = (-9.0, -6.0, -3.0, 0.0, 3.0)  # the limiter's input peak (the first stage acts from -10 dBFS)
 LIMITER_REDUCTIONS_DB = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 8.0, 10.0)  # its threshold this far below that peak
 LIMITER_RELEASES_MS = (10.0, 50.0, 200.0)
+ATTACK_MS = (0.1, 1000.0)  # the dynamics step's attack and release bounds (ms)
+RELEASE_MS = (1.0, 5000.0)
+DYNAMICS_EVALUATIONS = 80  # renderings of the chain the dynamics step's Nelder-Mead may take
+DYNAMICS_SIMPLEX = (3.0, 0.5, 1.0, 1.0)  # its first steps: threshold (dB), ln(ratio - 1), ln attack, ln release
 MIN_IMPROVEMENT = 0.1  # a step is kept where it lowers the loss by at least this share
 # a candidate whose loss is below this share of the dry's own is held by the task's chain: it is
 # not corrected (the README's pedalboard-made master: rank 1 at 1/8 600 of its Input, 40 dB)
@@ -131,10 +143,13 @@ def fit_bands(freqs: np.ndarray, ratio_db: np.ndarray, sample_rate: float) -> tu
 
 @dataclass
 class Correction:
-    """A candidate's correction: the effects added after the task's (``afxest-preset/1``
-    effect dicts), what each step found, and the loss before and after."""
+    """A candidate's correction: the task's effects as corrected (``chain``: its compressor
+    refitted where ``dynamics``), the effects added after them (``afxest-preset/1`` effect
+    dicts), what each step found, and the loss before and after."""
 
+    chain: list[dict[str, Any]]
     effects: list[dict[str, Any]]
+    dynamics: bool
     equaliser: bool
     limiter: bool
     loss_before: float
@@ -159,29 +174,86 @@ def correct(
         sample_rate: Their rate.
 
     Returns:
-        The correction (no effects where neither step lowered the loss by
+        The correction (the chain as given and no effects where no step lowered the loss by
         :data:`MIN_IMPROVEMENT`).
     """
-    rendered = render(effects)
+    chain = [dict(e) for e in effects]
+    rendered = render(chain)
     before = best = loss(rendered)
+    level = 0.0  # dB: the correction's broadband gain after the chain
+    refitted = dynamics_step(chain, render, wet, loss, best)
+    if refitted is not None:
+        index, compressor, level, best = refitted
+        chain[index] = compressor
+        rendered = render([*chain, {"type": "gain", "gain_db": level}])
     added: list[dict[str, Any]] = []
     freqs, ratio = residual_bands(np.concatenate(rendered, axis=1), np.concatenate(wet, axis=1), sample_rate)
-    gains, level = fit_bands(freqs, ratio, sample_rate)
+    gains, fitted = fit_bands(freqs, ratio, sample_rate)
     graphic = [{"type": "peak", "cutoff_frequency_hz": float(c), "gain_db": float(g), "q": BAND_Q}
-               for c, g in zip(band_centres(sample_rate), gains)] + [{"type": "gain", "gain_db": level}]
-    trial = render([*effects, *graphic])
+               for c, g in zip(band_centres(sample_rate), gains)] + [{"type": "gain", "gain_db": level + fitted}]
+    trial = render([*chain, *graphic])
     trial_loss = loss(trial)
     if trial_loss < (1 - MIN_IMPROVEMENT) * best:
         added, rendered, best = graphic, trial, trial_loss
+    elif refitted is not None:
+        added = [{"type": "gain", "gain_db": level}]
     limited = limiter_step(rendered, wet, loss, best, sample_rate)
     if limited is not None:
         drive, limit, out, best = limited
-        if added:  # the equaliser's broadband gain drives the limiter
+        if added:  # the equaliser's (or the dynamics step's) broadband gain drives the limiter
             added[-1] = {"type": "gain", "gain_db": added[-1]["gain_db"] + drive}
         else:
             added = [{"type": "gain", "gain_db": drive}]
         added += [limit, {"type": "gain", "gain_db": out}]
-    return Correction(added, bool(added) and added[0]["type"] == "peak", limited is not None, before, best)
+    return Correction(chain, added, refitted is not None, any(e["type"] == "peak" for e in added),
+                      limited is not None, before, best)
+
+
+def rms_gain_db(rendered: Sequence[np.ndarray], wet: Sequence[np.ndarray]) -> float:
+    """The gain (dB) that gives the renderings the wet's RMS level, all excerpts together."""
+    power = sum(float(np.vdot(r, r)) for r in rendered)
+    return float(10 * np.log10(sum(float(np.vdot(w, w)) for w in wet) / max(power, 1e-30)))
+
+
+def dynamics_step(chain: Sequence[dict[str, Any]], render: Callable[[Sequence[dict[str, Any]]], list[np.ndarray]],
+                  wet: Sequence[np.ndarray], loss: Callable[[list[np.ndarray]], float],
+                  best: float) -> tuple[int, dict[str, Any], float, float] | None:
+    """Step 0 of the module docstring: the chain's compressor refitted by Nelder-Mead (scipy) on
+    x = (threshold dB, ln(ratio - 1), ln attack, ln release) from its own settings (first steps
+    :data:`DYNAMICS_SIMPLEX`, at most :data:`DYNAMICS_EVALUATIONS` renderings), each rendering
+    brought to the wet's RMS level (:func:`rms_gain_db`) and scored by ``loss``; the time
+    constants clipped to :data:`ATTACK_MS` and :data:`RELEASE_MS`.
+
+    Returns:
+        The compressor's index in the chain, its refitted settings, the level (dB) and their
+        loss; or None where the chain has no single compressor or the refit does not lower
+        ``best`` by :data:`MIN_IMPROVEMENT`.
+    """
+    import scipy.optimize
+
+    found = [i for i, e in enumerate(chain) if e["type"] == "compressor"]
+    if len(found) != 1:
+        return None
+    index, c = found[0], chain[found[0]]
+
+    def compressor(x: np.ndarray) -> dict[str, Any]:
+        return {"type": "compressor", "threshold_db": float(x[0]), "ratio": float(1 + np.exp(x[1])),
+                "attack_ms": float(np.clip(np.exp(x[2]), *ATTACK_MS)), "release_ms": float(np.clip(np.exp(x[3]), *RELEASE_MS))}
+
+    def scored(x: np.ndarray) -> tuple[float, float]:
+        rendered = render([*chain[:index], compressor(x), *chain[index + 1 :]])
+        level = rms_gain_db(rendered, wet)
+        return loss([r * 10 ** (level / 20) for r in rendered]), level
+
+    x0 = np.array([c["threshold_db"], np.log(max(c["ratio"] - 1, 1e-3)),
+                   np.log(np.clip(c["attack_ms"], *ATTACK_MS)), np.log(np.clip(c["release_ms"], *RELEASE_MS))])
+    simplex = np.vstack([x0, x0 + np.diag(DYNAMICS_SIMPLEX)])
+    result = scipy.optimize.minimize(lambda x: scored(x)[0], x0, method="Nelder-Mead",
+                                     options={"maxfev": DYNAMICS_EVALUATIONS, "initial_simplex": simplex})
+    refitted, level = scored(result.x)
+    if not refitted < (1 - MIN_IMPROVEMENT) * best:
+        return None
+    return index, compressor(result.x), level, refitted
 
 
 def at_ceiling(x: np.ndarray) -> bool:

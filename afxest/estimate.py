@@ -946,10 +946,11 @@ class Analyser:
                 return float(np.mean([float(at.scorer.loss_fn(torch.from_numpy(y)[None], t))
                                       for y, t in zip(rendered, targets)]))
 
-        found = correct([e.to_dict() for e in base.effects], render, wet, loss, rate)
+        task = [e.to_dict() for e in base.effects]
+        found = correct(task, render, wet, loss, rate)
         if not found.effects:
             return
-        corrected = dataclasses.replace(base, effects=base.effects + processors(found.effects))
+        corrected = dataclasses.replace(base, effects=processors(found.chain) + processors(found.effects))
         with torch.inference_mode():
             measured = at.measure([corrected])
         k = len(candidates.z)
@@ -961,9 +962,13 @@ class Analyser:
         if best in candidates.refinement:
             candidates.refinement[k] = candidates.refinement[best]
         candidates.correction[k] = {
-            "effects_from": len(base.effects), "equaliser": found.equaliser, "limiter": found.limiter,
-            "loss_before": finite(float(candidates.losses[best])), "loss_fitted": finite(found.loss_after),
+            "effects_from": len(base.effects), "dynamics": found.dynamics, "equaliser": found.equaliser,
+            "limiter": found.limiter, "loss_before": finite(float(candidates.losses[best])),
+            "loss_fitted": finite(found.loss_after),
         }
+        if found.dynamics:  # the task's settings of the effects the correction refitted
+            candidates.correction[k]["task_effects"] = {
+                str(i): e for i, (e, f) in enumerate(zip(task, found.chain)) if e != f}
 
     def _measure(self, presets: Sequence, at: Measured,
                  progress: Callable[[float], None]) -> tuple[dict[str, np.ndarray], dict[str, float | None] | None]:

@@ -78,17 +78,26 @@ def _processors(preset: dict[str, Any]) -> list[dict[str, Any]]:
     return ([preset["source"]] if preset["source"] else []) + preset["effects"]
 
 
+def _duration(ms: float) -> str:
+    """A time constant in ms, or in s from a second: ``120 ms``, ``1.85 s``."""
+    return f"{ms:.3g} ms" if ms < 1000 else f"{ms / 1000:.3g} s"
+
+
 def _origin(candidate: dict[str, Any]) -> str:
     """Where a candidate came from: a posterior draw, or the search (from which proposal), and
-    what the correction stage added after the task's chain (afxest/correct.py)."""
+    what the correction stage (afxest/correct.py) refitted of the task's chain (its
+    ``task_effects``: the compressor's time constants) and added after it."""
     proposal = candidate.get("refinement", {}).get("proposal")
     origin = "draw" if proposal is None else f"search ({proposal})"
     record = candidate.get("correction")
     if record is None:
         return origin
-    added = candidate["preset"]["effects"][record["effects_from"] :]
+    effects = candidate["preset"]["effects"]
+    added = effects[record["effects_from"] :]
     peaks = [e["gain_db"] for e in added if e["type"] == "peak"]
-    parts = [f"EQ {len(peaks)} bands {min(peaks):+.1f}..{max(peaks):+.1f} dB"] if peaks else []
+    parts = [f"{effects[int(i)]['type']} refitted (attack {_duration(effects[int(i)]['attack_ms'])}, release "
+             f"{_duration(effects[int(i)]['release_ms'])})" for i in record.get("task_effects", {})]
+    parts += [f"EQ {len(peaks)} bands {min(peaks):+.1f}..{max(peaks):+.1f} dB"] if peaks else []
     parts += [f"limiter {e['threshold_db']:g} dB" for e in added if e["type"] == "limiter"]
     return f"{origin} + correction: {', '.join(parts)}"
 

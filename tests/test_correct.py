@@ -65,6 +65,39 @@ def test_the_limiter_step_finds_a_limiter_that_made_the_wet() -> None:
     assert loss([again]) == pytest.approx(after, rel=1e-5)
 
 
+def test_the_dynamics_step_refits_the_compressor_beyond_the_task_ranges(one_thread: None) -> None:
+    """A wet made by pedalboard's compressor with time constants that no task range holds
+    (attack 150 ms, release 2 s) from a chain whose compressor has a task's (20 ms, 200 ms): the
+    compressor the step returns, rendered by pedalboard's own plugins with the step's level,
+    gives the loss it reports, far below the chain's, with time constants near the wet's (the
+    release beyond the master task's 500 ms); the level gives the wet's RMS; the correction keeps the chain's other effects."""
+    dry = (0.5 * procedural_music(np.random.default_rng(4), 4 * RATE, RATE))[None].astype(np.float32)
+    wet = pedalboard.Pedalboard([pedalboard.Compressor(threshold_db=-26.0, ratio=4.0, attack_ms=150.0, release_ms=2000.0),
+                                 pedalboard.Gain(gain_db=5.0)])(dry, RATE)
+    chain = [{"type": "low_shelf", "cutoff_frequency_hz": 200.0, "gain_db": 0.0, "q": 0.7},
+             {"type": "compressor", "threshold_db": -20.0, "ratio": 2.0, "attack_ms": 20.0, "release_ms": 200.0},
+             {"type": "gain", "gain_db": 3.0}]
+    mel = losses.LogMelLoss(RATE).against(torch.from_numpy(wet)[None])
+
+    def render(effects: list[dict[str, Any]]) -> list[np.ndarray]:
+        return [reference_render({"effects": effects}, dry, RATE)]
+
+    def loss(ys: list[np.ndarray]) -> float:
+        return float(mel(torch.from_numpy(ys[0])[None]))
+
+    before = loss(render(chain))
+    index, compressor, level, after = correct.dynamics_step(chain, render, [wet], loss, before)
+    assert index == 1 and compressor["type"] == "compressor"
+    assert 1000 < compressor["release_ms"] < 4000 and 75 < compressor["attack_ms"] < 300  # the wet's 2 s and 150 ms
+    assert after < before / 100
+    again = render([chain[0], compressor, chain[2], {"type": "gain", "gain_db": level}])[0]
+    assert loss([again]) == pytest.approx(after, rel=1e-5)
+    assert 10 * np.log10(np.mean(again.astype(np.float64) ** 2) / np.mean(wet.astype(np.float64) ** 2)) == pytest.approx(0, abs=1e-3)
+    found = correct.correct(chain, render, [wet], loss, RATE)
+    assert found.dynamics and [e for i, e in enumerate(found.chain) if i != 1] == [chain[0], chain[2]]
+    assert loss(render([*found.chain, *found.effects])) == pytest.approx(found.loss_after, rel=1e-5)
+
+
 def detailed_master(dry: np.ndarray, seed: int = 3) -> np.ndarray:
     """A master no task's chain holds: a minimum-phase FIR with a random curve of 1/6-octave
     detail (+-4 dB), then pedalboard's limiter."""
@@ -104,7 +137,7 @@ def test_a_master_the_chain_cannot_hold_is_corrected_and_the_answer_renders_in_p
     doc = estimate(capsys, *common, "-o", tmp_path / "a")
     top = doc["candidates"][0]
     record = top["correction"]
-    assert record["equaliser"]
+    assert record["equaliser"] and not record["dynamics"] and "task_effects" not in record  # eq: no compressor
     effects = top["preset"]["effects"]
     assert [e["type"] for e in effects[: record["effects_from"]]] == ["high_shelf", "high_shelf"]
     added = [e["type"] for e in effects[record["effects_from"] :]]

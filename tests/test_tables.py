@@ -156,8 +156,9 @@ def test_report_tables_are_markdown_beside_the_papers_numbers() -> None:
 
 
 def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
-    """The "from" cell of a corrected candidate says what the correction added after the task's
-    chain: the equaliser's band count and gain range, and the limiter's threshold."""
+    """The "from" cell of a corrected candidate says what the correction refitted of the task's
+    chain (a compressor's time constants) and added after it: the equaliser's band count and
+    gain range, and the limiter's threshold."""
     effects = [{"type": "high_shelf", "cutoff_frequency_hz": 2000.0, "gain_db": 3.0, "q": 0.7},
                {"type": "peak", "cutoff_frequency_hz": 100.0, "gain_db": -1.0, "q": 4.0},
                {"type": "peak", "cutoff_frequency_hz": 112.2, "gain_db": 2.0, "q": 4.0},
@@ -167,6 +168,10 @@ def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
                  "correction": {"effects_from": 1}}
     assert tables._origin(candidate) == "search (analysis) + correction: EQ 2 bands -1.0..+2.0 dB, limiter -3 dB"
     assert tables._origin({"preset": {"effects": effects[:1]}}) == "draw"
+    compressor = {"type": "compressor", "threshold_db": -20.0, "ratio": 2.0, "attack_ms": 120.0, "release_ms": 1850.0}
+    refitted = {"preset": {"effects": [compressor, effects[-1]]}, "correction": {"effects_from": 1, "task_effects": {
+        "0": dict(compressor, attack_ms=50.0, release_ms=500.0)}}}
+    assert tables._origin(refitted) == "draw + correction: compressor refitted (attack 120 ms, release 1.85 s)"
 
 
 def test_eq_intervals_of_the_shelves_together_are_a_caption() -> None:
