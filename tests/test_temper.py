@@ -76,6 +76,15 @@ def test_interval_levels_change_the_reported_coverage() -> None:
     assert c.coverage[0.5][0] == pytest.approx(np.mean(np.abs(r - 50) <= 25))
 
 
+def _over_confident_fm() -> LoadedModel:
+    """An fm posterior whose head ignores the wet: z = sigmoid(N(0, 0.5^2)) per parameter."""
+    task = TASKS["fm"]
+    estimator = Estimator(task, EstimatorConfig(kind="posterior", flows=0)).eval()
+    fixed = _fixed_head(task.model.dim, 0.0, 0.5, estimator.encoder.embed_dim)
+    estimator.head.load_state_dict(fixed.state_dict())
+    return LoadedModel("fixed", Path("fixed.pt"), "", task, estimator, "posterior", 0)
+
+
 def test_fit_widens_an_over_confident_posterior_to_the_closed_form() -> None:
     """A head that ignores the wet, sigmoid(N(0, 0.5^2)), against fm truths uniform in [0, 1]:
     its central 90 % holds 90 % of them when sigma T = 2.944 / 1.645 (sigmoid(2.944) = 0.95),
@@ -83,11 +92,7 @@ def test_fit_widens_an_over_confident_posterior_to_the_closed_form() -> None:
     items has a standard error of 1.3 points, about 5 % of T here: the fit lands within 15 %
     of 3.58 on both parameters, and its recalibrated 90 % level lies near 0.9 (the tempered
     draws already cover)."""
-    task = TASKS["fm"]
-    estimator = Estimator(task, EstimatorConfig(kind="posterior", flows=0)).eval()
-    fixed = _fixed_head(task.model.dim, 0.0, 0.5, estimator.encoder.embed_dim)
-    estimator.head.load_state_dict(fixed.state_dict())
-    loaded = LoadedModel("fixed", Path("fixed.pt"), "", task, estimator, "posterior", 0)
+    loaded = _over_confident_fm()
     found = fit_calibration.fit(loaded, None, n=512, draws=100)
     expected = 2.944 / 1.645 / 0.5
     np.testing.assert_allclose(found.temperature, expected, rtol=0.15)
@@ -103,11 +108,7 @@ def test_fit_widens_tails_that_miss_the_truth_and_recalibrates_the_levels(monkey
     tempered draws over-cover and the level reported as 90 % is recalibrated below 0.9 to keep
     the interval's coverage."""
     monkeypatch.setattr(fit_calibration, "OUTSIDE_BELOW", 0.0)
-    task = TASKS["fm"]
-    estimator = Estimator(task, EstimatorConfig(kind="posterior", flows=0)).eval()
-    fixed = _fixed_head(task.model.dim, 0.0, 0.5, estimator.encoder.embed_dim)
-    estimator.head.load_state_dict(fixed.state_dict())
-    loaded = LoadedModel("fixed", Path("fixed.pt"), "", task, estimator, "posterior", 0)
+    loaded = _over_confident_fm()
     found = fit_calibration.fit(loaded, None, n=128, draws=100)
     assert min(found.temperature) > 4.2 and found.fitted["coverage_draws"]["outside"] == 0.0
     assert found.fitted["coverage_draws"]["coverage_90"] > 0.93 and max(found.level(0.9)) < 0.88
