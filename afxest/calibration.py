@@ -277,6 +277,12 @@ def calibrate(draws: np.ndarray, truth: np.ndarray, names: Sequence[str], notes:
     )
 
 
+def per_parameter(task: Any) -> bool:
+    """Whether what the wet determines is the model's parameters themselves (its truth and model
+    are the same processors: ``fm``, ``master``), not quantities of several copies (``eq``)."""
+    return task.truth.processors == task.model.processors
+
+
 def identifiable(task: Any, z: np.ndarray, v: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
     """The quantities whose calibration the task defines, from normalised draws z (items, N,
     d_model) and normalised truths v (items, d_truth).
@@ -293,7 +299,7 @@ def identifiable(task: Any, z: np.ndarray, v: np.ndarray) -> tuple[list[str], np
     """
     v = np.asarray(v, dtype=np.float64)
     names, draws, notes = quantities(task, z)
-    if task.truth.processors == task.model.processors:
+    if per_parameter(task):
         return names, draws, v, notes
     truths = [r.to_physical(v[:, j]) for j, r in enumerate(task.truth.processors[0].ranges)]
     return names, draws, np.stack(truths, axis=-1), notes
@@ -311,9 +317,9 @@ def quantities(task: Any, z: np.ndarray) -> tuple[list[str], np.ndarray, list[st
     range (so a geometric mean for an exponential range such as a cutoff).
     """
     z = np.asarray(z, dtype=np.float64)
-    truth, model = task.truth.processors, task.model.processors
-    if truth == model:
+    if per_parameter(task):
         return list(task.model.names), z, [""] * task.model.dim
+    truth, model = task.truth.processors, task.model.processors
     if len(truth) != 1 or any(p.type != truth[0].type or p.ranges != model[0].ranges for p in model):
         raise ValueError(f"{task.name}: no identifiable quantities defined for this truth and model")
     k, width = len(model), model[0].dim
@@ -346,7 +352,7 @@ def quantities(task: Any, z: np.ndarray) -> tuple[list[str], np.ndarray, list[st
 def quantity_ranges(task: Any) -> list[Any]:
     """The range of each quantity :func:`quantities` gives (the model's or the truth's
     :class:`afxest.params.ParamRange`): what its normalised width is measured in."""
-    return list(task.model.ranges if task.truth.processors == task.model.processors else task.truth.ranges)
+    return list(task.model.ranges if per_parameter(task) else task.truth.ranges)
 
 
 def quantity_of(task: Any) -> np.ndarray:
@@ -359,7 +365,7 @@ def quantity_of(task: Any) -> np.ndarray:
         >>> quantity_of(TASKS["eq"]).tolist()
         [0, 1, 2, 0, 1, 2]
     """
-    if task.truth.processors == task.model.processors:
+    if per_parameter(task):
         return np.arange(task.model.dim)
     width = task.model.processors[0].dim
     return np.arange(task.model.dim) % width

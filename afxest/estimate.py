@@ -946,8 +946,8 @@ class Analyser:
                 return float(np.mean([float(at.scorer.loss_fn(torch.from_numpy(y)[None], t))
                                       for y, t in zip(rendered, targets)]))
 
-        task = [e.to_dict() for e in base.effects]
-        found = correct(task, render, wet, loss, rate)
+        task_effects = [e.to_dict() for e in base.effects]
+        found = correct(task_effects, render, wet, loss, rate)
         if not found.effects:
             return
         corrected = dataclasses.replace(base, effects=processors(found.chain) + processors(found.effects))
@@ -968,7 +968,7 @@ class Analyser:
         }
         if found.dynamics:  # the task's settings of the effects the correction refitted
             candidates.correction[k]["task_effects"] = {
-                str(i): e for i, (e, f) in enumerate(zip(task, found.chain)) if e != f}
+                str(i): e for i, (e, f) in enumerate(zip(task_effects, found.chain)) if e != f}
 
     def _measure(self, presets: Sequence, at: Measured,
                  progress: Callable[[float], None]) -> tuple[dict[str, np.ndarray], dict[str, float | None] | None]:
@@ -1098,13 +1098,13 @@ def interval_entry(task, z: np.ndarray, calibration=None) -> dict[str, Any]:
     (``calibration``, :mod:`afxest.temper`), or at :data:`CREDIBLE` itself without one (then it
     is the draws' interval, not a calibrated one).
     """
-    from afxest.calibration import quantities, quantity_ranges
+    from afxest.calibration import per_parameter, quantities, quantity_ranges
     from afxest.temper import central_interval
 
     names, q, notes = quantities(task, z)
     ranges = quantity_ranges(task)
-    per_parameter = task.truth.processors == task.model.processors
-    if not per_parameter:  # physical units: into each range's normalised units, as the prior's
+    own = per_parameter(task)
+    if not own:  # physical units: into each range's normalised units, as the prior's
         q = np.stack([r.to_normalised(q[:, j]) for j, r in enumerate(ranges)], axis=-1)
     level = np.full(len(names), CREDIBLE) if calibration is None else calibration.level(CREDIBLE)
     low, high = central_interval(q, level)
@@ -1113,9 +1113,9 @@ def interval_entry(task, z: np.ndarray, calibration=None) -> dict[str, Any]:
         width = float(high[j] - low[j])
         entries[name] = {"low": float(r.to_physical(low[j])), "high": float(r.to_physical(high[j])),
                          "unit": r.param.unit, "width": width, "level": float(level[j]),
-                         "undetermined": width > UNDETERMINED_ABOVE, **({} if per_parameter else {"note": notes[j]})}
+                         "undetermined": width > UNDETERMINED_ABOVE, **({} if own else {"note": notes[j]})}
     return {"credible": CREDIBLE, "draws": int(z.shape[0]), "calibrated": calibration is not None,
-            "undetermined_above": UNDETERMINED_ABOVE, "parameters" if per_parameter else "quantities": entries,
+            "undetermined_above": UNDETERMINED_ABOVE, "parameters" if own else "quantities": entries,
             "undetermined": [name for name, v in entries.items() if v["undetermined"]]}
 
 

@@ -742,14 +742,13 @@ def train(
     if baseline:
         say(f"input baseline (dry vs wet, {task.loss}): {baseline['val_audio_input_baseline']:.4f}")
     folder.cut_metrics(start)
+    likelihood, hybrid = config.objective == "likelihood", HYBRID_WEIGHT if config.objective == "hybrid" else 0.0
     run = EstimatorRun(
         config, settings, ranks, length[0], model, forward, optimizer,
         training=Objective(task, config.estimator, settings.beta, audio_objective(task, device, fast=True), compressor,
-                           likelihood=config.objective == "likelihood",
-                           hybrid=HYBRID_WEIGHT if config.objective == "hybrid" else 0.0),
+                           likelihood=likelihood, hybrid=hybrid),
         validation=Objective(task, config.estimator, settings.beta, audio_objective(task, device),
-                             likelihood=config.objective == "likelihood",
-                             hybrid=HYBRID_WEIGHT if config.objective == "hybrid" else 0.0),
+                             likelihood=likelihood, hybrid=hybrid),
         source=train_source, val_batches=val_batches, resolved=resolved,
     )
     bar = _Progress(length[0], start, enabled=progress and ranks.is_main, log=say)
