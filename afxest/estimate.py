@@ -96,9 +96,6 @@ ANALYSIS_RESAMPLING = "fast"
 # the search refines each window from this long before it (a compressor's envelope and the
 # filters' state settle well within it), so its start matches the wet that ran through them
 SEARCH_PREROLL_SECONDS = 1.0
-# steps of the probe that refines a delay before the search (Analyser._search): on 8 val pairs
-# at 44.1 kHz, 64 samples late, the cross-correlation alone put 2 a sample off, the probe 1
-PROBE_STEPS = 150
 # the reported intervals (interval_entry): their credible level, the posterior draws they are
 # read from (their own seed stream), and the share of a parameter's normalised range above
 # which the wet leaves it undetermined (issue 22: wider than half the range)
@@ -390,19 +387,6 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     return Reference(placed, np.ascontiguousarray(d, dtype=np.float32), rate, (a, max(a, b)), mode, found, x.shape[1])
 
 
-def shifted(reference: Reference, k: int) -> Reference:
-    """The reference with the wet ``k`` samples later than it was aligned (its alignment's offset
-    plus k): the overlap shrinks by |k| at one edge (those samples of the wet are not held)."""
-    a, b = reference.span
-    start, stop = max(a, a - k), min(b, b - k)
-    wet = np.zeros_like(reference.wet)
-    wet[:, start:stop] = reference.wet[:, start + k : stop + k]
-    found = reference.alignment
-    assert found is not None
-    moved = dataclasses.replace(found, offset=found.offset + k)
-    return dataclasses.replace(reference, wet=wet, span=(start, stop), alignment=moved)
-
-
 def _recording(source: Path | Recording) -> Recording:
     """``source`` as read (:func:`afxest.audio.read_audio`), or as it is."""
     if isinstance(source, Recording):
@@ -559,8 +543,7 @@ def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], prerol
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
                       windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions,
-                      effort=None, proposals: dict[str, np.ndarray] | None = None, delay: bool = False,
-                      scored: dict[bytes, float] | None = None):
+                      effort=None, proposals: dict[str, np.ndarray] | None = None):
     """Runs :func:`afxest.search.search` from the model's candidates: proposals
     (:func:`search_proposals`) scored by the real renderer on
     :func:`~afxest.scoring.search_windows`, the best refined through the differentiable
@@ -576,9 +559,6 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
         options: The request: its effort, step cap (``refine``) and seed.
         effort: The search's :class:`afxest.choices.Effort` (default: the request's).
         proposals: Where the search starts (default: :func:`search_proposals` of ``z``).
-        delay: Refine a delay between each rendering and the wet too (:func:`afxest.search.refine`).
-        scored: The cheap scores already measured against this wet, by z's bytes: read and
-            filled, so a second search from the same proposals renders none of them again.
 
     Returns:
         The search's :class:`afxest.search.Searched`.
@@ -595,16 +575,10 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     if proposals is None:
         proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed, rate)
 
-    known = {} if scored is None else scored
-
     def cheap(zs: np.ndarray) -> np.ndarray:
-        new = [i for i, zi in enumerate(zs) if zi.tobytes() not in known]
-        if new:
-            with torch.inference_mode():
-                losses = scorer.measure(presets_of(task, zs[new], rate), wet, dry, windows, picks, "pedalboard",
-                                        {"loss": scorer.loss_fn}, prerolled=True)["loss"]
-            known.update((zs[i].tobytes(), float(v)) for i, v in zip(new, losses))
-        return np.array([known[zi.tobytes()] for zi in zs])
+        with torch.inference_mode():
+            return scorer.measure(presets_of(task, zs, rate), wet, dry, windows, picks, "pedalboard",
+                                  {"loss": scorer.loss_fn}, prerolled=True)["loss"]
 
     # excerpts from a pre-roll before each window (zeros before the file's start: the real
     # renders started from rest there too); none when every window starts the file. As many
@@ -616,7 +590,7 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
         proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
         search_excerpts(wet, spans, preroll, length, scorer.device),
         None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
-        max_steps=options.refine or None, skip=preroll, delay=delay,
+        max_steps=options.refine or None, skip=preroll,
     )
 
 
@@ -705,7 +679,6 @@ def estimate_document(model, options: EstimateOptions, analysis: Analysis, order
                 "windows": found.windows,
                 "step_cap": found.step_cap,
                 "refined": len(found.z),
-                "probe": found.probe,
             },
         },
     }
@@ -846,10 +819,7 @@ class Analyser:
                 z = candidates.z[[medoid(candidates.z)]]
                 candidates = Candidates(z, presets_of(task, z, rate), candidates.log_prob)
         if searching:
-            found, moved, candidates = self._search(candidates, at, options, draws.h)
-            if moved is not at:  # the search moved the wet: the dry's own match is measured there
-                at, ref = moved, moved.reference
-                baseline = self._baseline(at)
+            found, candidates = self._search(candidates, at, options, draws.h)
         if searching and options.correction and not task.has_source and baseline is not None:
             self._correct(candidates, at, baseline.get("loss"))
         order = candidates.order()
@@ -869,46 +839,12 @@ class Analyser:
     def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h):
         """The search (:func:`search_candidates`) and its candidates added (:meth:`_add_found`).
 
-        With a dry, a probe comes first: the best proposal refined on one window for
-        :data:`PROBE_STEPS` steps with a delay between its rendering and the wet
-        (:func:`afxest.search.refine`). When its delay is half a sample or more, the alignment
-        was off by a whole sample or more (the processing's phase can move the
-        cross-correlation's peak: :mod:`afxest.align`): the wet is moved by it and every
-        candidate measured again there, and the probe's candidate joins the proposals. The search
-        proper then runs without a delay (the renderer has none).
-
         Returns:
-            The search's result, where the candidates were measured, and all the candidates.
+            The search's result and all the candidates.
         """
-        import torch
-
         ref = at.reference
-        if ref.alignment is None:  # a synth: nothing to align
-            found = search_candidates(at.scorer, candidates.z, ref.wet, None, at.windows, at.use, options)
-            return found, at, self._add_found(candidates, found, h, at)
-        effort = EFFORTS[options.effort]
-        picks = search_windows(at.windows, at.use, effort.windows)
-        proposals = search_proposals(self.task, candidates.z, ref.wet, ref.dry, [at.windows[i] for i in picks], effort,
-                                     options.seed, at.scorer.rate)
-        probe_effort = dataclasses.replace(effort, keep=1, windows=1, max_steps=min(PROBE_STEPS, options.refine or PROBE_STEPS))
-        scored: dict[bytes, float] = {}  # the proposals' cheap scores, shared by the probe and the search
-        probe = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, probe_effort,
-                                  proposals, delay=True, scored=scored)
-        assert probe.delay is not None
-        k = int(np.round(probe.delay[0]))
-        if k != 0:
-            moved = shifted(ref, k)
-            at = Measured(at.scorer, moved, *reference_windows(self.task, moved), at.engine)
-            with torch.inference_mode():
-                candidates.matches = at.measure(candidates.presets)
-            ref = moved
-        # the probe's candidate joins the proposals only where it moved the wet: elsewhere it is
-        # the best proposal partly refined, and would take a kept place from another basin (on
-        # 32 test pairs at 22 050 Hz, three items lost 10-30 dB to it)
-        found = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options, effort,
-                                  {**proposals, "probe": probe.z} if k else proposals, scored={} if k else scored)
-        found.probe = {"steps": probe.steps, "delay_samples": float(probe.delay[0]), "moved_samples": k}
-        return found, at, self._add_found(candidates, found, h, at)
+        found = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options)
+        return found, self._add_found(candidates, found, h, at)
 
     def _correct(self, candidates: Candidates, at: Measured, input_loss: float | None) -> None:
         """The best candidate corrected (:func:`afxest.correct.correct`, on the scored windows,

@@ -136,31 +136,11 @@ class Adam:
 
 @dataclass
 class Refined:
-    """Each candidate's best iterate (K, d) float64, its loss (K,), the steps taken, and with
-    ``delay`` its delay (K,) in samples."""
+    """Each candidate's best iterate (K, d) float64, its loss (K,) and the steps taken."""
 
     z: np.ndarray
     loss: np.ndarray
     steps: int
-    delay: np.ndarray | None = None
-
-
-MAX_DELAY = 4.0  # samples: the largest delay the refinement may put between a rendering and the wet
-
-
-def delayed(y, tau):
-    """y (B, C, T) delayed by tau (B,) samples, fractions included: a linear phase
-    exp(-2 pi i f tau) on its rfft (zero padded to a fast size of at least T + 2 MAX_DELAY + 1,
-    so the circular shift wraps into the padding). Differentiable in y and tau."""
-    import torch
-
-    from afxest.dsp.filters import next_fast_len
-
-    t = y.shape[-1]
-    n = next_fast_len(t + int(2 * MAX_DELAY) + 1)
-    f = torch.fft.rfftfreq(n, device=y.device, dtype=torch.float32)
-    shift = torch.polar(torch.ones_like(f)[None, :], -2 * math.pi * f[None, :] * tau[:, None].float())
-    return torch.fft.irfft(torch.fft.rfft(y, n) * shift[:, None, :], n)[..., :t]
 
 
 def refine(
@@ -174,15 +154,12 @@ def refine(
     patience: int = PATIENCE,
     halvings: int = HALVINGS,
     skip: int = 0,
-    delay: bool = False,
 ) -> Refined:
     """Refines K candidates by inference-time optimisation (step 3 of the module's pipeline).
 
     Adam on u = logit(z); the learning rate is halved when the candidates' best losses, summed,
     have not improved by a relative ``tolerance`` in ``patience`` steps, and the search stops
-    after ``halvings`` halvings or ``max_steps`` steps. With ``delay``, each candidate also has a
-    delay tau = MAX_DELAY tanh(v) samples (v from 0, in the same Adam) applied to its rendering
-    (:func:`delayed`): how far the wet still lies from where it was aligned.
+    after ``halvings`` halvings or ``max_steps`` steps.
 
     Arguments:
         render: Maps z (K*R, d) to audio shaped like ``y``, differentiably.
@@ -197,29 +174,24 @@ def refine(
         skip: The samples dropped at the start of each excerpt before the loss (a pre-roll
             where the differentiable processors, started from rest, differ from the real ones
             that ran before).
-        delay: Refine a delay of each candidate's rendering too.
 
     Returns:
         Each candidate's best iterate (step 0 included), its loss (the mean of ``loss_fn`` over
-        its R excerpts), the steps taken and, with ``delay``, its delay.
+        its R excerpts) and the steps taken.
     """
     import torch
 
-    k, d = z0.shape
+    k = z0.shape[0]
     r = y.shape[0] // k
     u0 = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS)).float().to(y.device)
-    if delay:
-        u0 = torch.cat([u0, torch.zeros((k, 1), dtype=u0.dtype, device=u0.device)], dim=1)
     u = u0.clone().requires_grad_(True)
     optimiser = Adam(u, lr)
     best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
     loss_to = against(loss_fn, y[..., skip:])
     reference, stall, halved, step = math.inf, 0, 0, 0
     for step in range(max_steps + 1):
-        z = torch.sigmoid(u[:, :d]).repeat_interleave(r, dim=0)
+        z = torch.sigmoid(u).repeat_interleave(r, dim=0)
         y_hat = render(z)
-        if delay:
-            y_hat = delayed(y_hat, MAX_DELAY * torch.tanh(u[:, d]).repeat_interleave(r, dim=0))
         loss = loss_to(y_hat[..., skip:]).view(k, r).mean(dim=1)
         with torch.no_grad():
             better = loss < best
@@ -239,9 +211,8 @@ def refine(
             break
         (grad,) = torch.autograd.grad(loss.sum(), u)
         optimiser.step(grad)
-    z_best = torch.sigmoid(best_u[:, :d].double()).clamp(0.0, 1.0).cpu().numpy()
-    tau = (MAX_DELAY * torch.tanh(best_u[:, d].double())).cpu().numpy() if delay else None
-    return Refined(z_best, best.double().cpu().numpy(), step, tau)
+    z_best = torch.sigmoid(best_u.double()).clamp(0.0, 1.0).cpu().numpy()
+    return Refined(z_best, best.double().cpu().numpy(), step)
 
 
 @dataclass
@@ -259,8 +230,6 @@ class Searched:
     proposals: dict[str, int]  # origin -> how many were scored
     windows: int  # excerpts refined on
     step_cap: int
-    delay: np.ndarray | None = None  # each refined candidate's delay (samples), when refined
-    probe: dict[str, Any] | None = None  # the caller's record of a probe before the search
 
 
 def search(
@@ -273,7 +242,6 @@ def search(
     effort: Effort,
     max_steps: int | None = None,
     skip: int = 0,
-    delay: bool = False,
 ) -> Searched:
     """Runs steps 1-3 of the module's pipeline: scores every proposal with ``cheap_score``,
     keeps the ``effort.keep`` best and refines them (:func:`refine`) on one candidate's
@@ -290,8 +258,6 @@ def search(
         effort: How many are kept and the step caps.
         max_steps: Overrides the effort's step cap.
         skip: Passed to :func:`refine`.
-        delay: Passed to :func:`refine` (an effect task's search, where the wet may still lie a
-            few samples from where it was aligned).
 
     Returns:
         The refined candidates, where they came from and their losses before and after.
@@ -311,7 +277,7 @@ def search(
     x_k = None if x is None else x.repeat(k, 1, 1)
     with torch.enable_grad():
         refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
-                         HALVINGS, skip, delay)
+                         HALVINGS, skip)
         if x is None and effort.polish_steps:  # a synth: its rendering is exact, polish on the waveform
             polish = min(effort.polish_steps, steps)
             polished = refine(lambda z: render(z, None), waveform_loss, refined.z, y_k, polish, POLISH_LEARNING_RATE,
@@ -320,7 +286,7 @@ def search(
             refined = Refined(polished.z, scored.loss, refined.steps + polished.steps)
     return Searched(
         refined.z, z0, [origin[i] for i in order], scores[order], refined.loss, refined.steps,
-        {name: len(z) for name, z in proposals.items()}, y.shape[0], steps, refined.delay,
+        {name: len(z) for name, z in proposals.items()}, y.shape[0], steps,
     )
 
 

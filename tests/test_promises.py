@@ -224,7 +224,7 @@ def short_eq_pair(folder: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("effort, cap", [("fast", 100), ("default", 300), ("best", 1000)])
 def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, effort: str, cap: int) -> None:
     """--effort without --refine: the search's refinement runs with a step cap of 100 / 300 /
-    1000 (the probe before it with 150: docs/estimate.md), and the steps it reports are within
+    1000 (docs/estimate.md), and the steps it reports are within
     it. (Whether a refinement reaches its cap depends on the pair; `afxest.search.refine`'s own
     tests check that it stops there.)"""
     import afxest.search
@@ -232,7 +232,7 @@ def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, e
     real, caps = afxest.search.refine, []
 
     def recording(render, loss_fn, z0, y, max_steps, *args, **kwargs):
-        caps.append((max_steps, (args[5:] or [kwargs.get("delay", False)])[0]))
+        caps.append(max_steps)
         return real(render, loss_fn, z0, y, max_steps, *args, **kwargs)
 
     monkeypatch.setattr(afxest.search, "refine", recording)
@@ -240,12 +240,12 @@ def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, e
     rc, err = estimate(capsys, wet, "--dry", dry, "--model", "eq", "--effort", effort, "--samples", 2,
                        "-o", tmp_path / "out", "--no-audio")
     assert rc == 0, err
-    assert caps == [(150, True), (cap, False)]  # the probe, then the search proper
+    assert caps == [cap]
     doc = strict_json(tmp_path / "out" / "wet" / "estimate.json")
     analysis = doc["analysis"]
     assert analysis["search"]["effort"] == effort and analysis["search"]["step_cap"] == cap
     steps = analysis["refine_steps"]
-    assert 0 < steps <= cap and analysis["search"]["probe"]["steps"] <= 150
+    assert 0 < steps <= cap
     assert {c["refinement"]["steps"] for c in doc["candidates"] if "refinement" in c} == {steps}
 
 
