@@ -107,8 +107,6 @@ def main() -> None:
             row.append(seconds)
             rows.append(row)
             origin = document["candidates"][0].get("refinement", {}).get("proposal", "posterior")
-            probe = ((document["analysis"].get("search") or {}).get("probe") or {}).get("delay_samples")
-            origin += "" if probe is None else f" (probe delay {probe:+.2f})"
             print(f"item {i}: SI-SDR {row[0]:7.2f} dB  log-mel {row[1]:.3g}  input {row[2]:6.2f} dB {row[3]:.3g}  "
                   f"{seconds:5.1f} s  steps {document['analysis']['refine_steps']}  from {origin}", flush=True)
     a = np.array(rows)
@@ -178,8 +176,6 @@ def users_pairs(args) -> None:
             al = document.get("alignment") or {"offset_samples": None, "match": float("nan")}  # afxest < issue 21: none
             scored = document.get("channels", {}).get("scored")
             origin = document["candidates"][0].get("refinement", {}).get("proposal", "posterior")
-            probe = ((document["analysis"].get("search") or {}).get("probe") or {}).get("delay_samples")
-            origin += "" if probe is None else f" (probe delay {probe:+.2f})"
             print(f"item {i}: SI-SDR {row[0]:7.2f} dB  input {row[1]:6.2f} dB  {seconds:5.1f} s  offset found "
                   f"{al['offset_samples']} (match {al['match']:.2f})  {scored} at "
                   f"{document['sample_rate']} Hz  from {origin}", flush=True)
