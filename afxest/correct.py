@@ -168,8 +168,8 @@ def fit_fir(rendered: Sequence[np.ndarray], wet: Sequence[np.ndarray], taps: int
     for r, w in zip(rendered, wet):
         if r.shape[-1] < n:
             continue
-        cross += scipy.signal.csd(r, w, nperseg=n, window="hann")[1].sum(axis=0)
-        auto += scipy.signal.welch(r, nperseg=n, window="hann")[1].sum(axis=0)
+        cross += scipy.signal.csd(r, w, nperseg=n, window="hann", detrend=False)[1].sum(axis=0)
+        auto += scipy.signal.welch(r, nperseg=n, window="hann", detrend=False)[1].sum(axis=0)
     if not auto.any():
         raise ValueError(f"no excerpt holds the FIR's {n} samples")
     h = cross / np.maximum(auto, 1e-12 * auto.max())
