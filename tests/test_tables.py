@@ -158,7 +158,7 @@ def test_report_tables_are_markdown_beside_the_papers_numbers() -> None:
 def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
     """The "from" cell of a corrected candidate says what the correction refitted of the task's
     chain (a compressor's time constants) and added after it: the equaliser's band count and
-    gain range, and the limiter's threshold."""
+    gain range (or the FIR's length), and the limiter's threshold."""
     effects = [{"type": "high_shelf", "cutoff_frequency_hz": 2000.0, "gain_db": 3.0, "q": 0.7},
                {"type": "peak", "cutoff_frequency_hz": 100.0, "gain_db": -1.0, "q": 4.0},
                {"type": "peak", "cutoff_frequency_hz": 112.2, "gain_db": 2.0, "q": 4.0},
@@ -172,6 +172,9 @@ def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
     refitted = {"preset": {"effects": [compressor, effects[-1]]}, "correction": {"effects_from": 1, "task_effects": {
         "0": dict(compressor, attack_ms=50.0, release_ms=500.0)}}}
     assert tables._origin(refitted) == "draw + correction: compressor refitted (attack 120 ms, release 1.85 s)"
+    fir = {"type": "convolution", "latency_samples": 2, "impulse_response": [0.1, 0.2, 1.0, 0.2, 0.1]}
+    with_fir = {"preset": {"effects": [effects[0], fir, effects[3]]}, "correction": {"effects_from": 1}}
+    assert tables._origin(with_fir) == "draw + correction: FIR EQ 5 taps"
 
 
 def test_eq_intervals_of_the_shelves_together_are_a_caption() -> None:
