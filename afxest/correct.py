@@ -163,10 +163,16 @@ def fir_taps(sample_rate: float) -> int:
 
 
 def fit_fir(rendered: Sequence[np.ndarray], wet: Sequence[np.ndarray], taps: int) -> np.ndarray:
-    """The least-squares (Wiener) FIR from the renderings to the wet, (C, T) each: in each
-    frequency bin, H = sum S_rw / sum S_rr, the cross- and auto-spectra (Welch: Hann segments of
-    taps + 1 samples, half overlap) summed over excerpts and channels, |H| kept within
-    +-:data:`FIR_LIMIT_DB` of 1; its impulse response (inverse DFT) centred on sample (taps - 1)
+    """The FIR from the renderings to the wet, (C, T) each: in each frequency bin, H has the
+    phase of the cross-spectrum sum S_rw (that of the least-squares, Wiener, filter S_rw / S_rr)
+    and the magnitude of the spectral ratio sqrt(sum S_ww / sum S_rr) (the auto-spectra; all by
+    Welch: Hann segments of taps + 1 samples, half overlap, summed over excerpts and channels),
+    kept within +-:data:`FIR_LIMIT_DB`. The Wiener magnitude is that ratio times the coherence,
+    which the chain's nonlinearities (a clipper, a limiter) lower, so it leaves bands too quiet
+    for a log-magnitude loss: on 12 val match-limit pairs (8191 taps) the ratio's magnitude gave
+    1/127 of the Input's log-mel and 18.4 dB SI-SDR, the Wiener one 1/124 and 18.4 dB (and on a
+    test pair whose chain distorts, the Wiener FIR left the loss at 0.207, the chain's 0.210,
+    where the graphic equaliser reached 0.098). Its impulse response (inverse DFT) centred on sample (taps - 1)
     / 2 and tapered by a Tukey window (cosine tapers over a quarter of its length at each end,
     flat between: on 12 val match-limit pairs, from the dry, 15.0 dB of SI-SDR against 14.8 with
     a Hann window), ``taps`` long. Both magnitude and phase are fitted: a linear-phase
@@ -174,15 +180,16 @@ def fit_fir(rendered: Sequence[np.ndarray], wet: Sequence[np.ndarray], taps: int
     import scipy.signal
 
     n = taps + 1
-    cross, auto = np.zeros(n // 2 + 1, complex), np.zeros(n // 2 + 1)
+    cross, auto, target = np.zeros(n // 2 + 1, complex), np.zeros(n // 2 + 1), np.zeros(n // 2 + 1)
     for r, w in zip(rendered, wet):
         if r.shape[-1] < n:
             continue
         cross += scipy.signal.csd(r, w, nperseg=n, window="hann", detrend=False)[1].sum(axis=0)
         auto += scipy.signal.welch(r, nperseg=n, window="hann", detrend=False)[1].sum(axis=0)
+        target += scipy.signal.welch(w, nperseg=n, window="hann", detrend=False)[1].sum(axis=0)
     if not auto.any():
         raise ValueError(f"no excerpt holds the FIR's {n} samples")
-    h = cross / np.maximum(auto, 1e-12 * auto.max())
+    h = np.exp(1j * np.angle(cross)) * np.sqrt(target / np.maximum(auto, 1e-12 * auto.max()))
     magnitude = np.abs(h)
     lo, hi = 10 ** (-FIR_LIMIT_DB / 20), 10 ** (FIR_LIMIT_DB / 20)
     h = np.where(magnitude > 0, h / np.maximum(magnitude, 1e-30) * np.clip(magnitude, lo, hi), lo)
