@@ -208,12 +208,13 @@ def fir_effect(h: np.ndarray) -> dict[str, Any]:
 class Correction:
     """A candidate's correction: the task's effects as corrected (``chain``: its compressor
     refitted where ``dynamics``), the effects added after them (``afxest-preset/1`` effect
-    dicts), what each step found, and the loss before and after."""
+    dicts), what each step found (``fir``: the equaliser is the FIR), and the loss before and after."""
 
     chain: list[dict[str, Any]]
     effects: list[dict[str, Any]]
     dynamics: bool
     equaliser: bool
+    fir: bool
     limiter: bool
     loss_before: float
     loss_after: float
@@ -268,7 +269,7 @@ def correct(
             added = [{"type": "gain", "gain_db": drive}]
         added += [limit, {"type": "gain", "gain_db": out}]
     return Correction(chain, added, refitted is not None, any(e["type"] in ("peak", "convolution") for e in added),
-                      limited is not None, before, best)
+                      any(e["type"] == "convolution" for e in added), limited is not None, before, best)
 
 
 def equaliser_step(form: str, rendered: Sequence[np.ndarray], wet: Sequence[np.ndarray], level: float,

@@ -964,7 +964,7 @@ class Analyser:
             candidates.refinement[k] = candidates.refinement[best]
         candidates.correction[k] = {
             "effects_from": len(base.effects), "dynamics": found.dynamics, "equaliser": found.equaliser,
-            "limiter": found.limiter, "loss_before": finite(float(candidates.losses[best])),
+            "fir": found.fir, "limiter": found.limiter, "loss_before": finite(float(candidates.losses[best])),
             "loss_fitted": finite(found.loss_after),
         }
         if found.dynamics:  # the task's settings of the effects the correction refitted

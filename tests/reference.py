@@ -33,9 +33,11 @@ def causal_fir(h) -> Any:
 
 def reference_render(preset: dict[str, Any], dry: np.ndarray, sample_rate: float) -> np.ndarray:
     """pedalboard plugins built from a preset's JSON values; (channels, frames) -> same (a
-    ``convolution`` by :func:`causal_fir`, between Pedalboards of the plugins before and after it)."""
+    ``convolution`` by :func:`causal_fir`, between Pedalboards of the plugins before and after it,
+    its ``latency_samples`` L compensated: the dry followed by L zeros, the first L samples dropped)."""
     plugins = [PLUGINS[e["type"]](**{k: v for k, v in e.items() if k != "type"}) for e in preset["effects"]]
-    y, run = np.ascontiguousarray(dry, dtype=np.float32), []
+    latency = int(sum(e.get("latency_samples", 0) for e in preset["effects"]))
+    y, run = np.pad(np.asarray(dry, dtype=np.float32), ((0, 0), (0, latency))), []
     for p in [*plugins, None]:
         if isinstance(p, pedalboard.Plugin):
             run.append(p)
@@ -45,7 +47,7 @@ def reference_render(preset: dict[str, Any], dry: np.ndarray, sample_rate: float
             run = []
         if p is not None:
             y = p(y, float(sample_rate)).astype(np.float32)
-    return y
+    return y[:, latency:]
 
 
 def cookbook(kind: str, f0: float, gain_db: float, q: float, fs: float) -> tuple[np.ndarray, np.ndarray]:

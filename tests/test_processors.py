@@ -29,7 +29,7 @@ SETTINGS = {
     "limiter": {"threshold_db": -9.0, "release_ms": 60.0},
     "delay": {"delay_seconds": 0.12, "feedback": 0.4, "mix": 0.3},
     "reverb": {"room_size": 0.7, "damping": 0.3, "wet_level": 0.3, "dry_level": 0.8, "width": 1.0},
-    "convolution": {"latency_samples": 2.0, "impulse_response": (0.3, -0.2, 1.1, 0.05, -0.4, 0.0, 0.2)},
+    "convolution": {"latency_samples": 0.0, "impulse_response": (0.3, -0.2, 1.1, 0.05, -0.4, 0.0, 0.2)},
 }
 # the tolerances of the processors' own tests: biquads >= 50 dB SNR against pedalboard's float32
 # recursions (test_filters.py), the compressor, gain, clipper, delay and reverb within 1e-6

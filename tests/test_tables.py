@@ -95,7 +95,7 @@ def test_every_parameter_has_one_short_label_in_tables_and_figures() -> None:
         "low_shelf": ["LS0 f Hz", "LS0 g dB", "LS0 Q"], "high_shelf": ["HS0 f Hz", "HS0 g dB", "HS0 Q"],
         "peak": ["PK0 f Hz", "PK0 g dB", "PK0 Q"],
         "compressor": ["comp0 thr dB", "comp0 ratio", "comp0 att ms", "comp0 rel ms"],
-        "gain": ["gain0 g dB"], "clipping": ["clip0 thr dB"], "limiter": ["lim0 thr dB", "lim0 rel ms"],
+        "gain": ["gain0 g dB"], "clipping": ["clip0 thr dB"], "limiter": ["lim0 thr dB", "lim0 rel ms"], "convolution": ["conv0 lat samples"],
         "delay": ["dly0 t s", "dly0 fb", "dly0 mix"],
         "reverb": ["rev0 room", "rev0 damp", "rev0 wet", "rev0 dry", "rev0 width"],
         "fm": ["fm0 f_c Hz", "fm0 amp", "fm0 I_m", "fm0 f_m/f_c", "fm0 dur s"],
