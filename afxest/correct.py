@@ -23,9 +23,10 @@ and kept only where it lowers the task's loss:
      Gauss-Newton (Levenberg-Marquardt) on sum_j (ratio_j - sum_i |H_i(f_j)|_dB - g_0)^2 +
      lambda sum_i g_i^2, the ridge keeping bands the music leaves empty at 0 dB. Every band is
      minimum-phase: it matches a linear-phase equaliser's magnitude, not its phase;
-   * *FIR*: the least-squares filter from the rendering to the wet, magnitude and phase
-     (:func:`fit_fir`, :data:`FIR_SECONDS` long), as a ``convolution`` whose latency the renderers
-     compensate: it holds a linear-phase matching equaliser's phase, which no biquad has.
+   * *FIR*: a filter from the rendering to the wet with the phase of the least-squares one and
+     the magnitude of their spectral ratio (:func:`fit_fir`, :data:`FIR_SECONDS` long), as a
+     ``convolution`` whose latency the renderers compensate: it holds a linear-phase matching
+     equaliser's phase, which no biquad has.
 2. **Limiter.** Where the wet sits at a ceiling (a share of its samples within
    :data:`CEILING_DB` of its peak, as a brickwall limiter leaves; music does not), pedalboard's
    ``Limiter`` on a grid of input levels, thresholds and releases (:func:`limiter_step`), each
@@ -172,11 +173,13 @@ def fit_fir(rendered: Sequence[np.ndarray], wet: Sequence[np.ndarray], taps: int
     for a log-magnitude loss: on 12 val match-limit pairs (8191 taps) the ratio's magnitude gave
     1/127 of the Input's log-mel and 18.4 dB SI-SDR, the Wiener one 1/124 and 18.4 dB (and on a
     test pair whose chain distorts, the Wiener FIR left the loss at 0.207, the chain's 0.210,
-    where the graphic equaliser reached 0.098). Its impulse response (inverse DFT) centred on sample (taps - 1)
-    / 2 and tapered by a Tukey window (cosine tapers over a quarter of its length at each end,
-    flat between: on 12 val match-limit pairs, from the dry, 15.0 dB of SI-SDR against 14.8 with
-    a Hann window), ``taps`` long. Both magnitude and phase are fitted: a linear-phase
-    wet equaliser gives a linear-phase H (the renderer compensates the centring's latency)."""
+    where the graphic equaliser reached 0.098).
+
+    Returns its impulse response (the inverse DFT), centred on sample (taps - 1) / 2 (the
+    latency the renderers compensate) and tapered by a Tukey window (cosine tapers over a
+    quarter of its length at each end, flat between: on 12 val match-limit pairs, from the dry,
+    15.0 dB of SI-SDR against 14.8 with a Hann window), ``taps`` long. A linear-phase equaliser
+    between the renderings and the wet gives a linear-phase FIR."""
     import scipy.signal
 
     n = taps + 1
@@ -253,8 +256,11 @@ def correct(
         chain[index] = compressor
         rendered = render([*chain, {"type": "gain", "gain_db": level}])
     added: list[dict[str, Any]] = []
-    trials = [equaliser_step(form, rendered, wet, level, sample_rate) for form in equalisers]
-    scored = [(loss(trial), trial, effects) for effects in trials for trial in [render([*chain, *effects])]]
+    scored = []  # (loss, rendering, effects) of each form of the equaliser
+    for form in equalisers:
+        effects = equaliser_step(form, rendered, wet, level, sample_rate)
+        trial = render([*chain, *effects])
+        scored.append((loss(trial), trial, effects))
     trial_loss, trial, effects = min(scored, key=lambda t: t[0])
     if trial_loss < (1 - MIN_IMPROVEMENT) * best:
         added, rendered, best = effects, trial, trial_loss

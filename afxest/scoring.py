@@ -166,8 +166,8 @@ def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[t
     preroll = int(round(SCORE_PREROLL_SECONDS * rate))
     for a, b in windows:
         start = max(0, a - preroll)
-        yield np.stack([chain(np.ascontiguousarray(dry[:, start : b + chain.latency]), float(rate))[:, a - start : b - start]
-                        for chain in boards])
+        yield np.stack([chain(np.ascontiguousarray(dry[:, start : b + chain.latency]), float(rate))
+                        [:, a - start : b - start] for chain in boards])
 
 
 def _streamed(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:
