@@ -71,9 +71,14 @@ class Preset:
         }
 
     def check_sample_rate(self, sample_rate: float, where: str) -> None:
-        """Refuses parameters that are invalid at ``sample_rate`` (e.g. cutoff >= Nyquist) with a
-        one-line UserError prefixed by ``where``."""
+        """Refuses parameters that are invalid at ``sample_rate`` (e.g. cutoff >= Nyquist), and a
+        ``convolution`` at another rate than the preset's (its impulse response is in samples),
+        with a one-line UserError prefixed by ``where``."""
         items = [(f"effects[{i}]", e) for i, e in enumerate(self.effects)]
+        for label, e in items:
+            if e.spec.samples and sample_rate != self.sample_rate:
+                raise UserError(f"{where}: {label} ({e.type}): its {e.spec.samples} is at the preset's sample_rate "
+                                f"({self.sample_rate:g} Hz); resample the audio to it")
         if self.source is not None:
             items.append(("source", self.source))
         for label, proc in items:

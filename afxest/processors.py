@@ -71,9 +71,9 @@ def registry() -> dict[str, Entry]:
         Entry(PROCESSORS["gain"], amplitude.gain, amplitude=amplitude.gain_amplitude),
         Entry(PROCESSORS["limiter"], compressor.limiter),
         Entry(PROCESSORS["clipping"], amplitude.hard_clip, straight_through=amplitude.straight_through_clip),
+        Entry(PROCESSORS["convolution"], convolution.convolution),
         # delay.straight_through_delay is not its straight-through variant: in a 300-step check
         # on the mix task its time gradient made the delay times worse (docs/effects.md)
-        Entry(PROCESSORS["convolution"], convolution.convolution),
         Entry(PROCESSORS["delay"], delay.delay),
         Entry(PROCESSORS["reverb"], reverb.reverb),
         Entry(PROCESSORS["fm"], fm.fm_synth),
@@ -93,7 +93,8 @@ def plugin(kind: str, params: Mapping[str, Any], sample_rate: float | None = Non
     """The pedalboard plugin of effect type ``kind`` (the catalogue's ``plugin``) set to ``params``.
 
     ``convolution``: pedalboard's ``Convolution`` of the impulse response h (at ``sample_rate``,
-    the preset's: pedalboard resamples it to another rate), which scales h to an L2 norm of
+    the preset's, which it needs: a preset holding one renders at its own rate only,
+    :meth:`afxest.presets.Preset.check_sample_rate`), which scales h to an L2 norm of
     1/8 (JUCE's ``Convolution::Normalise::yes``), followed by the ``Gain`` 20 log10(8 ||h||_2)
     that restores it: h convolved exactly, causal (its latency is the renderers',
     :class:`afxest.engines.Chain`)."""
@@ -107,7 +108,9 @@ def plugin(kind: str, params: Mapping[str, Any], sample_rate: float | None = Non
 
         h = np.asarray(params[spec.samples], np.float32)
         norm = float(np.sqrt(np.sum(np.square(h, dtype=np.float64))))
-        return pedalboard.Pedalboard([getattr(pedalboard, spec.plugin)(h, sample_rate=float(sample_rate or 0) or None),
+        if sample_rate is None:
+            raise ValueError(f"a {kind} plugin needs its impulse response's sample rate")
+        return pedalboard.Pedalboard([getattr(pedalboard, spec.plugin)(h, sample_rate=float(sample_rate)),
                                       pedalboard.Gain(20 * math.log10(8 * norm))])
     return getattr(pedalboard, spec.plugin)(**params)
 

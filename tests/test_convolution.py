@@ -86,3 +86,10 @@ def test_invalid_convolutions_are_one_line_errors(edit: dict, match: str) -> Non
     effect = {"type": "convolution", "latency_samples": 1, "impulse_response": [0.5, 1.0, 0.5], **edit}
     with pytest.raises(UserError, match=match):
         parse_preset({"format": "afxest-preset/1", "sample_rate": RATE, "effects": [effect]}, "test")
+
+
+def test_a_convolution_preset_renders_at_its_own_rate_only() -> None:
+    """Its impulse response is in samples at the preset's rate: another rate is a one-line error."""
+    with pytest.raises(UserError, match=r"effects\[1\] \(convolution\): its impulse_response is at the preset's"):
+        preset(fir()).check_sample_rate(44100, "test")
+    preset(fir()).check_sample_rate(RATE, "test")
