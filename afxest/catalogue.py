@@ -74,6 +74,11 @@ WET_LEVEL = Param("wet_level", "", "gain of the reverberation, times 3", short="
 DRY_LEVEL = Param("dry_level", "", "gain of the input, times 2", short="dry", minimum=0.0, maximum=1.0)
 WIDTH = Param("width", "", "stereo width: each wet channel's own side (1 + width) / 2, the other's (1 - width) / 2",
               short="width", minimum=0.0, maximum=1.0)
+# the ``convolution`` effect's impulse response is a list of numbers (ProcessorType.samples);
+# its latency, the sample of the response that is time zero, is compensated by every renderer
+LATENCY = Param("latency_samples", "samples", "the impulse response's sample that is time zero (compensated)",
+                short="lat", minimum=0.0)
+MAX_IMPULSE_RESPONSE = 1 << 18  # samples: at most 5.9 s at 44.1 kHz
 DURATION = Param(
     "duration_s", "s", "length of the synthesised sound", short="dur",
     minimum=0.0, minimum_inclusive=False, maximum=3600.0, one_sample=True,
@@ -91,6 +96,7 @@ class ProcessorType:
     plugin: str | None
     description: str
     short: str
+    samples: str | None = None  # the name of its one list-of-numbers parameter (``convolution``'s)
 
     def param(self, name: str) -> Param:
         """The parameter ``name`` of this type; KeyError when it has none."""
@@ -117,6 +123,10 @@ PROCESSORS: dict[str, ProcessorType] = {
         ProcessorType("limiter", "effect", (LIMIT_THRESHOLD, RELEASE), "Limiter",
                       "JUCE limiter: two compressors (the second 1000:1 at the threshold), make-up gain to 0 dBFS, "
                       "hard clip at 0 dBFS", "lim"),
+        ProcessorType("convolution", "effect", (LATENCY,), "Convolution",
+                      "FIR filter: the impulse response convolved exactly (pedalboard normalises it to an L2 norm "
+                      "of 1/8, afxest's plugin restores it by a Gain), the first latency_samples of the output "
+                      "dropped", "conv", samples="impulse_response"),
         ProcessorType("delay", "effect", (DELAY_SECONDS, FEEDBACK, MIX), "Delay",
                       "feedback delay line (JUCE DelayLine, no interpolation) mixed with the input", "dly"),
         ProcessorType("reverb", "effect", (ROOM_SIZE, DAMPING, WET_LEVEL, DRY_LEVEL, WIDTH), "Reverb",

@@ -237,7 +237,7 @@ def estimate(
     no_audio: Annotated[bool, typer.Option("--no-audio", help="Write no audio.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing estimates.")] = False,
     plot: Annotated[bool, typer.Option("--plot", help="Also write estimate.png: the equaliser responses and compressor curves of the top candidates, or a synth's spectra (needs matplotlib: the plots extra).")] = False,
-    correction: Annotated[bool, typer.Option("--correction/--no-correction", help="With a dry file: correct the best candidate by a graphic equaliser and a limiter where the task's chain cannot hold the wet (docs/estimate.md); --no-correction gives the task's chain alone.")] = True,
+    correction: Annotated[bool, typer.Option("--correction/--no-correction", help="With a dry file: correct the best candidate by an equaliser (graphic, or an FIR) and a limiter where the task's chain cannot hold the wet (docs/estimate.md); --no-correction gives the task's chain alone.")] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Estimate the effect or synth preset behind each wet file: ranked candidates and a summary."""

@@ -98,6 +98,8 @@ def render_source_blocks(preset: Preset, sample_rate: int, engine: str) -> Itera
     for start in range(0, frames, SYNTH_BLOCK):
         y = synthesise(preset, sample_rate, start, min(SYNTH_BLOCK, frames - start))
         yield y if chain is None else chain(y, float(sample_rate), reset=False)
+    if chain is not None and chain.latency:
+        yield chain.flush(sample_rate)
 
 
 def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int, start: int = 0) -> Tensor:
@@ -128,11 +130,58 @@ def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int, sta
     return source.function(frames, sample_rate, start=start, **p)
 
 
-def board(preset: Preset):
-    """The preset's effects as one ``pedalboard.Pedalboard`` of the real plugins."""
-    import pedalboard
+def latency(effects: Sequence[Any]) -> int:
+    """The latency (samples) a chain's renderers compensate: the sum of its ``convolution``
+    effects' ``latency_samples`` (:class:`afxest.presets.Processor` objects or effect dicts)."""
+    params = [e.params if hasattr(e, "params") else e for e in effects]
+    return int(sum(p.get("latency_samples", 0) for p in params))
 
-    return pedalboard.Pedalboard([plugin(e.type, e.params) for e in preset.effects])
+
+class Chain:
+    """A preset's effects as one ``pedalboard.Pedalboard`` of the real plugins, its latency
+    (:func:`latency`, L samples) compensated: the output is the chain's advanced by L samples.
+
+    Called like the Pedalboard: at once (``reset=True``, the default), the input is followed by
+    L zeros and the first L output samples are dropped (a hold-out of the input's end: a window
+    of a longer signal needs L samples after it to be exact); streamed (``reset=False``, block
+    by block from a fresh Chain), the first L output samples of the stream are dropped, so the
+    stream's output lags its input by L, and :meth:`flush` gives its last L samples at the end.
+    With L = 0 both are the Pedalboard's own."""
+
+    def __init__(self, preset: Preset) -> None:
+        import pedalboard
+
+        self.board = pedalboard.Pedalboard([plugin(e.type, e.params, preset.sample_rate) for e in preset.effects])
+        self.latency = latency(preset.effects)
+        self._drop, self._channels = self.latency, None
+
+    def __call__(self, x: np.ndarray, sample_rate: float, reset: bool = True) -> np.ndarray:
+        """The chain applied to x (channels, frames), float32 (see the class docstring)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if reset:
+            if not self.latency:
+                return self.board(x, float(sample_rate))
+            padded = np.concatenate([x, np.zeros((x.shape[0], self.latency), np.float32)], axis=1)
+            return self.board(padded, float(sample_rate))[:, self.latency :]
+        self._channels = x.shape[0]
+        y = self.board(x, float(sample_rate), reset=False)
+        cut = min(self._drop, y.shape[1])
+        self._drop -= cut
+        return y[:, cut:]
+
+    def flush(self, sample_rate: float) -> np.ndarray:
+        """The stream's last L samples (its input followed by L zeros); empty without a latency
+        or once flushed."""
+        if not self.latency or self._channels is None:
+            return np.zeros((self._channels or 1, 0), np.float32)
+        y = self(np.zeros((self._channels, self.latency), np.float32), sample_rate, reset=False)
+        self._channels = None
+        return y
+
+
+def board(preset: Preset) -> Chain:
+    """The preset's effects as a :class:`Chain` of the real plugins, its latency compensated."""
+    return Chain(preset)
 
 
 def _render_pedalboard(preset: Preset, dry: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -201,7 +250,13 @@ def _ddsp_batch(presets: Sequence[Preset], dry: np.ndarray | None, sample_rate: 
         else:
             x = torch.from_numpy(np.ascontiguousarray(dry, dtype=np.float32))[None]
             x = x.expand(len(presets), *x.shape[1:]).contiguous()
-        y = apply_chain(x, effects, sample_rate)
+        lag = {latency(p.effects) for p in presets}
+        if len(lag) > 1:
+            raise ValueError("the ddsp batch needs presets of one latency")
+        lag = lag.pop()  # compensated as the pedalboard engine's Chain does: L zeros after, L samples dropped
+        if lag:
+            x = torch.nn.functional.pad(x, (0, lag))
+        y = apply_chain(x, effects, sample_rate)[..., lag:]
     return _fit(y.cpu().numpy().astype(np.float32, copy=False), frames)
 
 

@@ -870,11 +870,12 @@ class Analyser:
         targets = [torch.from_numpy(w)[None] for w in wet]
 
         def processors(effects: Sequence[dict[str, Any]]) -> tuple[Processor, ...]:
-            return tuple(Processor(e["type"], {k: float(v) for k, v in e.items() if k != "type"}) for e in effects)
+            return tuple(Processor(e["type"], {k: tuple(map(float, v)) if isinstance(v, (list, tuple, np.ndarray))
+                                               else float(v) for k, v in e.items() if k != "type"}) for e in effects)
 
         def render(effects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
             chain = board(Preset(rate, processors(effects)))
-            return [chain(np.ascontiguousarray(ref.dry[:, s:b]), float(rate))[:, a - s :]
+            return [chain(np.ascontiguousarray(ref.dry[:, s : b + chain.latency]), float(rate))[:, a - s : b - s]
                     for s, (a, b) in zip(starts, spans)]
 
         def loss(rendered: list[np.ndarray]) -> float:
@@ -899,7 +900,7 @@ class Analyser:
             candidates.refinement[k] = candidates.refinement[best]
         candidates.correction[k] = {
             "effects_from": len(base.effects), "dynamics": found.dynamics, "equaliser": found.equaliser,
-            "limiter": found.limiter, "loss_before": finite(float(candidates.losses[best])),
+            "fir": found.fir, "limiter": found.limiter, "loss_before": finite(float(candidates.losses[best])),
             "loss_fitted": finite(found.loss_after),
         }
         if found.dynamics:  # the task's settings of the effects the correction refitted
@@ -1108,6 +1109,8 @@ def _rendered_blocks(preset, f, rate: int, engine: str, task) -> Iterator[np.nda
             left = f.frames - f.tell()
             x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
         if x.shape[0] == 0:
+            if chain is not None and chain.latency:
+                yield chain.flush(rate)
             return
         x = np.ascontiguousarray(x.T)
         yield chain(x, float(rate), reset=False) if chain is not None else render(preset, x, rate, "ddsp")

@@ -760,16 +760,24 @@ def plot_frequencies(sample_rate: float, n: int = PLOT_POINTS) -> np.ndarray:
 def equaliser_db(preset, freqs: np.ndarray) -> np.ndarray | None:
     """The summed magnitude response in dB of the preset's shelves and peaks (the RBJ cookbook
     coefficients of their registry entries, as pedalboard's filters compute them;
-    :func:`afxest.processors.power_response`) at ``freqs`` (Hz), (len(freqs),) float64; None
-    when the preset has none."""
+    :func:`afxest.processors.power_response`) and FIRs (``convolution``: |sum_n h[n] e^{-j w n}|,
+    ``scipy.signal.freqz``) at ``freqs`` (Hz), (len(freqs),) float64; None when the preset has none."""
+    import scipy.signal
     import torch
 
     biquads = [(e.type, {k: torch.tensor([float(v)], dtype=torch.float64) for k, v in e.params.items()})
                for e in preset.effects if entry(e.type).coefficients is not None]
-    if not biquads:
+    firs = [e.params[e.spec.samples] for e in preset.effects if e.spec.samples]
+    if not biquads and not firs:
         return None
-    power = power_response(biquads, preset.sample_rate, torch.from_numpy(np.asarray(freqs, np.float64)))
-    return 10 * np.log10(power[0].numpy())
+    freqs = np.asarray(freqs, np.float64)
+    db = np.zeros(len(freqs))
+    if biquads:
+        db += 10 * np.log10(power_response(biquads, preset.sample_rate, torch.from_numpy(freqs))[0].numpy())
+    for h in firs:
+        response = scipy.signal.freqz(np.asarray(h, np.float64), worN=freqs, fs=preset.sample_rate)[1]
+        db += 20 * np.log10(np.maximum(np.abs(response), 1e-12))
+    return db
 
 
 def compressor_curve_db(preset, levels_db: np.ndarray) -> np.ndarray | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afxest.catalogue import EFFECT_TYPES, PROCESSORS, SOURCE_TYPES, ProcessorType
+from afxest.catalogue import EFFECT_TYPES, MAX_IMPULSE_RESPONSE, PROCESSORS, SOURCE_TYPES, ProcessorType
 from afxest.errors import UserError, brief, shortened
 
 PRESET_FORMAT = "afxest-preset/1"
@@ -29,10 +29,11 @@ ESTIMATE_FORMAT = "afxest-estimate/1"
 
 @dataclass(frozen=True)
 class Processor:
-    """One effect or source: its ``type`` and physical parameter values, in catalogue order."""
+    """One effect or source: its ``type`` and physical parameter values, in catalogue order
+    (a type's list-of-numbers parameter, :attr:`ProcessorType.samples`, last, as a tuple)."""
 
     type: str
-    params: dict[str, float]
+    params: dict[str, Any]
 
     @property
     def spec(self) -> ProcessorType:
@@ -41,7 +42,7 @@ class Processor:
 
     def to_dict(self) -> dict[str, Any]:
         """The processor as its JSON object: ``type``, then the parameters."""
-        return {"type": self.type, **self.params}
+        return {"type": self.type, **{k: list(v) if isinstance(v, tuple) else v for k, v in self.params.items()}}
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,14 @@ class Preset:
         }
 
     def check_sample_rate(self, sample_rate: float, where: str) -> None:
-        """Refuses parameters that are invalid at ``sample_rate`` (e.g. cutoff >= Nyquist) with a
-        one-line UserError prefixed by ``where``."""
+        """Refuses parameters that are invalid at ``sample_rate`` (e.g. cutoff >= Nyquist), and a
+        ``convolution`` at another rate than the preset's (its impulse response is in samples),
+        with a one-line UserError prefixed by ``where``."""
         items = [(f"effects[{i}]", e) for i, e in enumerate(self.effects)]
+        for label, e in items:
+            if e.spec.samples and sample_rate != self.sample_rate:
+                raise UserError(f"{where}: {label} ({e.type}): its {e.spec.samples} is at the preset's sample_rate "
+                                f"({self.sample_rate:g} Hz); resample the audio to it")
         if self.source is not None:
             items.append(("source", self.source))
         for label, proc in items:
@@ -127,7 +133,7 @@ def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate
         raise UserError(f"{where}: unknown type {brief(kind)} (expected one of {', '.join(allowed)})")
     spec = PROCESSORS[kind]
     where = f"{where} ({kind})"
-    names = [p.name for p in spec.params]
+    names = [p.name for p in spec.params] + ([spec.samples] if spec.samples else [])
     extra = [k for k in doc if k != "type" and k not in names]
     if extra:
         raise UserError(f"{where}: unknown parameter {brief(extra[0])} (expected {', '.join(names)})")
@@ -140,7 +146,28 @@ def _parse_processor(doc: Any, where: str, allowed: tuple[str, ...], sample_rate
         if problem:
             raise UserError(f"{where}: {problem}")
         params[p.name] = value
+    if spec.samples:
+        params[spec.samples] = _samples(doc, spec.samples, params, where)
     return Processor(kind, params)
+
+
+def _samples(doc: dict[str, Any], name: str, params: dict[str, Any], where: str) -> tuple[float, ...]:
+    """A ``convolution``'s impulse response ``doc[name]``: a list of 1 to
+    :data:`afxest.catalogue.MAX_IMPULSE_RESPONSE` finite numbers, not all zero, whose
+    ``latency_samples`` (in ``params``) is a whole number indexing it."""
+    if name not in doc:
+        raise UserError(f"{where}: missing parameter {name!r}")
+    values = doc[name]
+    if not isinstance(values, list) or not 1 <= len(values) <= MAX_IMPULSE_RESPONSE:
+        raise UserError(f"{where}: {name} must be a list of 1 to {MAX_IMPULSE_RESPONSE} numbers")
+    samples = tuple(_number(v, f"{where}: {name}[{i}]") for i, v in enumerate(values))
+    if not any(samples):
+        raise UserError(f"{where}: {name} is all zeros")
+    latency = params["latency_samples"]
+    if latency != int(latency) or latency >= len(samples):
+        raise UserError(f"{where}: latency_samples must be a whole number below the {len(samples)} samples "
+                        f"of {name}, got {latency:g}")
+    return samples
 
 
 def _number(value: Any, where: str) -> float:
@@ -254,11 +281,15 @@ def json_schema() -> dict[str, Any]:
             if p.one_sample:
                 s["description"] += "; at least one sample (1 / sample_rate)"
             props[p.name] = s
+        if spec.samples:
+            props[spec.samples] = {"type": "array", "items": {"type": "number"}, "minItems": 1,
+                                   "maxItems": MAX_IMPULSE_RESPONSE,
+                                   "description": "the impulse response, at the preset's sample_rate"}
         return {
             "type": "object",
             "description": spec.description + (f" (pedalboard.{spec.plugin})" if spec.plugin else ""),
             "properties": props,
-            "required": ["type", *(p.name for p in spec.params)],
+            "required": ["type", *(p.name for p in spec.params), *([spec.samples] if spec.samples else [])],
             "additionalProperties": False,
         }
 

@@ -20,6 +20,7 @@ pedalboard engine starts without torch), :func:`registry` the dsp modules on fir
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -60,7 +61,7 @@ class Entry:
 @cache
 def registry() -> dict[str, Entry]:
     """Every catalogue type's :class:`Entry`, by type name (the dsp modules imported on first call)."""
-    from afxest.dsp import amplitude, compressor, delay, filters, fm, reverb
+    from afxest.dsp import amplitude, compressor, convolution, delay, filters, fm, reverb
 
     entries = (
         Entry(PROCESSORS["low_shelf"], filters.low_shelf, coefficients=filters.low_shelf_coefficients),
@@ -70,6 +71,7 @@ def registry() -> dict[str, Entry]:
         Entry(PROCESSORS["gain"], amplitude.gain, amplitude=amplitude.gain_amplitude),
         Entry(PROCESSORS["limiter"], compressor.limiter),
         Entry(PROCESSORS["clipping"], amplitude.hard_clip, straight_through=amplitude.straight_through_clip),
+        Entry(PROCESSORS["convolution"], convolution.convolution),
         # delay.straight_through_delay is not its straight-through variant: in a 300-step check
         # on the mix task its time gradient made the delay times worse (docs/effects.md)
         Entry(PROCESSORS["delay"], delay.delay),
@@ -87,13 +89,29 @@ def entry(kind: str) -> Entry:
     return found
 
 
-def plugin(kind: str, params: Mapping[str, float]) -> Any:
-    """The pedalboard plugin of effect type ``kind`` (the catalogue's ``plugin``) set to ``params``."""
+def plugin(kind: str, params: Mapping[str, Any], sample_rate: float | None = None) -> Any:
+    """The pedalboard plugin of effect type ``kind`` (the catalogue's ``plugin``) set to ``params``.
+
+    ``convolution``: pedalboard's ``Convolution`` of the impulse response h (at ``sample_rate``,
+    the preset's, which it needs: a preset holding one renders at its own rate only,
+    :meth:`afxest.presets.Preset.check_sample_rate`), which scales h to an L2 norm of
+    1/8 (JUCE's ``Convolution::Normalise::yes``), followed by the ``Gain`` 20 log10(8 ||h||_2)
+    that restores it: h convolved exactly, causal (its latency is the renderers',
+    :class:`afxest.engines.Chain`)."""
     import pedalboard
 
     spec = PROCESSORS.get(kind)
     if spec is None or spec.plugin is None:
         raise ValueError(f"no pedalboard plugin for type {kind!r}")
+    if spec.samples:
+        import numpy as np
+
+        h = np.asarray(params[spec.samples], np.float32)
+        norm = float(np.sqrt(np.sum(np.square(h, dtype=np.float64))))
+        if sample_rate is None:
+            raise ValueError(f"a {kind} plugin needs its impulse response's sample rate")
+        return pedalboard.Pedalboard([getattr(pedalboard, spec.plugin)(h, sample_rate=float(sample_rate)),
+                                      pedalboard.Gain(20 * math.log10(8 * norm))])
     return getattr(pedalboard, spec.plugin)(**params)
 
 

@@ -137,30 +137,37 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
 
     One plugin chain per preset streams through the whole signal in blocks of READ_BLOCK from
     the start (state carried over, blocks on pedalboard's own 8192-sample grid), so the windows
-    are exactly slices of ``pedalboard`` applied to the whole signal in one call. Windows must
-    be consecutive; at most a window and a block per preset are held."""
+    are exactly slices of ``pedalboard`` applied to the whole signal in one call (a chain with a
+    latency, :class:`afxest.engines.Chain`, lags the input by it, and is flushed at the end).
+    Windows must be consecutive; at most a window and a block per preset are held."""
     boards = [board(p) for p in presets]
-    done, start = 0, 0  # rendered up to `done`; `held` starts at `start`
-    held = np.zeros((len(boards), dry.shape[0], 0), np.float32)
+    fed, start = 0, 0  # the dry fed up to `fed`; `held` starts at `start`
+    held = [np.zeros((dry.shape[0], 0), np.float32) for _ in boards]
     for a, b in windows:
-        while done < b:
-            x = np.ascontiguousarray(dry[:, done : min(done + READ_BLOCK, dry.shape[1])])
-            block = np.stack([chain(x, float(rate), reset=False) for chain in boards])
-            held = np.concatenate([held, block], axis=2)
-            done += x.shape[1]
-        yield held[..., a - start : b - start]
-        held, start = held[..., b - start :], b
+        while min(h.shape[1] for h in held) < b - start:
+            if fed < dry.shape[1]:
+                x = np.ascontiguousarray(dry[:, fed : min(fed + READ_BLOCK, dry.shape[1])])
+                blocks = [chain(x, float(rate), reset=False) for chain in boards]
+                fed += x.shape[1]
+            else:
+                blocks = [chain.flush(rate) for chain in boards]
+                if not any(y.shape[1] for y in blocks):
+                    raise ValueError(f"window ({a}, {b}) ends after the signal ({dry.shape[1]} frames)")
+            held = [np.concatenate([h, y], axis=1) for h, y in zip(held, blocks)]
+        yield np.stack([h[:, a - start : b - start] for h in held])
+        held, start = [h[:, b - start :] for h in held], b
 
 
 def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
     """Yields each window of every preset's pedalboard rendering of ``dry`` (C, frames), (M, C, T),
-    each rendered afresh from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)."""
+    each rendered afresh from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)
+    to its chain's latency after it (:class:`afxest.engines.Chain`)."""
     boards = [board(p) for p in presets]
     preroll = int(round(SCORE_PREROLL_SECONDS * rate))
     for a, b in windows:
         start = max(0, a - preroll)
-        x = np.ascontiguousarray(dry[:, start:b])
-        yield np.stack([chain(x, float(rate))[:, a - start :] for chain in boards])
+        yield np.stack([chain(np.ascontiguousarray(dry[:, start : b + chain.latency]), float(rate))
+                        [:, a - start : b - start] for chain in boards])
 
 
 def _streamed(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:

@@ -98,6 +98,7 @@ def _origin(candidate: dict[str, Any]) -> str:
     parts = [f"{effects[int(i)]['type']} refitted (attack {_duration(effects[int(i)]['attack_ms'])}, release "
              f"{_duration(effects[int(i)]['release_ms'])})" for i in record.get("task_effects", {})]
     parts += [f"EQ {len(peaks)} bands {min(peaks):+.1f}..{max(peaks):+.1f} dB"] if peaks else []
+    parts += [f"FIR EQ {len(e['impulse_response'])} taps" for e in added if e["type"] == "convolution"]
     parts += [f"limiter {e['threshold_db']:g} dB" for e in added if e["type"] == "limiter"]
     return f"{origin} + correction: {', '.join(parts)}"
 

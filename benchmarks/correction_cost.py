@@ -56,7 +56,8 @@ def main() -> None:
         target = losses.LogMelLoss(rate).against(torch.from_numpy(wet)[None])
 
         def render(fx):
-            processors = tuple(Processor(e["type"], {k: float(v) for k, v in e.items() if k != "type"}) for e in fx)
+            processors = tuple(Processor(e["type"], {k: tuple(v) if isinstance(v, list) else float(v)
+                                                     for k, v in e.items() if k != "type"}) for e in fx)
             return [board(Preset(rate, processors))(dry, float(rate))]
 
         def loss(ys):
@@ -67,7 +68,7 @@ def main() -> None:
         found = correct.correct(chain, render, [wet], loss, rate)
         seconds = time.process_time() - start
         print(f"{wet_path.stem}: {rate} Hz, {wet.shape[0]} channel(s), {wet.shape[1] / rate:.1f} s: correct() {seconds:.2f} s CPU; "
-              f"dynamics {found.dynamics}, equaliser {found.equaliser}, limiter {found.limiter}; "
+              f"dynamics {found.dynamics}, equaliser {found.equaliser} (FIR {getattr(found, 'fir', False)}), limiter {found.limiter}; "
               f"loss {found.loss_before:.4g} -> {found.loss_after:.4g}", flush=True)
     print(f"python -c 'import torch': {cpu_seconds([sys.executable, '-c', 'import torch']):.2f} s CPU")
 

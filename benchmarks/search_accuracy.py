@@ -48,6 +48,17 @@ from afxest.losses import LogMelLoss, si_sdr
 from afxest.store import load_model
 
 
+def corrected(document: dict) -> str:
+    """Where rank 1 is corrected (afxest/correct.py): its equaliser's form and the SI-SDR (as the
+    document measures it) of the best candidate without a correction; else nothing."""
+    record = document["candidates"][0].get("correction")
+    if record is None:
+        return ""
+    plain = next((c for c in document["candidates"] if "correction" not in c), None)
+    form = "FIR" if record.get("fir") else "bands" if record["equaliser"] else "no equaliser"
+    return f" + correction ({form}; best uncorrected: SI-SDR {plain['si_sdr']:.2f} dB)" if plain else f" + correction ({form})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="master")
@@ -107,6 +118,7 @@ def main() -> None:
             row.append(seconds)
             rows.append(row)
             origin = document["candidates"][0].get("refinement", {}).get("proposal", "posterior")
+            origin += corrected(document)
             print(f"item {i}: SI-SDR {row[0]:7.2f} dB  log-mel {row[1]:.3g}  input {row[2]:6.2f} dB {row[3]:.3g}  "
                   f"{seconds:5.1f} s  steps {document['analysis']['refine_steps']}  from {origin}", flush=True)
     a = np.array(rows)

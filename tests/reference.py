@@ -19,15 +19,35 @@ PLUGINS = {
     "limiter": pedalboard.Limiter,
     "delay": pedalboard.Delay,
     "reverb": pedalboard.Reverb,
+    "convolution": lambda latency_samples, impulse_response: causal_fir(impulse_response),
 }
 
 
+def causal_fir(h) -> Any:
+    """What the ``convolution`` plugin computes (its latency left to the renderers): scipy's
+    direct-form FIR, y[n] = sum_k h[k] x[n - k], in float64; called as a plugin, (x, rate) -> y."""
+    import scipy.signal
+
+    return lambda x, sample_rate: scipy.signal.lfilter(np.asarray(h, np.float64), [1.0], np.asarray(x, np.float64), axis=-1)
+
+
 def reference_render(preset: dict[str, Any], dry: np.ndarray, sample_rate: float) -> np.ndarray:
-    """pedalboard plugins built from a preset's JSON values; (channels, frames) -> same."""
-    board = pedalboard.Pedalboard(
-        [PLUGINS[e["type"]](**{k: v for k, v in e.items() if k != "type"}) for e in preset["effects"]]
-    )
-    return board(np.ascontiguousarray(dry, dtype=np.float32), float(sample_rate))
+    """pedalboard plugins built from a preset's JSON values; (channels, frames) -> same (a
+    ``convolution`` by :func:`causal_fir`, between Pedalboards of the plugins before and after it,
+    its ``latency_samples`` L compensated: the dry followed by L zeros, the first L samples dropped)."""
+    plugins = [PLUGINS[e["type"]](**{k: v for k, v in e.items() if k != "type"}) for e in preset["effects"]]
+    latency = int(sum(e.get("latency_samples", 0) for e in preset["effects"]))
+    y, run = np.pad(np.asarray(dry, dtype=np.float32), ((0, 0), (0, latency))), []
+    for p in [*plugins, None]:
+        if isinstance(p, pedalboard.Plugin):
+            run.append(p)
+            continue
+        if run:
+            y = pedalboard.Pedalboard(run)(np.ascontiguousarray(y, dtype=np.float32), float(sample_rate))
+            run = []
+        if p is not None:
+            y = p(y, float(sample_rate)).astype(np.float32)
+    return y[:, latency:]
 
 
 def cookbook(kind: str, f0: float, gain_db: float, q: float, fs: float) -> tuple[np.ndarray, np.ndarray]:

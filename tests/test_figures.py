@@ -384,6 +384,27 @@ def test_estimate_plot_draws_rank_1s_correction_alone(tmp_path):
     np.testing.assert_allclose(eq_ax.lines[0].get_ydata(), equaliser_reference_db(corrected, freqs), atol=1e-6)
 
 
+def test_an_fir_correction_is_drawn_by_its_impulse_response(tmp_path):
+    """A correction that is an FIR (``convolution``): the dashed curve is the impulse response's
+    DTFT magnitude, sum_n h[n] e^{-j 2 pi f n / rate} written out, in dB."""
+    import dataclasses
+
+    from afxest.presets import Processor
+
+    task = TASKS["master"]
+    base = task.model.preset(np.full(task.model.dim, 0.4), task.name, task.sample_rate)
+    h = np.random.default_rng(3).standard_normal(31) * np.hanning(31)
+    fir = (Processor("convolution", {"latency_samples": 15.0, "impulse_response": tuple(h)}),)
+    corrected = dataclasses.replace(base, effects=base.effects + fir)
+    document = _document([corrected, base])
+    document["candidates"][0]["correction"] = {"effects_from": len(base.effects)}
+    fig = figs.plot_estimate(tmp_path / figs.ESTIMATE_PLOT, document, [corrected, base], dpi=30)
+    (dashed,) = [line for line in fig.axes[0].lines if line.get_linestyle() == "--"]
+    f = dashed.get_xdata()
+    dtft = np.exp(-2j * np.pi * np.outer(f, np.arange(31)) / task.sample_rate) @ h
+    np.testing.assert_allclose(dashed.get_ydata(), 20 * np.log10(np.abs(dtft)), atol=1e-6)
+
+
 def test_estimate_plot_of_a_synth_shows_the_spectra_of_wet_and_rank_1(tmp_path):
     """fm: a full-scale 110 Hz sine (and rank 1 at I = 0.0025, nearly one) peaks within a bin of
     110 Hz at 0 dB in both spectra, less the Hann window's scalloping loss (110 Hz is a quarter

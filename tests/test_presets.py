@@ -365,7 +365,7 @@ def test_schema_is_well_formed() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["properties"]["format"] == {"const": PRESET_FORMAT}
     refs = [s["$ref"] for s in schema["properties"]["effects"]["items"]["oneOf"]]
-    assert refs == [f"#/$defs/{n}" for n in ("low_shelf", "high_shelf", "peak", "compressor", "gain", "clipping", "limiter", "delay", "reverb")]
+    assert refs == [f"#/$defs/{n}" for n in ("low_shelf", "high_shelf", "peak", "compressor", "gain", "clipping", "limiter", "convolution", "delay", "reverb")]
     for name, spec in schema["$defs"].items():
         assert spec["properties"]["type"] == {"const": name}
         assert spec["required"][0] == "type"

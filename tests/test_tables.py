@@ -95,7 +95,7 @@ def test_every_parameter_has_one_short_label_in_tables_and_figures() -> None:
         "low_shelf": ["LS0 f Hz", "LS0 g dB", "LS0 Q"], "high_shelf": ["HS0 f Hz", "HS0 g dB", "HS0 Q"],
         "peak": ["PK0 f Hz", "PK0 g dB", "PK0 Q"],
         "compressor": ["comp0 thr dB", "comp0 ratio", "comp0 att ms", "comp0 rel ms"],
-        "gain": ["gain0 g dB"], "clipping": ["clip0 thr dB"], "limiter": ["lim0 thr dB", "lim0 rel ms"],
+        "gain": ["gain0 g dB"], "clipping": ["clip0 thr dB"], "limiter": ["lim0 thr dB", "lim0 rel ms"], "convolution": ["conv0 lat samples"],
         "delay": ["dly0 t s", "dly0 fb", "dly0 mix"],
         "reverb": ["rev0 room", "rev0 damp", "rev0 wet", "rev0 dry", "rev0 width"],
         "fm": ["fm0 f_c Hz", "fm0 amp", "fm0 I_m", "fm0 f_m/f_c", "fm0 dur s"],
@@ -158,7 +158,7 @@ def test_report_tables_are_markdown_beside_the_papers_numbers() -> None:
 def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
     """The "from" cell of a corrected candidate says what the correction refitted of the task's
     chain (a compressor's time constants) and added after it: the equaliser's band count and
-    gain range, and the limiter's threshold."""
+    gain range (or the FIR's length), and the limiter's threshold."""
     effects = [{"type": "high_shelf", "cutoff_frequency_hz": 2000.0, "gain_db": 3.0, "q": 0.7},
                {"type": "peak", "cutoff_frequency_hz": 100.0, "gain_db": -1.0, "q": 4.0},
                {"type": "peak", "cutoff_frequency_hz": 112.2, "gain_db": 2.0, "q": 4.0},
@@ -172,6 +172,9 @@ def test_a_corrected_candidate_names_its_correction_in_the_table() -> None:
     refitted = {"preset": {"effects": [compressor, effects[-1]]}, "correction": {"effects_from": 1, "task_effects": {
         "0": dict(compressor, attack_ms=50.0, release_ms=500.0)}}}
     assert tables._origin(refitted) == "draw + correction: compressor refitted (attack 120 ms, release 1.85 s)"
+    fir = {"type": "convolution", "latency_samples": 2, "impulse_response": [0.1, 0.2, 1.0, 0.2, 0.1]}
+    with_fir = {"preset": {"effects": [effects[0], fir, effects[3]]}, "correction": {"effects_from": 1}}
+    assert tables._origin(with_fir) == "draw + correction: FIR EQ 5 taps"
 
 
 def test_eq_intervals_of_the_shelves_together_are_a_caption() -> None:
