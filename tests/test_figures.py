@@ -264,8 +264,7 @@ def test_evaluate_with_an_effort_draws_item_0s_default_estimate(eq_posterior, tm
 
     from afxest.choices import EFFORTS
 
-    # the search's length is not this test's subject: a 10-step probe and search
-    monkeypatch.setattr("afxest.estimate.PROBE_STEPS", 10)
+    # the search's length is not this test's subject: a 10-step search
     monkeypatch.setitem(EFFORTS, "fast", dataclasses.replace(EFFORTS["fast"], max_steps=10))
     drawn = []
     original = figs.plot_estimate
