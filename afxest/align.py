@@ -92,15 +92,15 @@ def _loudest(x: np.ndarray, length: int) -> int:
     return int(starts[np.argmax(energy[starts + length] - energy[starts])])
 
 
-def gcc_phat(e: np.ndarray, g: np.ndarray, floor_db: float = PHAT_FLOOR_DB) -> tuple[np.ndarray, int]:
+def gcc_phat(e: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, int]:
     """The normalised GCC-PHAT of e (L,) against g (M,): r (L + M - 1,) with r[j + L - 1] the
     correlation at lag j (e[t] against g[t + j]), j from -(L - 1) to M - 1, and the bins that
-    took part (those within ``floor_db`` of the cross-spectrum's largest). r is 1 at the lag of a
+    took part (those within :data:`PHAT_FLOOR_DB` of the cross-spectrum's largest). r is 1 at the lag of a
     pure delay of a linear filter whose response is nonzero on those bins."""
     n = 1 << int(np.ceil(np.log2(e.shape[0] + g.shape[0] - 1)))
     cross = np.conj(np.fft.rfft(e.astype(np.float64), n)) * np.fft.rfft(g.astype(np.float64), n)
     magnitude = np.abs(cross)
-    used = magnitude > magnitude.max() * 10 ** (-floor_db / 20)
+    used = magnitude > magnitude.max() * 10 ** (-PHAT_FLOOR_DB / 20)
     used[0] = False  # DC carries no timing
     weight = np.where(used, 1.0 / np.maximum(magnitude, 1e-300), 0.0)
     bins = int(used.sum())

@@ -132,9 +132,8 @@ def synthesise_batch(kind: str, params: dict, frames: int, sample_rate: int, sta
 
 def latency(effects: Sequence[Any]) -> int:
     """The latency (samples) a chain's renderers compensate: the sum of its ``convolution``
-    effects' ``latency_samples`` (:class:`afxest.presets.Processor` objects or effect dicts)."""
-    params = [e.params if hasattr(e, "params") else e for e in effects]
-    return int(sum(p.get("latency_samples", 0) for p in params))
+    effects' ``latency_samples`` (:class:`afxest.presets.Processor` objects)."""
+    return int(sum(e.params.get("latency_samples", 0) for e in effects))
 
 
 class Chain:

@@ -106,10 +106,10 @@ def plugin(kind: str, params: Mapping[str, Any], sample_rate: float | None = Non
     if spec.samples:
         import numpy as np
 
-        h = np.asarray(params[spec.samples], np.float32)
-        norm = float(np.sqrt(np.sum(np.square(h, dtype=np.float64))))
         if sample_rate is None:
             raise ValueError(f"a {kind} plugin needs its impulse response's sample rate")
+        h = np.asarray(params[spec.samples], np.float32)
+        norm = float(np.sqrt(np.sum(np.square(h, dtype=np.float64))))
         return pedalboard.Pedalboard([getattr(pedalboard, spec.plugin)(h, sample_rate=float(sample_rate)),
                                       pedalboard.Gain(20 * math.log10(8 * norm))])
     return getattr(pedalboard, spec.plugin)(**params)
