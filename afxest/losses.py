@@ -116,17 +116,35 @@ class LogMelLoss(torch.nn.Module):
         """The loss of y_hat against y, (batch, time) or (batch, channels, time): (batch,)."""
         return log_mel_loss(y_hat, y, self.mel)
 
-    def against(self, y: Tensor) -> Callable[[Tensor], Tensor]:
-        """The loss against a fixed ``y``, as a function of y_hat (shaped like y): y's log-mel
-        spectrogram computed once, for a search that scores many renderings against one wet."""
+    def against(self, y: Tensor, repeats: int = 1) -> Callable[[Tensor], Tensor]:
+        """The loss against a fixed ``y``, as a function of y_hat: y's log-mel spectrogram
+        computed once, for a search or a ranking that scores many renderings against one wet.
+        y_hat holds ``repeats`` renderings of each item of y, consecutive (as
+        ``y.repeat_interleave(repeats, 0)`` would pair them)."""
         _, folded, b, c = _channels_as_batch(y, y)
         reference = log_mel(folded, self.mel).detach()
+        reference = reference.reshape(b, 1, c, *reference.shape[1:])
 
         def loss(y_hat: Tensor) -> Tensor:
-            diff = log_mel(_channels_as_batch(y_hat, y)[0], self.mel) - reference
-            return _per_item(diff.square().mean(dim=(1, 2)), b, c)
+            if y_hat.shape != (b * repeats, *y.shape[1:]):
+                raise ValueError(f"y_hat must hold {repeats} of each of y's {b} items, got shape {tuple(y_hat.shape)}")
+            folded_hat = _channels_as_batch(y_hat, y_hat)[0]
+            rendered = log_mel(folded_hat, self.mel)
+            diff = rendered.reshape(b, repeats, c, *rendered.shape[1:]) - reference
+            return diff.square().mean(dim=(2, 3, 4)).reshape(b * repeats)
 
         return loss
+
+
+def against(loss_fn: Callable[[Tensor, Tensor], Tensor], y: Tensor, repeats: int = 1) -> Callable[[Tensor], Tensor]:
+    """``loss_fn`` (y_hat, y) with y fixed, as a function of y_hat holding ``repeats`` renderings
+    of each item of y, consecutive: ``loss_fn``'s own ``against`` where it has one (y's features
+    computed once), else ``loss_fn(y_hat, y.repeat_interleave(repeats, 0))``."""
+    fixed = getattr(loss_fn, "against", None)
+    if fixed is not None:
+        return fixed(y) if repeats == 1 else fixed(y, repeats)
+    target = y if repeats == 1 else y.repeat_interleave(repeats, 0)
+    return lambda y_hat: loss_fn(y_hat, target)
 
 
 # ---------------------------------------------------------------------------------------------

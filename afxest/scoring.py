@@ -217,11 +217,16 @@ class _Sums:
 
         if not self.pending:
             return
+        from afxest.losses import against
+
         m, pending = self.m, self.pending
         y_hat = torch.from_numpy(np.ascontiguousarray(np.concatenate([r for r, _ in pending]))).to(self.device)
-        y = torch.from_numpy(np.stack([w for _, w in pending for _ in range(m)])).to(self.device)
+        y = torch.from_numpy(np.stack([w for _, w in pending])).to(self.device)
+        values: dict[int, np.ndarray] = {}  # by metric: a loss that is also a metric is computed once
         for name, fn in self.metrics.items():
-            self.total[name] += fn(y_hat, y).double().cpu().numpy().reshape(len(pending), m).sum(axis=0)
+            if id(fn) not in values:
+                values[id(fn)] = against(fn, y, m)(y_hat).double().cpu().numpy().reshape(len(pending), m).sum(axis=0)
+            self.total[name] += values[id(fn)]
         pending.clear()
 
 

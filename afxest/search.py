@@ -31,6 +31,7 @@ validation split (docs/estimate.md, "Search").
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ from afxest.choices import Effort
 
 DESIGN_MAX_DIM = 3  # tasks of at most this many parameters get a space-filling design
 EXCERPT_FRAMES = 0  # samples of each excerpt refined on; 0: as many as the network's windows
+COARSE_FRACTION = 1.0  # an effect's refinement starts on this fraction of each excerpt (1: off)
+COARSE_STEPS = 200  # for at most this many of its steps
 TOLERANCE = 1e-3  # relative improvement of the best loss that counts as progress
 PATIENCE = 10  # steps without progress before the learning rate is halved
 HALVINGS = 4  # converged after this many halvings without progress
@@ -81,13 +84,6 @@ def waveform_loss(y_hat, y):
 WAVEFORM_WEIGHT = 0.01  # dB of waveform error per unit of the task's loss
 
 
-def against(loss_fn: Callable, y) -> Callable:
-    """``loss_fn`` (y_hat, y) with y fixed, as a function of y_hat: its own ``against(y)`` where
-    it has one (the target's features computed once), else a closure."""
-    fixed = getattr(loss_fn, "against", None)
-    return fixed(y) if fixed is not None else (lambda y_hat: loss_fn(y_hat, y))
-
-
 class SearchLoss:
     """The refinement loss: the task's loss plus ``weight`` x :func:`waveform_loss` (dB)."""
 
@@ -98,7 +94,9 @@ class SearchLoss:
         return self.task_loss(y_hat, y) + self.weight * waveform_loss(y_hat, y)
 
     def against(self, y) -> Callable:
-        """The loss against a fixed wet ``y`` (:func:`against`)."""
+        """The loss against a fixed wet ``y`` (:func:`afxest.losses.against`)."""
+        from afxest.losses import against
+
         task_loss = against(self.task_loss, y)
         return lambda y_hat: task_loss(y_hat) + self.weight * waveform_loss(y_hat, y)
 
@@ -113,7 +111,8 @@ def search_loss(task_loss: Callable, weight: float | None = None) -> Callable:
 class Adam:
     """Adam (Kingma & Ba, ICLR 2015) on one tensor, betas (0.9, 0.999), eps 1e-8: torch.optim's
     update written out, because importing torch.optim also imports sympy (about a second).
-    ``param`` is updated in place; ``lr`` may be changed between steps."""
+    ``param`` is updated in place; ``lr`` (a float, or a tensor broadcast against ``param``: a
+    rate per row) may be changed between steps."""
 
     def __init__(self, param, lr: float) -> None:
         import torch
@@ -136,11 +135,13 @@ class Adam:
 
 @dataclass
 class Refined:
-    """Each candidate's best iterate (K, d) float64, its loss (K,) and the steps taken."""
+    """Each candidate's best iterate (K, d) float64, its loss (K,), the steps it took (K,) and
+    its learning rate when it stopped (K,; its last halving's rate where it converged)."""
 
     z: np.ndarray
     loss: np.ndarray
-    steps: int
+    steps: np.ndarray
+    rate: np.ndarray
 
 
 def refine(
@@ -149,17 +150,19 @@ def refine(
     z0: np.ndarray,
     y,
     max_steps: int,
-    lr: float = LEARNING_RATE,
+    lr: float | np.ndarray = LEARNING_RATE,
     tolerance: float = TOLERANCE,
     patience: int = PATIENCE,
     halvings: int = HALVINGS,
     skip: int = 0,
+    stop: threading.Event | None = None,
 ) -> Refined:
     """Refines K candidates by inference-time optimisation (step 3 of the module's pipeline).
 
-    Adam on u = logit(z); the learning rate is halved when the candidates' best losses, summed,
-    have not improved by a relative ``tolerance`` in ``patience`` steps, and the search stops
-    after ``halvings`` halvings or ``max_steps`` steps.
+    Adam on u = logit(z), each candidate on its own schedule: its learning rate is halved when
+    its best loss has not improved by a relative ``tolerance`` in ``patience`` steps, and it
+    stops (its rate set to 0) after ``halvings`` halvings; all stop at ``max_steps``. A
+    candidate's path therefore does not depend on the others it is batched with.
 
     Arguments:
         render: Maps z (K*R, d) to audio shaped like ``y``, differentiably.
@@ -167,28 +170,35 @@ def refine(
         z0: The starts, (K, d) in [0, 1]^d.
         y: The target (K*R, 1, T): R excerpts per candidate, in order.
         max_steps: The step cap.
-        lr: The initial learning rate.
-        tolerance: The relative improvement of the summed best losses that counts as progress.
-        patience: The steps without progress before the learning rate is halved.
-        halvings: The halvings without progress after which the search has converged.
+        lr: The initial learning rate, or each candidate's (K,).
+        tolerance: The relative improvement of a candidate's best loss that counts as progress.
+        patience: The steps without progress before a candidate's learning rate is halved.
+        halvings: The halvings without progress after which a candidate has converged.
         skip: The samples dropped at the start of each excerpt before the loss (a pre-roll
             where the differentiable processors, started from rest, differ from the real ones
             that ran before).
+        stop: When set (by another thread), the refinement ends at its next step.
 
     Returns:
         Each candidate's best iterate (step 0 included), its loss (the mean of ``loss_fn`` over
-        its R excerpts) and the steps taken.
+        its R excerpts) and the steps it took.
     """
     import torch
+
+    from afxest.losses import against
 
     k = z0.shape[0]
     r = y.shape[0] // k
     u0 = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS)).float().to(y.device)
     u = u0.clone().requires_grad_(True)
-    optimiser = Adam(u, lr)
+    rates = np.broadcast_to(np.asarray(lr, np.float64), (k,)).copy()
+    last = rates.copy()
+    optimiser = Adam(u, torch.from_numpy(rates).float().to(y.device)[:, None])
     best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
     loss_to = against(loss_fn, y[..., skip:])
-    reference, stall, halved, step = math.inf, 0, 0, 0
+    reference = np.full(k, math.inf)
+    stall, halved, taken = np.zeros(k, int), np.zeros(k, int), np.zeros(k, int)
+    active = np.ones(k, bool)
     for step in range(max_steps + 1):
         z = torch.sigmoid(u).repeat_interleave(r, dim=0)
         y_hat = render(z)
@@ -197,22 +207,60 @@ def refine(
             better = loss < best
             best = torch.where(better, loss.detach(), best)
             best_u[better] = u.detach()[better]
-            total = float(best.sum())
-        if total < reference - tolerance * abs(reference) or not math.isfinite(reference):
-            reference, stall = total, 0
-        else:
-            stall += 1
-            if stall >= patience:
-                halved, stall = halved + 1, 0
-                if halved > halvings:
-                    break
-                optimiser.lr *= 0.5
-        if step == max_steps:
+            now = best.double().cpu().numpy()
+        finite = np.isfinite(reference)
+        progress = ~finite | (now < np.where(finite, reference - tolerance * np.abs(np.where(finite, reference, 0.0)), 0.0))
+        reference = np.where(progress, now, reference)
+        stall = np.where(progress, 0, stall + 1)
+        halve = active & (stall >= patience)
+        halved, stall = halved + halve, np.where(halve, 0, stall)
+        converged = halve & (halved > halvings)
+        taken[active] = step
+        active &= ~converged
+        rates = np.where(active, np.where(halve, 0.5 * rates, rates), 0.0)
+        last = np.where(active, rates, last)
+        if step == max_steps or not active.any() or (stop is not None and stop.is_set()):
             break
+        optimiser.lr = torch.from_numpy(rates).float().to(y.device)[:, None]
         (grad,) = torch.autograd.grad(loss.sum(), u)
         optimiser.step(grad)
     z_best = torch.sigmoid(best_u.double()).clamp(0.0, 1.0).cpu().numpy()
-    return Refined(z_best, best.double().cpu().numpy(), step)
+    return Refined(z_best, best.double().cpu().numpy(), taken, last)
+
+
+def in_threads(work: Callable[[np.ndarray, threading.Event], Any], k: int, workers: int) -> list[Any]:
+    """``work(indices, stop)`` on ``workers`` consecutive groups of the indices 0..k-1, each group
+    in a thread of its own (the first in the caller's), and the results in order. The compiled
+    loops and torch's kernels release the GIL, so the groups run in parallel on as many cores.
+    An exception in any thread (an interruption of the caller's included) sets ``stop`` for the
+    others and is raised in the caller once they have ended."""
+    groups = [g for g in np.array_split(np.arange(k), max(1, min(workers, k))) if len(g)]
+    stop = threading.Event()
+    results: list[Any] = [None] * len(groups)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            results[i] = work(groups[i], stop)
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(groups))]
+    try:
+        for thread in threads:
+            thread.start()
+        results[0] = work(groups[0], stop)
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.05)
+    if errors:
+        raise errors[0]
+    return results
 
 
 @dataclass
@@ -226,7 +274,7 @@ class Searched:
     origin: list[str]
     loss_before: np.ndarray
     loss_after: np.ndarray
-    steps: int
+    steps: np.ndarray  # (K,)
     proposals: dict[str, int]  # origin -> how many were scored
     windows: int  # excerpts refined on
     step_cap: int
@@ -242,6 +290,7 @@ def search(
     effort: Effort,
     max_steps: int | None = None,
     skip: int = 0,
+    workers: int = 1,
 ) -> Searched:
     """Runs steps 1-3 of the module's pipeline: scores every proposal with ``cheap_score``,
     keeps the ``effort.keep`` best and refines them (:func:`refine`) on one candidate's
@@ -258,12 +307,12 @@ def search(
         effort: How many are kept and the step caps.
         max_steps: Overrides the effort's step cap.
         skip: Passed to :func:`refine`.
+        workers: The threads the kept candidates are refined in (:func:`in_threads`); each
+            candidate follows its own schedule, so the answer does not depend on it.
 
     Returns:
         The refined candidates, where they came from and their losses before and after.
     """
-    import torch
-
     origin = [name for name, z in proposals.items() for _ in range(len(z))]
     z_all = np.concatenate([np.asarray(z, np.float64).reshape(-1, z.shape[-1]) for z in proposals.values()])
     scores = np.asarray(cheap_score(z_all), np.float64)
@@ -271,23 +320,48 @@ def search(
     keep = effort.keep_design if "design" in proposals else effort.keep
     order = np.argsort(scores, kind="stable")[:keep]
     z0 = z_all[order]
-    k = len(order)
     steps = effort.max_steps if max_steps is None else max_steps
-    y_k = y.repeat(k, 1, 1)
-    x_k = None if x is None else x.repeat(k, 1, 1)
-    with torch.enable_grad():
-        refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
-                         HALVINGS, skip)
-        if x is None and effort.polish_steps:  # a synth: its rendering is exact, polish on the waveform
-            polish = min(effort.polish_steps, steps)
-            polished = refine(lambda z: render(z, None), waveform_loss, refined.z, y_k, polish, POLISH_LEARNING_RATE,
-                              TOLERANCE, PATIENCE, HALVINGS, skip)
-            scored = refine(lambda z: render(z, None), loss_fn, polished.z, y_k, 0, skip=skip)  # step 0: its loss
-            refined = Refined(polished.z, scored.loss, refined.steps + polished.steps)
+    polish = min(effort.polish_steps, steps) if x is None else 0  # a synth: its rendering is exact
+
+    def work(group: np.ndarray, stop: threading.Event) -> Refined:
+        return _refine_group(z0[group], render, loss_fn, y, x, steps, polish, skip, stop)
+
+    parts = in_threads(work, len(order), workers)
+    refined = Refined(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("z", "loss", "steps", "rate")))
     return Searched(
         refined.z, z0, [origin[i] for i in order], scores[order], refined.loss, refined.steps,
         {name: len(z) for name, z in proposals.items()}, y.shape[0], steps,
     )
+
+
+def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Callable[[Any, Any], Any], y, x,
+                  steps: int, polish: int, skip: int, stop: threading.Event) -> Refined:
+    """The refinement of the candidates z0 (K, d) of one thread of :func:`search`: each on the
+    excerpts y (and x), first (an effect's, :data:`COARSE_STEPS`) on their first
+    :data:`COARSE_FRACTION` only, then on the whole; a synth's (``polish`` steps) last on the
+    waveform error alone."""
+    import torch
+
+    k = len(z0)
+    y_k = y.repeat(k, 1, 1)
+    x_k = None if x is None else x.repeat(k, 1, 1)
+    coarse = min(COARSE_STEPS, steps) if x is not None and COARSE_FRACTION < 1 else 0
+    with torch.enable_grad():  # grad mode is per thread
+        start, rate, taken = z0, np.full(k, LEARNING_RATE), np.zeros(k, int)
+        if coarse:
+            n = skip + int(COARSE_FRACTION * (y.shape[-1] - skip))
+            first = refine(lambda z: render(z, x_k[..., :n]), loss_fn, z0, y_k[..., :n], coarse, LEARNING_RATE,
+                           TOLERANCE, PATIENCE, HALVINGS, skip, stop)
+            start, rate, taken = first.z, first.rate, first.steps
+        refined = refine(lambda z: render(z, x_k), loss_fn, start, y_k, steps - coarse, rate, TOLERANCE, PATIENCE,
+                         HALVINGS, skip, stop)
+        refined.steps = refined.steps + taken
+        if polish:
+            polished = refine(lambda z: render(z, None), waveform_loss, refined.z, y_k, polish, POLISH_LEARNING_RATE,
+                              TOLERANCE, PATIENCE, HALVINGS, skip, stop)
+            scored = refine(lambda z: render(z, None), loss_fn, polished.z, y_k, 0, skip=skip)  # step 0: its loss
+            refined = Refined(polished.z, scored.loss, refined.steps + polished.steps, polished.rate)
+    return refined
 
 
 # ---------------------------------------------------------------------------------------------

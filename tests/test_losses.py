@@ -112,6 +112,27 @@ def test_log_mel_loss_against_a_fixed_target_matches_numpy(music_like):
         fixed(y_hat[:, :100])
 
 
+def test_log_mel_loss_against_repeated_targets_matches_numpy(music_like):
+    """``against(y, repeats)`` scores several renderings of each target (a ranking's batch) as the
+    numpy reference does against each target repeated, per item and per channel; a batch that is
+    not ``repeats`` renderings of each target is refused."""
+    from afxest.losses import against
+
+    y_hat, y = music_like  # (B, T)
+    b = y.shape[0]
+    stereo = torch.stack([y, 0.5 * y.flip(0)], 1)  # (B, 2, T)
+    renderings = torch.cat([torch.stack([y_hat, y_hat.flip(0)], 1), torch.stack([0.3 * y_hat, y], 1),
+                            torch.stack([y, y_hat], 1)])  # (3B, 2, T), reordered below: 3 per target
+    order = torch.arange(3 * b).reshape(3, b).T.reshape(-1)
+    renderings = renderings[order]
+    paired = stereo.repeat_interleave(3, 0)
+    expected = np.mean([np_log_mel_loss(renderings[:, ch].numpy(), paired[:, ch].numpy()) for ch in range(2)], axis=0)
+    assert np.allclose(against(LogMelLoss(SR_EQ), stereo, 3)(renderings).numpy(), expected, rtol=1e-6)
+    assert np.allclose(against(si_sdr, stereo, 3)(renderings).numpy(), si_sdr(renderings, paired).numpy())
+    with pytest.raises(ValueError):
+        against(LogMelLoss(SR_EQ), stereo, 2)(renderings)
+
+
 def test_log_mel_loss_per_channel_mean(music_like):
     y_hat, y = music_like
     mel = MelSpectrogram(SR_EQ, 1024, 256, 64)
