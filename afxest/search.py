@@ -42,8 +42,6 @@ from afxest.choices import Effort
 
 DESIGN_MAX_DIM = 3  # tasks of at most this many parameters get a space-filling design
 EXCERPT_FRAMES = 0  # samples of each excerpt refined on; 0: as many as the network's windows
-COARSE_FRACTION = 1.0  # an effect's refinement starts on this fraction of each excerpt (1: off)
-COARSE_STEPS = 200  # for at most this many of its steps
 TOLERANCE = 1e-3  # relative improvement of the best loss that counts as progress
 PATIENCE = 10  # steps without progress before the learning rate is halved
 HALVINGS = 4  # converged after this many halvings without progress
@@ -135,13 +133,11 @@ class Adam:
 
 @dataclass
 class Refined:
-    """Each candidate's best iterate (K, d) float64, its loss (K,), the steps it took (K,) and
-    its learning rate when it stopped (K,; its last halving's rate where it converged)."""
+    """Each candidate's best iterate (K, d) float64, its loss (K,) and the steps it took (K,)."""
 
     z: np.ndarray
     loss: np.ndarray
     steps: np.ndarray
-    rate: np.ndarray
 
 
 def refine(
@@ -150,7 +146,7 @@ def refine(
     z0: np.ndarray,
     y,
     max_steps: int,
-    lr: float | np.ndarray = LEARNING_RATE,
+    lr: float = LEARNING_RATE,
     tolerance: float = TOLERANCE,
     patience: int = PATIENCE,
     halvings: int = HALVINGS,
@@ -170,7 +166,7 @@ def refine(
         z0: The starts, (K, d) in [0, 1]^d.
         y: The target (K*R, 1, T): R excerpts per candidate, in order.
         max_steps: The step cap.
-        lr: The initial learning rate, or each candidate's (K,).
+        lr: The initial learning rate.
         tolerance: The relative improvement of a candidate's best loss that counts as progress.
         patience: The steps without progress before a candidate's learning rate is halved.
         halvings: The halvings without progress after which a candidate has converged.
@@ -191,8 +187,7 @@ def refine(
     r = y.shape[0] // k
     u0 = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS)).float().to(y.device)
     u = u0.clone().requires_grad_(True)
-    rates = np.broadcast_to(np.asarray(lr, np.float64), (k,)).copy()
-    last = rates.copy()
+    rates = np.full(k, float(lr))
     optimiser = Adam(u, torch.from_numpy(rates).float().to(y.device)[:, None])
     best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
     loss_to = against(loss_fn, y[..., skip:])
@@ -218,14 +213,13 @@ def refine(
         taken[active] = step
         active &= ~converged
         rates = np.where(active, np.where(halve, 0.5 * rates, rates), 0.0)
-        last = np.where(active, rates, last)
         if step == max_steps or not active.any() or (stop is not None and stop.is_set()):
             break
         optimiser.lr = torch.from_numpy(rates).float().to(y.device)[:, None]
         (grad,) = torch.autograd.grad(loss.sum(), u)
         optimiser.step(grad)
     z_best = torch.sigmoid(best_u.double()).clamp(0.0, 1.0).cpu().numpy()
-    return Refined(z_best, best.double().cpu().numpy(), taken, last)
+    return Refined(z_best, best.double().cpu().numpy(), taken)
 
 
 def in_threads(work: Callable[[np.ndarray, threading.Event], Any], k: int, workers: int) -> list[Any]:
@@ -321,13 +315,14 @@ def search(
     order = np.argsort(scores, kind="stable")[:keep]
     z0 = z_all[order]
     steps = effort.max_steps if max_steps is None else max_steps
-    polish = min(effort.polish_steps, steps) if x is None else 0  # a synth: its rendering is exact
+    polish_cap = effort.polish_steps if max_steps is None else min(effort.polish_steps, max_steps)
+    polish = polish_cap if x is None else 0  # a synth: its rendering is exact
 
     def work(group: np.ndarray, stop: threading.Event) -> Refined:
         return _refine_group(z0[group], render, loss_fn, y, x, steps, polish, skip, stop)
 
     parts = in_threads(work, len(order), workers)
-    refined = Refined(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("z", "loss", "steps", "rate")))
+    refined = Refined(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("z", "loss", "steps")))
     return Searched(
         refined.z, z0, [origin[i] for i in order], scores[order], refined.loss, refined.steps,
         {name: len(z) for name, z in proposals.items()}, y.shape[0], steps,
@@ -336,31 +331,21 @@ def search(
 
 def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Callable[[Any, Any], Any], y, x,
                   steps: int, polish: int, skip: int, stop: threading.Event) -> Refined:
-    """The refinement of the candidates z0 (K, d) of one thread of :func:`search`: each on the
-    excerpts y (and x), first (an effect's, :data:`COARSE_STEPS`) on their first
-    :data:`COARSE_FRACTION` only, then on the whole; a synth's (``polish`` steps) last on the
-    waveform error alone."""
+    """The refinement of the candidates z0 (K, d) of one thread of :func:`search`, each on the
+    excerpts y (and x); a synth's (``polish`` steps) last on the waveform error alone."""
     import torch
 
     k = len(z0)
     y_k = y.repeat(k, 1, 1)
     x_k = None if x is None else x.repeat(k, 1, 1)
-    coarse = min(COARSE_STEPS, steps) if x is not None and COARSE_FRACTION < 1 else 0
     with torch.enable_grad():  # grad mode is per thread
-        start, rate, taken = z0, np.full(k, LEARNING_RATE), np.zeros(k, int)
-        if coarse:
-            n = skip + int(COARSE_FRACTION * (y.shape[-1] - skip))
-            first = refine(lambda z: render(z, x_k[..., :n]), loss_fn, z0, y_k[..., :n], coarse, LEARNING_RATE,
-                           TOLERANCE, PATIENCE, HALVINGS, skip, stop)
-            start, rate, taken = first.z, first.rate, first.steps
-        refined = refine(lambda z: render(z, x_k), loss_fn, start, y_k, steps - coarse, rate, TOLERANCE, PATIENCE,
+        refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
                          HALVINGS, skip, stop)
-        refined.steps = refined.steps + taken
         if polish:
             polished = refine(lambda z: render(z, None), waveform_loss, refined.z, y_k, polish, POLISH_LEARNING_RATE,
                               TOLERANCE, PATIENCE, HALVINGS, skip, stop)
             scored = refine(lambda z: render(z, None), loss_fn, polished.z, y_k, 0, skip=skip)  # step 0: its loss
-            refined = Refined(polished.z, scored.loss, refined.steps + polished.steps, polished.rate)
+            refined = Refined(polished.z, scored.loss, refined.steps + polished.steps)
     return refined
 
 

@@ -40,10 +40,54 @@ def test_refine_reaches_a_closed_form_optimum_and_stops_when_converged() -> None
 
     out = search.refine(render, search.waveform_loss, np.array([[0.2]]), y, max_steps=5000)
     assert out.z[0, 0] == pytest.approx(0.7, abs=1e-3)
-    assert out.steps < 5000
+    assert out.steps[0] < 5000
     assert out.loss[0] == pytest.approx(float(search.waveform_loss(render(torch.tensor([[out.z[0, 0]]]).float()), y)), abs=0.5)
     start = search.refine(render, search.waveform_loss, np.array([[0.2]]), y, max_steps=0)
-    assert start.z[0, 0] == pytest.approx(0.2) and start.steps == 0
+    assert start.z[0, 0] == pytest.approx(0.2) and start.steps[0] == 0
+
+
+def test_each_candidate_follows_its_own_schedule_whatever_it_is_refined_with() -> None:
+    """Two gains refined together end where each ends refined alone (closed-form optima 0.7 and
+    0.25), the easy one stopping by its own convergence rule before the other: a candidate's
+    path does not depend on its batch."""
+    x = torch.randn(1, 1, 2000)
+    y = torch.cat([0.7 * x, 0.25 * x])
+
+    def render(z: torch.Tensor) -> torch.Tensor:
+        return z[:, :1, None] * x
+
+    both = search.refine(render, search.waveform_loss, np.array([[0.69], [0.9]]), y, max_steps=3000)
+    alone = [search.refine(render, search.waveform_loss, np.array([[z0]]), y[i : i + 1], max_steps=3000)
+             for i, z0 in enumerate((0.69, 0.9))]
+    np.testing.assert_allclose(both.z[:, 0], [0.7, 0.25], atol=1e-3)
+    np.testing.assert_allclose(both.z[:, 0], [a.z[0, 0] for a in alone], atol=1e-6)
+    assert list(both.steps) == [a.steps[0] for a in alone] and both.steps[0] < both.steps[1] < 3000
+
+
+def test_search_in_threads_gives_the_answer_of_one_thread_and_raises_their_errors() -> None:
+    """Candidates refined in two threads end as in one (each on its own schedule); an error in
+    the second thread reaches the caller."""
+    x = torch.randn(1, 1, 1000)
+    y = 0.4 * x
+    proposals = {"posterior": np.array([[0.9], [0.1], [0.6]])}
+    effort = search.Effort("t", keep=3, max_steps=400, design=0, keep_design=3, windows=1, polish_steps=0)
+
+    def found(workers: int, render=lambda z, _x: z[:, :1, None] * x) -> search.Searched:
+        return search.search(proposals, lambda z: np.zeros(len(z)), render, search.waveform_loss, y, x, effort,
+                             workers=workers)
+
+    one, two = found(1), found(2)
+    np.testing.assert_allclose(two.z, one.z, atol=1e-7)
+    np.testing.assert_array_equal(two.steps, one.steps)
+    np.testing.assert_allclose(one.z[:, 0], 0.4, atol=2e-3)
+
+    def failing(z: torch.Tensor, _x) -> torch.Tensor:
+        if z.detach()[0, 0] < 0.5:  # the second group's candidate (0.1)
+            raise RuntimeError("broken renderer")
+        return z[:, :1, None] * x
+
+    with pytest.raises(RuntimeError, match="broken renderer"):
+        found(3, failing)
 
 
 def test_search_keeps_the_best_proposals_by_the_cheap_score() -> None:
