@@ -261,19 +261,18 @@ def inference_threads(seconds: float | None = None) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1) if long else 1)
 
 
-def refine_workers(candidates: int) -> tuple[int, int]:
-    """(threads, torch threads within each) for refining ``candidates`` candidates on the CPU:
-    one thread per candidate up to the cores this process may use (OMP_NUM_THREADS when set,
-    else every core), the cores left over shared within each. Candidates refined in threads of
-    their own scale with the cores (their loops release the GIL and never wait on each other);
-    torch's intra-op threads on one candidate's few excerpts do not (measured on 2 idle cores,
-    5 s 44.1 kHz stereo pair: the refinement of 2 candidates took 13.4 s with one thread, 10.2
-    s with two intra-op threads, 8.7 s with one thread per candidate)."""
+def refine_workers(candidates: int) -> int:
+    """The threads to refine ``candidates`` candidates in on the CPU: one per candidate, up to
+    the cores this process may use (OMP_NUM_THREADS when set, else every core). Candidates
+    refined in threads of their own scale with the cores (their loops release the GIL and never
+    wait on each other); torch's intra-op threads on one candidate's few excerpts do not
+    (measured on 2 idle cores, 5 s 44.1 kHz stereo pair: the refinement of 2 candidates took
+    13.4 s with one thread, 10.2 s with two intra-op threads, 8.7 s with one thread per
+    candidate)."""
     import torch
 
     cores = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else max(1, os.cpu_count() or 1)
-    workers = max(1, min(cores, candidates))
-    return workers, max(1, cores // workers)
+    return max(1, min(cores, candidates))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,18 +616,13 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * rate))
     length = s.EXCERPT_FRAMES or task.clip_samples
     keep = effort.keep_design if "design" in proposals else effort.keep
-    workers, threads = refine_workers(keep) if torch.device(scorer.device).type == "cpu" else (1, torch.get_num_threads())
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return s.search(
-            proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
-            search_excerpts(wet, spans, preroll, length, scorer.device),
-            None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
-            max_steps=options.refine or None, skip=preroll, workers=workers,
-        )
-    finally:
-        torch.set_num_threads(before)
+    return s.search(
+        proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
+        search_excerpts(wet, spans, preroll, length, scorer.device),
+        None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
+        max_steps=options.refine or None, skip=preroll,
+        workers=refine_workers(keep) if torch.device(scorer.device).type == "cpu" else 1,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

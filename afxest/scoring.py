@@ -158,16 +158,24 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
         held, start = [h[:, b - start :] for h in held], b
 
 
-def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int):
+def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int,
+                         threads: int = 1):
     """Yields each window of every preset's pedalboard rendering of ``dry`` (C, frames), (M, C, T),
     each rendered afresh from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)
-    to its chain's latency after it (:class:`afxest.engines.Chain`)."""
+    to its chain's latency after it (:class:`afxest.engines.Chain`); the presets of a window
+    rendered in ``threads`` threads (pedalboard releases the GIL while it renders)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     boards = [board(p) for p in presets]
     preroll = int(round(SCORE_PREROLL_SECONDS * rate))
-    for a, b in windows:
-        start = max(0, a - preroll)
-        yield np.stack([chain(np.ascontiguousarray(dry[:, start : b + chain.latency]), float(rate))
-                        [:, a - start : b - start] for chain in boards])
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        for a, b in windows:
+            start = max(0, a - preroll)
+
+            def render(chain, a: int = a, b: int = b, start: int = start) -> np.ndarray:
+                return chain(np.ascontiguousarray(dry[:, start : b + chain.latency]), float(rate))[:, a - start : b - start]
+
+            yield np.stack(list(pool.map(render, boards)))
 
 
 def _streamed(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:
@@ -178,8 +186,12 @@ def _streamed(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequenc
 
 
 def _prerolled(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:
-    """:func:`pedalboard_prerolled` on the ``use`` windows."""
-    for k, (i, rendered) in enumerate(zip(use, pedalboard_prerolled(presets, dry, [windows[i] for i in use], rate))):
+    """:func:`pedalboard_prerolled` on the ``use`` windows, in as many threads as torch's (one for
+    a short file, every core for a long one: :func:`afxest.estimate.inference_threads`)."""
+    import torch
+
+    rendered_windows = pedalboard_prerolled(presets, dry, [windows[i] for i in use], rate, torch.get_num_threads())
+    for k, (i, rendered) in enumerate(zip(use, rendered_windows)):
         yield i, rendered, (k + 1) / len(use)
 
 

@@ -301,12 +301,15 @@ def search(
         effort: How many are kept and the step caps.
         max_steps: Overrides the effort's step cap.
         skip: Passed to :func:`refine`.
-        workers: The threads the kept candidates are refined in (:func:`in_threads`); each
-            candidate follows its own schedule, so the answer does not depend on it.
+        workers: The threads the kept candidates are refined in (:func:`in_threads`), torch's
+            intra-op threads divided among them meanwhile; each candidate follows its own
+            schedule, so the answer does not depend on it.
 
     Returns:
         The refined candidates, where they came from and their losses before and after.
     """
+    import torch
+
     origin = [name for name, z in proposals.items() for _ in range(len(z))]
     z_all = np.concatenate([np.asarray(z, np.float64).reshape(-1, z.shape[-1]) for z in proposals.values()])
     scores = np.asarray(cheap_score(z_all), np.float64)
@@ -321,7 +324,12 @@ def search(
     def work(group: np.ndarray, stop: threading.Event) -> Refined:
         return _refine_group(z0[group], render, loss_fn, y, x, steps, polish, skip, stop)
 
-    parts = in_threads(work, len(order), workers)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // workers))  # the cores are the workers' now
+    try:
+        parts = in_threads(work, len(order), workers)
+    finally:
+        torch.set_num_threads(before)
     refined = Refined(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("z", "loss", "steps")))
     return Searched(
         refined.z, z0, [origin[i] for i in order], scores[order], refined.loss, refined.steps,

@@ -53,13 +53,15 @@ def test_a_convolution_preset_renders_as_scipy_with_its_latency_compensated(engi
 
 def test_its_windows_are_slices_of_the_whole_rendering_streamed_and_prerolled() -> None:
     """The scorer's renderers (a stream through the whole signal, flushed at its end; each window
-    rendered afresh with its latency after it), a window ending at the signal's end included."""
+    rendered afresh with its latency after it, in one thread or two), a window ending at the
+    signal's end included."""
     h, x = fir(), audio(2 * RATE + 300)
     expected = reference(x, h, LATENCY)
     windows = [(0, 9000), (9000, 30000), (30000, x.shape[1])]
     plain = parse_preset({"format": "afxest-preset/1", "sample_rate": RATE,
                           "effects": [{"type": "gain", "gain_db": 3.0}]}, "test")
-    for renderer in (pedalboard_windows, pedalboard_prerolled):
+    renderers = (pedalboard_windows, pedalboard_prerolled, lambda *args: pedalboard_prerolled(*args, threads=2))
+    for renderer in renderers:
         for (a, b), y in zip(windows, renderer([preset(h), plain], x, windows, RATE)):
             assert np.abs(y[0] - expected[:, a:b]).max() < 1e-5 * np.abs(expected).max(), (renderer.__name__, a)
             np.testing.assert_allclose(y[1], x[:, a:b] * 10 ** (3 / 20), rtol=1e-6)
