@@ -221,10 +221,10 @@ def short_eq_pair(folder: Path) -> tuple[Path, Path]:
     return write(folder / "wet.wav", wet, EQ_RATE), write(folder / "dry.wav", dry, EQ_RATE)
 
 
-@pytest.mark.parametrize("effort, cap", [("fast", 100), ("default", 300), ("best", 1000)])
+@pytest.mark.parametrize("effort, cap", [("fast", 100), ("default", 200), ("best", 1000)])
 def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, effort: str, cap: int) -> None:
-    """--effort without --refine: the search's refinement runs with a step cap of 100 / 300 /
-    1000 (docs/estimate.md), and the steps it reports are within
+    """--effort without --refine: the search's refinement runs with a step cap of 100 / 200 /
+    1000 (docs/estimate.md) in each of its threads, and the steps it reports are within
     it. (Whether a refinement reaches its cap depends on the pair; `afxest.search.refine`'s own
     tests check that it stops there.)"""
     import afxest.search
@@ -240,13 +240,14 @@ def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, e
     rc, err = estimate(capsys, wet, "--dry", dry, "--model", "eq", "--effort", effort, "--samples", 2,
                        "-o", tmp_path / "out", "--no-audio")
     assert rc == 0, err
-    assert caps == [cap]
+    assert caps and set(caps) == {cap}
     doc = strict_json(tmp_path / "out" / "wet" / "estimate.json")
     analysis = doc["analysis"]
     assert analysis["search"]["effort"] == effort and analysis["search"]["step_cap"] == cap
     steps = analysis["refine_steps"]
     assert 0 < steps <= cap
-    assert {c["refinement"]["steps"] for c in doc["candidates"] if "refinement" in c} == {steps}
+    each = [c["refinement"]["steps"] for c in doc["candidates"] if "refinement" in c]
+    assert max(each) == steps and min(each) > 0  # each candidate's own, the document's the most
 
 
 # docs/estimate.md, Search: windows refined on, and proposals kept (master and eq: 1 / 2 / 4)
