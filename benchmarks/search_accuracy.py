@@ -15,7 +15,7 @@ module of afxest (``estimate.NAME``), for tuning on the val split.
 Printed: one line per item, then mean, median and the share of items at or above the target.
 
 Pairs as users have them (effect tasks; any of the options below): item i is then drawn from
-``default_rng([seed, 2_000_029, i])``: a 5 s excerpt of a track of the split read from its
+``default_rng([seed, 2_000_029, i])``: a ``--seconds`` (5 s) excerpt of a track of the split read from its
 file at the file's own rate and channels (``--stereo``: only tracks whose channels differ,
 kept in stereo; else their mono mix), resampled to ``--rate`` (256-tap windowed sinc; default:
 the file's rate), the wet rendered by pedalboard at that rate in as many channels, then moved
@@ -75,13 +75,14 @@ def main() -> None:
     parser.add_argument("--stereo", action="store_true", help="stereo pairs (tracks whose channels differ)")
     parser.add_argument("--offset", type=int, default=0, help="the wet this many samples late (negative: early)")
     parser.add_argument("--length", type=float, default=0.0, help="the wet this many seconds longer (negative: shorter)")
+    parser.add_argument("--seconds", type=float, default=PAIR_SECONDS, help="the dry excerpt's length (pairs as users have them)")
     args = parser.parse_args()
     for item in args.set:  # NAME (afxest.search's) or MODULE.NAME (afxest.MODULE's)
         name, value = item.split("=", 1)
         module = importlib.import_module(f"afxest.{name.rpartition('.')[0] or 'search'}")
         name = name.rpartition(".")[2]
         setattr(module, name, type(getattr(module, name))(value))
-    if args.rate or args.stereo or args.offset or args.length:
+    if args.rate or args.stereo or args.offset or args.length or args.seconds != PAIR_SECONDS:
         return users_pairs(args)
     torch.set_num_threads(1)
     loaded = load_model(args.model, torch.device("cpu"))
@@ -133,14 +134,15 @@ PAIR_STREAM = 2_000_029
 PAIR_SECONDS = 5.0
 
 
-def users_pair(files: list[Path], rng: np.random.Generator, rate: int | None, stereo: bool) -> tuple[np.ndarray, int]:
+def users_pair(files: list[Path], rng: np.random.Generator, rate: int | None, stereo: bool,
+               seconds: float = PAIR_SECONDS) -> tuple[np.ndarray, int]:
     """A dry excerpt as a user has one (the module docstring): (C, frames), and its rate."""
     import soundfile
 
     while True:
         path = files[int(rng.integers(len(files)))]
         info = soundfile.info(str(path))
-        frames = int(PAIR_SECONDS * info.samplerate)
+        frames = int(seconds * info.samplerate)
         if info.frames < frames or (stereo and info.channels < 2):
             continue
         start = int(rng.integers(0, info.frames - frames + 1))
@@ -166,7 +168,7 @@ def users_pairs(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.first, args.first + args.n):
             rng = np.random.default_rng([args.seed, PAIR_STREAM, i])
-            dry, rate = users_pair(files, rng, args.rate, args.stereo)
+            dry, rate = users_pair(files, rng, args.rate, args.stereo, args.seconds)
             v = rng.random(task.truth.dim)
             truth = render(task.truth.preset(v, task.name, rate), dry, rate, "pedalboard")
             d, extra = args.offset, int(round(args.length * rate))
@@ -193,7 +195,7 @@ def users_pairs(args) -> None:
                   f"{document['sample_rate']} Hz  from {origin}", flush=True)
     a = np.array(rows)
     print(f"{task.name} {args.split} n={len(a)} rate={args.rate} stereo={args.stereo} offset={args.offset} "
-          f"length={args.length} effort={args.effort} refine={args.refine} set={args.set}")
+          f"length={args.length} seconds={args.seconds} effort={args.effort} refine={args.refine} set={args.set}")
     print(f"  SI-SDR rank 1: mean {a[:, 0].mean():.2f} dB, median {np.median(a[:, 0]):.2f}, min {a[:, 0].min():.2f}; "
           f"Input {a[:, 1].mean():.2f} dB")
     print(f"  seconds per item (estimate only): mean {a[:, 2].mean():.2f}")
