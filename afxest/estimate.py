@@ -261,9 +261,9 @@ def inference_threads(seconds: float | None = None) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1) if long else 1)
 
 
-def refine_workers(candidates: int) -> int:
-    """The threads to refine ``candidates`` candidates in on the CPU: one per candidate, up to
-    the cores this process may use (OMP_NUM_THREADS when set, else every core). Candidates
+def refine_workers() -> int:
+    """The threads the search may refine candidates in on the CPU (one per candidate, up to
+    this): the cores this process may use (OMP_NUM_THREADS when set, else every core). Candidates
     refined in threads of their own scale with the cores (their loops release the GIL and never
     wait on each other); torch's intra-op threads on one candidate's few excerpts do not
     (measured on 2 idle cores, 5 s 44.1 kHz stereo pair: the refinement of 2 candidates took
@@ -271,8 +271,7 @@ def refine_workers(candidates: int) -> int:
     candidate)."""
     import torch
 
-    cores = torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else max(1, os.cpu_count() or 1)
-    return max(1, min(cores, candidates))
+    return torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else max(1, os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,8 +410,9 @@ def _recordings(wet: Path | Recording, dry: Path | Recording) -> tuple[Recording
         dry_read = pool.submit(_recording, dry)
         try:
             wet_rec = _recording(wet)
-        finally:
-            dry_read.cancel()
+        except BaseException:
+            dry_read.cancel()  # not read if not yet started
+            raise
         return wet_rec, dry_read.result()
 
 
@@ -615,13 +615,12 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     # refinement's cost does not grow with the rate
     preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * rate))
     length = s.EXCERPT_FRAMES or task.clip_samples
-    keep = effort.keep_design if "design" in proposals else effort.keep
     return s.search(
         proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
         search_excerpts(wet, spans, preroll, length, scorer.device),
         None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
         max_steps=options.refine or None, skip=preroll,
-        workers=refine_workers(keep) if torch.device(scorer.device).type == "cpu" else 1,
+        workers=refine_workers() if torch.device(scorer.device).type == "cpu" else 1,
     )
 
 

@@ -188,7 +188,7 @@ def refine(
     u0 = torch.logit(torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS)).float().to(y.device)
     u = u0.clone().requires_grad_(True)
     rates = np.full(k, float(lr))
-    optimiser = Adam(u, torch.from_numpy(rates).float().to(y.device)[:, None])
+    optimiser = Adam(u, lr)
     best_u, best = u0.clone(), torch.full((k,), math.inf, device=y.device)
     loss_to = against(loss_fn, y[..., skip:])
     reference = np.full(k, math.inf)
@@ -203,8 +203,8 @@ def refine(
             best = torch.where(better, loss.detach(), best)
             best_u[better] = u.detach()[better]
             now = best.double().cpu().numpy()
-        finite = np.isfinite(reference)
-        progress = ~finite | (now < np.where(finite, reference - tolerance * np.abs(np.where(finite, reference, 0.0)), 0.0))
+        with np.errstate(invalid="ignore"):  # inf - inf at the first step: progress by the first test
+            progress = ~np.isfinite(reference) | (now < reference - tolerance * np.abs(reference))
         reference = np.where(progress, now, reference)
         stall = np.where(progress, 0, stall + 1)
         halve = active & (stall >= patience)
@@ -301,8 +301,8 @@ def search(
         effort: How many are kept and the step caps.
         max_steps: Overrides the effort's step cap.
         skip: Passed to :func:`refine`.
-        workers: The threads the kept candidates are refined in (:func:`in_threads`), torch's
-            intra-op threads divided among them meanwhile; each candidate follows its own
+        workers: The most threads the kept candidates are refined in (:func:`in_threads`; one
+            per candidate at most), torch's intra-op threads divided among them meanwhile; each candidate follows its own
             schedule, so the answer does not depend on it.
 
     Returns:
@@ -324,6 +324,7 @@ def search(
     def work(group: np.ndarray, stop: threading.Event) -> Refined:
         return _refine_group(z0[group], render, loss_fn, y, x, steps, polish, skip, stop)
 
+    workers = max(1, min(workers, len(order)))  # a thread per candidate at most
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, before // workers))  # the cores are the workers' now
     try:
