@@ -62,6 +62,16 @@ def local_peaks(values: Tensor, lo: int, hi: int, k: int, guard: int) -> Tensor:
     return score.topk(min(k, segment.shape[-1]), dim=-1).indices + lo
 
 
+def quefrency_peaks(c: Tensor, sample_rate: float, lo_seconds: float, hi_seconds: float, k: int) -> Tensor:
+    """The lags in samples (..., k) of the k largest peaks of a cepstrum c (..., T) at delays in
+    [lo_seconds, hi_seconds), largest first (:func:`local_peaks`, peaks :data:`GUARD_SECONDS`
+    apart)."""
+    n = c.shape[-1]
+    lo = max(1, int(lo_seconds * sample_rate))
+    hi = min(n, int(np.ceil(hi_seconds * sample_rate)))
+    return local_peaks(c, lo, hi, k, max(1, int(GUARD_SECONDS * sample_rate)))
+
+
 def cepstral_peaks(x: Tensor, sample_rate: float, lo_seconds: float, hi_seconds: float, k: int) -> tuple[Tensor, Tensor]:
     """The k strongest echoes the cepstrum of x (..., T) shows at delays in [lo_seconds,
     hi_seconds): their lags in samples (..., k), largest peak first, and the cepstrum at 1, 2
@@ -69,9 +79,7 @@ def cepstral_peaks(x: Tensor, sample_rate: float, lo_seconds: float, hi_seconds:
     first two multiples (module docstring)."""
     c = cepstrum(x)
     n = c.shape[-1]
-    lo = max(1, int(lo_seconds * sample_rate))
-    hi = min(n, int(np.ceil(hi_seconds * sample_rate)))
-    lags = local_peaks(c, lo, hi, k, max(1, int(GUARD_SECONDS * sample_rate)))
+    lags = quefrency_peaks(c, sample_rate, lo_seconds, hi_seconds, k)
     multiples = lags.unsqueeze(-1) * torch.arange(1, 4, device=x.device)
     padded = torch.nn.functional.pad(c, (0, 1))  # index n: 0
     values = padded.gather(-1, multiples.clamp(max=n).flatten(-2)).reshape(multiples.shape)

@@ -77,7 +77,7 @@ from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
 from afxest.engines import board
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT, estimate_placement
-from afxest.propose import Proposer
+from afxest.propose import Draws, Proposer
 from afxest.scoring import Scorer, finite, scored_windows, search_windows, span_windows, usable_windows, windows_of
 
 if TYPE_CHECKING:
@@ -754,7 +754,7 @@ class Analyser:
         self.model = model
         self.task = model.task
         self.device = torch.device(device)
-        self.proposer = Proposer(model.estimator, model.kind == "posterior", self.device)
+        self.proposer = Proposer(model.estimator, model.kind == "posterior", self.device, model.task)
         self._scorers: dict[int, Scorer] = {}
 
     def scorer(self, rate: int) -> Scorer:
@@ -828,7 +828,7 @@ class Analyser:
         # the candidates are the untempered posterior's draws; the calibrated one gives the
         # intervals (afxest.temper says why)
         draws = self.proposer.draw(inputs.wet_x, windows, use, options.samples, options.seed)
-        spread = self._spread(draws.h, options.seed)
+        spread = self._spread(draws, options.seed)
         intervals = None if spread is None else interval_entry(task, spread, self.model.calibration if self.proposer.calibrated else None)
         report(0.15)
         rate = task.sample_rate if ref is None else ref.rate
@@ -859,12 +859,13 @@ class Analyser:
                             draws.entropy, baseline, found, ref, scored, intervals)
         return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry, spread
 
-    def _spread(self, h, seed: int) -> np.ndarray | None:
+    def _spread(self, draws: Draws, seed: int) -> np.ndarray | None:
         """:data:`INTERVAL_DRAWS` draws (N, d) of the calibrated posterior, their own seed: what
         the reported intervals and the plot's bands are read from; None for a point estimator."""
         if not self.proposer.posterior:
             return None
-        return self.proposer.spread(h, INTERVAL_DRAWS, int(np.random.default_rng([seed, INTERVAL_STREAM]).integers(0, 2**62)))
+        return self.proposer.spread(draws.h, INTERVAL_DRAWS,
+                                    int(np.random.default_rng([seed, INTERVAL_STREAM]).integers(0, 2**62)), draws.echoes)
 
     def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h):
         """The search (:func:`search_candidates`) and its candidates added (:meth:`_add_found`).

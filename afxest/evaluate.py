@@ -58,6 +58,7 @@ from afxest import figures as figs
 from afxest.audio import atomic_write_text
 from afxest.choices import CALIBRATION_DRAWS, EFFORTS
 from afxest.errors import UserError
+from afxest.propose import echo_times, snap_to_echoes
 from afxest.tables import report_markdown
 
 ITEM_STREAM = 2_000_003
@@ -566,7 +567,7 @@ def model_candidates(plan: Plan, m: Measurements, item: Item) -> np.ndarray:
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(item.torch_seed)
         s = model.sample(torch.from_numpy(item.batch.wet), plan.candidates)
-    z = s.z[0].double().numpy()
+    z = snap_to_echoes(plan.task.model, s.z[0].double().numpy(), item_echoes(plan.task, item), plan.task.sample_rate)
     if plan.kind == "posterior" and s.log_prob is not None:
         m.entropy[i] = float(-s.log_prob[0].double().mean()) / (d * math.log(2))  # Eq. 17
     if m.correlation is not None:  # Fig. 4: the drawn samples, topped up to k
@@ -581,6 +582,12 @@ def model_candidates(plan: Plan, m: Measurements, item: Item) -> np.ndarray:
     return z
 
 
+def item_echoes(task, item: Item) -> np.ndarray | None:
+    """The echo times of an item's wet that the estimate snaps its drawn delay times to
+    (:func:`afxest.propose.echo_times`; None without a delay in the chain)."""
+    return echo_times(task.model, item.batch.wet[0].astype(np.float64), task.sample_rate)
+
+
 def calibration_item(plan: Plan, m: Measurements, item: Item) -> None:
     """The calibration's draws of one item (:data:`CALIBRATION_DRAWS` by default, their own
     seed; from the calibrated posterior where the model has a calibration) and its truth, as the
@@ -593,6 +600,8 @@ def calibration_item(plan: Plan, m: Measurements, item: Item) -> None:
     stored = plan.loaded.calibration
     with tempered(plan.model.head, None if stored is None else stored.temperature):
         z, _ = figs.draw(plan.model, item.batch.wet, n, [plan.options.seed, CALIBRATION_STREAM, i])
+    z = snap_to_echoes(plan.task.model, z[0], item_echoes(plan.task, item), plan.task.sample_rate,
+                       np.random.default_rng([plan.options.seed, CALIBRATION_STREAM, i]))[None]
     names, draws, truth, notes = identifiable(plan.task, z, item.batch.v[:1].astype(np.float64))
     if m.calibration_draws is None:
         m.calibration_names, m.calibration_notes = names, notes

@@ -97,6 +97,20 @@ class Space:
         found = [i for i, p in enumerate(self.processors) if p.type == kind]
         return found[0] if len(found) == 1 else None
 
+    def column(self, kind: str, parameter: str) -> int | None:
+        """The index in the normalised vector of ``parameter`` of the chain's one processor of
+        type ``kind`` (:meth:`position`); None when there is no one such processor.
+
+        Example:
+            >>> TASKS["master"].model.column("compressor", "ratio")
+            16
+        """
+        at = self.position(kind)
+        if at is None:
+            return None
+        names = [r.name for r in self.processors[at].ranges]
+        return sum(p.dim for p in self.processors[:at]) + names.index(parameter)
+
     def split(self, v: Any) -> list[tuple[str, dict[str, Any]]]:
         """The (type, physical parameters) of each processor from normalised ``v`` (..., dim)."""
         out, start = [], 0

@@ -138,3 +138,43 @@ def test_no_echo_proposals_without_a_delay() -> None:
     from afxest.search import delay_proposals
 
     assert delay_proposals(TASKS["master"].model, np.zeros((2, TASKS["master"].model.dim)), [np.ones(10)], [np.ones(10)], SR) is None
+
+
+def test_drawn_delay_times_snap_to_the_wets_echo() -> None:
+    """Blind: draws of the mix task's delay time near the wet's echo (within the tolerance) take
+    pedalboard's own sample of it, from the windows' mean cepstrum; a draw far from every echo,
+    and every other parameter, keep what was drawn; intervals' draws stay within the sample."""
+    from afxest.engines import render
+    from afxest.propose import ECHO_TOLERANCE, echo_times, snap_to_echoes
+
+    task = TASKS["mix"]
+    space, column = task.model, task.model.column("delay", "delay_seconds")
+    times = space.ranges[column]
+    rng = np.random.default_rng(5)
+    truth = rng.random(space.dim)
+    truth[space.names.index("5.delay.mix")] = 0.6  # mix 0.3
+    truth[column] = 0.55
+    seconds = float(times.to_physical(0.55))
+    dry = procedural_music(rng, 10 * SR, SR)[None]
+    wet = render(space.preset(truth, "mix", SR), dry, SR, "pedalboard")[0]
+    found = echo_times(space, np.stack([wet[: 5 * SR], wet[5 * SR :]]), SR)
+    drawn = np.repeat(rng.random((1, space.dim)), 4, axis=0)
+    near = [seconds * 0.8, seconds * 1.2, seconds * (1 - 0.9 * ECHO_TOLERANCE)]  # nearer the echo than its multiples
+    far = 0.1  # seconds; between the peaks found (the echo, its double, one at 49 ms)
+    assert np.all(np.abs(far / found - 1) > ECHO_TOLERANCE)
+    drawn[:, column] = times.to_normalised(np.array(near + [far]))
+    for rng_of_draws in (None, np.random.default_rng(0)):
+        snapped = snap_to_echoes(space, drawn, found, SR, rng_of_draws)
+        physical = times.to_physical(snapped[:, column])
+        assert [first_echo(t) for t in physical[:3]] == [first_echo(seconds)] * 3
+        assert snapped[3, column] == drawn[3, column]
+        np.testing.assert_array_equal(np.delete(snapped, column, axis=1), np.delete(drawn, column, axis=1))
+
+
+def test_nothing_snaps_without_a_delay() -> None:
+    from afxest.propose import echo_times, snap_to_echoes
+
+    space = TASKS["master"].model
+    z = np.random.default_rng(0).random((3, space.dim))
+    assert echo_times(space, np.ones((1, SR)), SR) is None
+    np.testing.assert_array_equal(snap_to_echoes(space, z, None, SR), z)
