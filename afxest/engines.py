@@ -136,6 +136,89 @@ def latency(effects: Sequence[Any]) -> int:
     return int(sum(e.params.get("latency_samples", 0) for e in effects))
 
 
+MEMORY_DB = 80.0  # a chain remembers its input until its response to it has decayed by this much
+
+
+def memory_seconds(preset: Preset) -> float:
+    """How long the preset's chain remembers its input: the seconds after which the effect of
+    earlier input on its output has decayed by :data:`MEMORY_DB`, summed over its effects (each
+    effect's tail passes through the next ones); ``inf`` for a delay fed back at 1 or more.
+
+    Per effect (at the preset's rate): a biquad, its slowest pole's decay
+    (:func:`afxest.dsp.filters.tail_length`; its resonance starts no louder than the impulse
+    response's peak); a compressor, JUCE's ballistics filter, whose
+    envelope forgets as exp(-2 pi t / time), over its longer time; a limiter, over its release;
+    a convolution, its impulse response's length; a delay, its echoes until feedback^k is that
+    small; a reverb, its longest comb fed back by 0.7 + 0.28 room_size and its all-passes (gain
+    1/2) in series; gain and clipping, none."""
+    import math
+
+    rate, decay = float(preset.sample_rate), MEMORY_DB / 20 * math.log(10)  # ln of the decay
+    total = 0.0
+    for effect in preset.effects:
+        total += _EFFECT_MEMORY[effect.type](effect.params, rate, decay)
+    return total
+
+
+def _biquad_memory(kind: str):
+    def memory(params: dict, rate: float, decay: float) -> float:
+        import torch
+
+        from afxest.dsp import filters
+
+        coefficients = {"peak": filters.peak_coefficients, "low_shelf": filters.low_shelf_coefficients,
+                        "high_shelf": filters.high_shelf_coefficients}[kind]
+        values = {k: torch.tensor([float(params[k])], dtype=torch.float64) for k in ("cutoff_frequency_hz", "gain_db", "q")}
+        _, a = coefficients(rate, **values)
+        return filters.tail_length(a, rate, MEMORY_DB, ringing=False) / rate
+
+    return memory
+
+
+def _ballistics_memory(*times: str):
+    def memory(params: dict, rate: float, decay: float) -> float:
+        import math
+
+        return decay * max(float(params[t]) for t in times) / 1000 / (2 * math.pi)
+
+    return memory
+
+
+def _delay_memory(params: dict, rate: float, decay: float) -> float:
+    import math
+
+    feedback = float(params["feedback"])
+    if feedback >= 1:
+        return math.inf
+    echoes = 1 if feedback <= 0 else 1 + math.ceil(decay / -math.log(feedback))
+    return echoes * float(params["delay_seconds"])
+
+
+def _reverb_memory(params: dict, rate: float, decay: float) -> float:
+    import math
+
+    from afxest.dsp.reverb import ROOM_OFFSET, ROOM_SCALE, tunings
+
+    combs, allpasses = tunings(rate)
+    feedback = ROOM_OFFSET + ROOM_SCALE * float(params["room_size"])
+    passes = math.ceil(decay / -math.log(feedback)) + 1
+    return (passes * int(combs.max()) + math.ceil(decay / math.log(2)) * int(allpasses.max(axis=0).sum())) / rate
+
+
+_EFFECT_MEMORY = {
+    "peak": _biquad_memory("peak"),
+    "low_shelf": _biquad_memory("low_shelf"),
+    "high_shelf": _biquad_memory("high_shelf"),
+    "compressor": _ballistics_memory("attack_ms", "release_ms"),
+    "limiter": _ballistics_memory("release_ms"),
+    "gain": lambda params, rate, decay: 0.0,
+    "clipping": lambda params, rate, decay: 0.0,
+    "convolution": lambda params, rate, decay: len(params["impulse_response"]) / rate,
+    "delay": _delay_memory,
+    "reverb": _reverb_memory,
+}
+
+
 class Chain:
     """A preset's effects as one ``pedalboard.Pedalboard`` of the real plugins, its latency
     (:func:`latency`, L samples) compensated: the output is the chain's advanced by L samples.

@@ -37,9 +37,10 @@ QUIET_WINDOW_RMS = 10 ** (-60 / 20)  # windows below -60 dBFS RMS are not analys
 SCORE_BATCH = 32  # rendered items per loss evaluation
 # Candidates are ranked on at most SCORE_WINDOWS usable windows spread evenly over the file (a
 # minute of audio), so ranking costs the same for a 10-minute file as for a 1-minute one. When a
-# file has more usable windows than that, each scored window is rendered by pedalboard from
-# SCORE_PREROLL_SECONDS before its start (its plugins' state has settled by then: IIR tails and
-# a compressor's envelope forget their start exponentially), instead of streaming the whole file.
+# file has more usable windows than that, each scored window is rendered by pedalboard from as
+# long before its start as the preset's chain remembers its input (afxest.engines.memory_seconds:
+# IIR tails and a compressor's envelope forget their start exponentially), at most
+# SCORE_PREROLL_SECONDS, instead of streaming the whole file.
 SCORE_WINDOWS = 12
 SCORE_PREROLL_SECONDS = 5.0
 
@@ -161,21 +162,24 @@ def pedalboard_windows(presets: Sequence, dry: np.ndarray, windows: Sequence[tup
 def pedalboard_prerolled(presets: Sequence, dry: np.ndarray, windows: Sequence[tuple[int, int]], rate: int,
                          threads: int = 1):
     """Yields each window of every preset's pedalboard rendering of ``dry`` (C, frames), (M, C, T),
-    each rendered afresh from :data:`SCORE_PREROLL_SECONDS` before the window (or the file's start)
-    to its chain's latency after it (:class:`afxest.engines.Chain`); the presets of a window
+    each rendered afresh from as long before the window (or the file's start) as its chain
+    remembers (:func:`afxest.engines.memory_seconds`, at most :data:`SCORE_PREROLL_SECONDS`) to
+    its chain's latency after it (:class:`afxest.engines.Chain`); the presets of a window
     rendered in ``threads`` threads (pedalboard releases the GIL while it renders)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from afxest.engines import memory_seconds
+
     boards = [board(p) for p in presets]
-    preroll = int(round(SCORE_PREROLL_SECONDS * rate))
+    prerolls = [int(math.ceil(min(SCORE_PREROLL_SECONDS, memory_seconds(p)) * rate)) for p in presets]
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for a, b in windows:
-            start = max(0, a - preroll)
 
-            def render(chain, a: int = a, b: int = b, start: int = start) -> np.ndarray:
+            def render(k: int, a: int = a, b: int = b) -> np.ndarray:
+                chain, start = boards[k], max(0, a - prerolls[k])
                 return chain(np.ascontiguousarray(dry[:, start : b + chain.latency]), float(rate))[:, a - start : b - start]
 
-            yield np.stack(list(pool.map(render, boards)))
+            yield np.stack(list(pool.map(render, range(len(boards)))))
 
 
 def _streamed(presets: Sequence, dry: np.ndarray, windows: Windows, use: Sequence[int], rate: int) -> Rendered:

@@ -96,9 +96,10 @@ def frequency_response(b: Tensor, a: Tensor, n_fft: int) -> Tensor:
     return num / den
 
 
-def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB) -> int:
+def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB, ringing: bool = True) -> int:
     """The number of samples until the slowest pole of any denominator in ``a`` (batch, 3) has
-    decayed by ``tail_db``; ValueError for an unstable biquad."""
+    decayed by ``tail_db`` (``ringing``: and by the up to 1 / (1 - r) a pole pair of radius r
+    rings with, on top of it); ValueError for an unstable biquad."""
     a = a.detach().double().cpu()
     a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
     disc = a1 * a1 - 4 * a0 * a2
@@ -113,7 +114,7 @@ def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB) -> int:
     if radius >= 1:
         raise ValueError("unstable biquad (pole on or outside the unit circle)")
     # a pole pair near the unit circle rings with gain up to about 1 / (1 - r): allow for it
-    decay = tail_db / 20 * math.log(10) - math.log(1 - radius)
+    decay = tail_db / 20 * math.log(10) - (math.log(1 - radius) if ringing else 0.0)
     return int(math.ceil(decay / -math.log(radius))) + 2
 
 
