@@ -90,7 +90,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="master", help="model name or path (default: the bundled master)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--long-minutes", type=float, default=10.0)
+    ap.add_argument("--long-minutes", type=float, default=10.0, help="0: no long case")
     ap.add_argument("--memory-minutes", type=float, default=0.0)
     args = ap.parse_args()
 
@@ -98,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         short = write_pair(folder, "short", 5.0, 1)
-        long = write_pair(folder, "long", 60 * args.long_minutes, 2)
+        long = write_pair(folder, "long", 60 * args.long_minutes, 2) if args.long_minutes > 0 else None
         hour = write_pair(folder, "memory", 60 * args.memory_minutes, 3) if args.memory_minutes else None
 
         def estimate(pair: tuple[Path, Path], out: str, *extra: str, with_dry: bool = True) -> list[str]:
@@ -121,8 +121,9 @@ def main() -> None:
         ):
             runs = [timed(argv) for _ in range(args.repeats)]
             rows.append((name, what, float(np.median([w for w, _ in runs])), max(m for _, m in runs)))
-        wall, mem = timed(estimate(long, "long"))
-        rows.append(("long", f"{args.long_minutes:g} min, dry, default", wall, mem))
+        if long is not None:
+            wall, mem = timed(estimate(long, "long"))
+            rows.append(("long", f"{args.long_minutes:g} min, dry, default", wall, mem))
         if hour is not None:
             wall, mem = timed(estimate(hour, "memory"))
             rows.append(("memory", f"{args.memory_minutes:g} min, dry, default", wall, mem))
