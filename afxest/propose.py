@@ -102,11 +102,8 @@ class Proposer:
         or a delay in its chain."""
         if self.task is None or self.task.model.column("delay", "delay_seconds") is None:
             return None  # nothing to read: no cepstrum
-        lengths: dict[int, list[int]] = {}
-        for i in use:
-            lengths.setdefault(windows[i][1] - windows[i][0], []).append(i)
-        longest = max(lengths)  # windows of one length (a short last one would not stack)
-        segments = np.stack([wet[windows[i][0] : windows[i][1]] for i in lengths[longest]])
+        length = min(windows[i][1] - windows[i][0] for i in use)  # the last window may be longer
+        segments = np.stack([wet[windows[i][0] : windows[i][0] + length] for i in use])
         return echo_times(self.task.model, segments, self.task.sample_rate)
 
     def spread(self, h, n: int, seed: int, echoes: np.ndarray | None = None) -> np.ndarray:
