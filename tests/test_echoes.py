@@ -178,3 +178,33 @@ def test_nothing_snaps_without_a_delay() -> None:
     z = np.random.default_rng(0).random((3, space.dim))
     assert echo_times(space, np.ones((1, SR)), SR) is None
     np.testing.assert_array_equal(snap_to_echoes(space, z, None, SR), z)
+
+
+def test_an_estimates_draws_take_the_echo_of_a_pedalboard_wet() -> None:
+    """The blind estimate's proposer (an untrained mix posterior, whose delay times spread over
+    the range): each drawn delay time is either pedalboard's echo (the sample the wet's windows
+    show) or farther than the tolerance from every echo found, and some draws took the echo."""
+    from afxest.engines import render
+    from afxest.nn.estimator import Estimator, EstimatorConfig
+    from afxest.propose import ECHO_TOLERANCE, Proposer
+    from afxest.scoring import usable_windows, windows_of
+
+    task = TASKS["mix"]
+    space, column = task.model, task.model.column("delay", "delay_seconds")
+    times = space.ranges[column]
+    torch.manual_seed(0)
+    proposer = Proposer(Estimator(task, EstimatorConfig(kind="posterior")).eval(), True, "cpu", task)
+    rng = np.random.default_rng(8)
+    truth = rng.random(space.dim)
+    truth[[column, space.names.index("5.delay.mix")]] = [0.4, 0.7]  # 0.15 s, mix 0.35
+    dry = procedural_music(rng, 12 * SR, SR)[None]
+    wet = render(space.preset(truth, "mix", SR), dry, SR, "pedalboard")[0]
+    windows = windows_of(wet.shape[0], task)
+    draws = proposer.draw(wet, windows, usable_windows(wet, windows), 64, 0)
+    echo = first_echo(float(times.to_physical(0.4)))
+    assert first_echo(float(draws.echoes[0])) == echo
+    drawn = times.to_physical(draws.z[:, column])
+    on_an_echo = np.isclose(drawn[:, None], draws.echoes[None], rtol=1e-9, atol=0).any(axis=1)
+    far = np.abs(drawn[:, None] / draws.echoes[None] - 1).min(axis=1) > ECHO_TOLERANCE
+    assert np.all(on_an_echo | far)
+    assert any(first_echo(t) == echo for t in drawn[on_an_echo])
