@@ -6,7 +6,9 @@
 
 Item i is drawn as ``afxest evaluate`` draws it (``default_rng([seed, 2_000_003, i])``: a dry
 excerpt of the split, parameters uniform in [0, 1]^d, the wet rendered by pedalboard, or a
-synth tone for ``fm``), written as float WAV files at the task's rate, and estimated by
+synth tone for ``fm``; a synth has no music to split, so its ``--split val`` tones come from a
+stream of their own, ``default_rng([seed, 2_000_041, i])``, and only ``--split test`` gives
+evaluate's tones), written as float WAV files at the task's rate, and estimated by
 :meth:`afxest.estimate.Analyser.estimate` as ``afxest estimate WET --dry DRY`` does. Rank 1's
 preset is rendered by pedalboard on the dry (or synthesised) and compared with the wet:
 SI-SDR (dB) and log-mel distance (DAFx 2025 Eq. 16), with the dry's own as the Input
@@ -97,7 +99,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.first, args.first + args.n):
-            batch = make_batch(task, source, np.random.default_rng([args.seed, ITEM_STREAM, i]), 1)
+            stream = SYNTH_STREAMS[args.split] if task.has_source else ITEM_STREAM
+            batch = make_batch(task, source, np.random.default_rng([args.seed, stream, i]), 1)
             wet_path, dry_path = Path(tmp) / f"wet{i}.wav", None
             sf.write(wet_path, batch.wet[0, 0], task.sample_rate, subtype="FLOAT")
             if batch.dry is not None:
@@ -131,6 +134,9 @@ def main() -> None:
 
 
 PAIR_STREAM = 2_000_029
+# a synth's tones by split: test as evaluate draws them, the others apart from them (before
+# session 15 every split drew evaluate's: "val" synth tones were test tones)
+SYNTH_STREAMS = {"test": ITEM_STREAM, "val": 2_000_041, "train": 2_000_043}
 PAIR_SECONDS = 5.0
 
 
