@@ -645,6 +645,7 @@ class Analysis:
     reference: Reference | None = None  # what candidates were measured against (None blind)
     scored: int = 0  # the windows they were measured on
     intervals: dict[str, Any] | None = None  # the document's ``intervals`` (interval_entry)
+    echoes: np.ndarray | None = None  # the wet's echo times (s) drawn delays snap to (afxest.propose)
 
 
 def alignment_entry(reference: Reference | None) -> dict[str, Any] | None:
@@ -703,6 +704,7 @@ def estimate_document(model, options: EstimateOptions, analysis: Analysis, order
             "windows_used": len(analysis.use),
             "windows_scored": analysis.scored if c.losses is not None else 0,
             "refine_steps": int(found.steps.max()) if found is not None else 0,
+            "echoes": None if analysis.echoes is None else [finite(float(t)) for t in analysis.echoes],
             "search": None if found is None else {
                 "effort": options.effort,
                 "proposals": found.proposals,
@@ -856,7 +858,7 @@ class Analyser:
         report(1.0)
         dry_path = None if inputs.dry is None else inputs.dry.path
         analysis = Analysis(inputs.wet.path, dry_path, inputs.frames, windows, use, candidates, ranked_by,
-                            draws.entropy, baseline, found, ref, scored, intervals)
+                            draws.entropy, baseline, found, ref, scored, intervals, draws.echoes)
         return estimate_document(self.model, options, analysis, order), [candidates.presets[k] for k in order], inputs.dry, spread
 
     def _spread(self, draws: Draws, seed: int) -> np.ndarray | None:
