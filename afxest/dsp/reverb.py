@@ -81,100 +81,115 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
 
     @numba.njit(cache=True, nogil=True)
     def forward(s, combs, allpasses, damp, feedback, wet, states):
-        # s (rows, n): the scaled input; wet (rows, channels, n): out; states (rows, n,
-        # channels, 8): each comb's l, kept for the backward loop (or (rows, 1, channels, 8),
-        # overwritten, when no gradient is wanted). JUCE's float arithmetic in
-        # the arrays' dtype, (x + 0.1) - 0.1 where JUCE undenormalises. The combs of both
-        # channels advance together, sample by sample, so that their recursions overlap; each
-        # line is zero padded in front by the longest delay, so that no read needs a branch.
+        # s (rows, n): the scaled input; wet (rows, channels, n): out; states (rows, channels,
+        # combs, n): each comb's l, kept for the backward loop (or (rows, channels, combs, 1),
+        # overwritten, when no gradient is wanted). JUCE's float arithmetic in the arrays'
+        # dtype, (x + 0.1) - 0.1 where JUCE undenormalises. The combs are independent given s:
+        # each runs through the whole clip, four at a time (four independent recursions
+        # overlap in the CPU; the comb count is a multiple of 4), their outputs summed in
+        # JUCE's order. Lines are circular, a power of two longer than the longest delay.
         rows, channels, n = wet.shape
         count = combs.shape[2]
-        keep = 1 if states.shape[1] == n else 0
-        pad = max(combs.max(), allpasses.max())
+        keep = 1 if states.shape[3] == n else 0
+        longest = max(combs.max(), allpasses.max())
+        size = 1
+        while size <= longest:
+            size *= 2
+        mask = size - 1
         zero = s.dtype.type(0.0)
         tenth = s.dtype.type(0.1)
         half = s.dtype.type(0.5)
-        lines = np.zeros((channels * count, pad + n), s.dtype)
-        last = np.zeros(channels * count, s.dtype)
+        lines = np.zeros((4, size), s.dtype)
+        line = lines[0]
         for r in range(rows):
             d = damp[r]
             one_minus_d = s.dtype.type(1.0) - d
             fb = feedback[r]
-            last[:] = zero
-            for i in range(n):
-                x = s[r, i]
-                for c in range(channels):
-                    acc = zero
-                    for j in range(count):
-                        q = c * count + j
-                        line = lines[q]
-                        o = line[pad + i - combs[r, c, j]]
-                        l = o * one_minus_d + last[q] * d
-                        l = (l + tenth) - tenth
-                        v = x + l * fb
-                        line[pad + i] = (v + tenth) - tenth
-                        last[q] = l
-                        states[r, i * keep, c, j] = l
-                        acc += o
-                    wet[r, c, i] = acc
-            line = lines[0]
+            x = s[r]
             for c in range(channels):
                 out = wet[r, c]
-                for k in range(allpasses.shape[2]):
-                    at = pad - allpasses[r, c, k]
+                out[:] = zero
+                for j in range(0, count, 4):
+                    a0, a1 = size - combs[r, c, j], size - combs[r, c, j + 1]
+                    a2, a3 = size - combs[r, c, j + 2], size - combs[r, c, j + 3]
+                    s0, s1, s2, s3 = states[r, c, j], states[r, c, j + 1], states[r, c, j + 2], states[r, c, j + 3]
+                    v0, v1, v2, v3 = lines[0], lines[1], lines[2], lines[3]
+                    lines[:] = zero
+                    l0 = l1 = l2 = l3 = zero
                     for i in range(n):
-                        b = line[at + i]
+                        xi = x[i]
+                        w = i & mask
+                        o0, o1, o2, o3 = v0[(a0 + i) & mask], v1[(a1 + i) & mask], v2[(a2 + i) & mask], v3[(a3 + i) & mask]
+                        l0 = ((o0 * one_minus_d + l0 * d) + tenth) - tenth
+                        l1 = ((o1 * one_minus_d + l1 * d) + tenth) - tenth
+                        l2 = ((o2 * one_minus_d + l2 * d) + tenth) - tenth
+                        l3 = ((o3 * one_minus_d + l3 * d) + tenth) - tenth
+                        v0[w] = ((xi + l0 * fb) + tenth) - tenth
+                        v1[w] = ((xi + l1 * fb) + tenth) - tenth
+                        v2[w] = ((xi + l2 * fb) + tenth) - tenth
+                        v3[w] = ((xi + l3 * fb) + tenth) - tenth
+                        k = i * keep
+                        s0[k], s1[k], s2[k], s3[k] = l0, l1, l2, l3
+                        out[i] = (((out[i] + o0) + o1) + o2) + o3
+                for k in range(allpasses.shape[2]):
+                    at = size - allpasses[r, c, k]
+                    line[:] = zero
+                    for i in range(n):
+                        b = line[(at + i) & mask]
                         t = out[i] + b * half
-                        line[pad + i] = (t + tenth) - tenth
+                        line[i & mask] = (t + tenth) - tenth
                         out[i] = b - out[i]
 
     @numba.njit(cache=True, nogil=True)
     def backward(grad_wet, s, states, combs, allpasses, damp, feedback, grad_s, grad_p):
-        # adjoint of `forward` in float64; grad_p[r] = dL/d(damp, feedback) of row r. Each
-        # adjoint line is zero padded at its end by the longest delay.
+        # adjoint of `forward` in float64; grad_p[r] = dL/d(damp, feedback) of row r. Per
+        # channel the all-passes backwards, then each comb through the whole clip, backwards in
+        # time (the combs are independent given dL/dS); the adjoint line is circular, as the
+        # forward's.
         rows, channels, n = grad_wet.shape
         count = combs.shape[2]
-        pad = max(combs.max(), allpasses.max())
-        g = np.empty((channels, n))
+        longest = max(combs.max(), allpasses.max())
+        size = 1
+        while size <= longest:
+            size *= 2
+        mask = size - 1
+        g = np.empty(n)
         gin = np.empty(n)
-        lam = np.zeros(n + pad)
-        lam_o = np.zeros((channels * count, n + pad))
-        lam_l = np.zeros(channels * count)
+        lam = np.zeros(size)
         for r in range(rows):
             d = float(damp[r])
             fb = float(feedback[r])
+            x = s[r]
+            gs = grad_s[r]
+            gs[:] = 0.0
             g_d = 0.0
             g_fb = 0.0
             for c in range(channels):
                 for i in range(n):
-                    g[c, i] = grad_wet[r, c, i]
+                    g[i] = grad_wet[r, c, i]
                 for k in range(allpasses.shape[2] - 1, -1, -1):
-                    size = allpasses[r, c, k]
-                    gc = g[c]
+                    delay = allpasses[r, c, k]
+                    lam[:] = 0.0
                     for i in range(n - 1, -1, -1):
-                        at = i + size
-                        lt = (gc[at] if at < n else 0.0) + 0.5 * lam[at]
-                        lam[i] = lt
-                        gin[i] = lt - gc[i]
-                    gc[:] = gin
-            lam_l[:] = 0.0
-            for i in range(n - 1, -1, -1):
-                gs = 0.0
-                for c in range(channels):
-                    for j in range(count):
-                        q = c * count + j
-                        size = combs[r, c, j]
-                        lam_v = lam_o[q, i + size]
-                        ll = fb * lam_v + d * lam_l[q]
-                        lam_l[q] = ll
-                        lam_o[q, i] = g[c, i] + (1.0 - d) * ll
-                        l = float(states[r, i, c, j])
-                        o = float(s[r, i - size]) + fb * float(states[r, i - size, c, j]) if i >= size else 0.0
-                        l_prev = float(states[r, i - 1, c, j]) if i > 0 else 0.0
-                        gs += lam_v
-                        g_fb += lam_v * l
-                        g_d += ll * (l_prev - o)
-                grad_s[r, i] = gs
+                        at = i + delay
+                        lt = (g[at] if at < n else 0.0) + 0.5 * lam[at & mask]
+                        lam[i & mask] = lt
+                        gin[i] = lt - g[i]
+                    g[:] = gin
+                for j in range(count):
+                    delay = combs[r, c, j]
+                    st = states[r, c, j]
+                    lam[:] = 0.0
+                    lam_l = 0.0
+                    for i in range(n - 1, -1, -1):
+                        lam_v = lam[(i + delay) & mask]
+                        lam_l = fb * lam_v + d * lam_l
+                        lam[i & mask] = g[i] + (1.0 - d) * lam_l
+                        o = float(x[i - delay]) + fb * float(st[i - delay]) if i >= delay else 0.0
+                        l_prev = float(st[i - 1]) if i > 0 else 0.0
+                        gs[i] += lam_v
+                        g_fb += lam_v * float(st[i])
+                        g_d += lam_l * (l_prev - o)
             grad_p[r, 0] = g_d
             grad_p[r, 1] = g_fb
 
@@ -196,7 +211,7 @@ class _Tank(torch.autograd.Function):
         # the combs' states, for the backward loop: 64 bytes a sample in float32, none kept
         # when nothing needs a gradient (a render)
         kept = n if any(ctx.needs_input_grad) else 1
-        states = torch.empty((rows, kept, channels, combs.shape[2]), dtype=sc.dtype)
+        states = torch.empty((rows, channels, combs.shape[2], kept), dtype=sc.dtype)
         params = [cpu(p, sc.dtype).numpy() for p in (damp, feedback)]
         run_rows(fwd, [sc.numpy(), combs, allpasses, *params, wet.numpy(), states.numpy()])
         ctx.save_for_backward(sc, states, damp, feedback)
