@@ -536,13 +536,19 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
         dry, as many equalisers fitted to the long-term spectral ratio of the wet over the dry
         on ``spans`` (their mono mixes), from ``z`` and from spread starts
         (:func:`afxest.search.equaliser_proposals`); ``echo``, with a dry and a delay in the
-        chain, those with the delay measured on the spans (:func:`afxest.search.delay_proposals`).
+        chain, those with the delay measured on the spans (:func:`afxest.search.delay_proposals`);
+        ``spectrum``, for an FM synth, ``z`` and a design of :data:`afxest.search.RATIO_STARTS`
+        with the frequency ratio read from the wet's spectrum (:func:`afxest.search.ratio_proposals`).
     """
     from afxest import search as s
 
     proposals = {"posterior": z}
     if task.model.dim <= s.DESIGN_MAX_DIM:
         proposals["design"] = s.design(task.model.dim, effort.design, seed)
+    if task.has_source:
+        spectrum = s.ratio_proposals(task.model, z, wet.mean(axis=0), rate, s.RATIO_STARTS, seed)
+        if spectrum is not None:
+            proposals["spectrum"] = spectrum
     if dry is not None:
         dry_spans = [dry[:, a:b].mean(axis=0) for a, b in spans]
         wet_spans = [wet[:, a:b].mean(axis=0) for a, b in spans]
