@@ -196,3 +196,27 @@ def test_least_squares_lands_on_an_fm_tone_a_hair_away_and_never_moves_a_lost_on
     assert before[0] > -25 and found.loss[0] < -100
     assert found.loss[1] <= before[1] + 1e-9
     np.testing.assert_allclose(found.loss, search.waveform_loss(tone(torch.from_numpy(found.z)), y).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("index, ratio", [(6.0, 7.3), (9.77, 9.8), (2.0, 0.73), (4.0, 3.0)])
+def test_the_modulator_ratio_is_read_from_an_fm_tones_spectrum(index: float, ratio: float) -> None:
+    """A closed-form FM tone (0.125 s at 22050 Hz, carrier 110 Hz): the ratio read from its
+    spectrum is the tone's to 0.002."""
+    rate = 22050
+    t = np.arange(2756) / rate
+    tone = np.sin(2 * np.pi * 110 * t + index * np.sin(2 * np.pi * 110 * ratio * t))
+    assert search.modulator_ratio(tone, rate, 110.0, 0.5, 10.0) == pytest.approx(ratio, abs=0.002)
+
+
+def test_spectrum_proposals_set_the_measured_ratio_of_the_fm_task_only() -> None:
+    task = TASKS["fm"]
+    truth = np.array([[0.7, 0.62]])
+    from afxest.engines import render_model
+
+    tone = render_model(task, torch.from_numpy(truth), None)[0, 0].double().numpy()
+    z = np.random.default_rng(0).random((5, 2))
+    proposals = search.ratio_proposals(task.model, z, tone, task.sample_rate, 8, 0)
+    assert proposals.shape == (13, 2)
+    np.testing.assert_array_equal(proposals[:5, 0], z[:, 0])
+    assert task.model.ranges[1].to_physical(proposals[:, 1]) == pytest.approx(task.model.ranges[1].to_physical(0.62), abs=0.002)
+    assert search.ratio_proposals(TASKS["master"].model, np.zeros((1, TASKS["master"].model.dim)), tone, 22050, 8, 0) is None
