@@ -198,8 +198,9 @@ FM_EFFORT = {"fast": (256, 4), "default": (1024, 16), "best": (4096, 64)}
 
 @pytest.mark.parametrize("effort", ["fast", "default", "best"])
 def test_effort_sets_the_fm_design_and_the_proposals_refined(tmp_path: Path, capsys, effort: str) -> None:
-    """A synth (fm): --effort's Sobol design (256 / 1024 / 4096 points) and proposals kept
-    (4 / 16 / 64); --refine 2 caps the steps so the test stays short."""
+    """A synth (fm): --effort's Sobol design (256 / 1024 / 4096 points), the spectrum's
+    proposals (the draws and 128 starts at the ratio read) and proposals kept (4 / 16 / 64);
+    --refine 2 caps the steps so the test stays short."""
     design, kept = FM_EFFORT[effort]
     rc, err = estimate(capsys, fm_tone(tmp_path / "tone.wav"), "--model", "fm", "--effort", effort, "--refine", 2,
                        "--samples", 3, "-o", tmp_path, "--no-audio")
@@ -207,11 +208,11 @@ def test_effort_sets_the_fm_design_and_the_proposals_refined(tmp_path: Path, cap
     doc = strict_json(tmp_path / "tone" / "estimate.json")
     search = doc["analysis"]["search"]
     assert search["effort"] == effort
-    assert search["proposals"] == {"posterior": 3, "design": design}
+    assert search["proposals"] == {"posterior": 3, "design": design, "spectrum": 3 + 128}  # the draws and 128 starts
     assert search["step_cap"] == 2  # --refine N overrides the effort's cap
     refined = [c for c in doc["candidates"] if "refinement" in c]
     assert len(refined) == kept and len(doc["candidates"]) == 3 + kept
-    assert {c["refinement"]["proposal"] for c in refined} <= {"posterior", "design"}
+    assert {c["refinement"]["proposal"] for c in refined} <= {"posterior", "design", "spectrum"}
 
 
 def short_eq_pair(folder: Path) -> tuple[Path, Path]:
