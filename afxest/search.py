@@ -641,16 +641,13 @@ def delay_proposals(space, z: np.ndarray, dry: Sequence[np.ndarray], wet: Sequen
     gradient), so a candidate must start on it (issue 24)."""
     from afxest.echoes import measure_delay
 
-    at = space.position("delay")
-    if at is None:
+    if space.position("delay") is None:
         return None
-    processor = space.processors[at]
-    start = sum(p.dim for p in space.processors[:at])
-    ranges = {r.name: (start + i, r) for i, r in enumerate(processor.ranges)}
-    times = ranges["delay_seconds"][1]
+    times = space.ranges[space.column("delay", "delay_seconds")]
     echo = measure_delay(dry, wet, sample_rate, times.lo, times.hi)
     measured = {"delay_seconds": echo.seconds, "feedback": echo.feedback, "mix": echo.mix}
     out = np.asarray(z, np.float64).copy()
-    for name, (column, r) in ranges.items():
-        out[:, column] = np.clip(r.to_normalised(measured[name]), 0.0, 1.0)
+    for name, value in measured.items():
+        column = space.column("delay", name)
+        out[:, column] = np.clip(space.ranges[column].to_normalised(value), 0.0, 1.0)
     return out
