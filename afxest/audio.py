@@ -333,6 +333,53 @@ class _StreamResampler:
         return np.concatenate([tail, self._run(None)])
 
 
+def ahead(items: Iterable[Any], depth: int = 4) -> Iterator[Any]:
+    """The items of ``items``, made in a worker thread up to ``depth`` ahead of their consumer, so
+    that a decoder and a renderer (which release the GIL) run while the consumer writes.
+
+    The worker's exception is raised here in order; closing this generator (or an exception in
+    the consumer) stops the worker and waits for it, so ``items`` may read from a file its
+    caller closes afterwards. Use it in a ``with contextlib.closing(...)`` for that guarantee."""
+    import queue
+    import threading
+
+    done = object()
+    slots: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the consumer's thread
+            put((done, exc))
+
+    worker = threading.Thread(target=work, name="afxest-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, failure = slots.get()
+            if item is done:
+                if failure is not None:
+                    raise failure
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def placed(blocks: Iterator[np.ndarray], offset: int, frames: int, channels: int) -> Iterator[np.ndarray]:
     """The signal of ``blocks`` ((channels, n) each) moved ``offset`` samples later (a negative
     offset drops its first -offset samples) and cut or zero padded to ``frames``: output sample m

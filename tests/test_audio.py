@@ -479,3 +479,38 @@ def test_doctests() -> None:
 
     result = doctest.testmod(audio, raise_on_error=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_ahead_yields_every_item_in_order_and_raises_the_workers_error_after_them() -> None:
+    from afxest.audio import ahead
+
+    def source():
+        yield from range(50)
+        raise ValueError("block 50 is broken")
+
+    got = []
+    with pytest.raises(ValueError, match="block 50"):
+        for item in ahead(source(), depth=3):
+            got.append(item)
+    assert got == list(range(50))
+
+
+def test_closing_ahead_stops_its_worker_before_the_source_runs_on() -> None:
+    """Closed after two items, the worker has made at most depth + 1 more and is gone: a file
+    the source reads can be closed safely right after."""
+    import contextlib
+    import threading
+
+    from afxest.audio import ahead
+
+    made = []
+
+    def source():
+        for i in itertools.count():
+            made.append(i)
+            yield i
+
+    before = threading.active_count()
+    with contextlib.closing(ahead(source(), depth=2)) as items:
+        assert [next(items), next(items)] == [0, 1]
+    assert len(made) <= 2 + 2 + 1 and threading.active_count() == before
