@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from afxest.choices import DEVICES
@@ -21,3 +22,14 @@ def resolve_device(name: str) -> Any:
     if name not in DEVICES:
         raise UserError(f"unknown device {name!r} ({', '.join(DEVICES[:-1])} or {DEVICES[-1]})")
     return torch.device(name)
+
+
+def cpu_workers() -> int:
+    """The threads a CPU stage may spread independent work over (candidates refined, plugin
+    chains rendered): OMP_NUM_THREADS when set (a user's or a benchmark's limit on the cores
+    this process takes), else every core it may run on."""
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    if limit.strip().isdigit() and int(limit) > 0:
+        return int(limit)
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+    return max(1, len(cores))

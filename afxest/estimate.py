@@ -264,15 +264,15 @@ def inference_threads(seconds: float | None = None) -> None:
 
 def refine_workers() -> int:
     """The threads the search may refine candidates in on the CPU (one per candidate, up to
-    this): the cores this process may use (OMP_NUM_THREADS when set, else every core). Candidates
+    this): the cores this process may use (:func:`afxest.device.cpu_workers`). Candidates
     refined in threads of their own scale with the cores (their loops release the GIL and never
     wait on each other); torch's intra-op threads on one candidate's few excerpts do not
     (measured on 2 idle cores, 5 s 44.1 kHz stereo pair: the refinement of 2 candidates took
     13.4 s with one thread, 10.2 s with two intra-op threads, 8.7 s with one thread per
     candidate)."""
-    import torch
+    from afxest.device import cpu_workers
 
-    return torch.get_num_threads() if "OMP_NUM_THREADS" in os.environ else max(1, os.cpu_count() or 1)
+    return cpu_workers()
 
 
 # ---------------------------------------------------------------------------------------------

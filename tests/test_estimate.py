@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -664,13 +665,16 @@ def test_streamed_pedalboard_windows_are_slices_of_one_call() -> None:
     preset = {"format": "afxest-preset/1", "task": None, "sample_rate": SR, "source": None,
               "effects": [{"type": "high_shelf", "cutoff_frequency_hz": 900.0, "gain_db": 6.0, "q": 2.0},
                           {"type": "compressor", "threshold_db": -30.0, "ratio": 4.0, "attack_ms": 3.0, "release_ms": 80.0}]}
+    other = {**preset, "effects": [{**preset["effects"][0], "gain_db": -4.0}, preset["effects"][1]]}
     windows = windows_of(x.shape[0], TASKS["eq"])
     assert windows == [(0, 5 * SR), (5 * SR, x.shape[0])]
-    parts = list(pedalboard_windows([parse_preset(preset, "t")] * 2, x[None], windows, SR))
-    whole = reference_render(preset, x[None], SR)[0]
-    for part in parts:
-        assert part.shape[:2] == (2, 1)
-    np.testing.assert_array_equal(np.concatenate([p[1, 0] for p in parts]), whole)
+    for threads in (1, 3):  # each chain in one thread at a time, whichever
+        presets = [parse_preset(p, "t") for p in (preset, other, preset)]
+        parts = list(pedalboard_windows(presets, x[None], windows, SR, threads))
+        for part in parts:
+            assert part.shape[:2] == (3, 1)
+        for k, p in enumerate((preset, other, preset)):
+            np.testing.assert_array_equal(np.concatenate([part[k, 0] for part in parts]), reference_render(p, x[None], SR)[0])
 
 
 def test_long_files_are_ranked_on_spread_prerolled_windows(
@@ -805,3 +809,12 @@ def test_scoring_doctests() -> None:
 
     result = doctest.testmod(afxest.scoring, raise_on_error=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_cpu_workers_follow_omp_num_threads_else_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from afxest.device import cpu_workers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_workers() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_workers() == len(os.sched_getaffinity(0))
