@@ -39,6 +39,28 @@ def test_power_response_is_the_squared_magnitude_of_pedalboards_impulse_response
     assert np.allclose(ours, expected, rtol=2e-3, atol=1e-6)
 
 
+def test_power_response_at_frequencies_is_scipys_freqz_of_the_chains_biquads() -> None:
+    """At given frequencies (the equaliser fit's log-spaced bands), a chain's |H|^2 equals the
+    product of scipy's freqz of each biquad's coefficients, including a high-Q peak near DC."""
+    from scipy import signal
+
+    task = TASKS["master"]
+    z = torch.rand(4, task.model.dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    effects = [e for e in task.model.split(z) if e[0] in ("low_shelf", "peak", "high_shelf")]
+    effects.append(("peak", {"cutoff_frequency_hz": torch.full((4,), 25.0, dtype=torch.float64),
+                             "gain_db": torch.full((4,), 12.0, dtype=torch.float64), "q": torch.full((4,), 3.0, dtype=torch.float64)}))
+    freqs = np.geomspace(10.0, 21000.0, 300)
+    ours = power_response(effects, 44100, torch.from_numpy(freqs)).numpy()
+    from afxest.processors import entry
+
+    expected = np.ones((4, freqs.size))
+    for kind, p in effects:
+        b, a = (c.numpy() for c in entry(kind).coefficients(44100, **p))
+        for k in range(4):
+            expected[k] *= np.abs(signal.freqz(b[k], a[k], worN=freqs, fs=44100)[1]) ** 2
+    np.testing.assert_allclose(ours, expected, rtol=1e-9)
+
+
 def test_power_response_of_gains_is_their_squared_amplitude_and_refuses_a_compressor() -> None:
     """Two gains (-6 and +2.5 dB): |H|^2 = 10^(-3.5 / 10) at every bin and every frequency; a
     compressor is not linear and time-invariant."""
