@@ -97,6 +97,9 @@ class ProcessorType:
     description: str
     short: str
     samples: str | None = None  # the name of its one list-of-numbers parameter (``convolution``'s)
+    # whether its plugin's output channels depend on each other (the reverb's stereo width); the
+    # others treat each channel alone, so a chain of them renders bit for bit channel by channel
+    mixes_channels: bool = False
 
     def param(self, name: str) -> Param:
         """The parameter ``name`` of this type; KeyError when it has none."""
@@ -130,7 +133,8 @@ PROCESSORS: dict[str, ProcessorType] = {
         ProcessorType("delay", "effect", (DELAY_SECONDS, FEEDBACK, MIX), "Delay",
                       "feedback delay line (JUCE DelayLine, no interpolation) mixed with the input", "dly"),
         ProcessorType("reverb", "effect", (ROOM_SIZE, DAMPING, WET_LEVEL, DRY_LEVEL, WIDTH), "Reverb",
-                      "Freeverb (JUCE Reverb): 8 damped combs and 4 all-passes per channel, freeze mode off", "rev"),
+                      "Freeverb (JUCE Reverb): 8 damped combs and 4 all-passes per channel, freeze mode off", "rev",
+                      mixes_channels=True),
         ProcessorType("fm", "source", (CARRIER, AMPLITUDE, MOD_INDEX, FREQ_RATIO, DURATION), None,
                       "two-operator FM synth, y = I_c sin(2 pi f_c t + I_m sin(2 pi f_m t))", "fm"),
     )

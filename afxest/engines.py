@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from afxest.catalogue import DURATION
+from afxest.catalogue import DURATION, PROCESSORS
 from afxest.choices import ENGINES
 from afxest.errors import UserError
 from afxest.presets import Preset
@@ -259,6 +259,13 @@ class Chain:
         y = self(np.zeros((self._channels, self.latency), np.float32), sample_rate, reset=False)
         self._channels = None
         return y
+
+
+def channels_apart(preset: Preset) -> bool:
+    """Whether the preset's plugins treat each channel alone (none of them
+    :attr:`~afxest.catalogue.ProcessorType.mixes_channels`), so that its :class:`Chain` on each
+    channel gives, bit for bit, its Chain on all of them (tests/test_processors.py)."""
+    return not any(PROCESSORS[e.type].mixes_channels for e in preset.effects)
 
 
 def board(preset: Preset) -> Chain:

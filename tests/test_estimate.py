@@ -818,3 +818,39 @@ def test_cpu_workers_follow_omp_num_threads_else_the_cores_this_process_may_use(
     assert cpu_workers() == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert cpu_workers() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("chain", ["channels apart, with a latency", "a reverb"])
+def test_a_candidates_audio_is_pedalboards_render_of_the_whole_dry_from_the_file_or_as_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chain: str
+) -> None:
+    """rank 1's audio of a stereo dry: one chain per channel in two threads where every plugin
+    treats channels apart (bit for bit the render of the whole file), one chain otherwise; the
+    dry read from its file or handed over as already read gives the same file."""
+    from afxest.audio import Signal
+    from afxest.estimate import render_to_file
+    from afxest.presets import parse_preset
+
+    rate = 44100
+    x = np.stack([music(2.5, rate, seed=1), music(2.5, rate, seed=2)])  # longer than a READ_BLOCK
+    effects = [{"type": "high_shelf", "cutoff_frequency_hz": 2000.0, "gain_db": 5.0, "q": 0.7},
+               {"type": "compressor", "threshold_db": -26.0, "ratio": 3.0, "attack_ms": 2.0, "release_ms": 90.0}]
+    if chain == "a reverb":
+        effects.append({"type": "reverb", "room_size": 0.6, "damping": 0.4, "wet_level": 0.3, "dry_level": 0.8, "width": 1.0})
+    else:
+        effects.append({"type": "convolution", "latency_samples": 2.0, "impulse_response": [0.1, 0.5, 1.0, -0.3, 0.2]})
+    document = {"format": "afxest-preset/1", "task": None, "sample_rate": rate, "source": None, "effects": effects}
+    preset = parse_preset(document, "t")
+    dry_path = write(tmp_path / "dry.wav", x, rate)
+    expected = reference_render(document, x, rate)
+    signal = Signal(dry_path, x, rate, rate, 2, x.shape[1])
+    written = []
+    for threads, dry in (("2", None), ("2", signal), ("1", signal)):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        out = tmp_path / f"out-{threads}-{dry is None}.wav"
+        render_to_file(preset, dry_path, out, "pedalboard", TASKS["master"], dry=dry)
+        written.append(soundfile.read(out, dtype="float32", always_2d=True)[0].T)
+    # the reference's FIR is scipy's (tests/reference.py), pedalboard's differs by rounding
+    np.testing.assert_allclose(written[0], expected, rtol=0, atol=1e-6 if chain != "a reverb" else 0)
+    for other in written[1:]:  # the file or the samples, one thread or a chain per channel: the same bits
+        np.testing.assert_array_equal(other, written[0])
