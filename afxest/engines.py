@@ -274,7 +274,20 @@ def board(preset: Preset) -> Chain:
 
 
 def _render_pedalboard(preset: Preset, dry: np.ndarray, sample_rate: int) -> np.ndarray:
-    return board(preset)(np.ascontiguousarray(dry, dtype=np.float32), float(sample_rate))
+    """The preset's :class:`Chain` on ``dry`` (channels, frames); where its plugins treat channels
+    apart (:func:`channels_apart`), a Chain per channel in threads of their own (pedalboard
+    releases the GIL): the same bits in a fraction of the time."""
+    from afxest.device import cpu_workers
+
+    dry = np.ascontiguousarray(dry, dtype=np.float32)
+    if dry.shape[0] < 2 or cpu_workers() < 2 or not channels_apart(preset):
+        return board(preset)(dry, float(sample_rate))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(dry.shape[0], cpu_workers())) as pool:
+        parts = pool.map(lambda c: board(preset)(np.ascontiguousarray(dry[c : c + 1]), float(sample_rate)),
+                         range(dry.shape[0]))
+        return np.concatenate(list(parts))
 
 
 DDSP_MAX_TAIL = 1 << 22  # samples: the longest biquad impulse response the ddsp engine renders

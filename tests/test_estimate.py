@@ -854,3 +854,12 @@ def test_a_candidates_audio_is_pedalboards_render_of_the_whole_dry_from_the_file
     np.testing.assert_allclose(written[0], expected, rtol=0, atol=1e-6 if chain != "a reverb" else 0)
     for other in written[1:]:  # the file or the samples, one thread or a chain per channel: the same bits
         np.testing.assert_array_equal(other, written[0])
+    from afxest.engines import render  # afxest render's whole-file call: a chain per channel or one, the same bits
+
+    whole = []
+    for threads in ("2", "1"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        whole.append(render(preset, x, rate, "pedalboard"))
+    np.testing.assert_array_equal(whole[0], whole[1])
+    # (pedalboard's FFT convolution rounds differently in one call and in blocks)
+    np.testing.assert_allclose(whole[0], written[0], rtol=0, atol=1e-6 if chain != "a reverb" else 0)
