@@ -333,6 +333,28 @@ class _StreamResampler:
         return np.concatenate([tail, self._run(None)])
 
 
+class DecodedFile:
+    """Audio already read, (channels, frames) samples at ``rate``, read as a ``soundfile.SoundFile``
+    open for reading is (``read``, ``tell``, ``frames``, ``samplerate``, ``channels``): the same
+    blocks, without decoding the file again."""
+
+    def __init__(self, samples: np.ndarray, rate: int) -> None:
+        self.samples, self.samplerate = samples, int(rate)
+        self.channels, self.frames = samples.shape
+        self.position = 0
+
+    def tell(self) -> int:
+        """The frames read so far."""
+        return self.position
+
+    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        """The next ``frames`` frames (-1: the rest), (frames, channels) as soundfile reads them."""
+        stop = self.frames if frames < 0 else min(self.frames, self.position + frames)
+        block = np.asarray(self.samples[:, self.position : stop], dtype).T
+        self.position = stop
+        return block
+
+
 def ahead(items: Iterable[Any], depth: int = 4) -> Iterator[Any]:
     """The items of ``items``, made in a worker thread up to ``depth`` ahead of their consumer, so
     that a decoder and a renderer (which release the GIL) run while the consumer writes.

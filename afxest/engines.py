@@ -273,6 +273,41 @@ def board(preset: Preset) -> Chain:
     return Chain(preset)
 
 
+def rendered_blocks(preset: Preset, f: Any, rate: int, engine: str, clip: int) -> Iterator[np.ndarray]:
+    """The preset rendered on the rest of the audio file ``f`` (a ``soundfile.SoundFile`` open
+    for reading, or an :class:`afxest.audio.DecodedFile`, at ``rate``), (channels, frames) a
+    block at a time. pedalboard: :data:`~afxest.audio.READ_BLOCK` frames at a time through
+    plugin chains that carry their state (one per channel, in threads of their own, where the
+    preset's plugins treat channels apart: :func:`channels_apart`; the same bits in half the
+    time on two cores), so ``afxest render`` and an estimate's audio are the same file; ddsp:
+    windows of ``clip`` frames (the last one taking the rest), each rendered from rest, as an
+    estimate scores them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from afxest.audio import READ_BLOCK
+    from afxest.device import cpu_workers
+
+    if engine != "pedalboard":
+        while (left := f.frames - f.tell()) > 0:
+            x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
+            yield render(preset, np.ascontiguousarray(x.T), rate, "ddsp")
+        return
+    split = int(f.channels) > 1 and channels_apart(preset) and cpu_workers() > 1
+    chains = [board(preset) for _ in range(int(f.channels) if split else 1)]
+    with ThreadPoolExecutor(len(chains)) as pool:
+        def through(x: np.ndarray) -> np.ndarray:
+            if not split:
+                return chains[0](x, float(rate), reset=False)
+            parts = pool.map(lambda k: chains[k](np.ascontiguousarray(x[k : k + 1]), float(rate), reset=False),
+                             range(len(chains)))
+            return np.concatenate(list(parts))
+
+        while (x := f.read(READ_BLOCK, dtype="float32", always_2d=True)).shape[0]:
+            yield through(np.ascontiguousarray(x.T))
+        if chains[0].latency:
+            yield np.concatenate([chain.flush(rate) for chain in chains])
+
+
 def _render_pedalboard(preset: Preset, dry: np.ndarray, sample_rate: int) -> np.ndarray:
     """The preset's :class:`Chain` on ``dry`` (channels, frames); where its plugins treat channels
     apart (:func:`channels_apart`), a Chain per channel in threads of their own (pedalboard

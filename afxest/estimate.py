@@ -71,8 +71,8 @@ import numpy as np
 
 from afxest.align import MIN_COHERENCE, Alignment, align
 from afxest.audio import (
-    AUDIO_SUFFIXES, READ_BLOCK, OutputSet, ahead, Signal, atomic_write_text, make_folder, open_audio, placed, read_audio,
-    read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
+    AUDIO_SUFFIXES, DecodedFile, OutputSet, Signal, ahead, atomic_write_text, make_folder, open_audio, placed,
+    read_audio, read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
 )
 from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
 from afxest.engines import board
@@ -1132,7 +1132,7 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task,
     Arguments:
         preset: The candidate.
         dry_path: The dry file, rendered at its own rate and channel count block by block
-            (:func:`_rendered_blocks`); None: the synthesised source, at the preset's rate.
+            (:func:`afxest.engines.rendered_blocks`); None: the synthesised source, at the preset's rate.
         dry: The dry file as already read (its own rate and channels), rendered in its place:
             the same blocks without decoding the file again.
         out: The WAV file written.
@@ -1149,71 +1149,19 @@ def render_to_file(preset, dry_path: Path | None, out: Path, engine: str, task,
         rate = int(round(preset.sample_rate))
         write_audio_blocks(out, [render(preset, None, rate, engine)], 1, rate)
         return
-    with open_audio(dry_path) if dry is None else contextlib.nullcontext(_DecodedFile(dry)) as f:
+    from afxest.engines import rendered_blocks
+
+    decoded = None if dry is None else DecodedFile(dry.samples, dry.rate)
+    with open_audio(dry_path) if decoded is None else contextlib.nullcontext(decoded) as f:
         rate = int(f.samplerate)
         # read and rendered in a worker thread while the blocks before are written (a 10-minute
         # 44.1 kHz stereo file 1.2 s sooner); the worker stops before the file closes
-        with contextlib.closing(ahead(_rendered_blocks(preset, f, rate, engine, task))) as blocks:
+        clip = int(round(task.clip_seconds * rate))
+        with contextlib.closing(ahead(rendered_blocks(preset, f, rate, engine, clip))) as blocks:
             if placement is not None:
                 offset, frames, at = placement
                 blocks = placed(blocks, resampled_frames(offset, at, rate), resampled_frames(frames, at, rate), int(f.channels))
             write_audio_blocks(out, blocks, int(f.channels), rate)
-
-
-class _DecodedFile:
-    """A dry file already read, (channels, frames) samples at its rate, read as
-    :func:`_rendered_blocks` reads an open file (``read``, ``tell``, ``frames``, ``samplerate``,
-    ``channels``), returning the same blocks."""
-
-    def __init__(self, dry: Signal) -> None:
-        self.samples, self.samplerate = dry.samples, dry.rate
-        self.channels, self.frames = dry.samples.shape
-        self.position = 0
-
-    def tell(self) -> int:
-        return self.position
-
-    def read(self, frames: int = -1, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
-        """The next ``frames`` frames (-1: the rest), (frames, channels) as soundfile reads them."""
-        stop = self.frames if frames < 0 else min(self.frames, self.position + frames)
-        block = np.asarray(self.samples[:, self.position : stop], dtype).T
-        self.position = stop
-        return block
-
-
-def _rendered_blocks(preset, f, rate: int, engine: str, task) -> Iterator[np.ndarray]:
-    """The preset rendered on the rest of the dry file ``f`` (open, at ``rate``), (channels,
-    frames) a block at a time. pedalboard: :data:`~afxest.audio.READ_BLOCK` frames at a time
-    through plugin chains that carry their state, so the file equals ``afxest render DRY
-    ESTIMATE`` (one chain per channel, in threads of their own, where the preset's plugins treat
-    channels apart: :func:`afxest.engines.channels_apart`; bit for bit the same, in half the
-    time on two cores); ddsp: the analysis windows (clips, the last one taking the rest), each
-    rendered from rest, as scored."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from afxest.device import cpu_workers
-    from afxest.engines import channels_apart, render
-
-    if engine != "pedalboard":
-        clip = int(round(task.clip_seconds * rate))
-        while (left := f.frames - f.tell()) > 0:
-            x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
-            yield render(preset, np.ascontiguousarray(x.T), rate, "ddsp")
-        return
-    split = int(f.channels) > 1 and channels_apart(preset) and cpu_workers() > 1
-    chains = [board(preset) for _ in range(int(f.channels) if split else 1)]
-    with ThreadPoolExecutor(len(chains)) as pool:
-        def through(x: np.ndarray) -> np.ndarray:
-            if not split:
-                return chains[0](x, float(rate), reset=False)
-            parts = pool.map(lambda k: chains[k](np.ascontiguousarray(x[k : k + 1]), float(rate), reset=False),
-                             range(len(chains)))
-            return np.concatenate(list(parts))
-
-        while (x := f.read(READ_BLOCK, dtype="float32", always_2d=True)).shape[0]:
-            yield through(np.ascontiguousarray(x.T))
-        if chains[0].latency:
-            yield np.concatenate([chain.flush(rate) for chain in chains])
 
 
 def planned_names(task, options: EstimateOptions) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from afxest.audio import (
-    check_output_path, check_output_size, placed, read_audio, resampled_frames, write_audio, write_audio_blocks,
+    DecodedFile, ahead, check_output_path, check_output_size, placed, read_audio, resampled_frames, write_audio,
+    write_audio_blocks,
 )
-from afxest.engines import check_ddsp, default_engine, render, render_source_blocks, source_frames
+from afxest.engines import check_ddsp, default_engine, render, render_source_blocks, rendered_blocks, source_frames
 from afxest.errors import UserError
 from afxest.presets import estimate_placement, load_preset, read_json
 
@@ -111,6 +113,11 @@ def render_file(
             raise UserError(f"{preset_path}: {err}") from None
     if audio is None:  # a synth: streamed, never held whole
         report = write_audio_blocks(out, render_source_blocks(preset, sample_rate, engine), 1, sample_rate, bit_depth)
+    elif engine == "pedalboard":  # streamed as an estimate writes its audio: the same file
+        with contextlib.closing(ahead(rendered_blocks(preset, DecodedFile(audio, sample_rate), sample_rate, engine, 0))) as blocks:
+            if placement is not None:
+                blocks = placed(blocks, *placement, channels)
+            report = write_audio_blocks(out, blocks, channels, sample_rate, bit_depth)
     else:
         y = render(preset, audio, sample_rate, engine)
         if placement is not None:

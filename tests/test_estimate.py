@@ -263,9 +263,9 @@ def test_long_stereo_file_is_analysed_in_windows(
     dry = np.stack([x, 0.5 * x])
     wet_path = write(tmp_path / "long.flac", shelf(dry, rate), rate)  # FLAC: another format
     dry_path = write(tmp_path / "long-dry.wav", dry, rate)
-    # several blocks (pedalboard's buffer multiple), in reading and in rendering
+    # several blocks (pedalboard's buffer multiple), in reading and in rendering (afxest.engines
+    # reads afxest.audio's)
     monkeypatch.setattr("afxest.audio.READ_BLOCK", 5 * 8192)
-    monkeypatch.setattr("afxest.estimate.READ_BLOCK", 5 * 8192)
     monkeypatch.setattr("afxest.scoring.READ_BLOCK", 5 * 8192)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -863,3 +863,12 @@ def test_a_candidates_audio_is_pedalboards_render_of_the_whole_dry_from_the_file
     np.testing.assert_array_equal(whole[0], whole[1])
     # (pedalboard's FFT convolution rounds differently in one call and in blocks)
     np.testing.assert_allclose(whole[0], written[0], rtol=0, atol=1e-6 if chain != "a reverb" else 0)
+    # afxest render streams the same blocks: the same file as the estimate's audio, FIR included
+    from afxest.render import render_file
+
+    preset_path = tmp_path / "preset.json"
+    preset_path.write_text(json.dumps(document))
+    for threads in ("2", "1"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        out = render_file(dry_path, preset_path, tmp_path / f"rendered-{threads}.wav", force=True).out
+        np.testing.assert_array_equal(soundfile.read(out, dtype="float32", always_2d=True)[0].T, written[0])
