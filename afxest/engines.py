@@ -268,6 +268,15 @@ def channels_apart(preset: Preset) -> bool:
     return not any(PROCESSORS[e.type].mixes_channels for e in preset.effects)
 
 
+def _per_channel(preset: Preset, channels: int) -> bool:
+    """Whether ``channels`` channels are rendered by a Chain each, in threads of their own: more
+    than one channel, cores to run them on (:func:`afxest.device.cpu_workers`), and plugins that
+    treat channels apart (:func:`channels_apart`)."""
+    from afxest.device import cpu_workers
+
+    return channels > 1 and channels_apart(preset) and cpu_workers() > 1
+
+
 def board(preset: Preset) -> Chain:
     """The preset's effects as a :class:`Chain` of the real plugins, its latency compensated."""
     return Chain(preset)
@@ -285,14 +294,13 @@ def rendered_blocks(preset: Preset, f: Any, rate: int, engine: str, clip: int) -
     from concurrent.futures import ThreadPoolExecutor
 
     from afxest.audio import READ_BLOCK
-    from afxest.device import cpu_workers
 
     if engine != "pedalboard":
         while (left := f.frames - f.tell()) > 0:
             x = f.read(clip if left >= 2 * clip else -1, dtype="float32", always_2d=True)
             yield render(preset, np.ascontiguousarray(x.T), rate, "ddsp")
         return
-    split = int(f.channels) > 1 and channels_apart(preset) and cpu_workers() > 1
+    split = _per_channel(preset, int(f.channels))
     chains = [board(preset) for _ in range(int(f.channels) if split else 1)]
     with ThreadPoolExecutor(len(chains)) as pool:
         def through(x: np.ndarray) -> np.ndarray:
@@ -312,13 +320,13 @@ def _render_pedalboard(preset: Preset, dry: np.ndarray, sample_rate: int) -> np.
     """The preset's :class:`Chain` on ``dry`` (channels, frames); where its plugins treat channels
     apart (:func:`channels_apart`), a Chain per channel in threads of their own (pedalboard
     releases the GIL): the same bits in a fraction of the time."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from afxest.device import cpu_workers
 
     dry = np.ascontiguousarray(dry, dtype=np.float32)
-    if dry.shape[0] < 2 or cpu_workers() < 2 or not channels_apart(preset):
+    if not _per_channel(preset, dry.shape[0]):
         return board(preset)(dry, float(sample_rate))
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(min(dry.shape[0], cpu_workers())) as pool:
         parts = pool.map(lambda c: board(preset)(np.ascontiguousarray(dry[c : c + 1]), float(sample_rate)),
                          range(dry.shape[0]))

@@ -62,7 +62,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,7 +75,6 @@ from afxest.audio import (
     read_audio, read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
 )
 from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
-from afxest.engines import board
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT, estimate_placement
 from afxest.propose import Draws, Proposer
