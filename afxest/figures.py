@@ -1,6 +1,6 @@
 """The figures of ``afxest evaluate`` (DAFx 2025, Figs. 4-8) and of ``afxest estimate --plot``
-(issue 11: the estimate's equaliser responses and compressor curves, or a synth's spectra),
-written as PNG files.
+(issue 11: the estimate's equaliser responses and compressor curves, or a synth's spectra;
+issue 24: a delay's taps and a reverb's energy decay), written as PNG files.
 
 Each figure has a data function (numpy and the model; no plotting) and a thin plotting
 function. matplotlib is an optional extra (``pip install 'afxest[plots]'``): it is imported
@@ -750,6 +750,14 @@ PLOT_LOWEST_HZ = 20.0
 SPECTRUM_FLOOR_DB = -100.0  # the synth spectra's lowest level shown
 LEVELS_DB = (-60.0, 0.0)  # input levels of the compressor's static curve (dBFS)
 SPREAD_LEVEL = 0.9  # the band of the posterior draws' curves: their central 90 % at each point
+DELAY_FLOOR_DB = -60.0  # a delay's echoes drawn down to this level (dB re the input)
+DELAY_ECHOES = 64  # and at most this many (a feedback of 1 repeats for ever)
+DELAY_SHOWN_ECHOES = 8  # the delay panel's time axis reaches the top candidates' 8th echo at most
+REVERB_SPREAD_DRAWS = 64  # the reverb panel's band: the decays of this many draws (12 ms each at 44.1 kHz)
+REVERB_FLOOR_DB = -80.0  # the reverb panel's lowest level
+REVERB_SECONDS = 3.0  # a reverb's energy decay drawn over its first seconds
+REVERB_RENDER_SECONDS = 6.0  # its impulse response rendered this long (the backward integral's tail)
+DECAY_FIT_DB = (-5.0, -35.0)  # T30 (ISO 3382-1): the decay's slope fitted between these levels below its start
 
 
 def plot_frequencies(sample_rate: float, n: int = PLOT_POINTS) -> np.ndarray:
@@ -792,6 +800,71 @@ def compressor_curve_db(preset, levels_db: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def delay_taps(preset, floor_db: float = DELAY_FLOOR_DB) -> tuple[np.ndarray, np.ndarray] | None:
+    """The impulse response of the preset's delay as taps: the direct sound, 1 - mix, at 0 s and
+    the echoes mix feedback^(k - 1) at k D / rate for k = 1, 2, ... (the recursion of
+    :mod:`afxest.dsp.delay`, pedalboard's; D as :func:`afxest.dsp.delay.delay_samples` sets it),
+    down to ``floor_db`` and at most :data:`DELAY_ECHOES` echoes: times (s) and levels (dB re the
+    input), silent taps left out. None when the preset has no delay."""
+    import torch
+
+    from afxest.dsp.delay import delay_samples
+
+    for e in preset.effects:
+        if e.type == "delay":
+            seconds, feedback, mix = (float(e.params[k]) for k in ("delay_seconds", "feedback", "mix"))
+            if seconds == 0.0:  # pedalboard passes the signal through unchanged
+                return np.zeros(1), np.zeros(1)
+            d = int(delay_samples(torch.tensor([seconds], dtype=torch.float64), preset.sample_rate)[0])
+            gains = np.concatenate([[1.0 - mix], mix * feedback ** np.arange(DELAY_ECHOES)])
+            times = np.arange(len(gains)) * d / preset.sample_rate
+            with np.errstate(divide="ignore"):
+                levels = 20 * np.log10(np.abs(gains))
+            kept = levels >= floor_db
+            return times[kept], levels[kept]
+    return None
+
+
+def reverb_impulse(preset, seconds: float = REVERB_RENDER_SECONDS) -> np.ndarray | None:
+    """The reverberation alone of the preset's reverb: pedalboard's response to a unit impulse
+    on one channel with the dry level set to 0, ``seconds`` long, (T,) float64; None when the
+    preset has no reverb."""
+    from afxest.engines import render
+    from afxest.presets import Processor
+
+    for e in preset.effects:
+        if e.type == "reverb":
+            rate = int(round(preset.sample_rate))
+            alone = dataclasses.replace(preset, effects=(Processor("reverb", {**e.params, "dry_level": 0.0}),))
+            impulse = np.zeros((1, int(round(seconds * rate))), np.float32)
+            impulse[0, 0] = 1.0
+            return render(alone, impulse, rate, "pedalboard")[0].astype(np.float64)
+    return None
+
+
+def energy_decay_db(h: np.ndarray) -> np.ndarray:
+    """Schroeder's backward integral of an impulse response h (T,) (J. Acoust. Soc. Am. 37(3),
+    1965): 10 log10 sum_{m >= n} h[m]^2, the energy still to come at each sample, in dB re a
+    unit impulse's (T,)."""
+    tail = np.cumsum(np.asarray(h, np.float64)[::-1] ** 2)[::-1]
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(tail)
+
+
+def decay_time(edc_db: np.ndarray, sample_rate: float, fit_db: tuple[float, float] = DECAY_FIT_DB) -> float:
+    """The reverberation time T60 (s) of an energy decay curve (:func:`energy_decay_db`): the
+    least-squares line through the curve from ``fit_db[0]`` to ``fit_db[1]`` dB below its start
+    (T30, ISO 3382-1), extended to -60 dB; where the curve ends before the lower level, the line
+    through what there is. NaN when it never falls ``fit_db[0]`` dB."""
+    start = edc_db[0]
+    inside = np.nonzero((edc_db <= start + fit_db[0]) & (edc_db >= start + fit_db[1]))[0]
+    if len(inside) < 2:
+        return float("nan")
+    t = inside / sample_rate
+    slope = np.polyfit(t, edc_db[inside], 1)[0]
+    return float(-60.0 / slope) if slope < 0 else float("inf")
+
+
 def spectrum_db(x: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarray]:
     """The magnitude spectrum of ``x`` (T,): a Hann-windowed rfft of the whole signal, in dB
     relative to a full-scale sine (20 log10(2 |X| / sum(window))); frequencies (Hz) and dB."""
@@ -802,8 +875,8 @@ def spectrum_db(x: np.ndarray, sample_rate: float) -> tuple[np.ndarray, np.ndarr
 
 
 def estimate_panels(presets: Sequence) -> list[str]:
-    """The panels of an estimate's figure: ``eq`` and ``compressor`` for the effect processors
-    rank 1 has, ``spectrum`` for a synth."""
+    """The panels of an estimate's figure: ``eq``, ``compressor``, ``delay`` and ``reverb`` for
+    the effect processors rank 1 has, ``spectrum`` for a synth."""
     top = presets[0]
     if top.source is not None:
         return ["spectrum"]
@@ -812,6 +885,8 @@ def estimate_panels(presets: Sequence) -> list[str]:
         panels.append("eq")
     if compressor_curve_db(top, np.array([0.0])) is not None:
         panels.append("compressor")
+    types = {e.type for e in top.effects}
+    panels += [kind for kind in ("delay", "reverb") if kind in types]
     return panels
 
 
@@ -825,6 +900,10 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
       min-max band over all candidates;
     * ``compressor``: the compressor's static curve of the top candidates (and identity), over
       the same spread of the draws' curves;
+    * ``delay``: the direct sound and echoes of the top candidates' delays (times and levels),
+      over the first echo of each draw;
+    * ``reverb``: the energy decay of the top candidates' reverberation, with its T60, over the
+      spread of the draws' decays;
     * ``spectrum`` (a synth): the magnitude spectra of the wet at the task's rate and of rank 1
       synthesised.
 
@@ -840,12 +919,12 @@ def plot_estimate(path: Path, document: dict, presets: Sequence, wet: np.ndarray
         spread: Presets of draws of the (calibrated) posterior, or None.
 
     Returns:
-        The matplotlib Figure (its lines hold the plotted data; the spread band is its axes'
-        only collection, the median their last line).
+        The matplotlib Figure (its lines hold the plotted data; the spread band, or the delay
+        panel's dots, is its axes' only collection, the median their last line).
     """
     panels = estimate_panels(presets)
     if not panels:
-        raise ValueError("nothing to plot: the estimate has no equaliser, compressor or synth")
+        raise ValueError("nothing to plot: the estimate has no equaliser, compressor, delay, reverb or synth")
     width, height = ESTIMATE_PANEL
     fig = _figure(width * len(panels), height)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -940,10 +1019,59 @@ def _spectrum_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray
     ax.set_title("Magnitude spectra")
 
 
+def _delay_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None,
+                 spread: Sequence | None = None) -> None:
+    """The ``delay`` panel: the taps of the top candidates' delays (:func:`delay_taps`), over the
+    first echo of each draw (a grey dot: its time and level)."""
+    top = presets[:PLOT_TOP]
+    right = 0.0
+    for k, (p, label) in enumerate(zip(top, names)):
+        times, levels = delay_taps(p)
+        ax.plot(times, levels, ls="none", marker="o", ms=8 - k, label=label, zorder=3 + len(top) - k)
+        right = max(right, times[min(len(times) - 1, DELAY_SHOWN_ECHOES)])
+    if spread:
+        taps = [delay_taps(p) for p in spread]
+        first = np.array([(t[t > 0][0], db[t > 0][0]) for t, db in taps if np.any(t > 0)])
+        if len(first):
+            ax.scatter(first[:, 0], first[:, 1], s=6, color="0.6", zorder=1,
+                       label=f"first echo of {len(first)} posterior draws")
+    ax.set_xlim(-0.02 * max(right, 0.1), 1.05 * max(right, 0.1))
+    ax.set_ylim(DELAY_FLOOR_DB, 3.0)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("level (dB re the input)")
+    ax.set_title("Delay: direct sound and echoes")
+
+
+def _reverb_panel(ax, presets: Sequence, names: Sequence[str], wet: np.ndarray | None,
+                  spread: Sequence | None = None) -> None:
+    """The ``reverb`` panel: the energy decay (:func:`energy_decay_db`) of the top candidates'
+    reverberation over its first :data:`REVERB_SECONDS`, each labelled with its T60
+    (:func:`decay_time`), over the spread of the draws' decays (the first
+    :data:`REVERB_SPREAD_DRAWS`)."""
+    rate = presets[0].sample_rate
+    shown = int(round(REVERB_SECONDS * rate))
+    at = np.unique(np.linspace(0, shown - 1, PLOT_POINTS).round().astype(int))
+
+    def decay(p) -> np.ndarray:
+        return energy_decay_db(reverb_impulse(p))[:shown]
+
+    for k, (p, label) in enumerate(zip(presets[:PLOT_TOP], names)):
+        edc = decay(p)
+        ax.plot(at / rate, edc[at], lw=2.2 if k == 0 else 1.0, zorder=3 + PLOT_TOP - k,
+                label=f"{label}, T60 {decay_time(edc, rate):.2f} s")
+    if spread:
+        _spread_band(ax, at / rate, np.array([decay(p)[at] for p in spread[:REVERB_SPREAD_DRAWS]]))
+    ax.set_ylim(REVERB_FLOOR_DB, None)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("energy to come (dB re the impulse)")
+    ax.set_title("Reverb: energy decay of its reverberation")
+
+
 # each panel of plot_estimate: (axes, presets by rank, the top candidates' labels, the wet,
 # presets of posterior draws or None) -> drawn
 PANELS: dict[str, Callable[..., None]] = {
-    "eq": _equaliser_panel, "compressor": _compressor_panel, "spectrum": _spectrum_panel,
+    "eq": _equaliser_panel, "compressor": _compressor_panel, "delay": _delay_panel,
+    "reverb": _reverb_panel, "spectrum": _spectrum_panel,
 }
 
 

@@ -455,3 +455,109 @@ def test_estimate_plot_spreads_the_curves_of_the_posterior_draws(tmp_path):
         gain = np.where(envelope < threshold, 1.0, (envelope / threshold) ** (1 / c["ratio"] - 1))
         outs.append(20 * np.log10(envelope * gain))
     np.testing.assert_allclose(comp_median.get_ydata(), np.median(outs, axis=0), atol=1e-9)
+
+
+# --- the time-based effects' panels (issue 24) ----------------------------------------------------
+
+JUCE_COMBS = (1116, 1188, 1277, 1356, 1422, 1491, 1557, 1617)  # juce_Reverb.h, samples at 44.1 kHz
+
+
+def _impulse(seconds: float, rate: int) -> np.ndarray:
+    x = np.zeros((1, int(round(seconds * rate))), np.float32)
+    x[0, 0] = 1.0
+    return x
+
+
+def _pedalboard_taps(params: dict, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The samples of pedalboard's Delay's impulse response above -60 dB: times (s), levels (dB)."""
+    import pedalboard
+
+    y = pedalboard.Delay(**params)(_impulse(8.0, rate), rate)[0].astype(np.float64)
+    at = np.nonzero(np.abs(y) >= 10 ** (figs.DELAY_FLOOR_DB / 20))[0]
+    return at / rate, 20 * np.log10(np.abs(y[at]))
+
+
+@pytest.mark.parametrize("params, rate", [
+    ({"delay_seconds": 0.123, "feedback": 0.5, "mix": 0.3}, 22050),
+    ({"delay_seconds": 0.8, "feedback": 0.0, "mix": 0.5}, 44100),
+    ({"delay_seconds": 0.0517, "feedback": 0.6, "mix": 1.0}, 48000),
+])
+def test_delay_taps_are_pedalboards_impulse_response(params, rate):
+    """The taps drawn for a delay are where pedalboard's Delay answers an impulse, and how loud
+    (to float32's precision), down to the floor; a mix of 1 has no direct sound."""
+    from afxest.presets import Preset, Processor
+
+    times, levels = figs.delay_taps(Preset(sample_rate=rate, effects=(Processor("delay", params),)))
+    ref_times, ref_levels = _pedalboard_taps(params, rate)
+    np.testing.assert_allclose(times, ref_times, atol=0.1 / rate)
+    np.testing.assert_allclose(levels, ref_levels, atol=1e-4)
+
+
+def test_energy_decay_and_decay_time_of_an_exponential_decay():
+    """h[n] = r^n falling 60 dB in T seconds: the backward integral is the geometric series'
+    closed form 10 log10(r^(2n) (1 - r^(2(L - n))) / (1 - r^2)), and its T60 is T."""
+    rate, t60 = 8000, 0.7
+    r = 10 ** (-3 / (t60 * rate))
+    n = np.arange(int(2.5 * t60 * rate))
+    edc = figs.energy_decay_db(r ** n)
+    closed = 10 * np.log10(r ** (2 * n) * (1 - r ** (2 * (len(n) - n))) / (1 - r**2))
+    np.testing.assert_allclose(edc, closed, atol=1e-6)
+    assert figs.decay_time(edc, rate) == pytest.approx(t60, rel=1e-3)
+    assert math.isnan(figs.decay_time(np.zeros(100), rate))
+
+
+@pytest.mark.parametrize("room_size", [0.2, 0.5, 0.8])
+def test_reverb_decay_time_lies_between_its_combs(room_size):
+    """Freeverb with no damping: comb j of N_j samples recirculates with gain g = 0.7 + 0.28
+    room_size, so it falls 60 dB in 3 N_j / (rate (-log10 g)) s; the sum's T60 lies between its
+    shortest and longest comb's. The reverberation alone begins at the shortest comb (no dry)."""
+    from afxest.presets import Preset, Processor
+
+    rate = 44100
+    params = {"room_size": room_size, "damping": 0.0, "wet_level": 0.33, "dry_level": 0.7, "width": 1.0}
+    h = figs.reverb_impulse(Preset(sample_rate=rate, effects=(Processor("reverb", params),)))
+    assert np.nonzero(h)[0][0] == min(JUCE_COMBS)
+    g = 0.7 + 0.28 * room_size
+    bounds = [3 * n / (rate * -math.log10(g)) for n in (min(JUCE_COMBS), max(JUCE_COMBS))]
+    edc = figs.energy_decay_db(h)[: int(figs.REVERB_SECONDS * rate)]
+    assert bounds[0] < figs.decay_time(edc, rate) < bounds[1]
+
+
+def test_estimate_plot_of_a_mix_chain_draws_delay_taps_and_reverb_decays(tmp_path):
+    """A mix estimate: four panels (equaliser, compressor, delay, reverb); the delay panel's
+    candidates are pedalboard's impulse responses of their delays, its dots the draws' first
+    echoes; the reverb panel's curves are the backward integrals of pedalboard's reverberation
+    (dry level 0) of an impulse, computed here, labelled with a T60; its band spans the draws."""
+    import pedalboard
+
+    task = TASKS["mix"]
+    rate = task.sample_rate
+    rng = np.random.default_rng(11)
+    presets = [task.model.preset(v, task.name, rate) for v in rng.uniform(size=(3, task.model.dim))]
+    spread = [task.model.preset(v, task.name, rate) for v in rng.uniform(size=(20, task.model.dim))]
+    path = tmp_path / figs.ESTIMATE_PLOT
+    fig = figs.plot_estimate(path, _document(presets), presets, dpi=20, spread=spread)
+    assert _png_shape(path)[:2] == (round(4.5 * 20), round(4 * 5.5 * 20))
+    delay_ax, reverb_ax = fig.axes[2:4]
+    for line, preset in zip(delay_ax.lines, presets):
+        params = next(e.params for e in preset.effects if e.type == "delay")
+        times, levels = _pedalboard_taps(params, rate)
+        np.testing.assert_allclose(line.get_xdata(), times, atol=0.1 / rate)
+        np.testing.assert_allclose(line.get_ydata(), levels, atol=1e-4)
+    (dots,) = delay_ax.collections
+    first = []
+    for preset in spread:
+        times, levels = _pedalboard_taps(next(e.params for e in preset.effects if e.type == "delay"), rate)
+        first.append((times[times > 0][0], levels[times > 0][0]))
+    np.testing.assert_allclose(dots.get_offsets(), first, atol=1e-4)
+
+    *curves, median = reverb_ax.lines
+    assert len(curves) == 3 and all("T60" in c.get_label() for c in curves)
+    for line, preset in zip(curves, presets):
+        params = {**next(e.params for e in preset.effects if e.type == "reverb"), "dry_level": 0.0}
+        h = pedalboard.Reverb(**params)(_impulse(figs.REVERB_RENDER_SECONDS, rate), rate)[0].astype(np.float64)
+        tail = 10 * np.log10(np.cumsum(h[::-1] ** 2)[::-1])
+        at = np.round(np.asarray(line.get_xdata()) * rate).astype(int)
+        np.testing.assert_allclose(line.get_ydata(), tail[at], atol=1e-6)
+    (band,) = reverb_ax.collections
+    assert "20 posterior draws" in band.get_label()
