@@ -728,6 +728,26 @@ def test_python_m_afxest_version(tmp_path: Path) -> None:
     assert result.stdout == f"afxest {afxest.__version__}\n"
 
 
+@pytest.mark.parametrize("given, seen", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_sleep_unless_the_user_says_otherwise(tmp_path: Path, given, seen) -> None:
+    """OpenMP reads its wait policy when torch loads it: the command line sets PASSIVE before
+    torch is imported (importing the CLI does not import torch), and keeps a user's own."""
+    code = (
+        "import os, sys, contextlib, io\n"
+        "import afxest.cli\n"
+        "before = 'torch' in sys.modules\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    afxest.cli.main(['--version'])\n"
+        "print(before, os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", seen]
+
+
 def test_console_script_renders_the_bundled_example(tmp_path: Path) -> None:
     out = tmp_path / "master.wav"
     result = run([console_script(), "render", str(EXAMPLES / "dry.flac"), str(EXAMPLES / "master.json"), "-o", "master.wav"], tmp_path)
