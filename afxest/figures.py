@@ -855,8 +855,10 @@ def decay_time(edc_db: np.ndarray, sample_rate: float, fit_db: tuple[float, floa
     """The reverberation time T60 (s) of an energy decay curve (:func:`energy_decay_db`): the
     least-squares line through the curve from ``fit_db[0]`` to ``fit_db[1]`` dB below its start
     (T30, ISO 3382-1), extended to -60 dB; where the curve ends before the lower level, the line
-    through what there is. NaN when it never falls ``fit_db[0]`` dB."""
+    through what there is. NaN when it never falls ``fit_db[0]`` dB (or holds no energy)."""
     start = edc_db[0]
+    if not np.isfinite(start):
+        return float("nan")
     inside = np.nonzero((edc_db <= start + fit_db[0]) & (edc_db >= start + fit_db[1]))[0]
     if len(inside) < 2:
         return float("nan")
