@@ -74,6 +74,7 @@ from afxest.audio import (
     AUDIO_SUFFIXES, DecodedFile, OutputSet, Signal, ahead, atomic_write_text, make_folder, open_audio, placed,
     read_audio, read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
 )
+from afxest.catalogue import PROCESSORS
 from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT, estimate_placement
@@ -584,20 +585,33 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
     return proposals
 
 
-def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], preroll: int, length: int, device: Any):
+def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], preroll: int, length: int, device: Any,
+                    joint: bool = False):
     """One excerpt of ``signal`` (C, T) per span: its first ``length`` samples (at most the
     span's), from ``preroll`` samples before its start (zeros before the signal's start), of
-    channel j mod C for the j-th span, as a tensor (R, 1, preroll + length) on ``device``.
+    channel j mod C for the j-th span, as a tensor (R, 1, preroll + length) on ``device``; with
+    ``joint``, of every channel, (R, C, preroll + length).
 
-    One channel per span: the processors treat channels alike and apart (a compressor detector
-    per channel), so a stereo pair's channels are two more excerpts of the same chain, and
-    taking them in turn keeps the refinement's cost that of a mono pair."""
+    One channel per span where the processors treat channels alike and apart (a compressor
+    detector per channel): a stereo pair's channels are two more excerpts of the same chain, and
+    taking them in turn keeps the refinement's cost that of a mono pair. ``joint`` where a
+    processor mixes them (:attr:`afxest.catalogue.ProcessorType.mixes_channels`: the reverb
+    feeds both channels' sum to each side's tank), whose stereo output a channel alone does
+    not give."""
     import torch
 
     padded = np.concatenate([np.zeros((signal.shape[0], preroll), np.float32), signal], axis=1)
     length = min([length] + [b - a for a, b in spans])
+    if joint:
+        return torch.from_numpy(np.stack([padded[:, a : a + preroll + length] for a, _ in spans])).to(device)
     rows = [padded[j % signal.shape[0], a : a + preroll + length] for j, (a, _) in enumerate(spans)]
     return torch.from_numpy(np.stack(rows)[:, None]).to(device)
+
+
+def mixes_channels(task) -> bool:
+    """Whether a processor of the task's model chain mixes a stereo input's channels
+    (:attr:`afxest.catalogue.ProcessorType.mixes_channels`)."""
+    return any(PROCESSORS[p.type].mixes_channels for p in task.model.processors)
 
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
@@ -645,10 +659,11 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     # refinement's cost does not grow with the rate
     preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * rate))
     length = s.EXCERPT_FRAMES or task.clip_samples
+    joint = dry is not None and dry.shape[0] > 1 and mixes_channels(task)
     return s.search(
         proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
-        search_excerpts(wet, spans, preroll, length, scorer.device),
-        None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device), effort,
+        search_excerpts(wet, spans, preroll, length, scorer.device, joint),
+        None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device, joint), effort,
         max_steps=options.refine or None, skip=preroll,
         workers=refine_workers() if torch.device(scorer.device).type == "cpu" else 1,
     )

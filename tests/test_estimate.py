@@ -7,6 +7,7 @@ Every test calls :func:`afxest.cli.main` in-process.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -627,6 +628,36 @@ def test_search_excerpts_start_a_preroll_before_each_window() -> None:
     stereo = np.stack([x[0], -x[0]])
     rows = search_excerpts(stereo, [(0, 3), (5, 8), (6, 9)], 1, 2, "cpu")
     np.testing.assert_array_equal(rows[:, 0].numpy(), [[0, 1, 2], [-5, -6, -7], [6, 7, 8]])
+
+
+def test_a_stereo_pair_through_a_reverb_is_refined_on_both_channels_at_once() -> None:
+    """The mix chain's reverb feeds each side's tank the channels' sum: its excerpts hold both
+    channels (``joint``), and the differentiable chain on the dry's gives pedalboard's wet on
+    each span; one channel alone (the excerpts of a chain that treats channels apart) does not."""
+    import pedalboard
+
+    from afxest.engines import render_model
+    from afxest.estimate import mixes_channels, search_excerpts
+
+    task = TASKS["mix"]
+    rate = task.sample_rate
+    assert mixes_channels(task) and not mixes_channels(TASKS["master"])
+    rng = np.random.default_rng(4)
+    dry = (0.1 * rng.standard_normal((2, rate))).astype(np.float32)
+    dry[1] *= np.linspace(0.2, 1.0, rate, dtype=np.float32)  # channels that differ
+    v = np.full(task.model.dim, 0.5)
+    preset = task.model.preset(v, task.name, rate)
+    reverb = next(e.params for e in preset.effects if e.type == "reverb")
+    wet = pedalboard.Reverb(**reverb)(dry, rate)
+    alone = dataclasses.replace(task, model=dataclasses.replace(task.model, processors=task.model.processors[-1:]))
+    z = torch.from_numpy(v[-alone.model.dim :][None].repeat(2, 0))
+    spans = [(0, rate // 2), (rate // 2, rate)]
+    x = search_excerpts(dry, spans, 0, rate // 2, "cpu", joint=True)
+    y = search_excerpts(wet, spans, 0, rate // 2, "cpu", joint=True)
+    assert x.shape == (2, 2, rate // 2)
+    np.testing.assert_allclose(render_model(alone, z, x, sample_rate=rate)[0].numpy(), y[0].numpy(), atol=1e-6)
+    apart = search_excerpts(dry, spans, 0, rate // 2, "cpu")
+    assert np.abs(render_model(alone, z, apart, sample_rate=rate)[0, 0].numpy() - y[0, 0].numpy()).max() > 1e-3
 
 
 def test_candidates_rank_by_loss_then_log_density_non_finite_last() -> None:
