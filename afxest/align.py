@@ -22,8 +22,9 @@ compressed pair's 0.30 less than an order of magnitude away. Whether the pair ma
 at the offset found, by the magnitude-squared coherence of the aligned signals
 (:func:`coherence`, :attr:`Alignment.coherence`): near 1 where the wet is the dry through
 effects that vary slowly against a frame (an equaliser, a compressor, a limiter, a clipper's
-sparse distortion, a lossy codec), about 1/frames for unrelated signals. Below
-:data:`MIN_COHERENCE` the pair is refused.
+sparse distortion, a lossy codec), lower where a long reverberation or echoes outlast a frame,
+and about 1/frames for unrelated signals. Below :func:`min_coherence` of its frames (at least
+:data:`MIN_COHERENCE`, more for a short pair) the pair is refused.
 
 The whitened peak lies at the delay plus the filters' phase-weighted group delay, a sample or
 two late for the minimum-phase biquads of an equaliser (measured: 2 of 40 random mastering
@@ -46,12 +47,20 @@ import numpy as np
 MAX_OFFSET_SECONDS = 30.0  # the wet may be this much late or early against the dry
 EXCERPT_SECONDS = 30.0  # the wet's excerpt correlated against the dry (its loudest stretch)
 PHAT_FLOOR_DB = 100.0  # cross-spectrum bins this far below its peak carry no phase
-# The aligned pair's coherence (Alignment.coherence) below which it is refused. Measured (24 val
-# pairs of the master task's chains at 22.05 kHz; 12 each of benchmarks/foreign_chains.py's
-# match-limit and compander families at 22.05 kHz, also through pedalboard's MP3Compressor at its
-# lowest quality): 0.77 or more; 24 pairs of 5 s excerpts of two val songs: at most 0.085 (median
-# 0.014); the README's master example with the render example's dry (another excerpt): 0.015.
-MIN_COHERENCE = 0.3
+# The aligned pair's coherence (Alignment.coherence) below which it is refused, whatever its
+# length (min_coherence). Measured on 5 s pairs: 24 val pairs of the master task's chains at
+# 22.05 kHz, 12 each of benchmarks/foreign_chains.py's match-limit and compander families, also
+# through pedalboard's MP3Compressor at its lowest quality: 0.77 or more; 64 val pairs of the mix
+# task's chains at 44.1 kHz stereo: 0.248 or more (0.248: room size 1, wet 0.4, dry 0.61, and a
+# delay of mix 0.42; the next 0.43); 64 pairs of excerpts of two val songs: at most 0.119 (30 s:
+# 0.089); the README's master example with the render example's dry (another excerpt): 0.015.
+MIN_COHERENCE = 0.15
+# A short pair's coherence must also reach UNRELATED_FRAMES / frames (the coherence's Welch
+# frames): unrelated excerpts reach about 1/frames on average, and at most 4.0-4.7 / frames (64
+# pairs each: 0.52 at 0.5 s and 0.44 at 1 s, 9 frames at 22.05 kHz; 0.18 at 2 s, 20 frames),
+# where 48 val pairs of 1 and 2 s through the mix task's chains reach 0.45 or more, and the
+# master task's 0.62 or more
+UNRELATED_FRAMES = 4.0
 COHERENCE_FFT = 4096  # the longest frame of the coherence's Welch estimate
 COHERENCE_FRAMES = 8  # shorter frames where the overlap holds fewer of the longest
 # samples either side of the first GCC-PHAT peak searched for the corrected one: an equaliser's
@@ -72,12 +81,20 @@ class Alignment:
     ``offset``: whole samples by which the wet is late (``wet[n + offset]`` is the processed
     ``dry[n]``; negative: early); ``match``: the normalised GCC-PHAT peak (module docstring),
     in [0, 1]; ``rate``: the sample rate of ``offset``; ``coherence``: the aligned signals'
-    coherence (:func:`coherence`), in [0, 1], what says whether the pair matches."""
+    coherence (:func:`coherence`), in [0, 1], on ``frames`` frames: what says whether the pair
+    matches (:attr:`matches`)."""
 
     offset: int
     match: float
     rate: int
     coherence: float = 0.0
+    frames: int = 0  # the Welch frames the coherence was estimated on
+
+    @property
+    def matches(self) -> bool:
+        """Whether the wet can have been made from the dry: its coherence reaches
+        :func:`min_coherence` of its frames."""
+        return self.frames >= 2 and self.coherence >= min_coherence(self.frames)
 
     def overlap(self, dry_frames: int, wet_frames: int) -> tuple[int, int]:
         """The overlap (start, stop) on the dry's timeline: the dry samples n whose wet sample
@@ -137,7 +154,23 @@ def align(dry: np.ndarray, wet: np.ndarray, rate: int, max_offset_seconds: float
     offset = coarse + chain_phase_offset(dry, wet, coarse, a, excerpt)
     start, stop = max(a, offset), min(a + excerpt, dry.shape[0] + offset)  # the excerpt's wet with a dry
     found = coherence(dry[start - offset : stop - offset], wet[start:stop]) if stop > start else 0.0
-    return Alignment(offset, float(np.clip(r[k], 0.0, 1.0)), rate, found)
+    return Alignment(offset, float(np.clip(r[k], 0.0, 1.0)), rate, found, welch_frames(max(0, stop - start))[1])
+
+
+def min_coherence(frames: int) -> float:
+    """The coherence a pair of ``frames`` Welch frames must reach to match:
+    max(:data:`MIN_COHERENCE`, :data:`UNRELATED_FRAMES` / frames)."""
+    return max(MIN_COHERENCE, UNRELATED_FRAMES / max(1, frames))
+
+
+def welch_frames(length: int) -> tuple[int, int]:
+    """The frame size and count of :func:`coherence`'s Welch estimate on ``length`` samples:
+    :data:`COHERENCE_FFT`, halved (to 64 at least) until :data:`COHERENCE_FRAMES` frames fit at
+    half overlap."""
+    n = COHERENCE_FFT
+    while n > 64 and length < n * (COHERENCE_FRAMES + 1) // 2:
+        n //= 2
+    return n, max(0, (length - n) // (n // 2) + 1)
 
 
 def coherence(x: np.ndarray, y: np.ndarray) -> float:
@@ -154,11 +187,8 @@ def coherence(x: np.ndarray, y: np.ndarray) -> float:
         >>> round(coherence(x, 0.5 * x), 6), coherence(x, np.random.default_rng(1).standard_normal(44100)) < 0.1
         (1.0, True)
     """
-    n = COHERENCE_FFT
-    while n > 64 and x.shape[0] < n * (COHERENCE_FRAMES + 1) // 2:
-        n //= 2
+    n, frames = welch_frames(x.shape[0])
     hop = n // 2
-    frames = (x.shape[0] - n) // hop + 1
     if frames < 2:
         return 0.0
     window = np.hanning(n)

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from afxest.align import MIN_COHERENCE, Alignment, align
+from afxest.align import Alignment, align, min_coherence
 from afxest.audio import (
     AUDIO_SUFFIXES, DecodedFile, OutputSet, Signal, ahead, atomic_write_text, make_folder, open_audio, placed,
     read_audio, read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
@@ -347,7 +347,7 @@ def read_inputs(wet: Path | Recording, dry: Path | Recording | None, task) -> In
     (:func:`reference_of`); the network analyses the overlap's mono mix at the task's rate.
 
     Refused (:class:`~afxest.errors.UserError`): a silent wet (peak below :data:`SILENT_PEAK`), a
-    pair that does not match (:data:`afxest.align.MIN_COHERENCE`), and a wet (or overlap) too short
+    pair that does not match (:func:`afxest.align.min_coherence`), and a wet (or overlap) too short
     for the task.
     """
     if dry is None:
@@ -401,7 +401,7 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     under its Nyquist frequency, is measured at ``task_rate``), resampled where needed (256-tap
     windowed sinc), aligned on their mono mixes, the wet moved onto the dry's timeline and cut
     to the overlap. A silent dry, and a pair whose aligned coherence is below
-    :data:`afxest.align.MIN_COHERENCE`, are refused: the wet was not made from this dry."""
+    :func:`afxest.align.min_coherence`, are refused: the wet was not made from this dry."""
     rate = max(dry.rate, task_rate)
     x = wet.samples if wet.rate == rate else resample(wet.samples, wet.rate, rate, "best")
     d = dry.samples if dry.rate == rate else resample(dry.samples, dry.rate, rate, "best")
@@ -409,10 +409,10 @@ def reference_of(wet: Recording, dry: Recording, task_rate: int) -> Reference:
     if float(np.max(np.abs(dry_mono), initial=0.0)) < SILENT_PEAK:
         raise UserError(f"{dry.path}: is silent (its mono mix peaks below -90 dBFS): {wet.path} cannot have been made from it")
     found = align(dry_mono, to_mono(x)[0], rate)
-    if found.coherence < MIN_COHERENCE:
+    if not found.matches:
         raise UserError(
             f"{wet.path} does not match {dry.path} (coherence {found.coherence:.3f} where they align best, at least "
-            f"{MIN_COHERENCE:g} for a wet made from its dry): pair each wet with the dry it was made from"
+            f"{min_coherence(found.frames):.3g} for a wet made from its dry): pair each wet with the dry it was made from"
         )
     if x.shape[0] == d.shape[0]:
         mode = "stereo" if d.shape[0] > 1 else "mono"
@@ -608,6 +608,12 @@ def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], prerol
     return torch.from_numpy(np.stack(rows)[:, None]).to(device)
 
 
+# A joint excerpt (every channel of a window, for a chain that mixes them: search_excerpts) counts
+# as this many of the effort's windows in the refinement: 2 keeps its cost that of a mono pair
+# (a stereo pair's refinement on one window's two channels where a mono pair's is on two windows)
+JOINT_EXCERPT_WINDOWS = 2
+
+
 def mixes_channels(task) -> bool:
     """Whether a processor of the task's model chain mixes a stereo input's channels
     (:attr:`afxest.catalogue.ProcessorType.mixes_channels`)."""
@@ -660,10 +666,11 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     preroll = 0 if task.has_source or all(a == 0 for a, _ in spans) else int(round(SEARCH_PREROLL_SECONDS * rate))
     length = s.EXCERPT_FRAMES or task.clip_samples
     joint = dry is not None and dry.shape[0] > 1 and mixes_channels(task)
+    refined = spans[: max(1, len(spans) // JOINT_EXCERPT_WINDOWS)] if joint else spans
     return s.search(
         proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
-        search_excerpts(wet, spans, preroll, length, scorer.device, joint),
-        None if dry is None else search_excerpts(dry, spans, preroll, length, scorer.device, joint), effort,
+        search_excerpts(wet, refined, preroll, length, scorer.device, joint),
+        None if dry is None else search_excerpts(dry, refined, preroll, length, scorer.device, joint), effort,
         max_steps=options.refine or None, skip=preroll,
         workers=refine_workers() if torch.device(scorer.device).type == "cpu" else 1,
     )

@@ -78,6 +78,22 @@ def test_a_pure_delay_matches_fully_and_unrelated_signals_do_not() -> None:
         assert align(x, other, RATE).coherence < MIN_COHERENCE / 3
 
 
+def test_a_long_reverberation_matches_and_short_unrelated_excerpts_do_not() -> None:
+    """A wet through the longest reverb the mix task draws (room size 1, wet level 0.5) after a
+    strong delay coheres with its dry at about 0.26 (the tail outlasts the frames) and matches;
+    half-second excerpts of unrelated music that cohere at about 0.39 and 0.41 on their 9
+    frames do not (4/9 = 0.44 is needed). The line of 0.3 before would have refused the first
+    and let the others through."""
+    x = music(5.0)
+    board = pedalboard.Pedalboard([pedalboard.Delay(delay_seconds=0.3, feedback=0.5, mix=0.5),
+                                   pedalboard.Reverb(room_size=1.0, damping=0.0, wet_level=0.5, dry_level=0.5)])
+    found = align(x, board(x[None], float(RATE))[0], RATE)
+    assert found.matches and found.offset == 0 and found.coherence < 0.3
+    for seed in (7, 36):
+        unrelated = align(music(0.5, seed=seed), music(0.5, seed=seed + 100), RATE)
+        assert not unrelated.matches and unrelated.coherence > 0.3
+
+
 def test_coherence_is_scipys_and_a_limited_mp3_still_matches() -> None:
     """The coherence's spectrum is scipy.signal.coherence's (Welch, Hann, half overlap); a wet
     through the mastering chain, a hard limit and pedalboard's MP3 encoder at its lowest quality
