@@ -25,6 +25,7 @@ BUNDLED = {
     "fm-deterministic": ("fm", "bins"),  # the binned parameter loss scored highest (its card)
     "master": ("master", "posterior"),
     "master-deterministic": ("master", "deterministic"),
+    "mix": ("mix", "posterior"),
 }
 
 
@@ -63,6 +64,8 @@ def _analysed(path: Path) -> torch.Tensor:
         ("master-wet.flac", None, 2),
         # the eq example: measured 0.0116 against 0.0279 (a quiet excerpt: small distances)
         ("eq-wet.flac", "eq", 2),
+        # the mix example (delay and reverb, stereo: refined on both channels at once)
+        ("mix-wet.flac", "mix", 2),
     ],
 )
 def test_readme_examples_top_candidate_rebuilds_the_wet_better_than_the_dry(
