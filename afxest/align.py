@@ -94,7 +94,7 @@ class Alignment:
     def matches(self) -> bool:
         """Whether the wet can have been made from the dry: its coherence reaches
         :func:`min_coherence` of its frames."""
-        return self.frames >= 2 and self.coherence >= min_coherence(self.frames)
+        return self.coherence >= min_coherence(self.frames)
 
     def overlap(self, dry_frames: int, wet_frames: int) -> tuple[int, int]:
         """The overlap (start, stop) on the dry's timeline: the dry samples n whose wet sample

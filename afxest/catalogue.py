@@ -7,6 +7,7 @@ validation, the JSON Schema, both render engines and the tasks read it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -146,6 +147,13 @@ SOURCE_TYPES = tuple(n for n, t in PROCESSORS.items() if t.kind == "source")
 # units as labels print them after a parameter's short name, in narrow table columns: dBFS as
 # dB, and none for a ratio or the modulation index
 LABEL_UNITS = {"dBFS": "dB", ":1": "", "rad": ""}
+
+
+def mixes_channels(types: Iterable[str]) -> bool:
+    """Whether a processor of these types mixes a stereo input's channels
+    (:attr:`ProcessorType.mixes_channels`), so that a chain of them is not the same chain on each
+    channel alone."""
+    return any(PROCESSORS[t].mixes_channels for t in types)
 
 
 def parameter_label(kind: str, index: int | None, name: str, sep: str = " ", unit: bool = True) -> str:

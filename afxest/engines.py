@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from afxest.catalogue import DURATION, PROCESSORS
+from afxest.catalogue import DURATION, mixes_channels
 from afxest.choices import ENGINES
 from afxest.errors import UserError
 from afxest.presets import Preset
@@ -265,7 +265,7 @@ def channels_apart(preset: Preset) -> bool:
     """Whether the preset's plugins treat each channel alone (none of them
     :attr:`~afxest.catalogue.ProcessorType.mixes_channels`), so that its :class:`Chain` on each
     channel gives, bit for bit, its Chain on all of them (tests/test_processors.py)."""
-    return not any(PROCESSORS[e.type].mixes_channels for e in preset.effects)
+    return not mixes_channels(e.type for e in preset.effects)
 
 
 def _per_channel(preset: Preset, channels: int) -> bool:

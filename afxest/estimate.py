@@ -69,12 +69,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from afxest import catalogue
 from afxest.align import Alignment, align, min_coherence
 from afxest.audio import (
     AUDIO_SUFFIXES, DecodedFile, OutputSet, Signal, ahead, atomic_write_text, make_folder, open_audio, placed,
     read_audio, read_mono, resample, resampled_frames, to_mono, write_audio_blocks,
 )
-from afxest.catalogue import PROCESSORS
 from afxest.choices import EFFORTS, ENGINES, ESTIMATE_AUDIO
 from afxest.errors import UserError
 from afxest.presets import ESTIMATE_FORMAT, estimate_placement
@@ -617,7 +617,7 @@ JOINT_EXCERPT_WINDOWS = 2
 def mixes_channels(task) -> bool:
     """Whether a processor of the task's model chain mixes a stereo input's channels
     (:attr:`afxest.catalogue.ProcessorType.mixes_channels`)."""
-    return any(PROCESSORS[p.type].mixes_channels for p in task.model.processors)
+    return catalogue.mixes_channels(p.type for p in task.model.processors)
 
 
 def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | None,
