@@ -17,9 +17,11 @@ coefficient functions take the same parameters, so a chain can merge its biquads
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -99,16 +101,17 @@ def frequency_response(b: Tensor, a: Tensor, n_fft: int) -> Tensor:
 def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB, ringing: bool = True) -> int:
     """The number of samples until the slowest pole of any denominator in ``a`` (batch, 3) has
     decayed by ``tail_db`` (``ringing``: and by the up to 1 / (1 - r) a pole pair of radius r
-    rings with, on top of it); ValueError for an unstable biquad."""
-    a = a.detach().double().cpu()
-    a0, a1, a2 = a[:, 0], a[:, 1], a[:, 2]
+    rings with, on top of it); ValueError for an unstable biquad. Computed in numpy, float64:
+    one copy of ``a`` off its device, whatever the batch."""
+    a0, a1, a2 = a.detach().to(device="cpu", dtype=torch.float64).numpy().T
     disc = a1 * a1 - 4 * a0 * a2
-    sqrt_disc = torch.sqrt(disc.abs())
-    radius = torch.where(
+    sqrt_disc = np.sqrt(np.abs(disc))
+    radii = np.where(
         disc < 0,
-        torch.sqrt((a2 / a0).abs()),
-        torch.maximum((-a1 + sqrt_disc).abs(), (-a1 - sqrt_disc).abs()) / (2 * a0.abs()),
-    ).max().item()
+        np.sqrt(np.abs(a2 / a0)),
+        np.maximum(np.abs(-a1 + sqrt_disc), np.abs(-a1 - sqrt_disc)) / (2 * np.abs(a0)),
+    )
+    radius = float(radii.max())
     if radius <= 0:
         return 2
     if radius >= 1:
@@ -139,6 +142,53 @@ def next_fast_len(n: int) -> int:
     return best
 
 
+@functools.lru_cache(maxsize=8)
+def _delay_powers(n_fft: int, device: torch.device) -> Tensor:
+    """e^{-jiw} for i = 0, 1, 2 at the n_fft // 2 + 1 bins of an rfft, (3, bins) complex128
+    (kept for the last few sizes: a refinement asks for the same one at every step; made
+    outside inference mode, so that a later differentiable call may save it for backward)."""
+    with torch.inference_mode(False):  # a normal tensor, which a later backward may save
+        w = torch.arange(n_fft // 2 + 1, device=device, dtype=torch.float64) * (2 * math.pi / n_fft)
+        i = torch.arange(3, device=device, dtype=torch.float64)[:, None]
+        return torch.polar(torch.ones_like(i * w), -i * w)
+
+
+class _CascadeResponse(torch.autograd.Function):
+    """The frequency response of a cascade of K biquads, H = prod_k B_k / A_k with
+    B_k = b_k0 + b_k1 e^{-jw} + b_k2 e^{-2jw} (and A_k alike), at the n_fft // 2 + 1 bins of an
+    rfft, computed in complex128, with its gradient in closed form:
+    dH/db_ki = H e^{-jiw} / B_k and dH/da_ki = -H e^{-jiw} / A_k, so that for a real loss L
+    with g = dL/dRe H + j dL/dIm H, dL/db_ki = Re sum_w conj(g) H e^{-jiw} / B_k.
+    One node in the graph instead of a few dozen per biquad (a refinement step's overhead)."""
+
+    @staticmethod
+    def forward(ctx, b: Tensor, a: Tensor, n_fft: int) -> Tensor:  # type: ignore[override]
+        powers = _delay_powers(n_fft, b.device)
+        num = b.to(torch.complex128) @ powers  # (batch, K, bins)
+        den = a.to(torch.complex128) @ powers
+        h = (num / den).prod(dim=1)
+        ctx.save_for_backward(powers, num, den, h)
+        ctx.dtypes = (b.dtype, a.dtype)
+        return h
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        powers, num, den, h = ctx.saved_tensors
+        q = (g.conj().to(torch.complex128) * h)[:, None, :]  # (batch, 1, bins)
+        e = powers.T  # (bins, 3)
+        grad_b = ((q / num) @ e).real.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_a = (-(q / den) @ e).real.to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return grad_b, grad_a, None
+
+
+def cascade_response(coefficients: Sequence[tuple[Tensor, Tensor]], n_fft: int) -> Tensor:
+    """The frequency response of biquads in cascade, (batch, n_fft // 2 + 1) complex128: the
+    product of each (b, a)'s :func:`frequency_response` (:class:`_CascadeResponse`)."""
+    b = torch.stack([b for b, _ in coefficients], dim=1)
+    a = torch.stack([a for _, a in coefficients], dim=1)
+    return _CascadeResponse.apply(b, a, n_fft)
+
+
 def apply_biquads(
     x: Tensor, coefficients: Sequence[tuple[Tensor, Tensor]], sample_rate: float, scale: Tensor | None = None
 ) -> Tensor:
@@ -161,15 +211,12 @@ def apply_biquads(
     batch, channels, n = x.shape
     if not coefficients and scale is None:
         return x
-    tail = max((tail_length(a, sample_rate) for _, a in coefficients), default=1)
+    tail = tail_length(torch.cat([a for _, a in coefficients]), sample_rate) if coefficients else 1
     block = min(n, max(BLOCK, 2 * tail))
-    n_fft = next_fast_len(block + tail)
-    # The response is computed in the coefficients' precision (float64 coefficients keep poles
-    # near the unit circle exact), then cast to the signal's precision.
-    response = None
-    for b, a in coefficients:
-        h = frequency_response(b, a, n_fft)
-        response = h if response is None else response * h
+    n_fft = next_fast_len(block + tail)  # at most 2 block where there are several blocks
+    # The response is computed in complex128 (poles near the unit circle stay exact), then cast
+    # to the signal's precision.
+    response = cascade_response(coefficients, n_fft) if coefficients else None
     if scale is not None:
         response = scale[:, None] if response is None else response * scale[:, None]
     complex_dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
@@ -179,11 +226,12 @@ def apply_biquads(
     y = torch.fft.irfft(torch.fft.rfft(frames, n_fft) * response[:, None, None, :], n_fft)
     if blocks == 1:
         return y[:, :, 0, :n]
-    # overlap-add the blocks' n_fft-long outputs at hops of `block`
-    out_len = (blocks - 1) * block + n_fft
-    y = y.reshape(batch * channels, blocks, n_fft).transpose(1, 2)
-    out = torch.nn.functional.fold(y, (1, out_len), kernel_size=(1, n_fft), stride=(1, block))
-    return out.reshape(batch, channels, out_len)[..., :n]
+    # overlap-add the blocks' n_fft-long outputs at hops of `block`: each spills its last
+    # n_fft - block <= block samples (block >= 2 tail) into the next block's start
+    pad = torch.nn.functional.pad
+    head = y[..., :block].reshape(batch, channels, blocks * block)
+    spill = pad(y[..., block:], (0, 2 * block - n_fft)).reshape(batch, channels, blocks * block)
+    return (pad(head, (0, block)) + pad(spill, (block, 0)))[..., :n]
 
 
 def peak(x: Tensor, sample_rate: float, *, cutoff_frequency_hz: Tensor, gain_db: Tensor, q: Tensor) -> Tensor:
