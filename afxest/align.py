@@ -104,12 +104,28 @@ class Alignment:
 
 def _loudest(x: np.ndarray, length: int) -> int:
     """The start of the ``length``-sample stretch of x (T,) with the most energy, on a grid of
-    a sixth of ``length``."""
+    a sixth of ``length``.
+
+    The running energy C[p] = sum of x[:p]^2 is needed at the grid's points s and s + length
+    only: from float64 sums of whole grid steps (a step at a time, so no float64 copy of a long
+    file) and the few samples by which ``length`` passes a whole number of steps."""
     if x.shape[0] <= length:
         return 0
-    energy = np.concatenate([[0.0], np.cumsum(np.square(x, dtype=np.float64))])
-    starts = np.arange(0, x.shape[0] - length + 1, max(1, length // 6))
-    return int(starts[np.argmax(energy[starts + length] - energy[starts])])
+    hop = max(1, length // 6)
+    whole, rest = divmod(length, hop)  # rest < 6
+    steps = x.shape[0] // hop
+    sums = np.empty(steps + 1)
+    sums[0] = 0.0
+    for k in range(steps):
+        block = x[k * hop : (k + 1) * hop].astype(np.float64)
+        sums[k + 1] = block @ block
+    running = np.cumsum(sums)  # C at k hop
+    k = np.arange((x.shape[0] - length) // hop + 1)
+    ends = running[k + whole]
+    if rest:
+        tail = x[((k + whole) * hop)[:, None] + np.arange(rest)].astype(np.float64)
+        ends = ends + np.square(tail).sum(axis=1)
+    return int(k[np.argmax(ends - running[k])] * hop)
 
 
 def gcc_phat(e: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, int]:

@@ -17,7 +17,7 @@ import torch
 from scipy import signal
 
 from afxest import losses
-from afxest.align import MIN_COHERENCE, align, coherence, minimum_phase
+from afxest.align import MIN_COHERENCE, _loudest, align, coherence, minimum_phase
 from afxest.audio import read_audio
 from afxest.cli import main
 from afxest.data import procedural_music
@@ -297,3 +297,19 @@ def test_the_master_example_with_another_excerpts_dry_is_refused(tmp_path: Path,
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "does not match" in lines[0] and "coherence" in lines[0], err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+def test_the_loudest_stretch_is_found_on_its_grid() -> None:
+    """The excerpt the alignment correlates: the most energetic stretch on a grid of a sixth of
+    its length, against every grid point's energy summed directly (lengths with and without a
+    remainder past whole grid steps, a loud burst placed at random)."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        frames, length = int(rng.integers(50, 3000)), int(rng.integers(1, 600))
+        x = (0.01 * rng.standard_normal(frames)).astype(np.float32)
+        at = int(rng.integers(0, frames))
+        x[at : at + int(rng.integers(1, 300))] *= 100
+        hop = max(1, length // 6)
+        starts = range(0, frames - length + 1, hop)
+        expected = max(starts, key=lambda s: np.square(x[s : s + length], dtype=np.float64).sum()) if frames > length else 0
+        assert _loudest(x, length) == expected
