@@ -87,15 +87,22 @@ def high_shelf_coefficients(
     return _shelf_coefficients(-1.0, sample_rate, cutoff_frequency_hz, gain_db, q)
 
 
+@functools.lru_cache(maxsize=8)
+def _delay_powers(n_fft: int, device: torch.device) -> Tensor:
+    """e^{-jiw} for i = 0, 1, 2 at the n_fft // 2 + 1 bins of an rfft, (3, bins) complex128
+    (kept for the last few sizes: a refinement asks for the same one at every step; made
+    outside inference mode, so that a later differentiable call may save it for backward)."""
+    with torch.inference_mode(False):  # a normal tensor, which a later backward may save
+        w = torch.arange(n_fft // 2 + 1, device=device, dtype=torch.float64) * (2 * math.pi / n_fft)
+        i = torch.arange(3, device=device, dtype=torch.float64)[:, None]
+        return torch.polar(torch.ones_like(i * w), -i * w)
+
+
 def frequency_response(b: Tensor, a: Tensor, n_fft: int) -> Tensor:
     """The frequency response H(e^{jw}) = B(e^{jw}) / A(e^{jw}) at the n_fft // 2 + 1 bins of an rfft,
-    shaped (batch, bins)."""
-    w = torch.arange(n_fft // 2 + 1, device=b.device, dtype=b.dtype) * (2 * math.pi / n_fft)
-    z1 = torch.polar(torch.ones_like(w), -w)  # e^{-jw}
-    z2 = z1 * z1
-    num = b[:, 0:1] + b[:, 1:2] * z1 + b[:, 2:3] * z2
-    den = a[:, 0:1] + a[:, 1:2] * z1 + a[:, 2:3] * z2
-    return num / den
+    shaped (batch, bins), in the coefficients' precision (:func:`_delay_powers`)."""
+    powers = _delay_powers(n_fft, b.device).to(torch.complex128 if b.dtype == torch.float64 else torch.complex64)
+    return (b.to(powers.dtype) @ powers) / (a.to(powers.dtype) @ powers)
 
 
 def tail_length(a: Tensor, sample_rate: float, tail_db: float = TAIL_DB, ringing: bool = True) -> int:
@@ -142,17 +149,6 @@ def next_fast_len(n: int) -> int:
     return best
 
 
-@functools.lru_cache(maxsize=8)
-def _delay_powers(n_fft: int, device: torch.device) -> Tensor:
-    """e^{-jiw} for i = 0, 1, 2 at the n_fft // 2 + 1 bins of an rfft, (3, bins) complex128
-    (kept for the last few sizes: a refinement asks for the same one at every step; made
-    outside inference mode, so that a later differentiable call may save it for backward)."""
-    with torch.inference_mode(False):  # a normal tensor, which a later backward may save
-        w = torch.arange(n_fft // 2 + 1, device=device, dtype=torch.float64) * (2 * math.pi / n_fft)
-        i = torch.arange(3, device=device, dtype=torch.float64)[:, None]
-        return torch.polar(torch.ones_like(i * w), -i * w)
-
-
 class _CascadeResponse(torch.autograd.Function):
     """The frequency response of a cascade of K biquads, H = prod_k B_k / A_k with
     B_k = b_k0 + b_k1 e^{-jw} + b_k2 e^{-2jw} (and A_k alike), at the n_fft // 2 + 1 bins of an
@@ -163,8 +159,8 @@ class _CascadeResponse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, b: Tensor, a: Tensor, n_fft: int) -> Tensor:  # type: ignore[override]
-        powers = _delay_powers(n_fft, b.device)
-        num = b.to(torch.complex128) @ powers  # (batch, K, bins)
+        powers = _delay_powers(n_fft, b.device)  # (3, bins)
+        num = b.to(torch.complex128) @ powers  # (batch, K, bins): each biquad's frequency_response numerator
         den = a.to(torch.complex128) @ powers
         h = (num / den).prod(dim=1)
         ctx.save_for_backward(powers, num, den, h)
