@@ -32,7 +32,11 @@ in float64. Per comb, backwards in time:
 
     lam_v[n] = lam_o[n + N],  lam_l[n] = feedback lam_v[n] + damp lam_l[n + 1],
     lam_o[n] = dL/dS[n] + (1 - damp) lam_l[n],
-    dL/dfeedback = sum lam_v[n] l[n],  dL/ddamp = sum lam_l[n] (l[n - 1] - o[n]),
+    dL/dfeedback = sum lam_v[n] l[n],  dL/ddamp = sum lam_l[n] (l[n - 1] - o[n])
+                                                = sum lam_l[n] (l[n - 1] - l[n]) / (1 - damp)
+
+(o[n] (1 - damp) = l[n] - damp l[n - 1]; damp is at most 0.4), so that the backward reads the
+kept states l alone,
 
 and per all-pass lam_t[n] = g[n + M] + lam_t[n + M] / 2, dL/du[n] = lam_t[n] - g[n].
 """
@@ -141,11 +145,11 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
                         out[i] = b - out[i]
 
     @numba.njit(cache=True, nogil=True)
-    def backward(grad_wet, s, states, combs, allpasses, damp, feedback, grad_s, grad_p):
+    def backward(grad_wet, states, combs, allpasses, damp, feedback, grad_s, grad_p):
         # adjoint of `forward` in float64; grad_p[r] = dL/d(damp, feedback) of row r. Per
         # channel the all-passes backwards, then each comb through the whole clip, backwards in
-        # time (the combs are independent given dL/dS); the adjoint line is circular, as the
-        # forward's.
+        # time, four at a time (the combs are independent given dL/dS); the adjoint lines are
+        # circular, as the forward's.
         rows, channels, n = grad_wet.shape
         count = combs.shape[2]
         longest = max(combs.max(), allpasses.max())
@@ -156,13 +160,14 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
         g = np.empty(n)
         gin = np.empty(n)
         lam = np.zeros(size)
+        lams = np.zeros((4, size))
         for r in range(rows):
             d = float(damp[r])
+            one_minus_d = 1.0 - d
             fb = float(feedback[r])
-            x = s[r]
             gs = grad_s[r]
             gs[:] = 0.0
-            g_d = 0.0
+            g_dl = 0.0  # sum lam_l[n] (l[n - 1] - l[n]) = (1 - damp) dL/ddamp
             g_fb = 0.0
             for c in range(channels):
                 for i in range(n):
@@ -176,21 +181,35 @@ def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
                         lam[i & mask] = lt
                         gin[i] = lt - g[i]
                     g[:] = gin
-                for j in range(count):
-                    delay = combs[r, c, j]
-                    st = states[r, c, j]
-                    lam[:] = 0.0
-                    lam_l = 0.0
+                for j in range(0, count, 4):
+                    # four combs at once, as in the forward: four independent recursions
+                    n0, n1, n2, n3 = combs[r, c, j], combs[r, c, j + 1], combs[r, c, j + 2], combs[r, c, j + 3]
+                    s0, s1, s2, s3 = states[r, c, j], states[r, c, j + 1], states[r, c, j + 2], states[r, c, j + 3]
+                    m0, m1, m2, m3 = lams[0], lams[1], lams[2], lams[3]
+                    lams[:] = 0.0
+                    l0 = l1 = l2 = l3 = 0.0
                     for i in range(n - 1, -1, -1):
-                        lam_v = lam[(i + delay) & mask]
-                        lam_l = fb * lam_v + d * lam_l
-                        lam[i & mask] = g[i] + (1.0 - d) * lam_l
-                        o = float(x[i - delay]) + fb * float(st[i - delay]) if i >= delay else 0.0
-                        l_prev = float(st[i - 1]) if i > 0 else 0.0
-                        gs[i] += lam_v
-                        g_fb += lam_v * float(st[i])
-                        g_d += lam_l * (l_prev - o)
-            grad_p[r, 0] = g_d
+                        w = i & mask
+                        v0, v1 = m0[(i + n0) & mask], m1[(i + n1) & mask]
+                        v2, v3 = m2[(i + n2) & mask], m3[(i + n3) & mask]
+                        l0 = fb * v0 + d * l0
+                        l1 = fb * v1 + d * l1
+                        l2 = fb * v2 + d * l2
+                        l3 = fb * v3 + d * l3
+                        gi = g[i]
+                        m0[w] = gi + one_minus_d * l0
+                        m1[w] = gi + one_minus_d * l1
+                        m2[w] = gi + one_minus_d * l2
+                        m3[w] = gi + one_minus_d * l3
+                        gs[i] += (v0 + v1) + (v2 + v3)
+                        f0, f1, f2, f3 = float(s0[i]), float(s1[i]), float(s2[i]), float(s3[i])
+                        g_fb += (v0 * f0 + v1 * f1) + (v2 * f2 + v3 * f3)
+                        if i > 0:
+                            f0, f1, f2, f3 = float(s0[i - 1]) - f0, float(s1[i - 1]) - f1, float(s2[i - 1]) - f2, float(s3[i - 1]) - f3
+                        else:
+                            f0, f1, f2, f3 = -f0, -f1, -f2, -f3
+                        g_dl += (l0 * f0 + l1 * f1) + (l2 * f2 + l3 * f3)
+            grad_p[r, 0] = g_dl / one_minus_d
             grad_p[r, 1] = g_fb
 
     return forward, backward
@@ -227,7 +246,7 @@ class _Tank(torch.autograd.Function):
         grad_s = torch.empty(sc.shape, dtype=torch.float64)
         grad_p = torch.empty((sc.shape[0], 2), dtype=torch.float64)
         params = [cpu(p, sc.dtype).numpy() for p in (damp, feedback)]
-        arrays = [cpu(grad_wet, sc.dtype).numpy(), sc.numpy(), states.numpy(), combs, allpasses]
+        arrays = [cpu(grad_wet, sc.dtype).numpy(), states.numpy(), combs, allpasses]
         run_rows(bwd, [*arrays, *params, grad_s.numpy(), grad_p.numpy()])
         g = grad_p.to(device=damp.device, dtype=damp.dtype)
         return grad_s.to(device=ctx.device, dtype=sc.dtype), g[:, 0], g[:, 1], None, None
