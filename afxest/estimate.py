@@ -585,6 +585,18 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
     return proposals
 
 
+def start_proposals(at: "Measured", z: np.ndarray, options: EstimateOptions):
+    """:func:`search_proposals` for :func:`search_candidates` (default effort) started in a
+    thread of its own (:class:`afxest.search.Background`): the equaliser fits are small
+    Python-bound torch steps that overlap with the draws' measurement (plugin renders and FFTs,
+    which release the GIL)."""
+    from afxest.search import Background
+
+    ref, task, effort = at.reference, at.scorer.task, EFFORTS[options.effort]
+    spans = [at.windows[i] for i in search_windows(at.windows, at.use, effort.windows)]  # search_candidates' spans
+    return Background(lambda: search_proposals(task, z, ref.wet, ref.dry, spans, effort, options.seed, ref.rate))
+
+
 def search_excerpts(signal: np.ndarray, spans: Sequence[tuple[int, int]], preroll: int, length: int, device: Any,
                     joint: bool = False):
     """One excerpt of ``signal`` (C, T) per span: its first ``length`` samples (at most the
@@ -893,6 +905,7 @@ class Analyser:
             ranked_by = task.loss
             at = Measured(self.scorer(ref.rate), ref, *reference_windows(task, ref), options.engine)
             scored = len(scored_windows(at.use))
+            proposing = start_proposals(at, z, options) if searching else None
             candidates.matches, baseline = self._measure(candidates.presets, at,
                                                          lambda f: report(0.15 + (0.2 if searching else 0.85) * f))
         elif self.proposer.posterior:
@@ -903,7 +916,7 @@ class Analyser:
                 z = candidates.z[[medoid(candidates.z)]]
                 candidates = Candidates(z, presets_of(task, z, rate), candidates.log_prob)
         if searching:
-            found, candidates = self._search(candidates, at, options, draws.h)
+            found, candidates = self._search(candidates, at, options, draws.h, proposing.result())
         if searching and options.correction and not task.has_source and baseline is not None:
             self._correct(candidates, at, baseline.get("loss"))
         order = candidates.order()
@@ -921,14 +934,17 @@ class Analyser:
         return self.proposer.spread(draws.h, INTERVAL_DRAWS,
                                     int(np.random.default_rng([seed, INTERVAL_STREAM]).integers(0, 2**62)), draws.echoes)
 
-    def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h):
-        """The search (:func:`search_candidates`) and its candidates added (:meth:`_add_found`).
+    def _search(self, candidates: Candidates, at: Measured, options: EstimateOptions, h,
+                proposals: dict[str, np.ndarray]):
+        """The search (:func:`search_candidates`) from ``proposals`` (:func:`start_proposals`)
+        and its candidates added (:meth:`_add_found`).
 
         Returns:
             The search's result and all the candidates.
         """
         ref = at.reference
-        found = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options)
+        found = search_candidates(at.scorer, candidates.z, ref.wet, ref.dry, at.windows, at.use, options,
+                                  proposals=proposals)
         return found, self._add_found(candidates, found, h, at)
 
     def _correct(self, candidates: Candidates, at: Measured, input_loss: float | None) -> None:

@@ -330,6 +330,31 @@ def in_threads(work: Callable[[np.ndarray, threading.Event], Any], k: int, worke
     return results
 
 
+class Background:
+    """``work()`` run in a daemon thread of its own from construction; :meth:`result` waits for
+    it (interruptibly) and returns its value or raises what it raised."""
+
+    def __init__(self, work: Callable[[], Any]) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], Any]) -> None:
+        try:
+            self._value = work()
+        except BaseException as error:  # noqa: BLE001 - raised again by result()
+            self._error = error
+
+    def result(self) -> Any:
+        """The work's value, once it has ended; what it raised, raised here."""
+        while self._thread.is_alive():
+            self._thread.join(0.05)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 @dataclass
 class Searched:
     """The search's candidates: z (K, d) float64 refined from ``start`` (K, d), where each came

@@ -64,6 +64,18 @@ def test_each_candidate_follows_its_own_schedule_whatever_it_is_refined_with() -
     assert list(both.steps) == [a.steps[0] for a in alone] and both.steps[0] < both.steps[1] < 3000
 
 
+def test_background_work_gives_its_value_and_raises_its_error_in_the_caller() -> None:
+    """The search's proposals are made in a thread of their own: its value comes back to the
+    caller, and so does its error (not a None that would pass for "no proposals")."""
+    assert search.Background(lambda: [1, 2]).result() == [1, 2]
+
+    def failing() -> None:
+        raise ValueError("no spectrum")
+
+    with pytest.raises(ValueError, match="no spectrum"):
+        search.Background(failing).result()
+
+
 def test_search_in_threads_gives_the_answer_of_one_thread_and_raises_their_errors() -> None:
     """Candidates refined in two threads end as in one (each on its own schedule); an error in
     the second thread reaches the caller."""
