@@ -636,9 +636,9 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
                       windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions,
                       effort=None, proposals: dict[str, np.ndarray] | None = None):
     """Runs :func:`afxest.search.search` from the model's candidates: proposals
-    (:func:`search_proposals`) scored by the real renderer on
-    :func:`~afxest.scoring.search_windows`, the best refined through the differentiable
-    processors (from :data:`SEARCH_PREROLL_SECONDS` before each window).
+    (:func:`search_proposals`) scored by the real renderer on the excerpts of
+    :func:`~afxest.scoring.search_windows` the refinement works on, the best refined there through
+    the differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window).
 
     Arguments:
         scorer: The task's :class:`~afxest.scoring.Scorer` (its loss, its device, its rate).
@@ -666,11 +666,6 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     if proposals is None:
         proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed, rate)
 
-    def cheap(zs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return scorer.measure(presets_of(task, zs, rate), wet, dry, windows, picks, "pedalboard",
-                                  {"loss": scorer.loss_fn}, prerolled=True)["loss"]
-
     # excerpts from a pre-roll before each window (zeros before the file's start: the real
     # renders started from rest there too); none when every window starts the file. As many
     # samples as the network's windows at any rate (5 s at 22 050 Hz, 2.5 s at 44.1 kHz): the
@@ -679,6 +674,19 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     length = s.EXCERPT_FRAMES or task.clip_samples
     joint = dry is not None and dry.shape[0] > 1 and mixes_channels(task)
     refined = spans[: max(1, len(spans) // JOINT_EXCERPT_WINDOWS)] if joint else spans
+    # the proposals are scored by the real renderer on what the refinement works on (the refined
+    # excerpts, each rendered from a pre-roll before it; a synth's on its clips): on 12 val pairs
+    # at 44.1 kHz stereo, mix and master, the same rank 1 as when scored on the whole windows
+    # (11 items equal, 1 better), the 5 s mix clip's proposals scored in half the time
+    scored = windows, picks
+    if dry is not None:
+        scored = [(a, min(b, a + length)) for a, b in refined], list(range(len(refined)))
+
+    def cheap(zs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return scorer.measure(presets_of(task, zs, rate), wet, dry, *scored, "pedalboard",
+                                  {"loss": scorer.loss_fn}, prerolled=True)["loss"]
+
     return s.search(
         proposals, cheap, lambda zs, x: render_model(task, zs, x, sample_rate=rate), s.search_loss(scorer.loss_fn),
         search_excerpts(wet, refined, preroll, length, scorer.device, joint),
