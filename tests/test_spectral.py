@@ -254,3 +254,20 @@ def test_energy_gradient_is_the_finite_difference_one():
     assert torch.equal(energy(x), x.real.square() + x.imag.square())
     assert torch.autograd.gradcheck(energy, (x,))
     assert torch.autograd.gradgradcheck(energy, (x,))
+
+
+@pytest.mark.parametrize("n_fft, hop, time", [(64, 16, 301), (64, 24, 301), (63, 21, 200), (32, 32, 100)])
+def test_power_stft_is_torch_stft_squared_with_finite_difference_gradients(n_fft, hop, time):
+    """|STFT|^2 by power_stft (one backward through the transform and the squared magnitude, the
+    frames overlap-added by shifted sums where the hop divides the window): values against
+    torch.stft's, gradients against central differences (gradcheck, float64), hops that divide
+    the window and one that does not, odd and even sizes."""
+    from afxest.spectral import power_stft
+
+    g = torch.Generator().manual_seed(n_fft + hop)
+    x = torch.randn(2, time, dtype=torch.float64, generator=g, requires_grad=True)
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    reference = torch.stft(x.detach(), n_fft, hop, window=window, center=True, pad_mode="reflect",
+                           return_complex=True).abs().square().transpose(1, 2)
+    assert torch.allclose(power_stft(x, window, hop), reference, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda v: power_stft(v, window, hop), (x,))
