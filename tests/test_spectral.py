@@ -271,3 +271,21 @@ def test_power_stft_is_torch_stft_squared_with_finite_difference_gradients(n_fft
                            return_complex=True).abs().square().transpose(1, 2)
     assert torch.allclose(power_stft(x, window, hop), reference, atol=1e-10)
     assert torch.autograd.gradcheck(lambda v: power_stft(v, window, hop), (x,))
+
+
+def test_batches_without_gradient_are_computed_a_few_rows_at_a_time_with_the_same_values(signals, monkeypatch):
+    """A batch larger than INFERENCE_CHUNK_SAMPLES, without gradient, is computed a chunk of rows
+    at a time: each row still equals the float64 reference, and the chunked batch equals the
+    whole batch computed with gradient (one pass)."""
+    import afxest.spectral
+
+    monkeypatch.setattr(afxest.spectral, "INFERENCE_CHUNK_SAMPLES", 2 * SR)  # 2 rows a chunk
+    n_fft, hop, n_mels = 1024, 256, 64
+    batch = torch.cat([signals, 0.5 * signals, signals.flip(-1), -signals, 0.1 * signals[:1]])  # 9 rows
+    mel = MelSpectrogram(SR, n_fft, hop, n_mels)
+    with torch.inference_mode():
+        chunked = mel(batch)
+    whole = mel(batch.clone().requires_grad_(True)).detach()
+    exact = numpy_mel_power(batch.double().numpy(), n_fft, hop, n_mels)
+    assert np.abs(chunked.double().numpy() - exact).max() <= 5e-7 * exact.max()
+    assert torch.allclose(chunked, whole, rtol=0, atol=1e-6 * float(whole.abs().max()))
