@@ -585,15 +585,21 @@ def search_proposals(task, z: np.ndarray, wet: np.ndarray, dry: np.ndarray | Non
     return proposals
 
 
+def search_spans(windows: Sequence[tuple[int, int]], use: Sequence[int], effort) -> list[tuple[int, int]]:
+    """The (start, stop) of the windows the search works on: ``effort.windows`` of the usable
+    ones (:func:`~afxest.scoring.search_windows`)."""
+    return [windows[i] for i in search_windows(windows, use, effort.windows)]
+
+
 def start_proposals(at: "Measured", z: np.ndarray, options: EstimateOptions):
-    """:func:`search_proposals` for :func:`search_candidates` (default effort) started in a
-    thread of its own (:class:`afxest.search.Background`): the equaliser fits are small
+    """:func:`search_proposals` for :func:`search_candidates` (the request's effort), started in
+    a thread of its own (:class:`afxest.search.Background`): the equaliser fits are small
     Python-bound torch steps that overlap with the draws' measurement (plugin renders and FFTs,
     which release the GIL)."""
     from afxest.search import Background
 
     ref, task, effort = at.reference, at.scorer.task, EFFORTS[options.effort]
-    spans = [at.windows[i] for i in search_windows(at.windows, at.use, effort.windows)]  # search_candidates' spans
+    spans = search_spans(at.windows, at.use, effort)
     return Background(lambda: search_proposals(task, z, ref.wet, ref.dry, spans, effort, options.seed, ref.rate))
 
 
@@ -661,8 +667,7 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
 
     task, rate = scorer.task, scorer.rate
     effort = EFFORTS[options.effort] if effort is None else effort
-    picks = search_windows(windows, use, effort.windows)
-    spans = [windows[i] for i in picks]
+    spans = search_spans(windows, use, effort)
     if proposals is None:
         proposals = search_proposals(task, z, wet, dry, spans, effort, options.seed, rate)
 
@@ -678,13 +683,11 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     # excerpts, each rendered from a pre-roll before it; a synth's on its clips): on 12 val pairs
     # at 44.1 kHz stereo, mix and master, the same rank 1 as when scored on the whole windows
     # (11 items equal, 1 better), the 5 s mix clip's proposals scored in half the time
-    scored = windows, picks
-    if dry is not None:
-        scored = [(a, min(b, a + length)) for a, b in refined], list(range(len(refined)))
+    scored = spans if dry is None else [(a, min(b, a + length)) for a, b in refined]
 
     def cheap(zs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return scorer.measure(presets_of(task, zs, rate), wet, dry, *scored, "pedalboard",
+            return scorer.measure(presets_of(task, zs, rate), wet, dry, scored, range(len(scored)), "pedalboard",
                                   {"loss": scorer.loss_fn}, prerolled=True)["loss"]
 
     return s.search(
