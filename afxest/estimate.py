@@ -642,9 +642,9 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
                       windows: Sequence[tuple[int, int]], use: Sequence[int], options: EstimateOptions,
                       effort=None, proposals: dict[str, np.ndarray] | None = None):
     """Runs :func:`afxest.search.search` from the model's candidates: proposals
-    (:func:`search_proposals`) scored by the real renderer on the excerpts of
-    :func:`~afxest.scoring.search_windows` the refinement works on, the best refined there through
-    the differentiable processors (from :data:`SEARCH_PREROLL_SECONDS` before each window).
+    (:func:`search_proposals`) scored by the real renderer on
+    :func:`~afxest.scoring.search_windows`, the best refined through the differentiable
+    processors (from :data:`SEARCH_PREROLL_SECONDS` before each window).
 
     Arguments:
         scorer: The task's :class:`~afxest.scoring.Scorer` (its loss, its device, its rate).
@@ -679,15 +679,16 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
     length = s.EXCERPT_FRAMES or task.clip_samples
     joint = dry is not None and dry.shape[0] > 1 and mixes_channels(task)
     refined = spans[: max(1, len(spans) // JOINT_EXCERPT_WINDOWS)] if joint else spans
-    # the proposals are scored by the real renderer on what the refinement works on (the refined
-    # excerpts, each rendered from a pre-roll before it; a synth's on its clips): on 12 val pairs
-    # at 44.1 kHz stereo, mix and master, the same rank 1 as when scored on the whole windows
-    # (11 items equal, 1 better), the 5 s mix clip's proposals scored in half the time
-    scored = spans if dry is None else [(a, min(b, a + length)) for a, b in refined]
+    # the proposals are scored by the real renderer on the whole windows, each from a pre-roll,
+    # though the refinement works on their first `length` samples: scored on those excerpts
+    # only (session 19; half the scoring's cost, about 1 s of the 5 s mix clip's 20), rank 1 was
+    # the same or better on the 32 val pairs at 44.1 kHz stereo (mix: two items +0.95 and +2.67
+    # dB) but 13.3 dB worse on one of 32 test pairs (30.7 -> 17.3 dB): starts that fit the
+    # excerpt best refined into a chain that fits the rest of the clip worse
 
     def cheap(zs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return scorer.measure(presets_of(task, zs, rate), wet, dry, scored, range(len(scored)), "pedalboard",
+            return scorer.measure(presets_of(task, zs, rate), wet, dry, spans, range(len(spans)), "pedalboard",
                                   {"loss": scorer.loss_fn}, prerolled=True)["loss"]
 
     return s.search(
