@@ -1,7 +1,5 @@
 """``python -m afxest``."""
 
-import sys
+from afxest.cli import console
 
-from afxest.cli import main
-
-sys.exit(main())
+console()

@@ -535,5 +535,24 @@ def _run(argv: list[str] | None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def console() -> None:
+    """The ``afxest`` command and ``python -m afxest``: :func:`main`, then the process's exit.
+
+    After an interruption (130, 143) the process ends at once (``os._exit``) once its one line
+    is out, without the interpreter's finalisation: a worker thread still inside torch (a
+    candidate's refinement, the search's proposals) would try to take the GIL there, and
+    Python ends such a thread by an unwinding that C++ code does not allow ("terminate called
+    without an active exception", exit 134). Everything the command writes is published
+    atomically by the main thread, which has finished or given up by then."""
+    import os
+
+    code = main()
+    if code in (128 + 2, 128 + 15):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

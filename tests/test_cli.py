@@ -446,6 +446,34 @@ def test_a_signal_while_audio_is_written_exits_128_plus_it_with_one_line(
     assert snapshot(work.root, folder_times=False) == before
 
 
+def test_an_interruption_while_a_worker_thread_is_inside_torch_exits_130_not_an_abort(tmp_path: Path) -> None:
+    """The afxest command ends an interrupted process at once: with a worker thread still in
+    torch's autograd (a refinement's, the search proposals'), the interpreter's finalisation
+    would end it mid-call and abort the process ("terminate called without an active
+    exception", exit 134). A subprocess, since the test's own interpreter must finalise normally."""
+    script = tmp_path / "interrupted.py"
+    script.write_text(
+        "import threading, torch\n"
+        "import afxest.cli as cli\n"
+        "from afxest import interrupt\n"
+        "running = threading.Event()\n"
+        "def busy():\n"
+        "    x = torch.randn(256, 256, requires_grad=True)\n"
+        "    while True:\n"
+        "        (x @ x).sin().sum().backward()\n"
+        "        running.set()\n"
+        "def run(argv):\n"
+        "    threading.Thread(target=busy, daemon=True).start()\n"
+        "    running.wait()\n"
+        "    raise interrupt.Interrupted(2)\n"
+        "cli._run = run\n"
+        "cli.console()\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "afxest: interrupted (SIGINT)\n"
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 
