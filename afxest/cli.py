@@ -546,8 +546,10 @@ def console() -> None:
     atomically by the main thread, which has finished or given up by then."""
     import os
 
+    from afxest import interrupt
+
     code = main()
-    if code in (128 + 2, 128 + 15):
+    if code in {128 + signum for signum in interrupt.SIGNALS}:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -158,10 +158,16 @@ def stft(x: Tensor, window: Tensor, hop_length: int, center: bool = True, n_fft:
     if n_fft is not None and n_fft < length:
         raise ValueError(f"n_fft {n_fft} is shorter than the window ({length})")
     if center:
-        half = length // 2
-        mode = "reflect" if x.shape[-1] > half else "constant"
-        x = torch.nn.functional.pad(x[:, None], (half, half), mode=mode)[:, 0]
+        x = _centred(x, length)
     return rfft(x.unfold(-1, length, hop_length) * window, n_fft)
+
+
+def _centred(x: Tensor, length: int) -> Tensor:
+    """x (batch, time) padded by length // 2 on each side for centred frames: reflected, or
+    zeros where x is too short to reflect."""
+    half = length // 2
+    mode = "reflect" if x.shape[-1] > half else "constant"
+    return torch.nn.functional.pad(x[:, None], (half, half), mode=mode)[:, 0]
 
 
 class _Frames(torch.autograd.Function):
@@ -232,10 +238,7 @@ def power_stft(x: Tensor, window: Tensor, hop_length: int) -> Tensor:
     through the transform and the squared magnitude (:class:`_PowerRFFT`) and the frames'
     overlap-add by shifted sums (:func:`frames`)."""
     length = window.shape[-1]
-    half = length // 2
-    mode = "reflect" if x.shape[-1] > half else "constant"
-    x = torch.nn.functional.pad(x[:, None], (half, half), mode=mode)[:, 0]
-    windowed = frames(x, length, hop_length) * window
+    windowed = frames(_centred(x, length), length, hop_length) * window
     if not windowed.requires_grad:
         return _squared_magnitude(torch.fft.rfft(windowed, n=length, dim=-1))
     return _PowerRFFT.apply(windowed, length)

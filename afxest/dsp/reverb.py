@@ -35,10 +35,8 @@ in float64. Per comb, backwards in time:
     dL/dfeedback = sum lam_v[n] l[n],  dL/ddamp = sum lam_l[n] (l[n - 1] - o[n])
                                                 = sum lam_l[n] (l[n - 1] - l[n]) / (1 - damp)
 
-(o[n] (1 - damp) = l[n] - damp l[n - 1]; damp is at most 0.4), so that the backward reads the
-kept states l alone,
-
-and per all-pass lam_t[n] = g[n + M] + lam_t[n + M] / 2, dL/du[n] = lam_t[n] - g[n].
+(o[n] (1 - damp) = l[n] - damp l[n - 1]; damp is at most 0.4: the backward reads the kept
+states l alone), and per all-pass lam_t[n] = g[n + M] + lam_t[n + M] / 2, dL/du[n] = lam_t[n] - g[n].
 """
 
 from __future__ import annotations
