@@ -5,7 +5,9 @@ split (the training's validation items, :func:`afxest.train.validation_batches`)
 * ``corr``: the correlation of the median with the true normalised value over the items;
 * ``err``: the mean |median - truth| divided by a prior draw's mean error on the same items
   (E|U - v| = (v^2 + (1 - v)^2) / 2 for U uniform): 1 is chance; the constant guess z = 0.5
-  scores about 0.75.
+  scores about 0.75;
+* ``bias``: the mean of median - truth (normalised units: a systematic misreading, e.g. of a
+  stereo render's mono mix by a model trained on mono renders).
 
 With ``--stereo`` each item's wet is rendered instead in stereo from the dry on both channels
 (pedalboard renders a stereo file's chain so: the reverb's combs take L + R, each channel its
@@ -73,14 +75,15 @@ def main() -> None:
         found.append(medians(estimator, wets, args.draws))
     names = [f"{p.type}{k}.{r.name}" for k, p in enumerate(task.model.processors) for r in p.ranges]
     print(f"{task.name}: {args.n} {args.split} items, {'stereo (mono mix read)' if args.stereo else 'mono'}, "
-          f"median of {args.draws} draws; corr / err (1 = chance)")
-    print(f"{'parameter':36}" + "".join(f"{Path(s).name[:20]:>22}" for s in args.model))
+          f"median of {args.draws} draws; corr / err (1 = chance) / bias")
+    print(f"{'parameter':36}" + "".join(f"{Path(s).name[:26]:>28}" for s in args.model))
     for j, name in enumerate(names):
         cells = []
         for med in found:
             corr = np.corrcoef(med[:, j], v[:, j])[0, 1] if med[:, j].std() > 0 else float("nan")
-            cells.append(f"{corr:+.2f} / {np.abs(med[:, j] - v[:, j]).mean() / chance[j]:.3f}")
-        print(f"{name:36}" + "".join(f"{c:>22}" for c in cells))
+            error = med[:, j] - v[:, j]
+            cells.append(f"{corr:+.2f} / {np.abs(error).mean() / chance[j]:.3f} / {error.mean():+.3f}")
+        print(f"{name:36}" + "".join(f"{c:>28}" for c in cells))
 
 
 if __name__ == "__main__":
