@@ -969,6 +969,7 @@ class Analyser:
 
         from afxest.correct import HELD_BELOW, correct
         from afxest.engines import board
+        from afxest.losses import against
         from afxest.presets import Processor, Preset
 
         best = candidates.order()[0]
@@ -980,7 +981,8 @@ class Analyser:
         starts = [max(0, a - preroll) for a, _ in spans]
 
         wet = [np.ascontiguousarray(ref.wet[:, a:b]) for a, b in spans]
-        targets = [torch.from_numpy(w)[None] for w in wet]
+        with torch.inference_mode():  # the wet's features once, not at each of the ~200 renderings scored
+            targets = [against(at.scorer.loss_fn, torch.from_numpy(w)[None]) for w in wet]
 
         def processors(effects: Sequence[dict[str, Any]]) -> tuple[Processor, ...]:
             return tuple(Processor(e["type"], {k: tuple(map(float, v)) if isinstance(v, (list, tuple, np.ndarray))
@@ -993,8 +995,7 @@ class Analyser:
 
         def loss(rendered: list[np.ndarray]) -> float:
             with torch.inference_mode():
-                return float(np.mean([float(at.scorer.loss_fn(torch.from_numpy(y)[None], t))
-                                      for y, t in zip(rendered, targets)]))
+                return float(np.mean([float(to_wet(torch.from_numpy(y)[None])) for y, to_wet in zip(rendered, targets)]))
 
         task_effects = [e.to_dict() for e in base.effects]
         found = correct(task_effects, render, wet, loss, rate)
