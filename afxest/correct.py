@@ -230,6 +230,7 @@ def correct(
     loss: Callable[[list[np.ndarray]], float],
     sample_rate: float,
     equalisers: Sequence[str] = EQUALISERS,
+    map_windows: Callable[..., Any] = map,
 ) -> Correction:
     """Corrects a candidate's chain (module docstring) on excerpts of the wet.
 
@@ -241,6 +242,8 @@ def correct(
         loss: The task's loss of renderings (one per excerpt) against the wet's, lower is better.
         sample_rate: Their rate.
         equalisers: Step 1's forms tried (:func:`equaliser_step`), the one of lower loss kept.
+        map_windows: How the limiter step maps a function over the excerpts (``map``, or a
+            thread pool's: pedalboard releases the GIL).
 
     Returns:
         The correction (the chain as given and no effects where no step lowered the loss by
@@ -266,7 +269,7 @@ def correct(
         added, rendered, best = effects, trial, trial_loss
     elif refitted is not None:
         added = [{"type": "gain", "gain_db": level}]
-    limited = limiter_step(rendered, wet, loss, best, sample_rate)
+    limited = limiter_step(rendered, wet, loss, best, sample_rate, map_windows)
     if limited is not None:
         drive, limit, out, best = limited
         if added:  # the equaliser's (or the dynamics step's) broadband gain drives the limiter
@@ -348,7 +351,8 @@ def at_ceiling(x: np.ndarray) -> bool:
 
 
 def limiter_step(rendered: list[np.ndarray], wet: Sequence[np.ndarray], loss: Callable[[list[np.ndarray]], float],
-                 best: float, sample_rate: float) -> tuple[float, dict[str, Any], float, float] | None:
+                 best: float, sample_rate: float, map_windows: Callable[..., Any] = map,
+                 ) -> tuple[float, dict[str, Any], float, float] | None:
     """Step 2 of the module docstring on renderings of the chain so far: where the wet sits at a
     ceiling, pedalboard's ``Limiter`` fed the renderings at a peak level of
     :data:`LIMITER_INPUT_PEAKS_DB` (a drive, in dB), reducing their peaks by
@@ -370,8 +374,9 @@ def limiter_step(rendered: list[np.ndarray], wet: Sequence[np.ndarray], loss: Ca
         fed = [np.ascontiguousarray(r * 10 ** (drive / 20), dtype=np.float32) for r in rendered]
         for reduction in LIMITER_REDUCTIONS_DB:
             for release in LIMITER_RELEASES_MS:
-                limit = pedalboard.Limiter(threshold_db=input_peak - reduction, release_ms=release)
-                y = [limit(r, float(sample_rate)) for r in fed]
+                settings = {"threshold_db": input_peak - reduction, "release_ms": release}
+                # a limiter per excerpt (plugins keep state), ``map_windows`` maybe in threads
+                y = list(map_windows(lambda r: pedalboard.Limiter(**settings)(r, float(sample_rate)), fed))
                 scale = sum(float(np.vdot(a, w)) for a, w in zip(y, wet)) / max(sum(float(np.vdot(a, a)) for a in y), 1e-30)
                 if scale <= 0:
                     continue
