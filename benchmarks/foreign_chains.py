@@ -1,7 +1,7 @@
 """How far ``afxest estimate WET --dry DRY`` gets on mastering chains that pedalboard did not make.
 
     python benchmarks/foreign_chains.py --data /work/music --split test --n 12 --out /tmp/foreign
-        [--family cookbook|match-limit|compander] [--rate HZ] [--stereo] [--seed 0]
+        [--family cookbook|match-limit|compander] [--rate HZ] [--stereo] [--seed 0] [--seconds 5]
         [--no-estimate] [-- EXTRA ESTIMATE OPTIONS]
 
 Item i: a 5 s excerpt of a track of the split drawn from ``default_rng([seed, STREAM, i])`` as
@@ -144,13 +144,14 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=TASKS["master"].sample_rate, help="pairs at this rate (Hz)")
     parser.add_argument("--stereo", action="store_true", help="stereo pairs (tracks whose channels differ)")
     parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=PAIR_SECONDS, help="the dry excerpt's length")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-estimate", action="store_true")
     parser.add_argument("extra", nargs="*", help="further options of afxest estimate (after --)")
     args = parser.parse_args()
     rate, family = args.rate, FAMILIES.index(args.family)
-    files = [p for p in MusicFolder(args.data, rate, args.split).files if sf.info(str(p)).duration >= PAIR_SECONDS]
+    files = [p for p in MusicFolder(args.data, rate, args.split).files if sf.info(str(p)).duration >= args.seconds]
     files = stereo_tracks(files) if args.stereo else files
     items = args.out / "items"
     items.mkdir(parents=True, exist_ok=True)
@@ -158,7 +159,7 @@ def main() -> None:
     for i in range(args.n):
         rng = np.random.default_rng([args.seed, STREAM, i])
         k = int(rng.integers(len(files)))
-        dry = users_pair([files[k]], rng, rate, args.stereo)[0].astype(np.float64)
+        dry = users_pair([files[k]], rng, rate, args.stereo, args.seconds)[0].astype(np.float64)
         others = files[:k] + files[k + 1 :]
 
         def reference(r: np.random.Generator) -> tuple[Path, list[np.ndarray]]:
