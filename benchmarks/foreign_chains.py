@@ -4,7 +4,7 @@
         [--family cookbook|match-limit|compander] [--rate HZ] [--stereo] [--seed 0] [--seconds 5]
         [--no-estimate] [-- EXTRA ESTIMATE OPTIONS]
 
-Item i: a 5 s excerpt of a track of the split drawn from ``default_rng([seed, STREAM, i])`` as
+Item i: a 5 s (`--seconds`) excerpt of a track of the split drawn from ``default_rng([seed, STREAM, i])`` as
 ``benchmarks/search_accuracy.py``'s pairs as users have them draw one (``users_pair``: read at
 the file's rate and channels; ``--stereo``: tracks whose channels differ, kept in stereo, else
 their mono mix), resampled to ``--rate`` (default: the master task's, 22050 Hz). Every family
