@@ -2,7 +2,7 @@
 same run.
 
     python benchmarks/estimate_speed.py [--model master] [--repeats 5] [--long-minutes 10]
-                                        [--memory-minutes 60]
+                                        [--memory-minutes 60] [--foreign MUSIC]
 
 Cases (procedural music, 44.1 kHz stereo files written to a temporary folder; each case a fresh
 ``python -m afxest estimate`` process, as a user runs it):
@@ -14,7 +14,12 @@ Cases (procedural music, 44.1 kHz stereo files written to a temporary folder; ea
 * ``long``: a ``--long-minutes`` file with its dry file, the wet :data:`LONG_LATE` samples late,
   default settings (target: 10 minutes within 30 s on 2 cores);
 * ``memory`` (only with ``--memory-minutes``): the peak resident memory of one estimate of a
-  file that long (target: an hour within about 2 GB).
+  file that long (target: an hour within about 2 GB);
+* ``foreign`` (only with ``--foreign MUSIC``): a ``--long-minutes`` pair as users have one, which
+  the task's chain does not hold: a real stereo track of MUSIC's val split (44.1 kHz) through
+  ``benchmarks/foreign_chains.py``'s ``match-limit`` family (a matching equaliser and a
+  lookahead limiter), the wet :data:`LONG_LATE` samples late; the correction stage runs on it
+  (the procedural ``long`` pair's chain holds it, so it never does).
 
 Printed: median wall seconds over ``--repeats`` runs (one run for the long cases), the ratio
 against the floor (the median wall time of ``python -c "import torch"``) and each process's
@@ -89,12 +94,31 @@ def write_pair(folder: Path, name: str, seconds: float, seed: int, late: int = 0
     return paths[1], paths[0]
 
 
+def write_foreign_pair(folder: Path, data: Path, seconds: float, late: int) -> tuple[Path, Path]:
+    """The ``foreign`` case's pair (module docstring): foreign_chains' item 0 of the val split."""
+    from foreign_chains import make_item, stereo_tracks
+
+    from afxest.data import MusicFolder
+
+    files = stereo_tracks([p for p in MusicFolder(data, RATE, "val").files if sf.info(str(p)).duration >= seconds])
+    if not files:
+        raise SystemExit(f"{data}: no stereo val track of {seconds:g} s or more")
+    dry, wet, _ = make_item(files, 0, "match-limit", RATE, True, seconds)
+    wet = np.concatenate([np.zeros((wet.shape[0], late)), wet], axis=1)
+    paths = folder / "foreign-dry.flac", folder / "foreign.flac"
+    sf.write(paths[0], dry.T.astype(np.float32), RATE, subtype="PCM_24")
+    sf.write(paths[1], wet.T.astype(np.float32), RATE, subtype="PCM_24")
+    return paths[1], paths[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="master", help="model name or path (default: the bundled master)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--long-minutes", type=float, default=10.0, help="0: no long case")
     ap.add_argument("--memory-minutes", type=float, default=0.0)
+    ap.add_argument("--foreign", type=Path, default=None, metavar="MUSIC",
+                    help="also a --long-minutes real-music pair the chain does not hold (the val split of MUSIC)")
     args = ap.parse_args()
 
     py = sys.executable
@@ -103,6 +127,8 @@ def main() -> None:
         short = write_pair(folder, "short", 5.0, 1)
         long = write_pair(folder, "long", 60 * args.long_minutes, 2, LONG_LATE) if args.long_minutes > 0 else None
         hour = write_pair(folder, "memory", 60 * args.memory_minutes, 3) if args.memory_minutes else None
+        foreign = (write_foreign_pair(folder, args.foreign, 60 * args.long_minutes, LONG_LATE)
+                   if args.foreign is not None and args.long_minutes > 0 else None)
 
         def estimate(pair: tuple[Path, Path], out: str, *extra: str, with_dry: bool = True) -> list[str]:
             wet, dry = pair
@@ -127,6 +153,9 @@ def main() -> None:
         if long is not None:
             wall, mem = timed(estimate(long, "long"))
             rows.append(("long", f"{args.long_minutes:g} min, dry, wet late", wall, mem))
+        if foreign is not None:
+            wall, mem = timed(estimate(foreign, "foreign"))
+            rows.append(("foreign", f"{args.long_minutes:g} min real, match-limit", wall, mem))
         if hour is not None:
             wall, mem = timed(estimate(hour, "memory"))
             rows.append(("memory", f"{args.memory_minutes:g} min, dry, default", wall, mem))

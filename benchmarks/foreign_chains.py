@@ -136,6 +136,24 @@ def stereo_tracks(files: list[Path]) -> list[Path]:
     return kept
 
 
+def make_item(files: list[Path], i: int, family: str, rate: int, stereo: bool, seconds: float,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Item ``i`` (module docstring): its dry and wet, (C, T) float64 at ``rate``, and its truth
+    (the family, the dry's track, the settings), from the split's ``files``."""
+    rng = np.random.default_rng([seed, STREAM, i])
+    k = int(rng.integers(len(files)))
+    dry = users_pair([files[k]], rng, rate, stereo, seconds)[0].astype(np.float64)
+    others = files[:k] + files[k + 1 :]
+
+    def reference(r: np.random.Generator) -> tuple[Path, list[np.ndarray]]:
+        """Another track of the split and REFERENCE_EXCERPTS mono excerpts of it."""
+        path = others[int(r.integers(len(others)))]
+        return path, [users_pair([path], r, rate, False)[0][0] for _ in range(REFERENCE_EXCERPTS)]
+
+    wet, settings = ITEMS[family](dry, rate, np.random.default_rng([seed, STREAM, i, FAMILIES.index(family)]), reference)
+    return dry, wet, {"family": family, "dry_track": files[k].name, "settings": settings}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -150,28 +168,17 @@ def main() -> None:
     parser.add_argument("--no-estimate", action="store_true")
     parser.add_argument("extra", nargs="*", help="further options of afxest estimate (after --)")
     args = parser.parse_args()
-    rate, family = args.rate, FAMILIES.index(args.family)
+    rate = args.rate
     files = [p for p in MusicFolder(args.data, rate, args.split).files if sf.info(str(p)).duration >= args.seconds]
     files = stereo_tracks(files) if args.stereo else files
     items = args.out / "items"
     items.mkdir(parents=True, exist_ok=True)
     pairs = []
     for i in range(args.n):
-        rng = np.random.default_rng([args.seed, STREAM, i])
-        k = int(rng.integers(len(files)))
-        dry = users_pair([files[k]], rng, rate, args.stereo, args.seconds)[0].astype(np.float64)
-        others = files[:k] + files[k + 1 :]
-
-        def reference(r: np.random.Generator) -> tuple[Path, list[np.ndarray]]:
-            """Another track of the split and REFERENCE_EXCERPTS mono excerpts of it."""
-            path = others[int(r.integers(len(others)))]
-            return path, [users_pair([path], r, rate, False)[0][0] for _ in range(REFERENCE_EXCERPTS)]
-
-        wet, truth = ITEMS[args.family](dry, rate, np.random.default_rng([args.seed, STREAM, i, family]), reference)
+        dry, wet, truth = make_item(files, i, args.family, rate, args.stereo, args.seconds, args.seed)
         stem = f"item{i:03d}"
         sf.write(items / f"{stem}-wet.wav", wet.T.astype(np.float32), rate, subtype="FLOAT")
         sf.write(items / f"{stem}-dry.wav", dry.T.astype(np.float32), rate, subtype="FLOAT")
-        truth = {"family": args.family, "dry_track": files[k].name, "settings": truth}
         (items / f"{stem}-truth.json").write_text(json.dumps(truth, indent=2) + "\n")
         pairs.append((items / f"{stem}-wet.wav", items / f"{stem}-dry.wav"))
     print(f"wrote {len(pairs)} {args.family} items to {items}", flush=True)
