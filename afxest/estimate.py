@@ -991,24 +991,28 @@ class Analyser:
             return tuple(Processor(e["type"], {k: tuple(map(float, v)) if isinstance(v, (list, tuple, np.ndarray))
                                                else float(v) for k, v in e.items() if k != "type"}) for e in effects)
 
+        # the windows rendered in threads (pedalboard releases the GIL): ~200 renderings of the
+        # scored windows, half of the correction's time on one core
+        pool = ThreadPoolExecutor(cpu_workers())
+
         def render(effects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
             preset = Preset(rate, processors(effects))
 
-            def window(s: int, a: int, b: int) -> np.ndarray:  # a chain of its own: plugins keep state
-                chain = board(preset)
+            def window(s: int, span: tuple[int, int]) -> np.ndarray:  # a chain of its own: plugins keep state
+                (a, b), chain = span, board(preset)
                 return chain(np.ascontiguousarray(ref.dry[:, s : b + chain.latency]), float(rate))[:, a - s : b - s]
 
-            return list(pool.map(window, starts, *zip(*spans)))
+            return list(pool.map(window, starts, spans))
 
         def loss(rendered: list[np.ndarray]) -> float:
             with torch.inference_mode():
                 return float(np.mean([float(to_wet(torch.from_numpy(y)[None])) for y, to_wet in zip(rendered, targets)]))
 
         task_effects = [e.to_dict() for e in base.effects]
-        # the windows rendered in threads (pedalboard releases the GIL): ~200 renderings of the
-        # scored windows, half of the correction's time on one core
-        with ThreadPoolExecutor(cpu_workers()) as pool:
+        try:
             found = correct(task_effects, render, wet, loss, rate, map_windows=pool.map)
+        finally:
+            pool.shutdown()
         if not found.effects:
             return
         corrected = dataclasses.replace(base, effects=processors(found.chain) + processors(found.effects))
