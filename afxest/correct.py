@@ -302,6 +302,13 @@ def rms_gain_db(rendered: Sequence[np.ndarray], wet: Sequence[np.ndarray]) -> fl
     return float(10 * np.log10(sum(float(np.vdot(w, w)) for w in wet) / max(power, 1e-30)))
 
 
+def kept_prefix(chain: Sequence[dict[str, Any]]) -> int:
+    """How many of the chain's leading effects no step of :func:`correct` changes: those before
+    its compressor where it has one (:func:`dynamics_step` refits it), else all of them."""
+    found = [i for i, e in enumerate(chain) if e["type"] == "compressor"]
+    return found[0] if len(found) == 1 else len(chain)
+
+
 def dynamics_step(chain: Sequence[dict[str, Any]], render: Callable[[Sequence[dict[str, Any]]], list[np.ndarray]],
                   wet: Sequence[np.ndarray], loss: Callable[[list[np.ndarray]], float],
                   best: float) -> tuple[int, dict[str, Any], float, float] | None:
@@ -318,10 +325,10 @@ def dynamics_step(chain: Sequence[dict[str, Any]], render: Callable[[Sequence[di
     """
     import scipy.optimize
 
-    found = [i for i, e in enumerate(chain) if e["type"] == "compressor"]
-    if len(found) != 1:
+    index = kept_prefix(chain)
+    if index == len(chain):
         return None
-    index, c = found[0], chain[found[0]]
+    c = chain[index]
 
     def compressor(x: np.ndarray) -> dict[str, Any]:
         return {"type": "compressor", "threshold_db": float(x[0]), "ratio": float(1 + np.exp(x[1])),

@@ -261,6 +261,55 @@ class Chain:
         return y
 
 
+class ExcerptRenderer:
+    """Chains of effects rendered by pedalboard on excerpts of one dry signal, each excerpt by a
+    :class:`Chain` of its own (plugins keep state) from a preroll before it, and aligned with the
+    wet's excerpt it is scored against; ``map_excerpts`` may be a thread pool's ``map``
+    (pedalboard releases the GIL).
+
+    ``kept``, leading effects that every chain asked for starts with (a search that changes only
+    what follows them, as :func:`afxest.correct.correct` does): their rendering of each excerpt
+    is made once and the rest of each chain continues from it, the same bits as the whole chain
+    (each plugin holds its own state; tests/test_correct.py). Only where the whole chain has no
+    latency to compensate; otherwise, and for a chain that does not start with ``kept``, the
+    whole chain is rendered."""
+
+    def __init__(self, dry: np.ndarray, spans: Sequence[tuple[int, int]], preroll: int, sample_rate: int,
+                 map_excerpts: Any = map, kept: Sequence[Any] = ()) -> None:
+        """``dry`` (channels, frames); ``spans`` the excerpts' (start, stop); each rendered from
+        ``preroll`` samples before its start (or the signal's start)."""
+        self.dry, self.spans, self.rate, self.map = dry, list(spans), int(sample_rate), map_excerpts
+        self.starts = [max(0, a - preroll) for a, _ in self.spans]
+        self.kept, self._kept_renderings = tuple(kept), None
+
+    def __call__(self, effects: Sequence[Any]) -> list[np.ndarray]:
+        """The chain of ``effects`` (:class:`afxest.presets.Processor` objects) on each excerpt,
+        float32 (channels, its frames)."""
+        k = len(self.kept)
+        if k and tuple(effects[:k]) == self.kept and not latency(effects):
+            if self._kept_renderings is None:
+                self._kept_renderings = list(self.map(self._through(self.kept), self.starts, self.spans))
+            rest = Preset(self.rate, tuple(effects[k:]))
+
+            def onwards(y: np.ndarray, span: tuple[int, int], s: int) -> np.ndarray:
+                return (board(rest)(y, float(self.rate)) if rest.effects else y)[:, span[0] - s :]
+
+            return list(self.map(onwards, self._kept_renderings, self.spans, self.starts))
+        whole = self._through(tuple(effects))
+        return [y[:, a - s :] for y, (a, _), s in zip(self.map(whole, self.starts, self.spans), self.spans, self.starts)]
+
+    def _through(self, effects: tuple[Any, ...]) -> Any:
+        """A function of (start, span): the chain on the dry from ``start`` to the span's end, and
+        the samples its latency compensation needs after it."""
+        preset = Preset(self.rate, effects)
+
+        def excerpt(s: int, span: tuple[int, int]) -> np.ndarray:
+            chain = board(preset)
+            return chain(np.ascontiguousarray(self.dry[:, s : span[1] + chain.latency]), float(self.rate))[:, : span[1] - s]
+
+        return excerpt
+
+
 def channels_apart(preset: Preset) -> bool:
     """Whether the preset's plugins treat each channel alone (none of them
     :attr:`~afxest.catalogue.ProcessorType.mixes_channels`), so that its :class:`Chain` on each

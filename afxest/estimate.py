@@ -969,19 +969,17 @@ class Analyser:
 
         from concurrent.futures import ThreadPoolExecutor
 
-        from afxest.correct import HELD_BELOW, correct
+        from afxest.correct import HELD_BELOW, correct, kept_prefix
         from afxest.device import cpu_workers
-        from afxest.engines import board
+        from afxest.engines import ExcerptRenderer
         from afxest.losses import against
-        from afxest.presets import Processor, Preset
+        from afxest.presets import Processor
 
         best = candidates.order()[0]
         if input_loss is None or not candidates.losses[best] > HELD_BELOW * input_loss:
             return
         base, ref, rate = candidates.presets[best], at.reference, at.scorer.rate
-        preroll = int(round(SEARCH_PREROLL_SECONDS * rate))
         spans = [at.windows[i] for i in scored_windows(at.use)]
-        starts = [max(0, a - preroll) for a, _ in spans]
 
         wet = [np.ascontiguousarray(ref.wet[:, a:b]) for a, b in spans]
         with torch.inference_mode():  # the wet's features once, not at each of the ~200 renderings scored
@@ -991,24 +989,21 @@ class Analyser:
             return tuple(Processor(e["type"], {k: tuple(map(float, v)) if isinstance(v, (list, tuple, np.ndarray))
                                                else float(v) for k, v in e.items() if k != "type"}) for e in effects)
 
+        task_effects = [e.to_dict() for e in base.effects]
         # the windows rendered in threads (pedalboard releases the GIL): ~200 renderings of the
-        # scored windows, half of the correction's time on one core
+        # scored windows, half of the correction's time on one core; the effects no step changes
+        # rendered once
         pool = ThreadPoolExecutor(cpu_workers())
+        excerpts = ExcerptRenderer(ref.dry, spans, int(round(SEARCH_PREROLL_SECONDS * rate)), rate, pool.map,
+                                   processors(task_effects[: kept_prefix(task_effects)]))
 
         def render(effects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
-            preset = Preset(rate, processors(effects))
-
-            def window(s: int, span: tuple[int, int]) -> np.ndarray:  # a chain of its own: plugins keep state
-                (a, b), chain = span, board(preset)
-                return chain(np.ascontiguousarray(ref.dry[:, s : b + chain.latency]), float(rate))[:, a - s : b - s]
-
-            return list(pool.map(window, starts, spans))
+            return excerpts(processors(effects))
 
         def loss(rendered: list[np.ndarray]) -> float:
             with torch.inference_mode():
                 return float(np.mean([float(to_wet(torch.from_numpy(y)[None])) for y, to_wet in zip(rendered, targets)]))
 
-        task_effects = [e.to_dict() for e in base.effects]
         try:
             found = correct(task_effects, render, wet, loss, rate, map_windows=pool.map)
         finally:

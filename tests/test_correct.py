@@ -119,6 +119,48 @@ def test_the_dynamics_step_refits_the_compressor_beyond_the_task_ranges(one_thre
     assert loss(render([*found.chain, *found.effects])) == pytest.approx(found.loss_after, rel=1e-5)
 
 
+def test_excerpts_rendered_on_from_the_kept_effects_are_the_whole_chain_in_pedalboard() -> None:
+    """The correction's renderer (afxest.engines.ExcerptRenderer) on three excerpts of a stereo
+    dry, each from a 0.5 s preroll: chains that start with the kept equaliser (its rendering
+    made once, the compressor and what follows run on from it), one with a convolution (latency:
+    rendered whole) and one that does not start with it, each the same bits as pedalboard's
+    plugins rendering the whole chain on the dry from the preroll (tests/reference.py)."""
+    from afxest.correct import kept_prefix
+    from afxest.engines import ExcerptRenderer
+    from afxest.presets import Processor
+
+    rng = np.random.default_rng(5)
+    dry = (0.4 * np.stack([procedural_music(rng, 6 * RATE, RATE) for _ in range(2)])).astype(np.float32)
+    spans, preroll = [(0, RATE), (2 * RATE, 3 * RATE + 17), (5 * RATE, 6 * RATE)], RATE // 2
+    eq = [{"type": "low_shelf", "cutoff_frequency_hz": 90.0, "gain_db": 4.0, "q": 0.7},
+          {"type": "peak", "cutoff_frequency_hz": 2500.0, "gain_db": -6.0, "q": 2.0}]
+    compressor = {"type": "compressor", "threshold_db": -24.0, "ratio": 4.0, "attack_ms": 3.0, "release_ms": 80.0}
+    h = np.zeros(64)
+    h[[0, 9, 40]] = 0.8, 0.3, -0.2
+    chains = [
+        [*eq, compressor, {"type": "gain", "gain_db": 2.0}, {"type": "clipping", "threshold_db": -3.0}],
+        [*eq, {**compressor, "release_ms": 900.0}, {"type": "gain", "gain_db": 1.0}],
+        [*eq, compressor, {"type": "convolution", "latency_samples": 20, "impulse_response": h.tolist()}],
+        [eq[1], compressor],
+        eq,
+    ]
+    assert kept_prefix(chains[0]) == 2
+
+    def processors(chain: list[dict[str, Any]]) -> tuple[Processor, ...]:
+        return tuple(Processor(e["type"], {k: tuple(v) if isinstance(v, list) else v for k, v in e.items() if k != "type"})
+                     for e in chain)
+
+    excerpts = ExcerptRenderer(dry, spans, preroll, RATE, kept=processors(eq))
+    for chain in chains:
+        rendered = excerpts(processors(chain))
+        for (a, b), y in zip(spans, rendered):
+            s = max(0, a - preroll)
+            expected = reference_render({"effects": chain}, dry[:, s:], RATE)[:, a - s : b - s]
+            tolerance = 1e-5 if any(e["type"] == "convolution" for e in chain) else 0.0  # float64 FIR reference
+            np.testing.assert_allclose(y, expected, rtol=0, atol=tolerance)
+    assert excerpts._kept_renderings is not None
+
+
 def detailed_master(dry: np.ndarray, seed: int = 3) -> np.ndarray:
     """A master no task's chain holds: a minimum-phase FIR with a random curve of 1/6-octave
     detail (+-4 dB), then pedalboard's limiter."""
