@@ -282,9 +282,11 @@ class ExcerptRenderer:
         self.starts = [max(0, a - preroll) for a, _ in self.spans]
         self.kept, self._kept_renderings = tuple(kept), None
 
-    def __call__(self, effects: Sequence[Any]) -> list[np.ndarray]:
-        """The chain of ``effects`` (:class:`afxest.presets.Processor` objects) on each excerpt,
-        float32 (channels, its frames)."""
+    def __call__(self, effects: Sequence[Any], only: Sequence[int] | None = None) -> list[np.ndarray]:
+        """The chain of ``effects`` (:class:`afxest.presets.Processor` objects) on each excerpt
+        (or on those of index in ``only``), float32 (channels, its frames)."""
+        ids = range(len(self.spans)) if only is None else list(only)
+        spans, starts = [self.spans[i] for i in ids], [self.starts[i] for i in ids]
         k = len(self.kept)
         if k and tuple(effects[:k]) == self.kept and not latency(effects):
             if self._kept_renderings is None:
@@ -294,9 +296,9 @@ class ExcerptRenderer:
             def onwards(y: np.ndarray, span: tuple[int, int], s: int) -> np.ndarray:
                 return (board(rest)(y, float(self.rate)) if rest.effects else y)[:, span[0] - s :]
 
-            return list(self.map(onwards, self._kept_renderings, self.spans, self.starts))
+            return list(self.map(onwards, [self._kept_renderings[i] for i in ids], spans, starts))
         whole = self._through(tuple(effects))
-        return [y[:, a - s :] for y, (a, _), s in zip(self.map(whole, self.starts, self.spans), self.spans, self.starts)]
+        return [y[:, a - s :] for y, (a, _), s in zip(self.map(whole, starts, spans), spans, starts)]
 
     def _through(self, effects: tuple[Any, ...]) -> Any:
         """A function of (start, span): the chain on the dry from ``start`` to the span's end, and

@@ -969,7 +969,7 @@ class Analyser:
 
         from concurrent.futures import ThreadPoolExecutor
 
-        from afxest.correct import HELD_BELOW, correct, kept_prefix
+        from afxest.correct import HELD_BELOW, SEARCH_EXCERPTS, correct, kept_prefix
         from afxest.device import cpu_workers
         from afxest.engines import ExcerptRenderer
         from afxest.losses import against
@@ -997,15 +997,17 @@ class Analyser:
         excerpts = ExcerptRenderer(ref.dry, spans, int(round(SEARCH_PREROLL_SECONDS * rate)), rate, pool.map,
                                    processors(task_effects[: kept_prefix(task_effects)]))
 
-        def render(effects: Sequence[dict[str, Any]]) -> list[np.ndarray]:
-            return excerpts(processors(effects))
+        def render(effects: Sequence[dict[str, Any]], only: Sequence[int] | None = None) -> list[np.ndarray]:
+            return excerpts(processors(effects), only)
 
-        def loss(rendered: list[np.ndarray]) -> float:
+        def loss(rendered: list[np.ndarray], only: Sequence[int] | None = None) -> float:
+            scorers = targets if only is None else [targets[i] for i in only]
             with torch.inference_mode():
-                return float(np.mean([float(to_wet(torch.from_numpy(y)[None])) for y, to_wet in zip(rendered, targets)]))
+                return float(np.mean([float(to_wet(torch.from_numpy(y)[None])) for y, to_wet in zip(rendered, scorers)]))
 
         try:
-            found = correct(task_effects, render, wet, loss, rate, map_windows=pool.map)
+            found = correct(task_effects, render, wet, loss, rate, map_windows=pool.map,
+                            searched=scored_windows(range(len(spans)), SEARCH_EXCERPTS))
         finally:
             pool.shutdown()
         if not found.effects:

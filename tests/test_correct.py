@@ -119,6 +119,36 @@ def test_the_dynamics_step_refits_the_compressor_beyond_the_task_ranges(one_thre
     assert loss(render([*found.chain, *found.effects])) == pytest.approx(found.loss_after, rel=1e-5)
 
 
+def test_a_correction_searched_on_some_excerpts_is_scored_on_all(one_thread: None) -> None:
+    """``searched``: the dynamics step's Nelder-Mead renders only the excerpts it names; what it
+    finds is kept by its loss on all of them, and the loss the correction reports is that of
+    pedalboard's plugins rendering its chain on every excerpt (the wet made by a compressor of
+    2 s release, as above, on two excerpts of different music)."""
+    rng = np.random.default_rng(6)
+    drys = [(0.5 * procedural_music(rng, 3 * RATE, RATE))[None].astype(np.float32) for _ in range(2)]
+    made = [pedalboard.Compressor(threshold_db=-26.0, ratio=4.0, attack_ms=150.0, release_ms=2000.0),
+            pedalboard.Gain(gain_db=5.0)]
+    wets = [pedalboard.Pedalboard(made)(d, RATE) for d in drys]
+    chain = [{"type": "compressor", "threshold_db": -20.0, "ratio": 2.0, "attack_ms": 20.0, "release_ms": 200.0}]
+    mels = [losses.LogMelLoss(RATE).against(torch.from_numpy(w)[None]) for w in wets]
+    asked: list[list[int]] = []
+
+    def render(effects: list[dict[str, Any]], only: list[int] | None = None) -> list[np.ndarray]:
+        ids = [0, 1] if only is None else list(only)
+        asked.append(ids)
+        return [reference_render({"effects": effects}, drys[i], RATE) for i in ids]
+
+    def loss(ys: list[np.ndarray], only: list[int] | None = None) -> float:
+        ids = [0, 1] if only is None else list(only)
+        return float(np.mean([float(mels[i](torch.from_numpy(y)[None])) for i, y in zip(ids, ys)]))
+
+    found = correct.correct(chain, render, wets, loss, RATE, equalisers=(), searched=[1])
+    assert found.dynamics and 1000 < found.chain[0]["release_ms"] < 4000
+    assert sum(ids == [1] for ids in asked) >= 20 and sum(ids == [0, 1] for ids in asked) <= 3
+    assert loss(render([*found.chain, *found.effects])) == pytest.approx(found.loss_after, rel=1e-5)
+    assert found.loss_after < found.loss_before / 20
+
+
 def test_excerpts_rendered_on_from_the_kept_effects_are_the_whole_chain_in_pedalboard() -> None:
     """The correction's renderer (afxest.engines.ExcerptRenderer) on three excerpts of a stereo
     dry, each from a 0.5 s preroll: chains that start with the kept equaliser (its rendering
