@@ -2,7 +2,7 @@
 
     python benchmarks/foreign_chains.py --data /work/music --split test --n 12 --out /tmp/foreign
         [--family cookbook|match-limit|compander] [--rate HZ] [--stereo] [--seed 0] [--seconds 5]
-        [--no-estimate] [-- EXTRA ESTIMATE OPTIONS]
+        [--no-estimate] [--set NAME=VALUE ...] [-- EXTRA ESTIMATE OPTIONS]
 
 Item i: a 5 s (`--seconds`) excerpt of a track of the split drawn from ``default_rng([seed, STREAM, i])`` as
 ``benchmarks/search_accuracy.py``'s pairs as users have them draw one (``users_pair``: read at
@@ -63,7 +63,7 @@ import soundfile as sf
 import foreign_families as ff
 from afxest.data import MusicFolder
 from afxest.tasks import TASKS
-from search_accuracy import PAIR_SECONDS, users_pair
+from search_accuracy import PAIR_SECONDS, override_constants, users_pair
 
 STREAM = 2_000_041  # seeds of the foreign-chain items
 FAMILIES = ("cookbook", "match-limit", "compander")
@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-estimate", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a constant of afxest (as search_accuracy.py's --set: correct.SEARCH_EXCERPTS=12)")
     parser.add_argument("extra", nargs="*", help="further options of afxest estimate (after --)")
     args = parser.parse_args()
     rate = args.rate
@@ -186,6 +188,8 @@ def main() -> None:
         return
     from afxest.cli import main as afxest
 
+    override_constants(args.set)
+
     rows = []
     for wet_path, dry_path in pairs:
         code = afxest(["estimate", str(wet_path), "--dry", str(dry_path), "-o", str(args.out / "estimates"),
@@ -201,7 +205,7 @@ def main() -> None:
     a = np.array(rows)
     ratios = a[:, 0] / a[:, 1]
     print(f"master, foreign family {args.family}, {args.split} n={len(a)} rate={rate} stereo={args.stereo} "
-          f"seed={args.seed} options={args.extra}")
+          f"seed={args.seed} options={args.extra} set={args.set}")
     print(f"  log-mel rank 1: mean {a[:, 0].mean():.4g}, median {np.median(a[:, 0]):.4g}; Input: mean {a[:, 1].mean():.4g}; "
           f"ratio of means {a[:, 0].mean() / a[:, 1].mean():.3g} (1/{a[:, 1].mean() / a[:, 0].mean():.0f}); "
           f"per-item ratio median {np.median(ratios):.3g} (1/{1 / np.median(ratios):.0f}), max {ratios.max():.3g}, "

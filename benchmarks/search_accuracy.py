@@ -79,11 +79,7 @@ def main() -> None:
     parser.add_argument("--length", type=float, default=0.0, help="the wet this many seconds longer (negative: shorter)")
     parser.add_argument("--seconds", type=float, default=PAIR_SECONDS, help="the dry excerpt's length (pairs as users have them)")
     args = parser.parse_args()
-    for item in args.set:  # NAME (afxest.search's) or MODULE.NAME (afxest.MODULE's)
-        name, value = item.split("=", 1)
-        module = importlib.import_module(f"afxest.{name.rpartition('.')[0] or 'search'}")
-        name = name.rpartition(".")[2]
-        setattr(module, name, type(getattr(module, name))(value))
+    override_constants(args.set)
     if args.rate or args.stereo or args.offset or args.length or args.seconds != PAIR_SECONDS:
         return users_pairs(args)
     torch.set_num_threads(1)
@@ -131,6 +127,16 @@ def main() -> None:
     print(f"  log-mel rank 1: mean {a[:, 1].mean():.4g}; Input: SI-SDR {np.nanmean(a[:, 2]):.2f} dB, log-mel "
           f"{np.nanmean(a[:, 3]):.4g}; ratio of means {a[:, 1].mean() / np.nanmean(a[:, 3]):.3g}")
     print(f"  seconds per item (estimate only): mean {a[:, 4].mean():.2f}")
+
+
+def override_constants(settings: list[str]) -> None:
+    """``--set NAME=VALUE`` items: a constant of afxest.search (``NAME``) or of afxest.MODULE
+    (``MODULE.NAME``) set to VALUE, of the constant's own type."""
+    for item in settings:
+        name, value = item.split("=", 1)
+        module = importlib.import_module(f"afxest.{name.rpartition('.')[0] or 'search'}")
+        name = name.rpartition(".")[2]
+        setattr(module, name, type(getattr(module, name))(value))
 
 
 PAIR_STREAM = 2_000_029
