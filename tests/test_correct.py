@@ -61,6 +61,28 @@ def test_the_fir_equaliser_fits_a_known_linear_phase_filter_in_magnitude_and_pha
     assert np.abs(np.angle(g[kept] / h[kept])).max() < 0.02
 
 
+@pytest.mark.parametrize("n", [4096, 4097])
+def test_welch_segments_give_scipys_welch_and_csd_spectra_and_tukey_its_window(n: int) -> None:
+    """The FIR fit's spectra, averaged over segments, are scipy.signal's csd and welch (Hann,
+    half overlap, no detrending) up to their scaling: one constant, doubled off DC and Nyquist
+    (their one-sided sums); its taper is scipy's Tukey window."""
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((2, 2, 50_000)).astype(np.float32)
+    xs, ys = correct.welch_segments(x, n), correct.welch_segments(y, n)
+    cross, auto = (np.conj(xs) * ys).mean(axis=1), np.square(np.abs(xs)).mean(axis=1)
+    reference_cross = scipy.signal.csd(x, y, nperseg=n, window="hann", detrend=False)[1]
+    reference_auto = scipy.signal.welch(x, nperseg=n, window="hann", detrend=False)[1]
+    scale = np.full(n // 2 + 1, 2.0)
+    scale[0] = 1.0
+    if n % 2 == 0:
+        scale[-1] = 1.0
+    constant = reference_auto[0, 1] / (2 * auto[0, 1])
+    np.testing.assert_allclose(reference_cross, constant * scale * cross, rtol=1e-6, atol=1e-9 * np.abs(reference_cross).max())
+    np.testing.assert_allclose(reference_auto, constant * scale * auto, rtol=1e-6)
+    for m in (5, 100, n - 1):
+        np.testing.assert_allclose(correct.tukey(m, 0.5), scipy.signal.windows.tukey(m, 0.5), atol=1e-12)
+
+
 def test_a_wet_at_a_ceiling_is_told_from_music() -> None:
     music = procedural_music(np.random.default_rng(0), 3 * RATE, RATE)[None]
     limited = pedalboard.Limiter(threshold_db=-8.0, release_ms=50.0)(music.astype(np.float32), RATE)
