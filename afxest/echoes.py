@@ -77,10 +77,14 @@ def cepstral_peaks(x: Tensor, sample_rate: float, lo_seconds: float, hi_seconds:
     hi_seconds): their lags in samples (..., k), largest peak first, and the cepstrum at 1, 2
     and 3 times each lag (..., k, 3) (0 past the clip): r / 2 and (2 f r - r^2) / 4 at a delay's
     first two multiples (module docstring)."""
-    c = cepstrum(x)
+    return peaks_of_cepstrum(cepstrum(x), sample_rate, lo_seconds, hi_seconds, k)
+
+
+def peaks_of_cepstrum(c: Tensor, sample_rate: float, lo_seconds: float, hi_seconds: float, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`cepstral_peaks` of a cepstrum c (..., T) already computed (:func:`cepstrum`)."""
     n = c.shape[-1]
     lags = quefrency_peaks(c, sample_rate, lo_seconds, hi_seconds, k)
-    multiples = lags.unsqueeze(-1) * torch.arange(1, 4, device=x.device)
+    multiples = lags.unsqueeze(-1) * torch.arange(1, 4, device=c.device)
     padded = torch.nn.functional.pad(c, (0, 1))  # index n: 0
     values = padded.gather(-1, multiples.clamp(max=n).flatten(-2)).reshape(multiples.shape)
     return lags, values

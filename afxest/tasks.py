@@ -175,7 +175,7 @@ class Task:
     truth: Space
     model: Space
     loss: Literal["log_mel", "sot_mrstft"]
-    encoder: Literal["convnext", "convnext_echo", "hann_dft_resmlp"]
+    encoder: Literal["convnext", "convnext_echo", "convnext_echo_reverb", "hann_dft_resmlp"]
     training: TrainingDefaults
 
     def __post_init__(self) -> None:
@@ -269,14 +269,15 @@ class Task:
         return {**self.definition(), **self.training.to_dict()}
 
 
-def definition_difference(stored: dict[str, Any], task: Task) -> str | None:
+def definition_difference(stored: dict[str, Any], task: Task, ignore: tuple[str, ...] = ()) -> str | None:
     """The first key (sorted) where a stored task dict (a checkpoint's ``task``: a definition
     and the training defaults of its time) differs from ``task``'s definition; None when they
-    agree. Training defaults are not compared: they do not change what a model's outputs mean.
+    agree. Training defaults are not compared: they do not change what a model's outputs mean;
+    nor are the keys in ``ignore``.
     """
     stored = {key: value for key, value in stored.items() if key not in STORED_TRAINING_KEYS}
     current = task.definition()
-    for key in sorted(set(stored) | set(current)):
+    for key in sorted((set(stored) | set(current)) - set(ignore)):
         if stored.get(key) != current.get(key):
             return key
     return None
@@ -422,7 +423,9 @@ TASKS: dict[str, Task] = {
         truth=_MIX,
         model=_MIX,  # the same chain, rendered by afxest's differentiable processors
         loss="log_mel",
-        encoder="convnext_echo",  # the log-mel frames cannot place an echo: cepstral peaks beside them
+        # the log-mel frames cannot place an echo, nor tell the reverb's tail from the music's own
+        # sustain: the wet's cepstrum at the delay's peaks and the reverb's lengths beside them
+        encoder="convnext_echo_reverb",
         # the master task's values (23 parameters here, 21 there), not yet measured on this
         # task; whole clips: an excerpt would cut the echoes and tails of up to several seconds
         training=TrainingDefaults(lr=5e-4, batch_size=16, epoch_items=40_000, beta=0.003),

@@ -380,23 +380,51 @@ def initialise_from(model: Any, path: Path, task: Task, est_config: Any) -> str:
     audio-loss one; the optimiser and step count start afresh.
     """
     state = load_checkpoint(path)
-    difference = definition_difference(state["task"], task)
-    if difference is not None:  # training defaults (lr, beta, ...) may differ: a warm start is a new run
+    # training defaults (lr, beta, ...) may differ: a warm start is a new run; so may the
+    # encoder, where the new one only hears more (load_widened)
+    difference = definition_difference(state["task"], task, ignore=("encoder",))
+    if difference is not None:
         raise UserError(f"{path}: --init needs a checkpoint of the same task definition ({task.name}; {difference} differs)")
     weights = state["model"]
     encoder = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
-    model.encoder.load_state_dict(encoder)
+    widened = load_widened(model.encoder, encoder, path)
     source = state["estimator"]
     same_head = {source["kind"], est_config.kind} <= {"param", "deterministic"} or source == est_config.to_dict()
     head = {k.removeprefix("head."): v for k, v in weights.items() if k.startswith("head.")}
     if same_head:
         model.head.load_state_dict(head)
-        return f"encoder and head from {path} ({source['kind']}, step {state['step']})"
+        return f"encoder and head from {path} ({source['kind']}, step {state['step']}){widened}"
     if source["kind"] in ("param", "deterministic") and est_config.kind == "posterior":
         centre_posterior_on_point(model.head, head["linear.weight"], head["linear.bias"])
         return (f"encoder from {path} ({source['kind']}, step {state['step']}); posterior head centred on its "
                 f"point estimate (Gaussian mean = its logits, sigma {INIT_SIGMA}, flows near the identity)")
     return f"encoder from {path} ({source['kind']}, step {state['step']}); new {est_config.kind} head"
+
+
+def load_widened(encoder: Any, weights: dict[str, Tensor], path: Path) -> str:
+    """Loads an encoder's ``weights`` into ``encoder``, which may hear more than the one they were
+    trained in (a new input feature, e.g. ``convnext_echo`` -> ``convnext_echo_reverb``): a
+    weight whose last axis is shorter than the encoder's (a linear layer's inputs) fills the
+    leading columns and the new ones start at 0, and modules the weights lack keep their
+    initial values, so the widened encoder starts out giving the same embedding. Returns what
+    was widened ("" for nothing); UserError for any other mismatch."""
+    own = encoder.state_dict()
+    unknown = sorted(set(weights) - set(own))
+    if unknown:
+        raise UserError(f"{path}: its encoder has weights this task's does not ({unknown[0]}): --init needs the same encoder or one that hears more")
+    widened = []
+    for key, value in weights.items():
+        target = own[key]
+        if value.shape == target.shape:
+            own[key] = value
+        elif value.dim() == 2 and value.shape[0] == target.shape[0] and value.shape[1] < target.shape[1]:
+            own[key] = torch.cat([value, value.new_zeros(value.shape[0], target.shape[1] - value.shape[1])], dim=1)
+            widened.append(key)
+        else:
+            raise UserError(f"{path}: its encoder's {key} is {tuple(value.shape)}, this task's {tuple(target.shape)}")
+    encoder.load_state_dict(own)
+    new = sorted({key.split(".")[0] for key in set(own) - set(weights)})
+    return f"; widened {', '.join(widened)} (new inputs start at 0; new: {', '.join(new)})" if widened else ""
 
 
 def centre_posterior_on_point(head: Any, weight: Tensor, bias: Tensor, sigma: float = INIT_SIGMA) -> None:

@@ -61,19 +61,94 @@ class EchoFeatures(nn.Module):
         self.norm = nn.BatchNorm1d(5 * k)
         self.size = 5 * k
 
-    def forward(self, wet: Tensor) -> Tensor:
-        """The features (batch, 5 k) of wet (batch, channels, time), from its mono mix."""
+    def forward(self, c: Tensor) -> Tensor:
+        """The features (batch, 5 k) of the wet's cepstrum c (batch, T) (:func:`wet_cepstrum`)."""
         import math
 
-        from afxest.echoes import cepstral_peaks
+        from afxest.echoes import peaks_of_cepstrum
 
         with torch.no_grad():
-            x = wet.mean(dim=1).double()
-            lags, values = cepstral_peaks(x, self.sample_rate, self.lo * 0.95, self.hi * 1.05, self.k)
+            lags, values = peaks_of_cepstrum(c, self.sample_rate, self.lo * 0.95, self.hi * 1.05, self.k)
             t = (torch.log((lags + 0.5) / self.sample_rate) - math.log(self.lo)) / math.log(self.hi / self.lo)
             logit = torch.logit(t.clamp(1e-3, 1 - 1e-3))
             features = torch.cat([t.unsqueeze(-1), logit.unsqueeze(-1), values], dim=-1).flatten(1)
-        return self.norm(features.to(wet.dtype))
+        return self.norm(features.float())
+
+
+def wet_cepstrum(wet: Tensor) -> Tensor:
+    """The real cepstrum (:func:`afxest.echoes.cepstrum`, float64, (batch, time)) of the mono mix
+    of wet (batch, channels, time): what :class:`EchoFeatures` and :class:`ReverbFeatures` read."""
+    from afxest.echoes import cepstrum
+
+    with torch.no_grad():
+        return cepstrum(wet.mean(dim=1).double())
+
+
+class ReverbFeatures(nn.Module):
+    """The reverb's trace in the wet's real cepstrum: its value at the Freeverb design's comb and
+    all-pass lengths (:func:`afxest.dsp.reverb.tunings`) and its envelope over quefrency;
+    batch-normalised.
+
+    Why: pedalboard's ``Reverb`` adds to the dry D X a wet W R X, R the sum of 8 feedback combs
+    (lengths N_i, feedback g from the room size, a one-pole low-pass of the damping in each loop)
+    followed by 4 all-passes. ln |D + W R| = ln D + ln |1 + (W/D) R|, whose inverse transform is,
+    where (W/D) |R| is small, about (W/D) r[n]: the wet's cepstrum is the dry's plus the reverb's
+    impulse response scaled by its wet-to-dry ratio, g^k at each k N_i (smeared by the damping)
+    and an envelope that decays at the reverb's rate. Music's own cepstrum is small at these
+    quefrencies (25-37 ms and beyond). The log-mel frames show the tail's level only mixed with
+    the music's own sustain: the mix model read blind with them alone (correlation of the
+    posterior median with the truth on 128 val items) wet level 0.47, dry level 0.33, room size
+    0.08, damping -0.04; a ridge regression on these features alone (1 536 train, 256 val
+    items) reads 0.72, 0.30, 0.27 and 0.19 (docs/training.md, "Measured: the reverb's features").
+
+    Features (:attr:`size` in all): for each comb length N and k = 1..4, the largest value within
+    :data:`GUARD` samples of k N; for each all-pass length, the largest and the smallest there;
+    each summed over the two channels' tunings (a mono render uses the left ones, the mono mix of
+    a stereo render holds half of each); then log10 of the root mean square in
+    :data:`ENVELOPE_BANDS` log-spaced quefrency bands from :data:`ENVELOPE_SECONDS`.
+
+    Arguments:
+        sample_rate: The rate of the analysed wet in Hz.
+    """
+
+    GUARD = 2  # samples either side of a comb's or an all-pass's lag
+    MULTIPLES = 4  # lags k N of each comb, k = 1..MULTIPLES
+    ENVELOPE_BANDS = 24
+    ENVELOPE_SECONDS = (0.01, 2.5)
+
+    def __init__(self, sample_rate: int) -> None:
+        import numpy as np
+
+        from afxest.dsp.reverb import tunings
+
+        super().__init__()
+        combs, allpasses = tunings(sample_rate)
+        k = np.arange(1, self.MULTIPLES + 1)
+        self.peak_lags = np.stack([np.outer(combs[c], k).ravel() for c in range(2)])  # (2, 8 MULTIPLES)
+        self.allpass_lags = allpasses  # (2, 4)
+        lo, hi = self.ENVELOPE_SECONDS
+        self.edges = np.unique(np.round(np.geomspace(lo, hi, self.ENVELOPE_BANDS + 1) * sample_rate).astype(int))
+        self.size = self.peak_lags.shape[1] + 2 * allpasses.shape[1] + len(self.edges) - 1
+        self.norm = nn.BatchNorm1d(self.size)
+
+    def forward(self, c: Tensor) -> Tensor:
+        """The features (batch, :attr:`size`) of the wet's cepstrum c (batch, T) (:func:`wet_cepstrum`)."""
+        with torch.no_grad():
+            g = self.GUARD
+            padded = torch.nn.functional.pad(c, (g, g + 1))  # index n + g: lag n; 0 past the clip
+
+            def around(lags) -> Tensor:  # (batch, lags, 2 g + 1): c within g of each lag
+                index = torch.as_tensor(lags, device=c.device).clamp(max=c.shape[-1])[:, None] + torch.arange(2 * g + 1, device=c.device)
+                return padded[:, index]
+
+            peaks = sum(around(self.peak_lags[ch]).amax(-1) for ch in range(2))
+            allpass = [around(self.allpass_lags[ch]) for ch in range(2)]
+            highs, lows = sum(a.amax(-1) for a in allpass), sum(a.amin(-1) for a in allpass)
+            envelope = [c[:, a:b].square().mean(-1) if a < c.shape[-1] else c.new_zeros(c.shape[0])
+                        for a, b in zip(self.edges[:-1], self.edges[1:])]
+            level = 0.5 * torch.log10(torch.stack(envelope, -1) + 1e-20)
+            features = torch.cat([peaks, highs, lows, level], dim=-1)
+        return self.norm(features.float())
 
 
 class MelConvNeXt(nn.Module):
@@ -91,6 +166,7 @@ class MelConvNeXt(nn.Module):
         echo: A delay range (shortest, longest in seconds): the wet's :class:`EchoFeatures` in
             it enter the MLP beside the time mean and are appended to its output (the head
             reads a peak's lag linearly); None: neither.
+        reverb: Whether the wet's :class:`ReverbFeatures` enter the MLP too (after the echo's).
     """
 
     def __init__(
@@ -103,6 +179,7 @@ class MelConvNeXt(nn.Module):
         embed_dim: int = 128,
         backend: str = "torch",
         echo: tuple[float, float] | None = None,
+        reverb: bool = False,
     ) -> None:
         from afxest.spectral import MelSpectrogram
 
@@ -118,18 +195,22 @@ class MelConvNeXt(nn.Module):
             layers.append(ConvNeXtBlock1d(width))
         self.blocks = nn.Sequential(*layers)
         self.echo = None if echo is None else EchoFeatures(sample_rate, *echo)
+        self.reverb = ReverbFeatures(sample_rate) if reverb else None
         extra = 0 if self.echo is None else self.echo.size
-        self.mlp = nn.Sequential(nn.Linear(channels + extra, embed_dim), nn.BatchNorm1d(embed_dim), nn.SiLU())
+        heard = extra + (0 if self.reverb is None else self.reverb.size)
+        self.mlp = nn.Sequential(nn.Linear(channels + heard, embed_dim), nn.BatchNorm1d(embed_dim), nn.SiLU())
         self.embed_dim = embed_dim + extra
 
     def forward(self, wet: Tensor) -> Tensor:
         """Embeds wet audio (batch, channels, time) as (batch, embed_dim)."""
         features = torch.log(self.mel(wet) + 1e-5)
         h = self.blocks(self.input_norm(features)).mean(dim=-1)
-        if self.echo is None:
+        if self.echo is None and self.reverb is None:
             return self.mlp(h)
-        echo = self.echo(wet)
-        return torch.cat([self.mlp(torch.cat([h, echo], dim=-1)), echo], dim=-1)
+        c = wet_cepstrum(wet)
+        echo = h[:, :0] if self.echo is None else self.echo(c)
+        heard = [h, echo] + ([] if self.reverb is None else [self.reverb(c)])
+        return torch.cat([self.mlp(torch.cat(heard, dim=-1)), echo], dim=-1)
 
 
 class ResidualBlock(nn.Module):
@@ -199,10 +280,10 @@ def build_encoder(task) -> nn.Module:
     """The encoder a task names (``Task.encoder``); ValueError for an unknown name."""
     if task.encoder == "convnext":
         return MelConvNeXt(task.sample_rate)
-    if task.encoder == "convnext_echo":
+    if task.encoder in ("convnext_echo", "convnext_echo_reverb"):
         delay = task.model.processors[task.model.position("delay")]
         (times,) = [r for r in delay.ranges if r.name == "delay_seconds"]
-        return MelConvNeXt(task.sample_rate, echo=(times.lo, times.hi))
+        return MelConvNeXt(task.sample_rate, echo=(times.lo, times.hi), reverb=task.encoder == "convnext_echo_reverb")
     if task.encoder == "hann_dft_resmlp":
         return DFTMLP(task.clip_samples)
     raise ValueError(f"unknown encoder {task.encoder!r}")
