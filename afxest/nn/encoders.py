@@ -133,6 +133,11 @@ class ReverbFeatures(nn.Module):
 
     def forward(self, c: Tensor) -> Tensor:
         """The features (batch, :attr:`size`) of the wet's cepstrum c (batch, T) (:func:`wet_cepstrum`)."""
+        return self.norm(self.values(c).float())
+
+    def values(self, c: Tensor) -> Tensor:
+        """The features before the batch norm, in c's dtype: comb peaks (8 x :data:`MULTIPLES`,
+        comb by comb), all-pass highs (4), all-pass lows (4), envelope levels."""
         with torch.no_grad():
             g = self.GUARD
             padded = torch.nn.functional.pad(c, (g, g + 1))  # index n + g: lag n; 0 past the clip
@@ -147,8 +152,7 @@ class ReverbFeatures(nn.Module):
             envelope = [c[:, a:b].square().mean(-1) if a < c.shape[-1] else c.new_zeros(c.shape[0])
                         for a, b in zip(self.edges[:-1], self.edges[1:])]
             level = 0.5 * torch.log10(torch.stack(envelope, -1) + 1e-20)
-            features = torch.cat([peaks, highs, lows, level], dim=-1)
-        return self.norm(features.float())
+            return torch.cat([peaks, highs, lows, level], dim=-1)
 
 
 class MelConvNeXt(nn.Module):
