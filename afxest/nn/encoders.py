@@ -99,13 +99,16 @@ class ReverbFeatures(nn.Module):
     the music's own sustain: the mix model read blind with them alone (correlation of the
     posterior median with the truth on 128 val items) wet level 0.47, dry level 0.33, room size
     0.08, damping -0.04; a ridge regression on these features alone (1 536 train, 256 val
-    items) reads 0.72, 0.30, 0.27 and 0.19 (docs/training.md, "Measured: the reverb's features").
+    items) reads 0.82, 0.31, 0.32 and 0.32 (docs/training.md, "Measured: the reverb's features").
 
     Features (:attr:`size` in all): for each comb length N and k = 1..4, the largest value within
     :data:`GUARD` samples of k N; for each all-pass length, the largest and the smallest there;
-    each summed over the two channels' tunings (a mono render uses the left ones, the mono mix of
-    a stereo render holds half of each); then log10 of the root mean square in
-    :data:`ENVELOPE_BANDS` log-spaced quefrency bands from :data:`ENVELOPE_SECONDS`.
+    then log10 of the root mean square in :data:`ENVELOPE_BANDS` log-spaced quefrency bands
+    from :data:`ENVELOPE_SECONDS`. The lengths are the left channel's: a mono render uses them,
+    and the mono mix of a stereo render (its combs fed L + R) holds the left channel's reverb at
+    the level a mono render of that mix has, and the right channel's beside it (at lengths 23
+    samples longer at 44.1 kHz, outside the guard); summed over both channels' lengths, the
+    features read 0.72 / 0.30 / 0.27 / 0.19 instead.
 
     Arguments:
         sample_rate: The rate of the analysed wet in Hz.
@@ -124,11 +127,11 @@ class ReverbFeatures(nn.Module):
         super().__init__()
         combs, allpasses = tunings(sample_rate)
         k = np.arange(1, self.MULTIPLES + 1)
-        self.peak_lags = np.stack([np.outer(combs[c], k).ravel() for c in range(2)])  # (2, 8 MULTIPLES)
-        self.allpass_lags = allpasses  # (2, 4)
+        self.peak_lags = np.outer(combs[0], k).ravel()  # (8 MULTIPLES,): comb by comb
+        self.allpass_lags = allpasses[0]
         lo, hi = self.ENVELOPE_SECONDS
         self.edges = np.unique(np.round(np.geomspace(lo, hi, self.ENVELOPE_BANDS + 1) * sample_rate).astype(int))
-        self.size = self.peak_lags.shape[1] + 2 * allpasses.shape[1] + len(self.edges) - 1
+        self.size = len(self.peak_lags) + 2 * len(self.allpass_lags) + len(self.edges) - 1
         self.norm = nn.BatchNorm1d(self.size)
 
     def forward(self, c: Tensor) -> Tensor:
@@ -146,9 +149,9 @@ class ReverbFeatures(nn.Module):
                 index = torch.as_tensor(lags, device=c.device).clamp(max=c.shape[-1])[:, None] + torch.arange(2 * g + 1, device=c.device)
                 return padded[:, index]
 
-            peaks = sum(around(self.peak_lags[ch]).amax(-1) for ch in range(2))
-            allpass = [around(self.allpass_lags[ch]) for ch in range(2)]
-            highs, lows = sum(a.amax(-1) for a in allpass), sum(a.amin(-1) for a in allpass)
+            peaks = around(self.peak_lags).amax(-1)
+            allpass = around(self.allpass_lags)
+            highs, lows = allpass.amax(-1), allpass.amin(-1)
             envelope = [c[:, a:b].square().mean(-1) if a < c.shape[-1] else c.new_zeros(c.shape[0])
                         for a, b in zip(self.edges[:-1], self.edges[1:])]
             level = 0.5 * torch.log10(torch.stack(envelope, -1) + 1e-20)
