@@ -287,6 +287,8 @@ def correct(
     chain = [dict(e) for e in effects]
     rendered = render(chain)
     before = best = loss(rendered)
+    if searched is not None and len(set(searched)) >= len(wet):  # all of them: as None, no loss computed twice
+        searched = None
     ids = list(range(len(wet)) if searched is None else searched)
     if searched is None:
         search_render, search_loss = render, loss
@@ -294,7 +296,7 @@ def correct(
         search_render, search_loss = (lambda e: render(e, ids)), (lambda ys: loss(ys, ids))
     level = 0.0  # dB: the correction's broadband gain after the chain
     refitted = dynamics_step(chain, search_render, [wet[i] for i in ids], search_loss,
-                             search_loss([rendered[i] for i in ids]))
+                             best if searched is None else search_loss([rendered[i] for i in ids]))
     if refitted is not None:  # kept where it lowers the loss of all the excerpts
         index, compressor, level, _ = refitted
         trial = render([*chain[:index], compressor, *chain[index + 1 :], {"type": "gain", "gain_db": level}])
@@ -314,7 +316,8 @@ def correct(
     elif refitted is not None:
         added = [{"type": "gain", "gain_db": level}]
     part = [rendered[i] for i in ids]
-    limited = limiter_step(part, [wet[i] for i in ids], search_loss, search_loss(part), sample_rate, map_windows)
+    limited = limiter_step(part, [wet[i] for i in ids], search_loss, best if searched is None else search_loss(part),
+                           sample_rate, map_windows)
     if limited is not None:  # kept where it lowers the loss of all the excerpts
         limited = _limited_everywhere(limited, rendered, loss, best, sample_rate, map_windows)
     if limited is not None:

@@ -301,8 +301,8 @@ class ExcerptRenderer:
         return [y[:, a - s :] for y, (a, _), s in zip(self.map(whole, starts, spans), spans, starts)]
 
     def _through(self, effects: tuple[Any, ...]) -> Any:
-        """A function of (start, span): the chain on the dry from ``start`` to the span's end, and
-        the samples its latency compensation needs after it."""
+        """A function of (start, span): the chain on the dry from ``start`` to the span's end
+        (rendered on as far past it as its latency compensation needs)."""
         preset = Preset(self.rate, effects)
 
         def excerpt(s: int, span: tuple[int, int]) -> np.ndarray:
