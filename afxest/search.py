@@ -18,10 +18,12 @@ steps, each a plain function of arrays:
    task's loss plus :func:`waveform_loss`, the reconstruction error in dB: the task's spectral
    losses alone flatten out near the answer (a log-mel distance of 1e-4 is still only ~20 dB
    SI-SDR), the waveform error keeps a useful gradient down to 50 dB and more because the
-   differentiable processors equal the real ones sample for sample (docs/effects.md);
-   A synth's candidates then take a polish on the waveform error alone and a few
-   Levenberg-Marquardt steps on the waveform residual (:func:`least_squares`): the answer
-   to the sample where the polish stopped a hair away;
+   differentiable processors equal the real ones sample for sample (docs/effects.md).
+   With a dry, the candidates then take a few Levenberg-Marquardt trials on the waveform
+   residual (:func:`least_squares`): near the answer Adam gains about a dB every ten steps,
+   Gauss-Newton steps tens of dB each. A synth's candidates first take a polish on the
+   waveform error alone, then such trials: the answer to the sample where the polish stopped
+   a hair away;
 4. a **final score** of every candidate by the caller, with the renderer the user chose, of
    both its start and its refined iterate: the better one is kept, so the search never reports
    a candidate worse by the real renderer than the proposal it started from (the refinement's
@@ -58,8 +60,14 @@ EPS = 1e-6  # z is kept in [EPS, 1 - EPS] before the logit
 # validation tones, mean SI-SDR of rank 1 36.4 dB without it, 48.6 with lr 0.005 and 150 steps,
 # 63.4 with lr 0.002 and 300 steps (docs/estimate.md).
 POLISH_LEARNING_RATE = 0.002
-LEAST_SQUARES_STEPS = 30  # Levenberg-Marquardt steps after a synth's polish (least_squares)
-JACOBIAN_STEP = 1e-6  # central differences in z for least_squares' Jacobian
+LEAST_SQUARES_STEPS = 30  # Levenberg-Marquardt trials after a synth's polish (least_squares)
+JACOBIAN_STEP = 1e-6  # central differences in z for a synth's Jacobian (its float64 rendering)
+# With a dry, the refinement's Adam steps gain about 12 dB of SI-SDR per 100 steps on the mix
+# task, still climbing at the cap; a few Levenberg-Marquardt trials on the waveform residual
+# after them gain far more (docs/estimate.md, "Search"): the effects' float32 rendering takes
+# forward differences of a larger step.
+DRY_LEAST_SQUARES_STEPS = 12
+DRY_JACOBIAN_STEP = 1e-3
 
 
 def design(d: int, n: int, seed: int) -> np.ndarray:
@@ -228,69 +236,86 @@ def refine(
 
 
 def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: int, skip: int = 0,
-                  stop: threading.Event | None = None) -> Refined:
+                  stop: threading.Event | None = None, step: float = JACOBIAN_STEP, central: bool = True) -> Refined:
     """Levenberg-Marquardt on the waveform residual render(z) - y, each of K candidates on its
-    own (Levenberg 1944, Marquardt 1963): the step delta solves (J^T J + lambda diag(J^T J))
-    delta = -J^T r, J the residual's Jacobian in z by central differences of
-    :data:`JACOBIAN_STEP`; a step that lowers the squared error is taken and lambda divided by
-    3, else lambda is multiplied by 4. z stays in [EPS, 1 - EPS].
+    own (Levenberg 1944, Marquardt 1963): a trial step delta solves (J^T J + lambda diag(J^T J))
+    delta = -J^T r, J the residual's Jacobian in z by finite differences of ``step``; a trial
+    that lowers the squared error is taken and lambda divided by 3, else lambda is multiplied
+    by 4 and the next trial solves again with the same Jacobian (it is only recomputed where z
+    moved). z stays in [EPS, 1 - EPS].
 
-    Why: a synth's polish (Adam on the waveform error) can stop a hair from the answer, where
-    Adam's steps are as long as its learning rate however small the gradient (an FM ratio
-    0.0004 off: 20 dB SI-SDR); from there the waveform is nearly linear in z and Gauss-Newton
-    steps converge quadratically.
+    Why: near the answer the waveform is nearly linear in z and Gauss-Newton steps converge
+    quadratically, where first-order steps do not: a synth's polish (Adam on the waveform
+    error) can stop a hair from the answer (an FM ratio 0.0004 off: 20 dB SI-SDR), and with a
+    dry the refinement gains about 12 dB of SI-SDR per 100 Adam steps where a few of these
+    steps gain tens (docs/estimate.md, "Search").
 
     Arguments:
-        render: Maps z (K*R, d) float64 to audio shaped like ``y``.
+        render: Maps z (M*K*R, d) float64, M >= 1 copies of the K candidates' rows, to audio
+            shaped like ``y`` repeated M times (the Jacobian's renderings are one batch).
         z0: The starts, (K, d) in [0, 1]^d.
         y: The target (K*R, 1, T): R excerpts per candidate, in order.
-        max_steps: The most steps (each 2d + 2 renders).
+        max_steps: The most trials (each one rendering; a Jacobian d or 2d more).
         skip: The samples dropped at the start of each excerpt before the error.
-        stop: When set (by another thread), the iteration ends at its next step.
+        stop: When set (by another thread), the iteration ends at its next trial.
+        step: The finite difference in z.
+        central: Central differences (2d renderings a Jacobian; a float64 rendering), else
+            forward ones (d; away from the bound at 1), enough for a float32 rendering with a
+            larger ``step``.
 
     Returns:
-        Each candidate's best iterate, its waveform error (:func:`waveform_loss`, dB, the mean
-        over its R excerpts) and the steps it took.
+        Each candidate's best iterate, its waveform error (:func:`waveform_loss`, dB, over its
+        R excerpts together) and the trials it took.
     """
     import torch
 
     k, d = z0.shape
     r = y.shape[0] // k
-    target = y[..., skip:].double()
+    target = y[..., skip:].double().reshape(k, -1)
+    eye = torch.eye(d, dtype=torch.float64, device=y.device)
 
-    def residual(z):
-        return (render(z.repeat_interleave(r, dim=0))[..., skip:].double() - target).reshape(k, -1)
+    def residuals(z):  # z (M*K, d), M blocks of the K candidates -> (M*K, N)
+        m = z.shape[0] // k
+        return (render(z.repeat_interleave(r, dim=0))[..., skip:].double().reshape(m * k, -1) - target.repeat(m, 1))
+
+    def jacobian(z, res):  # (K, N, d), the d perturbed copies of every candidate rendered together
+        if central:
+            shifts = torch.cat([step * eye, -step * eye])  # (2d, d)
+            rows = residuals((z[None] + shifts[:, None]).clamp(0, 1).reshape(-1, d)).reshape(2 * d, k, -1)
+            return ((rows[:d] - rows[d:]) / (2 * step)).permute(1, 2, 0)
+        h = torch.where(z + step <= 1 - EPS, step, -step)  # (K, d)
+        moved = z[None] + h.T[:, :, None] * eye[:, None, :]  # (d, K, d): parameter j of each moved
+        rows = residuals(moved.reshape(-1, d)).reshape(d, k, -1)
+        return ((rows - res[None]) / h.T[:, :, None]).permute(1, 2, 0)
 
     with torch.no_grad():
         z = torch.from_numpy(np.asarray(z0, np.float64)).clamp(EPS, 1 - EPS).to(y.device)
-        res = residual(z)
+        res = residuals(z)
         cost = res.square().sum(dim=1)
         damping = torch.full((k,), 1e-3, dtype=torch.float64, device=y.device)
         taken = np.zeros(k, int)
-        eye = torch.eye(d, dtype=torch.float64, device=y.device)
-        for step in range(max_steps):
+        moved = True
+        for trial_index in range(max_steps):
             if stop is not None and stop.is_set():
                 break
-            columns = []
-            for j in range(d):
-                h = JACOBIAN_STEP * eye[j]
-                columns.append((residual((z + h).clamp(0, 1)) - residual((z - h).clamp(0, 1))) / (2 * JACOBIAN_STEP))
-            jac = torch.stack(columns, dim=2)  # (K, N, d)
-            normal = jac.transpose(1, 2) @ jac
-            gradient = (jac.transpose(1, 2) @ res.unsqueeze(2)).squeeze(2)
-            scale = torch.diagonal(normal, dim1=1, dim2=2).clamp_min(1e-30)
+            if moved:
+                jac = jacobian(z, res)
+                normal = jac.transpose(1, 2) @ jac
+                gradient = (jac.transpose(1, 2) @ res.unsqueeze(2)).squeeze(2)
+                scale = torch.diagonal(normal, dim1=1, dim2=2).clamp_min(1e-30)
             system = normal + (damping[:, None] * scale)[:, :, None] * eye
             delta = torch.linalg.solve(system, -gradient.unsqueeze(2)).squeeze(2)
             trial = (z + delta).clamp(EPS, 1 - EPS)
-            trial_res = residual(trial)
+            trial_res = residuals(trial)
             trial_cost = trial_res.square().sum(dim=1)
             better = trial_cost < cost
             z = torch.where(better[:, None], trial, z)
             res = torch.where(better[:, None], trial_res, res)
             cost = torch.where(better, trial_cost, cost)
             damping = torch.where(better, damping / 3, damping * 4)
-            taken[better.cpu().numpy()] = step + 1
-        energy = target.reshape(k, -1).square().sum(dim=1)
+            taken[better.cpu().numpy()] = trial_index + 1
+            moved = bool(better.any())
+        energy = target.square().sum(dim=1)
         error = 10 * torch.log10((cost + 1e-12) / (energy + 1e-12))
     return Refined(z.cpu().numpy(), error.cpu().numpy(), taken)
 
@@ -448,6 +473,14 @@ def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Ca
     with torch.enable_grad():  # grad mode is per thread
         refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
                          HALVINGS, skip, stop)
+        if x is not None and DRY_LEAST_SQUARES_STEPS:
+            # the Jacobian's renderings in one batch: the dry repeated for each copy of the rows
+            solved = least_squares(lambda z: render(z.float(), x.repeat(z.shape[0] // x.shape[0], 1, 1)), refined.z,
+                                   y_k, DRY_LEAST_SQUARES_STEPS, skip, stop, DRY_JACOBIAN_STEP, central=False)
+            scored = refine(lambda z: render(z, x_k), loss_fn, solved.z, y_k, 0, skip=skip)  # step 0: its loss
+            better = scored.loss < refined.loss
+            refined = Refined(np.where(better[:, None], solved.z, refined.z), np.where(better, scored.loss, refined.loss),
+                              refined.steps + solved.steps)
         if polish:
             polished = refine(lambda z: render(z, None), waveform_loss, refined.z, y_k, polish, POLISH_LEARNING_RATE,
                               TOLERANCE, PATIENCE, HALVINGS, skip, stop)
