@@ -482,7 +482,7 @@ def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Ca
         refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
                          HALVINGS, skip, stop)
         if x is not None and DRY_LEAST_SQUARES_STEPS:
-            # the Jacobian's renderings in one batch: the dry repeated for each copy of the rows
+            # the dry tiled to each batch of the Jacobian's copies; z in float32, as Adam renders it
             solved = least_squares(lambda z: render(z.float(), x.repeat(z.shape[0] // x.shape[0], 1, 1)), refined.z,
                                    y_k, DRY_LEAST_SQUARES_STEPS, skip, stop, DRY_JACOBIAN_STEP, central=False)
             scored = refine(lambda z: render(z, x_k), loss_fn, solved.z, y_k, 0, skip=skip)  # step 0: its loss

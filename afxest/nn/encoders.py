@@ -215,9 +215,10 @@ class MelConvNeXt(nn.Module):
         if self.echo is None and self.reverb is None:
             return self.mlp(h)
         c = wet_cepstrum(wet)
-        echo = h[:, :0] if self.echo is None else self.echo(c)
-        heard = [h, echo] + ([] if self.reverb is None else [self.reverb(c)])
-        return torch.cat([self.mlp(torch.cat(heard, dim=-1)), echo], dim=-1)
+        echo = None if self.echo is None else self.echo(c)
+        reverb = None if self.reverb is None else self.reverb(c)
+        embedding = self.mlp(torch.cat([f for f in (h, echo, reverb) if f is not None], dim=-1))
+        return embedding if echo is None else torch.cat([embedding, echo], dim=-1)
 
 
 class ResidualBlock(nn.Module):
