@@ -64,9 +64,8 @@ LEAST_SQUARES_STEPS = 30  # Levenberg-Marquardt trials after a synth's polish (l
 JACOBIAN_STEP = 1e-6  # central differences in z for a synth's Jacobian (its float64 rendering)
 # With a dry, the refinement's Adam steps gain about 12 dB of SI-SDR per 100 steps on the mix
 # task, still climbing at the cap; a few Levenberg-Marquardt trials on the waveform residual
-# after them gain far more (docs/estimate.md, "Search"): the effects' float32 rendering takes
-# forward differences of a larger step.
-DRY_LEAST_SQUARES_STEPS = 12
+# after them (Effort.dry_trials) gain far more (docs/estimate.md, "Search"): the effects'
+# float32 rendering takes forward differences of a larger step.
 DRY_JACOBIAN_STEP = 1e-3
 # copies of the candidates rendered together for a Jacobian: the batch's speed without all d
 # renderings' buffers at once (a 5 s 44.1 kHz stereo mix clip: 1.2 GB at its peak with all 23)
@@ -430,7 +429,8 @@ def search(
             processors treat channels alike and apart).
         x: The dry excerpts, (R, 1, T), or None for a synth.
         effort: How many are kept and the step caps.
-        max_steps: Overrides the effort's step cap.
+        max_steps: Overrides the effort's step cap of the Adam refinement (``max_steps``, or
+            ``dry_steps`` with a dry).
         skip: Passed to :func:`refine`.
         workers: The most threads the kept candidates are refined in (:func:`in_threads`; one
             per candidate at most), torch's intra-op threads divided among them meanwhile; each candidate follows its own
@@ -448,12 +448,13 @@ def search(
     keep = effort.keep_design if "design" in proposals else effort.keep
     order = np.argsort(scores, kind="stable")[:keep]
     z0 = z_all[order]
-    steps = effort.max_steps if max_steps is None else max_steps
+    steps = (effort.max_steps if x is None else effort.dry_steps) if max_steps is None else max_steps
     polish_cap = effort.polish_steps if max_steps is None else min(effort.polish_steps, max_steps)
     polish = polish_cap if x is None else 0  # a synth: its rendering is exact
+    trials = 0 if x is None else effort.dry_trials
 
     def work(group: np.ndarray, stop: threading.Event) -> Refined:
-        return _refine_group(z0[group], render, loss_fn, y, x, steps, polish, skip, stop)
+        return _refine_group(z0[group], render, loss_fn, y, x, steps, trials, polish, skip, stop)
 
     workers = max(1, min(workers, len(order)))  # a thread per candidate at most
     before = torch.get_num_threads()
@@ -470,9 +471,10 @@ def search(
 
 
 def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Callable[[Any, Any], Any], y, x,
-                  steps: int, polish: int, skip: int, stop: threading.Event) -> Refined:
+                  steps: int, trials: int, polish: int, skip: int, stop: threading.Event) -> Refined:
     """The refinement of the candidates z0 (K, d) of one thread of :func:`search`, each on the
-    excerpts y (and x); a synth's (``polish`` steps) last on the waveform error alone."""
+    excerpts y (and x): ``steps`` of Adam, then (with a dry) ``trials`` of Levenberg-Marquardt;
+    a synth's (``polish`` steps) last on the waveform error alone."""
     import torch
 
     k = len(z0)
@@ -481,10 +483,10 @@ def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Ca
     with torch.enable_grad():  # grad mode is per thread
         refined = refine(lambda z: render(z, x_k), loss_fn, z0, y_k, steps, LEARNING_RATE, TOLERANCE, PATIENCE,
                          HALVINGS, skip, stop)
-        if x is not None and DRY_LEAST_SQUARES_STEPS:
+        if x is not None and trials:
             # the dry tiled to each batch of the Jacobian's copies; z in float32, as Adam renders it
             solved = least_squares(lambda z: render(z.float(), x.repeat(z.shape[0] // x.shape[0], 1, 1)), refined.z,
-                                   y_k, DRY_LEAST_SQUARES_STEPS, skip, stop, DRY_JACOBIAN_STEP, central=False)
+                                   y_k, trials, skip, stop, DRY_JACOBIAN_STEP, central=False)
             scored = refine(lambda z: render(z, x_k), loss_fn, solved.z, y_k, 0, skip=skip)  # step 0: its loss
             better = scored.loss < refined.loss
             refined = Refined(np.where(better[:, None], solved.z, refined.z), np.where(better, scored.loss, refined.loss),

@@ -13,7 +13,8 @@ evaluate's tones), written as float WAV files at the task's rate, and estimated 
 preset is rendered by pedalboard on the dry (or synthesised) and compared with the wet:
 SI-SDR (dB) and log-mel distance (DAFx 2025 Eq. 16), with the dry's own as the Input
 baseline. ``--set`` overrides a constant of :mod:`afxest.search` (``NAME``) or of another
-module of afxest (``estimate.NAME``), for tuning on the val split.
+module of afxest (``estimate.NAME``), or a field of the search efforts (``Effort.dry_trials``),
+for tuning on the val split.
 Printed: one line per item, then mean, median and the share of items at or above the target.
 
 Pairs as users have them (effect tasks; any of the options below): item i is then drawn from
@@ -30,6 +31,7 @@ pedalboard on the dry at that rate and compared with the part of the wet made fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import tempfile
 import time
@@ -131,9 +133,17 @@ def main() -> None:
 
 def override_constants(settings: list[str]) -> None:
     """``--set NAME=VALUE`` items: a constant of afxest.search (``NAME``) or of afxest.MODULE
-    (``MODULE.NAME``) set to VALUE, of the constant's own type."""
+    (``MODULE.NAME``) set to VALUE, of the constant's own type; ``Effort.FIELD``: that field of
+    every search effort (afxest.choices.EFFORTS)."""
+    from afxest.choices import EFFORTS
+
     for item in settings:
         name, value = item.split("=", 1)
+        if name.startswith("Effort."):
+            field = name.partition(".")[2]
+            for key, effort in EFFORTS.items():
+                EFFORTS[key] = dataclasses.replace(effort, **{field: type(getattr(effort, field))(value)})
+            continue
         module = importlib.import_module(f"afxest.{name.rpartition('.')[0] or 'search'}")
         name = name.rpartition(".")[2]
         setattr(module, name, type(getattr(module, name))(value))

@@ -203,8 +203,6 @@ def test_search_adds_refined_candidates_and_refine_0_turns_it_off(
     """--refine 0: the draws alone (today's estimate); --refine N: the same draws plus the
     search's candidates, refined for at most N Adam steps (and the Levenberg-Marquardt trials
     after them), scored like the draws."""
-    from afxest.search import DRY_LEAST_SQUARES_STEPS
-
     wet, dry = pair
     base = ["estimate", wet, "--dry", dry, "--model", models["eq"], "--json", "--samples", 4, "--no-audio"]
     code, out, err = run(capsys, *base, "-o", tmp_path, "--refine", 0)
@@ -220,7 +218,7 @@ def test_search_adds_refined_candidates_and_refine_0_turns_it_off(
     assert 1 <= len(records) <= EFFORTS["default"].keep
     for c in records:
         r = c["refinement"]
-        assert r["steps"] <= 8 + DRY_LEAST_SQUARES_STEPS and r["loss_after"] == c["loss"] and r["proposal"] in ("posterior", "analysis")
+        assert r["steps"] <= 8 + EFFORTS["default"].dry_trials and r["loss_after"] == c["loss"] and r["proposal"] in ("posterior", "analysis")
     drawn = [c for c in refined["candidates"] if "refinement" not in c]
     assert [c["preset"] for c in drawn] == [c["preset"] for c in plain["candidates"]]
     assert refined["candidates"][0]["loss"] <= plain["candidates"][0]["loss"]

@@ -222,12 +222,13 @@ def short_eq_pair(folder: Path) -> tuple[Path, Path]:
     return write(folder / "wet.wav", wet, EQ_RATE), write(folder / "dry.wav", dry, EQ_RATE)
 
 
-@pytest.mark.parametrize("effort, cap", [("fast", 100), ("default", 200), ("best", 1000)])
-def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, effort: str, cap: int) -> None:
-    """--effort without --refine: the search's refinement runs with a step cap of 100 / 200 /
-    1000 (docs/estimate.md) in each of its threads (a call of 0 steps scores the
-    Levenberg-Marquardt trials that follow), and the steps it reports are within it and those
-    trials. (Whether a refinement reaches its cap depends on the pair; `afxest.search.refine`'s
+@pytest.mark.parametrize("effort, cap, trials", [("fast", 100, 12), ("default", 100, 20), ("best", 1000, 12)])
+def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, effort: str, cap: int,
+                                          trials: int) -> None:
+    """--effort without --refine: an effect task's search with a dry runs Adam with a step cap
+    of 100 / 100 / 1000 (docs/estimate.md) in each of its threads (a call of 0 steps scores the
+    Levenberg-Marquardt trials that follow, 12 / 20 / 12 at most), and the steps it reports are
+    within the two. (Whether a refinement reaches its cap depends on the pair; `afxest.search.refine`'s
     own tests check that it stops there.)"""
     import afxest.search
 
@@ -247,7 +248,7 @@ def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, e
     analysis = doc["analysis"]
     assert analysis["search"]["effort"] == effort and analysis["search"]["step_cap"] == cap
     steps = analysis["refine_steps"]
-    assert 0 < steps <= cap + afxest.search.DRY_LEAST_SQUARES_STEPS
+    assert 0 < steps <= cap + trials
     each = [c["refinement"]["steps"] for c in doc["candidates"] if "refinement" in c]
     assert max(each) == steps and min(each) > 0  # each candidate's own, the document's the most
 
