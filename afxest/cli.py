@@ -244,7 +244,7 @@ def estimate(
     from afxest.audio import check_out_dir
     from afxest.device import resolve_device
     from afxest.estimate import (
-        Analyser, EstimateOptions, check_request, check_stems, inference_threads, pair_inputs, run_batch,
+        Analyser, EstimateOptions, check_request, check_stems, inference_threads, pair_inputs, read_ahead, run_batch,
     )
     from afxest.store import load_model
 
@@ -257,6 +257,7 @@ def estimate(
     check_out_dir(out)
     jobs = pair_inputs(wets, dry or [])
     check_stems(jobs)
+    ahead = read_ahead(jobs[0])  # decoded while torch is imported and the model loaded
     torch_device = resolve_device(device.value)
     if torch_device.type == "cpu":
         inference_threads()
@@ -270,7 +271,7 @@ def estimate(
 
     with _progress_bar("estimating", len(jobs), progress and err.is_terminal) as update:
         code = run_batch(jobs, analyser, out, options, lambda result: _print_estimate(result, json_out),
-                         _report_failure, progress=update)
+                         _report_failure, progress=update, ahead=ahead)
     if code:
         raise typer.Exit(code)
 

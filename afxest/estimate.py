@@ -867,14 +867,14 @@ class Analyser:
 
     def analyse(
         self,
-        wet_path: Path,
-        dry_path: Path | None,
+        wet: Path | Recording,
+        dry: Path | Recording | None,
         options: EstimateOptions,
         progress: Callable[[float], None] | None = None,
     ) -> tuple[dict[str, Any], list, Signal | None, np.ndarray | None]:
-        """:meth:`estimate` of a request already checked: the files read (:func:`read_inputs`),
-        then :meth:`analyse_inputs`."""
-        return self.analyse_inputs(read_inputs(wet_path, dry_path, self.task), options, progress)
+        """:meth:`estimate` of a request already checked: the files read, or taken as read
+        (:func:`read_inputs`), then :meth:`analyse_inputs`."""
+        return self.analyse_inputs(read_inputs(wet, dry, self.task), options, progress)
 
     def analyse_inputs(
         self,
@@ -1277,12 +1277,28 @@ def audio_ranks(presets: Sequence, dry: Signal | None, job: Job, options: Estima
     ]
 
 
+def read_ahead(job: Job) -> Any:
+    """A job's pair decoded (:func:`_recordings`) in a daemon thread of its own from now on
+    (:class:`afxest.search.Background`; its ``result()`` the two :class:`Recording` objects, or
+    what decoding raised), so that the decoder, which releases the GIL, works while the caller
+    imports torch and loads the model: a 10-minute 44.1 kHz stereo pair's 2.6 s of decoding
+    beside them. None for a job without a dry file (its wet is read block by block at the task's
+    rate, which the model gives) or one that cannot be paired."""
+    if job.problem or job.dry is None:
+        return None
+    from afxest.search import Background
+
+    dry = job.dry
+    return Background(lambda: _recordings(job.wet, dry))
+
+
 def estimate_file(
     estimator: Analyser,
     job: Job,
     out_dir: Path,
     options: EstimateOptions,
     progress: Callable[[float], None] | None = None,
+    ahead: Any = None,
 ) -> EstimateResult:
     """Estimates one file and writes ``out_dir/<wet stem>/estimate.json`` and its audio.
 
@@ -1300,6 +1316,7 @@ def estimate_file(
         out_dir: The folder of the estimates.
         options: The request, checked.
         progress: Called with the fraction of the analysis done.
+        ahead: The job's pair as :func:`read_ahead` decodes it, or None: read here.
 
     Returns:
         The :class:`EstimateResult`: the document, the files written and the warnings.
@@ -1310,7 +1327,8 @@ def estimate_file(
     names = planned_names(estimator.task, options)
     earlier = [p.name for p in _set_files(folder) if p.name not in names]
     _check_outputs(folder, names + earlier, [p for p in (job.wet, job.dry) if p is not None], options.force)
-    document, presets, dry, spread = estimator.analyse(job.wet, job.dry, options, progress)
+    wet, dry_input = (job.wet, job.dry) if ahead is None else ahead.result()
+    document, presets, dry, spread = estimator.analyse(wet, dry_input, options, progress)
     warnings = meaningless_ranking(document, job, dry)
     ranks, unrendered = audio_ranks(presets, dry, job, options, estimator.task)
     make_folder(out_dir)
@@ -1384,6 +1402,7 @@ def run_batch(
     on_result: Callable[[EstimateResult], None],
     on_error: Callable[[Job, BaseException], None],
     progress: Callable[[float], None] | None = None,
+    ahead: Any = None,
 ) -> int:
     """Estimates every job (:func:`estimate_file`); a failure is reported and the rest go on.
 
@@ -1395,6 +1414,7 @@ def run_batch(
         on_result: Called with each estimate written.
         on_error: Called with each job that failed and its exception (a UserError: bad input).
         progress: Called with the jobs done so far, fractions included (from 0 to ``len(jobs)``).
+        ahead: The first job's pair as :func:`read_ahead` decodes it, or None.
 
     Returns:
         The exit code: 0 when all succeeded, 1 if any failed internally, else 2.
@@ -1406,7 +1426,7 @@ def run_batch(
                 progress(k + min(max(f, 0.0), 1.0))
 
         try:
-            result = estimate_file(estimator, job, out_dir, options, local)
+            result = estimate_file(estimator, job, out_dir, options, local, ahead if k == 0 else None)
         except UserError as err:
             on_error(job, err)
             code = code or 2
