@@ -49,16 +49,27 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
 GRID = list(itertools.product(PLUGINS, [2.0, 30.0, 100.0, 1000.0, 9000.0, 10900.0], [-20.0, -6.0, 6.0, 20.0], [0.1, 0.707, 3.0, 10.0]))
 
 
+# both of apply_biquads' ways: its input requiring a gradient (the frequency-domain pass), or not
+# (the compiled recursion)
+PATHS = {"frequency": True, "recursion": False}
+
+
+def signal(x: np.ndarray, path: str) -> torch.Tensor:
+    """``x`` as the tensor that takes ``path`` through :func:`apply_biquads`."""
+    return torch.from_numpy(x).requires_grad_(PATHS[path])
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", PLUGINS)
-def test_matches_recursive_float64_filter_everywhere(kind: str) -> None:
-    """The frequency-domain filter equals the recursive filter (scipy.signal.lfilter, float64)
-    on the whole grid, extreme q, gains and cutoffs near Nyquist included."""
+def test_matches_recursive_float64_filter_everywhere(kind: str, path: str) -> None:
+    """Both ways of filtering equal scipy's recursive filter (scipy.signal.lfilter, float64) on
+    the whole grid, extreme q, gains and cutoffs near Nyquist included."""
     fs = 22050
     x = np.random.default_rng(0).standard_normal((1, 1, 8000))
     for _, f, g, q in (c for c in GRID if c[0] == kind):
         b, a = cookbook(kind, f, g, q, fs)
         reference = scipy.signal.lfilter(b, a, x[0, 0])
-        ours = biquad(torch.from_numpy(x), kind, t64(f), t64(g), t64(q), fs)[0, 0].numpy()
+        ours = biquad(signal(x, path), kind, t64(f), t64(g), t64(q), fs)[0, 0].detach().numpy()
         assert snr_db(reference, ours) > 150, (kind, f, g, q)
 
 
@@ -98,8 +109,10 @@ def test_pedalboard_low_cutoff_error_is_its_float32_arithmetic() -> None:
         assert abs(snr_db(theirs, ours) - snr_db(theirs, exact)) < 0.5
 
 
-def test_music_like_signal_snr_against_pedalboard() -> None:
-    """>= 50 dB SNR against pedalboard on a stereo music-like signal over the task ranges."""
+@pytest.mark.parametrize("path", PATHS)
+def test_music_like_signal_snr_against_pedalboard(path: str) -> None:
+    """>= 50 dB SNR against pedalboard on a stereo music-like signal over the task ranges, the
+    float32 signal in float32 out."""
     fs = 22050
     rng = np.random.default_rng(2)
     t = np.arange(fs * 2) / fs
@@ -108,17 +121,21 @@ def test_music_like_signal_snr_against_pedalboard() -> None:
     x = x.astype(np.float32)
     for kind, f, g, q in itertools.product(PLUGINS, [30.0, 200.0, 1000.0, 4000.0, 10000.0], [-20.0, 12.0], [0.1, 1.0, 3.0]):
         theirs = PLUGINS[kind](cutoff_frequency_hz=f, gain_db=g, q=q)(x, fs)
-        ours = biquad(torch.from_numpy(x)[None], kind, t64(f), t64(g), t64(q), fs)[0].numpy()
-        assert snr_db(theirs, ours) > 50, (kind, f, g, q)
+        ours = biquad(signal(x[None], path), kind, t64(f), t64(g), t64(q), fs)[0].detach()
+        assert ours.dtype == torch.float32
+        assert snr_db(theirs, ours.numpy()) > 50, (kind, f, g, q)
 
 
-def test_cascade_and_batch() -> None:
-    """A cascade with per-item parameters equals filtering item by item, filter after filter."""
+@pytest.mark.parametrize("path", PATHS)
+def test_cascade_and_batch(path: str) -> None:
+    """A cascade with per-item parameters and a broadband gain equals scipy filtering item by
+    item, channel by channel, filter after filter."""
     fs = 22050
-    x = torch.randn(3, 2, 3000, dtype=torch.float64)
+    x = signal(np.random.default_rng(3).standard_normal((3, 2, 3000)), path)
     f, g, q = t64(300.0, 1000.0, 5000.0), t64(-6.0, 3.0, 12.0), t64(0.5, 1.0, 2.0)
     coefs = [biquad_coefficients("low_shelf", f, g, q, fs), biquad_coefficients("peak", f * 2, -g, q, fs)]
-    y = apply_biquads(x, coefs, fs)
+    y = (apply_biquads(x, coefs, fs, scale=t64(0.5, 1.0, 2.0)) / t64(0.5, 1.0, 2.0)[:, None, None]).detach()
+    x = x.detach()
     for i in range(3):
         b1, a1 = cookbook("low_shelf", f[i].item(), g[i].item(), q[i].item(), fs)
         b2, a2 = cookbook("peak", 2 * f[i].item(), -g[i].item(), q[i].item(), fs)
@@ -133,8 +150,8 @@ def test_overlap_add_blocks_equal_single_pass(monkeypatch: pytest.MonkeyPatch) -
     b, a = cookbook("peak", 60.0, -12.0, 3.0, fs)
     ref = scipy.signal.lfilter(b, a, x[0].numpy(), axis=-1)
     monkeypatch.setattr(filters, "BLOCK", 4096)
-    y = biquad(x, "peak", t64(60.0), t64(-12.0), t64(3.0), fs)
-    assert snr_db(ref, y[0].numpy()) > 150
+    y = biquad(x.requires_grad_(), "peak", t64(60.0), t64(-12.0), t64(3.0), fs)  # the frequency-domain pass
+    assert snr_db(ref, y[0].detach().numpy()) > 150
 
 
 def test_gradients_match_finite_differences() -> None:
