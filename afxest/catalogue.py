@@ -64,7 +64,7 @@ FREQ_RATIO = Param(
 # pedalboard's Delay and Reverb take every parameter but the delay time in [0, 1]
 DELAY_SECONDS = Param(
     "delay_seconds", "s", "echo delay, trunc(float32(delay_seconds) * sample_rate) samples", short="t",
-    minimum=0.0, maximum=30.0,
+    minimum=0.0, maximum=30.0, stepped=True,
 )
 FEEDBACK = Param("feedback", "", "gain of the echo fed back into the delay line", short="fb", minimum=0.0, maximum=1.0)
 MIX = Param("mix", "", "gain of the echoes; the input's is 1 - mix", short="mix", minimum=0.0, maximum=1.0)

@@ -697,6 +697,7 @@ def search_candidates(scorer: Scorer, z: np.ndarray, wet: np.ndarray, dry: np.nd
         None if dry is None else search_excerpts(dry, refined, preroll, length, scorer.device, joint), effort,
         max_steps=options.refine or None, skip=preroll,
         workers=refine_workers() if torch.device(scorer.device).type == "cpu" else 1,
+        held=np.array([r.param.stepped for r in task.model.ranges]),
     )
 
 

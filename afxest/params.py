@@ -33,7 +33,9 @@ class Param:
     ``minimum``/``maximum`` bound the valid values (``None``: unbounded); ``*_inclusive`` says
     whether the bound itself is valid. ``below_nyquist`` adds the bound value < sample_rate / 2,
     and ``one_sample`` (a duration) value >= 1 / sample_rate, both checked against the sample
-    rate in use.
+    rate in use. ``stepped``: the rendering is a step function of it (a whole number of
+    samples), so its gradient is 0 and a finite difference measures a jump, not a slope (the
+    search's Levenberg-Marquardt trials hold it: :func:`afxest.search.least_squares`).
     """
 
     name: str
@@ -46,6 +48,7 @@ class Param:
     maximum_inclusive: bool = True
     below_nyquist: bool = False
     one_sample: bool = False
+    stepped: bool = False
 
     def problem(self, value: float, sample_rate: float | None = None) -> str | None:
         """Why ``value`` is not a valid physical value (at ``sample_rate``, where the bounds

@@ -238,7 +238,8 @@ def refine(
 
 
 def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: int, skip: int = 0,
-                  stop: threading.Event | None = None, step: float = JACOBIAN_STEP, central: bool = True) -> Refined:
+                  stop: threading.Event | None = None, step: float = JACOBIAN_STEP, central: bool = True,
+                  held: np.ndarray | None = None) -> Refined:
     """Levenberg-Marquardt on the waveform residual render(z) - y, each of K candidates on its
     own (Levenberg 1944, Marquardt 1963): a trial step delta solves (J^T J + lambda diag(J^T J))
     delta = -J^T r, J the residual's Jacobian in z by finite differences of ``step``; a trial
@@ -265,6 +266,11 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
         central: Central differences (2d renderings a Jacobian; a float64 rendering), else
             forward ones (d; away from the bound at 1), enough for a float32 rendering with a
             larger ``step``.
+        held: (d,) bool, the parameters the trials leave where they are (their Jacobian
+            columns neither rendered nor solved for): those the rendering is a step function
+            of (:attr:`afxest.params.Param.stepped`), where a finite difference measures a jump
+            that no step of the others can follow (a delay time 0.001 in z away is tens of
+            samples). None: none held.
 
     Returns:
         Each candidate's best iterate, its waveform error (:func:`waveform_loss`, dB, over its
@@ -275,7 +281,10 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
     k, d = z0.shape
     r = y.shape[0] // k
     target = y[..., skip:].double().reshape(k, -1)
-    eye = torch.eye(d, dtype=torch.float64, device=y.device)
+    free = np.arange(d) if held is None else np.flatnonzero(~np.asarray(held, bool))
+    f = len(free)
+    eye = torch.eye(d, dtype=torch.float64, device=y.device)[free]  # (f, d): a unit step in each free parameter
+    eye_f = torch.eye(f, dtype=torch.float64, device=y.device)
 
     def residuals(z):  # z (M*K, d), M blocks of the K candidates -> (M*K, N), JACOBIAN_BATCH blocks a rendering
         parts = []
@@ -285,14 +294,14 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
             parts.append(rendered - target.repeat(m, 1))
         return torch.cat(parts)
 
-    def jacobian(z, res):  # (K, N, d), the d perturbed copies of every candidate rendered together
+    def jacobian(z, res):  # (K, N, f), the f perturbed copies of every candidate rendered together
         if central:
-            shifts = torch.cat([step * eye, -step * eye])  # (2d, d)
-            rows = residuals((z[None] + shifts[:, None]).clamp(0, 1).reshape(-1, d)).reshape(2 * d, k, -1)
-            return ((rows[:d] - rows[d:]) / (2 * step)).permute(1, 2, 0)
-        h = torch.where(z + step <= 1 - EPS, step, -step)  # (K, d)
-        moved = z[None] + h.T[:, :, None] * eye[:, None, :]  # (d, K, d): parameter j of each moved
-        rows = residuals(moved.reshape(-1, d)).reshape(d, k, -1)
+            shifts = torch.cat([step * eye, -step * eye])  # (2f, d)
+            rows = residuals((z[None] + shifts[:, None]).clamp(0, 1).reshape(-1, d)).reshape(2 * f, k, -1)
+            return ((rows[:f] - rows[f:]) / (2 * step)).permute(1, 2, 0)
+        h = torch.where(z + step <= 1 - EPS, step, -step)[:, free]  # (K, f)
+        moved = z[None] + h.T[:, :, None] * eye[:, None, :]  # (f, K, d): free parameter j of each moved
+        rows = residuals(moved.reshape(-1, d)).reshape(f, k, -1)
         return ((rows - res[None]) / h.T[:, :, None]).permute(1, 2, 0)
 
     with torch.no_grad():
@@ -302,7 +311,7 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
         damping = torch.full((k,), 1e-3, dtype=torch.float64, device=y.device)
         taken = np.zeros(k, int)
         moved = True
-        for trial_index in range(max_steps):
+        for trial_index in range(max_steps if f else 0):
             if stop is not None and stop.is_set():
                 break
             if moved:
@@ -310,8 +319,8 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
                 normal = jac.transpose(1, 2) @ jac
                 gradient = (jac.transpose(1, 2) @ res.unsqueeze(2)).squeeze(2)
                 scale = torch.diagonal(normal, dim1=1, dim2=2).clamp_min(1e-30)
-            system = normal + (damping[:, None] * scale)[:, :, None] * eye
-            delta = torch.linalg.solve(system, -gradient.unsqueeze(2)).squeeze(2)
+            system = normal + (damping[:, None] * scale)[:, :, None] * eye_f
+            delta = torch.linalg.solve(system, -gradient.unsqueeze(2)).squeeze(2) @ eye  # (K, d), 0 where held
             trial = (z + delta).clamp(EPS, 1 - EPS)
             trial_res = residuals(trial)
             trial_cost = trial_res.square().sum(dim=1)
@@ -415,6 +424,7 @@ def search(
     max_steps: int | None = None,
     skip: int = 0,
     workers: int = 1,
+    held: np.ndarray | None = None,
 ) -> Searched:
     """Runs steps 1-3 of the module's pipeline: scores every proposal with ``cheap_score``,
     keeps the ``effort.keep`` best and refines them (:func:`refine`) on one candidate's
@@ -435,6 +445,8 @@ def search(
         workers: The most threads the kept candidates are refined in (:func:`in_threads`; one
             per candidate at most), torch's intra-op threads divided among them meanwhile; each candidate follows its own
             schedule, so the answer does not depend on it.
+        held: (d,) bool, the parameters the Levenberg-Marquardt trials leave where they are
+            (:func:`least_squares`); None: none.
 
     Returns:
         The refined candidates, where they came from and their losses before and after.
@@ -454,7 +466,7 @@ def search(
     trials = 0 if x is None else effort.dry_trials
 
     def work(group: np.ndarray, stop: threading.Event) -> Refined:
-        return _refine_group(z0[group], render, loss_fn, y, x, steps, trials, polish, skip, stop)
+        return _refine_group(z0[group], render, loss_fn, y, x, steps, trials, polish, skip, stop, held)
 
     workers = max(1, min(workers, len(order)))  # a thread per candidate at most
     before = torch.get_num_threads()
@@ -471,7 +483,8 @@ def search(
 
 
 def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Callable[[Any, Any], Any], y, x,
-                  steps: int, trials: int, polish: int, skip: int, stop: threading.Event) -> Refined:
+                  steps: int, trials: int, polish: int, skip: int, stop: threading.Event,
+                  held: np.ndarray | None = None) -> Refined:
     """The refinement of the candidates z0 (K, d) of one thread of :func:`search`, each on the
     excerpts y (and x): ``steps`` of Adam, then (with a dry) ``trials`` of Levenberg-Marquardt;
     a synth's (``polish`` steps) last on the waveform error alone."""
@@ -486,7 +499,7 @@ def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Ca
         if x is not None and trials:
             # the dry tiled to each batch of the Jacobian's copies; z in float32, as Adam renders it
             solved = least_squares(lambda z: render(z.float(), x.repeat(z.shape[0] // x.shape[0], 1, 1)), refined.z,
-                                   y_k, trials, skip, stop, DRY_JACOBIAN_STEP, central=False)
+                                   y_k, trials, skip, stop, DRY_JACOBIAN_STEP, central=False, held=held)
             scored = refine(lambda z: render(z, x_k), loss_fn, solved.z, y_k, 0, skip=skip)  # step 0: its loss
             better = scored.loss < refined.loss
             refined = Refined(np.where(better[:, None], solved.z, refined.z), np.where(better, scored.loss, refined.loss),
@@ -494,7 +507,8 @@ def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Ca
         if polish:
             polished = refine(lambda z: render(z, None), waveform_loss, refined.z, y_k, polish, POLISH_LEARNING_RATE,
                               TOLERANCE, PATIENCE, HALVINGS, skip, stop)
-            solved = least_squares(lambda z: render(z, None), polished.z, y_k, LEAST_SQUARES_STEPS, skip, stop)
+            solved = least_squares(lambda z: render(z, None), polished.z, y_k, LEAST_SQUARES_STEPS, skip, stop,
+                                   held=held)
             scored = refine(lambda z: render(z, None), loss_fn, solved.z, y_k, 0, skip=skip)  # step 0: its loss
             refined = Refined(solved.z, scored.loss, refined.steps + polished.steps + solved.steps)
     return refined

@@ -242,6 +242,31 @@ def test_least_squares_with_a_dry_lands_on_pedalboards_master_chain_from_near_it
     np.testing.assert_allclose(found.z[0], truth, atol=1e-3)
 
 
+def test_least_squares_holds_a_stepped_parameter_and_fits_the_others() -> None:
+    """An echo of a noise, y = g x[n] + m x[n - D] with D = floor(100 z_2) samples (a step
+    function of z_2, as a delay time is) and g = z_0, m = z_1 (written here): from a start with
+    the right D, a forward difference in z_2 crosses a step (z_2 = 0.3799 -> D 37 to 38), so
+    the trials hold z_2 (``held``) and land g and m on the truth; z_2 is returned as it came.
+    The Jacobian is not rendered for the held parameter: two copies a Jacobian."""
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.standard_normal(2000))
+    renderings = []
+
+    def echo(z: torch.Tensor) -> torch.Tensor:
+        renderings.append(len(z))
+        rows = [z[i, 0] * x + z[i, 1] * torch.roll(x, int(np.floor(100 * float(z[i, 2])))) for i in range(len(z))]
+        return torch.stack(rows)[:, None, :]
+
+    truth = np.array([[0.4, 0.7, 0.3799]])
+    y = echo(torch.from_numpy(truth))
+    start = np.array([[0.9, 0.2, 0.3799]])
+    renderings.clear()
+    found = search.least_squares(echo, start, y, 10, step=1e-3, central=False, held=np.array([False, False, True]))
+    np.testing.assert_allclose(found.z[0, :2], truth[0, :2], atol=1e-6)
+    assert found.z[0, 2] == start[0, 2] and found.loss[0] < -100
+    assert max(renderings) == 2  # the Jacobian's copies: the two free parameters
+
+
 @pytest.mark.parametrize("index, ratio", [(6.0, 7.3), (9.77, 9.8), (2.0, 0.73), (4.0, 3.0)])
 def test_the_modulator_ratio_is_read_from_an_fm_tones_spectrum(index: float, ratio: float) -> None:
     """A closed-form FM tone (0.125 s at 22050 Hz, carrier 110 Hz): the ratio read from its
