@@ -259,7 +259,8 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
             :data:`JACOBIAN_BATCH` copies).
         z0: The starts, (K, d) in [0, 1]^d.
         y: The target (K*R, 1, T): R excerpts per candidate, in order.
-        max_steps: The most trials (each one rendering; a Jacobian d or 2d more).
+        max_steps: The most trials (each one rendering; a Jacobian f or 2f more, f the
+            parameters not ``held``).
         skip: The samples dropped at the start of each excerpt before the error.
         stop: When set (by another thread), the iteration ends at its next trial.
         step: The finite difference in z.

@@ -196,7 +196,8 @@ def cascade_response(coefficients: Sequence[tuple[Tensor, Tensor]], n_fft: int) 
 def apply_biquads(
     x: Tensor, coefficients: Sequence[tuple[Tensor, Tensor]], sample_rate: float, scale: Tensor | None = None
 ) -> Tensor:
-    """Filters x by a cascade of biquads, in the frequency domain.
+    """Filters x by a cascade of biquads, in the frequency domain (its recursion where no
+    gradient is wanted, on the CPU: :func:`_recursion`).
 
     The signal is processed by overlap-add in blocks of max(``BLOCK``, 2 tail) samples, each
     zero padded by the tail, so the circular convolution of each block is its linear one: the
@@ -215,6 +216,7 @@ def apply_biquads(
     batch, channels, n = x.shape
     if not coefficients and scale is None:
         return x
+    # the tail sets the blocks; its computation also refuses an unstable biquad, whichever way
     tail = tail_length(torch.cat([a for _, a in coefficients]), sample_rate) if coefficients else 1
     if coefficients and x.device.type == "cpu" and not _differentiable(x, coefficients, scale):
         y = _recursion(x, coefficients)
@@ -293,7 +295,8 @@ def _recursion(x: Tensor, coefficients: Sequence[tuple[Tensor, Tensor]]) -> Tens
     sections = torch.cat([b, a[..., 1:]], dim=-1) / a[..., :1]  # (batch, K, 5)
     rows = cpu(x).reshape(batch * channels, n)
     y = torch.empty_like(rows)
-    run_rows(_cascade_kernel(), [rows.numpy(), sections.repeat_interleave(channels, dim=0).contiguous().numpy(), y.numpy()])
+    per_row = sections.repeat_interleave(channels, dim=0).contiguous()
+    run_rows(_cascade_kernel(), [rows.numpy(), per_row.numpy(), y.numpy()])
     return y.reshape(batch, channels, n)
 
 
