@@ -1,7 +1,7 @@
 """Accuracy and cost of ``afxest estimate`` with a reference, on items of a music split.
 
     python benchmarks/search_accuracy.py --model master --data /work/music --split val --n 8
-        [--refine 0] [--effort default] [--samples 10] [--set NAME=VALUE ...]
+        [--refine 0] [--effort default] [--samples 10] [--estimate-seed N] [--set NAME=VALUE ...]
         [--rate HZ] [--stereo] [--offset SAMPLES] [--length SECONDS]
 
 Item i is drawn as ``afxest evaluate`` draws it (``default_rng([seed, 2_000_003, i])``: a dry
@@ -63,6 +63,11 @@ def corrected(document: dict) -> str:
     return f" + correction ({form}; best uncorrected: SI-SDR {plain['si_sdr']:.2f} dB)" if plain else f" + correction ({form})"
 
 
+def estimate_seed(args: argparse.Namespace) -> int:
+    """The seed of each estimate: ``--estimate-seed``, or the items' ``--seed``."""
+    return args.seed if args.estimate_seed is None else args.estimate_seed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="master")
@@ -71,6 +76,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--first", type=int, default=0, help="index of the first item")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--estimate-seed", type=int, default=None,
+                        help="the estimate's seed (its draws), the items kept (default: --seed)")
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--refine", type=int, default=None)
     parser.add_argument("--effort", default="default", choices=tuple(EFFORTS))
@@ -93,7 +100,8 @@ def main() -> None:
         folder = MusicFolder(args.data, task.sample_rate, args.split, min_seconds=task.clip_seconds).prepare()
         source = DrySource(folder, task.sample_rate)
     mel = LogMelLoss(task.sample_rate)
-    options = EstimateOptions(samples=args.samples, refine=args.refine, effort=args.effort, seed=args.seed, audio="none")
+    options = EstimateOptions(samples=args.samples, refine=args.refine, effort=args.effort, seed=estimate_seed(args),
+                              audio="none")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.first, args.first + args.n):
@@ -185,7 +193,8 @@ def users_pairs(args) -> None:
     task = loaded.task
     analyser = Analyser(loaded)
     files = MusicFolder(args.data, task.sample_rate, args.split).files
-    options = EstimateOptions(samples=args.samples, refine=args.refine, effort=args.effort, seed=args.seed, audio="none")
+    options = EstimateOptions(samples=args.samples, refine=args.refine, effort=args.effort, seed=estimate_seed(args),
+                              audio="none")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.first, args.first + args.n):
