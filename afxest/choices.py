@@ -39,7 +39,7 @@ EFFORTS: dict[str, Effort] = {
     for e in (
         Effort("fast", keep=1, max_steps=100, dry_steps=100, dry_trials=12,
                design=256, keep_design=4, windows=1, polish_steps=100),
-        Effort("default", keep=2, max_steps=200, dry_steps=100, dry_trials=20,
+        Effort("default", keep=2, max_steps=200, dry_steps=100, dry_trials=14,
                design=1024, keep_design=16, windows=2, polish_steps=300),
         Effort("best", keep=4, max_steps=1000, dry_steps=1000, dry_trials=12,
                design=4096, keep_design=64, windows=4, polish_steps=1000),
