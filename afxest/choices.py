@@ -27,8 +27,7 @@ class Effort:
     keep: int  # proposals refined (the best by the cheap score)
     max_steps: int  # step cap of each refinement of a synth (no dry)
     dry_steps: int  # with a dry: step cap of each Adam refinement of an effect chain ...
-    dry_trials: int  # ... and the Levenberg-Marquardt trials after it (afxest.search.least_squares),
-    dry_trials_max: int  # ... up to this many while they still gain (search.EXTEND_GAIN_DB)
+    dry_trials: int  # ... and the Levenberg-Marquardt trials after it (afxest.search.least_squares)
     design: int  # Sobol points for tasks of at most search.DESIGN_MAX_DIM parameters
     keep_design: int  # proposals refined in those tasks (their short clips are cheap to render)
     windows: int  # analysis windows refined on (of equal length, spread over the file)
@@ -38,11 +37,11 @@ class Effort:
 EFFORTS: dict[str, Effort] = {
     e.name: e
     for e in (
-        Effort("fast", keep=1, max_steps=100, dry_steps=100, dry_trials=12, dry_trials_max=12,
+        Effort("fast", keep=1, max_steps=100, dry_steps=100, dry_trials=12,
                design=256, keep_design=4, windows=1, polish_steps=100),
-        Effort("default", keep=2, max_steps=200, dry_steps=100, dry_trials=14, dry_trials_max=30,
+        Effort("default", keep=2, max_steps=200, dry_steps=100, dry_trials=14,
                design=1024, keep_design=16, windows=2, polish_steps=300),
-        Effort("best", keep=4, max_steps=1000, dry_steps=1000, dry_trials=12, dry_trials_max=12,
+        Effort("best", keep=4, max_steps=1000, dry_steps=1000, dry_trials=12,
                design=4096, keep_design=64, windows=4, polish_steps=1000),
     )
 }

@@ -67,13 +67,6 @@ JACOBIAN_STEP = 1e-6  # central differences in z for a synth's Jacobian (its flo
 # after them (Effort.dry_trials) gain far more (docs/estimate.md, "Search"): the effects'
 # float32 rendering takes forward differences of a larger step.
 DRY_JACOBIAN_STEP = 1e-3
-# Past its cap of trials a candidate goes on (up to Effort.dry_trials_max) while Gauss-Newton is
-# in its fast phase: its squared error fell by at least EXTEND_GAIN_DB over the last
-# EXTEND_TRIALS trials. The trials' gains come in bursts after rejected ones, so a rule that
-# stops early on slow progress loses them; one that goes on in a burst keeps them (traces of 30
-# trials on val pairs, docs/estimate.md, "Search").
-EXTEND_GAIN_DB = 1.0
-EXTEND_TRIALS = 2
 # copies of the candidates rendered together for a Jacobian: the batch's speed without all d
 # renderings' buffers at once (a 5 s 44.1 kHz stereo mix clip: 1.2 GB at its peak with all 23)
 JACOBIAN_BATCH = 6
@@ -246,7 +239,7 @@ def refine(
 
 def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: int, skip: int = 0,
                   stop: threading.Event | None = None, step: float = JACOBIAN_STEP, central: bool = True,
-                  held: np.ndarray | None = None, extend: int = 0) -> Refined:
+                  held: np.ndarray | None = None) -> Refined:
     """Levenberg-Marquardt on the waveform residual render(z) - y, each of K candidates on its
     own (Levenberg 1944, Marquardt 1963): a trial step delta solves (J^T J + lambda diag(J^T J))
     delta = -J^T r, J the residual's Jacobian in z by finite differences of ``step``; a trial
@@ -279,9 +272,6 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
             of (:attr:`afxest.params.Param.stepped`), where a finite difference measures a jump
             that no step of the others can follow (a delay time 0.001 in z away is tens of
             samples). None: none held.
-        extend: The most trials past ``max_steps``, each taken by the candidates whose squared
-            error fell by :data:`EXTEND_GAIN_DB` or more over their last
-            :data:`EXTEND_TRIALS` trials (the others keep their iterate).
 
     Returns:
         Each candidate's best iterate, its waveform error (:func:`waveform_loss`, dB, over its
@@ -322,16 +312,9 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
         damping = torch.full((k,), 1e-3, dtype=torch.float64, device=y.device)
         taken = np.zeros(k, int)
         moved = True
-        history = [cost]  # each candidate's squared error after 0, 1, ... trials
-        going = torch.ones(k, dtype=torch.bool, device=y.device)
-        for trial_index in range(max_steps + extend if f else 0):
+        for trial_index in range(max_steps if f else 0):
             if stop is not None and stop.is_set():
                 break
-            if trial_index >= max_steps:  # past the cap: only the candidates in a burst of gains
-                gained = 10 * torch.log10(history[max(0, len(history) - 1 - EXTEND_TRIALS)] / history[-1].clamp_min(1e-300))
-                going &= gained >= EXTEND_GAIN_DB
-                if not bool(going.any()):
-                    break
             if moved:
                 jac = jacobian(z, res)
                 normal = jac.transpose(1, 2) @ jac
@@ -342,14 +325,13 @@ def least_squares(render: Callable[[Any], Any], z0: np.ndarray, y, max_steps: in
             trial = (z + delta).clamp(EPS, 1 - EPS)
             trial_res = residuals(trial)
             trial_cost = trial_res.square().sum(dim=1)
-            better = (trial_cost < cost) & going
+            better = trial_cost < cost
             z = torch.where(better[:, None], trial, z)
             res = torch.where(better[:, None], trial_res, res)
             cost = torch.where(better, trial_cost, cost)
             damping = torch.where(better, damping / 3, damping * 4)
             taken[better.cpu().numpy()] = trial_index + 1
             moved = bool(better.any())
-            history.append(cost)
         energy = target.square().sum(dim=1)
         error = 10 * torch.log10((cost + 1e-12) / (energy + 1e-12))
     return Refined(z.cpu().numpy(), error.cpu().numpy(), taken)
@@ -483,10 +465,9 @@ def search(
     polish_cap = effort.polish_steps if max_steps is None else min(effort.polish_steps, max_steps)
     polish = polish_cap if x is None else 0  # a synth: its rendering is exact
     trials = 0 if x is None else effort.dry_trials
-    trials_max = max(trials, 0 if x is None else effort.dry_trials_max)
 
     def work(group: np.ndarray, stop: threading.Event) -> Refined:
-        return _refine_group(z0[group], render, loss_fn, y, x, steps, trials, polish, skip, stop, held, trials_max)
+        return _refine_group(z0[group], render, loss_fn, y, x, steps, trials, polish, skip, stop, held)
 
     workers = max(1, min(workers, len(order)))  # a thread per candidate at most
     before = torch.get_num_threads()
@@ -504,11 +485,10 @@ def search(
 
 def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Callable[[Any, Any], Any], y, x,
                   steps: int, trials: int, polish: int, skip: int, stop: threading.Event,
-                  held: np.ndarray | None = None, trials_max: int = 0) -> Refined:
+                  held: np.ndarray | None = None) -> Refined:
     """The refinement of the candidates z0 (K, d) of one thread of :func:`search`, each on the
-    excerpts y (and x): ``steps`` of Adam, then (with a dry) ``trials`` of Levenberg-Marquardt,
-    up to ``trials_max`` while they still gain (:func:`least_squares`'s ``extend``); a synth's
-    (``polish`` steps) last on the waveform error alone."""
+    excerpts y (and x): ``steps`` of Adam, then (with a dry) ``trials`` of Levenberg-Marquardt;
+    a synth's (``polish`` steps) last on the waveform error alone."""
     import torch
 
     k = len(z0)
@@ -520,8 +500,7 @@ def _refine_group(z0: np.ndarray, render: Callable[[Any, Any], Any], loss_fn: Ca
         if x is not None and trials:
             # the dry tiled to each batch of the Jacobian's copies; z in float32, as Adam renders it
             solved = least_squares(lambda z: render(z.float(), x.repeat(z.shape[0] // x.shape[0], 1, 1)), refined.z,
-                                   y_k, trials, skip, stop, DRY_JACOBIAN_STEP, central=False, held=held,
-                                   extend=max(0, trials_max - trials))
+                                   y_k, trials, skip, stop, DRY_JACOBIAN_STEP, central=False, held=held)
             scored = refine(lambda z: render(z, x_k), loss_fn, solved.z, y_k, 0, skip=skip)  # step 0: its loss
             better = scored.loss < refined.loss
             refined = Refined(np.where(better[:, None], solved.z, refined.z), np.where(better, scored.loss, refined.loss),

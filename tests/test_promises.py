@@ -222,13 +222,12 @@ def short_eq_pair(folder: Path) -> tuple[Path, Path]:
     return write(folder / "wet.wav", wet, EQ_RATE), write(folder / "dry.wav", dry, EQ_RATE)
 
 
-@pytest.mark.parametrize("effort, cap, trials", [("fast", 100, 12), ("default", 100, 30), ("best", 1000, 12)])
+@pytest.mark.parametrize("effort, cap, trials", [("fast", 100, 12), ("default", 100, 14), ("best", 1000, 12)])
 def test_effort_caps_the_refinement_steps(tmp_path: Path, capsys, monkeypatch, effort: str, cap: int,
                                           trials: int) -> None:
     """--effort without --refine: an effect task's search with a dry runs Adam with a step cap
     of 100 / 100 / 1000 (docs/estimate.md) in each of its threads (a call of 0 steps scores the
-    Levenberg-Marquardt trials that follow, 12 / 30 / 12 at most: the default takes 14 and more only
-    while they still gain), and the steps it reports are
+    Levenberg-Marquardt trials that follow, 12 / 14 / 12 at most), and the steps it reports are
     within the two. (Whether a refinement reaches its cap depends on the pair; `afxest.search.refine`'s
     own tests check that it stops there.)"""
     import afxest.search

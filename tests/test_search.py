@@ -82,7 +82,7 @@ def test_search_in_threads_gives_the_answer_of_one_thread_and_raises_their_error
     x = torch.randn(1, 1, 1000)
     y = 0.4 * x
     proposals = {"posterior": np.array([[0.9], [0.1], [0.6]])}
-    effort = search.Effort("t", keep=3, max_steps=0, dry_steps=400, dry_trials=12, dry_trials_max=12, design=0, keep_design=3, windows=1, polish_steps=0)
+    effort = search.Effort("t", keep=3, max_steps=0, dry_steps=400, dry_trials=12, design=0, keep_design=3, windows=1, polish_steps=0)
 
     def found(workers: int, render=lambda z, _x: z[:, :1, None] * x) -> search.Searched:
         return search.search(proposals, lambda z: np.zeros(len(z)), render, search.waveform_loss, y, x, effort,
@@ -107,7 +107,7 @@ def test_search_keeps_the_best_proposals_by_the_cheap_score() -> None:
     y = 0.3 * x
     proposals = {"posterior": np.array([[0.9], [0.35]]), "design": np.array([[0.1], [0.6]])}
     cheap = lambda z: np.abs(z[:, 0] - 0.3)  # noqa: E731
-    effort = search.Effort("t", keep=2, max_steps=0, dry_steps=0, dry_trials=0, dry_trials_max=0, design=0, keep_design=2, windows=1, polish_steps=0)
+    effort = search.Effort("t", keep=2, max_steps=0, dry_steps=0, dry_trials=0, design=0, keep_design=2, windows=1, polish_steps=0)
     found = search.search(proposals, cheap, lambda z, _x: z[:, :1, None] * x, search.waveform_loss, y, None, effort)
     assert found.origin == ["posterior", "design"]
     np.testing.assert_allclose(found.z[:, 0], [0.35, 0.1])
@@ -169,7 +169,7 @@ def test_synth_search_polishes_on_the_waveform_to_the_exact_ratio() -> None:
     y = render_model(task, truth, None)
     start = np.array([[0.9, 0.37 - 0.004 / 9.5]])
     sot = SpectralOTLoss(task.sample_rate, unit="bins")
-    effort = search.Effort("t", keep=1, max_steps=300, dry_steps=0, dry_trials=0, dry_trials_max=0, design=0, keep_design=1, windows=1, polish_steps=300)
+    effort = search.Effort("t", keep=1, max_steps=300, dry_steps=0, dry_trials=0, design=0, keep_design=1, windows=1, polish_steps=300)
     found = search.search({"posterior": start}, lambda z: np.zeros(len(z)), lambda z, _x: render_model(task, z, None),
                           sot, y, None, effort)
     ratio = task.model.ranges[1]
