@@ -249,14 +249,9 @@ def _differentiable(x: Tensor, coefficients: Sequence[tuple[Tensor, Tensor]], sc
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-_CASCADE: Any = None
-
-
+@functools.cache
 def _cascade_kernel() -> Any:
     """Compiles (or loads from numba's on-disk cache) the cascade's recursion (afxest.dsp.loops)."""
-    global _CASCADE
-    if _CASCADE is not None:
-        return _CASCADE
     import numba
 
     @numba.njit(cache=True, nogil=True)
@@ -280,7 +275,6 @@ def _cascade_kernel() -> Any:
                     v = out
                 y[r, i] = v
 
-    _CASCADE = cascade
     return cascade
 
 
